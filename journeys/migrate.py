@@ -1,0 +1,147 @@
+"""Schema migrations: plain SQL files under ``migrations/``, applied in name order, each idempotent.
+
+ClickHouse files carry a few macros so that one setting (``JOURNEYS_CLICKHOUSE_CLUSTER``) renders the
+cluster variant of the same schema:
+
+``{{table NAME}}``
+    ``NAME`` on one node; ``NAME_local`` on a cluster (the Distributed table takes ``NAME``).
+``{{on_cluster}}``
+    nothing, or ``ON CLUSTER "name"``.
+``{{engine ENGINE(args)}}``
+    ``ENGINE(args)``, or ``ReplicatedENGINE('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', args)``.
+``{{distributed NAME SHARDING_KEY}}``
+    nothing, or the ``Distributed`` table ``NAME`` over ``NAME_local``, sharded by ``SHARDING_KEY``.
+
+Queries always address ``NAME``: on a cluster that is the Distributed table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+from journeys.clickhouse import ClickHouse
+
+_MACRO = re.compile(r"\{\{\s*(\w+)\s*([^}]*?)\s*\}\}")
+_ENGINE = re.compile(r"^(\w+)\s*(?:\((.*)\))?$", re.S)
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    statements: list[str]
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def render_clickhouse_sql(sql: str, cluster: str = "") -> str:
+    """Expand the schema macros for one node (``cluster=""``) or for ``cluster``."""
+
+    def expand(match: re.Match[str]) -> str:
+        macro, arg = match.group(1), match.group(2).strip()
+        if macro == "on_cluster":
+            return f"ON CLUSTER {_quote_ident(cluster)}" if cluster else ""
+        if macro == "table":
+            return f"{arg}_local" if cluster else arg
+        if macro == "engine":
+            if not cluster:
+                return arg
+            parsed = _ENGINE.match(arg)
+            if not parsed:
+                raise ValueError(f"cannot parse engine macro {arg!r}")
+            engine, args = parsed.group(1), (parsed.group(2) or "").strip()
+            replicated = f"Replicated{engine}('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', '{{replica}}'"
+            return replicated + (f", {args})" if args else ")")
+        if macro == "distributed":
+            if not cluster:
+                return ""
+            table, _, key = arg.partition(" ")
+            if not key.strip():
+                raise ValueError(f"distributed macro needs a table and a sharding key: {arg!r}")
+            quoted = cluster.replace("'", "\\'")
+            return (
+                f"CREATE TABLE IF NOT EXISTS {table} ON CLUSTER {_quote_ident(cluster)} AS {table}_local\n"
+                f"ENGINE = Distributed('{quoted}', currentDatabase(), {table}_local, {key.strip()})"
+            )
+        raise ValueError(f"unknown schema macro {{{{{macro}}}}}")
+
+    return _MACRO.sub(expand, sql)
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split on ``;`` at the end of a line; drop comments-only and empty statements."""
+    statements = []
+    for chunk in re.split(r";\s*(?:\n|$)", sql):
+        lines = [line for line in chunk.splitlines() if not line.strip().startswith("--")]
+        text = "\n".join(lines).strip()
+        if text:
+            statements.append(text)
+    return statements
+
+
+def _files(kind: str) -> list[tuple[str, str]]:
+    folder = resources.files("journeys") / "migrations" / kind
+    entries = sorted((p.name, p.read_text(encoding="utf-8")) for p in folder.iterdir() if p.name.endswith(".sql"))
+    return entries
+
+
+def clickhouse_migrations(cluster: str = "") -> list[Migration]:
+    return [Migration(name, split_statements(render_clickhouse_sql(sql, cluster))) for name, sql in _files("clickhouse")]
+
+
+def postgres_migrations() -> list[Migration]:
+    return [Migration(name, [sql]) for name, sql in _files("postgres")]
+
+
+async def migrate_clickhouse(ch: ClickHouse, cluster: str = "") -> list[str]:
+    """Apply pending ClickHouse migrations; return the names applied now.
+
+    Every statement is ``IF NOT EXISTS``-safe, so a run interrupted half-way is simply run again.
+    """
+    on_cluster = f"ON CLUSTER {_quote_ident(cluster)}" if cluster else ""
+    await ch.command(
+        f"CREATE TABLE IF NOT EXISTS journeys_schema_migrations {on_cluster} "
+        "(name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY name"
+    )
+    _, rows = await ch.query("SELECT DISTINCT name FROM journeys_schema_migrations")
+    done = {row[0] for row in rows}
+    applied = []
+    for migration in clickhouse_migrations(cluster):
+        if migration.name in done:
+            continue
+        for statement in migration.statements:
+            await ch.command(statement)
+        await ch.insert("journeys_schema_migrations", [[migration.name]], ["name"])
+        applied.append(migration.name)
+    return applied
+
+
+_PG_LOCK_ID = 0x6A6F75726E657973  # "journeys": one migrator at a time across processes
+
+
+async def migrate_postgres(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending PostgreSQL migrations in one transaction each, under an advisory lock."""
+    applied = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _PG_LOCK_ID)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS journeys_schema_migrations "
+            "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM journeys_schema_migrations")}
+        for migration in postgres_migrations():
+            if migration.name in done:
+                continue
+            async with conn.transaction():
+                for statement in migration.statements:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO journeys_schema_migrations (name) VALUES ($1)", migration.name)
+            applied.append(migration.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _PG_LOCK_ID)
+    return applied
