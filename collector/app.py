@@ -35,9 +35,12 @@ RETRY_AFTER_S = "5"
 def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     settings = stores.settings
     # aiohttp refuses bodies over this before we read them; gzip can be a little larger than its input.
+    # Bodies are decompressed by us (collector.ingest.decode_body) with the inflated size capped, so
+    # aiohttp's own decompression is off and its size limit applies to the bytes on the wire.
     app = web.Application(
         client_max_size=settings.max_request_bytes + 64 * 1024,
         middlewares=[make_middleware(metrics, "collector")],
+        handler_args={"auto_decompress": False},
     )
     app[STORES] = stores
     app[METRICS] = metrics

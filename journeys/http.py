@@ -19,7 +19,7 @@ from journeys.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID = "journeys.request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,9 +74,8 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
             if exc.status < 400:
                 raise
             field = "body" if exc.status == 413 else "path"
-            response = error_response(exc.status, [{"field": field, "reason": exc.reason}], dict(exc.headers))
-            response.headers.pop("Content-Type", None)
-            response.content_type = "application/json"
+            keep = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+            response = error_response(exc.status, [{"field": field, "reason": exc.reason}], keep)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(500, [{"field": "server", "reason": "internal error"}])

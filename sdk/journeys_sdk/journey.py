@@ -1,0 +1,67 @@
+"""Touchpoint vocabulary: channels and sentiment.
+
+Journeys are built from touchpoints, so the collector stores ``channel``,
+``touchpoint`` and ``sentiment`` as top-level columns rather than digging them
+out of ``properties``.  This module holds the small amount of validation that
+keeps those columns clean; ``Client.touchpoint()`` calls it on the hot path, so
+everything here is memoised or a set lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+__all__ = ["Channel", "Sentiment", "check_channel", "check_sentiment"]
+
+
+class Channel(StrEnum):
+    """Well-known channels.  Any lowercase slug is accepted; these are the common ones."""
+
+    WEB = "web"
+    EMAIL = "email"
+    STORE = "store"
+    APP = "app"
+    ADS = "ads"
+    SOCIAL = "social"
+    CALL_CENTRE = "call_centre"
+    SMS = "sms"
+    PUSH = "push"
+    CHAT = "chat"
+
+
+class Sentiment(StrEnum):
+    POSITIVE = "positive"
+    NEUTRAL = "neutral"
+    NEGATIVE = "negative"
+
+
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62})")
+_SENTIMENTS = frozenset(s.value for s in Sentiment)
+# Channels are few and repeat constantly; remembering the ones already checked
+# turns the regex into a set lookup.  Bounded so a caller passing free text
+# cannot grow it without limit.
+_known_channels: set[str] = {c.value for c in Channel}
+_KNOWN_CHANNELS_MAX = 1024
+
+
+def check_channel(channel: object) -> str | None:
+    """Return the channel as a plain ``str`` slug, or None if it is not one."""
+    if type(channel) is not str:
+        if not isinstance(channel, str):
+            return None
+        channel = str.__str__(channel)
+    if channel in _known_channels:
+        return channel
+    if _SLUG.fullmatch(channel) is None:
+        return None
+    if len(_known_channels) < _KNOWN_CHANNELS_MAX:
+        _known_channels.add(channel)
+    return channel
+
+
+def check_sentiment(sentiment: object) -> str | None:
+    """Return the sentiment as a plain ``str``, or None if it is not one of the three."""
+    if isinstance(sentiment, str) and sentiment in _SENTIMENTS:
+        return str.__str__(sentiment)
+    return None

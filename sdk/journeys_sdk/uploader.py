@@ -1,0 +1,156 @@
+"""Delivering one batch: attempt, classify, retry, and report the outcome.
+
+Shared by the consumer thread and ``sync_mode`` so both follow exactly the same
+retry rules.  What to do when the retry budget runs out is *not* decided here:
+memory-only clients give the batch up, overflow clients park it on disk, so
+``deliver()`` returns ``GAVE_UP`` and leaves that to the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any
+
+from .encode import batch_body, format_timestamp
+from .errors import DeliveryError, JourneysError, QuarantinedError
+from .overflow import Segment
+from .request import Acknowledgement, Transport, gzip_body
+from .retry import Backoff, RetryPolicy
+from .stats import StatsCounter
+
+__all__ = ["Batch", "Outcome", "Uploader", "OnError"]
+
+log = logging.getLogger("journeys_sdk")
+
+OnError = Callable[[JourneysError, list[dict[str, Any]]], object]
+"""``on_error(exc, events)``: called on the consumer thread with the affected events."""
+
+
+class Batch:
+    """Encoded events travelling together, plus where they came from."""
+
+    __slots__ = ("events", "messages", "nbytes", "segment")
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        # The finished event dicts, kept for on_error; None when the batch was
+        # read back from disk (decoded lazily, only if an error needs them).
+        self.messages: list[dict[str, Any]] | None = []
+        self.nbytes = 0
+        self.segment: Segment | None = None
+
+    @classmethod
+    def from_segment(cls, seg: Segment, events: list[bytes]) -> Batch:
+        b = cls()
+        b.events = events
+        b.messages = None
+        b.nbytes = sum(map(len, events)) + len(events)
+        b.segment = seg
+        return b
+
+    def add(self, raw: bytes, msg: dict[str, Any]) -> None:
+        self.events.append(raw)
+        assert self.messages is not None
+        self.messages.append(msg)
+        self.nbytes += len(raw) + 1
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def decoded(self, indexes: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        idx = range(len(self.events)) if indexes is None else indexes
+        if self.messages is not None:
+            return [self.messages[i] for i in idx if 0 <= i < len(self.messages)]
+        out = []
+        for i in idx:
+            if 0 <= i < len(self.events):
+                try:
+                    out.append(json.loads(self.events[i]))
+                except ValueError:
+                    out.append({"raw": self.events[i].decode("utf-8", "replace")})
+        return out
+
+
+class Outcome(Enum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    """Non-retryable answer; already reported."""
+    GAVE_UP = "gave_up"
+    """Retry budget exhausted; *not* reported, the caller decides."""
+    ABORTED = "aborted"
+    """Stopped by the caller's sleep hook (shutdown deadline); not reported."""
+
+
+def _now_iso() -> str:
+    return format_timestamp(time.time())
+
+
+class Uploader:
+    def __init__(
+        self,
+        transport: Transport,
+        policy: RetryPolicy,
+        stats: StatsCounter,
+        on_error: OnError | None,
+        gzip_level: int,
+    ) -> None:
+        self.transport = transport
+        self.policy = policy
+        self.stats = stats
+        self.on_error = on_error
+        self.gzip_level = gzip_level
+
+    def attempt(self, batch: Batch) -> Acknowledgement:
+        """One request.  Same encoded events (same messageIds) every time; fresh sentAt."""
+        body = gzip_body(batch_body(batch.events, _now_iso()), self.gzip_level)
+        return self.transport.post(body)
+
+    def deliver(
+        self, batch: Batch, sleep: Callable[[float], bool]
+    ) -> tuple[Outcome, DeliveryError | None, Backoff]:
+        """Send ``batch`` until acknowledged, refused, or out of budget.
+
+        ``sleep(seconds)`` waits between attempts and returns False to abort.
+        """
+        backoff = Backoff(self.policy)
+        while True:
+            try:
+                ack = self.attempt(batch)
+            except DeliveryError as exc:
+                if not exc.retryable:
+                    self.report_failed(batch, exc)
+                    return Outcome.FAILED, exc, backoff
+                delay = backoff.next_delay(getattr(exc, "retry_after", None))
+                if delay is None:
+                    return Outcome.GAVE_UP, exc, backoff
+                log.debug("journeys-sdk: batch of %d failed (%s); retry in %.2fs", len(batch), exc, delay)
+                self.stats.add(retries=1)
+                if not sleep(delay):
+                    return Outcome.ABORTED, exc, backoff
+                continue
+            self.report_delivered(batch, ack)
+            return Outcome.DELIVERED, None, backoff
+
+    def report_delivered(self, batch: Batch, ack: Acknowledgement) -> None:
+        n = len(batch)
+        self.stats.add(sent=n, batches=1, quarantined=len(ack.quarantined))
+        if ack.quarantined:
+            log.warning("journeys-sdk: collector quarantined %d of %d events", len(ack.quarantined), n)
+            self.notify(QuarantinedError(ack.quarantined), batch.decoded([i for i, _ in ack.quarantined]))
+
+    def report_failed(self, batch: Batch, exc: JourneysError) -> None:
+        self.stats.add(failed=len(batch))
+        log.error("journeys-sdk: %d events not delivered: %s", len(batch), exc)
+        self.notify(exc, batch.decoded())
+
+    def notify(self, exc: JourneysError, events: list[dict[str, Any]]) -> None:
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(exc, events)
+        except Exception:
+            log.exception("journeys-sdk: on_error callback raised")

@@ -1,0 +1,3 @@
+"""The SDK version, kept in its own module so packaging can read it without importing the client."""
+
+VERSION = "0.1.0"
