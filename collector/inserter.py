@@ -82,7 +82,7 @@ class Inserter:
                 if self.spool.durable_position <= position:
                     continue
                 if self.linger_s and not self._stop.is_set():
-                    await asyncio.sleep(self.linger_s)
+                    await self._pause(self.linger_s)
             records, next_position = await self.spool.read(position, self.max_bytes)
             if records:
                 events: list[tuple] = []
@@ -120,7 +120,7 @@ class Inserter:
             return True
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep between retries, waking early when asked to stop (so shutdown can try one last time)."""
+        """Sleep (linger, retry backoff), waking early when asked to stop so shutdown drains at once."""
         if self._stop.is_set():
             await asyncio.sleep(seconds)
             return

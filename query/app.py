@@ -21,7 +21,8 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app = web.Application(middlewares=[make_middleware(metrics, "query")])
     app[STORES] = stores
     app[METRICS] = metrics
-    app.router.add_get("/v1/customers/{customer_id}/events", _customer_events)
+    # Ids are arbitrary strings (emails, URLs, braces, slashes): match anything up to the last segment.
+    app.router.add_get("/v1/customers/{customer_id:.+}/events", _customer_events)
     app.router.add_get("/v1/stats", _stats)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

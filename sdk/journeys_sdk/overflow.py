@@ -105,13 +105,18 @@ class OverflowStore:
     def head(self) -> Segment | None:
         return self._segments[0] if self._segments else None
 
-    def append(self, events: Sequence[bytes]) -> Segment | None:
-        """Persist one batch as the newest segment; None if the byte bound is reached."""
-        data = b"\n".join(events) + b"\n"
+    def append(self, events: Sequence[bytes], count: int | None = None) -> Segment | None:
+        """Persist one batch as the newest segment; None if the byte bound is reached.
+
+        ``count`` is how many queued events the segment accounts for, which can
+        exceed ``len(events)`` when the consumer dropped some while encoding.
+        """
+        count = len(events) if count is None else count
+        data = b"".join(e + b"\n" for e in events)
         if self.bytes + len(data) > self.max_bytes:
             return None
         seq = self._next_seq
-        name = f"{seq:016d}-{len(events)}.jsonl"
+        name = f"{seq:016d}-{count}.jsonl"
         path = os.path.join(self.directory, name)
         tmp = os.path.join(self.directory, f".{name}.tmp")
         try:
@@ -126,7 +131,7 @@ class OverflowStore:
                 pass
             return None
         self._next_seq = seq + 1
-        seg = Segment(seq, len(events), len(data), path)
+        seg = Segment(seq, count, len(data), path)
         self._segments.append(seg)
         self.bytes += seg.size
         self.events += seg.count

@@ -31,9 +31,14 @@ OnError = Callable[[JourneysError, list[dict[str, Any]]], object]
 
 
 class Batch:
-    """Encoded events travelling together, plus where they came from."""
+    """Encoded events travelling together, plus where they came from.
 
-    __slots__ = ("events", "messages", "nbytes", "segment")
+    ``settles`` counts the queued events this batch accounts for: its events
+    plus any the consumer dropped while building it (too large, not encodable).
+    They finish together, which keeps ``flush()`` bookkeeping in arrival order.
+    """
+
+    __slots__ = ("events", "messages", "nbytes", "segment", "settles")
 
     def __init__(self) -> None:
         self.events: list[bytes] = []
@@ -42,6 +47,7 @@ class Batch:
         self.messages: list[dict[str, Any]] | None = []
         self.nbytes = 0
         self.segment: Segment | None = None
+        self.settles = 0
 
     @classmethod
     def from_segment(cls, seg: Segment, events: list[bytes]) -> Batch:
@@ -50,6 +56,7 @@ class Batch:
         b.messages = None
         b.nbytes = sum(map(len, events)) + len(events)
         b.segment = seg
+        b.settles = seg.count
         return b
 
     def add(self, raw: bytes, msg: dict[str, Any]) -> None:
@@ -57,11 +64,13 @@ class Batch:
         assert self.messages is not None
         self.messages.append(msg)
         self.nbytes += len(raw) + 1
+        self.settles += 1
 
     def __len__(self) -> int:
         return len(self.events)
 
     def decoded(self, indexes: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """The events as dicts (for on_error), optionally only those at ``indexes``."""
         idx = range(len(self.events)) if indexes is None else indexes
         if self.messages is not None:
             return [self.messages[i] for i in idx if 0 <= i < len(self.messages)]

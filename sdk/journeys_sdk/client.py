@@ -1,0 +1,722 @@
+"""The public ``Client``: validate cheaply, stamp, enqueue, never block.
+
+Recording calls run on the application's request path, often on an asyncio
+event loop, so they do the minimum: type checks, a ``messageId`` and a
+timestamp, an estimate of the size, and a bounded append under a lock held for
+well under a microsecond.  Encoding, batching, compression, HTTP and retries
+happen on the consumer thread (``consumer.py``).  Problems are *returned*
+(``EnqueueResult``), counted (``client.stats``) and, for delivery, reported to
+``on_error``; they are never raised into the caller, whose business logic must
+not fail because analytics did.
+
+The method signatures and positional order match Segment's analytics-python,
+so switching is a one-line change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import datetime as _dt
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+from .buffer import EventBuffer
+from .consumer import Consumer
+from .encode import ENVELOPE_BYTES, MAX_BODY_BYTES, MAX_EVENT_BYTES, body_overhead, encode_event, estimate_size
+from .errors import ConfigurationError, EventTooLargeError, InvalidEventError, RetryBudgetExceeded, SerializationError
+from .journey import check_channel, check_sentiment
+from .overflow import OverflowStore, OverflowUnavailable
+from .request import Transport
+from .result import DropReason, EnqueueResult, Status
+from .retry import RetryPolicy
+from .stats import Stats, StatsCounter
+from .uploader import Batch, OnError, Outcome, Uploader
+
+__all__ = ["Client", "DEFAULT_HOST", "new_message_id"]
+
+log = logging.getLogger("journeys_sdk")
+
+DEFAULT_HOST = "http://127.0.0.1:8080"
+
+Properties: TypeAlias = Mapping[str, Any]
+Timestamp: TypeAlias = "_dt.datetime | str | float | int"
+Id: TypeAlias = "str | int | uuid.UUID"
+
+_getpid = os.getpid
+_now = time.time
+_urandom = os.urandom
+_QUEUED = Status.QUEUED
+_MAX_EVENT = MAX_EVENT_BYTES
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def new_message_id() -> str:
+    """A random (version 4) UUID string, about twice as fast as ``str(uuid.uuid4())``."""
+    h = _urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+def _coerce_id(value: object) -> str | None:
+    """Ids may be numbers or UUIDs (as in Segment); they travel as strings."""
+    if isinstance(value, str):
+        return str.__str__(value) or None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, uuid.UUID)):
+        return str(value)
+    return None
+
+
+def _as_dict(value: object) -> dict[str, Any] | None:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return None
+
+
+# A lock that is fresh in every process: a forked child must never wait on a
+# lock some parent thread held at the moment of the fork.
+_fork_lock = threading.Lock()
+
+
+def _reset_fork_lock() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_fork_lock)
+
+
+class Client:
+    """Records customer-journey events and delivers them to the collector.
+
+    Create one per process (it owns a background thread) and share it across
+    threads and coroutines.  Every recording method returns an
+    ``EnqueueResult`` and never raises or blocks.
+
+    :param write_key: sent as the HTTP Basic username; identifies the source.
+    :param host: collector base URL; events go to ``{host}/v1/batch``.
+    :param on_error: ``on_error(exc, events)``, called on the consumer thread
+        for events that were refused, quarantined, given up, or dropped after
+        queuing.  Keep it quick; exceptions from it are logged and swallowed.
+    :param upload_size: events per request, at most.
+    :param upload_interval: seconds an event may wait for its batch to fill.
+    :param max_queue_size: events held in memory before recording calls drop.
+    :param max_queue_bytes: estimated serialized bytes held in memory before
+        recording calls drop.  A count bound alone would let large events
+        exhaust memory during an outage.
+    :param timeout: socket timeout per request, in seconds.
+    :param retry_budget: seconds a batch may spend being retried before it is
+        given up (or, with ``overflow_dir``, parked on disk).
+    :param max_retries: optional cap on retries per batch, on top of the budget.
+    :param backoff_base: ceiling of the first backoff (doubles per retry, full jitter).
+    :param max_backoff: largest computed backoff.
+    :param max_retry_after: largest ``Retry-After`` honoured.
+    :param overflow_dir: directory for spilling events to disk during long
+        outages; replayed in order when the collector is back, also by the
+        next process that uses the same directory.
+    :param max_overflow_bytes: disk space ``overflow_dir`` may use.
+    :param send: False validates and stamps events, then discards them (tests).
+    :param sync_mode: True delivers each event inside the recording call (tests).
+    :param atexit_timeout: seconds the exit hook waits for delivery.
+    :param gzip_level: zlib level for request bodies.
+    :param debug: log at DEBUG level to stderr.
+    """
+
+    def __init__(
+        self,
+        write_key: str,
+        host: str = DEFAULT_HOST,
+        *,
+        on_error: OnError | None = None,
+        upload_size: int = 250,
+        upload_interval: float = 0.5,
+        max_queue_size: int = 100_000,
+        max_queue_bytes: int = 32 * 1024 * 1024,
+        timeout: float = 10.0,
+        retry_budget: float = 60.0,
+        max_retries: int | None = None,
+        backoff_base: float = 0.1,
+        max_backoff: float = 10.0,
+        max_retry_after: float = 30.0,
+        overflow_dir: str | os.PathLike[str] | None = None,
+        max_overflow_bytes: int = 1024 * 1024 * 1024,
+        send: bool = True,
+        sync_mode: bool = False,
+        atexit_timeout: float = 5.0,
+        gzip_level: int = 6,
+        debug: bool = False,
+    ) -> None:
+        if not isinstance(write_key, str) or not write_key:
+            raise ConfigurationError("write_key must be a non-empty string")
+        for name, value in (
+            ("upload_size", upload_size),
+            ("max_queue_size", max_queue_size),
+            ("max_queue_bytes", max_queue_bytes),
+            ("max_overflow_bytes", max_overflow_bytes),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer")
+        for name, fvalue in (
+            ("upload_interval", upload_interval),
+            ("timeout", timeout),
+            ("retry_budget", retry_budget),
+            ("backoff_base", backoff_base),
+            ("max_backoff", max_backoff),
+            ("max_retry_after", max_retry_after),
+            ("atexit_timeout", atexit_timeout),
+        ):
+            if not isinstance(fvalue, (int, float)) or fvalue < 0:
+                raise ConfigurationError(f"{name} must be a non-negative number")
+        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+            raise ConfigurationError("max_retries must be None or a non-negative integer")
+        if not 0 <= gzip_level <= 9:
+            raise ConfigurationError("gzip_level must be 0..9")
+        if on_error is not None and not callable(on_error):
+            raise ConfigurationError("on_error must be callable")
+
+        self.write_key = write_key
+        self.host = host
+        self.on_error = on_error
+        self.send = send
+        self.sync_mode = sync_mode
+        self.overflow_dir = overflow_dir
+        self._upload_size = upload_size
+        self._upload_interval = float(upload_interval)
+        self._max_queue_size = max_queue_size
+        self._max_queue_bytes = max_queue_bytes
+        self._timeout = float(timeout)
+        self._max_overflow_bytes = max_overflow_bytes
+        self._atexit_timeout = float(atexit_timeout)
+        self._gzip_level = gzip_level
+        self._policy = RetryPolicy(
+            budget=float(retry_budget),
+            base=float(backoff_base),
+            cap=float(max_backoff),
+            retry_after_cap=float(max_retry_after),
+            max_retries=max_retries,
+        )
+        self._max_body = MAX_BODY_BYTES - body_overhead()
+        Transport(host, write_key, self._timeout)  # validates host now, not on the consumer thread
+
+        if debug:
+            log.setLevel(logging.DEBUG)
+            if not log.handlers:
+                log.addHandler(logging.StreamHandler())
+
+        self._closed = False
+        self._overflow: OverflowStore | None = None
+        self._setup()
+        atexit.register(self._atexit)
+
+    # -- per-process state ------------------------------------------------------
+
+    def _setup(self) -> None:
+        """(Re)create everything that must not be shared across a fork."""
+        self._pid = _getpid()
+        self._stats = StatsCounter()
+        self._sync_count = 0
+        self._buffer = EventBuffer(
+            self._max_queue_size,
+            self._max_queue_bytes,
+            wake_count=self._upload_size,
+            wake_bytes=min(self._max_body, self._max_queue_bytes),
+        )
+        if self._closed:
+            self._buffer.closed = True
+        self._consumer: Consumer | None = None
+        self._sync_lock = threading.Lock()
+        self._sync_uploader: Uploader | None = None
+        if not self.send or self._closed:
+            return
+        if self.sync_mode:
+            self._sync_uploader = self._make_uploader()
+            return
+        if self.overflow_dir is not None:
+            try:
+                self._overflow = OverflowStore(self.overflow_dir, self._max_overflow_bytes)
+            except OverflowUnavailable as exc:
+                log.warning("journeys-sdk: %s; running without on-disk overflow", exc)
+                self._overflow = None
+            else:
+                if self._overflow.events:
+                    log.info(
+                        "journeys-sdk: replaying %d events from %s", self._overflow.events, self.overflow_dir
+                    )
+                    self._buffer.add_recovered(self._overflow.events)
+                    self._stats.recovered = self._overflow.events
+        self._consumer = Consumer(
+            self._buffer,
+            self._make_uploader(),
+            self._stats,
+            upload_size=self._upload_size,
+            upload_interval=self._upload_interval,
+            max_body_bytes=self._max_body,
+            overflow=self._overflow,
+        )
+        self._consumer.start()
+
+    def _make_uploader(self) -> Uploader:
+        return Uploader(
+            Transport(self.host, self.write_key, self._timeout),
+            self._policy,
+            self._stats,
+            self.on_error,
+            self._gzip_level,
+        )
+
+    def _after_fork(self) -> None:
+        # The parent's queue, thread, sockets and overflow lock stay the
+        # parent's.  Events queued before the fork are the parent's to send;
+        # the child starts empty (sending them twice would only cost dedup).
+        with _fork_lock:
+            if self._pid == _getpid():
+                return
+            if self._overflow is not None:
+                self._overflow.detach_after_fork()
+                self._overflow = None
+            self._setup()
+
+    # -- recording (hot path) -----------------------------------------------------
+
+    def track(
+        self,
+        user_id: Id | None = None,
+        event: str | None = None,
+        properties: Properties | None = None,
+        context: Properties | None = None,
+        timestamp: Timestamp | None = None,
+        anonymous_id: Id | None = None,
+        integrations: Properties | None = None,
+        message_id: str | None = None,
+    ) -> EnqueueResult:
+        """Record that ``user_id`` (or ``anonymous_id``) did ``event``."""
+        if type(event) is not str or not event:
+            return self._invalid("track() needs `event`, a non-empty string")
+        msg: dict[str, Any] = {"type": "track", "event": event}
+        size = ENVELOPE_BYTES + len(event)
+        if properties is not None:
+            if type(properties) is not dict:
+                properties = _as_dict(properties)
+                if properties is None:
+                    return self._invalid("properties must be a mapping")
+            # Copied because encoding happens later on another thread: callers
+            # commonly reuse one dict across calls.
+            msg["properties"] = p = properties.copy()  # type: ignore[attr-defined]
+            size += estimate_size(p)
+        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+
+    def touchpoint(
+        self,
+        user_id: Id | None = None,
+        anonymous_id: Id | None = None,
+        channel: str | None = None,
+        action: str | None = None,
+        sentiment: str | None = None,
+        properties: Properties | None = None,
+        context: Properties | None = None,
+        timestamp: Timestamp | None = None,
+        integrations: Properties | None = None,
+        message_id: str | None = None,
+    ) -> EnqueueResult:
+        """Record a journey touchpoint: a track event with first-class journey fields.
+
+        Sends ``type=track``, ``event=action`` and top-level ``channel``,
+        ``touchpoint`` (= ``action``) and, if given, ``sentiment``, so journeys
+        can be built without digging through ``properties``.
+
+        :param channel: a lowercase slug such as ``web``, ``email``, ``store``,
+            ``app``, ``ads``, ``social``, ``call_centre`` (see ``Channel``).
+        :param action: what happened at the touchpoint, e.g. ``"opened_renewal_email"``.
+        :param sentiment: ``positive``, ``neutral`` or ``negative`` (see ``Sentiment``).
+        """
+        ch = check_channel(channel)
+        if ch is None:
+            return self._invalid("touchpoint() needs `channel`, a lowercase slug such as 'web' or 'call_centre'")
+        if type(action) is not str or not action:
+            return self._invalid("touchpoint() needs `action`, a non-empty string")
+        msg: dict[str, Any] = {"type": "track", "event": action, "touchpoint": action, "channel": ch}
+        size = ENVELOPE_BYTES + 2 * len(action) + len(ch) + 30
+        if sentiment is not None:
+            s = check_sentiment(sentiment)
+            if s is None:
+                return self._invalid("sentiment must be 'positive', 'neutral' or 'negative'")
+            msg["sentiment"] = s
+            size += len(s) + 14
+        if properties is not None:
+            if type(properties) is not dict:
+                properties = _as_dict(properties)
+                if properties is None:
+                    return self._invalid("properties must be a mapping")
+            msg["properties"] = p = properties.copy()  # type: ignore[attr-defined]
+            size += estimate_size(p)
+        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+
+    def identify(
+        self,
+        user_id: Id | None = None,
+        traits: Properties | None = None,
+        context: Properties | None = None,
+        timestamp: Timestamp | None = None,
+        anonymous_id: Id | None = None,
+        integrations: Properties | None = None,
+        message_id: str | None = None,
+    ) -> EnqueueResult:
+        """Attach ``traits`` to a user."""
+        msg: dict[str, Any] = {"type": "identify"}
+        size = ENVELOPE_BYTES
+        if traits is not None:
+            t = _as_dict(traits)
+            if t is None:
+                return self._invalid("traits must be a mapping")
+            msg["traits"] = t
+            size += estimate_size(t)
+        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+
+    def group(
+        self,
+        user_id: Id | None = None,
+        group_id: Id | None = None,
+        traits: Properties | None = None,
+        context: Properties | None = None,
+        timestamp: Timestamp | None = None,
+        anonymous_id: Id | None = None,
+        integrations: Properties | None = None,
+        message_id: str | None = None,
+    ) -> EnqueueResult:
+        """Associate a user with a group (account, household, ...)."""
+        gid = _coerce_id(group_id)
+        if gid is None:
+            return self._invalid("group() needs `group_id`")
+        msg: dict[str, Any] = {"type": "group", "groupId": gid}
+        size = ENVELOPE_BYTES + len(gid)
+        if traits is not None:
+            t = _as_dict(traits)
+            if t is None:
+                return self._invalid("traits must be a mapping")
+            msg["traits"] = t
+            size += estimate_size(t)
+        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+
+    def page(
+        self,
+        user_id: Id | None = None,
+        category: str | None = None,
+        name: str | None = None,
+        properties: Properties | None = None,
+        context: Properties | None = None,
+        timestamp: Timestamp | None = None,
+        anonymous_id: Id | None = None,
+        integrations: Properties | None = None,
+        message_id: str | None = None,
+    ) -> EnqueueResult:
+        """Record a web page view."""
+        return self._view("page", user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id)
+
+    def screen(
+        self,
+        user_id: Id | None = None,
+        category: str | None = None,
+        name: str | None = None,
+        properties: Properties | None = None,
+        context: Properties | None = None,
+        timestamp: Timestamp | None = None,
+        anonymous_id: Id | None = None,
+        integrations: Properties | None = None,
+        message_id: str | None = None,
+    ) -> EnqueueResult:
+        """Record an app screen view."""
+        return self._view("screen", user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id)
+
+    def alias(
+        self,
+        previous_id: Id | None = None,
+        user_id: Id | None = None,
+        context: Properties | None = None,
+        timestamp: Timestamp | None = None,
+        integrations: Properties | None = None,
+        message_id: str | None = None,
+    ) -> EnqueueResult:
+        """Declare that ``previous_id`` and ``user_id`` are the same person."""
+        prev = _coerce_id(previous_id)
+        uid = _coerce_id(user_id)
+        if prev is None or uid is None:
+            return self._invalid("alias() needs both `previous_id` and `user_id`")
+        msg: dict[str, Any] = {"type": "alias", "previousId": prev}
+        return self._enqueue(msg, ENVELOPE_BYTES + len(prev), uid, None, context, timestamp, integrations, message_id)
+
+    def _view(
+        self,
+        kind: str,
+        user_id: Id | None,
+        category: str | None,
+        name: str | None,
+        properties: Properties | None,
+        context: Properties | None,
+        timestamp: Timestamp | None,
+        anonymous_id: Id | None,
+        integrations: Properties | None,
+        message_id: str | None,
+    ) -> EnqueueResult:
+        msg: dict[str, Any] = {"type": kind}
+        size = ENVELOPE_BYTES
+        if name is not None:
+            if not isinstance(name, str):
+                return self._invalid(f"{kind}() `name` must be a string")
+            msg["name"] = name
+            size += len(name)
+        if category is not None:
+            if not isinstance(category, str):
+                return self._invalid(f"{kind}() `category` must be a string")
+            msg["category"] = category
+            size += len(category)
+        if properties is not None:
+            p = _as_dict(properties)
+            if p is None:
+                return self._invalid("properties must be a mapping")
+            msg["properties"] = p
+            size += estimate_size(p)
+        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+
+    def _enqueue(
+        self,
+        msg: dict[str, Any],
+        size: int,
+        user_id: object,
+        anonymous_id: object,
+        context: object,
+        timestamp: object,
+        integrations: object,
+        message_id: object,
+    ) -> EnqueueResult:
+        has_id = False
+        if user_id is not None:
+            uid = user_id if type(user_id) is str else _coerce_id(user_id)
+            if uid:
+                msg["userId"] = uid
+                size += len(uid)  # type: ignore[arg-type]
+                has_id = True
+        if anonymous_id is not None:
+            aid = anonymous_id if type(anonymous_id) is str else _coerce_id(anonymous_id)
+            if aid:
+                msg["anonymousId"] = aid
+                size += len(aid)  # type: ignore[arg-type]
+                has_id = True
+        if not has_id:
+            return self._invalid(f"{msg['type']} events need `user_id` or `anonymous_id`")
+        if context is not None:
+            c = _as_dict(context)
+            if c is None:
+                return self._invalid("context must be a mapping")
+            msg["context"] = c
+            size += estimate_size(c)
+        if integrations is not None:
+            i = _as_dict(integrations)
+            if i is None:
+                return self._invalid("integrations must be a mapping")
+            msg["integrations"] = i
+            size += estimate_size(i)
+        if timestamp is None:
+            # Text formatting is left to the consumer; the instant is fixed now.
+            msg["timestamp"] = _now()
+        elif isinstance(timestamp, (_dt.datetime, str)) or (
+            isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool)
+        ):
+            msg["timestamp"] = timestamp
+        else:
+            return self._invalid("timestamp must be a datetime, an ISO-8601 string or epoch seconds")
+        if message_id is None:
+            message_id = new_message_id()
+        elif type(message_id) is not str:
+            message_id = _coerce_id(message_id)
+            if message_id is None:
+                return self._invalid("message_id must be a string")
+        msg["messageId"] = message_id
+        if size > _MAX_EVENT:
+            return self._drop(
+                DropReason.TOO_LARGE, message_id, EventTooLargeError(size, _MAX_EVENT)  # type: ignore[arg-type]
+            )
+        if self._pid != _getpid():
+            self._after_fork()
+        if self._consumer is None:
+            return self._not_queued(msg, message_id)  # type: ignore[arg-type]
+        reason = self._buffer.put(msg, size)
+        if reason is None:
+            return EnqueueResult(_QUEUED, message_id)  # type: ignore[arg-type]
+        return self._drop(reason, message_id)  # type: ignore[arg-type]
+
+    # -- rare paths -----------------------------------------------------------------
+
+    def _invalid(self, why: str) -> EnqueueResult:
+        return self._drop(DropReason.INVALID, None, InvalidEventError(why))
+
+    def _drop(self, reason: DropReason, message_id: str | None, error: Exception | None = None) -> EnqueueResult:
+        if self._pid != _getpid():
+            self._after_fork()
+        if self._stats.drop(reason):
+            log.warning("journeys-sdk: %s; %s", _DROP_MESSAGES[reason](self, error), _FURTHER)
+        return EnqueueResult(Status.DROPPED, message_id, reason, error)
+
+    def _not_queued(self, msg: dict[str, Any], message_id: str) -> EnqueueResult:
+        """``send=False``, ``sync_mode``, or after ``shutdown()``."""
+        if self._closed:
+            return self._drop(DropReason.SHUTDOWN, message_id)
+        if not self.send:
+            return EnqueueResult(Status.DISCARDED, message_id)
+        uploader = self._sync_uploader
+        assert uploader is not None
+        try:
+            raw = encode_event(msg)
+        except (ValueError, TypeError, RecursionError) as exc:
+            return self._drop(DropReason.UNSERIALIZABLE, message_id, SerializationError(str(exc)))
+        if len(raw) > MAX_EVENT_BYTES:
+            return self._drop(DropReason.TOO_LARGE, message_id, EventTooLargeError(len(raw), MAX_EVENT_BYTES))
+        batch = Batch()
+        batch.add(raw, msg)
+        with self._sync_lock:
+            self._sync_count += 1
+            outcome, err, backoff = uploader.deliver(batch, _sleep_always)
+        if outcome is Outcome.DELIVERED:
+            return EnqueueResult(Status.DELIVERED, message_id)
+        if outcome is Outcome.GAVE_UP:
+            assert err is not None
+            err = RetryBudgetExceeded(err, backoff.retries + 1, backoff.elapsed)
+            uploader.report_failed(batch, err)
+        return EnqueueResult(Status.FAILED, message_id, error=err)
+
+    # -- flushing and lifecycle --------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything recorded so far; block until done or ``timeout`` seconds.
+
+        Returns True when every event queued before the call has been delivered
+        or has definitively failed (failures go to ``on_error`` and
+        ``stats.failed``).  Returns False on timeout, or, with ``overflow_dir``,
+        when the collector is down past the retry budget and the events are
+        parked on disk.  Do not call it from an event loop thread; use
+        ``await aflush()`` there.
+        """
+        if self._pid != _getpid():
+            self._after_fork()
+        consumer = self._consumer
+        if consumer is None:
+            return True
+        target = self._buffer.begin_flush()
+        return self._buffer.wait_settled(target, timeout, time.monotonic, consumer.is_alive)
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush()`` for asyncio code: waits without blocking the event loop or using a thread."""
+        if self._pid != _getpid():
+            self._after_fork()
+        consumer = self._consumer
+        buf = self._buffer
+        if consumer is None:
+            return True
+        target = buf.begin_flush()
+        if not consumer.is_alive():
+            return buf.settled >= target
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        buf.add_async_waiter(target, loop, fut)
+        try:
+            if timeout is None:
+                return await fut
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            buf.remove_async_waiter(fut)
+
+    def shutdown(self, timeout: float | None = 10.0) -> bool:
+        """Flush (up to ``timeout`` seconds), then stop the consumer thread.
+
+        Later recording calls return ``DROPPED``/``shutdown``.  What could not be
+        delivered in time is written to ``overflow_dir`` if configured, otherwise
+        reported to ``on_error`` as ``ShutdownError``.  Idempotent.  Returns
+        whether everything was delivered.
+        """
+        if self._pid != _getpid():
+            self._after_fork()
+        if self._closed:
+            return True
+        self._closed = True
+        with self._buffer.lock:
+            self._buffer.closed = True
+        ok = True
+        consumer = self._consumer
+        if consumer is not None:
+            ok = self.flush(timeout)
+            consumer.stop(abort=not ok)
+            # Bounded: an aborted consumer exits at its next check, or when its
+            # current request times out.  It is a daemon, so it cannot hold up
+            # interpreter exit either way.
+            consumer.join(max(2.0, min(self._timeout, 5.0)))
+        elif self._sync_uploader is not None:
+            with self._sync_lock:
+                self._sync_uploader.transport.close()
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:
+            pass
+        return ok
+
+    def join(self) -> None:
+        """Segment-compatible alias of ``shutdown()``."""
+        self.shutdown()
+
+    def _atexit(self) -> None:
+        # A forked child that never used the client inherits this hook; the
+        # parent's events are not the child's to flush.
+        if self._pid != _getpid() or self._closed:
+            return
+        self.shutdown(self._atexit_timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of this process's counters (see ``Stats``)."""
+        if self._pid != _getpid():
+            self._after_fork()
+        buf = self._buffer
+        overflow = self._overflow
+        return self._stats.snapshot(
+            queued=buf.enqueued - self._stats.recovered + self._sync_count,
+            pending=len(buf.items),
+            pending_bytes=buf.bytes,
+            overflow_pending=overflow.events if overflow is not None else 0,
+        )
+
+    def __repr__(self) -> str:
+        mode = "sync" if self.sync_mode else ("discard" if not self.send else "queued")
+        return f"<journeys_sdk.Client host={self.host!r} mode={mode} closed={self._closed}>"
+
+
+def _sleep_always(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
+
+
+_FURTHER = "further drops for this reason are counted in client.stats.dropped, not logged"
+
+_DROP_MESSAGES: dict[DropReason, Any] = {
+    DropReason.INVALID: lambda c, e: f"dropping invalid event ({e})",
+    DropReason.TOO_LARGE: lambda c, e: f"dropping oversized event ({e})",
+    DropReason.UNSERIALIZABLE: lambda c, e: f"dropping event that cannot be encoded ({e})",
+    DropReason.QUEUE_FULL: lambda c, e: (
+        f"queue full ({c._max_queue_size} events waiting; collector slow or unreachable), dropping events"
+    ),
+    DropReason.QUEUE_BYTES: lambda c, e: (
+        f"queue full ({c._max_queue_bytes} bytes waiting; collector slow or unreachable), dropping events"
+    ),
+    DropReason.SHUTDOWN: lambda c, e: "client is shut down, dropping events",
+}

@@ -1,0 +1,104 @@
+"""Run the real ``journeys`` CLI as a child process on 127.0.0.1, for crash and restart tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_") and k not in ("CLICKHOUSE_URL", "DATABASE_URL")}
+    env["JOURNEYS_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+def journeys(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "journeys.cli", *args],
+        env=cli_env(data_dir, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def create_project(data_dir: Path, name: str) -> dict[str, str]:
+    done = journeys(data_dir, "project", "create", name, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+class Service:
+    """``journeys up`` in a child process; ``kill()`` is a real SIGKILL, ``stop()`` a SIGTERM."""
+
+    def __init__(self, data_dir: Path, **env: str):
+        self.data_dir = data_dir
+        self.collector_port = free_port()
+        self.query_port = free_port()
+        self.env = cli_env(
+            data_dir,
+            JOURNEYS_COLLECTOR_PORT=str(self.collector_port),
+            JOURNEYS_QUERY_PORT=str(self.query_port),
+            **env,
+        )
+        self.log = data_dir / f"service-{self.collector_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def collector(self) -> str:
+        return f"http://127.0.0.1:{self.collector_port}"
+
+    @property
+    def query(self) -> str:
+        return f"http://127.0.0.1:{self.query_port}"
+
+    def start(self, timeout: float = 60) -> "Service":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "journeys.cli", "up"], env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if b"journeys is up" in self.log.read_bytes():
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"service did not come up in {timeout}s:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+def stop_leftover_postgres(data_dir: Path) -> None:
+    """A SIGKILLed service cannot release the embedded PostgreSQL it shared; stop it at test end."""
+    pgdata = str((data_dir / "postgres").resolve())
+    for proc in psutil.process_iter(attrs=["name", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info.get("name") == "postgres" and pgdata in " ".join(cmdline):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except psutil.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,51 @@
+"""Schema files: ordered, idempotent, and the cluster variant valid by ClickHouse's own parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from journeys.migrate import clickhouse_migrations, migrate_clickhouse, migrate_postgres, render_clickhouse_sql
+
+
+def test_files_apply_in_name_order() -> None:
+    names = [m.name for m in clickhouse_migrations()]
+    assert names == sorted(names) and names[0].startswith("0001_")
+
+
+def test_single_node_rendering_has_no_cluster_parts() -> None:
+    sql = "\n".join(s for m in clickhouse_migrations() for s in m.statements)
+    assert "{{" not in sql and "ON CLUSTER" not in sql and "Replicated" not in sql and "Distributed" not in sql
+    assert "ENGINE = ReplacingMergeTree(received_at)" in sql
+
+
+def test_cluster_rendering_replicates_and_shards_by_customer() -> None:
+    statements = [s for m in clickhouse_migrations("journeys") for s in m.statements]
+    events_local, events_dist = statements[0], statements[1]
+    assert events_local.startswith('CREATE TABLE IF NOT EXISTS events_local ON CLUSTER "journeys"')
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', received_at)"
+        in events_local
+    )
+    assert "Distributed('journeys', currentDatabase(), events_local, cityHash64(project_id, distinct_id))" in events_dist
+    assert any("ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')" in s for s in statements)
+
+
+@pytest.mark.parametrize("cluster", ["", "journeys"])
+async def test_every_rendered_statement_parses(stores, cluster: str) -> None:  # type: ignore[no-untyped-def]
+    for migration in clickhouse_migrations(cluster):
+        for statement in migration.statements:
+            _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}")
+            assert rows, statement
+
+
+def test_unknown_macro_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown schema macro"):
+        render_clickhouse_sql("CREATE TABLE {{tabel events}} (a Int8) ENGINE = Memory")
+
+
+async def test_migrations_are_idempotent_on_live_stores(stores) -> None:  # type: ignore[no-untyped-def]
+    assert await migrate_clickhouse(stores.clickhouse) == []
+    async with stores.pg.acquire() as conn:
+        assert await migrate_postgres(conn) == []
+    _, rows = await stores.clickhouse.query("SELECT name FROM journeys_schema_migrations ORDER BY name")
+    assert [r[0] for r in rows] == [m.name for m in clickhouse_migrations()]
