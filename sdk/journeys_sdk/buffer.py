@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .result import DropReason
@@ -150,11 +151,13 @@ class EventBuffer:
         self.wake.set()
         return target
 
-    def wait_settled(self, target: int, timeout: float | None, clock: Any) -> bool:
+    def wait_settled(
+        self, target: int, timeout: float | None, clock: Callable[[], float], alive: Callable[[], bool]
+    ) -> bool:
         deadline = None if timeout is None else clock() + timeout
         with self.lock:
             while self.settled < target:
-                if self.parked and not self.items:
+                if (self.parked and not self.items) or not alive():
                     return False
                 if deadline is None:
                     self.settled_cond.wait(0.5)

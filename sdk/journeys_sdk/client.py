@@ -371,7 +371,7 @@ class Client:
         msg: dict[str, Any] = {"type": "identify"}
         size = ENVELOPE_BYTES
         if traits is not None:
-            t = _as_dict(traits)
+            t = traits.copy() if type(traits) is dict else _as_dict(traits)
             if t is None:
                 return self._invalid("traits must be a mapping")
             msg["traits"] = t
@@ -396,7 +396,7 @@ class Client:
         msg: dict[str, Any] = {"type": "group", "groupId": gid}
         size = ENVELOPE_BYTES + len(gid)
         if traits is not None:
-            t = _as_dict(traits)
+            t = traits.copy() if type(traits) is dict else _as_dict(traits)
             if t is None:
                 return self._invalid("traits must be a mapping")
             msg["traits"] = t
@@ -510,7 +510,7 @@ class Client:
         if not has_id:
             return self._invalid(f"{msg['type']} events need `user_id` or `anonymous_id`")
         if context is not None:
-            c = _as_dict(context)
+            c = context.copy() if type(context) is dict else _as_dict(context)
             if c is None:
                 return self._invalid("context must be a mapping")
             msg["context"] = c
@@ -539,7 +539,7 @@ class Client:
         msg["messageId"] = message_id
         if size > _MAX_EVENT:
             return self._drop(
-                DropReason.TOO_LARGE, message_id, EventTooLargeError(size, _MAX_EVENT)  # type: ignore[arg-type]
+                DropReason.TOO_LARGE, message_id, EventTooLargeError(size, _MAX_EVENT, estimated=True)  # type: ignore[arg-type]
             )
         if self._pid != _getpid():
             self._after_fork()

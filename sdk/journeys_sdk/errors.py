@@ -66,10 +66,12 @@ class InvalidEventError(JourneysError, ValueError):
 class EventTooLargeError(InvalidEventError):
     """The serialized event exceeds the collector's per-event limit (32 KiB)."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"event is {size} bytes serialized; the limit is {limit} bytes")
+    def __init__(self, size: int, limit: int, *, estimated: bool = False) -> None:
+        at_least = "at least " if estimated else ""
+        super().__init__(f"event is {at_least}{size} bytes serialized; the limit is {limit} bytes")
         self.size = size
         self.limit = limit
+        self.estimated = estimated
 
 
 class SerializationError(InvalidEventError):
