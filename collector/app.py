@@ -186,7 +186,7 @@ async def _readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # any failure to reach it means not ready
         checks["postgres"] = {"ok": False, "error": str(exc)[:200]}
     checks["spool"] = {
-        "ok": not spool.is_full and spool.write_error is None,
+        "ok": not spool.above_high_water and spool.write_error is None,
         "pending_bytes": spool.pending_bytes,
         "max_bytes": spool.max_bytes,
         "oldest_age_seconds": round(spool.oldest_age_seconds(), 3),

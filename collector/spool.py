@@ -37,6 +37,7 @@ _HEADER = struct.Struct("<IIQ")
 _SEGMENT_SUFFIX = ".seg"
 _CHECKPOINT = "checkpoint"
 MAX_RECORD_BYTES = 256 * 1024 * 1024
+HIGH_WATER = 0.9
 
 
 class SpoolError(Exception):
@@ -220,8 +221,10 @@ class Spool:
         return self._durable - self._checkpoint + self._pending.nbytes
 
     @property
-    def is_full(self) -> bool:
-        return self.pending_bytes >= self.max_bytes
+    def above_high_water(self) -> bool:
+        """Over 90 % of the cap: readiness turns off here, so a load balancer steers traffic away
+        *before* requests start bouncing off the cap."""
+        return self.pending_bytes >= self.max_bytes * HIGH_WATER
 
     async def append(self, payload: bytes) -> None:
         """Return once ``payload`` is durable on disk; raise :class:`SpoolError` if it is not."""

@@ -320,3 +320,43 @@ async def test_unknown_route_and_method_get_json_errors(http, collector):  # typ
     async with http.get(collector.make_url("/v1/batch")) as resp:
         assert resp.status == 405
         assert (await resp.json())["errors"]
+
+
+async def test_spool_over_cap_answers_503_with_retry_after_and_loses_nothing(http, stores, project, tmp_path):  # type: ignore[no-untyped-def]
+    from aiohttp.test_utils import TestServer
+
+    from collector.app import create_app
+    from conftest import with_settings
+    from journeys.metrics import Metrics
+
+    # The inserter lingers for an hour: nothing leaves the spool, so it fills like during an outage.
+    stalled = with_settings(stores, spool_dir=tmp_path / "spool", spool_max_bytes=1024 * 1024, insert_linger_ms=3_600_000)
+    server = TestServer(create_app(stalled, Metrics()), host="127.0.0.1")
+    await server.start_server()
+    acked: list[str] = []
+    try:
+        refused = None
+        for b in range(200):
+            batch = [{"type": "track", "userId": f"s{i}", "event": "E", "messageId": f"full-{b}-{i}",
+                      "properties": {"pad": "p" * 200}} for i in range(50)]
+            status, payload, headers = await _post(http, server, "/v1/batch", {"batch": batch}, project.write_key)
+            if status == 503:
+                refused = (payload, headers)
+                break
+            assert status == 200
+            acked.extend(e["messageId"] for e in batch)
+        assert refused is not None, "spool cap never reached"
+        payload, headers = refused
+        assert headers["Retry-After"].isdigit() and payload["errors"][0]["field"] == "server"
+        async with http.get(server.make_url("/readyz")) as resp:
+            ready = await resp.json()
+        assert resp.status == 503 and ready["checks"]["spool"]["ok"] is False
+        async with http.get(server.make_url("/metrics")) as resp:
+            assert "journeys_spool_full_rejections_total 1.0" in await resp.text()
+    finally:
+        await server.close()  # shutdown drains the spool into ClickHouse
+    assert len(acked) > 100
+    columns, rows = await stores.clickhouse.query(
+        "SELECT message_id FROM events WHERE project_id = {p:String} LIMIT 1 BY message_id", {"p": project.id}
+    )
+    assert sorted(r[0] for r in rows) == sorted(acked)

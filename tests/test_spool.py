@@ -109,7 +109,7 @@ async def test_full_spool_refuses_with_spoolfull_and_recovers_after_commit(tmp_p
             await spool.append(chunk)
             accepted += 1
     assert accepted == 10
-    assert spool.is_full or spool.pending_bytes + len(chunk) > spool.max_bytes
+    assert spool.above_high_water and spool.pending_bytes + len(chunk) > spool.max_bytes
     await spool.commit(spool.durable_position)
     await spool.append(chunk)
     await spool.close()
