@@ -115,11 +115,12 @@ class ClickHouse:
         except Exception as exc:
             raise ClickHouseError(str(exc)) from exc
 
-    async def ping(self) -> bool:
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """Reachable and answering within ``timeout`` (a hung server must not hang a readiness probe)."""
         try:
-            await self.command("SELECT 1")
+            await asyncio.wait_for(self.command("SELECT 1"), timeout)
             return True
-        except ClickHouseError:
+        except (ClickHouseError, asyncio.TimeoutError):
             return False
 
     async def close(self) -> None:

@@ -1,0 +1,142 @@
+"""The real-server path: ``CLICKHOUSE_URL=http://…`` through clickhouse-connect's async HTTP client.
+
+No modern ClickHouse server installs here, so ``tests/chhttp.py`` serves ClickHouse's HTTP interface over
+chDB (the same engine) in a separate process the test can stop and start: an outage is a real refused
+connection, not a mock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from chhttp import ClickHouseHTTP
+from collector.app import SPOOL, create_app as create_collector
+from conftest import basic, wait_until
+from journeys.clickhouse import ClickHouse
+from journeys.keys import KeyResolver, create_project
+from journeys.metrics import Metrics
+from journeys.migrate import migrate_clickhouse
+from journeys.stores import Stores
+from query.app import create_app as create_query
+
+
+@pytest.fixture
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with ClickHouseHTTP(tmp_path / "ch", password="s3cret") as ch:
+        ch.start()
+        yield ch
+
+
+@pytest.fixture
+async def http_stores(stores: Stores, server: ClickHouseHTTP, tmp_path: Path) -> AsyncIterator[Stores]:
+    settings = stores.settings.model_copy(
+        update={"clickhouse_url": server.url, "spool_dir": tmp_path / "spool", "insert_linger_ms": 5}
+    )
+    assert not settings.clickhouse_is_embedded
+    clickhouse = await ClickHouse.connect(settings.effective_clickhouse_url)
+    await migrate_clickhouse(clickhouse)
+    yield dataclasses.replace(stores, settings=settings, clickhouse=clickhouse, keys=KeyResolver(stores.pg))
+    await clickhouse.close()
+
+
+@pytest.fixture
+async def services(http_stores: Stores) -> AsyncIterator[tuple[TestServer, TestServer]]:
+    metrics = Metrics()
+    collector = TestServer(create_collector(http_stores, metrics), host="127.0.0.1")
+    query = TestServer(create_query(http_stores, metrics), host="127.0.0.1")
+    await collector.start_server()
+    await query.start_server()
+    yield collector, query
+    await collector.close()
+    await query.close()
+
+
+async def _project(stores: Stores):  # type: ignore[no-untyped-def]
+    async with stores.pg.acquire() as conn:
+        return await create_project(conn, f"http-{id(stores)}-{asyncio.get_running_loop().time()}")
+
+
+async def test_ingest_and_read_back_over_http_clickhouse(http_stores, services) -> None:  # type: ignore[no-untyped-def]
+    collector, query = services
+    project = await _project(http_stores)
+    batch = [{"type": "track", "userId": "h1", "event": f"E{i}", "messageId": f"h-{i}",
+              "timestamp": f"2026-05-0{i + 1}T10:00:00Z", "channel": "email"} for i in range(5)]
+    batch.append({"type": "track", "userId": "h1"})  # quarantined
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):  # a retry: counted once
+            async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
+                                 headers=basic(project.write_key)) as resp:
+                assert resp.status == 200 and (await resp.json())["accepted"] == 5
+
+        async def visible():  # type: ignore[no-untyped-def]
+            async with http.get(query.make_url("/v1/stats"), headers=basic(project.read_key)) as resp:
+                stats = await resp.json()
+            return stats if stats["events"] == 5 and stats["quarantined"] == 2 else None
+
+        await wait_until(visible)
+        async with http.get(query.make_url("/v1/customers/h1/events"), headers=basic(project.read_key)) as resp:
+            body = await resp.json()
+    assert [e["message_id"] for e in body["events"]] == [f"h-{i}" for i in range(5)]
+    assert body["events"][0]["timestamp"] == "2026-05-01T10:00:00.000Z"
+
+
+async def test_clickhouse_outage_is_absorbed_by_the_spool_then_drained(http_stores, services, server) -> None:  # type: ignore[no-untyped-def]
+    collector, query = services
+    project = await _project(http_stores)
+    acked: list[str] = []
+    errors: list[int] = []
+
+    async def send(http: aiohttp.ClientSession, tag: str, batches: int) -> None:
+        for b in range(batches):
+            batch = [{"type": "track", "userId": f"o{i % 13}", "event": "Tick", "messageId": f"{tag}-{b}-{i}"}
+                     for i in range(20)]
+            async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
+                                 headers=basic(project.write_key)) as resp:
+                if resp.status == 200:
+                    acked.extend(e["messageId"] for e in batch)
+                else:
+                    errors.append(resp.status)
+            await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as http:
+        await send(http, "before", 10)
+        server.stop()  # ClickHouse goes away under steady load
+        await send(http, "during", 100)
+        async with http.get(collector.make_url("/readyz")) as resp:
+            ready = await resp.json()
+        assert resp.status == 503 and ready["checks"]["clickhouse"]["ok"] is False
+        assert "error" in ready["checks"]["clickhouse"]
+        spool = collector.app[SPOOL]
+        assert spool.pending_bytes > 0 and spool.oldest_age_seconds() > 0
+        async with http.get(collector.make_url("/metrics")) as resp:
+            assert 'journeys_clickhouse_errors_total{operation="insert"}' in await resp.text()
+
+        server.start()  # back, same address and data
+        await send(http, "after", 10)
+        await wait_until(lambda: _drained(spool), timeout=30)
+
+        async def ready_again():  # type: ignore[no-untyped-def]
+            async with http.get(collector.make_url("/readyz")) as resp:
+                return resp.status == 200
+
+        await wait_until(ready_again, timeout=15)
+        seen: list[str] = []
+        for c in range(13):
+            async with http.get(query.make_url(f"/v1/customers/o{c}/events?limit=10000"),
+                                headers=basic(project.read_key)) as resp:
+                seen.extend(e["message_id"] for e in (await resp.json())["events"])
+    assert errors == []
+    assert len(acked) == 2400
+    assert sorted(seen) == sorted(acked)  # 0 lost, 0 duplicated
+
+
+async def _drained(spool) -> bool:  # type: ignore[no-untyped-def]
+    return spool.pending_bytes == 0
