@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from collector.ingest import RequestProblem, decode_body, events_of, parse_json, process_events
-from collector.inserter import Inserter, encode_record
+from collector.inserter import Inserter, encode_records
 from collector.spool import Spool, SpoolFull, SpoolError
 from journeys.events import EVENT_TYPES
 from journeys.http import error_response, json_response, make_middleware, metrics_handler, presented_key, request_id
@@ -67,7 +67,7 @@ async def _spool_and_inserter(app: web.Application) -> AsyncIterator[None]:
         spool,
         app[STORES].clickhouse,
         metrics,
-        max_rows=settings.insert_max_rows,
+        max_bytes=settings.insert_max_bytes,
         linger_s=settings.insert_linger_ms / 1000,
     )
     app[SPOOL] = spool
@@ -115,7 +115,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
                 max_event_bytes=settings.max_event_bytes,
                 max_future_ms=int(settings.max_clock_skew_future_s * 1000),
             )
-            if not outcome.rows:
+            if not outcome.lines:
                 # Nothing valid: refuse the request as a whole, store nothing, say what is wrong with each.
                 errors = [{"index": q["index"], **e} for q in outcome.quarantined for e in q["errors"]]
                 raise RequestProblem(400, errors, "no_valid_events")
@@ -124,7 +124,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
             return error_response(problem.status, problem.errors)
 
         try:
-            await app[SPOOL].append(encode_record(outcome.rows, outcome.quarantine_rows))
+            await app[SPOOL].append(*encode_records(outcome.lines, outcome.quarantine_lines))
         except SpoolFull as exc:
             metrics.spool_rejections.inc()
             metrics.events_rejected.labels("spool_full").inc(len(events))
@@ -140,7 +140,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
             metrics.count_accepted(channel, n)
         for item in outcome.quarantined:
             metrics.events_quarantined.labels(item["errors"][0]["field"].split(".")[0]).inc()
-        return json_response({"success": True, "accepted": len(outcome.rows), "quarantined": outcome.quarantined})
+        return json_response({"success": True, "accepted": len(outcome.lines), "quarantined": outcome.quarantined})
 
     return handler
 

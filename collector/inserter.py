@@ -13,21 +13,25 @@ import asyncio
 import logging
 import time
 
-import orjson
-
-from collector.spool import Spool
+from collector.spool import Record, Spool
 from journeys.clickhouse import ClickHouse, ClickHouseError
 from journeys.events import EVENT_COLUMNS, QUARANTINE_COLUMNS
 from journeys.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_RECEIVED_AT = EVENT_COLUMNS.index("received_at")
+# A spool record is one kind byte and then JSONCompactEachRow lines, ready for ClickHouse as they are.
+EVENTS = b"E"
+QUARANTINE = b"Q"
+_TABLES = {EVENTS[0]: ("events", EVENT_COLUMNS), QUARANTINE[0]: ("quarantine", QUARANTINE_COLUMNS)}
 
 
-def encode_record(event_rows: list[tuple], quarantine_rows: list[tuple]) -> bytes:
-    """The spool payload for one request: its event rows and its quarantine rows."""
-    return orjson.dumps([event_rows, quarantine_rows])
+def encode_records(event_lines: list[bytes], quarantine_lines: list[bytes]) -> list[bytes]:
+    """The spool payloads for one request: its events and, if any, its quarantined events."""
+    records = [EVENTS + b"\n".join(event_lines) + b"\n"] if event_lines else []
+    if quarantine_lines:
+        records.append(QUARANTINE + b"\n".join(quarantine_lines) + b"\n")
+    return records
 
 
 class Inserter:
@@ -37,14 +41,12 @@ class Inserter:
         clickhouse: ClickHouse,
         metrics: Metrics,
         *,
-        max_rows: int = 100_000,
         max_bytes: int = 32 * 1024 * 1024,
         linger_s: float = 0.05,
     ):
         self.spool = spool
         self.clickhouse = clickhouse
         self.metrics = metrics
-        self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.linger_s = linger_s
         self.healthy = True
@@ -84,24 +86,17 @@ class Inserter:
                 if self.linger_s and not self._stop.is_set():
                     await self._pause(self.linger_s)
             records, next_position = await self.spool.read(position, self.max_bytes)
-            if records:
-                events: list[tuple] = []
-                quarantine: list[tuple] = []
-                for record in records:
-                    e_rows, q_rows = orjson.loads(record.payload)
-                    events.extend(e_rows)
-                    quarantine.extend(q_rows)
-                if not await self._insert_until_done(events, quarantine):
-                    return  # stopping with ClickHouse unavailable: the spool keeps the batch
+            if records and not await self._insert_until_done(records):
+                return  # stopping with ClickHouse unavailable: the spool keeps the batch
             if next_position > position:
                 await self.spool.commit(next_position)
                 position = next_position
 
-    async def _insert_until_done(self, events: list[tuple], quarantine: list[tuple]) -> bool:
+    async def _insert_until_done(self, records: list[Record]) -> bool:
         backoff = 0.2
         while True:
             try:
-                await self._insert(events, quarantine)
+                await self._insert(records)
             except ClickHouseError as exc:
                 self.metrics.clickhouse_errors.labels("insert").inc()
                 if self.healthy:
@@ -129,15 +124,18 @@ class Inserter:
         except asyncio.TimeoutError:
             pass
 
-    async def _insert(self, events: list[tuple], quarantine: list[tuple]) -> None:
-        for table, rows, columns in (("events", events, EVENT_COLUMNS), ("quarantine", quarantine, QUARANTINE_COLUMNS)):
-            for start in range(0, len(rows), self.max_rows):
-                chunk = rows[start : start + self.max_rows]
-                began = time.perf_counter()
-                await self.clickhouse.insert(table, list(zip(*chunk)), columns)
-                self.metrics.insert_latency.labels(table).observe(time.perf_counter() - began)
-                self.metrics.insert_rows.observe(len(chunk))
-        if events:
-            newest = max(row[_RECEIVED_AT] for row in events)
-            if self.newest_visible_ms is None or newest > self.newest_visible_ms:
-                self.newest_visible_ms = newest
+    async def _insert(self, records: list[Record]) -> None:
+        by_kind: dict[int, list[bytes]] = {}
+        for record in records:
+            by_kind.setdefault(record.payload[0], []).append(record.payload[1:])
+        for kind, chunks in sorted(by_kind.items()):
+            table, columns = _TABLES[kind]
+            data = b"".join(chunks)
+            began = time.perf_counter()
+            await self.clickhouse.insert_lines(table, columns, data)
+            self.metrics.insert_latency.labels(table).observe(time.perf_counter() - began)
+            self.metrics.insert_rows.observe(data.count(b"\n"))
+        # Records are written at acknowledgement time, so this is when the newest visible event arrived.
+        newest = records[-1].written_at_ms
+        if self.newest_visible_ms is None or newest > self.newest_visible_ms:
+            self.newest_visible_ms = newest

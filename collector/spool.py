@@ -226,11 +226,12 @@ class Spool:
         *before* requests start bouncing off the cap."""
         return self.pending_bytes >= self.max_bytes * HIGH_WATER
 
-    async def append(self, payload: bytes) -> None:
-        """Return once ``payload`` is durable on disk; raise :class:`SpoolError` if it is not."""
+    async def append(self, *payloads: bytes) -> None:
+        """Return once every payload is durable on disk, as one record each, written together;
+        raise :class:`SpoolError` if they are not."""
         if self._closing:
             raise SpoolError("spool is closing")
-        framed = frame(payload)
+        framed = b"".join(frame(p) for p in payloads)
         if self.pending_bytes + len(framed) > self.max_bytes:
             raise SpoolFull(f"spool holds {self.pending_bytes} bytes, cap is {self.max_bytes}")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

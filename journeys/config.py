@@ -53,9 +53,14 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(default=None, description="Default: DATA_DIR/spool.")
     spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024, description="Un-inserted spool above this → 503.")
     spool_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
-    insert_max_rows: int = Field(default=100_000, ge=1, description="Most rows in one ClickHouse insert.")
+    insert_max_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Most spooled bytes in one ClickHouse insert (a backlog is cut into these)."
+    )
     insert_linger_ms: float = Field(
-        default=50, ge=0, description="Wait this long for more rows before a small insert, to keep parts few."
+        default=250,
+        ge=0,
+        description="Wait this long for more rows before an insert: ClickHouse's CPU per row is ~2x higher "
+        "for 2k-row inserts than for 20k-row ones (measured), and every insert is a part to merge.",
     )
     insert_timeout_s: float = Field(default=30, gt=0)
 

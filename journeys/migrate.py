@@ -116,7 +116,7 @@ async def migrate_clickhouse(ch: ClickHouse, cluster: str = "") -> list[str]:
             continue
         for statement in migration.statements:
             await ch.command(statement)
-        await ch.insert("journeys_schema_migrations", [[migration.name]], ["name"])
+        await ch.command("INSERT INTO journeys_schema_migrations (name) SELECT {name:String}", {"name": migration.name})
         applied.append(migration.name)
     return applied
 
