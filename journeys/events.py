@@ -124,16 +124,17 @@ class IdentifyEvent(_Common):
     traits: NotRequired[Any]
 
 
-class PageEvent(_Common):
+class _Viewed(_Common):
+    name: NotRequired[OptionalName]
+    category: NotRequired[OptionalName]
+
+
+class PageEvent(_Viewed):
     type: Required[Literal["page"]]
-    name: NotRequired[OptionalName]
-    category: NotRequired[OptionalName]
 
 
-class ScreenEvent(_Common):
+class ScreenEvent(_Viewed):
     type: Required[Literal["screen"]]
-    name: NotRequired[OptionalName]
-    category: NotRequired[OptionalName]
 
 
 class GroupEvent(_Common):
