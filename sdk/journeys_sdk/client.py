@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import datetime as _dt
+import itertools
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -28,7 +30,17 @@ from typing import Any, TypeAlias
 
 from .buffer import EventBuffer
 from .consumer import Consumer
-from .encode import ENVELOPE_BYTES, MAX_BODY_BYTES, MAX_EVENT_BYTES, body_overhead, encode_event, estimate_size
+from .encode import (
+    ENVELOPE_BYTES,
+    MAX_BODY_BYTES,
+    MAX_EVENT_BYTES,
+    Entry,
+    Fields,
+    body_overhead,
+    build_event,
+    encode_event,
+    estimate_size,
+)
 from .errors import ConfigurationError, EventTooLargeError, InvalidEventError, RetryBudgetExceeded, SerializationError
 from .journey import check_channel, check_sentiment
 from .overflow import OverflowStore, OverflowUnavailable
@@ -49,17 +61,27 @@ Timestamp: TypeAlias = "_dt.datetime | str | float | int"
 Id: TypeAlias = "str | int | uuid.UUID"
 
 _getpid = os.getpid
+_chain = itertools.chain.from_iterable
 _now = time.time
-_urandom = os.urandom
 _QUEUED = Status.QUEUED
 _MAX_EVENT = MAX_EVENT_BYTES
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+# Message ids need uniqueness, not secrecy, so they come from a per-process
+# Mersenne Twister seeded from os.urandom instead of calling os.urandom (as
+# uuid.uuid4() does) per event.  That call releases the GIL, and when the
+# consumer thread grabs it to encode a batch, the caller of track() can wait a
+# whole GIL switch interval (5 ms) to get it back.
+_rng = random.Random()
+_getrandbits = _rng.getrandbits
+os.register_at_fork(after_in_child=_rng.seed)  # a child must not replay the parent's ids
+_V4_CLEAR = ~((0xF << 76) | (0xC << 60)) & ((1 << 128) - 1)
+_V4_SET = (0x4 << 76) | (0x8 << 60)
 
 
 def new_message_id() -> str:
-    """A random (version 4) UUID string, about twice as fast as ``str(uuid.uuid4())``."""
-    h = _urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    """A random RFC 4122 version-4 UUID string, ~4x faster than ``str(uuid.uuid4())``."""
+    h = "%032x" % (_getrandbits(128) & _V4_CLEAR | _V4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _coerce_id(value: object) -> str | None:
@@ -73,9 +95,43 @@ def _coerce_id(value: object) -> str | None:
     return None
 
 
+def _inline(key: str, mapping: dict[str, Any]) -> tuple[Any, ...]:
+    """Freeze a mapping-valued field as ``(key, n, k1, v1, ..., kn, vn)``.
+
+    A snapshot (callers reuse dicts, and encoding happens later on another
+    thread), taken in one C-level pass so no other thread runs halfway
+    through it, and laid out inline in the entry so the entry stays one flat
+    tuple (see ``encode.Entry``).
+    """
+    flat = (*_chain(mapping.items()),)
+    return (key, len(flat) >> 1) + flat
+
+
+def _check_timestamp_text(value: object) -> str | None:
+    """Accept an ISO-8601 string; one without an offset is taken as UTC (as Segment and
+    our collector read it) and sent with the offset spelled out, as the wire contract wants."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return str.__str__(value)
+
+
 def _as_dict(value: object) -> dict[str, Any] | None:
+    """A plain dict copy of any mapping; None (an invalid event) for anything else.
+
+    Catches everything because a third-party mapping can fail in any way,
+    and a recording call must not raise.
+    """
     if isinstance(value, Mapping):
-        return dict(value)
+        try:
+            return dict(value)
+        except Exception:
+            return None
     return None
 
 
@@ -245,9 +301,7 @@ class Client:
                 self._overflow = None
             else:
                 if self._overflow.events:
-                    log.info(
-                        "journeys-sdk: replaying %d events from %s", self._overflow.events, self.overflow_dir
-                    )
+                    log.info("journeys-sdk: replaying %d events from %s", self._overflow.events, self.overflow_dir)
                     self._buffer.add_recovered(self._overflow.events)
                     self._stats.recovered = self._overflow.events
         self._consumer = Consumer(
@@ -259,7 +313,13 @@ class Client:
             max_body_bytes=self._max_body,
             overflow=self._overflow,
         )
-        self._consumer.start()
+        try:
+            self._consumer.start()
+        except RuntimeError:
+            # Out of threads (possible in a forked child, where this runs inside
+            # a recording call that must not raise).  Events then queue up to the
+            # bounds and are dropped there; flush() returns False.
+            log.exception("journeys-sdk: cannot start the consumer thread; events will not be delivered")
 
     def _make_uploader(self) -> Uploader:
         return Uploader(
@@ -298,18 +358,18 @@ class Client:
         """Record that ``user_id`` (or ``anonymous_id``) did ``event``."""
         if type(event) is not str or not event:
             return self._invalid("track() needs `event`, a non-empty string")
-        msg: dict[str, Any] = {"type": "track", "event": event}
         size = ENVELOPE_BYTES + len(event)
-        if properties is not None:
+        if properties is None:
+            fields: Fields = ("event", event)
+        else:
             if type(properties) is not dict:
                 properties = _as_dict(properties)
                 if properties is None:
                     return self._invalid("properties must be a mapping")
-            # Copied because encoding happens later on another thread: callers
-            # commonly reuse one dict across calls.
-            msg["properties"] = p = properties.copy()  # type: ignore[attr-defined]
-            size += estimate_size(p)
-        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+            size += estimate_size(properties)
+            flat = (*_chain(properties.items()),)
+            fields = ("event", event, "properties", len(flat) >> 1) + flat
+        return self._enqueue("track", fields, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
 
     def touchpoint(
         self,
@@ -340,22 +400,22 @@ class Client:
             return self._invalid("touchpoint() needs `channel`, a lowercase slug such as 'web' or 'call_centre'")
         if type(action) is not str or not action:
             return self._invalid("touchpoint() needs `action`, a non-empty string")
-        msg: dict[str, Any] = {"type": "track", "event": action, "touchpoint": action, "channel": ch}
+        fields: Fields = ("event", action, "touchpoint", action, "channel", ch)
         size = ENVELOPE_BYTES + 2 * len(action) + len(ch) + 30
         if sentiment is not None:
             s = check_sentiment(sentiment)
             if s is None:
                 return self._invalid("sentiment must be 'positive', 'neutral' or 'negative'")
-            msg["sentiment"] = s
+            fields += ("sentiment", s)
             size += len(s) + 14
         if properties is not None:
             if type(properties) is not dict:
                 properties = _as_dict(properties)
                 if properties is None:
                     return self._invalid("properties must be a mapping")
-            msg["properties"] = p = properties.copy()  # type: ignore[attr-defined]
-            size += estimate_size(p)
-        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+            size += estimate_size(properties)
+            fields += _inline("properties", properties)
+        return self._enqueue("track", fields, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
 
     def identify(
         self,
@@ -368,15 +428,17 @@ class Client:
         message_id: str | None = None,
     ) -> EnqueueResult:
         """Attach ``traits`` to a user."""
-        msg: dict[str, Any] = {"type": "identify"}
+        fields: Fields = ()
         size = ENVELOPE_BYTES
         if traits is not None:
-            t = traits.copy() if type(traits) is dict else _as_dict(traits)
+            t = _as_dict(traits)
             if t is None:
                 return self._invalid("traits must be a mapping")
-            msg["traits"] = t
             size += estimate_size(t)
-        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+            fields = _inline("traits", t)
+        return self._enqueue(
+            "identify", fields, size, user_id, anonymous_id, context, timestamp, integrations, message_id
+        )
 
     def group(
         self,
@@ -393,15 +455,15 @@ class Client:
         gid = _coerce_id(group_id)
         if gid is None:
             return self._invalid("group() needs `group_id`")
-        msg: dict[str, Any] = {"type": "group", "groupId": gid}
+        fields: Fields = ("groupId", gid)
         size = ENVELOPE_BYTES + len(gid)
         if traits is not None:
-            t = traits.copy() if type(traits) is dict else _as_dict(traits)
+            t = _as_dict(traits)
             if t is None:
                 return self._invalid("traits must be a mapping")
-            msg["traits"] = t
             size += estimate_size(t)
-        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+            fields += _inline("traits", t)
+        return self._enqueue("group", fields, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
 
     def page(
         self,
@@ -416,7 +478,9 @@ class Client:
         message_id: str | None = None,
     ) -> EnqueueResult:
         """Record a web page view."""
-        return self._view("page", user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id)
+        return self._view(
+            "page", user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id
+        )
 
     def screen(
         self,
@@ -431,7 +495,9 @@ class Client:
         message_id: str | None = None,
     ) -> EnqueueResult:
         """Record an app screen view."""
-        return self._view("screen", user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id)
+        return self._view(
+            "screen", user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id
+        )
 
     def alias(
         self,
@@ -447,8 +513,10 @@ class Client:
         uid = _coerce_id(user_id)
         if prev is None or uid is None:
             return self._invalid("alias() needs both `previous_id` and `user_id`")
-        msg: dict[str, Any] = {"type": "alias", "previousId": prev}
-        return self._enqueue(msg, ENVELOPE_BYTES + len(prev), uid, None, context, timestamp, integrations, message_id)
+        fields: Fields = ("previousId", prev)
+        return self._enqueue(
+            "alias", fields, ENVELOPE_BYTES + len(prev), uid, None, context, timestamp, integrations, message_id
+        )
 
     def _view(
         self,
@@ -463,29 +531,30 @@ class Client:
         integrations: Properties | None,
         message_id: str | None,
     ) -> EnqueueResult:
-        msg: dict[str, Any] = {"type": kind}
+        fields: Fields = ()
         size = ENVELOPE_BYTES
         if name is not None:
             if not isinstance(name, str):
                 return self._invalid(f"{kind}() `name` must be a string")
-            msg["name"] = name
+            fields += ("name", str.__str__(name))
             size += len(name)
         if category is not None:
             if not isinstance(category, str):
                 return self._invalid(f"{kind}() `category` must be a string")
-            msg["category"] = category
+            fields += ("category", str.__str__(category))
             size += len(category)
         if properties is not None:
             p = _as_dict(properties)
             if p is None:
                 return self._invalid("properties must be a mapping")
-            msg["properties"] = p
             size += estimate_size(p)
-        return self._enqueue(msg, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
+            fields += _inline("properties", p)
+        return self._enqueue(kind, fields, size, user_id, anonymous_id, context, timestamp, integrations, message_id)
 
     def _enqueue(
         self,
-        msg: dict[str, Any],
+        kind: str,
+        fields: Fields,
         size: int,
         user_id: object,
         anonymous_id: object,
@@ -494,61 +563,66 @@ class Client:
         integrations: object,
         message_id: object,
     ) -> EnqueueResult:
-        has_id = False
-        if user_id is not None:
-            uid = user_id if type(user_id) is str else _coerce_id(user_id)
-            if uid:
-                msg["userId"] = uid
-                size += len(uid)  # type: ignore[arg-type]
-                has_id = True
-        if anonymous_id is not None:
-            aid = anonymous_id if type(anonymous_id) is str else _coerce_id(anonymous_id)
-            if aid:
-                msg["anonymousId"] = aid
-                size += len(aid)  # type: ignore[arg-type]
-                has_id = True
-        if not has_id:
-            return self._invalid(f"{msg['type']} events need `user_id` or `anonymous_id`")
+        uid = user_id if type(user_id) is str else (None if user_id is None else _coerce_id(user_id))
+        aid = (
+            anonymous_id if type(anonymous_id) is str else (None if anonymous_id is None else _coerce_id(anonymous_id))
+        )
+        if not uid:
+            uid = None
+            if not aid:
+                return self._invalid(f"{kind} events need `user_id` or `anonymous_id`")
+        else:
+            size += len(uid)
+        if aid:
+            size += len(aid)
+        else:
+            aid = None
+        extra: Fields = ()
         if context is not None:
-            c = context.copy() if type(context) is dict else _as_dict(context)
+            c = context if type(context) is dict else _as_dict(context)
             if c is None:
                 return self._invalid("context must be a mapping")
-            msg["context"] = c
             size += estimate_size(c)
+            extra = _inline("context", c)
         if integrations is not None:
-            i = _as_dict(integrations)
+            i = integrations if type(integrations) is dict else _as_dict(integrations)
             if i is None:
                 return self._invalid("integrations must be a mapping")
-            msg["integrations"] = i
             size += estimate_size(i)
+            extra += _inline("integrations", i)
         if timestamp is None:
-            # Text formatting is left to the consumer; the instant is fixed now.
-            msg["timestamp"] = _now()
-        elif isinstance(timestamp, (_dt.datetime, str)) or (
-            isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool)
+            # The instant is fixed now; turning it into text is the consumer's job.
+            timestamp = _now()
+        elif not (
+            isinstance(timestamp, _dt.datetime)
+            or (isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool))
         ):
-            msg["timestamp"] = timestamp
-        else:
-            return self._invalid("timestamp must be a datetime, an ISO-8601 string or epoch seconds")
+            timestamp = _check_timestamp_text(timestamp)
+            if timestamp is None:
+                return self._invalid("timestamp must be a datetime, epoch seconds, or an ISO-8601 string")
         if message_id is None:
             message_id = new_message_id()
         elif type(message_id) is not str:
             message_id = _coerce_id(message_id)
             if message_id is None:
                 return self._invalid("message_id must be a string")
-        msg["messageId"] = message_id
         if size > _MAX_EVENT:
             return self._drop(
-                DropReason.TOO_LARGE, message_id, EventTooLargeError(size, _MAX_EVENT, estimated=True)  # type: ignore[arg-type]
+                DropReason.TOO_LARGE,
+                message_id,
+                EventTooLargeError(size, _MAX_EVENT, estimated=True),
             )
+        entry = (kind, message_id, timestamp, uid, aid) + fields
+        if extra:
+            entry += extra
         if self._pid != _getpid():
             self._after_fork()
         if self._consumer is None:
-            return self._not_queued(msg, message_id)  # type: ignore[arg-type]
-        reason = self._buffer.put(msg, size)
+            return self._not_queued(entry)
+        reason = self._buffer.put(entry, size)
         if reason is None:
-            return EnqueueResult(_QUEUED, message_id)  # type: ignore[arg-type]
-        return self._drop(reason, message_id)  # type: ignore[arg-type]
+            return EnqueueResult(_QUEUED, message_id)
+        return self._drop(reason, message_id)
 
     # -- rare paths -----------------------------------------------------------------
 
@@ -562,8 +636,9 @@ class Client:
             log.warning("journeys-sdk: %s; %s", _DROP_MESSAGES[reason](self, error), _FURTHER)
         return EnqueueResult(Status.DROPPED, message_id, reason, error)
 
-    def _not_queued(self, msg: dict[str, Any], message_id: str) -> EnqueueResult:
+    def _not_queued(self, entry: Entry) -> EnqueueResult:
         """``send=False``, ``sync_mode``, or after ``shutdown()``."""
+        message_id = entry[1]
         if self._closed:
             return self._drop(DropReason.SHUTDOWN, message_id)
         if not self.send:
@@ -571,13 +646,14 @@ class Client:
         uploader = self._sync_uploader
         assert uploader is not None
         try:
+            msg = build_event(entry)
             raw = encode_event(msg)
         except (ValueError, TypeError, RecursionError) as exc:
             return self._drop(DropReason.UNSERIALIZABLE, message_id, SerializationError(str(exc)))
         if len(raw) > MAX_EVENT_BYTES:
             return self._drop(DropReason.TOO_LARGE, message_id, EventTooLargeError(len(raw), MAX_EVENT_BYTES))
         batch = Batch()
-        batch.add(raw, msg)
+        batch.add(raw)
         with self._sync_lock:
             self._sync_count += 1
             outcome, err, backoff = uploader.deliver(batch, _sleep_always)
@@ -597,8 +673,9 @@ class Client:
         Returns True when every event queued before the call has been delivered
         or has definitively failed (failures go to ``on_error`` and
         ``stats.failed``).  Returns False on timeout, or, with ``overflow_dir``,
-        when the collector is down past the retry budget and the events are
-        parked on disk.  Do not call it from an event loop thread; use
+        when the collector has been down past the retry budget: the events are
+        then parked on disk, and the flush costs one immediate probe request
+        rather than waiting for the outage to end.  Do not call it from an event loop thread; use
         ``await aflush()`` there.
         """
         if self._pid != _getpid():
@@ -606,8 +683,10 @@ class Client:
         consumer = self._consumer
         if consumer is None:
             return True
-        target = self._buffer.begin_flush()
-        return self._buffer.wait_settled(target, timeout, time.monotonic, consumer.is_alive)
+        if threading.current_thread() is consumer:
+            return False  # called from on_error: waiting for ourselves would deadlock
+        target, epoch = self._buffer.begin_flush()
+        return self._buffer.wait_settled(target, epoch, timeout, time.monotonic, consumer.is_alive)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """``flush()`` for asyncio code: waits without blocking the event loop or using a thread."""
@@ -617,12 +696,12 @@ class Client:
         buf = self._buffer
         if consumer is None:
             return True
-        target = buf.begin_flush()
+        target, epoch = buf.begin_flush()
         if not consumer.is_alive():
             return buf.settled >= target
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
-        buf.add_async_waiter(target, loop, fut)
+        buf.add_async_waiter(target, epoch, loop, fut)
         try:
             if timeout is None:
                 return await fut
@@ -645,7 +724,7 @@ class Client:
         if self._closed:
             return True
         self._closed = True
-        with self._buffer.lock:
+        with self._buffer.put_lock:
             self._buffer.closed = True
         ok = True
         consumer = self._consumer
@@ -655,7 +734,8 @@ class Client:
             # Bounded: an aborted consumer exits at its next check, or when its
             # current request times out.  It is a daemon, so it cannot hold up
             # interpreter exit either way.
-            consumer.join(max(2.0, min(self._timeout, 5.0)))
+            if threading.current_thread() is not consumer:
+                consumer.join(max(2.0, min(self._timeout, 5.0)))
         elif self._sync_uploader is not None:
             with self._sync_lock:
                 self._sync_uploader.transport.close()

@@ -23,8 +23,8 @@ import time
 from collections import deque
 from typing import Any
 
-from .buffer import EventBuffer, Item
-from .encode import MAX_EVENT_BYTES, encode_event
+from .buffer import EventBuffer
+from .encode import MAX_EVENT_BYTES, Entry, build_event, encode_event
 from .errors import (
     DeliveryError,
     EventTooLargeError,
@@ -41,10 +41,10 @@ __all__ = ["Consumer"]
 
 log = logging.getLogger("journeys_sdk")
 
-# An entry of the carry: encoded bytes and the finished event, or (None, None)
-# for an event the consumer dropped.  Dropped events keep their place so that
-# flush() bookkeeping, which counts events in arrival order, stays exact.
-_Encoded = tuple[bytes | None, dict[str, Any] | None]
+# An entry of the carry: encoded bytes, or None for an event the consumer
+# dropped.  Dropped events keep their place so that flush() bookkeeping, which
+# counts events in arrival order, stays exact.
+_Encoded = bytes | None
 
 # While retrying, how often to look for work that cannot wait for the backoff
 # to end (spilling a filling queue to disk, an abort from shutdown()).
@@ -84,7 +84,7 @@ class Consumer(threading.Thread):
         if abort:
             self._aborting.set()
         self._stopping.set()
-        self._buffer.wake.set()
+        self._buffer.notify()
 
     # -- main loop ------------------------------------------------------------
 
@@ -114,7 +114,7 @@ class Consumer(threading.Thread):
         deadline = time.monotonic() + self._interval
         batch = Batch()
         while True:
-            buf.wake.clear()
+            buf.clear_wake()
             if self._aborting.is_set():
                 self._unread(batch)
                 return None
@@ -134,7 +134,7 @@ class Consumer(threading.Thread):
                     return batch
                 deadline = time.monotonic() + self._interval
                 remaining = self._interval
-            buf.wake.wait(remaining)
+            buf.wait_wake(remaining)
 
     def _read_segment(self, overflow: OverflowStore) -> Batch:
         seg = overflow.head()
@@ -160,7 +160,7 @@ class Consumer(threading.Thread):
                     return False
                 self._encode(items)
                 continue
-            raw, msg = carry[0]
+            raw = carry[0]
             if raw is None:
                 carry.popleft()
                 batch.settles += 1
@@ -168,23 +168,27 @@ class Consumer(threading.Thread):
             if batch.events and batch.nbytes + len(raw) + 1 > limit:
                 return True
             carry.popleft()
-            batch.add(raw, msg)  # type: ignore[arg-type]
+            batch.add(raw)
         return True
 
-    def _encode(self, items: list[Item]) -> None:
+    def _encode(self, items: list[Entry]) -> None:
         append = self._carry.append
-        for msg, _size in items:
+        for entry in items:
+            msg = None
             try:
+                msg = build_event(entry)
                 raw = encode_event(msg)
             except (ValueError, TypeError, RecursionError) as exc:
+                if msg is None:
+                    msg = {"messageId": entry[1], "type": entry[0]}
                 self._drop(DropReason.UNSERIALIZABLE, SerializationError(f"cannot encode event as JSON: {exc}"), msg)
-                append((None, None))
+                append(None)
                 continue
             if len(raw) > MAX_EVENT_BYTES:
                 self._drop(DropReason.TOO_LARGE, EventTooLargeError(len(raw), MAX_EVENT_BYTES), msg)
-                append((None, None))
+                append(None)
                 continue
-            append((raw, msg))
+            append(raw)
 
     def _drop(self, reason: DropReason, exc: Exception, msg: dict[str, Any]) -> None:
         if self._stats.drop(reason):
@@ -200,8 +204,8 @@ class Consumer(threading.Thread):
         """Put a partly built batch back at the front of the carry."""
         if batch.segment is not None or not batch.settles:
             return
-        entries: list[_Encoded] = list(zip(batch.events, batch.messages or ()))
-        entries += [(None, None)] * (batch.settles - len(entries))
+        entries: list[_Encoded] = list(batch.events)
+        entries += [None] * (batch.settles - len(entries))
         self._carry.extendleft(reversed(entries))
 
     # -- delivery ---------------------------------------------------------------
@@ -224,9 +228,7 @@ class Consumer(threading.Thread):
                         return  # safe on disk; the next process replays it
                     outcome = self._park(batch, err)
                 else:
-                    self._uploader.report_failed(
-                        batch, RetryBudgetExceeded(err, backoff.retries + 1, backoff.elapsed)
-                    )
+                    self._uploader.report_failed(batch, RetryBudgetExceeded(err, backoff.retries + 1, backoff.elapsed))
                     outcome = Outcome.FAILED
             if outcome is Outcome.ABORTED:
                 if self.overflow is not None and self._persist_inflight():
@@ -243,14 +245,19 @@ class Consumer(threading.Thread):
         finally:
             self._inflight = None
 
-    def _sleep(self, seconds: float) -> bool:
-        """Wait between attempts; spill to disk meanwhile if needed.  False = abort."""
+    def _sleep(self, seconds: float, flush_mark: int | None = None) -> bool:
+        """Wait between attempts; spill to disk meanwhile if needed.  False = abort.
+
+        With ``flush_mark``, a flush() called since the mark ends the wait early.
+        """
         deadline = time.monotonic() + seconds
         while True:
             if self._aborting.is_set():
                 return False
             if self.overflow is not None and self._should_spill():
                 self._spill()
+            if flush_mark is not None and self._buffer.flush_calls != flush_mark:
+                return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return True
@@ -259,27 +266,32 @@ class Consumer(threading.Thread):
     def _park(self, batch: Batch, err: DeliveryError) -> Outcome:
         """Overflow mode, budget exhausted: keep everything on disk and probe until the collector is back."""
         log.warning(
-            "journeys-sdk: collector unavailable past the retry budget (%s); "
-            "keeping events in %s until it is back",
+            "journeys-sdk: collector unavailable past the retry budget (%s); keeping events in %s until it is back",
             err,
             self.overflow.directory if self.overflow else "?",
         )
-        self._buffer.set_parked(True)
+        buf = self._buffer
+        self._spill()
+        buf.set_parked(True)
         try:
-            self._spill()
             policy = self._uploader.policy
             while True:
+                # Probe at the backoff cap, or as soon as someone flushes.
+                mark = buf.flush_calls
                 delay = policy.delay(64, getattr(err, "retry_after", None))
-                if not self._sleep(delay):
+                if not self._sleep(delay, flush_mark=mark):
                     return Outcome.ABORTED
+                self._stats.add(retries=1)
                 try:
                     ack = self._uploader.attempt(batch)
                 except DeliveryError as exc:
+                    exc.__traceback__ = None  # see Uploader.deliver
                     if not exc.retryable:
                         self._uploader.report_failed(batch, exc)
                         return Outcome.FAILED
                     err = exc
-                    self._stats.add(retries=1)
+                    self._spill()
+                    buf.set_parked(True)  # tells waiting flushes this probe failed
                     continue
                 log.warning("journeys-sdk: collector reachable again; replaying overflow")
                 self._uploader.report_delivered(batch, ack)
@@ -293,7 +305,9 @@ class Consumer(threading.Thread):
             for reason in (DropReason.QUEUE_FULL, DropReason.QUEUE_BYTES):
                 total = self._stats.rearm(reason)
                 if total is not None:
-                    log.warning("journeys-sdk: queue has room again (%d events dropped so far: %s)", total, reason.value)
+                    log.warning(
+                        "journeys-sdk: queue has room again (%d events dropped so far: %s)", total, reason.value
+                    )
 
     # -- overflow -----------------------------------------------------------------
 
@@ -339,7 +353,7 @@ class Consumer(threading.Thread):
             events: list[bytes] = []
             nbytes = 0
             while carry and len(events) < self._upload_size:
-                raw, _ = carry[0]
+                raw = carry[0]
                 if raw is not None and events and nbytes + len(raw) + 1 > limit:
                     break
                 chunk.append(carry.popleft())
@@ -369,13 +383,11 @@ class Consumer(threading.Thread):
         self._encode(self._buffer.take_all())
         batch = Batch()
         while self._carry:
-            raw, msg = self._carry.popleft()
+            raw = self._carry.popleft()
             if raw is None:
                 batch.settles += 1
             else:
-                batch.add(raw, msg)  # type: ignore[arg-type]
+                batch.add(raw)
         if batch.events:
-            self._uploader.report_failed(
-                batch, ShutdownError("client shut down before these events were delivered")
-            )
+            self._uploader.report_failed(batch, ShutdownError("client shut down before these events were delivered"))
         self._buffer.settle(batch.settles)

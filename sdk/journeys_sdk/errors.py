@@ -51,6 +51,14 @@ def is_retryable_status(status: int) -> bool:
     return 500 <= status <= 599 and status not in (501, 505)
 
 
+def _describe(error: Any) -> str:
+    """The collector's errors are ``{"field", "reason"}`` (plus ``index``) objects; say them plainly."""
+    if isinstance(error, dict) and "reason" in error:
+        where = ".".join(str(error[k]) for k in ("index", "field") if k in error)
+        return f"{where}: {error['reason']}" if where else str(error["reason"])
+    return str(error)
+
+
 class JourneysError(Exception):
     """Base class of everything this SDK reports."""
 
@@ -105,7 +113,9 @@ class APIError(DeliveryError):
         retry_after: float | None = None,
         body: str = "",
     ) -> None:
-        detail = "; ".join(str(e) for e in errors) if errors else body[:200]
+        detail = "; ".join(_describe(e) for e in errors[:5]) if errors else body[:200]
+        if len(errors) > 5:
+            detail += f"; ... ({len(errors)} errors)"
         super().__init__(f"collector answered HTTP {status}" + (f": {detail}" if detail else ""))
         self.status = status
         self.errors = list(errors)
@@ -118,9 +128,7 @@ class RetryBudgetExceeded(DeliveryError):
     """Retryable failures continued until the time budget (or ``max_retries``) ran out."""
 
     def __init__(self, last_error: DeliveryError, attempts: int, elapsed: float) -> None:
-        super().__init__(
-            f"gave up after {attempts} attempts over {elapsed:.1f}s; last error: {last_error}"
-        )
+        super().__init__(f"gave up after {attempts} attempts over {elapsed:.1f}s; last error: {last_error}")
         self.last_error = last_error
         self.attempts = attempts
         self.elapsed = elapsed

@@ -36,28 +36,29 @@ class Sentiment(StrEnum):
     NEGATIVE = "negative"
 
 
-_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62})")
+# What the collector stores as a channel: short, lowercase, letters/digits/_.
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_]{0,31}")
 _SENTIMENTS = frozenset(s.value for s in Sentiment)
 # Channels are few and repeat constantly; remembering the ones already checked
-# turns the regex into a set lookup.  Bounded so a caller passing free text
-# cannot grow it without limit.
-_known_channels: set[str] = {c.value for c in Channel}
+# (raw input -> slug) turns validation into one dict lookup.  Bounded so a
+# caller passing free text cannot grow it without limit.
+_known_channels: dict[str, str] = {c.value: c.value for c in Channel}
 _KNOWN_CHANNELS_MAX = 1024
 
 
 def check_channel(channel: object) -> str | None:
-    """Return the channel as a plain ``str`` slug, or None if it is not one."""
-    if type(channel) is not str:
-        if not isinstance(channel, str):
-            return None
-        channel = str.__str__(channel)
-    if channel in _known_channels:
-        return channel
-    if _SLUG.fullmatch(channel) is None:
+    """Return the channel as a slug (``"Call-Centre"`` -> ``"call_centre"``), or None if it cannot be one."""
+    if not isinstance(channel, str):
+        return None
+    known = _known_channels.get(channel)
+    if known is not None:
+        return known
+    slug = channel.strip().lower().replace("-", "_").replace(" ", "_")
+    if _SLUG.fullmatch(slug) is None:
         return None
     if len(_known_channels) < _KNOWN_CHANNELS_MAX:
-        _known_channels.add(channel)
-    return channel
+        _known_channels[str.__str__(channel)] = slug
+    return slug
 
 
 def check_sentiment(sentiment: object) -> str | None:

@@ -60,9 +60,7 @@ class OverflowStore:
         self.max_bytes = max_bytes
         try:
             os.makedirs(self.directory, exist_ok=True)
-            self._lock_fd: int | None = os.open(
-                os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-            )
+            self._lock_fd: int | None = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise OverflowUnavailable(f"cannot use overflow_dir {self.directory!r}: {exc}") from exc
         if fcntl is not None:
@@ -77,7 +75,12 @@ class OverflowStore:
         self._segments: deque[Segment] = deque()
         self.bytes = 0
         self.events = 0
-        for name in sorted(os.listdir(self.directory)):
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError as exc:
+            self.close()
+            raise OverflowUnavailable(f"cannot read overflow_dir {self.directory!r}: {exc}") from exc
+        for name in names:
             m = _NAME.match(name)
             path = os.path.join(self.directory, name)
             if m is None:

@@ -29,8 +29,6 @@ from .version import VERSION
 
 __all__ = ["Acknowledgement", "Transport", "gzip_body", "parse_response"]
 
-_MAX_RESPONSE_BYTES = 1 << 20
-
 
 @dataclass(frozen=True, slots=True)
 class Acknowledgement:
@@ -131,10 +129,11 @@ class Transport:
         try:
             conn.request("POST", self.path, body=gzipped_body, headers=self._headers)
             resp = conn.getresponse()
-            body = resp.read(_MAX_RESPONSE_BYTES)
-            if resp.will_close or not resp.isclosed():
-                # Server will close, or the body was larger than we read: this
-                # connection cannot carry another request.
+            # read() without a size, because only that raises IncompleteRead
+            # when the connection drops mid-body: a truncated answer is a
+            # network failure (retry), not an acknowledgement.
+            body = resp.read()
+            if resp.will_close:
                 self.close()
         except (OSError, http.client.HTTPException) as exc:
             self.close()

@@ -43,6 +43,8 @@ class DropReason(StrEnum):
     """Accepting it would exceed ``max_queue_bytes``."""
     SHUTDOWN = "shutdown"
     """The client has been shut down."""
+    NOT_CONFIGURED = "not_configured"
+    """Module-level API used before ``journeys_sdk.write_key`` was set."""
 
 
 @final

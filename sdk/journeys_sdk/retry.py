@@ -35,7 +35,7 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int, rand: Callable[[], float] = random.random) -> float:
         """Full-jitter delay before retry number ``retry_number`` (1-based)."""
-        ceiling = min(self.cap, self.base * (2 ** min(retry_number - 1, 62)))
+        ceiling = min(self.cap, self.base * float(2 ** min(retry_number - 1, 62)))
         return ceiling * rand()
 
     def delay(self, retry_number: int, retry_after: float | None) -> float:

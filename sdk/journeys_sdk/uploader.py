@@ -33,18 +33,19 @@ OnError = Callable[[JourneysError, list[dict[str, Any]]], object]
 class Batch:
     """Encoded events travelling together, plus where they came from.
 
+    Only the encoded bytes are kept (they are what gets resent on retry, and
+    bytes are invisible to the garbage collector); ``on_error`` handlers get
+    them decoded back, i.e. exactly what was sent.
+
     ``settles`` counts the queued events this batch accounts for: its events
     plus any the consumer dropped while building it (too large, not encodable).
     They finish together, which keeps ``flush()`` bookkeeping in arrival order.
     """
 
-    __slots__ = ("events", "messages", "nbytes", "segment", "settles")
+    __slots__ = ("events", "nbytes", "segment", "settles")
 
     def __init__(self) -> None:
         self.events: list[bytes] = []
-        # The finished event dicts, kept for on_error; None when the batch was
-        # read back from disk (decoded lazily, only if an error needs them).
-        self.messages: list[dict[str, Any]] | None = []
         self.nbytes = 0
         self.segment: Segment | None = None
         self.settles = 0
@@ -53,16 +54,13 @@ class Batch:
     def from_segment(cls, seg: Segment, events: list[bytes]) -> Batch:
         b = cls()
         b.events = events
-        b.messages = None
         b.nbytes = sum(map(len, events)) + len(events)
         b.segment = seg
         b.settles = seg.count
         return b
 
-    def add(self, raw: bytes, msg: dict[str, Any]) -> None:
+    def add(self, raw: bytes) -> None:
         self.events.append(raw)
-        assert self.messages is not None
-        self.messages.append(msg)
         self.nbytes += len(raw) + 1
         self.settles += 1
 
@@ -72,8 +70,6 @@ class Batch:
     def decoded(self, indexes: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """The events as dicts (for on_error), optionally only those at ``indexes``."""
         idx = range(len(self.events)) if indexes is None else indexes
-        if self.messages is not None:
-            return [self.messages[i] for i in idx if 0 <= i < len(self.messages)]
         out = []
         for i in idx:
             if 0 <= i < len(self.events):
@@ -118,9 +114,7 @@ class Uploader:
         body = gzip_body(batch_body(batch.events, _now_iso()), self.gzip_level)
         return self.transport.post(body)
 
-    def deliver(
-        self, batch: Batch, sleep: Callable[[float], bool]
-    ) -> tuple[Outcome, DeliveryError | None, Backoff]:
+    def deliver(self, batch: Batch, sleep: Callable[[float], bool]) -> tuple[Outcome, DeliveryError | None, Backoff]:
         """Send ``batch`` until acknowledged, refused, or out of budget.
 
         ``sleep(seconds)`` waits between attempts and returns False to abort.
@@ -130,6 +124,12 @@ class Uploader:
             try:
                 ack = self.attempt(batch)
             except DeliveryError as exc:
+                # Kept across a backoff wait (for Retry-After and the final
+                # report); its traceback would keep the failed request's frames
+                # and response objects alive, as garbage-collector work.
+                exc.__traceback__ = None
+                if exc.__cause__ is not None:
+                    exc.__cause__.__traceback__ = None
                 if not exc.retryable:
                     self.report_failed(batch, exc)
                     return Outcome.FAILED, exc, backoff
@@ -137,9 +137,9 @@ class Uploader:
                 if delay is None:
                     return Outcome.GAVE_UP, exc, backoff
                 log.debug("journeys-sdk: batch of %d failed (%s); retry in %.2fs", len(batch), exc, delay)
-                self.stats.add(retries=1)
                 if not sleep(delay):
                     return Outcome.ABORTED, exc, backoff
+                self.stats.add(retries=1)
                 continue
             self.report_delivered(batch, ack)
             return Outcome.DELIVERED, None, backoff
