@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from chhttp import ClickHouseHTTP
 from collector.app import SPOOL, create_app as create_collector
-from conftest import basic, wait_until
+from support import basic, wait_until
 from journeys.clickhouse import ClickHouse
 from journeys.keys import KeyResolver, create_project
 from journeys.metrics import Metrics

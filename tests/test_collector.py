@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from conftest import basic, gzipped, stored_rows, wait_drained, wait_stored, wait_until
+from support import basic, gzipped, stored_rows, wait_drained, wait_stored, wait_until
 
 
 def _iso(dt: datetime) -> str:
@@ -208,7 +208,7 @@ async def test_limits_are_configurable(http, stores, project, tmp_path):  # type
     from aiohttp.test_utils import TestServer
 
     from collector.app import create_app
-    from conftest import with_settings
+    from support import with_settings
     from journeys.metrics import Metrics
 
     small = with_settings(stores, spool_dir=tmp_path / "spool", max_event_bytes=300, max_request_bytes=2000)
@@ -326,7 +326,7 @@ async def test_spool_over_cap_answers_503_with_retry_after_and_loses_nothing(htt
     from aiohttp.test_utils import TestServer
 
     from collector.app import create_app
-    from conftest import with_settings
+    from support import with_settings
     from journeys.metrics import Metrics
 
     # The inserter lingers for an hour: nothing leaves the spool, so it fills like during an outage.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from conftest import basic, wait_drained
+from support import basic, wait_drained
 
 
 async def _send(http, collector, key, batch):  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 import pytest
 
-from conftest import basic, wait_until
+from support import basic, wait_until
 from service import Service, create_project, stop_leftover_postgres
 
 
