@@ -120,6 +120,91 @@ async def _project_create(settings: Settings, name: str, as_json: bool) -> int:
     return 0
 
 
+async def _with_project(settings: Settings, project: str, work):  # type: ignore[no-untyped-def]
+    """Run ``work(conn, project_id)`` against PostgreSQL for the project named (by name or id)."""
+    from journeys.keys import ProjectError, find_project
+    from journeys.migrate import migrate_postgres
+    from journeys.postgres import postgres_pool
+
+    async with postgres_pool(settings, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await migrate_postgres(conn)
+            project_id = await find_project(conn, project)
+            if project_id is None:
+                raise ProjectError(f"no project named {project!r} (journeys project create NAME makes one)")
+            return await work(conn, project_id)
+
+
+def _read_document(path: str):  # type: ignore[no-untyped-def]
+    import yaml
+
+    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    try:
+        return yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+
+
+async def _definition_command(settings: Settings, args: argparse.Namespace) -> int:
+    from journeys import definitions
+    from journeys.maps import DefinitionError
+
+    kind = args.command
+    if args.action == "template":
+        from importlib import resources
+
+        try:
+            print(resources.files("journeys").joinpath("templates", f"{args.name}.yaml").read_text(), end="")
+        except FileNotFoundError:
+            print(f"error: no template {args.name!r}; templates: {', '.join(TEMPLATES)}", file=sys.stderr)
+            return 1
+        return 0
+
+    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+        if args.action == "apply":
+            document = _read_document(args.file)
+            try:
+                applied = await definitions.apply(conn, project_id, kind, document)
+            except DefinitionError as exc:
+                print(f"error: {args.file} is not a valid {kind}:", file=sys.stderr)
+                for problem in exc.problems:
+                    print(f"  {problem['path']}: {problem['reason']}", file=sys.stderr)
+                return 1
+            if not applied.changed:
+                print(f"{kind} {applied.name} unchanged (version {applied.version})")
+            else:
+                was = f"version {applied.previous_version} → " if applied.previous_version else "created, "
+                print(f"{kind} {applied.name}: {was}version {applied.version}")
+                print(applied.diff, end="")
+            return 0
+        if args.action == "show":
+            found = await definitions.get(conn, project_id, kind, args.name, args.version)
+            if found is None:
+                print(f"error: no {kind} {args.name!r}" + (f" version {args.version}" if args.version else ""), file=sys.stderr)
+                return 1
+            print(f"# {kind} {found.name} version {found.version}, {found.created_at:%Y-%m-%d %H:%M:%S %Z}")
+            print(definitions.to_yaml(kind, found.body), end="")
+            return 0
+        for item in await definitions.latest_of_each(conn, project_id, kind):
+            print(f"{item.name}\tversion {item.version}\t{item.created_at:%Y-%m-%d %H:%M}")
+        return 0
+
+    return await _with_project(settings, args.project, work)
+
+
+async def _key_create(settings: Settings, project: str, kind: str) -> int:
+    from journeys.keys import add_key
+
+    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+        print(await add_key(conn, project_id, kind))  # type: ignore[arg-type]
+        return 0
+
+    return await _with_project(settings, project, work)
+
+
+TEMPLATES = ("five-stage", "5a", "b2b")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="journeys", description="Live customer-journey tracking.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +217,29 @@ def _parser() -> argparse.ArgumentParser:
     create = project.add_parser("create", help="create a project and print its write and read keys")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print the project and keys as JSON")
+
+    key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="key_command", required=True)
+    key_create = key.add_parser("create", help="make another key for a project and print it (once)")
+    key_create.add_argument("--project", required=True, help="project name or id")
+    key_create.add_argument(
+        "--kind", required=True, choices=["write", "read", "admin", "public"],
+        help="admin keys may change maps and segments over the API",
+    )
+
+    for kind in ("map", "segment"):
+        what = "journey maps" if kind == "map" else "customer segments"
+        actions = sub.add_parser(kind, help=f"author {what} (versioned)").add_subparsers(dest="action", required=True)
+        apply = actions.add_parser("apply", help="create, or add a version if it changed; prints a diff")
+        apply.add_argument("file", help="YAML or JSON file, - for stdin")
+        show = actions.add_parser("show", help="print the latest (or a given) version as YAML")
+        show.add_argument("name")
+        show.add_argument("--version", type=int)
+        listing = actions.add_parser("list", help="every one, latest version")
+        for p in (apply, show, listing):
+            p.add_argument("--project", required=True, help="project name or id")
+        if kind == "map":
+            template = actions.add_parser("template", help=f"print a ready template: {', '.join(TEMPLATES)}")
+            template.add_argument("name", choices=TEMPLATES)
     return parser
 
 
@@ -153,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "project" and args.project_command == "create":
             return asyncio.run(_project_create(settings, args.name, args.json))
+        if args.command == "key":
+            return asyncio.run(_key_create(settings, args.project, args.kind))
+        if args.command in ("map", "segment"):
+            return asyncio.run(_definition_command(settings, args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the operator gets one clear line; the traceback goes to the log at DEBUG

@@ -25,6 +25,16 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class ApiError(Exception):
+    """Raise from a handler to answer with our error shape; the middleware renders it."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None):
+        super().__init__(f"{status}: {errors}")
+        self.status = status
+        self.errors = errors
+        self.headers = headers
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
@@ -69,6 +79,8 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
         began = time.perf_counter()
         try:
             response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.errors, exc.headers)
         except web.HTTPException as exc:
             # aiohttp's own refusals (404, 405, 413 from client_max_size…) get our JSON shape too.
             if exc.status < 400:

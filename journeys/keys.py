@@ -66,6 +66,11 @@ async def create_project(conn: asyncpg.Connection, name: str) -> NewProject:
     return NewProject(project_id, name, write_key, read_key)
 
 
+async def find_project(conn: asyncpg.Connection, name_or_id: str) -> str | None:
+    """A project's id, given its name or its id."""
+    return await conn.fetchval("SELECT id FROM projects WHERE id = $1 OR name = $1", name_or_id)
+
+
 async def add_key(conn: asyncpg.Connection, project_id: str, kind: KeyKind, secret: str | None = None) -> str:
     secret = secret or new_secret(kind)
     await conn.execute(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from journeys.http import error_response, json_response, make_middleware, metrics_handler, presented_key
+from journeys.http import ApiError, json_response, make_middleware, metrics_handler, presented_key
 from journeys.keys import Principal
 from journeys.metrics import Metrics
 from journeys.stores import Stores
+from query import definitions_api
 from query.reads import customer_events, project_stats
 
 STORES = web.AppKey("stores", Stores)
@@ -24,35 +25,28 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     # Ids are arbitrary strings (emails, URLs, braces, slashes): match anything up to the last segment.
     app.router.add_get("/v1/customers/{customer_id:.+}/events", _customer_events)
     app.router.add_get("/v1/stats", _stats)
+    definitions_api.add_routes(app, principal_of, STORES)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", metrics_handler(metrics))
     return app
 
 
-class _Refused(Exception):
-    def __init__(self, response: web.Response):
-        self.response = response
-
-
-async def _reader(request: web.Request) -> Principal:
-    """The project a read key belongs to; 401 without a valid key, 403 for a key that cannot read."""
+async def principal_of(request: web.Request, kinds: tuple[str, ...] = ("read",)) -> Principal:
+    """The project a key belongs to; 401 without a valid key, 403 for a key of another kind."""
     key = presented_key(request)
     if not key:
-        raise _Refused(
-            error_response(
-                401,
-                [{"field": "Authorization", "reason": "read key required: HTTP Basic username or Bearer token"}],
-                {"WWW-Authenticate": 'Basic realm="journeys"'},
-            )
+        raise ApiError(
+            401,
+            [{"field": "Authorization", "reason": "read key required: HTTP Basic username or Bearer token"}],
+            {"WWW-Authenticate": 'Basic realm="journeys"'},
         )
     principal = await request.app[STORES].keys.resolve(key)
     if principal is None:
-        raise _Refused(error_response(401, [{"field": "Authorization", "reason": "unknown or revoked key"}]))
-    if principal.kind != "read":
-        raise _Refused(
-            error_response(403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot read"}])
-        )
+        raise ApiError(401, [{"field": "Authorization", "reason": "unknown or revoked key"}])
+    if principal.kind not in kinds:
+        verb = "change this" if kinds == ("admin",) else "read"
+        raise ApiError(403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot {verb}"}])
     return principal
 
 
@@ -65,30 +59,22 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise _Refused(error_response(400, [{"field": name, "reason": f"must be an integer from {low} to {high}"}]))
+        raise ApiError(400, [{"field": name, "reason": f"must be an integer from {low} to {high}"}])
     return value
 
 
 async def _customer_events(request: web.Request) -> web.Response:
-    try:
-        principal = await _reader(request)
-        customer_id = request.match_info["customer_id"]
-        if not customer_id or len(customer_id) > MAX_ID_CHARS:
-            raise _Refused(
-                error_response(400, [{"field": "customer_id", "reason": f"must be 1-{MAX_ID_CHARS} characters"}])
-            )
-        limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
-    except _Refused as refused:
-        return refused.response
+    principal = await principal_of(request)
+    customer_id = request.match_info["customer_id"]
+    if not customer_id or len(customer_id) > MAX_ID_CHARS:
+        raise ApiError(400, [{"field": "customer_id", "reason": f"must be 1-{MAX_ID_CHARS} characters"}])
+    limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
     events = await customer_events(request.app[STORES].clickhouse, principal.project_id, customer_id, limit)
     return json_response({"customer_id": customer_id, "count": len(events), "events": events})
 
 
 async def _stats(request: web.Request) -> web.Response:
-    try:
-        principal = await _reader(request)
-    except _Refused as refused:
-        return refused.response
+    principal = await principal_of(request)
     return json_response(await project_stats(request.app[STORES].clickhouse, principal.project_id))
 
 
