@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from collector.identity import IdentityGraph
 from collector.ingest import RequestProblem, decode_body, events_of, parse_json, process_events
 from collector.inserter import Inserter, encode_records
 from collector.spool import Spool, SpoolFull, SpoolError
@@ -69,6 +70,7 @@ async def _spool_and_inserter(app: web.Application) -> AsyncIterator[None]:
         metrics,
         max_bytes=settings.insert_max_bytes,
         linger_s=settings.insert_linger_ms / 1000,
+        identity=IdentityGraph(app[STORES].clickhouse),
     )
     app[SPOOL] = spool
     app[INSERTER] = inserter
@@ -124,7 +126,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
             return error_response(problem.status, problem.errors)
 
         try:
-            await app[SPOOL].append(*encode_records(outcome.lines, outcome.quarantine_lines))
+            await app[SPOOL].append(*encode_records(outcome.lines, outcome.quarantine_lines, outcome.links))
         except SpoolFull as exc:
             metrics.spool_rejections.inc()
             metrics.events_rejected.labels("spool_full").inc(len(events))

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from journeys.events import CHANNEL_INDEX, EventProblem, parse_time_ms, to_row, validate_batch
+from journeys.events import CHANNEL_INDEX, EventProblem, identity_link, parse_time_ms, to_row, validate_batch
 
 
 class RequestProblem(Exception):
@@ -103,6 +103,7 @@ class Outcome:
     channels: dict[str, int] = field(default_factory=dict)
     quarantine_lines: list[bytes] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)  # for the response
+    links: list[bytes] = field(default_factory=list)  # identity links, for collector.identity
 
 
 def process_events(
@@ -141,6 +142,11 @@ def process_events(
                 errors = problem.errors
             else:
                 out.lines.append(line)
+                link = identity_link(row)
+                if link is not None:
+                    encoded = orjson.dumps([project_id, *link])
+                    if not out.links or out.links[-1] != encoded:  # a visitor's events repeat the same link
+                        out.links.append(encoded)
                 channel = row[CHANNEL_INDEX]
                 out.channels[channel] = out.channels.get(channel, 0) + 1
                 continue

@@ -13,6 +13,9 @@ import asyncio
 import logging
 import time
 
+import orjson
+
+from collector.identity import IdentityGraph
 from collector.spool import Record, Spool
 from journeys.clickhouse import ClickHouse, ClickHouseError
 from journeys.events import EVENT_COLUMNS, QUARANTINE_COLUMNS
@@ -21,16 +24,19 @@ from journeys.metrics import Metrics
 log = logging.getLogger(__name__)
 
 # A spool record is one kind byte and then JSONCompactEachRow lines, ready for ClickHouse as they are.
+# Identity links ([project_id, kind, from_id, to_id] lines) are resolved after the events are in.
 EVENTS = b"E"
 QUARANTINE = b"Q"
+LINKS = b"L"
 _TABLES = {EVENTS[0]: ("events", EVENT_COLUMNS), QUARANTINE[0]: ("quarantine", QUARANTINE_COLUMNS)}
 
 
-def encode_records(event_lines: list[bytes], quarantine_lines: list[bytes]) -> list[bytes]:
-    """The spool payloads for one request: its events and, if any, its quarantined events."""
+def encode_records(event_lines: list[bytes], quarantine_lines: list[bytes], links: list[bytes] = ()) -> list[bytes]:  # type: ignore[assignment]
+    """The spool payloads for one request: its events and, if any, its quarantined events and links."""
     records = [EVENTS + b"\n".join(event_lines) + b"\n"] if event_lines else []
-    if quarantine_lines:
-        records.append(QUARANTINE + b"\n".join(quarantine_lines) + b"\n")
+    for kind, lines in ((QUARANTINE, quarantine_lines), (LINKS, links)):
+        if lines:
+            records.append(kind + b"\n".join(lines) + b"\n")
     return records
 
 
@@ -43,12 +49,14 @@ class Inserter:
         *,
         max_bytes: int = 32 * 1024 * 1024,
         linger_s: float = 0.05,
+        identity: IdentityGraph | None = None,
     ):
         self.spool = spool
         self.clickhouse = clickhouse
         self.metrics = metrics
         self.max_bytes = max_bytes
         self.linger_s = linger_s
+        self.identity = identity
         self.healthy = True
         self.last_error: str | None = None
         self.newest_visible_ms: int | None = None
@@ -128,6 +136,7 @@ class Inserter:
         by_kind: dict[int, list[bytes]] = {}
         for record in records:
             by_kind.setdefault(record.payload[0], []).append(record.payload[1:])
+        links = by_kind.pop(LINKS[0], None)
         for kind, chunks in sorted(by_kind.items()):
             table, columns = _TABLES[kind]
             data = b"".join(chunks)
@@ -135,6 +144,10 @@ class Inserter:
             await self.clickhouse.insert_lines(table, columns, data)
             self.metrics.insert_latency.labels(table).observe(time.perf_counter() - began)
             self.metrics.insert_rows.observe(data.count(b"\n"))
+        if links and self.identity is not None:
+            # After the events: a journey may briefly show an anonymous visit unstitched, never a link to
+            # events that are not there. Re-resolving a link after a retry is a no-op.
+            await self.identity.resolve([orjson.loads(line) for chunk in links for line in chunk.splitlines() if line])
         # Records are written at acknowledgement time, so this is when the newest visible event arrived.
         newest = records[-1].written_at_ms
         if self.newest_visible_ms is None or newest > self.newest_visible_ms:

@@ -47,18 +47,19 @@ class ClickHouse:
         if self.embedded:
             self._readers = ThreadPoolExecutor(self._read_threads, thread_name_prefix="chdb-read")
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="chdb-write")
-            # Open the engine now so a locked or unreadable data dir fails at start, not on the first event.
+            path = self.url.removeprefix("chdb://")
+            if path not in _ENGINES_OPEN_HERE and _engine_locked_elsewhere(path):
+                raise ClickHouseError(
+                    f"the embedded ClickHouse in {path} is in use by another process "
+                    "(is `journeys up` running? it applies migrations itself)"
+                )
+            # Open the engine now so an unreadable data dir fails at start, not on the first event.
             try:
                 await self._run(self._readers, lambda c: c.command("SELECT 1"))
-            except ClickHouseError as exc:
+            except ClickHouseError:
                 await self.close()
-                if "lock" in str(exc).lower() or "another server instance" in str(exc).lower():
-                    path = self.url.removeprefix("chdb://")
-                    raise ClickHouseError(
-                        f"the embedded ClickHouse in {path} is in use by another process "
-                        "(is `journeys up` running? it applies migrations itself)"
-                    ) from None
                 raise
+            _ENGINES_OPEN_HERE.add(path)
         else:
             try:
                 self._async_client = await clickhouse_connect.get_async_client(
@@ -140,6 +141,32 @@ class ClickHouse:
                 except Exception:
                     pass
             self._sync_clients.clear()
+
+
+# chDB hosts one engine per process (process-global by nature): the paths this process has opened, so
+# that a second client here is not mistaken for another process holding the lock.
+_ENGINES_OPEN_HERE: set[str] = set()
+
+
+def _engine_locked_elsewhere(path: str) -> bool:
+    """ClickHouse holds an exclusive flock on ``<path>/status`` while an engine runs on ``path``; probing it
+    tells "another process owns this data dir" apart from other failures, which chDB reports alike."""
+    import fcntl
+    import os
+
+    status = os.path.join(path, "status")
+    if not os.path.exists(status):
+        return False
+    fd = os.open(status, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _redact(url: str) -> str:

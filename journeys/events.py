@@ -50,6 +50,18 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "context",
 )
 CHANNEL_INDEX = EVENT_COLUMNS.index("channel")
+_TYPE, _USER, _ANON, _PREVIOUS = (EVENT_COLUMNS.index(c) for c in ("type", "user_id", "anonymous_id", "previous_id"))
+
+
+def identity_link(row: list[Any]) -> tuple[str, str, str] | None:
+    """What a row says about identity, if anything: ``("alias", previous_id, user_id)`` for an alias, or
+    ``("identify", anonymous_id, user_id)`` for any event that carries both ids (Segment sends the
+    anonymous id on every call after identify). See collector/identity.py for what is done with it."""
+    if row[_TYPE] == "alias":
+        return ("alias", row[_PREVIOUS], row[_USER])
+    if row[_USER] and row[_ANON] and row[_USER] != row[_ANON]:
+        return ("identify", row[_ANON], row[_USER])
+    return None
 
 QUARANTINE_COLUMNS: tuple[str, ...] = (
     "project_id",

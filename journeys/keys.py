@@ -83,6 +83,10 @@ async def add_key(conn: asyncpg.Connection, project_id: str, kind: KeyKind, secr
     return secret
 
 
+async def revoke_key(conn: asyncpg.Connection, secret: str) -> None:
+    await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1", hash_key(secret))
+
+
 class KeyResolver:
     """Resolve a presented secret to a :class:`Principal`, caching answers (good and bad) briefly.
 

@@ -307,3 +307,58 @@ def validate_segment(document: Any) -> Segment:
     if problems:
         raise DefinitionError(problems)
     return segment
+
+
+_MISSING = object()
+
+
+def _rule_value(field: str, facts: dict[str, Any]) -> Any:
+    if field.startswith("traits."):
+        return facts.get("traits", {}).get(field[7:], _MISSING)
+    touch = facts.get("first_touch") or {}
+    value = touch.get(field, _MISSING)
+    if field == "first_seen" and isinstance(value, str):
+        return date.fromisoformat(value[:10])
+    return _MISSING if value == "" else value  # an empty channel/UTM field is an absent one
+
+
+def rule_matches(rule: Rule, facts: dict[str, Any]) -> bool:
+    """One rule against a customer's facts (``{"traits": {...}, "first_touch": {...}}``).
+
+    Exact semantics: equality is JSON equality (``"5"`` is not ``5``); ``contains`` is substring for text
+    and membership for lists; numeric operators hold only for numbers (``first_seen`` compares dates);
+    a missing value matches only ``not_exists``, ``not_equals`` and ``not_in``.
+    """
+    value = _rule_value(rule.field, facts)
+    op, expected = rule.op, rule.value
+    if rule.field == "first_seen" and op not in _UNARY:
+        expected = [date.fromisoformat(v) for v in expected] if op in _LISTS else date.fromisoformat(expected)
+    if op == "exists":
+        return value is not _MISSING and value is not None
+    if op == "not_exists":
+        return value is _MISSING or value is None
+    if value is _MISSING:
+        return op in ("not_equals", "not_in")
+    if op == "equals":
+        return value == expected and type(value) is type(expected)
+    if op == "not_equals":
+        return not (value == expected and type(value) is type(expected))
+    if op == "in":
+        return any(value == e and type(value) is type(e) for e in expected)
+    if op == "not_in":
+        return not any(value == e and type(value) is type(e) for e in expected)
+    if op == "contains":
+        if isinstance(value, str):
+            return isinstance(expected, str) and expected in value
+        return isinstance(value, list) and expected in value
+    numeric = (isinstance(value, (int, float)) and not isinstance(value, bool)) or isinstance(value, date)
+    if not numeric or type(value) is bool:
+        return False
+    if isinstance(value, date) != isinstance(expected, date):
+        return False
+    return {">": value > expected, ">=": value >= expected, "<": value < expected, "<=": value <= expected}[op]
+
+
+def segment_matches(segment: Segment, facts: dict[str, Any]) -> bool:
+    results = (rule_matches(rule, facts) for rule in segment.rules)
+    return all(results) if segment.match == "all" else any(results)

@@ -8,7 +8,8 @@ from journeys.http import ApiError, json_response, make_middleware, metrics_hand
 from journeys.keys import Principal
 from journeys.metrics import Metrics
 from journeys.stores import Stores
-from query import definitions_api
+from journeys import identities
+from query import customers, definitions_api
 from query.reads import customer_events, project_stats
 
 STORES = web.AppKey("stores", Stores)
@@ -24,6 +25,8 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app[METRICS] = metrics
     # Ids are arbitrary strings (emails, URLs, braces, slashes): match anything up to the last segment.
     app.router.add_get("/v1/customers/{customer_id:.+}/events", _customer_events)
+    app.router.add_get("/v1/customers/{customer_id:.+}", _customer)
+    app.router.add_delete("/v1/customers/{customer_id:.+}", _forget_customer)
     app.router.add_get("/v1/stats", _stats)
     definitions_api.add_routes(app, principal_of, STORES)
     app.router.add_get("/healthz", _healthz)
@@ -63,14 +66,37 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-async def _customer_events(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
+def _customer_id(request: web.Request) -> str:
     customer_id = request.match_info["customer_id"]
     if not customer_id or len(customer_id) > MAX_ID_CHARS:
         raise ApiError(400, [{"field": "customer_id", "reason": f"must be 1-{MAX_ID_CHARS} characters"}])
+    return customer_id
+
+
+async def _customer_events(request: web.Request) -> web.Response:
+    """Events of the stitched customer: asked for by any of their ids, answered for all of them."""
+    principal = await principal_of(request)
+    asked = _customer_id(request)
     limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
-    events = await customer_events(request.app[STORES].clickhouse, principal.project_id, customer_id, limit)
-    return json_response({"customer_id": customer_id, "count": len(events), "events": events})
+    ch = request.app[STORES].clickhouse
+    customer_id, ids = await identities.resolve(ch, principal.project_id, asked)
+    events = await customer_events(ch, principal.project_id, ids, limit)
+    return json_response({"customer_id": customer_id, "ids": ids, "count": len(events), "events": events})
+
+
+async def _customer(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    stores = request.app[STORES]
+    return json_response(await customers.profile(stores.clickhouse, stores.pg, principal.project_id, _customer_id(request)))
+
+
+async def _forget_customer(request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("admin",))
+    stores = request.app[STORES]
+    forgotten = await customers.forget(
+        stores.clickhouse, stores.settings.clickhouse_cluster, principal.project_id, _customer_id(request)
+    )
+    return json_response(forgotten)
 
 
 async def _stats(request: web.Request) -> web.Response:

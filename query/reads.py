@@ -42,10 +42,25 @@ _JSON_FIELDS = {"properties", "traits", "context"}
 CUSTOMER_EVENTS_SQL = f"""
 SELECT {", ".join(_EVENT_FIELDS)}
 FROM events
-WHERE project_id = {{project_id:String}} AND distinct_id = {{customer_id:String}}
+WHERE project_id = {{project_id:String}} AND distinct_id IN {{ids:Array(String)}}
 ORDER BY timestamp, received_at, message_id
 LIMIT 1 BY message_id
 LIMIT {{limit:UInt32}}
+"""
+
+TRAITS_SQL = """
+SELECT trait, argMax(value, updated_at)
+FROM customer_traits
+WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
+GROUP BY trait
+ORDER BY trait
+"""
+
+FIRST_TOUCH_SQL = """
+SELECT count(), min(first_seen), argMinMerge(first_channel), argMinMerge(first_utm_source),
+       argMinMerge(first_utm_medium), argMinMerge(first_utm_campaign)
+FROM first_touch
+WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
 """
 
 
@@ -67,12 +82,30 @@ def _event(columns: list[str], row: tuple) -> dict[str, Any]:
     return out
 
 
-async def customer_events(ch: ClickHouse, project_id: str, customer_id: str, limit: int) -> list[dict[str, Any]]:
-    """One customer's events in time order, each message once."""
-    columns, rows = await ch.query(
-        CUSTOMER_EVENTS_SQL, {"project_id": project_id, "customer_id": customer_id, "limit": limit}
-    )
+async def customer_events(ch: ClickHouse, project_id: str, ids: list[str], limit: int) -> list[dict[str, Any]]:
+    """A stitched customer's events (all its ids) in time order, each message once."""
+    columns, rows = await ch.query(CUSTOMER_EVENTS_SQL, {"project_id": project_id, "ids": ids, "limit": limit})
     return [_event(columns, row) for row in rows]
+
+
+async def customer_facts(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, Any]:
+    """Latest traits (newest identify wins per trait, across all the customer's ids) and first touch."""
+    params = {"project_id": project_id, "ids": ids}
+    _, trait_rows = await ch.query(TRAITS_SQL, params)
+    _, [touch] = await ch.query(FIRST_TOUCH_SQL, params)
+    seen, first_seen, channel, source, medium, campaign = touch
+    return {
+        "traits": {trait: orjson.loads(value) for trait, value in trait_rows},
+        "first_touch": None
+        if not seen
+        else {
+            "first_seen": _iso(first_seen),
+            "first_channel": channel,
+            "first_utm_source": source,
+            "first_utm_medium": medium,
+            "first_utm_campaign": campaign,
+        },
+    }
 
 
 STATS_SQL = """

@@ -1,0 +1,47 @@
+"""Who is who: the identity lookups both the collector (to merge) and the query service (to read) need.
+
+``identities`` maps a distinct id to its customer (current value = ``argMax(customer_id, version)``, an id
+with no row is its own customer); ``identities_by_customer`` is the reverse index, confirmed against the
+forward table because a member merged elsewhere later keeps its old reverse row. See docs/identity.md.
+"""
+
+from __future__ import annotations
+
+from journeys.clickhouse import ClickHouse
+
+CURRENT_SQL = """
+SELECT distinct_id, argMax(customer_id, version), argMax(is_deleted, version)
+FROM identities
+WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
+GROUP BY distinct_id
+"""
+
+MEMBERS_SQL = """
+SELECT distinct_id
+FROM identities
+WHERE project_id = {project_id:String}
+  AND distinct_id IN (
+      SELECT distinct_id FROM identities_by_customer
+      WHERE project_id = {project_id:String} AND customer_id = {customer_id:String})
+GROUP BY distinct_id
+HAVING argMax(customer_id, version) = {customer_id:String} AND argMax(is_deleted, version) = 0
+"""
+
+
+async def current_customers(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, str]:
+    """The customer each id belongs to now (ids without a mapping map to themselves)."""
+    _, rows = await ch.query(CURRENT_SQL, {"project_id": project_id, "ids": ids})
+    found = {distinct_id: (distinct_id if deleted else customer) for distinct_id, customer, deleted in rows}
+    return {i: found.get(i, i) for i in ids}
+
+
+async def members(ch: ClickHouse, project_id: str, customer_id: str) -> set[str]:
+    """Every id that belongs to ``customer_id`` now, the customer's own id included."""
+    _, rows = await ch.query(MEMBERS_SQL, {"project_id": project_id, "customer_id": customer_id})
+    return {row[0] for row in rows} | {customer_id}
+
+
+async def resolve(ch: ClickHouse, project_id: str, any_id: str) -> tuple[str, list[str]]:
+    """Any of a customer's ids → (the customer id, all its ids, sorted)."""
+    customer_id = (await current_customers(ch, project_id, [any_id]))[any_id]
+    return customer_id, sorted(await members(ch, project_id, customer_id))
