@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+SLUG_RULE = "must be 1-64 lowercase letters, digits, '-' or '_'"
 SENTIMENTS = ("positive", "neutral", "negative")
 
 #: Operators of touchpoint property conditions and segment rules.
@@ -137,7 +138,7 @@ class JourneyMap(_Doc):
     @classmethod
     def _slug(cls, value: str) -> str:
         if not SLUG.match(value):
-            raise ValueError("must be 1-64 lowercase letters, digits, '-' or '_'")
+            raise ValueError(SLUG_RULE)
         return value
 
     def ordered_stage_ids(self) -> list[str]:
@@ -166,7 +167,7 @@ class Segment(_Doc):
     @classmethod
     def _slug(cls, value: str) -> str:
         if not SLUG.match(value):
-            raise ValueError("must be 1-64 lowercase letters, digits, '-' or '_'")
+            raise ValueError(SLUG_RULE)
         if value in ("all", "*"):
             raise ValueError(f"{value!r} is reserved for all customers")
         return value
@@ -252,7 +253,7 @@ def validate_map(document: Any) -> JourneyMap:
     stage_ids: set[str] = set()
     for i, stage in enumerate(journey_map.stages):
         if not SLUG.match(stage.id):
-            problems.append({"path": f"stages[{i}].id", "reason": "must be 1-64 lowercase letters, digits, '-' or '_'"})
+            problems.append({"path": f"stages[{i}].id", "reason": SLUG_RULE})
         if stage.id in stage_ids:
             problems.append({"path": f"stages[{i}].id", "reason": f"duplicate stage id {stage.id!r}"})
         stage_ids.add(stage.id)
@@ -262,7 +263,7 @@ def validate_map(document: Any) -> JourneyMap:
     for i, touchpoint in enumerate(journey_map.touchpoints):
         path = f"touchpoints[{i}]"
         if not SLUG.match(touchpoint.id):
-            problems.append({"path": f"{path}.id", "reason": "must be 1-64 lowercase letters, digits, '-' or '_'"})
+            problems.append({"path": f"{path}.id", "reason": SLUG_RULE})
         if touchpoint.id in touchpoint_ids:
             problems.append({"path": f"{path}.id", "reason": f"duplicate touchpoint id {touchpoint.id!r}"})
         touchpoint_ids.add(touchpoint.id)
