@@ -310,54 +310,70 @@ def validate_segment(document: Any) -> Segment:
     return segment
 
 
-_MISSING = object()
+MISSING = object()
 
 
 def _rule_value(field: str, facts: dict[str, Any]) -> Any:
     if field.startswith("traits."):
-        return facts.get("traits", {}).get(field[7:], _MISSING)
+        return facts.get("traits", {}).get(field[7:], MISSING)
     touch = facts.get("first_touch") or {}
-    value = touch.get(field, _MISSING)
+    value = touch.get(field, MISSING)
     if field == "first_seen" and isinstance(value, str):
         return date.fromisoformat(value[:10])
-    return _MISSING if value == "" else value  # an empty channel/UTM field is an absent one
+    return MISSING if value == "" else value  # an empty channel/UTM field is an absent one
 
 
-def rule_matches(rule: Rule, facts: dict[str, Any]) -> bool:
-    """One rule against a customer's facts (``{"traits": {...}, "first_touch": {...}}``).
+def holds(op: str, value: Any, expected: Any) -> bool:
+    """One operator on one value, for touchpoint conditions and segment rules alike. ``value`` is
+    ``MISSING`` when the property or trait is absent.
 
     Exact semantics: equality is JSON equality (``"5"`` is not ``5``); ``contains`` is substring for text
-    and membership for lists; numeric operators hold only for numbers (``first_seen`` compares dates);
-    a missing value matches only ``not_exists``, ``not_equals`` and ``not_in``.
+    and membership for lists; numeric operators hold only for numbers (or dates, for first_seen); a missing
+    value matches only ``not_exists``, ``not_equals`` and ``not_in``.
     """
-    value = _rule_value(rule.field, facts)
-    op, expected = rule.op, rule.value
-    if rule.field == "first_seen" and op not in _UNARY:
-        expected = [date.fromisoformat(v) for v in expected] if op in _LISTS else date.fromisoformat(expected)
     if op == "exists":
-        return value is not _MISSING and value is not None
+        return value is not MISSING and value is not None
     if op == "not_exists":
-        return value is _MISSING or value is None
-    if value is _MISSING:
+        return value is MISSING or value is None
+    if value is MISSING:
         return op in ("not_equals", "not_in")
     if op == "equals":
-        return value == expected and type(value) is type(expected)
+        return _same(value, expected)
     if op == "not_equals":
-        return not (value == expected and type(value) is type(expected))
+        return not _same(value, expected)
     if op == "in":
-        return any(value == e and type(value) is type(e) for e in expected)
+        return any(_same(value, e) for e in expected)
     if op == "not_in":
-        return not any(value == e and type(value) is type(e) for e in expected)
+        return not any(_same(value, e) for e in expected)
     if op == "contains":
         if isinstance(value, str):
             return isinstance(expected, str) and expected in value
         return isinstance(value, list) and expected in value
-    numeric = (isinstance(value, (int, float)) and not isinstance(value, bool)) or isinstance(value, date)
-    if not numeric or type(value) is bool:
+    if isinstance(value, bool) or isinstance(expected, bool):
         return False
-    if isinstance(value, date) != isinstance(expected, date):
+    comparable = (isinstance(value, (int, float)) and isinstance(expected, (int, float))) or (
+        isinstance(value, date) and isinstance(expected, date)
+    )
+    if not comparable:
         return False
     return {">": value > expected, ">=": value >= expected, "<": value < expected, "<=": value <= expected}[op]
+
+
+def _same(value: Any, expected: Any) -> bool:
+    # JSON equality: 1 == 1.0 (one JSON number), but "1" != 1 and true != 1.
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return type(value) is type(expected) and value == expected
+    if isinstance(value, (int, float)) and isinstance(expected, (int, float)):
+        return value == expected
+    return type(value) is type(expected) and value == expected
+
+
+def rule_matches(rule: Rule, facts: dict[str, Any]) -> bool:
+    """One segment rule against a customer's facts (``{"traits": {...}, "first_touch": {...}}``)."""
+    expected = rule.value
+    if rule.field == "first_seen" and rule.op not in _UNARY:
+        expected = [date.fromisoformat(v) for v in expected] if rule.op in _LISTS else date.fromisoformat(expected)
+    return holds(rule.op, _rule_value(rule.field, facts), expected)
 
 
 def segment_matches(segment: Segment, facts: dict[str, Any]) -> bool:

@@ -8,7 +8,9 @@ from journeys.http import ApiError, json_response, make_middleware, metrics_hand
 from journeys.keys import Principal
 from journeys.metrics import Metrics
 from journeys.stores import Stores
-from journeys import identities
+from journeys import definitions, identities
+from journeys.maps import validate_map
+from query.journey import CompiledMap, build_journey
 from query import customers, definitions_api
 from query.reads import customer_events, project_stats
 
@@ -25,6 +27,7 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app[METRICS] = metrics
     # Ids are arbitrary strings (emails, URLs, braces, slashes): match anything up to the last segment.
     app.router.add_get("/v1/customers/{customer_id:.+}/events", _customer_events)
+    app.router.add_get("/v1/customers/{customer_id:.+}/journey", _customer_journey)
     app.router.add_get("/v1/customers/{customer_id:.+}", _customer)
     app.router.add_delete("/v1/customers/{customer_id:.+}", _forget_customer)
     app.router.add_get("/v1/stats", _stats)
@@ -82,6 +85,25 @@ async def _customer_events(request: web.Request) -> web.Response:
     customer_id, ids = await identities.resolve(ch, principal.project_id, asked)
     events = await customer_events(ch, principal.project_id, ids, limit)
     return json_response({"customer_id": customer_id, "ids": ids, "count": len(events), "events": events})
+
+
+async def _customer_journey(request: web.Request) -> web.Response:
+    """The stitched customer's journey through a map (latest version, or ``version=N``)."""
+    principal = await principal_of(request)
+    asked = _customer_id(request)
+    map_name = request.query.get("map", "")
+    if not map_name:
+        raise ApiError(400, [{"field": "map", "reason": "required: the journey map to read the journey against"}])
+    version = _int_param(request, "version", 0, 1, 1_000_000) or None
+    stores = request.app[STORES]
+    found = await definitions.get(stores.pg, principal.project_id, "map", map_name, version)
+    if found is None:
+        what = f"map {map_name!r}" + (f" version {version}" if version else "")
+        raise ApiError(404, [{"field": "map", "reason": f"no {what} in this project"}])
+    compiled = CompiledMap(validate_map(found.body), found.version)
+    customer_id, ids = await identities.resolve(stores.clickhouse, principal.project_id, asked)
+    events = await customer_events(stores.clickhouse, principal.project_id, ids, MAX_LIMIT)
+    return json_response({"customer_id": customer_id, "ids": ids, **build_journey(events, compiled)})
 
 
 async def _customer(request: web.Request) -> web.Response:
