@@ -311,8 +311,10 @@ def to_row(
     traits = _object(event, "traits") if kind in ("identify", "group") else {}
     if not traits and kind == "identify" and isinstance(ctx.get("traits"), dict):
         traits = ctx["traits"]
-    user_id = _id(event.get("userId"))
-    anonymous_id = _id(event.get("anonymousId"))
+    user_id = event.get("userId", "")
+    user_id = user_id if user_id.__class__ is str else _id(user_id)
+    anonymous_id = event.get("anonymousId", "")
+    anonymous_id = anonymous_id if anonymous_id.__class__ is str else _id(anonymous_id)
     if not user_id and not anonymous_id:
         raise _problem("userId", "userId or anonymousId is required")
 
@@ -324,23 +326,30 @@ def to_row(
     if timestamp_ms < MIN_TIMESTAMP_MS or timestamp_ms > received_ms + max_future_ms:
         raise _problem("timestamp", "out of range (before 2000 or too far in the future)")
 
-    if kind == "track":
-        name = event["event"]
-    else:
-        name = event.get("name") or ""
+    name = event["event"] if kind == "track" else (event.get("name") or "")
+    message_id = event.get("messageId")
+    # The common case inline (this runs for every event); the helpers handle the rest.
+    channel = event.get("channel")
+    if channel is None:
+        channel = props.get("channel")
+    channel = _SLUGS.get(channel, False) if channel.__class__ is str else False
+    if channel is None:
+        raise _problem("channel", "must be a short name of letters, digits and _ (e.g. web, store)")
+    if channel is False:
+        channel = _channel(event, props, ctx, kind)
     return [
         project_id,
-        _id(event.get("messageId")) or str(uuid.uuid4()),
+        message_id if message_id.__class__ is str else (_id(message_id) or str(uuid.uuid4())),
         kind,
         name,
-        _channel(event, props, ctx, kind),
+        channel,
         _touchpoint(event, props, kind),
-        _sentiment(event, props),
+        _sentiment(event, props) if ("sentiment" in event or "sentiment" in props) else "",
         user_id or anonymous_id,
         user_id,
         anonymous_id,
-        _id(event.get("groupId")),
-        _id(event.get("previousId")),
+        _id(event.get("groupId")) if kind == "group" else "",
+        _id(event.get("previousId")) if kind == "alias" else "",
         timestamp_ms / 1000,
         original_ms / 1000,
         None if sent_ms is None else sent_ms / 1000,
