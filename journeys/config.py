@@ -66,6 +66,7 @@ class Settings(BaseSettings):
 
     key_cache_ttl_s: float = Field(default=30, ge=0, description="How long a resolved API key is trusted.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field(default="json", description="json lines for machines, text for people.")
 
     @field_validator("clickhouse_url")
     @classmethod
@@ -94,6 +95,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _limits_consistent(self) -> "Settings":

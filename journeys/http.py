@@ -15,9 +15,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from journeys.logs import bind_request_id, reset_request_id
 from journeys.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# One line per request: method, route (the pattern, never the path: ids in paths are customer data),
+# status, duration and, through the context, the request id. Never headers, keys or bodies.
+access_log = logging.getLogger("journeys.access")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -76,6 +80,13 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-Id", "")
         request[REQUEST_ID] = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        token = bind_request_id(request[REQUEST_ID])  # every record logged for this request carries it
+        try:
+            return await _handle(request, handler)
+        finally:
+            reset_request_id(token)
+
+    async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         began = time.perf_counter()
         try:
             response = await handler(request)
@@ -93,9 +104,17 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
             response = error_response(500, [{"field": "server", "reason": "internal error"}])
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
+        elapsed = time.perf_counter() - began
         metrics.http_requests.labels(service, name, str(response.status)).inc()
-        metrics.http_latency.labels(service, name).observe(time.perf_counter() - began)
+        metrics.http_latency.labels(service, name).observe(elapsed)
         response.headers["X-Request-Id"] = request[REQUEST_ID]
+        if access_log.isEnabledFor(logging.INFO):
+            duration_ms = round(elapsed * 1000, 3)
+            access_log.info(
+                "%s %s %s %.1fms", request.method, name, response.status, duration_ms,
+                extra={"service": service, "method": request.method, "route": name,
+                       "status": response.status, "duration_ms": duration_ms},
+            )
         return response
 
     return middleware
