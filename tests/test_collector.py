@@ -360,3 +360,15 @@ async def test_spool_over_cap_answers_503_with_retry_after_and_loses_nothing(htt
         "SELECT message_id FROM events WHERE project_id = {p:String} LIMIT 1 BY message_id", {"p": project.id}
     )
     assert sorted(r[0] for r in rows) == sorted(acked)
+
+
+async def test_an_unknown_spool_record_is_skipped_not_a_stall(http, collector, stores, project):  # type: ignore[no-untyped-def]
+    from collector.app import SPOOL
+
+    await collector.app[SPOOL].append(b"Xwritten by some other version\n")
+    status, _, _ = await _post(http, collector, "/v1/track", {"userId": "after-x", "event": "Still flows"}, project.write_key)
+    assert status == 200
+    await wait_drained(collector)
+    assert [r["event"] for r in await _rows(stores, project.id)] == ["Still flows"]
+    text = await _metric_text(http, collector, "unknown_record")
+    assert 'journeys_clickhouse_errors_total{operation="unknown_record"} 1.0' in text
