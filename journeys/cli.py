@@ -1,4 +1,5 @@
-"""The ``journeys`` command: run the services, apply migrations, manage projects.
+"""The ``journeys`` command: run the services, apply migrations, manage projects, keys, journey maps,
+segments and customers.
 
 This module is the composition root: it is the one place that wires the shared stores into the collector
 and query apps, so it imports both; nothing else in ``journeys`` does.
@@ -92,20 +93,44 @@ async def _migrate(settings: Settings) -> None:
     print(f"ClickHouse: {', '.join(ch) or 'up to date'}")
 
 
-async def _project_create(settings: Settings, name: str, as_json: bool) -> int:
-    # PostgreSQL only: this must work beside a running `journeys up`, which owns the embedded ClickHouse.
-    from journeys.keys import ProjectError, create_project
+async def _with_postgres(settings: Settings, work):  # type: ignore[no-untyped-def]
+    """Run ``work(conn)`` on a migrated PostgreSQL. PostgreSQL only: these commands must work beside a
+    running `journeys up`, which owns the embedded ClickHouse."""
     from journeys.migrate import migrate_postgres
     from journeys.postgres import postgres_pool
 
     async with postgres_pool(settings, max_size=1) as pool:
         async with pool.acquire() as conn:
             await migrate_postgres(conn)
-            try:
-                project = await create_project(conn, name)
-            except ProjectError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
+            return await work(conn)
+
+
+async def _with_project(settings: Settings, project: str, work):  # type: ignore[no-untyped-def]
+    """Run ``work(conn, project_id)`` for the project named (by name or id)."""
+    from journeys.keys import ProjectError, find_project
+
+    async def resolved(conn):  # type: ignore[no-untyped-def]
+        project_id = await find_project(conn, project)
+        if project_id is None:
+            raise ProjectError(f"no project named {project!r} (journeys project create NAME makes one)")
+        return await work(conn, project_id)
+
+    return await _with_postgres(settings, resolved)
+
+
+async def _project_create(settings: Settings, name: str, as_json: bool) -> int:
+    from journeys.keys import ProjectError, create_project
+
+    async def work(conn):  # type: ignore[no-untyped-def]
+        try:
+            return await create_project(conn, name)
+        except ProjectError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+
+    project = await _with_postgres(settings, work)
+    if project is None:
+        return 1
     if as_json:
         print(
             orjson.dumps(
@@ -118,21 +143,6 @@ async def _project_create(settings: Settings, name: str, as_json: bool) -> int:
         print(f"read key  {project.read_key}   (query only: journeys, KPIs, dashboard)")
         print("Keys are stored hashed and cannot be shown again.")
     return 0
-
-
-async def _with_project(settings: Settings, project: str, work):  # type: ignore[no-untyped-def]
-    """Run ``work(conn, project_id)`` against PostgreSQL for the project named (by name or id)."""
-    from journeys.keys import ProjectError, find_project
-    from journeys.migrate import migrate_postgres
-    from journeys.postgres import postgres_pool
-
-    async with postgres_pool(settings, max_size=1) as pool:
-        async with pool.acquire() as conn:
-            await migrate_postgres(conn)
-            project_id = await find_project(conn, project)
-            if project_id is None:
-                raise ProjectError(f"no project named {project!r} (journeys project create NAME makes one)")
-            return await work(conn, project_id)
 
 
 def _read_document(path: str):  # type: ignore[no-untyped-def]
