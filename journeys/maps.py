@@ -348,7 +348,7 @@ def holds(op: str, value: Any, expected: Any) -> bool:
     if op == "contains":
         if isinstance(value, str):
             return isinstance(expected, str) and expected in value
-        return isinstance(value, list) and expected in value
+        return isinstance(value, list) and any(_same(item, expected) for item in value)
     if isinstance(value, bool) or isinstance(expected, bool):
         return False
     comparable = (isinstance(value, (int, float)) and isinstance(expected, (int, float))) or (

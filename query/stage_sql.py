@@ -1,0 +1,124 @@
+"""A journey map's touchpoint rules as one ClickHouse expression: the matching rule of each event, in SQL.
+
+The per-customer Python path (:mod:`query.journey`) and the set-based KPI path must assign every event to
+the same touchpoint, so this compiles exactly the semantics of ``CompiledMap.assign`` and
+``journeys.maps.holds`` (tests compare the two on generated events):
+
+* rules are tried in map order, the first match wins; the expression yields its 1-based index, 0 for none;
+* ``event``/``channel``/``type`` lists are set membership on the event's columns;
+* a ``where`` property ``a.b`` is the top-level key ``"a.b"`` if the properties have one, else the nested
+  path ``a`` → ``b``;
+* equality is JSON equality (a string never equals a number; ``1`` equals ``1.0``; booleans only equal
+  booleans), numeric comparisons hold only for numbers, ``contains`` is substring for strings and
+  JSON-equal membership for arrays, and a missing value satisfies only ``not_exists``/``not_equals``/
+  ``not_in``.
+
+Every value from the map — names, paths, expected values — is a bound query parameter, never SQL text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from journeys.maps import Condition, JourneyMap
+
+_NUMBER_TYPES = "('Int64', 'UInt64', 'Double')"
+
+
+class _Params:
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.values: dict[str, Any] = {}
+
+    def bind(self, value: Any, kind: str) -> str:
+        name = f"{self.prefix}{len(self.values)}"
+        self.values[name] = value
+        return f"{{{name}:{kind}}}"
+
+
+def _typed_equals(p: _Params, doc: str, args: str, expected: Any) -> str:
+    """The JSON value at ``doc[args]`` equals ``expected`` (JSON equality)."""
+    kind = f"JSONType({doc}{args})"
+    if isinstance(expected, bool):
+        return f"({kind} = 'Bool' AND JSONExtractBool({doc}{args}) = {p.bind(int(expected), 'UInt8')})"
+    if isinstance(expected, (int, float)):
+        return f"({kind} IN {_NUMBER_TYPES} AND JSONExtractFloat({doc}{args}) = {p.bind(float(expected), 'Float64')})"
+    if isinstance(expected, str):
+        return f"({kind} = 'String' AND JSONExtractString({doc}{args}) = {p.bind(expected, 'String')})"
+    return "0"  # validation only lets scalars through for these operators
+
+
+def _holds(p: _Params, op: str, args: str, expected: Any) -> str:
+    doc = "properties"
+    present = f"JSONHas({doc}{args})"
+    kind = f"JSONType({doc}{args})"
+    if op == "exists":
+        return f"({present} AND {kind} != 'Null')"
+    if op == "not_exists":
+        return f"NOT ({present} AND {kind} != 'Null')"
+    if op == "equals":
+        return f"({present} AND {_typed_equals(p, doc, args, expected)})"
+    if op == "not_equals":
+        return f"NOT ({present} AND {_typed_equals(p, doc, args, expected)})"
+    if op in ("in", "not_in"):
+        any_of = " OR ".join(_typed_equals(p, doc, args, e) for e in expected) or "0"
+        found = f"({present} AND ({any_of}))"
+        return found if op == "in" else f"NOT {found}"
+    if op == "contains":
+        if isinstance(expected, str):
+            needle = p.bind(expected, "String")
+            in_text = f"({kind} = 'String' AND position(JSONExtractString({doc}{args}), {needle}) > 0)"
+        else:
+            in_text = "0"
+        member = _typed_equals(p, "item", "", expected)
+        in_array = f"({kind} = 'Array' AND arrayExists(item -> {member}, JSONExtractArrayRaw({doc}{args})))"
+        return f"({present} AND ({in_text} OR {in_array}))"
+    if op in (">", ">=", "<", "<="):
+        if isinstance(expected, bool) or not isinstance(expected, (int, float)):
+            return "0"
+        bound = p.bind(float(expected), "Float64")
+        return f"({present} AND {kind} IN {_NUMBER_TYPES} AND JSONExtractFloat({doc}{args}) {op} {bound})"
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def _condition(p: _Params, condition: Condition) -> str:
+    path = condition.property
+    literal = f", {p.bind(path, 'String')}"
+    if "." not in path:
+        return _holds(p, condition.op, literal, condition.value)
+    nested = "".join(f", {p.bind(part, 'String')}" for part in path.split("."))
+    # A top-level key that itself contains the dots wins over the nested path, as in query.journey.
+    return (
+        f"if(JSONHas(properties{literal}), {_holds(p, condition.op, literal, condition.value)}, "
+        f"{_holds(p, condition.op, nested, condition.value)})"
+    )
+
+
+def _member(p: _Params, column: str, value: str | list[str] | None) -> str | None:
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    return f"{column} IN {p.bind(values, 'Array(String)')}"
+
+
+def rule_index_sql(journey_map: JourneyMap, prefix: str = "m") -> tuple[str, dict[str, Any]]:
+    """``(expression, parameters)``: the 1-based index of the first touchpoint rule an event row matches
+    (columns ``event``, ``channel``, ``type``, ``properties``), 0 when none does."""
+    p = _Params(prefix)
+    branches = []
+    for index, touchpoint in enumerate(journey_map.touchpoints, start=1):
+        match = touchpoint.match
+        parts = [
+            part
+            for part in (
+                _member(p, "event", match.event),
+                _member(p, "channel", match.channel),
+                _member(p, "type", match.type),
+            )
+            if part is not None
+        ]
+        parts += [_condition(p, c) for c in match.where]
+        branches.append(f"({' AND '.join(parts) or '1'}), {index}")
+    if not branches:
+        return "0", p.values
+    return f"multiIf({', '.join(branches)}, 0)", p.values

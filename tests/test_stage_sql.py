@@ -1,0 +1,132 @@
+"""The SQL form of a map's touchpoint rules assigns every event exactly as the Python form does."""
+
+from __future__ import annotations
+
+import clickhouse_connect
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from journeys.maps import validate_map
+from query.journey import CompiledMap
+from query.stage_sql import rule_index_sql
+
+# Small pools that collide on purpose ("1" vs 1 vs 1.0 vs true): the cases where JSON equality and a
+# sloppy SQL translation disagree.
+_text = st.one_of(st.sampled_from(["1", "1.0", "true", "null", "", "a", "a.b"]), st.text(alphabet="ab.1é'\"{}", max_size=4))
+_number = st.one_of(
+    st.sampled_from([0, 1, 1.0, -1, 2.5, 10]),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+)
+_scalar = st.one_of(_text, _number, st.booleans())
+_json = st.one_of(_scalar, st.none(), st.lists(_scalar, max_size=3))
+_KEYS = ["a", "b", "a.b", "n", "tags"]
+_properties = st.dictionaries(
+    st.sampled_from(_KEYS), st.one_of(_json, st.dictionaries(st.sampled_from(["b", "c"]), _json, max_size=2)), max_size=4
+)
+
+
+@st.composite
+def _condition(draw):  # type: ignore[no-untyped-def]
+    prop = draw(st.sampled_from(_KEYS + ["a.c", "missing", "a.b.c"]))
+    op = draw(st.sampled_from(["equals", "not_equals", "in", "not_in", "exists", "not_exists", "contains", ">", ">=", "<", "<="]))
+    if op in ("exists", "not_exists"):
+        return {"property": prop, "op": op}
+    if op in ("in", "not_in"):
+        return {"property": prop, "op": op, "value": draw(st.lists(_scalar, min_size=1, max_size=3))}
+    if op in (">", ">=", "<", "<="):
+        return {"property": prop, "op": op, "value": draw(_number)}
+    return {"property": prop, "op": op, "value": draw(_scalar)}
+
+
+@st.composite
+def _touchpoint(draw, i: int):  # type: ignore[no-untyped-def]
+    match: dict = {}
+    if draw(st.booleans()):
+        match["event"] = draw(st.sampled_from(["Buy", ["Buy", "View"], "View"]))
+    if draw(st.booleans()):
+        match["channel"] = draw(st.sampled_from(["web", ["web", "store"]]))
+    if draw(st.booleans()):
+        match["type"] = draw(st.sampled_from(["track", "page"]))
+    match["where"] = draw(st.lists(_condition(), max_size=2))
+    if not match["where"] and len(match) == 1:
+        match["event"] = "Buy"
+    return {"id": f"t{i}", "stage": "s", "match": match}
+
+
+@st.composite
+def _case(draw):  # type: ignore[no-untyped-def]
+    touchpoints = [draw(_touchpoint(i)) for i in range(draw(st.integers(1, 4)))]
+    events = draw(st.lists(st.tuples(st.sampled_from(["Buy", "View", "Other"]), st.sampled_from(["web", "store", "email"]),
+                                     st.sampled_from(["track", "page"]), _properties), min_size=1, max_size=12))
+    return {"name": "m", "stages": [{"id": "s", "name": "S"}], "touchpoints": touchpoints}, events
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_case())
+def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> None:  # type: ignore[no-untyped-def]
+    document, events = case
+    journey_map = validate_map(document)
+    compiled = CompiledMap(journey_map, 1)
+    expected = []
+    for name, channel, kind, props in events:
+        rule, _ = compiled.assign({"event": name, "channel": channel, "type": kind, "properties": props})
+        expected.append(0 if rule is None else compiled.rules.index(rule) + 1)
+    expression, params = rule_index_sql(journey_map)
+    client = clickhouse_connect.get_client(dsn=stores.settings.effective_clickhouse_url)
+    try:
+        rows = client.query(
+            f"SELECT i, {expression} FROM ("
+            "  SELECT i, {n:Array(String)}[i] AS event, {c:Array(String)}[i] AS channel,"
+            "         {t:Array(String)}[i] AS type, {p:Array(String)}[i] AS properties"
+            "  FROM (SELECT arrayJoin(range(1, length({n:Array(String)}) + 1)) AS i)) ORDER BY i",
+            parameters={**params, "n": [e[0] for e in events], "c": [e[1] for e in events], "t": [e[2] for e in events],
+                        "p": [orjson.dumps(e[3]).decode() for e in events]},
+        ).result_rows
+    finally:
+        client.close()
+    assert [r[1] for r in rows] == expected, (document["touchpoints"], events)
+
+
+@st.composite
+def _condition_case(draw):  # type: ignore[no-untyped-def]
+    condition = draw(_condition())
+    path = condition["property"]
+    events = []
+    for _ in range(draw(st.integers(1, 10))):
+        props = draw(_properties)
+        value = draw(_json)
+        choice = draw(st.integers(0, 3))
+        if choice == 0:  # the literal key, dots and all
+            props[path] = value
+        elif choice == 1 and "." in path:  # the nested path
+            head, *middle, last = path.split(".")
+            node = props[head] = {}
+            for part in middle:
+                node = node.setdefault(part, {})
+            node[last] = value
+        events.append(props)
+    return condition, events
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=_condition_case())
+def test_every_operator_means_the_same_in_sql(stores, case) -> None:  # type: ignore[no-untyped-def]
+    """One condition at a time, on properties that mostly contain its path: the operators' semantics."""
+    condition, events = case
+    journey_map = validate_map({"name": "m", "stages": [{"id": "s", "name": "S"}],
+                                "touchpoints": [{"id": "t", "stage": "s", "match": {"where": [condition]}}]})
+    compiled = CompiledMap(journey_map, 1)
+    expected = [int(compiled.assign({"event": "", "channel": "", "type": "", "properties": p})[0] is not None) for p in events]
+    expression, params = rule_index_sql(journey_map)
+    client = clickhouse_connect.get_client(dsn=stores.settings.effective_clickhouse_url)
+    try:
+        rows = client.query(
+            f"SELECT i, {expression} FROM (SELECT i, '' AS event, '' AS channel, '' AS type, {{p:Array(String)}}[i] AS properties"
+            "  FROM (SELECT arrayJoin(range(1, length({p:Array(String)}) + 1)) AS i)) ORDER BY i",
+            parameters={**params, "p": [orjson.dumps(e).decode() for e in events]},
+        ).result_rows
+    finally:
+        client.close()
+    assert [r[1] for r in rows] == expected, (condition, events)
