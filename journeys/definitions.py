@@ -118,15 +118,18 @@ async def get(
     return Version(row["name"], row["version"], row["created_at"], _body(row["body"])) if row else None
 
 
-async def versions(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, kind: Kind, name: str) -> list[Version]:
+async def versions(
+    conn: asyncpg.Connection | asyncpg.Pool, project_id: str, kind: Kind, name: str
+) -> list[tuple[int, datetime]]:
+    """``(version, created_at)`` of every version, oldest first (bodies stay in the database)."""
     rows = await conn.fetch(
-        "SELECT name, version, created_at, body FROM definitions WHERE project_id = $1 AND kind = $2 AND name = $3 "
+        "SELECT version, created_at FROM definitions WHERE project_id = $1 AND kind = $2 AND name = $3 "
         "ORDER BY version",
         project_id,
         kind,
         name,
     )
-    return [Version(r["name"], r["version"], r["created_at"], _body(r["body"])) for r in rows]
+    return [(r["version"], r["created_at"]) for r in rows]
 
 
 async def latest_of_each(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, kind: Kind) -> list[Version]:

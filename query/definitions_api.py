@@ -46,7 +46,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
             if not found:
                 return error_response(404, [{"field": "name", "reason": f"no {kind} {name!r} in this project"}])
             return json_response(
-                {"name": name, "versions": [{"version": v.version, "created_at": v.created_at.isoformat()} for v in found]}
+                {"name": name, "versions": [{"version": v, "created_at": at.isoformat()} for v, at in found]}
             )
 
         async def put(request: web.Request) -> web.Response:

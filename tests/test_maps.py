@@ -162,10 +162,10 @@ async def test_versioning_round_trip(stores, project) -> None:  # type: ignore[n
         assert old is not None and old.body["stages"][0]["target"]["conversion_rate"] == 0.3
         latest = await definitions.get(conn, project.id, "map", "retail")
         assert latest is not None and latest.version == 2
-        assert [v.version for v in await definitions.versions(conn, project.id, "map", "retail")] == [1, 2]
+        assert [v for v, _ in await definitions.versions(conn, project.id, "map", "retail")] == [1, 2]
         with pytest.raises(DefinitionError):
             await definitions.apply(conn, project.id, "map", _with(stages=[]))
-        assert [v.version for v in await definitions.versions(conn, project.id, "map", "retail")] == [1, 2]
+        assert [v for v, _ in await definitions.versions(conn, project.id, "map", "retail")] == [1, 2]
 
 
 async def test_rest_read_with_read_key_write_with_admin_key(http, query, stores, project) -> None:  # type: ignore[no-untyped-def]
