@@ -122,7 +122,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
                 errors = [{"index": q["index"], **e} for q in outcome.quarantined for e in q["errors"]]
                 raise RequestProblem(400, errors, "no_valid_events")
         except RequestProblem as problem:
-            metrics.events_rejected.labels(problem.reason).inc(_count_events(request, problem))
+            metrics.events_rejected.labels(problem.reason).inc(_count_events(problem))
             return error_response(problem.status, problem.errors)
 
         try:
@@ -164,7 +164,7 @@ async def _authorize(app: web.Application, key: str | None):  # type: ignore[no-
     return principal
 
 
-def _count_events(request: web.Request, problem: RequestProblem) -> int:
+def _count_events(problem: RequestProblem) -> int:
     # Per-event errors carry an index; a refusal of the request as a whole counts as one.
     indexes = {e["index"] for e in problem.errors if "index" in e}
     return len(indexes) or 1

@@ -45,10 +45,6 @@ def reset_request_id(token: Token[str | None]) -> None:
     _request_id.reset(token)
 
 
-def current_request_id() -> str | None:
-    return _request_id.get()
-
-
 class RequestIdFilter(logging.Filter):
     """Stamps ``record.request_id`` from the context at the moment the record is made (never drops one)."""
 
