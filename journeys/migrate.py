@@ -11,6 +11,9 @@ cluster variant of the same schema:
     ``ENGINE(args)``, or ``ReplicatedENGINE('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', args)``.
 ``{{distributed NAME SHARDING_KEY}}``
     nothing, or the ``Distributed`` table ``NAME`` over ``NAME_local``, sharded by ``SHARDING_KEY``.
+``{{alter_distributed NAME CHANGE}}``
+    nothing, or ``ALTER TABLE NAME ON CLUSTER "name" CHANGE``: a column added to ``NAME_local`` must be
+    added to the Distributed table over it too.
 
 Queries always address ``NAME``: on a cluster that is the Distributed table.
 """
@@ -68,6 +71,11 @@ def render_clickhouse_sql(sql: str, cluster: str = "") -> str:
                 f"CREATE TABLE IF NOT EXISTS {table} ON CLUSTER {_quote_ident(cluster)} AS {table}_local\n"
                 f"ENGINE = Distributed('{quoted}', currentDatabase(), {table}_local, {key.strip()})"
             )
+        if macro == "alter_distributed":
+            if not cluster:
+                return ""
+            table, _, change = arg.partition(" ")
+            return f"ALTER TABLE {table} ON CLUSTER {_quote_ident(cluster)} {change.strip()}"
         raise ValueError(f"unknown schema macro {{{{{macro}}}}}")
 
     return _MACRO.sub(expand, sql)

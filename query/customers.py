@@ -19,6 +19,7 @@ _FORGET = (
     ("identities", "distinct_id"),
     ("identities_by_customer", "distinct_id"),
     ("identities_by_customer", "customer_id"),
+    ("stage_state", "customer_id"),
 )
 
 

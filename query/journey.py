@@ -17,6 +17,7 @@ Definitions (also in docs/journeys.md):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -99,14 +100,43 @@ def _parse(iso: str) -> datetime:
     return datetime.fromisoformat(iso.replace("Z", "+00:00"))
 
 
+def transitions_of(compiled: CompiledMap, touches: Iterable[tuple[Any, str, str | None, str]]) -> list[dict[str, Any]]:
+    """The stage transitions of a customer's staged touchpoints ``(time, stage, touchpoint id, channel)``,
+    in journey order. The one definition of transitions: the journey endpoint and the KPI state use it."""
+    transitions: list[dict[str, Any]] = []
+    visited: set[str] = set()
+    current: str | None = None
+    for time, stage, touchpoint, channel in touches:
+        if stage == current:
+            continue
+        position = compiled.index[stage]
+        if current is None:
+            kind, skipped = "first", compiled.order[:position]
+        else:
+            step = position - compiled.index[current]
+            kind = "forward" if step == 1 else "skip" if step > 1 else "regression"
+            skipped = compiled.order[compiled.index[current] + 1 : position] if step > 1 else []
+        transitions.append(
+            {
+                "time": time,
+                "from": current,
+                "to": stage,
+                "kind": kind,
+                "repeat": stage in visited,
+                "skipped": skipped,
+                "touchpoint": touchpoint,
+                "channel": channel,
+            }
+        )
+        visited.add(stage)
+        current = stage
+    return transitions
+
+
 def build_journey(events: list[dict[str, Any]], compiled: CompiledMap, now: datetime | None = None) -> dict[str, Any]:
     """The journey of one customer from their events (time order, each once)."""
     now = now or datetime.now(timezone.utc)
     touchpoints: list[dict[str, Any]] = []
-    transitions: list[dict[str, Any]] = []
-    visited: set[str] = set()
-    current: str | None = None
-    entered_at: str | None = None
     for event in events:
         rule, stage = compiled.assign(event)
         touchpoints.append(
@@ -121,34 +151,16 @@ def build_journey(events: list[dict[str, Any]], compiled: CompiledMap, now: date
                 "sentiment": rule.sentiment(event) if rule else (event.get("sentiment") or ""),
             }
         )
-        if stage is None or stage == current:
-            continue
-        position = compiled.index[stage]
-        if current is None:
-            kind, skipped = "first", compiled.order[:position]
-        else:
-            step = position - compiled.index[current]
-            kind = "forward" if step == 1 else "skip" if step > 1 else "regression"
-            skipped = compiled.order[compiled.index[current] + 1 : position] if step > 1 else []
-        transitions.append(
-            {
-                "time": event["timestamp"],
-                "from": current,
-                "to": stage,
-                "kind": kind,
-                "repeat": stage in visited,
-                "skipped": skipped,
-                "touchpoint": rule.touchpoint.id if rule else None,
-            }
-        )
-        visited.add(stage)
-        current, entered_at = stage, event["timestamp"]
+    transitions = transitions_of(
+        compiled, ((t["time"], t["stage"], t["touchpoint"], t["channel"]) for t in touchpoints if t["stage"])
+    )
+    entered_at = transitions[-1]["time"] if transitions else None
     return {
         "map": {"name": compiled.map.name, "version": compiled.version},
         "stages": [{"id": s, "name": compiled.names[s]} for s in compiled.order],
         "touchpoints": touchpoints,
         "transitions": transitions,
-        "current_stage": current,
+        "current_stage": transitions[-1]["to"] if transitions else None,
         "current_stage_entered_at": entered_at,
         "time_in_current_stage_seconds": None
         if entered_at is None

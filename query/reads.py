@@ -49,19 +49,23 @@ LIMIT {{limit:UInt32}}
 """
 
 TRAITS_SQL = """
-SELECT trait, argMax(value, updated_at)
+SELECT distinct_id, trait, argMax(value, updated_at), max(updated_at)
 FROM customer_traits
 WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
-GROUP BY trait
-ORDER BY trait
+GROUP BY distinct_id, trait
 """
 
 FIRST_TOUCH_SQL = """
-SELECT count(), min(first_seen), argMinMerge(first_channel), argMinMerge(first_utm_source),
+SELECT distinct_id, min(first_seen), argMinMerge(first_channel), argMinMerge(first_utm_source),
        argMinMerge(first_utm_medium), argMinMerge(first_utm_campaign)
 FROM first_touch
 WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
+GROUP BY distinct_id
 """
+
+#: Ids per query when reading many customers at once: keeps bound-parameter payloads (URL-encoded on the
+#: HTTP client) well under the server's URI limit.
+ID_CHUNK = 2000
 
 
 def _iso(value: datetime) -> str:
@@ -90,22 +94,45 @@ async def customer_events(ch: ClickHouse, project_id: str, ids: list[str], limit
 
 async def customer_facts(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, Any]:
     """Latest traits (newest identify wins per trait, across all the customer's ids) and first touch."""
-    params = {"project_id": project_id, "ids": ids}
-    _, trait_rows = await ch.query(TRAITS_SQL, params)
-    _, [touch] = await ch.query(FIRST_TOUCH_SQL, params)
-    seen, first_seen, channel, source, medium, campaign = touch
-    return {
-        "traits": {trait: orjson.loads(value) for trait, value in trait_rows},
-        "first_touch": None
-        if not seen
-        else {
-            "first_seen": _iso(first_seen),
-            "first_channel": channel,
-            "first_utm_source": source,
-            "first_utm_medium": medium,
-            "first_utm_campaign": campaign,
-        },
-    }
+    return (await facts_of(ch, project_id, {"": ids}))[""]
+
+
+async def facts_of(ch: ClickHouse, project_id: str, members: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """:func:`customer_facts` for many customers at once (``customer → its ids``).
+
+    Per trait the newest value wins across the customer's ids; the first touch is that of the id seen
+    first. Ties are broken by value, then id, so the answer never depends on the order rows come back in.
+    """
+    owner = {i: customer for customer, ids in members.items() for i in ids}
+    all_ids = list(owner)
+    traits: dict[str, dict[str, tuple[Any, str]]] = {c: {} for c in members}
+    touches: dict[str, tuple[Any, str, tuple]] = {}
+    for start in range(0, len(all_ids), ID_CHUNK):
+        params = {"project_id": project_id, "ids": all_ids[start : start + ID_CHUNK]}
+        _, trait_rows = await ch.query(TRAITS_SQL, params)
+        for distinct_id, trait, value, updated_at in trait_rows:
+            best = traits[owner[distinct_id]].get(trait)
+            if best is None or (updated_at, value) > best:
+                traits[owner[distinct_id]][trait] = (updated_at, value)
+        _, touch_rows = await ch.query(FIRST_TOUCH_SQL, params)
+        for distinct_id, first_seen, *fields in touch_rows:
+            customer = owner[distinct_id]
+            best_touch = touches.get(customer)
+            if best_touch is None or (first_seen, distinct_id) < best_touch[:2]:
+                touches[customer] = (first_seen, distinct_id, tuple(fields))
+    out: dict[str, dict[str, Any]] = {}
+    for customer in members:
+        touch = touches.get(customer)
+        out[customer] = {
+            "traits": {trait: orjson.loads(value) for trait, (_, value) in sorted(traits[customer].items())},
+            "first_touch": None
+            if touch is None
+            else {
+                "first_seen": _iso(touch[0]),
+                **dict(zip(("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign"), touch[2])),
+            },
+        }
+    return out
 
 
 STATS_SQL = """

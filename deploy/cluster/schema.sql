@@ -164,3 +164,50 @@ SELECT
     argMinState(toString(utm_campaign), timestamp) AS first_utm_campaign
 FROM events_local
 GROUP BY project_id, distinct_id;
+
+-- 0005_stage_state.sql
+ALTER TABLE events_local ON CLUSTER "journeys" ADD COLUMN IF NOT EXISTS inserted_at DateTime64(3, 'UTC') DEFAULT now64(3);
+
+ALTER TABLE events_local ON CLUSTER "journeys" ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;
+
+ALTER TABLE events_local ON CLUSTER "journeys" MATERIALIZE COLUMN inserted_at;
+
+ALTER TABLE events ON CLUSTER "journeys" ADD COLUMN IF NOT EXISTS inserted_at DateTime64(3, 'UTC');
+
+ALTER TABLE identities_local ON CLUSTER "journeys" ADD COLUMN IF NOT EXISTS inserted_at DateTime64(3, 'UTC') DEFAULT now64(3);
+
+ALTER TABLE identities_local ON CLUSTER "journeys" ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;
+
+ALTER TABLE identities_local ON CLUSTER "journeys" MATERIALIZE COLUMN inserted_at;
+
+ALTER TABLE identities ON CLUSTER "journeys" ADD COLUMN IF NOT EXISTS inserted_at DateTime64(3, 'UTC');
+
+CREATE TABLE IF NOT EXISTS stage_state_local ON CLUSTER "journeys"
+(
+    project_id        LowCardinality(String),
+    map_name          LowCardinality(String),
+    map_version       UInt32,
+    customer_id       String,
+    version           UInt64,
+    is_deleted        UInt8 DEFAULT 0,
+    ids               Array(String),
+    segments          Array(LowCardinality(String)),
+    entered           Array(DateTime64(3, 'UTC')),
+    next_at           Array(DateTime64(3, 'UTC')),
+    entry_touchpoint  Array(LowCardinality(String)),
+    entry_channel     Array(LowCardinality(String)),
+    t_time            Array(DateTime64(3, 'UTC')),
+    t_from            Array(Int16),
+    t_to              Array(UInt16),
+    t_kind            Array(Enum8('first' = 1, 'forward' = 2, 'skip' = 3, 'regression' = 4)),
+    t_repeat          Array(UInt8),
+    s_time            Array(DateTime64(3, 'UTC')),
+    s_stage           Array(UInt16),
+    s_sentiment       Array(Enum8('positive' = 1, 'neutral' = 2, 'negative' = 3)),
+    updated_at        DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', version, is_deleted)
+ORDER BY (project_id, map_name, map_version, customer_id);
+
+CREATE TABLE IF NOT EXISTS stage_state ON CLUSTER "journeys" AS stage_state_local
+ENGINE = Distributed('journeys', currentDatabase(), stage_state_local, cityHash64(project_id, customer_id));

@@ -1,0 +1,397 @@
+"""Stage KPIs per customer segment, from the per-customer stage state (never from a rescan of events).
+
+Every number follows the definitions in docs/kpis.md; tests compare them with a brute-force computation over
+raw events. Three aggregate queries over ``stage_state`` (one row per stitched customer and map version):
+
+* entries — per segment, stage (and day): reached, entered, converted, dropped, in progress, time to move
+  on (exact nearest-rank median and p90), and what brought customers in;
+* transitions — regressions, skips and repeats, by the day they happened;
+* sentiment — sentiment-bearing touchpoints by stage and day.
+
+Every user-supplied value (project, map, segment, dates) is a bound parameter; the SQL text only ever
+contains numbers we computed (stage count).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from journeys.clickhouse import ClickHouse
+from journeys.maps import JourneyMap, Stage
+
+DAY_MS = 86_400_000
+TOP = 5
+ALL = ""  # the segment key of "all customers"
+
+_ENTRIES_SQL = """
+SELECT seg, stage{day_select},
+       countIf(e < {{to_ms:Int64}}) AS reached,
+       countIf(in_w) AS entered,
+       countIf(in_w AND conv) AS converted,
+       countIf(in_w AND NOT conv AND closed) AS dropped,
+       countIf(in_w AND NOT conv AND NOT closed) AS in_progress,
+       arraySort(groupArrayIf(nx - e, in_w AND conv)) AS waits,
+       waits[intDiv(length(waits) + 1, 2)] AS median_ms,
+       waits[intDiv(9 * length(waits) + 9, 10)] AS p90_ms,
+       sumMapIf([tp], [toUInt64(1)], in_w) AS touchpoints,
+       sumMapIf([chn], [toUInt64(1)], in_w) AS channels
+FROM (
+    SELECT {segs}, stage,
+           toUnixTimestamp64Milli(entered[stage + 1]) AS e,
+           toUnixTimestamp64Milli(next_at[stage + 1]) AS nx,
+           e >= {{from_ms:Int64}} AND e < {{to_ms:Int64}} AS in_w,
+           nx > 0 AND nx - e <= {{windows:Array(Int64)}}[stage + 1] AS conv,
+           e + {{windows:Array(Int64)}}[stage + 1] <= {{now_ms:Int64}} AS closed,
+           toString(entry_touchpoint[stage + 1]) AS tp,
+           toString(entry_channel[stage + 1]) AS chn
+    FROM stage_state FINAL
+    ARRAY JOIN range({stages}) AS stage
+    WHERE {where}
+)
+ARRAY JOIN segs AS seg
+WHERE e > 0 AND e < {{to_ms:Int64}}
+GROUP BY seg, stage{day_group}
+"""
+
+_TRANSITIONS_SQL = """
+SELECT seg{day_select}, to_stage, from_stage, kind, repeat, count()
+FROM (
+    SELECT {segs}, tt, to_stage, from_stage, toString(k) AS kind, repeat
+    FROM stage_state FINAL
+    ARRAY JOIN t_time AS tt, t_to AS to_stage, t_from AS from_stage, t_kind AS k, t_repeat AS repeat
+    WHERE {where}
+      AND toUnixTimestamp64Milli(tt) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(tt) < {{to_ms:Int64}}
+      AND (k IN ('regression', 'skip') OR repeat = 1)
+)
+ARRAY JOIN segs AS seg
+GROUP BY seg{day_group}, to_stage, from_stage, kind, repeat
+"""
+
+_SENTIMENT_SQL = """
+SELECT seg{day_select}, stage, sentiment, count()
+FROM (
+    SELECT {segs}, st AS tt, stage, toString(sv) AS sentiment
+    FROM stage_state FINAL
+    ARRAY JOIN s_time AS st, s_stage AS stage, s_sentiment AS sv
+    WHERE {where}
+      AND toUnixTimestamp64Milli(st) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(st) < {{to_ms:Int64}}
+)
+ARRAY JOIN segs AS seg
+GROUP BY seg{day_group}, stage, sentiment
+"""
+
+
+@dataclass(frozen=True)
+class KpiRequest:
+    """A validated KPI question: which map version, which segments, which days, evaluated at ``now``."""
+
+    project_id: str
+    journey_map: JourneyMap
+    map_version: int
+    order: list[str]
+    segments: list[str] | None  # None: all customers only; otherwise these segment names ("" = all)
+    first_day: date
+    last_day: date
+    now: datetime
+
+    @property
+    def from_ms(self) -> int:
+        return _day_ms(self.first_day)
+
+    @property
+    def to_ms(self) -> int:
+        return _day_ms(self.last_day) + DAY_MS
+
+    @property
+    def stages(self) -> list[Stage]:
+        by_id = {s.id: s for s in self.journey_map.stages}
+        return [by_id[s] for s in self.order]
+
+
+def _day_ms(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def _render(template: str, request: KpiRequest, daily: bool, day_of: str) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {
+        "project_id": request.project_id,
+        "map_name": request.journey_map.name,
+        "map_version": request.map_version,
+        "from_ms": request.from_ms,
+        "to_ms": request.to_ms,
+        "now_ms": int(request.now.timestamp() * 1000),
+        "windows": [int(round(s.conversion_window_days * DAY_MS)) for s in request.stages],
+    }
+    where = (
+        "project_id = {project_id:String} AND map_name = {map_name:String} AND map_version = {map_version:UInt32}"
+    )
+    segments = request.segments
+    if segments is None:
+        segs = "[''] AS segs"
+    else:
+        named = [s for s in segments if s != ALL]
+        params["segments"] = named
+        if ALL in segments:
+            segs = "arrayPushFront(arrayIntersect(segments, {segments:Array(String)}), '') AS segs"
+        else:
+            segs = "arrayIntersect(segments, {segments:Array(String)}) AS segs"
+            where += " AND hasAny(segments, {segments:Array(String)})"
+    sql = template.format(
+        stages=len(request.order),
+        where=where,
+        day_select=f", toDate(fromUnixTimestamp64Milli({day_of}, 'UTC')) AS day" if daily else "",
+        day_group=", day" if daily else "",
+        segs=segs,  # the segment keys each customer row counts under
+    )
+    return sql, params
+
+
+async def _entries(ch: ClickHouse, request: KpiRequest, daily: bool) -> list[dict[str, Any]]:
+    # In the daily series an entry belongs to the day of `e`; entries before the window (reached only)
+    # fall on a day before it and are kept apart by the caller.
+    sql, params = _render(_ENTRIES_SQL, request, daily, "e")
+    columns, rows = await ch.query(sql, params)
+    return [dict(zip(columns, row)) for row in rows]
+
+
+async def _transitions(ch: ClickHouse, request: KpiRequest, daily: bool) -> list[tuple]:
+    sql, params = _render(_TRANSITIONS_SQL, request, daily, "toUnixTimestamp64Milli(tt)")
+    return (await ch.query(sql, params))[1]
+
+
+async def _sentiments(ch: ClickHouse, request: KpiRequest, daily: bool) -> list[tuple]:
+    sql, params = _render(_SENTIMENT_SQL, request, daily, "toUnixTimestamp64Milli(tt)")
+    return (await ch.query(sql, params))[1]
+
+
+def _empty_stage() -> dict[str, Any]:
+    return {
+        "reached": 0,
+        "entered": 0,
+        "converted": 0,
+        "dropped": 0,
+        "in_progress": 0,
+        "median_ms": None,
+        "p90_ms": None,
+        "touchpoints": {},
+        "channels": {},
+        "regressions_into": 0,
+        "skips_over": 0,
+        "repeats": 0,
+        "sentiment": {"positive": 0, "neutral": 0, "negative": 0},
+    }
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return None if denominator == 0 else round(numerator / denominator, 6)
+
+
+def _top(counts: dict[str, int], label: str) -> list[dict[str, Any]]:
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
+    return [{label: key, "customers": value} for key, value in ranked]
+
+
+def _judge(stage: Stage, conversion_rate: float | None, median_days: float | None) -> tuple[str, list[dict[str, Any]]]:
+    """Target vs actual: each target metric met or short, and by how much (relative shortfall)."""
+    target = stage.target
+    if target is None or (target.conversion_rate is None and target.median_days_to_convert is None):
+        return "no_target", []
+    checks = []
+    if target.conversion_rate is not None:
+        shortfall = None if conversion_rate is None else max(0.0, (target.conversion_rate - conversion_rate) / target.conversion_rate)
+        checks.append({"metric": "conversion_rate", "target": target.conversion_rate, "actual": conversion_rate, "shortfall": shortfall})
+    if target.median_days_to_convert is not None:
+        goal = target.median_days_to_convert
+        shortfall = None if median_days is None else max(0.0, (median_days - goal) / goal)
+        checks.append({"metric": "median_days_to_convert", "target": goal, "actual": median_days, "shortfall": shortfall})
+    for check in checks:
+        check["status"] = "no_data" if check["shortfall"] is None else "below_target" if check["shortfall"] > 0 else "met"
+        if check["shortfall"] is not None:
+            check["shortfall"] = round(check["shortfall"], 6)
+    statuses = {c["status"] for c in checks}
+    status = "below_target" if "below_target" in statuses else "no_data" if statuses == {"no_data"} else "met"
+    return status, checks
+
+
+def _shape_stage(stage: Stage, index: int, last: bool, raw: dict[str, Any]) -> dict[str, Any]:
+    decided = raw["converted"] + raw["dropped"]
+    conversion_rate = None if last else _ratio(raw["converted"], decided)
+    median_days = None if raw["median_ms"] is None else round(raw["median_ms"] / DAY_MS, 6)
+    status, checks = _judge(stage, conversion_rate, median_days)
+    return {
+        "id": stage.id,
+        "name": stage.name,
+        "index": index,
+        "reached": raw["reached"],
+        "entered": raw["entered"],
+        "converted": None if last else raw["converted"],
+        "dropped": None if last else raw["dropped"],
+        "in_progress": None if last else raw["in_progress"],
+        "conversion_rate": conversion_rate,
+        "converted_of_entered": None if last else _ratio(raw["converted"], raw["entered"]),
+        "drop_off_rate": None if last else _ratio(raw["dropped"], decided),
+        "conversion_window_days": stage.conversion_window_days,
+        "time_to_next_seconds": {
+            "median": None if raw["median_ms"] is None else raw["median_ms"] / 1000,
+            "p90": None if raw["p90_ms"] is None else raw["p90_ms"] / 1000,
+        },
+        "regressions_into": raw["regressions_into"],
+        "skips_over": raw["skips_over"],
+        "repeats": raw["repeats"],
+        "sentiment": raw["sentiment"],
+        "top_touchpoints": _top(raw["touchpoints"], "touchpoint"),
+        "top_channels": _top(raw["channels"], "channel"),
+        "target": None if stage.target is None else stage.target.model_dump(exclude_none=True),
+        "status": status,
+        "targets": checks,
+    }
+
+
+def _bottleneck(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The stage furthest below one of its targets (largest relative shortfall; the earlier stage on a tie)."""
+    worst = None
+    for stage in stages:
+        for check in stage["targets"]:
+            if check["shortfall"] and (worst is None or check["shortfall"] > worst["shortfall"]):
+                worst = {"stage": stage["id"], **{k: check[k] for k in ("metric", "target", "actual", "shortfall")}}
+    return worst
+
+
+def _fold(request: KpiRequest, entries, transitions, sentiments, keyed) -> dict[Any, list[dict[str, Any]]]:  # type: ignore[no-untyped-def]
+    """Raw rows → per key (segment, or segment and day) a list of raw stage dicts."""
+    n = len(request.order)
+    out: dict[Any, list[dict[str, Any]]] = {}
+
+    def stages_of(key: Any) -> list[dict[str, Any]]:
+        if key not in out:
+            out[key] = [_empty_stage() for _ in range(n)]
+        return out[key]
+
+    for row in entries:
+        raw = stages_of(keyed(row))[row["stage"]]
+        for field in ("reached", "entered", "converted", "dropped", "in_progress"):
+            raw[field] += row[field]
+        if row["waits"]:
+            raw["median_ms"], raw["p90_ms"] = row["median_ms"], row["p90_ms"]
+        raw["touchpoints"] = {k: v for k, v in zip(*row["touchpoints"]) if v}
+        raw["channels"] = {k: v for k, v in zip(*row["channels"]) if v}
+    for *head, to_stage, from_stage, kind, repeat, count in transitions:
+        stages = stages_of(keyed(head))
+        if kind == "regression":
+            stages[to_stage]["regressions_into"] += count
+        if kind == "skip":
+            for over in range(from_stage + 1, to_stage):
+                stages[over]["skips_over"] += count
+        if repeat:
+            stages[to_stage]["repeats"] += count
+    for *head, stage, sentiment, count in sentiments:
+        stages_of(keyed(head))[stage]["sentiment"][sentiment] += count
+    return out
+
+
+async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
+    """KPIs per stage for each requested segment over the whole window."""
+    entries = await _entries(ch, request, daily=False)
+    transitions = await _transitions(ch, request, daily=False)
+    sentiments = await _sentiments(ch, request, daily=False)
+
+    def keyed(row: Any) -> str:
+        return row["seg"] if isinstance(row, dict) else row[0]
+
+    folded = _fold(request, entries, transitions, sentiments, keyed)
+    wanted = request.segments if request.segments is not None else [ALL]
+    n = len(request.order)
+    results = []
+    for segment in wanted:
+        raws = folded.get(segment) or [_empty_stage() for _ in range(n)]
+        stages = [_shape_stage(s, i, i == n - 1, raws[i]) for i, s in enumerate(request.stages)]
+        results.append({"segment": segment or None, "stages": stages, "bottleneck": _bottleneck(stages)})
+    return {
+        "map": {"name": request.journey_map.name, "version": request.map_version},
+        "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
+        "as_of": request.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "segments": results,
+    }
+
+
+async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
+    """The same KPIs day by day (the day a customer entered the stage, or the day a move happened)."""
+    entries = await _entries(ch, request, daily=True)
+    transitions = await _transitions(ch, request, daily=True)
+    sentiments = await _sentiments(ch, request, daily=True)
+
+    def keyed(row: Any) -> tuple[str, date]:
+        return (row["seg"], row["day"]) if isinstance(row, dict) else (row[0], row[1])
+
+    folded = _fold(request, entries, transitions, sentiments, keyed)
+    wanted = request.segments if request.segments is not None else [ALL]
+    n = len(request.order)
+    days = [request.first_day + timedelta(days=k) for k in range((request.last_day - request.first_day).days + 1)]
+    results = []
+    for segment in wanted:
+        # Entries before the window land on earlier days: they are the "reached" baseline.
+        reached = [
+            sum(raws[i]["reached"] for (seg, day), raws in folded.items() if seg == segment and day < request.first_day)
+            for i in range(n)
+        ]
+        series = []
+        for day in days:
+            raws = folded.get((segment, day)) or [_empty_stage() for _ in range(n)]
+            stages = []
+            for i, stage in enumerate(request.stages):
+                reached[i] += raws[i]["entered"]
+                raws[i]["reached"] = reached[i]
+                shaped = _shape_stage(stage, i, i == n - 1, raws[i])
+                for noise in ("name", "index", "target", "targets", "top_touchpoints", "top_channels", "conversion_window_days"):
+                    shaped.pop(noise)
+                stages.append(shaped)
+            series.append({"date": day.isoformat(), "stages": stages})
+        results.append({"segment": segment or None, "days": series})
+    return {
+        "map": {"name": request.journey_map.name, "version": request.map_version},
+        "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
+        "as_of": request.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "segments": results,
+    }
+
+
+CSV_COLUMNS = (
+    "segment", "stage", "reached", "entered", "converted", "dropped", "in_progress", "conversion_rate",
+    "converted_of_entered", "drop_off_rate", "median_seconds_to_next", "p90_seconds_to_next", "regressions_into",
+    "skips_over", "repeats", "sentiment_positive", "sentiment_neutral", "sentiment_negative", "status",
+)
+
+
+def _csv_cells(segment: str | None, stage: dict[str, Any]) -> list[Any]:
+    return [
+        segment or "(all customers)", stage["id"], stage["reached"], stage["entered"], stage["converted"],
+        stage["dropped"], stage["in_progress"], stage["conversion_rate"], stage["converted_of_entered"],
+        stage["drop_off_rate"], stage["time_to_next_seconds"]["median"], stage["time_to_next_seconds"]["p90"],
+        stage["regressions_into"], stage["skips_over"], stage["repeats"], stage["sentiment"]["positive"],
+        stage["sentiment"]["neutral"], stage["sentiment"]["negative"], stage.get("status", ""),
+    ]
+
+
+def to_csv(result: dict[str, Any]) -> str:
+    """One row per segment and stage (and day, for the daily series); empty cells where a KPI has no value."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    daily = any("days" in s for s in result["segments"])
+    writer.writerow((("date",) if daily else ()) + CSV_COLUMNS + (() if daily else ("top_touchpoints", "top_channels")))
+    for seg in result["segments"]:
+        if daily:
+            for day in seg["days"]:
+                for stage in day["stages"]:
+                    writer.writerow([day["date"], *_csv_cells(seg["segment"], stage)])
+        else:
+            for stage in seg["stages"]:
+                tops = [
+                    "; ".join(f"{t['touchpoint']}={t['customers']}" for t in stage["top_touchpoints"]),
+                    "; ".join(f"{t['channel']}={t['customers']}" for t in stage["top_channels"]),
+                ]
+                writer.writerow(_csv_cells(seg["segment"], stage) + tops)
+    return out.getvalue()

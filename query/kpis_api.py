@@ -1,0 +1,139 @@
+"""HTTP for stage KPIs: ``GET /v1/kpis`` and ``GET /v1/kpis/daily`` (read key), JSON or CSV.
+
+Parameters (each bad one answers 400 naming it):
+
+* ``map`` (required) and ``version`` (optional; KPIs are kept for a map's latest version);
+* ``segment``: a segment name, ``*`` for all customers and every segment side by side, or absent for all
+  customers;
+* ``from`` / ``to``: UTC calendar days, both included (default: the 30 days ending today);
+* ``format``: ``json`` (default) or ``csv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from aiohttp import web
+
+from journeys import definitions
+from journeys.http import ApiError, json_response
+from journeys.keys import Principal
+from journeys.maps import SLUG
+from journeys.stores import Stores
+from query.kpis import ALL, KpiRequest, daily_kpis, stage_kpis, to_csv
+from query.state_updater import built_fingerprint, current_definitions
+
+MAX_DAYS = 3660
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2299, 12, 31)
+DEFAULT_DAYS = 30
+
+PrincipalOf = Callable[[web.Request], Awaitable[Principal]]
+
+
+def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
+    async def kpis(request: web.Request) -> web.StreamResponse:
+        kpi_request, csv = await _kpi_request(request, await principal_of(request), request.app[stores_key])
+        result = await stage_kpis(request.app[stores_key].clickhouse, kpi_request)
+        return _respond(result, csv, f"kpis-{kpi_request.journey_map.name}")
+
+    async def daily(request: web.Request) -> web.StreamResponse:
+        kpi_request, csv = await _kpi_request(request, await principal_of(request), request.app[stores_key])
+        result = await daily_kpis(request.app[stores_key].clickhouse, kpi_request)
+        return _respond(result, csv, f"kpis-daily-{kpi_request.journey_map.name}")
+
+    app.router.add_get("/v1/kpis", kpis)
+    app.router.add_get("/v1/kpis/daily", daily)
+
+
+def _respond(result: dict[str, Any], csv: bool, filename: str) -> web.StreamResponse:
+    if not csv:
+        return json_response(result)
+    return web.Response(
+        text=to_csv(result),
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
+    )
+
+
+def _day(request: web.Request, name: str, default: date) -> date:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        day = date.fromisoformat(raw) if len(raw) == 10 else _bad_day(name)
+    except ValueError:
+        return _bad_day(name)
+    # Events before 2000 are never stored, and date arithmetic near year 1 or 9999 overflows (a 500).
+    return day if FIRST_DAY <= day <= LAST_DAY else _bad_day(name)
+
+
+def _bad_day(name: str) -> date:
+    raise ApiError(400, [{"field": name, "reason": f"must be a date as YYYY-MM-DD (UTC), {FIRST_DAY} to {LAST_DAY}"}])
+
+
+async def _kpi_request(request: web.Request, principal: Principal, stores: Stores) -> tuple[KpiRequest, bool]:
+    query = request.query
+    fmt = query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, [{"field": "format", "reason": "must be json or csv"}])
+    map_name = query.get("map", "")
+    if not map_name:
+        raise ApiError(400, [{"field": "map", "reason": "required: the journey map to compute KPIs for"}])
+    if not SLUG.match(map_name):  # only slugs name maps; anything else cannot exist (and a NUL upsets PostgreSQL)
+        raise ApiError(404, [{"field": "map", "reason": f"no map {map_name!r} in this project"}])
+    now = datetime.now(timezone.utc)
+    last_day = _day(request, "to", now.date())
+    first_day = _day(request, "from", last_day - timedelta(days=DEFAULT_DAYS - 1))
+    if first_day > last_day:
+        raise ApiError(400, [{"field": "from", "reason": "must not be after `to`"}])
+    if (last_day - first_day).days >= MAX_DAYS:
+        raise ApiError(400, [{"field": "from", "reason": f"the window may span at most {MAX_DAYS} days"}])
+
+    defs = await current_definitions(stores.pg, principal.project_id)
+    latest = next((mv for mv in defs.maps if mv.name == map_name), None)
+    if latest is None:
+        raise ApiError(404, [{"field": "map", "reason": f"no map {map_name!r} in this project"}])
+    raw_version = query.get("version")
+    if raw_version is not None:
+        # isascii and a length cap: str.isdigit() accepts digits int() refuses ('²') or cannot parse (5000 of them).
+        if not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 9) or await definitions.get(stores.pg, principal.project_id, "map", map_name, int(raw_version)) is None:
+            raise ApiError(404, [{"field": "version", "reason": f"map {map_name!r} has no version {raw_version!r}"}])
+        if int(raw_version) != latest.version:
+            raise ApiError(
+                400,
+                [{"field": "version", "reason": f"KPIs are kept for the latest version of a map ({latest.version}); "
+                  "read older versions' journeys per customer"}],
+            )
+
+    raw_segment = query.get("segment")
+    names = [s.name for s in defs.segments]
+    if raw_segment is None or raw_segment == "":
+        segments = None
+    elif raw_segment == "*":
+        segments = [ALL, *names]
+    elif raw_segment in names:
+        segments = [raw_segment]
+    else:
+        raise ApiError(404, [{"field": "segment", "reason": f"no segment {raw_segment!r} in this project"}])
+
+    if await built_fingerprint(stores.pg, principal.project_id) != defs.fingerprint:
+        raise ApiError(
+            503,
+            [{"field": "map", "reason": "KPIs are being recomputed for new map or segment versions; retry shortly"}],
+            {"Retry-After": "2"},
+        )
+    return (
+        KpiRequest(
+            project_id=principal.project_id,
+            journey_map=latest.compiled.map,
+            map_version=latest.version,
+            order=latest.compiled.order,
+            segments=segments,
+            first_day=first_day,
+            last_day=last_day,
+            now=now,
+        ),
+        fmt == "csv",
+    )

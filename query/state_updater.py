@@ -1,0 +1,210 @@
+"""StageStateUpdater: keeps every customer's stage-state row current, a fraction of a second behind ingest.
+
+It watches what ClickHouse has been given since it last looked — new events, and identity changes that
+move ids between customers (both carry ``inserted_at``, stamped by ClickHouse) — and recomputes the state
+rows of exactly those customers (:class:`query.stage_state.StateWriter`). When a project's maps or segments
+get a new version, it rebuilds that project's rows from all of its events and records the versions built,
+so a KPI call never mixes rows computed for different definitions.
+
+Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
+and with events imported or replayed from a spool, and the collector's hot path stays untouched. A row
+becomes visible slightly after ClickHouse stamps it, so each poll looks back a margin and skips ids whose
+newest change it has already handled.
+
+One updater works at a time across all query-service replicas (a PostgreSQL advisory lock); the others wait
+to take over. It never dies: an error is logged, counted and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from journeys import definitions
+from journeys.maps import validate_map, validate_segment
+from journeys.metrics import Metrics
+from journeys.migrate import render_clickhouse_sql
+from journeys.stores import Stores
+from query.stage_state import Definitions, StateWriter
+
+log = logging.getLogger(__name__)
+
+_LEADER_LOCK = 0x6A6F75726E7374  # one updater across query-service replicas
+_PROJECT_IDS_CHUNK = 20_000
+
+CHANGES_SQL = """
+SELECT project_id, distinct_id, toUnixTimestamp64Milli(max(inserted_at))
+FROM events WHERE inserted_at > {since:DateTime64(3, 'UTC')}
+GROUP BY project_id, distinct_id
+UNION ALL
+SELECT project_id, distinct_id, toUnixTimestamp64Milli(max(inserted_at))
+FROM identities WHERE inserted_at > {since:DateTime64(3, 'UTC')}
+GROUP BY project_id, distinct_id
+"""
+
+PROJECT_IDS_SQL = """
+SELECT DISTINCT distinct_id FROM events WHERE project_id = {project_id:String}
+"""
+
+DELETE_OTHER_VERSIONS_SQL = (
+    "DELETE FROM {{table stage_state}} {{on_cluster}} WHERE project_id = {project_id:String} "
+    "AND NOT has({keep:Array(String)}, concat(map_name, ':', toString(map_version)))"
+)
+
+
+async def current_definitions(pg: Any, project_id: str) -> Definitions:
+    """The latest version of each of a project's maps and segments."""
+    maps = [(validate_map(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "map")]
+    segments = [(validate_segment(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "segment")]
+    return Definitions.of(maps, segments)
+
+
+async def built_fingerprint(pg: Any, project_id: str) -> str | None:
+    return await pg.fetchval("SELECT fingerprint FROM stage_state_builds WHERE project_id = $1", project_id)
+
+
+class StageStateUpdater:
+    def __init__(
+        self,
+        stores: Stores,
+        metrics: Metrics,
+        *,
+        poll_s: float = 0.2,
+        margin_s: float = 10.0,
+        definitions_every_s: float = 1.0,
+    ):
+        self.stores = stores
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.margin_ms = int(margin_s * 1000)
+        self.definitions_every_s = definitions_every_s
+        self.writer = StateWriter(stores.clickhouse)
+        self.leader = False
+        self.caught_up_at: float | None = None  # monotonic time of the last completed poll
+        self.last_error: str | None = None
+        self._definitions: dict[str, Definitions] = {}
+        self._definitions_at = 0.0
+        self._seen: dict[tuple[str, str], int] = {}  # (project, id) → newest change handled (ms)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        metrics.stage_state_lag.set_function(
+            lambda: 0.0 if self.caught_up_at is None else time.monotonic() - self.caught_up_at
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stage-state-updater")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                async with self.stores.pg.acquire() as conn:
+                    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+                        await asyncio.sleep(2.0)
+                    self.leader = True
+                    try:
+                        await self._loop()
+                    finally:
+                        self.leader = False
+                        await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never dies; see the module docstring
+                log.exception("stage-state updater failed; retrying in %.1f s", backoff)
+                self.metrics.clickhouse_errors.labels("stage_state").inc()
+                self.last_error = f"{exc!r}"[:500]
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _loop(self) -> None:
+        pg = self.stores.pg
+        row = await pg.fetchrow("SELECT polled_to FROM stage_state_cursor WHERE id = 1")
+        since_ms: int | None = int(row["polled_to"].timestamp() * 1000) if row else None
+        while not self._stop.is_set():
+            now_ms = await self._server_now_ms()
+            await self._rebuild_changed()
+            if since_ms is not None:
+                await self._apply_changes(since_ms - self.margin_ms)
+            since_ms = now_ms
+            await pg.execute(
+                "INSERT INTO stage_state_cursor (id, polled_to) VALUES (1, $1) "
+                "ON CONFLICT (id) DO UPDATE SET polled_to = EXCLUDED.polled_to",
+                datetime.fromtimestamp(now_ms / 1000, timezone.utc),
+            )
+            self.caught_up_at = time.monotonic()
+            self.last_error = None
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.poll_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _server_now_ms(self) -> int:
+        _, rows = await self.stores.clickhouse.query("SELECT toUnixTimestamp64Milli(now64(3))")
+        return int(rows[0][0])
+
+    async def _project_definitions(self) -> dict[str, Definitions]:
+        if time.monotonic() - self._definitions_at >= self.definitions_every_s:
+            rows = await self.stores.pg.fetch("SELECT DISTINCT project_id FROM definitions WHERE kind = 'map'")
+            self._definitions = {r["project_id"]: await current_definitions(self.stores.pg, r["project_id"]) for r in rows}
+            self._definitions_at = time.monotonic()
+        return self._definitions
+
+    async def _rebuild_changed(self) -> None:
+        for project_id, defs in (await self._project_definitions()).items():
+            if await built_fingerprint(self.stores.pg, project_id) != defs.fingerprint:
+                await self.rebuild(project_id, defs)
+
+    async def rebuild(self, project_id: str, defs: Definitions) -> None:
+        """Recompute every customer of the project against ``defs``, then drop rows of other versions."""
+        began = time.monotonic()
+        ch = self.stores.clickhouse
+        _, rows = await ch.query(PROJECT_IDS_SQL, {"project_id": project_id})
+        ids = sorted(r[0] for r in rows)
+        written = 0
+        for start in range(0, len(ids), _PROJECT_IDS_CHUNK):
+            written += await self.writer.refresh(project_id, defs, set(ids[start : start + _PROJECT_IDS_CHUNK]))
+        keep = [f"{mv.name}:{mv.version}" for mv in defs.maps]
+        await ch.command(
+            render_clickhouse_sql(DELETE_OTHER_VERSIONS_SQL, self.stores.settings.clickhouse_cluster),
+            {"project_id": project_id, "keep": keep},
+        )
+        await self.stores.pg.execute(
+            "INSERT INTO stage_state_builds (project_id, fingerprint) VALUES ($1, $2) "
+            "ON CONFLICT (project_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, built_at = now()",
+            project_id,
+            defs.fingerprint,
+        )
+        self.metrics.stage_state_rebuilds.inc()
+        self.metrics.stage_state_rows.inc(written)
+        log.info(
+            "stage state of project %s rebuilt for %s: %d ids, %d rows in %.1f s",
+            project_id, defs.fingerprint, len(ids), written, time.monotonic() - began,
+        )
+
+    async def _apply_changes(self, since_ms: int) -> None:
+        since = datetime.fromtimestamp(since_ms / 1000, timezone.utc)
+        _, rows = await self.stores.clickhouse.query(CHANGES_SQL, {"since": since})
+        defs = self._definitions
+        touched: dict[str, set[str]] = {}
+        for project_id, distinct_id, changed_ms in rows:
+            key = (project_id, distinct_id)
+            if project_id not in defs or self._seen.get(key, -1) >= changed_ms:
+                continue
+            self._seen[key] = changed_ms
+            touched.setdefault(project_id, set()).add(distinct_id)
+        for project_id, ids in touched.items():
+            self.metrics.stage_state_rows.inc(await self.writer.refresh(project_id, defs[project_id], ids))
+        # Forget marks that fell out of the look-back margin: those rows will not be seen again.
+        if len(self._seen) > 10_000:
+            self._seen = {k: v for k, v in self._seen.items() if v > since_ms}
+
