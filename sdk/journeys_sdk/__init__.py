@@ -18,7 +18,8 @@ Module map (one job each): ``client`` (public API, hot path), ``buffer``
 ``uploader`` (one batch: attempt, retry, report), ``request`` (HTTP),
 ``retry`` (backoff and budget), ``encode`` (wire format, size limits),
 ``overflow`` (on-disk spill), ``journey`` (touchpoint vocabulary), ``result``,
-``stats``, ``errors``, and ``links`` (signed email links; reserved).
+``stats``, ``errors``, and ``links`` (signed email open pixels and click links:
+``from journeys_sdk.links import EmailLinks``).
 """
 
 import logging as _logging
