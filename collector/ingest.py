@@ -19,6 +19,11 @@ import orjson
 from journeys.events import CHANNEL_INDEX, EventProblem, identity_link, parse_time_ms, to_row, validate_batch
 
 
+#: Deepest nesting orjson serializes (see process_events).
+MAX_NESTING = 254
+_CUT = "(nested too deep: cut here)"
+
+
 class RequestProblem(Exception):
     """The request as a whole is refused; ``errors`` go back in the body and nothing is stored."""
 
@@ -133,7 +138,14 @@ def process_events(
                 event = {**event, "context": {**batch_context, **own} if isinstance(own, dict) else batch_context}
             try:
                 row = to_row(event, project_id, received_ms, max_future_ms, batch_sent_ms)
-                line = orjson.dumps(row)
+                try:
+                    line = orjson.dumps(row)
+                except orjson.JSONEncodeError:
+                    # orjson writes at most 254 levels of nesting (its parser reads 1024): such an event
+                    # cannot be stored, so it is quarantined like any other bad event, never a 500.
+                    raise EventProblem(
+                        [{"field": "(event)", "reason": f"nested deeper than {MAX_NESTING} levels"}]
+                    ) from None
                 if len(line) > max_event_bytes:
                     raise EventProblem(
                         [{"field": "(event)", "reason": f"{len(line)} bytes, over the {max_event_bytes}-byte event limit"}]
@@ -162,8 +174,37 @@ def process_events(
                     index,
                     message_id if isinstance(message_id, str) else "",
                     orjson.dumps(errors).decode(),
-                    orjson.dumps(original).decode(),
+                    _raw_json(original),
                 ]
             )
         )
     return out
+
+
+def _raw_json(original: Any) -> str:
+    """A quarantined event's JSON text; one nested deeper than orjson writes keeps its first levels."""
+    try:
+        return orjson.dumps(original).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_cut_below(original, 64)).decode()
+
+
+def _cut_below(value: Any, depth: int) -> Any:
+    """A copy of ``value`` with whatever lies ``depth`` levels down replaced by a marker. Iterative, as the
+    input may be nested a thousand levels deep, past Python's recursion limit."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 0)]  # (source, parent, key in parent, level)
+    while stack:
+        source, parent, key, level = stack.pop()
+        if isinstance(source, dict):
+            copy: Any = {} if level < depth else _CUT
+        elif isinstance(source, list):
+            copy = [None] * len(source) if level < depth else _CUT
+        else:
+            copy = source
+        parent[key] = copy
+        if isinstance(copy, dict):
+            stack.extend((v, copy, k, level + 1) for k, v in source.items())
+        elif isinstance(copy, list):
+            stack.extend((v, copy, i, level + 1) for i, v in enumerate(source))
+    return root[0]

@@ -177,7 +177,10 @@ class Spool:
 
     def _start_segment(self, base: int) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            # Forget the old descriptor before opening the new one: if the open fails, a later write must
+            # not go to a closed descriptor number that the process may have reused for another file.
+            fd, self._fd = self._fd, None
+            os.close(fd)
         path = self.directory / _segment_name(base)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._segment_base = base
@@ -270,9 +273,8 @@ class Spool:
                 return
 
     def _write_sync(self, data: bytes) -> None:
-        assert self._fd is not None
-        if self._segment_size >= self.segment_bytes:
-            self._start_segment(self._durable)
+        if self._fd is None or self._segment_size >= self.segment_bytes:
+            self._start_segment(self._durable)  # raises OSError (a refused write) while it cannot open one
         before = self._segment_size
         try:
             written = os.write(self._fd, data)

@@ -76,6 +76,10 @@ QUARANTINE_COLUMNS: tuple[str, ...] = (
 # Events before this are certainly bad clocks or bad units (seconds sent as ms and vice versa); they would
 # also explode the monthly partitions.
 MIN_TIMESTAMP_MS = int(datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+# The range of ClickHouse's DateTime64: a device clock may be far off (its sentAt corrects that), but a
+# sentAt or client timestamp outside this range cannot be stored faithfully and reads would choke on it.
+MIN_STORABLE_MS = int(datetime(1900, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+MAX_STORABLE_MS = int(datetime(2299, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp() * 1000)
 
 SENTIMENTS = frozenset({"positive", "neutral", "negative"})
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
@@ -322,6 +326,10 @@ def to_row(
     original_ms = parse_time_ms(client_ts, "timestamp") if client_ts else received_ms
     sent = event.get("sentAt")
     sent_ms = parse_time_ms(sent, "sentAt") if sent else batch_sent_ms
+    if not MIN_STORABLE_MS <= original_ms <= MAX_STORABLE_MS:
+        raise _problem("timestamp", "out of range (before 1900 or after 2299)")
+    if sent_ms is not None and not MIN_STORABLE_MS <= sent_ms <= MAX_STORABLE_MS:
+        raise _problem("sentAt", "out of range (before 1900 or after 2299)")
     timestamp_ms = received_ms - (sent_ms - original_ms) if (sent_ms is not None and client_ts) else original_ms
     if timestamp_ms < MIN_TIMESTAMP_MS or timestamp_ms > received_ms + max_future_ms:
         raise _problem("timestamp", "out of range (before 2000 or too far in the future)")

@@ -4,7 +4,6 @@ request id, turns every failure into a JSON body, and records per-route metrics.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import re
 import time
@@ -62,7 +61,7 @@ def presented_key(request: web.Request) -> str | None:
     if scheme == "basic" and value:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # binascii.Error, and ValueError for non-ASCII text
             return None
         user, _, password = decoded.partition(":")
         return user or password or None

@@ -54,6 +54,24 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad header byte, a broken request line) at ERROR with a
+    traceback that quotes the offending raw line — which can be an ``Authorization`` header with a key in
+    it. A client's garbage is not our error and must not put secrets in logs: one WARNING line instead,
+    with the parser's reason but never the raw bytes. (The client already got aiohttp's 400.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = str(exc.message or "").strip().split("\n", 1)[0].rstrip(":")[:120]
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed HTTP request refused with %s: %s", (exc.code, reason)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, no newlines inside (tracebacks are escaped)."""
 
@@ -123,6 +141,9 @@ def setup_logging(level: str | int = "INFO", fmt: str = "json", stream: IO[str] 
     handler = make_handler(fmt, stream)
     root.addHandler(handler)
     root.setLevel(level)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
     for name, quiet_level in _QUIET.items():
         logging.getLogger(name).setLevel(quiet_level)
     logging.captureWarnings(True)

@@ -77,6 +77,36 @@ class Metrics:
             "Seconds since the newest event made visible in ClickHouse was received.",
             registry=r,
         )
+        # Email open pixels and tracked links (collector/email.py): "bot" is the automation kind, or "none".
+        self.email_events = Counter(
+            "journeys_email_events", "Email opens and clicks recorded, by kind and bot flag.", ["kind", "bot"], registry=r
+        )
+        self.email_unrecorded = Counter(
+            "journeys_email_unrecorded",
+            "Email opens and clicks answered (pixel served, redirect sent) but not made durable, by reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.email_bad_tokens = Counter(
+            "journeys_email_bad_tokens", "Email requests refused for a bad token, by reason.", ["kind", "reason"], registry=r
+        )
+        # Ingest refused 429 by the per-key token buckets (collector/ratelimit.py), by key kind.
+        self.rate_limited = Counter(
+            "journeys_rate_limited", "Ingest requests refused 429 by a rate limit, by key kind.", ["kind"], registry=r
+        )
+
+        # Per-customer stage state for KPIs (query/state_updater.py).
+        self.stage_state_lag = Gauge(
+            "journeys_stage_state_lag_seconds",
+            "Seconds since the stage-state updater last caught up with inserted events (KPI freshness).",
+            registry=r,
+        )
+        self.stage_state_rows = Counter(
+            "journeys_stage_state_rows", "Stage-state rows written (customers × maps recomputed).", registry=r
+        )
+        self.stage_state_rebuilds = Counter(
+            "journeys_stage_state_rebuilds", "Full rebuilds of a project's stage state after definition changes.", registry=r
+        )
 
     def count_accepted(self, channel: str, n: int = 1) -> None:
         self.events_accepted.labels(channel if channel in KNOWN_CHANNELS else "other").inc(n)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from journeys.http import ApiError, json_response, make_middleware, metrics_handler, presented_key
 from journeys.keys import Principal
 from journeys.metrics import Metrics
+from journeys.openapi import openapi_handler
 from journeys.stores import Stores
 from journeys import definitions, identities
-from journeys.maps import validate_map
+from journeys.maps import SLUG, SLUG_RULE, validate_map
 from query.journey import CompiledMap, build_journey
-from query import customers, definitions_api
+from query import customers, definitions_api, kpis_api
+from query.dashboard import add_dashboard_routes
+from query.state_updater import StageStateUpdater
+from query.api_spec import query_openapi
 from query.reads import customer_events, project_stats
 
 STORES = web.AppKey("stores", Stores)
 METRICS = web.AppKey("metrics", Metrics)
+STATE_UPDATER = web.AppKey("state_updater", StageStateUpdater)
 
 MAX_LIMIT = 10_000
 MAX_ID_CHARS = 255
@@ -32,10 +39,23 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app.router.add_delete("/v1/customers/{customer_id:.+}", _forget_customer)
     app.router.add_get("/v1/stats", _stats)
     definitions_api.add_routes(app, principal_of, STORES)
+    kpis_api.add_routes(app, principal_of, STORES)
+    add_dashboard_routes(app)  # GET / and /static/…: the marketer dashboard (query/static/)
+    app.cleanup_ctx.append(_stage_state_updater)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", metrics_handler(metrics))
+    app.router.add_get("/openapi.json", openapi_handler(query_openapi()))
     return app
+
+
+async def _stage_state_updater(app: web.Application) -> AsyncIterator[None]:
+    """Keeps the per-customer stage state that KPIs read current (one updater across replicas)."""
+    updater = StageStateUpdater(app[STORES], app[METRICS])
+    app[STATE_UPDATER] = updater
+    updater.start()
+    yield
+    await updater.stop()
 
 
 async def principal_of(request: web.Request, kinds: tuple[str, ...] = ("read",)) -> Principal:
@@ -94,6 +114,8 @@ async def _customer_journey(request: web.Request) -> web.Response:
     map_name = request.query.get("map", "")
     if not map_name:
         raise ApiError(400, [{"field": "map", "reason": "required: the journey map to read the journey against"}])
+    if not SLUG.match(map_name):  # only slugs can name a map; a NUL byte would even fail in PostgreSQL
+        raise ApiError(400, [{"field": "map", "reason": SLUG_RULE}])
     version = _int_param(request, "version", 0, 1, 1_000_000) or None
     stores = request.app[STORES]
     found = await definitions.get(stores.pg, principal.project_id, "map", map_name, version)

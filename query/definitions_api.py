@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 import yaml
 from aiohttp import web
 
 from journeys import definitions
 from journeys.http import ApiError, error_response, json_response
-from journeys.maps import DefinitionError
+from journeys.maps import SLUG, SLUG_RULE, DefinitionError
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_DEPTH = 32  # the deepest real map is ~7 levels (touchpoints[].match.where[].value[])
+MAX_VALUES = 100_000
 
 
 def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None:
@@ -32,7 +35,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
         async def get_one(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("read", "admin"))
             version = _version_param(request)
-            name = request.match_info["name"]
+            name = _name(request)
             found = await definitions.get(request.app[stores_key].pg, principal.project_id, kind, name, version)
             if found is None:
                 what = f"{kind} {name!r}" + (f" version {version}" if version else "")
@@ -41,7 +44,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
 
         async def get_versions(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("read", "admin"))
-            name = request.match_info["name"]
+            name = _name(request)
             found = await definitions.versions(request.app[stores_key].pg, principal.project_id, kind, name)
             if not found:
                 return error_response(404, [{"field": "name", "reason": f"no {kind} {name!r} in this project"}])
@@ -51,7 +54,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
 
         async def put(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("admin",))
-            name = request.match_info["name"]
+            name = _name(request)
             document = await _document(request)
             if isinstance(document, dict):
                 document.setdefault("name", name)
@@ -64,6 +67,9 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
                     applied = await definitions.apply(conn, principal.project_id, kind, document)
             except DefinitionError as exc:
                 return error_response(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
+            except asyncpg.UntranslatableCharacterError:
+                # PostgreSQL text and jsonb cannot hold U+0000; refuse it rather than fail the insert.
+                return error_response(400, [{"field": "body", "reason": "text must not contain NUL (\\u0000)"}])
             body = {
                 "name": applied.name,
                 "version": applied.version,
@@ -83,11 +89,20 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
         app.router.add_get(f"/v1/{plural}/{{name}}/versions", get_versions)
 
 
+def _name(request: web.Request) -> str:
+    """A map or segment name from the path; only slugs can exist, so anything else is a 400, not a lookup."""
+    name = request.match_info["name"]
+    if not SLUG.match(name):
+        raise ApiError(400, [{"field": "name", "reason": SLUG_RULE}])
+    return name
+
+
 def _version_param(request: web.Request) -> int | None:
     raw = request.query.get("version")
     if raw is None:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+    # isascii too: str.isdigit() accepts digits int() refuses ('²'), and 5000 digits would be a ValueError.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or not 1 <= int(raw) <= 1_000_000:
         raise ApiError(400, [{"field": "version", "reason": "must be a positive integer"}])
     return int(raw)
 
@@ -97,11 +112,32 @@ async def _document(request: web.Request) -> Any:
     raw = await request.read()
     if len(raw) > MAX_DOCUMENT_BYTES:
         raise ApiError(413, [{"field": "body", "reason": f"document over {MAX_DOCUMENT_BYTES} bytes"}])
+    kind = "YAML" if "yaml" in request.content_type else "JSON"
     try:
-        if "yaml" in request.content_type:
-            return yaml.safe_load(raw)
-        return orjson.loads(raw)
+        document = yaml.safe_load(raw) if kind == "YAML" else orjson.loads(raw)
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
-        kind = "YAML" if "yaml" in request.content_type else "JSON"
         raise ApiError(400, [{"field": "body", "reason": f"not valid {kind}: {exc}"}]) from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise ApiError(400, [{"field": "body", "reason": f"{kind} nested deeper than {MAX_DEPTH} levels"}]) from None
+    _check_shape(document, kind)
+    return document
+
+
+def _check_shape(document: Any, kind: str) -> None:
+    """Refuse documents no map or segment needs: nested past MAX_DEPTH (validation and storage recurse) or,
+    counting YAML aliases as what they expand to, over MAX_VALUES values (a few hundred bytes of YAML
+    aliases can stand for billions). Iterative, and stops at the first limit crossed."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ApiError(400, [{"field": "body", "reason": f"{kind} has over {MAX_VALUES} values (aliases expanded)"}])
+        if depth > MAX_DEPTH:
+            raise ApiError(400, [{"field": "body", "reason": f"{kind} nested deeper than {MAX_DEPTH} levels"}])
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 

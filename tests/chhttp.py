@@ -17,6 +17,7 @@ Use it from tests::
 
     server = ClickHouseHTTP(tmp_path / "ch").start()
     client = await clickhouse_connect.get_async_client(dsn=server.url)
+    server.set_insert_delay(2.0)  # slow server: every INSERT waits 2 s (0 turns it off)
     server.stop()        # outage: the next call raises OperationalError
     server.start()       # same port, same data: the same client recovers
     server.close()
@@ -693,6 +694,17 @@ class Server:
         self.verbose = verbose
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chdb")
         self.response_encodings = _supported_response_encodings()
+        self.delay_file: Path | None = None  # holds seconds to stall each INSERT (a slow server); see --delay-file
+
+    def insert_delay(self) -> float:
+        """Seconds to hold each INSERT, read per INSERT so a test can slow the server down and speed it up
+        again while it runs (ClickHouseHTTP.set_insert_delay), without an outage."""
+        if self.delay_file is None:
+            return 0.0
+        try:
+            return max(0.0, float(self.delay_file.read_text().strip() or 0))
+        except (OSError, ValueError):
+            return 0.0
 
     def log(self, msg: str) -> None:
         if self.verbose:
@@ -803,6 +815,10 @@ class Server:
             if self.verbose:
                 shown = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
                 self.log(f"{request.method} {request.path_qs}\n    headers={shown}\n    sql={sql[:200]!r}")
+            if sql.lstrip()[:6].upper() == b"INSERT":
+                delay = self.insert_delay()
+                if delay:
+                    await asyncio.sleep(delay)
             result = await loop.run_in_executor(self.executor, self.engine.execute, req)
         except CHError as err:
             return self.error_response(err, headers)
@@ -845,6 +861,7 @@ async def serve(args: argparse.Namespace) -> None:
     os.makedirs(tmp_dir)
     engine = Engine(str(data), tmp_dir)
     server = Server(engine, args.user, args.password, args.threads, args.verbose)
+    server.delay_file = Path(args.delay_file) if args.delay_file else None
     # auto_decompress=False: the body's Content-Encoding is ours to undo (aiohttp knows no lz4)
     app = web.Application(client_max_size=args.max_body, handler_args={"auto_decompress": False})
     app.router.add_route("GET", "/ping", server.ping)
@@ -890,6 +907,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body", type=int, default=1 << 30, help="largest request body, bytes")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer our parent")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--delay-file", default="", help="a file holding seconds to stall every INSERT (slow-server mode)")
     args = parser.parse_args(argv)
     asyncio.run(serve(args))
 
@@ -956,6 +974,8 @@ class ClickHouseHTTP:
         self.proc: subprocess.Popen | None = None
         self.paused = False
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # Slow-server mode: seconds each INSERT is held before it runs (set_insert_delay), DIR.chhttp-delay.
+        self.delay_path = self.data_dir.with_name(self.data_dir.name + ".chhttp-delay")
 
     # -- addresses -------------------------------------------------------
 
@@ -1016,6 +1036,7 @@ class ClickHouseHTTP:
         ]
         if self.verbose:
             cmd.append("--verbose")
+        cmd += ["--delay-file", str(self.delay_path)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
         self.paused = False
@@ -1053,6 +1074,14 @@ class ClickHouseHTTP:
         proc.kill()
         proc.wait()
         self.paused = False
+
+    def set_insert_delay(self, seconds: float) -> None:
+        """Make every INSERT from now on wait ``seconds`` before it runs (0: full speed again); queries are
+        not delayed. Takes effect at once, without a restart: the server reads it per INSERT."""
+        self.delay_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.delay_path.with_name(self.delay_path.name + ".tmp")
+        tmp.write_text(str(float(seconds)))
+        os.replace(tmp, self.delay_path)
 
     def restart(self) -> ClickHouseHTTP:
         self.stop()

@@ -140,3 +140,53 @@ async def test_clickhouse_outage_is_absorbed_by_the_spool_then_drained(http_stor
 
 async def _drained(spool) -> bool:  # type: ignore[no-untyped-def]
     return spool.pending_bytes == 0
+
+
+async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_drop(http_stores, server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each INSERT takes a second and carries at most 16 KiB: the spool (capped at 1 MiB) fills under load,
+    the door answers 503 + Retry-After — never a 500, never a 200 for something it then drops — and once
+    ClickHouse is fast again everything acknowledged is stored once and nothing refused is."""
+    slow = dataclasses.replace(
+        http_stores,
+        settings=http_stores.settings.model_copy(
+            update={"spool_dir": tmp_path / "slow-spool", "spool_max_bytes": 1024 * 1024, "insert_max_bytes": 16 * 1024}
+        ),
+    )
+    collector = TestServer(create_collector(slow, Metrics()), host="127.0.0.1")
+    await collector.start_server()
+    project = await _project(http_stores)
+    server.set_insert_delay(1.0)
+    acked: list[str] = []
+    refused: list[str] = []
+    statuses: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for b in range(400):
+                batch = [{"type": "track", "userId": f"s{i % 7}", "event": "Slow", "messageId": f"slow-{b}-{i}",
+                          "properties": {"pad": "p" * 300}} for i in range(40)]
+                async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
+                                     headers=basic(project.write_key)) as resp:
+                    statuses.append(resp.status)
+                    if resp.status == 200:
+                        acked.extend(e["messageId"] for e in batch)
+                    else:
+                        assert resp.status == 503 and resp.headers["Retry-After"].isdigit(), await resp.text()
+                        assert (await resp.json())["errors"][0]["field"] == "server"
+                        refused.extend(e["messageId"] for e in batch)
+                if len(refused) >= 200:
+                    break
+            assert refused, "the spool cap was never reached"
+            async with http.get(collector.make_url("/readyz")) as resp:
+                ready = await resp.json()
+            assert resp.status == 503 and ready["checks"]["spool"]["ok"] is False
+            server.set_insert_delay(0)  # ClickHouse is fast again
+            await wait_until(lambda: _drained(collector.app[SPOOL]), timeout=60)
+    finally:
+        server.set_insert_delay(0)
+        await collector.close()
+    assert set(statuses) == {200, 503}
+    _, rows = await http_stores.clickhouse.query(
+        "SELECT message_id, count() FROM events WHERE project_id = {p:String} GROUP BY message_id", {"p": project.id}
+    )
+    assert {r[0] for r in rows} == set(acked)  # nothing acknowledged lost, nothing refused stored
+    assert all(r[1] == 1 for r in rows)  # and nothing inserted twice

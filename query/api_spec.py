@@ -1,0 +1,317 @@
+"""The query service's OpenAPI document (served at ``/openapi.json``; shared pieces in :mod:`journeys.openapi`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from journeys.openapi import document, error_response, json_ok, operation, ops_paths, path_param, query_param, ref
+
+MAX_ID_CHARS = 255  # query.app.MAX_ID_CHARS (not imported: query.app imports this module)
+MAX_LIMIT = 10_000
+
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_IDS = {"type": "array", "items": {"type": "string"}, "description": "Every id of the stitched customer."}
+
+STORED_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["message_id", "type", "timestamp", "received_at"],
+    "properties": {
+        **{
+            name: {"type": "string"}
+            for name in (
+                "message_id", "type", "event", "channel", "touchpoint", "sentiment", "user_id", "anonymous_id",
+                "group_id", "previous_id", "page_url", "referrer", "utm_source", "utm_medium", "utm_campaign",
+                "utm_term", "utm_content",
+            )
+        },
+        "timestamp": {"type": "string", "format": "date-time"},
+        "received_at": {"type": "string", "format": "date-time"},
+        "properties": {"type": "object"},
+        "traits": {"type": "object"},
+        "context": {"type": "object"},
+    },
+}
+
+CUSTOMER_EVENTS: dict[str, Any] = {
+    "type": "object",
+    "required": ["customer_id", "ids", "count", "events"],
+    "properties": {
+        "customer_id": {"type": "string"},
+        "ids": _IDS,
+        "count": {"type": "integer", "minimum": 0},
+        "events": {"type": "array", "items": ref("StoredEvent")},
+    },
+}
+
+CUSTOMER: dict[str, Any] = {
+    "type": "object",
+    "required": ["customer_id", "ids", "traits", "first_touch", "segments"],
+    "properties": {
+        "customer_id": {"type": "string"},
+        "ids": _IDS,
+        "traits": {"type": "object", "description": "Latest value of each identify trait."},
+        "first_touch": {
+            "type": ["object", "null"],
+            "properties": {
+                "first_seen": {"type": "string", "format": "date-time"},
+                "first_channel": {"type": "string"},
+                "first_utm_source": {"type": "string"},
+                "first_utm_medium": {"type": "string"},
+                "first_utm_campaign": {"type": "string"},
+            },
+        },
+        "segments": {"type": "array", "items": {"type": "string"}, "description": "Segments the customer is in now."},
+    },
+}
+
+JOURNEY: dict[str, Any] = {
+    "type": "object",
+    "required": ["customer_id", "ids", "map", "stages", "touchpoints", "transitions", "current_stage"],
+    "properties": {
+        "customer_id": {"type": "string"},
+        "ids": _IDS,
+        "map": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "integer"}}},
+        "stages": {"type": "array", "items": {"type": "object"}},
+        "touchpoints": {"type": "array", "items": {"type": "object"}},
+        "transitions": {"type": "array", "items": {"type": "object"}},
+        "current_stage": {"type": ["string", "null"]},
+        "current_stage_entered_at": _NULLABLE_TIME,
+        "time_in_current_stage_seconds": {"type": ["number", "null"]},
+        "non_linear": {"type": "object"},
+    },
+}
+
+STATS: dict[str, Any] = {
+    "type": "object",
+    "required": ["events", "customers", "quarantined", "newest_received_at", "newest_event_at"],
+    "properties": {
+        "events": {"type": "integer", "minimum": 0, "description": "Distinct events (each messageId once)."},
+        "customers": {"type": "integer", "minimum": 0},
+        "quarantined": {"type": "integer", "minimum": 0},
+        "newest_received_at": _NULLABLE_TIME,
+        "newest_event_at": _NULLABLE_TIME,
+    },
+}
+
+FORGOTTEN: dict[str, Any] = {
+    "type": "object",
+    "required": ["customer_id", "forgotten_ids"],
+    "properties": {"customer_id": {"type": "string"}, "forgotten_ids": _IDS},
+}
+
+DEFINITION_VERSION: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "created_at", "definition"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "integer", "minimum": 1},
+        "created_at": {"type": "string", "format": "date-time"},
+        "definition": {"type": "object", "description": "The normalized document."},
+    },
+}
+
+APPLIED: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "previous_version", "changed", "diff"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "integer", "minimum": 1},
+        "previous_version": {"type": ["integer", "null"]},
+        "changed": {"type": "boolean"},
+        "diff": {"type": "string", "description": "Unified diff of the normalized YAML; empty when unchanged."},
+    },
+}
+
+_CUSTOMER_ID = path_param(
+    "customer_id", "Any of the customer's ids (user id, anonymous id, alias); may contain '/'.", max_length=MAX_ID_CHARS
+)
+_VERSION = query_param("version", {"type": "integer", "minimum": 1, "maximum": 1_000_000}, "A given version; default the latest.")
+_READ = (400, 401, 403)
+
+
+def _definition_paths(kind: str, plural: str, schema_name: str) -> dict[str, Any]:
+    name = path_param("name", f"The {kind}'s name.")
+    return {
+        f"/v1/{plural}": {
+            "get": operation(
+                f"Every {kind}, latest version",
+                tags=["definitions"],
+                responses={200: json_ok({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": ref("DefinitionVersion")}}})},
+                errors=(401, 403),
+            )
+        },
+        f"/v1/{plural}/{{name}}": {
+            "get": operation(
+                f"One {kind} (latest, or ?version=N)",
+                tags=["definitions"],
+                parameters=[name, _VERSION],
+                responses={200: json_ok(ref("DefinitionVersion"))},
+                errors=(*_READ, 404),
+            ),
+            "put": operation(
+                f"Create a {kind}, or add a version if it changed (admin key)",
+                tags=["definitions"],
+                description="`kubectl apply` semantics: 201 for version 1, 200 otherwise (changed or not); "
+                "every validation problem is listed at once with its path.",
+                parameters=[name],
+                body={
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": ref(schema_name)},
+                        "application/yaml": {"schema": ref(schema_name)},
+                    },
+                },
+                responses={200: json_ok(ref("Applied"), "Applied (a new version, or unchanged)."), 201: json_ok(ref("Applied"), "Created.")},
+                errors=(400, 401, 403, 413),
+            ),
+        },
+        f"/v1/{plural}/{{name}}/versions": {
+            "get": operation(
+                f"Versions of a {kind}",
+                tags=["definitions"],
+                parameters=[name],
+                responses={
+                    200: json_ok(
+                        {
+                            "type": "object",
+                            "required": ["name", "versions"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "versions": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {"version": {"type": "integer"}, "created_at": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        }
+                    )
+                },
+                errors=(401, 403, 404),
+            )
+        },
+    }
+
+
+def _kpi_paths() -> dict[str, Any]:
+    """``/v1/kpis`` and ``/v1/kpis/daily`` (query/kpis_api.py). The result bodies are left open
+    (``type: object``) until the KPI shapes settle; the parameters and error answers are exact."""
+    day = {"type": "string", "format": "date"}
+    parameters = [
+        query_param("map", {"type": "string", "minLength": 1}, "The journey map (its latest version).", required=True),
+        query_param("version", {"type": "integer", "minimum": 1}, "Must be the map's latest version if given."),
+        query_param("segment", {"type": "string"}, "A segment name, `*` for every segment side by side; default all customers."),
+        query_param("from", day, "First UTC day, included (default: 29 days before `to`)."),
+        query_param("to", day, "Last UTC day, included (default: today)."),
+        query_param("format", {"type": "string", "enum": ["json", "csv"]}, "json (default) or csv."),
+    ]
+
+    def kpi_op(summary: str) -> dict[str, Any]:
+        return operation(
+            summary,
+            tags=["kpis"],
+            parameters=parameters,
+            responses={
+                200: {
+                    "description": "The KPIs, as JSON or (format=csv) as CSV.",
+                    "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
+                },
+                503: error_response(503, "KPIs are being recomputed for new map or segment versions.", retry_after=True),
+            },
+            errors=(400, 401, 403, 404),
+        )
+
+    return {
+        "/v1/kpis": {"get": kpi_op("Stage KPIs of a map over a window of days")},
+        "/v1/kpis/daily": {"get": kpi_op("Stage KPIs of a map, day by day")},
+    }
+
+
+def query_openapi() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/v1/customers/{customer_id}/events": {
+            "get": operation(
+                "A customer's events, every id stitched, each event once, in time order",
+                tags=["customers"],
+                parameters=[_CUSTOMER_ID, query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "At most this many (default 1000).")],
+                responses={200: json_ok(ref("CustomerEvents"))},
+                errors=_READ,
+            )
+        },
+        "/v1/customers/{customer_id}/journey": {
+            "get": operation(
+                "A customer's journey through a map",
+                tags=["customers"],
+                parameters=[_CUSTOMER_ID, query_param("map", {"type": "string", "minLength": 1}, "The journey map.", required=True), _VERSION],
+                responses={200: json_ok(ref("Journey"))},
+                errors=(*_READ, 404),
+            )
+        },
+        "/v1/customers/{customer_id}": {
+            "get": operation(
+                "A customer: ids, latest traits, first touch, segments",
+                tags=["customers"],
+                parameters=[_CUSTOMER_ID],
+                responses={200: json_ok(ref("Customer"))},
+                errors=_READ,
+            ),
+            "delete": operation(
+                "Forget a customer everywhere (admin key)",
+                tags=["customers"],
+                description="Every event, trait, first touch and identity link of every id of the customer.",
+                parameters=[_CUSTOMER_ID],
+                responses={200: json_ok(ref("Forgotten"))},
+                errors=_READ,
+            ),
+        },
+        "/v1/stats": {
+            "get": operation(
+                "Project totals and freshness",
+                tags=["customers"],
+                responses={200: json_ok(ref("Stats"))},
+                errors=(401, 403),
+            )
+        },
+        **_kpi_paths(),
+        **_definition_paths("map", "maps", "MapDocument"),
+        **_definition_paths("segment", "segments", "SegmentDocument"),
+    }
+    from query.dashboard import dashboard_openapi_paths
+
+    paths.update(dashboard_openapi_paths())
+    paths.update(ops_paths("query service"))
+    return document(
+        title="journeys query service",
+        description="Reads for a project's read key (admin keys also change maps and segments and forget "
+        "customers). Every user-supplied value reaches SQL as a bound parameter.",
+        paths=paths,
+        schemas={
+            "StoredEvent": STORED_EVENT,
+            "CustomerEvents": CUSTOMER_EVENTS,
+            "Customer": CUSTOMER,
+            "Journey": JOURNEY,
+            "Stats": STATS,
+            "Forgotten": FORGOTTEN,
+            "DefinitionVersion": DEFINITION_VERSION,
+            "Applied": APPLIED,
+            "MapDocument": {
+                "type": "object",
+                "description": "A journey map: name, stages, touchpoints, targets (see docs/maps.md).",
+                "required": ["stages"],
+            },
+            "SegmentDocument": {
+                "type": "object",
+                "description": "A segment: name and rules over traits and first touch (see docs/maps.md).",
+                "required": ["rules"],
+            },
+        },
+        tags=[
+            {"name": "customers", "description": "Customers and their events."},
+            {"name": "definitions", "description": "Journey maps and segments (versioned)."},
+            {"name": "kpis", "description": "Stage KPIs against the map's targets."},
+            {"name": "operations", "description": "Probes."},
+            {"name": "dashboard", "description": "The marketer dashboard page and its assets."},
+        ],
+    )
+
