@@ -562,6 +562,7 @@ def service_env(data_dir: Path, extra: list[str], **ports: int) -> dict[str, str
     env["JOURNEYS_DATA_DIR"] = str(data_dir)
     env["JOURNEYS_COLLECTOR_HOST"] = HOST
     env["JOURNEYS_QUERY_HOST"] = HOST
+    env["JOURNEYS_RATE_LIMIT_WRITE_PER_S"] = "0"  # measure the pipeline, not the per-key limit
     for name, port in ports.items():
         env[f"JOURNEYS_{name.upper()}_PORT"] = str(port)
     for item in extra:

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     max_clock_skew_future_s: float = Field(
         default=24 * 3600, ge=0, description="Events stamped further in the future than this are quarantined."
     )
+    # Bulk import (POST /v1/import, collector/imports.py): the body is streamed, never held whole, so its
+    # cap is separate from max_request_bytes; one line is one event, held to max_request_bytes.
+    max_import_bytes: int = Field(
+        default=16 * 1024**3, ge=1024, description="Largest /v1/import body, decompressed (streamed, not buffered)."
+    )
+    import_spool_wait_s: float = Field(
+        default=30, ge=0, description="How long an import waits for a full spool to drain before answering 503."
+    )
 
     spool_dir: Path | None = Field(default=None, description="Default: DATA_DIR/spool.")
     spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024, description="Un-inserted spool above this → 503.")
@@ -65,6 +73,21 @@ class Settings(BaseSettings):
     insert_timeout_s: float = Field(default=30, gt=0)
 
     key_cache_ttl_s: float = Field(default=30, ge=0, description="How long a resolved API key is trusted.")
+
+    # Rate limits (collector/ratelimit.py), per collector process: token buckets of requests. A write key
+    # has one bucket; a public key one per client address (a site's visitors share its key). 0 = no limit.
+    rate_limit_write_per_s: float = Field(default=1000, ge=0, description="Requests/s per write key; 0 = unlimited.")
+    rate_limit_write_burst: int = Field(default=2000, ge=1, description="Write key bucket size.")
+    rate_limit_public_per_s: float = Field(
+        default=10, ge=0, description="Requests/s per public key and client address; 0 = unlimited."
+    )
+    rate_limit_public_burst: int = Field(default=60, ge=1, description="Public key bucket size, per client address.")
+    rate_limit_max_buckets: int = Field(default=100_000, ge=1, description="Buckets kept (LRU) per collector.")
+    client_address_header: str = Field(
+        default="",
+        description="Behind a proxy: the header whose last entry is the client address (e.g. X-Forwarded-For). "
+        "Empty: the TCP peer.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="json lines for machines, text for people.")
 
