@@ -180,11 +180,11 @@ class StateWriter:
     def __init__(self, ch: ClickHouse):
         self.ch = ch
         self._version = _Version()
-        self._sql: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._sql: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (project, fingerprint) → read
 
-    def _staged_sql(self, definitions: Definitions) -> tuple[str, dict[str, Any]]:
+    def _staged_sql(self, project_id: str, definitions: Definitions) -> tuple[str, dict[str, Any]]:
         """One read for all maps: each event's rule index per map, only events some map stages."""
-        key = (definitions.fingerprint, "")
+        key = (project_id, definitions.fingerprint)  # two projects may have same-named maps with other rules
         cached = self._sql.get(key)
         if cached is not None:
             return cached
@@ -262,7 +262,7 @@ WHERE {any_rule}
         self, project_id: str, definitions: Definitions, members: dict[str, set[str]]
     ) -> dict[str, list[tuple[int, list[int], str, str, dict[str, Any] | None, str]]]:
         """Each customer's staged events in journey order (time, receipt, message id), each message once."""
-        sql, params = self._staged_sql(definitions)
+        sql, params = self._staged_sql(project_id, definitions)
         owner = {i: c for c, ids in members.items() for i in ids}
         ids = sorted(owner)
         rows: list[tuple] = []

@@ -135,10 +135,10 @@ def _generate(project_tag: str, customers: list[dict[str, Any]]):  # type: ignor
     return first, late, journeys, truth_facts
 
 
-async def _new_project(stores):  # type: ignore[no-untyped-def]
+async def _new_project(stores, journey_map: dict[str, Any] = MAP):  # type: ignore[no-untyped-def]
     async with stores.pg.acquire() as conn:
         project = await create_project(conn, f"kpi-{os.getpid()}-{next(_names)}")
-        await definitions.apply(conn, project.id, "map", MAP)
+        await definitions.apply(conn, project.id, "map", journey_map)
         for segment in SEGMENTS:
             await definitions.apply(conn, project.id, "segment", segment)
     return project
@@ -180,11 +180,11 @@ async def _send(http, collector, key: str, events: list[dict[str, Any]]) -> None
     await wait_drained(collector)
 
 
-def _compare(result: dict[str, Any], journeys, facts, first_day: date, last_day: date) -> None:  # type: ignore[no-untyped-def]
+def _compare(result: dict[str, Any], journeys, facts, first_day: date, last_day: date, journey_map: dict[str, Any] = MAP) -> None:  # type: ignore[no-untyped-def]
     now_ms = int(datetime.fromisoformat(result["as_of"].replace("Z", "+00:00")).timestamp() * 1000)
     wanted = [s["segment"] or "" for s in result["segments"]]
     expected = oracle_kpis(
-        journeys, facts, validate_map(MAP), 1, [validate_segment(s) for s in SEGMENTS], wanted, first_day, last_day, now_ms
+        journeys, facts, validate_map(journey_map), 1, [validate_segment(s) for s in SEGMENTS], wanted, first_day, last_day, now_ms
     )
     for seg in result["segments"]:
         want = expected[seg["segment"] or ""]
@@ -327,3 +327,26 @@ async def test_conversion_window_boundaries_are_exact(http, collector, query, st
     assert (aware["entered"], aware["converted"], aware["dropped"], aware["in_progress"]) == (2, 1, 1, 0)
     assert aware["time_to_next_seconds"] == {"median": 2 * 86400.0, "p90": 2 * 86400.0}
     assert aware["conversion_rate"] == 0.5
+
+
+async def test_same_named_maps_of_two_projects_keep_their_own_rules(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Each project's state is computed with its own map, even when names and versions coincide."""
+    # Same names, versions and stages; the rules match other events (A is loyal here, D is aware).
+    swapped = {"A": "D", "D": "A", "B": "C", "C": "B"}
+    reversed_map = {**MAP, "touchpoints": [{**t, "match": {**t["match"], "event": swapped[t["match"]["event"]]}}
+                                           for t in MAP["touchpoints"]]}
+    one, two = await _new_project(stores), await _new_project(stores, reversed_map)
+    customers = [{"events": [{"kind": k, "channel": "web", "score": 3, "sentiment": None, "anon": False, "late": False}
+                             for k in "ABCD"], "offsets": [0, 60, 120, 180, 4, 5, 6, 7, 8], "link": "none", "plan": None}]
+    params = {"map": "funnel", "from": BASE.date().isoformat()}
+    for project, journey_map in ((one, MAP), (two, reversed_map)):
+        first, late, journeys, facts = _generate(project.id[:8], customers)
+        await _send(http, collector, project.write_key, first + late)
+    await _caught_up(query)
+    for project, journey_map in ((one, MAP), (two, reversed_map)):
+        _, _, journeys, facts = _generate(project.id[:8], customers)
+        result = await _kpis(http, query, project.read_key, **params)
+        _compare(result, journeys, facts, BASE.date(), TODAY.date(), journey_map)
+    first_one = (await _kpis(http, query, one.read_key, **params))["segments"][0]["stages"]
+    first_two = (await _kpis(http, query, two.read_key, **params))["segments"][0]["stages"]
+    assert [s["regressions_into"] for s in first_one] != [s["regressions_into"] for s in first_two]
