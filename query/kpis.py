@@ -5,7 +5,7 @@ raw events. Three aggregate queries over ``stage_state`` (one row per stitched c
 
 * entries — per segment, stage (and day): reached, entered, converted, dropped, in progress, time to move
   on (exact nearest-rank median and p90), and what brought customers in;
-* transitions — regressions, skips and repeats, by the day they happened;
+* transitions — every stage-to-stage move (so regressions, skips and repeats), by the day it happened;
 * sentiment — sentiment-bearing touchpoints by stage and day.
 
 Every user-supplied value (project, map, segment, dates) is a bound parameter; the SQL text only ever
@@ -65,7 +65,6 @@ FROM (
     ARRAY JOIN t_time AS tt, t_to AS to_stage, t_from AS from_stage, t_kind AS k, t_repeat AS repeat
     WHERE {where}
       AND toUnixTimestamp64Milli(tt) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(tt) < {{to_ms:Int64}}
-      AND (k IN ('regression', 'skip') OR repeat = 1)
 )
 ARRAY JOIN segs AS seg
 GROUP BY seg{day_group}, to_stage, from_stage, kind, repeat
@@ -261,8 +260,10 @@ def _bottleneck(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     return worst
 
 
-def _fold(request: KpiRequest, entries, transitions, sentiments, keyed) -> dict[Any, list[dict[str, Any]]]:  # type: ignore[no-untyped-def]
-    """Raw rows → per key (segment, or segment and day) a list of raw stage dicts."""
+def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=None) -> dict[Any, list[dict[str, Any]]]:  # type: ignore[no-untyped-def]
+    """Raw rows → per key (segment, or segment and day) a list of raw stage dicts; stage-to-stage move
+    counts per key go into ``flows`` when given."""
+    flows = {} if flows is None else flows
     n = len(request.order)
     out: dict[Any, list[dict[str, Any]]] = {}
 
@@ -281,6 +282,9 @@ def _fold(request: KpiRequest, entries, transitions, sentiments, keyed) -> dict[
         raw["channels"] = {k: v for k, v in zip(*row["channels"]) if v}
     for *head, to_stage, from_stage, kind, repeat, count in transitions:
         stages = stages_of(keyed(head))
+        pair = (from_stage, to_stage, kind)
+        moves = flows.setdefault(keyed(head), {})
+        moves[pair] = moves.get(pair, 0) + count
         if kind == "regression":
             stages[to_stage]["regressions_into"] += count
         if kind == "skip":
@@ -302,14 +306,21 @@ async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     def keyed(row: Any) -> str:
         return row["seg"] if isinstance(row, dict) else row[0]
 
-    folded = _fold(request, entries, transitions, sentiments, keyed)
+    flows: dict[Any, dict[tuple[int, int, str], int]] = {}
+    folded = _fold(request, entries, transitions, sentiments, keyed, flows)
     wanted = request.segments if request.segments is not None else [ALL]
     n = len(request.order)
     results = []
     for segment in wanted:
         raws = folded.get(segment) or [_empty_stage() for _ in range(n)]
         stages = [_shape_stage(s, i, i == n - 1, raws[i]) for i, s in enumerate(request.stages)]
-        results.append({"segment": segment or None, "stages": stages, "bottleneck": _bottleneck(stages)})
+        moves = [
+            {"from": None if f < 0 else request.order[f], "to": request.order[t], "kind": kind, "count": count}
+            for (f, t, kind), count in sorted(flows.get(segment, {}).items())
+        ]
+        results.append(
+            {"segment": segment or None, "stages": stages, "transitions": moves, "bottleneck": _bottleneck(stages)}
+        )
     return {
         "map": {"name": request.journey_map.name, "version": request.map_version},
         "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},

@@ -134,3 +134,33 @@ def api_view(result_segment: dict[str, Any]) -> list[dict[str, Any]]:
 def top(counts: dict[str, int], n: int = 5) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
+
+
+def oracle_transitions(
+    customers: dict[str, list[dict[str, Any]]],
+    facts: dict[str, dict[str, Any]],
+    journey_map: JourneyMap,
+    segments: list[Segment],
+    wanted: list[str],
+    first_day: date,
+    last_day: date,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per wanted segment: stage-to-stage moves in the window, counted by (from, to, kind)."""
+    compiled = CompiledMap(journey_map, 1)
+    w_from = int(datetime(first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc).timestamp() * 1000)
+    w_to = w_from + ((last_day - first_day).days + 1) * DAY_MS
+    out: dict[str, list[dict[str, Any]]] = {}
+    for seg in wanted:
+        counts: dict[tuple[int, int, str], int] = {}
+        for customer, events in customers.items():
+            if seg and not any(s.name == seg and segment_matches(s, facts[customer]) for s in segments):
+                continue
+            for t in build_journey(events, compiled)["transitions"]:
+                if w_from <= _ms(t["time"]) < w_to:
+                    key = (-1 if t["from"] is None else compiled.index[t["from"]], compiled.index[t["to"]], t["kind"])
+                    counts[key] = counts.get(key, 0) + 1
+        out[seg] = [
+            {"from": None if f < 0 else compiled.order[f], "to": compiled.order[t], "kind": kind, "count": n}
+            for (f, t, kind), n in sorted(counts.items())
+        ]
+    return out

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from journeys import definitions
 from journeys.keys import create_project
 from journeys.maps import validate_map, validate_segment
-from kpi_oracle import api_view, oracle_kpis, top
+from kpi_oracle import api_view, oracle_kpis, oracle_transitions, top
 from support import basic, wait_drained, wait_until
 
 TODAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -186,7 +186,11 @@ def _compare(result: dict[str, Any], journeys, facts, first_day: date, last_day:
     expected = oracle_kpis(
         journeys, facts, validate_map(journey_map), 1, [validate_segment(s) for s in SEGMENTS], wanted, first_day, last_day, now_ms
     )
+    moves = oracle_transitions(
+        journeys, facts, validate_map(journey_map), [validate_segment(s) for s in SEGMENTS], wanted, first_day, last_day
+    )
     for seg in result["segments"]:
+        assert seg["transitions"] == moves[seg["segment"] or ""], f"transitions of segment {seg['segment']!r}"
         want = expected[seg["segment"] or ""]
         for stage in want:
             stage["touchpoints"], stage["channels"] = top(stage["touchpoints"]), top(stage["channels"])

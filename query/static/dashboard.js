@@ -282,7 +282,7 @@
       type: "funnel", y: stages.map((s) => s.name), x: stages.map((s) => s.reached), textinfo: "value+percent initial",
       marker: { color: stages.map((s) => (s.status === "below_target" ? "#c62828" : s.status === "met" ? "#1a7f37" : "#2457c5")) },
     }], { margin: { t: 20, r: 10, b: 30, l: 90 } }, PLOT_CONFIG);
-    Plotly.react("flow-chart", [sankey(stages)], { margin: { t: 20, r: 10, b: 20, l: 10 } }, PLOT_CONFIG);
+    Plotly.react("flow-chart", [sankey(stages, seg.transitions)], { margin: { t: 20, r: 10, b: 20, l: 10 } }, PLOT_CONFIG);
     const cells = (s) => [
       ["reached", s.reached], ["converted", s.converted], ["dropped", s.dropped], ["in-progress", s.in_progress],
       ["regressions", s.regressions_into], ["skips", s.skips_over], ["repeats", s.repeats],
@@ -292,7 +292,7 @@
       cells(s).map(([field, v]) => el("td", { class: "num", testid: "flow-" + s.id + "-" + field, "data-value": v === null ? "" : v }, num(v))))));
   }
 
-  function sankey(stages) {
+  function sankey(stages, transitions) {
     const n = stages.length;
     const labels = [...stages.map((s) => s.name), "Dropped", "In progress"];
     const link = { source: [], target: [], value: [], color: [], label: [] };
@@ -306,8 +306,12 @@
         add(i, n, s.dropped, COLORS.dropped, "dropped after " + s.name);
         add(i, n + 1, s.in_progress, COLORS.progress, "still in " + s.name);
       }
-      if (i < n - 1) add(i + 1, i, s.regressions_into, COLORS.regression, "regressions into " + s.name + " (from a later stage)");
-      if (i > 0 && i < n - 1) add(i - 1, i + 1, s.skips_over, COLORS.skip, "skipped over " + s.name);
+    });
+    // Regressions and skips as the exact stage pairs the customers moved between.
+    const index = Object.fromEntries(stages.map((s, i) => [s.id, i]));
+    (transitions || []).forEach((t) => {
+      if (t.kind === "regression") add(index[t.from], index[t.to], t.count, COLORS.regression, "back from " + stages[index[t.from]].name + " to " + stages[index[t.to]].name);
+      if (t.kind === "skip") add(index[t.from], index[t.to], t.count, COLORS.skip, "skipped from " + stages[index[t.from]].name + " to " + stages[index[t.to]].name);
     });
     return { type: "sankey", arrangement: "snap", node: { label: labels, pad: 18, thickness: 16,
       color: [...stages.map(() => "#2457c5"), "#c62828", "#6b7280"] }, link };
