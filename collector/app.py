@@ -13,13 +13,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from collector.api_spec import collector_openapi
+from collector.cors import add_cors, check_origin, cors_middleware
+from collector.email import add_email_routes
 from collector.identity import IdentityGraph
+from collector.imports import add_import_route
 from collector.ingest import RequestProblem, decode_body, events_of, parse_json, process_events
 from collector.inserter import Inserter, encode_records
+from collector.ratelimit import RateLimiter
 from collector.spool import Spool, SpoolFull, SpoolError
+from collector.tracker import add_tracker_route
 from journeys.events import EVENT_TYPES
 from journeys.http import error_response, json_response, make_middleware, metrics_handler, presented_key, request_id
 from journeys.metrics import Metrics
+from journeys.openapi import openapi_handler
 from journeys.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -28,8 +35,10 @@ STORES = web.AppKey("stores", Stores)
 METRICS = web.AppKey("metrics", Metrics)
 SPOOL = web.AppKey("spool", Spool)
 INSERTER = web.AppKey("inserter", Inserter)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 
 WRITE_KINDS = frozenset({"write", "public"})
+INGEST_PATHS = ["/v1/batch", *(f"/v1/{kind}" for kind in EVENT_TYPES)]
 RETRY_AFTER_S = "5"
 
 
@@ -40,18 +49,25 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     # aiohttp's own decompression is off and its size limit applies to the bytes on the wire.
     app = web.Application(
         client_max_size=settings.max_request_bytes + 64 * 1024,
-        middlewares=[make_middleware(metrics, "collector")],
+        # CORS outermost: its headers must reach every answer, errors rendered by the other one included.
+        middlewares=[cors_middleware, make_middleware(metrics, "collector")],
         handler_args={"auto_decompress": False},
     )
     app[STORES] = stores
     app[METRICS] = metrics
     app.cleanup_ctx.append(_spool_and_inserter)
+    app[RATE_LIMITER] = RateLimiter(settings, metrics)
     app.router.add_post("/v1/batch", _ingest_handler(None))
     for kind in EVENT_TYPES:
         app.router.add_post(f"/v1/{kind}", _ingest_handler(kind))
+    add_cors(app, stores, INGEST_PATHS)  # OPTIONS preflights; public keys write only from listed origins
+    add_tracker_route(app)  # GET /t.js: the browser tracker
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", metrics_handler(metrics))
+    add_email_routes(app, stores, metrics, SPOOL)  # /v1/email/open|click/{token}: signed pixels and links
+    add_import_route(app, stores, metrics, SPOOL, _authorize)  # POST /v1/import: streamed NDJSON, docs/import.md
+    app.router.add_get("/openapi.json", openapi_handler(collector_openapi()))
     return app
 
 
@@ -99,7 +115,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
             # A key in the header is checked before the body is even decompressed; Segment's other
             # convention, writeKey inside the body, needs the body parsed first.
             key = presented_key(request)
-            principal = await _authorize(app, key) if key else None
+            principal = await _authorize(request, key) if key else None
             body = decode_body(
                 await request.read(), request.headers.get("Content-Encoding", ""), settings.max_request_bytes
             )
@@ -107,7 +123,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
             events, inherited = events_of(document, route_type)
             if principal is None:
                 body_key = document.get("writeKey")
-                principal = await _authorize(app, body_key if isinstance(body_key, str) else None)
+                principal = await _authorize(request, body_key if isinstance(body_key, str) else None)
             outcome = process_events(
                 events,
                 inherited,
@@ -147,7 +163,10 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
     return handler
 
 
-async def _authorize(app: web.Application, key: str | None):  # type: ignore[no-untyped-def]
+async def _authorize(request: web.Request, key: str | None):  # type: ignore[no-untyped-def]
+    """The key's principal, once it may write here: a write or public key, a public one from an origin its
+    project lists (collector/cors.py), within its rate limit (collector/ratelimit.py, 429 otherwise)."""
+    app = request.app
     if not key:
         raise RequestProblem(
             401,
@@ -161,6 +180,8 @@ async def _authorize(app: web.Application, key: str | None):  # type: ignore[no-
         raise RequestProblem(
             403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot write events"}], "forbidden"
         )
+    await check_origin(request, principal)
+    app[RATE_LIMITER].admit(request, principal, key)
     return principal
 
 

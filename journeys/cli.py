@@ -207,6 +207,9 @@ async def _key_create(settings: Settings, project: str, kind: str) -> int:
 
     async def work(conn, project_id):  # type: ignore[no-untyped-def]
         print(await add_key(conn, project_id, kind))  # type: ignore[arg-type]
+        if kind == "public":
+            print(f"A public key writes only from the project's origins: journeys project origins {project} --add https://…",
+                  file=sys.stderr)
         return 0
 
     return await _with_project(settings, project, work)
@@ -277,6 +280,9 @@ def _parser() -> argparse.ArgumentParser:
     create = project.add_parser("create", help="create a project and print its write and read keys")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print the project and keys as JSON")
+    from journeys.origins_cli import add_origins_command
+
+    add_origins_command(project)  # project origins NAME --add/--remove: where public keys may send from
 
     key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="key_command", required=True)
     key_create = key.add_parser("create", help="make another key for a project and print it (once)")
@@ -305,6 +311,12 @@ def _parser() -> argparse.ArgumentParser:
         if kind == "map":
             template = actions.add_parser("template", help=f"print a ready template: {', '.join(TEMPLATES)}")
             template.add_argument("name", choices=TEMPLATES)
+    from journeys.email_cli import add_email_commands
+
+    add_email_commands(sub)
+    from journeys.importer import add_import_command
+
+    add_import_command(sub)  # import FILE: CSV/NDJSON into a project through the collector (docs/import.md)
     return parser
 
 
@@ -326,12 +338,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "project" and args.project_command == "create":
             return asyncio.run(_project_create(settings, args.name, args.json))
+        if args.command == "project" and args.project_command == "origins":
+            from journeys.origins_cli import run_origins_command
+
+            return asyncio.run(run_origins_command(settings, args, _with_project))
         if args.command == "key":
             return asyncio.run(_key_create(settings, args.project, args.kind))
         if args.command == "customer":
             return asyncio.run(_customer_delete(settings, args.project, args.id))
         if args.command in ("map", "segment"):
             return asyncio.run(_definition_command(settings, args))
+        if args.command == "email":
+            from journeys.email_cli import run_email_command
+
+            return asyncio.run(run_email_command(settings, args, _with_project))
+        if args.command == "import":
+            from journeys.importer import run_import
+
+            return asyncio.run(run_import(settings, args, _with_project))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the operator gets one clear line; the traceback goes to the log at DEBUG

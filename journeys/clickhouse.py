@@ -110,7 +110,11 @@ class ClickHouse:
         the GIL while it works, so the event loop keeps serving requests during a large insert. JSON objects
         in String columns are stored as their JSON text.
         """
-        settings = {"input_format_json_read_objects_as_strings": 1}
+        # Events are partitioned by month and may span 2000..now (imports of historical data, a backlog of
+        # old device clocks): ClickHouse's default of 100 partitions per insert would make such a batch fail
+        # for ever and stall the inserter behind it (measured in chDB: "Too many partitions for single
+        # INSERT block"). Validation lets through 2000 onwards; 1000 months lasts until 2083.
+        settings = {"input_format_json_read_objects_as_strings": 1, "max_partitions_per_insert_block": 1000}
         kwargs = {"insert_block": data, "settings": settings, "fmt": "JSONCompactEachRow"}
         if self.embedded:
             await self._run(self._writer, lambda c: c.raw_insert(table, list(column_names), **kwargs))
