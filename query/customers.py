@@ -41,7 +41,8 @@ async def forget(ch: ClickHouse, cluster: str, project_id: str, any_id: str) -> 
     for table, column in _FORGET:
         sql = render_clickhouse_sql(
             f"DELETE FROM {{{{table {table}}}}} {{{{on_cluster}}}} "
-            f"WHERE project_id = {{project_id:String}} AND {column} IN {{ids:Array(String)}}",
+            f"WHERE project_id = {{project_id:String}} AND {column} IN {{ids:Array(String)}} "
+            "SETTINGS lightweight_deletes_sync = 0",  # reads apply it at once (journeys.clickhouse)
             cluster,
         )
         await ch.command(sql, params)

@@ -51,7 +51,8 @@ SELECT DISTINCT distinct_id FROM events WHERE project_id = {project_id:String}
 
 DELETE_OTHER_VERSIONS_SQL = (
     "DELETE FROM {{table stage_state}} {{on_cluster}} WHERE project_id = {project_id:String} "
-    "AND NOT has({keep:Array(String)}, concat(map_name, ':', toString(map_version)))"
+    "AND NOT has({keep:Array(String)}, concat(map_name, ':', toString(map_version))) "
+    "SETTINGS lightweight_deletes_sync = 0"
 )
 
 
