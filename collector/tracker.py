@@ -17,15 +17,13 @@ not in visitors' browsers). tests/test_tracker.py runs the same browser scenario
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import re
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
+from journeys.assets import Asset, serve
 from journeys.openapi import operation
 
 SOURCE_PATH = ("static", "tracker.js")
@@ -78,38 +76,16 @@ def minify(source: str) -> str:
     return "\n".join(out) + "\n"
 
 
-@dataclass(frozen=True)
-class Script:
-    body: bytes
-    gzipped: bytes
-    etag: str
-
-
-def build_script(source: str | None = None) -> Script:
+def build_script(source: str | None = None) -> Asset:
     body = minify(tracker_source() if source is None else source).encode("utf-8")
-    return Script(body, gzip.compress(body, 9, mtime=0), '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    # An hour: a new tracker reaches pages within that; the ETag makes revalidation cheap.
+    return Asset(body, "application/javascript; charset=utf-8", f"public, max-age={CACHE_SECONDS}")
 
 
 def add_tracker_route(app: web.Application) -> None:
     """Serve ``GET /t.js``. Built here, at app creation, so a source the minifier refuses stops the start."""
     script = build_script()
-
-    async def handler(request: web.Request) -> web.Response:
-        headers = {
-            "Content-Type": "application/javascript; charset=utf-8",
-            # An hour: a new tracker reaches pages within that; the ETag makes revalidation cheap.
-            "Cache-Control": f"public, max-age={CACHE_SECONDS}",
-            "ETag": script.etag,
-            "Vary": "Accept-Encoding",
-            "X-Content-Type-Options": "nosniff",
-        }
-        if script.etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers)
-        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
-            return web.Response(body=script.gzipped, headers={**headers, "Content-Encoding": "gzip"})
-        return web.Response(body=script.body, headers=headers)
-
-    app.router.add_get("/t.js", handler)
+    app.router.add_get("/t.js", serve(lambda: script))
 
 
 def tracker_openapi_paths() -> dict[str, Any]:

@@ -12,15 +12,12 @@ the plotly version, so an upgrade is picked up at the next revalidation).
 
 from __future__ import annotations
 
-import asyncio
-import gzip
-import hashlib
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
+from journeys.assets import Asset, serve
 from journeys.openapi import operation
 
 STATIC = "static"
@@ -40,28 +37,9 @@ _OWN_ASSETS = {
 }
 
 
-@dataclass
-class Asset:
-    """A file served from memory, gzip'd lazily (once) when a browser accepts gzip."""
-
-    body: bytes
-    content_type: str
-    cache_control: str
-    etag: str
-    _gzipped: bytes | None = None
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def gzipped(self) -> bytes:
-        async with self._lock:
-            if self._gzipped is None:
-                # Compressing plotly takes a few hundred ms: keep it off the event loop.
-                self._gzipped = await asyncio.to_thread(gzip.compress, self.body, 6, mtime=0)
-            return self._gzipped
-
-
 def _own(name: str, content_type: str) -> Asset:
     body = resources.files("query").joinpath(STATIC, name).read_bytes()
-    return Asset(body, content_type, OWN_CACHE, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    return Asset(body, content_type, OWN_CACHE)
 
 
 def plotly_asset() -> Asset:
@@ -72,36 +50,14 @@ def plotly_asset() -> Asset:
     return Asset(body, "application/javascript; charset=utf-8", PLOTLY_CACHE, f'"plotly-{plotly.__version__}"')
 
 
-def _serve(asset_of: Any, extra: dict[str, str] | None = None) -> Any:
-    """A handler for one asset; ``asset_of()`` gives it (plotly is read at first request, not at start)."""
-
-    async def handler(request: web.Request) -> web.Response:
-        asset: Asset = asset_of()
-        headers = {
-            "Content-Type": asset.content_type,
-            "Cache-Control": asset.cache_control,
-            "ETag": asset.etag,
-            "Vary": "Accept-Encoding",
-            "X-Content-Type-Options": "nosniff",
-            **(extra or {}),
-        }
-        if asset.etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers)
-        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
-            return web.Response(body=await asset.gzipped(), headers={**headers, "Content-Encoding": "gzip"})
-        return web.Response(body=asset.body, headers=headers)
-
-    return handler
-
-
 def add_dashboard_routes(app: web.Application) -> None:
     """``/`` and ``/static/…``. Our own files are read now (a missing file stops the start, not a page)."""
     page = _own("index.html", "text/html; charset=utf-8")
     page_headers = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
-    app.router.add_get("/", _serve(lambda: page, page_headers))
+    app.router.add_get("/", serve(lambda: page, page_headers))
     for path, (name, content_type) in _OWN_ASSETS.items():
         asset = _own(name, content_type)
-        app.router.add_get(path, _serve(lambda asset=asset: asset))
+        app.router.add_get(path, serve(lambda asset=asset: asset))
     plotly: list[Asset] = []
 
     def plotly_once() -> Asset:
@@ -109,7 +65,7 @@ def add_dashboard_routes(app: web.Application) -> None:
             plotly.append(plotly_asset())
         return plotly[0]
 
-    app.router.add_get("/static/plotly.min.js", _serve(plotly_once))
+    app.router.add_get("/static/plotly.min.js", serve(plotly_once))
 
 
 def dashboard_openapi_paths() -> dict[str, Any]:

@@ -16,7 +16,6 @@ import csv
 import io
 import itertools
 import os
-import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,16 +25,9 @@ import pytest
 
 from journeys import definitions
 from journeys.keys import add_key, create_project
+from browser import launch
 from support import basic, wait_drained, wait_until
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOTS = Path(__file__).parent / "output" / "screenshots"
 NOW = datetime.now(timezone.utc)
 BASE = NOW - timedelta(days=3)
@@ -66,29 +58,10 @@ CUSTOMERS = [
 _names = itertools.count()
 
 
-def _chromium() -> str | None:
-    path = os.environ.get("JOURNEYS_CHROMIUM") or "/usr/bin/chromium"
-    return path if Path(path).exists() else shutil.which("chromium")
-
-
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
-    executable = _chromium()
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.skip("DASHBOARD TESTS NOT RUN: the playwright package is missing (pip install -e '.[test]')")
-    if executable is None:
-        pytest.skip("DASHBOARD TESTS NOT RUN: no Chromium at /usr/bin/chromium (apt-get install chromium)")
-    playwright = await async_playwright().start()
-    try:
-        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-    except Exception as exc:
-        await playwright.stop()
-        pytest.skip(f"DASHBOARD TESTS NOT RUN: Chromium at {executable} did not start: {exc}")
-    yield launched
-    await launched.close()
-    await playwright.stop()
+    async for launched in launch("DASHBOARD"):
+        yield launched
 
 
 def _iso(at: datetime) -> str:

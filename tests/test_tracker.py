@@ -13,8 +13,6 @@ either is missing every test here is skipped with the reason in the summary. CI 
 from __future__ import annotations
 
 import html
-import os
-import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +30,9 @@ from journeys.keys import add_key
 from journeys.metrics import Metrics
 from journeys.origins import change_origins
 from journeys.stores import Stores
+from browser import launch
 from support import wait_drained, wait_until, with_settings
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 UTM = "utm_source=news&utm_medium=email&utm_campaign=spring"
 STUB = (
     "window.journeys=window.journeys||[];"
@@ -50,29 +41,10 @@ STUB = (
 )
 
 
-def _chromium() -> str | None:
-    path = os.environ.get("JOURNEYS_CHROMIUM") or "/usr/bin/chromium"
-    return path if Path(path).exists() else shutil.which("chromium")
-
-
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
-    executable = _chromium()
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.skip("TRACKER TESTS NOT RUN: the playwright package is missing (pip install -e '.[test]')")
-    if executable is None:
-        pytest.skip("TRACKER TESTS NOT RUN: no Chromium at /usr/bin/chromium (apt-get install chromium)")
-    playwright = await async_playwright().start()
-    try:
-        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-    except Exception as exc:
-        await playwright.stop()
-        pytest.skip(f"TRACKER TESTS NOT RUN: Chromium at {executable} did not start: {exc}")
-    yield launched
-    await launched.close()
-    await playwright.stop()
+    async for launched in launch("TRACKER"):
+        yield launched
 
 
 @dataclass
@@ -514,4 +486,4 @@ async def test_t_js_is_served_minified_cached_and_gzipped(http, collector) -> No
         etag = resp.headers["ETag"]
     async with http.get(collector.make_url("/t.js"), headers={"If-None-Match": etag}) as resp:
         assert resp.status == 304
-    print(f"\ntracker: source {len(tracker_source().encode())} B, minified {len(script.body)} B, gzip {len(script.gzipped)} B")
+    print(f"\ntracker: source {len(tracker_source().encode())} B, minified {len(script.body)} B, gzip {len(await script.gzipped())} B")
