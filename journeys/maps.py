@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SLUG_RULE = "must be 1-64 lowercase letters, digits, '-' or '_'"
 SENTIMENTS = ("positive", "neutral", "negative")
+#: Stages per map at most: KPI queries pack (from, to) stage pairs into integers (query/kpis.py).
+MAX_STAGES = 100
 
 #: Operators of touchpoint property conditions and segment rules.
 OPERATORS = ("equals", "not_equals", "in", "not_in", "exists", "not_exists", "contains", ">", ">=", "<", "<=")
@@ -131,7 +133,7 @@ class Stage(_Doc):
 class JourneyMap(_Doc):
     name: str
     description: str = ""
-    stages: list[Stage]
+    stages: list[Stage] = Field(max_length=MAX_STAGES)
     touchpoints: list[Touchpoint] = Field(default_factory=list)
 
     @field_validator("name")

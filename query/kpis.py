@@ -14,6 +14,7 @@ contains numbers we computed (stage count).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ TOP = 5
 ALL = ""  # the segment key of "all customers"
 
 _ENTRIES_SQL = """
+SELECT * EXCEPT (waits) FROM (  -- the sorted waits stay in ClickHouse
 SELECT seg, stage{day_select},
        countIf(e < {{to_ms:Int64}}) AS reached,
        countIf(in_w) AS entered,
@@ -55,7 +57,67 @@ FROM (
 ARRAY JOIN segs AS seg
 WHERE e > 0 AND e < {{to_ms:Int64}}
 GROUP BY seg, stage{day_group}
+)
 """
+
+# The whole-window KPIs: one row per customer (no row per stage), per-stage figures as arrays summed
+# element-wise (-ForEach); each customer's moves and sentiment touches in the window packed into integer
+# keys and summed with sumMap: (from + 1, to, kind, repeat) and (stage, sentiment). The nearest-rank
+# median and p90 are quantileExactLow at 0.5 and 0.9 - 1e-10: that is the element of rank ceil(q * n)
+# (at exactly 0.9, floating point makes 0.9 * n land just above an integer when n is a multiple of 10).
+_SUMMARY_SQL = """
+SELECT seg,
+       sumForEach(arrayMap(e -> toUInt64(e > 0 AND e < {{to_ms:Int64}}), es)) AS reached,
+       sumForEach(arrayMap(i -> toUInt64(i), in_w)) AS entered,
+       sumForEach(arrayMap((i, c) -> toUInt64(i AND c), in_w, conv)) AS converted,
+       sumForEach(arrayMap((i, c, cl) -> toUInt64(i AND NOT c AND cl), in_w, conv, closed)) AS dropped,
+       sumForEach(arrayMap((i, c, cl) -> toUInt64(i AND NOT c AND NOT cl), in_w, conv, closed)) AS in_progress,
+       quantilesExactLowIfForEach(0.5, 0.8999999999)(waits, arrayMap((i, c) -> i AND c, in_w, conv)) AS wait_quantiles,
+       sumMap(moves, arrayWithConstant(length(moves), toUInt64(1))) AS move_counts,
+       sumMap(feelings, arrayWithConstant(length(feelings), toUInt64(1))) AS feeling_counts
+FROM (
+    SELECT segs, es, moves, feelings,
+           arrayMap(e -> e > 0 AND e >= {{from_ms:Int64}} AND e < {{to_ms:Int64}}, es) AS in_w,
+           arrayMap((e, x, w) -> x > 0 AND x - e <= w, es, nxs, {{windows:Array(Int64)}}) AS conv,
+           arrayMap((e, w) -> e + w <= {{now_ms:Int64}}, es, {{windows:Array(Int64)}}) AS closed,
+           arrayMap((e, x) -> x - e, es, nxs) AS waits
+    FROM (
+        SELECT {segs},
+               arrayMap(x -> toUnixTimestamp64Milli(x), entered) AS es,
+               arrayMap(x -> toUnixTimestamp64Milli(x), next_at) AS nxs,
+               arrayFilter(
+                   (key, t) -> t >= {{from_ms:Int64}} AND t < {{to_ms:Int64}},
+                   arrayMap((f, t, k, r) -> toUInt64(((f + 1) * 1000 + t) * 100 + CAST(k, 'Int8') * 10 + r),
+                            t_from, t_to, t_kind, t_repeat),
+                   arrayMap(x -> toUnixTimestamp64Milli(x), t_time)) AS moves,
+               arrayFilter(
+                   (key, t) -> t >= {{from_ms:Int64}} AND t < {{to_ms:Int64}},
+                   arrayMap((st, sv) -> toUInt64(st * 10 + CAST(sv, 'Int8')), s_stage, s_sentiment),
+                   arrayMap(x -> toUnixTimestamp64Milli(x), s_time)) AS feelings
+        FROM stage_state FINAL
+        WHERE {where}
+    )
+)
+ARRAY JOIN segs AS seg
+GROUP BY seg
+"""
+
+# What brought the customers who entered a stage in the window: one row per entry, grouped.
+_ENTRY_SOURCES_SQL = """
+SELECT seg, stage, tp, chn, count()
+FROM (
+    SELECT {segs}, stage - 1 AS stage, toString(tp) AS tp, toString(chn) AS chn
+    FROM stage_state FINAL
+    ARRAY JOIN arrayEnumerate(entered) AS stage, entered AS entry, entry_touchpoint AS tp, entry_channel AS chn
+    WHERE {where}
+      AND toUnixTimestamp64Milli(entry) > 0
+      AND toUnixTimestamp64Milli(entry) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(entry) < {{to_ms:Int64}}
+)
+ARRAY JOIN segs AS seg
+GROUP BY seg, stage, tp, chn
+"""
+_KINDS = {1: "first", 2: "forward", 3: "skip", 4: "regression"}
+_SENTIMENT_CODES = {1: "positive", 2: "neutral", 3: "negative"}
 
 _TRANSITIONS_SQL = """
 SELECT seg{day_select}, to_stage, from_stage, kind, repeat, count()
@@ -276,7 +338,7 @@ def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=No
         raw = stages_of(keyed(row))[row["stage"]]
         for field in ("reached", "entered", "converted", "dropped", "in_progress"):
             raw[field] += row[field]
-        if row["waits"]:
+        if row["converted"]:  # the nearest-rank median and p90 of the waits of converted customers
             raw["median_ms"], raw["p90_ms"] = row["median_ms"], row["p90_ms"]
         raw["touchpoints"] = {k: v for k, v in zip(*row["touchpoints"]) if v}
         raw["channels"] = {k: v for k, v in zip(*row["channels"]) if v}
@@ -297,11 +359,47 @@ def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=No
     return out
 
 
+async def _summary(ch: ClickHouse, request: KpiRequest) -> tuple[list[dict[str, Any]], list[tuple], list[tuple]]:
+    """(entries, transitions, sentiments) rows for the whole window, as :func:`_fold` takes them."""
+    summary_sql, params = _render(_SUMMARY_SQL, request, False, "")
+    sources_sql, _ = _render(_ENTRY_SOURCES_SQL, request, False, "")
+    (columns, rows), (_, source_rows) = await asyncio.gather(
+        ch.query(summary_sql, params), ch.query(sources_sql, params)
+    )
+    sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
+    for seg, stage, touchpoint, channel, count in source_rows:
+        by_touchpoint, by_channel = sources.setdefault((seg, stage), ({}, {}))
+        by_touchpoint[touchpoint] = by_touchpoint.get(touchpoint, 0) + count
+        by_channel[channel] = by_channel.get(channel, 0) + count
+    entries, transitions, sentiments = [], [], []
+    for row in rows:
+        summary = dict(zip(columns, row))
+        seg = summary["seg"]
+        for stage in range(len(request.order)):
+            by_touchpoint, by_channel = sources.get((seg, stage), ({}, {}))
+            median_ms, p90_ms = summary["wait_quantiles"][stage]
+            entries.append(
+                {
+                    "seg": seg,
+                    "stage": stage,
+                    **{f: summary[f][stage] for f in ("reached", "entered", "converted", "dropped", "in_progress")},
+                    "median_ms": int(median_ms),
+                    "p90_ms": int(p90_ms),
+                    "touchpoints": (list(by_touchpoint), list(by_touchpoint.values())),
+                    "channels": (list(by_channel), list(by_channel.values())),
+                }
+            )
+        for key, count in zip(*summary["move_counts"]):
+            repeat, kind, pair = key % 10, key // 10 % 10, key // 100
+            transitions.append((seg, pair % 1000, pair // 1000 - 1, _KINDS[kind], repeat, count))
+        for key, count in zip(*summary["feeling_counts"]):
+            sentiments.append((seg, key // 10, _SENTIMENT_CODES[key % 10], count))
+    return entries, transitions, sentiments
+
+
 async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     """KPIs per stage for each requested segment over the whole window."""
-    entries = await _entries(ch, request, daily=False)
-    transitions = await _transitions(ch, request, daily=False)
-    sentiments = await _sentiments(ch, request, daily=False)
+    entries, transitions, sentiments = await _summary(ch, request)
 
     def keyed(row: Any) -> str:
         return row["seg"] if isinstance(row, dict) else row[0]

@@ -82,9 +82,11 @@ class StageStateUpdater:
         self.poll_s = poll_s
         self.margin_ms = int(margin_s * 1000)
         self.definitions_every_s = definitions_every_s
+        self.max_pause_s = 2.0
         self.writer = StateWriter(stores.clickhouse)
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
+        self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
         self.last_error: str | None = None
         self._definitions: dict[str, Definitions] = {}
         self._definitions_at = 0.0
@@ -132,6 +134,7 @@ class StageStateUpdater:
         row = await pg.fetchrow("SELECT polled_to FROM stage_state_cursor WHERE id = 1")
         since_ms: int | None = int(row["polled_to"].timestamp() * 1000) if row else None
         while not self._stop.is_set():
+            started = time.monotonic()
             now_ms = await self._server_now_ms()
             await self._rebuild_changed()
             began = time.monotonic()
@@ -144,11 +147,14 @@ class StageStateUpdater:
                 datetime.fromtimestamp(now_ms / 1000, timezone.utc),
             )
             self.caught_up_at = time.monotonic()
+            self.caught_up_from = started
             self.last_error = None
-            # Under heavy ingest a poll (look-back margin included) gets longer: pausing twice as long as it
-            # took keeps the updater to at most a third of a core, at the price of a little more lag.
+            # Under heavy ingest a poll (look-back margin included) gets longer: pausing as long as it took
+            # keeps the updater to about half a core; the cap keeps KPIs at most a couple of seconds behind
+            # the poll after a long one (a catch-up after a rebuild).
+            pause = min(max(self.poll_s, time.monotonic() - began), self.max_pause_s)
             try:
-                await asyncio.wait_for(self._stop.wait(), max(self.poll_s, 2 * (time.monotonic() - began)))
+                await asyncio.wait_for(self._stop.wait(), pause)
             except asyncio.TimeoutError:
                 pass
 

@@ -163,7 +163,7 @@ async def _caught_up(query) -> None:  # type: ignore[no-untyped-def]
     import time
 
     mark = time.monotonic()
-    await wait_until(lambda: _true(updater.caught_up_at is not None and updater.caught_up_at > mark + 0.05), timeout=30)
+    await wait_until(lambda: _true(updater.caught_up_from is not None and updater.caught_up_from > mark), timeout=30)
 
 
 async def _true(value: bool) -> bool:
@@ -354,3 +354,21 @@ async def test_same_named_maps_of_two_projects_keep_their_own_rules(http, collec
     first_one = (await _kpis(http, query, one.read_key, **params))["segments"][0]["stages"]
     first_two = (await _kpis(http, query, two.read_key, **params))["segments"][0]["stages"]
     assert [s["regressions_into"] for s in first_one] != [s["regressions_into"] for s in first_two]
+
+
+async def test_median_and_p90_are_nearest_rank(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Ten customers moving on after 1..10 hours: median = rank ceil(0.5·10) = 5 h, p90 = rank 9 = 9 h
+    (an interpolating or 0-based quantile would give 5.5 h or 10 h)."""
+    project = await _new_project(stores)
+    t0 = BASE + timedelta(days=2)
+    events = []
+    for k in range(1, 11):
+        for n, (event, at) in enumerate((("A", t0), ("B", t0 + timedelta(hours=k)))):
+            events.append({"type": "track", "userId": f"q{k}", "event": event, "channel": "web",
+                           "messageId": f"q{k}-{n}", "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")})
+    await _send(http, collector, project.write_key, events)
+    await _caught_up(query)
+    result = await _kpis(http, query, project.read_key, map="funnel", **{"from": BASE.date().isoformat()})
+    aware = result["segments"][0]["stages"][0]
+    assert aware["converted"] == 10
+    assert aware["time_to_next_seconds"] == {"median": 5 * 3600.0, "p90": 9 * 3600.0}
