@@ -28,6 +28,25 @@ HAVING argMax(customer_id, version) = {customer_id:String} AND argMax(is_deleted
 """
 
 
+RESOLVE_SQL = """
+WITH (
+    SELECT if(count() = 0 OR argMax(is_deleted, version) = 1, {id:String}, argMax(customer_id, version))
+    FROM identities WHERE project_id = {project_id:String} AND distinct_id = {id:String}
+) AS customer
+SELECT customer, groupArray(distinct_id)
+FROM (
+    SELECT distinct_id
+    FROM identities
+    WHERE project_id = {project_id:String}
+      AND distinct_id IN (
+          SELECT distinct_id FROM identities_by_customer
+          WHERE project_id = {project_id:String} AND customer_id = customer)
+    GROUP BY distinct_id
+    HAVING argMax(customer_id, version) = customer AND argMax(is_deleted, version) = 0
+)
+"""
+
+
 async def current_customers(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, str]:
     """The customer each id belongs to now (ids without a mapping map to themselves)."""
     _, rows = await ch.query(CURRENT_SQL, {"project_id": project_id, "ids": ids})
@@ -42,6 +61,7 @@ async def members(ch: ClickHouse, project_id: str, customer_id: str) -> set[str]
 
 
 async def resolve(ch: ClickHouse, project_id: str, any_id: str) -> tuple[str, list[str]]:
-    """Any of a customer's ids → (the customer id, all its ids, sorted)."""
-    customer_id = (await current_customers(ch, project_id, [any_id]))[any_id]
-    return customer_id, sorted(await members(ch, project_id, customer_id))
+    """Any of a customer's ids → (the customer id, all its ids, sorted): :func:`current_customers` and
+    :func:`members` in one round trip, since every journey and profile read starts here."""
+    _, [(customer_id, ids)] = await ch.query(RESOLVE_SQL, {"project_id": project_id, "id": any_id})
+    return customer_id, sorted(set(ids) | {customer_id})

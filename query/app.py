@@ -124,7 +124,7 @@ async def _customer_journey(request: web.Request) -> web.Response:
         raise ApiError(404, [{"field": "map", "reason": f"no {what} in this project"}])
     compiled = CompiledMap(validate_map(found.body), found.version)
     customer_id, ids = await identities.resolve(stores.clickhouse, principal.project_id, asked)
-    events = await customer_events(stores.clickhouse, principal.project_id, ids, MAX_LIMIT)
+    events = await customer_events(stores.clickhouse, principal.project_id, ids, MAX_LIMIT, for_journey=True)
     return json_response({"customer_id": customer_id, "ids": ids, **build_journey(events, compiled)})
 
 
