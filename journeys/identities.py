@@ -28,22 +28,22 @@ HAVING argMax(customer_id, version) = {customer_id:String} AND argMax(is_deleted
 """
 
 
+# resolve() guesses that the id asked for is the customer itself (true for every id never stitched, and
+# for lookups by user id): its forward mapping and the members it would have, in one round trip.
 RESOLVE_SQL = """
-WITH (
-    SELECT if(count() = 0 OR argMax(is_deleted, version) = 1, {id:String}, argMax(customer_id, version))
-    FROM identities WHERE project_id = {project_id:String} AND distinct_id = {id:String}
-) AS customer
-SELECT customer, groupArray(distinct_id)
-FROM (
-    SELECT distinct_id
-    FROM identities
-    WHERE project_id = {project_id:String}
-      AND distinct_id IN (
-          SELECT distinct_id FROM identities_by_customer
-          WHERE project_id = {project_id:String} AND customer_id = customer)
-    GROUP BY distinct_id
-    HAVING argMax(customer_id, version) = customer AND argMax(is_deleted, version) = 0
-)
+SELECT 0, argMax(customer_id, version), argMax(is_deleted, version)
+FROM identities
+WHERE project_id = {project_id:String} AND distinct_id = {id:String}
+HAVING count() > 0
+UNION ALL
+SELECT 1, distinct_id, 0
+FROM identities
+WHERE project_id = {project_id:String}
+  AND distinct_id IN (
+      SELECT distinct_id FROM identities_by_customer
+      WHERE project_id = {project_id:String} AND customer_id = {id:String})
+GROUP BY distinct_id
+HAVING argMax(customer_id, version) = {id:String} AND argMax(is_deleted, version) = 0
 """
 
 
@@ -61,7 +61,12 @@ async def members(ch: ClickHouse, project_id: str, customer_id: str) -> set[str]
 
 
 async def resolve(ch: ClickHouse, project_id: str, any_id: str) -> tuple[str, list[str]]:
-    """Any of a customer's ids → (the customer id, all its ids, sorted): :func:`current_customers` and
-    :func:`members` in one round trip, since every journey and profile read starts here."""
-    _, [(customer_id, ids)] = await ch.query(RESOLVE_SQL, {"project_id": project_id, "id": any_id})
-    return customer_id, sorted(set(ids) | {customer_id})
+    """Any of a customer's ids → (the customer id, all its ids, sorted)."""
+    _, rows = await ch.query(RESOLVE_SQL, {"project_id": project_id, "id": any_id})
+    customer_id = any_id
+    for part, value, deleted in rows:
+        if part == 0 and not deleted:
+            customer_id = value
+    if customer_id == any_id:  # the guess was right: the members came with it
+        return customer_id, sorted({value for part, value, _ in rows if part == 1} | {any_id})
+    return customer_id, sorted(await members(ch, project_id, customer_id))
