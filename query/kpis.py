@@ -1,12 +1,12 @@
 """Stage KPIs per customer segment, from the per-customer stage state (never from a rescan of events).
 
 Every number follows the definitions in docs/kpis.md; tests compare them with a brute-force computation over
-raw events. Three aggregate queries over ``stage_state`` (one row per stitched customer and map version):
+raw events. The queries read ``stage_state`` (one row per stitched customer and map version), never events:
 
-* entries — per segment, stage (and day): reached, entered, converted, dropped, in progress, time to move
-  on (exact nearest-rank median and p90), and what brought customers in;
-* transitions — every stage-to-stage move (so regressions, skips and repeats), by the day it happened;
-* sentiment — sentiment-bearing touchpoints by stage and day.
+* whole window (:func:`stage_kpis`): one pass per customer row for the per-stage figures, moves and
+  sentiments, and one for what brought customers into each stage, side by side;
+* day by day (:func:`daily_kpis`): entries grouped by entry day, moves by the day they happened, sentiment
+  touches by their day — three queries, because each groups by a different day.
 
 Every user-supplied value (project, map, segment, dates) is a bound parameter; the SQL text only ever
 contains numbers we computed (stage count).
