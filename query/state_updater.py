@@ -207,15 +207,15 @@ class StageStateUpdater:
             return
         since = datetime.fromtimestamp(since_ms / 1000, timezone.utc)
         _, rows = await self.stores.clickhouse.query(CHANGES_SQL, {"since": since, "projects": sorted(defs)})
-        touched: dict[str, set[str]] = {}
+        touched: dict[str, dict[str, int]] = {}
         for project_id, distinct_id, changed_ms in rows:
-            key = (project_id, distinct_id)
-            if project_id not in defs or self._seen.get(key, -1) >= changed_ms:
+            if project_id not in defs or self._seen.get((project_id, distinct_id), -1) >= changed_ms:
                 continue
-            self._seen[key] = changed_ms
-            touched.setdefault(project_id, set()).add(distinct_id)
-        for project_id, ids in touched.items():
-            self.metrics.stage_state_rows.inc(await self.writer.refresh(project_id, defs[project_id], ids))
+            touched.setdefault(project_id, {})[distinct_id] = changed_ms
+        for project_id, changes in touched.items():
+            self.metrics.stage_state_rows.inc(await self.writer.refresh(project_id, defs[project_id], set(changes)))
+            # Marked handled only once written: after a failure the retry polls these changes again.
+            self._seen.update({(project_id, i): changed for i, changed in changes.items()})
         # Forget marks that fell out of the look-back margin: those rows will not be seen again.
         if len(self._seen) > 10_000:
             self._seen = {k: v for k, v in self._seen.items() if v > since_ms}

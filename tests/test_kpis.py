@@ -375,3 +375,45 @@ async def test_median_and_p90_are_nearest_rank(http, collector, query, stores) -
     aware = result["segments"][0]["stages"][0]
     assert aware["converted"] == 10
     assert aware["time_to_next_seconds"] == {"median": 5 * 3600.0, "p90": 9 * 3600.0}
+
+
+async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """A ClickHouse failure while writing state rows (here: the first write after the events arrive) must
+    not mark those changes handled: the updater retries them and the KPIs count the customer."""
+    from journeys.clickhouse import ClickHouseError
+    from query.app import STATE_UPDATER
+
+    project = await _new_project(stores)
+    await _kpis(http, query, project.read_key, map="funnel")  # the project's (empty) rebuild is done
+    writer = query.app[STATE_UPDATER].writer
+    real_insert = writer.ch.insert_lines
+    failures: list[str] = []
+
+    class FailingOnce:
+        """The real ClickHouse, except that the first stage_state insert fails."""
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(real_ch, name)
+
+        async def insert_lines(self, table, columns, data):  # type: ignore[no-untyped-def]
+            if table == "stage_state" and project.id.encode() in data and not failures:
+                failures.append(table)
+                raise ClickHouseError("injected: stage_state insert failed")
+            return await real_insert(table, columns, data)
+
+    real_ch = writer.ch
+    writer.ch = FailingOnce()
+    try:
+        at = (BASE + timedelta(days=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        await _send(http, collector, project.write_key,
+                    [{"type": "track", "userId": "retry-me", "event": "A", "channel": "web", "timestamp": at}])
+        await wait_until(lambda: _true(bool(failures)), timeout=30)
+        await _caught_up(query)
+
+        async def counted() -> bool:
+            result = await _kpis(http, query, project.read_key, map="funnel", **{"from": BASE.date().isoformat()})
+            return result["segments"][0]["stages"][0]["reached"] == 1
+
+        await wait_until(counted, timeout=30)
+    finally:
+        writer.ch = real_ch
