@@ -9,11 +9,9 @@ tests/test_spool.py. ``python bench/faults.py`` runs all of them against real pr
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 from aiohttp.test_utils import TestServer
 
 from collector.app import create_app as create_collector
@@ -64,18 +62,6 @@ async def test_sdk_retries_answers_lost_at_the_tcp_level_and_each_event_counts_o
             async with http.get(query.make_url(f"/v1/customers/tcp-{c}/events?limit=10000"), headers=headers) as resp:
                 seen.extend(e["properties"]["i"] for e in (await resp.json())["events"])
     assert sorted(seen) == list(range(1000))
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A real 1 MiB tmpfs for the spool: 'disk full' is the kernel's ENOSPC."""
-    mount_point = tmp_path / "spool-disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def test_spool_disk_full_answers_503_then_recovers_and_loses_nothing(http, stores, project, tiny_disk) -> None:  # type: ignore[no-untyped-def]

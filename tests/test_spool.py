@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -120,20 +119,6 @@ async def test_one_owner_per_directory(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match="in use"):
         await _open(tmp_path)
     await spool.close()
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A real 1 MiB filesystem (tmpfs), so 'disk full' is the kernel's ENOSPC, not a simulation."""
-    import subprocess
-
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def test_disk_full_refuses_cleanly_and_recovers_when_space_returns(tiny_disk: Path) -> None:
