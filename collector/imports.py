@@ -39,7 +39,7 @@ import orjson
 from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from collector.ingest import RequestProblem, process_events
+from collector.ingest import RequestProblem, inflater_for, process_events
 from collector.inserter import encode_records
 from collector.spool import Spool, SpoolError, SpoolFull
 from journeys.http import error_response, json_response, presented_key, request_id
@@ -111,19 +111,6 @@ class _TooLong:
         self.nbytes = nbytes
 
 
-def _inflater(content_encoding: str) -> Any:
-    encoding = content_encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS)
-    raise RequestProblem(
-        415, [{"field": "Content-Encoding", "reason": "supported encodings: gzip, deflate, identity"}], "bad_encoding"
-    )
-
-
 async def split_lines(
     pieces: AsyncIterator[bytes], content_encoding: str, *, max_line_bytes: int, max_total_bytes: int
 ) -> AsyncIterator[list[bytes | _TooLong]]:
@@ -131,7 +118,7 @@ async def split_lines(
     bytes at a time and never holds more than one line over ``max_line_bytes``: a longer line is skipped
     and handed out as :class:`_TooLong`. Raises :class:`StreamProblem` where the body stops making sense,
     after handing out every whole line before that point."""
-    inflater = _inflater(content_encoding)
+    inflater = inflater_for(content_encoding)
     encoding = content_encoding.strip().lower()
     total = 0
     partial = b""
@@ -182,7 +169,7 @@ async def split_lines(
             if inflater.eof and inflater.unused_data:
                 # Concatenated gzip members (`cat a.gz b.gz`) are one valid stream: start the next member.
                 data = inflater.unused_data + data
-                inflater = _inflater(content_encoding)
+                inflater = inflater_for(content_encoding)
             lines = take(chunk)
             if lines:
                 yield lines
@@ -283,7 +270,7 @@ class _ImportRoute:
                     "forbidden",
                 )
             first_line = _first_line(request.headers.get(FIRST_LINE_HEADER))
-            _inflater(request.headers.get("Content-Encoding", ""))  # refuse an unknown encoding up front
+            inflater_for(request.headers.get("Content-Encoding", ""))  # refuse an unknown encoding up front
         except RequestProblem as problem:
             self.metrics.events_rejected.labels(problem.reason).inc()
             return error_response(problem.status, problem.errors)

@@ -34,14 +34,25 @@ class RequestProblem(Exception):
         self.reason = reason  # metric label: short, bounded
 
 
-def decode_body(raw: bytes, content_encoding: str, max_bytes: int) -> bytes:
-    """Undo ``Content-Encoding`` with the decompressed size capped — a 1 KB gzip bomb stays 1 KB of work."""
+def inflater_for(content_encoding: str) -> Any:
+    """A zlib decompressor for ``Content-Encoding`` (``None`` for identity); 415 for any other encoding."""
     encoding = content_encoding.strip().lower()
     if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS if encoding == "deflate" else 16 + zlib.MAX_WBITS)
+    raise RequestProblem(
+        415, [{"field": "Content-Encoding", "reason": "supported encodings: gzip, deflate, identity"}], "bad_encoding"
+    )
+
+
+def decode_body(raw: bytes, content_encoding: str, max_bytes: int) -> bytes:
+    """Undo ``Content-Encoding`` with the decompressed size capped — a 1 KB gzip bomb stays 1 KB of work."""
+    decompressor = inflater_for(content_encoding)
+    if decompressor is None:
         body = raw
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-        decompressor = zlib.decompressobj(wbits)
+    else:
+        encoding = content_encoding.strip().lower()
         try:
             body = decompressor.decompress(raw, max_bytes + 1)
         except zlib.error as exc:
@@ -50,10 +61,6 @@ def decode_body(raw: bytes, content_encoding: str, max_bytes: int) -> bytes:
             raise _too_large(max_bytes)
         if not decompressor.eof:
             raise RequestProblem(400, [{"field": "body", "reason": f"truncated {encoding} data"}], "bad_encoding")
-    else:
-        raise RequestProblem(
-            415, [{"field": "Content-Encoding", "reason": "supported encodings: gzip, deflate, identity"}], "bad_encoding"
-        )
     if len(body) > max_bytes:
         raise _too_large(max_bytes)
     return body
