@@ -52,18 +52,6 @@ STATE_COLUMNS = (
     "s_sentiment",
 )
 
-#: Members of many customers at once: every id whose current customer is one of them.
-MEMBERS_SQL = """
-SELECT distinct_id, argMax(customer_id, version) AS customer
-FROM identities
-WHERE project_id = {project_id:String}
-  AND distinct_id IN (
-      SELECT distinct_id FROM identities_by_customer
-      WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)})
-GROUP BY distinct_id
-HAVING customer IN {customers:Array(String)} AND argMax(is_deleted, version) = 0
-"""
-
 EXISTING_SQL = """
 SELECT DISTINCT customer_id FROM stage_state
 WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)}
@@ -233,7 +221,7 @@ WHERE {any_rule}
         # longer exists is always among the touched ids: an id whose customer is now someone else.
         retired = sorted({i for i, c in current.items() if c != i})
         customers = sorted(set(current.values()))
-        members = await self._members(project_id, customers)
+        members = await identities.members_of(self.ch, project_id, customers)
         staged = await self._staged(project_id, definitions, members)
         facts = await facts_of(self.ch, project_id, {c: sorted(ids) for c, ids in members.items()})
 
@@ -258,13 +246,6 @@ WHERE {any_rule}
         if lines:
             await self.ch.insert_lines("stage_state", STATE_COLUMNS, b"".join(lines))
         return len(lines)
-
-    async def _members(self, project_id: str, customers: list[str]) -> dict[str, set[str]]:
-        members: dict[str, set[str]] = {c: {c} for c in customers}
-        _, rows = await self.ch.query(MEMBERS_SQL, {"project_id": project_id, "customers": customers})
-        for distinct_id, customer in rows:
-            members[customer].add(distinct_id)
-        return members
 
     async def _staged(
         self, project_id: str, definitions: Definitions, members: dict[str, set[str]]
