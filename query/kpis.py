@@ -28,9 +28,9 @@ DAY_MS = 86_400_000
 TOP = 5
 ALL = ""  # the segment key of "all customers"
 
-_ENTRIES_SQL = """
+_DAILY_ENTRIES_SQL = """
 SELECT * EXCEPT (waits) FROM (  -- the sorted waits stay in ClickHouse
-SELECT seg, stage{day_select},
+SELECT seg, stage, toDate(fromUnixTimestamp64Milli(e, 'UTC')) AS day,
        countIf(e < {{to_ms:Int64}}) AS reached,
        countIf(in_w) AS entered,
        countIf(in_w AND conv) AS converted,
@@ -56,7 +56,7 @@ FROM (
 )
 ARRAY JOIN segs AS seg
 WHERE e > 0 AND e < {{to_ms:Int64}}
-GROUP BY seg, stage{day_group}
+GROUP BY seg, stage, day
 )
 """
 
@@ -119,8 +119,8 @@ GROUP BY seg, stage, tp, chn
 _KINDS = {1: "first", 2: "forward", 3: "skip", 4: "regression"}
 _SENTIMENT_CODES = {1: "positive", 2: "neutral", 3: "negative"}
 
-_TRANSITIONS_SQL = """
-SELECT seg{day_select}, to_stage, from_stage, kind, repeat, count()
+_DAILY_TRANSITIONS_SQL = """
+SELECT seg, toDate(tt) AS day, to_stage, from_stage, kind, repeat, count()
 FROM (
     SELECT {segs}, tt, to_stage, from_stage, toString(k) AS kind, repeat
     FROM stage_state FINAL
@@ -129,11 +129,11 @@ FROM (
       AND toUnixTimestamp64Milli(tt) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(tt) < {{to_ms:Int64}}
 )
 ARRAY JOIN segs AS seg
-GROUP BY seg{day_group}, to_stage, from_stage, kind, repeat
+GROUP BY seg, day, to_stage, from_stage, kind, repeat
 """
 
-_SENTIMENT_SQL = """
-SELECT seg{day_select}, stage, sentiment, count()
+_DAILY_SENTIMENT_SQL = """
+SELECT seg, toDate(tt) AS day, stage, sentiment, count()
 FROM (
     SELECT {segs}, st AS tt, stage, toString(sv) AS sentiment
     FROM stage_state FINAL
@@ -142,7 +142,7 @@ FROM (
       AND toUnixTimestamp64Milli(st) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(st) < {{to_ms:Int64}}
 )
 ARRAY JOIN segs AS seg
-GROUP BY seg{day_group}, stage, sentiment
+GROUP BY seg, day, stage, sentiment
 """
 
 
@@ -177,7 +177,7 @@ def _day_ms(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def _render(template: str, request: KpiRequest, daily: bool, day_of: str) -> tuple[str, dict[str, Any]]:
+def _render(template: str, request: KpiRequest) -> tuple[str, dict[str, Any]]:
     params: dict[str, Any] = {
         "project_id": request.project_id,
         "map_name": request.journey_map.name,
@@ -204,29 +204,26 @@ def _render(template: str, request: KpiRequest, daily: bool, day_of: str) -> tup
     sql = template.format(
         stages=len(request.order),
         where=where,
-        day_select=f", toDate(fromUnixTimestamp64Milli({day_of}, 'UTC')) AS day" if daily else "",
-        day_group=", day" if daily else "",
         segs=segs,  # the segment keys each customer row counts under
     )
     return sql, params
 
 
-async def _entries(ch: ClickHouse, request: KpiRequest, daily: bool) -> list[dict[str, Any]]:
-    # In the daily series an entry belongs to the day of `e`; entries before the window (reached only)
-    # fall on a day before it and are kept apart by the caller.
-    sql, params = _render(_ENTRIES_SQL, request, daily, "e")
-    columns, rows = await ch.query(sql, params)
-    return [dict(zip(columns, row)) for row in rows]
+async def _daily(ch: ClickHouse, request: KpiRequest) -> tuple[list[dict[str, Any]], list[tuple], list[tuple]]:
+    """(entries, transitions, sentiments) rows by day, as :func:`_fold` takes them. An entry belongs to the
+    day of `e`; entries before the window (reached only) fall on earlier days, kept apart by the caller."""
+    (columns, entry_rows), (_, transitions), (_, sentiments) = await asyncio.gather(
+        *(ch.query(*_render(sql, request)) for sql in (_DAILY_ENTRIES_SQL, _DAILY_TRANSITIONS_SQL, _DAILY_SENTIMENT_SQL))
+    )
+    return [dict(zip(columns, row)) for row in entry_rows], transitions, sentiments
 
 
-async def _transitions(ch: ClickHouse, request: KpiRequest, daily: bool) -> list[tuple]:
-    sql, params = _render(_TRANSITIONS_SQL, request, daily, "toUnixTimestamp64Milli(tt)")
-    return (await ch.query(sql, params))[1]
-
-
-async def _sentiments(ch: ClickHouse, request: KpiRequest, daily: bool) -> list[tuple]:
-    sql, params = _render(_SENTIMENT_SQL, request, daily, "toUnixTimestamp64Milli(tt)")
-    return (await ch.query(sql, params))[1]
+def _header(request: KpiRequest) -> dict[str, Any]:
+    return {
+        "map": {"name": request.journey_map.name, "version": request.map_version},
+        "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
+        "as_of": request.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
 
 
 def _empty_stage() -> dict[str, Any]:
@@ -361,8 +358,8 @@ def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=No
 
 async def _summary(ch: ClickHouse, request: KpiRequest) -> tuple[list[dict[str, Any]], list[tuple], list[tuple]]:
     """(entries, transitions, sentiments) rows for the whole window, as :func:`_fold` takes them."""
-    summary_sql, params = _render(_SUMMARY_SQL, request, False, "")
-    sources_sql, _ = _render(_ENTRY_SOURCES_SQL, request, False, "")
+    summary_sql, params = _render(_SUMMARY_SQL, request)
+    sources_sql, _ = _render(_ENTRY_SOURCES_SQL, request)
     (columns, rows), (_, source_rows) = await asyncio.gather(
         ch.query(summary_sql, params), ch.query(sources_sql, params)
     )
@@ -419,19 +416,12 @@ async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
         results.append(
             {"segment": segment or None, "stages": stages, "transitions": moves, "bottleneck": _bottleneck(stages)}
         )
-    return {
-        "map": {"name": request.journey_map.name, "version": request.map_version},
-        "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
-        "as_of": request.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "segments": results,
-    }
+    return {**_header(request), "segments": results}
 
 
 async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     """The same KPIs day by day (the day a customer entered the stage, or the day a move happened)."""
-    entries = await _entries(ch, request, daily=True)
-    transitions = await _transitions(ch, request, daily=True)
-    sentiments = await _sentiments(ch, request, daily=True)
+    entries, transitions, sentiments = await _daily(ch, request)
 
     def keyed(row: Any) -> tuple[str, date]:
         return (row["seg"], row["day"]) if isinstance(row, dict) else (row[0], row[1])
@@ -460,12 +450,7 @@ async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
                 stages.append(shaped)
             series.append({"date": day.isoformat(), "stages": stages})
         results.append({"segment": segment or None, "days": series})
-    return {
-        "map": {"name": request.journey_map.name, "version": request.map_version},
-        "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
-        "as_of": request.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "segments": results,
-    }
+    return {**_header(request), "segments": results}
 
 
 CSV_COLUMNS = (
