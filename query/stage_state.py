@@ -83,14 +83,11 @@ class Definitions:
 
     @staticmethod
     def of(maps: list[tuple[JourneyMap, int]], segments: list[tuple[Segment, int]]) -> "Definitions":
-        fingerprint = ";".join(
-            [f"map:{m.name}:{v}" for m, v in sorted(maps, key=lambda x: x[0].name)]
-            + [f"segment:{s.name}:{v}" for s, v in sorted(segments, key=lambda x: x[0].name)]
-        )
+        maps = sorted(maps, key=lambda mv: mv[0].name)
+        segments = sorted(segments, key=lambda sv: sv[0].name)
+        fingerprint = ";".join([f"map:{m.name}:{v}" for m, v in maps] + [f"segment:{s.name}:{v}" for s, v in segments])
         return Definitions(
-            tuple(MapVersion(CompiledMap(m, v)) for m, v in sorted(maps, key=lambda x: x[0].name)),
-            tuple(s for s, _ in sorted(segments, key=lambda x: x[0].name)),
-            fingerprint,
+            tuple(MapVersion(CompiledMap(m, v)) for m, v in maps), tuple(s for s, _ in segments), fingerprint
         )
 
 
