@@ -236,7 +236,7 @@ async def _customer_delete(settings: Settings, project: str, customer: str) -> i
                 await revoke_key(conn, secret)
         else:
             try:
-                result = await forget(clickhouse, settings.clickhouse_cluster, project_id, customer)
+                result = await forget(clickhouse, conn, settings.clickhouse_cluster, project_id, customer)
             finally:
                 await clickhouse.close()
         print(f"forgot customer {result['customer_id']}: ids {', '.join(result['forgotten_ids'])}")

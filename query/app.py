@@ -138,7 +138,7 @@ async def _forget_customer(request: web.Request) -> web.Response:
     principal = await principal_of(request, ("admin",))
     stores = request.app[STORES]
     forgotten = await customers.forget(
-        stores.clickhouse, stores.settings.clickhouse_cluster, principal.project_id, _customer_id(request)
+        stores.clickhouse, stores.pg, stores.settings.clickhouse_cluster, principal.project_id, _customer_id(request)
     )
     return json_response(forgotten)
 

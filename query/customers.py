@@ -9,6 +9,7 @@ from journeys.clickhouse import ClickHouse
 from journeys.maps import segment_matches, validate_segment
 from journeys.migrate import render_clickhouse_sql
 from query.reads import customer_facts
+from query.stage_state import forget_facts
 
 # Per table: which column holds the ids to forget. Lightweight DELETE: rows vanish from reads at once,
 # the disk space goes with the next merge. On a cluster it runs on the local tables of every node.
@@ -19,7 +20,6 @@ _FORGET = (
     ("identities", "distinct_id"),
     ("identities_by_customer", "distinct_id"),
     ("identities_by_customer", "customer_id"),
-    ("stage_state", "customer_id"),
 )
 
 
@@ -34,8 +34,10 @@ async def profile(ch: ClickHouse, pg: Any, project_id: str, any_id: str) -> dict
     return {"customer_id": customer_id, "ids": ids, **facts, "segments": segments}
 
 
-async def forget(ch: ClickHouse, cluster: str, project_id: str, any_id: str) -> dict[str, Any]:
-    """Right to be forgotten: every event, trait, first touch and identity link of the customer."""
+async def forget(ch: ClickHouse, pg: Any, cluster: str, project_id: str, any_id: str) -> dict[str, Any]:
+    """Right to be forgotten: every event, trait, first touch and identity link of the customer, and their
+    part in the KPIs (their stage facts are withdrawn, not deleted: a pending DELETE would keep KPI reads off
+    the pre-aggregated projections until it is done; the withdrawn pairs leave the disk with the next merge)."""
     customer_id, ids = await identities.resolve(ch, project_id, any_id)
     params = {"project_id": project_id, "ids": ids}
     for table, column in _FORGET:
@@ -46,4 +48,5 @@ async def forget(ch: ClickHouse, cluster: str, project_id: str, any_id: str) -> 
             cluster,
         )
         await ch.command(sql, params)
+    await forget_facts(ch, pg, project_id, ids)  # after the events: a refresh from now on finds none
     return {"customer_id": customer_id, "forgotten_ids": ids}

@@ -1,15 +1,14 @@
-"""Stage KPIs per customer segment, from the per-customer stage state (never from a rescan of events).
+"""Stage KPIs per customer segment, from the stage facts (never from a rescan of events or customers).
 
 Every number follows the definitions in docs/kpis.md; tests compare them with a brute-force computation over
-raw events. The queries read ``stage_state`` (one row per stitched customer and map version), never events:
-
-* whole window (:func:`stage_kpis`): one pass per customer row for the per-stage figures, moves and
-  sentiments, and one for what brought customers into each stage, side by side;
-* day by day (:func:`daily_kpis`): entries grouped by entry day, moves by the day they happened, sentiment
-  touches by their day — three queries, because each groups by a different day.
+raw events. The queries read the projections of ``stage_facts`` (query/stage_state.py writes the facts):
+pre-aggregated counts per segment, stage and day for entries, moves, sentiments and entry sources, and the
+entries ordered by wait for the exact quantiles and for the one boundary day per stage where dropped vs in
+progress depends on the time of day. The whole window (:func:`stage_kpis`) and the daily series
+(:func:`daily_kpis`) are the same queries, grouped by a constant or by the day; they run side by side.
 
 Every user-supplied value (project, map, segment, dates) is a bound parameter; the SQL text only ever
-contains numbers we computed (stage count).
+contains the grouping expression we chose.
 """
 
 from __future__ import annotations
@@ -23,126 +22,118 @@ from typing import Any
 
 from journeys.clickhouse import ClickHouse
 from journeys.maps import JourneyMap, Stage
+from query.stage_state import DAY_MS, conversion_window_ms
 
-DAY_MS = 86_400_000
 TOP = 5
 ALL = ""  # the segment key of "all customers"
 
-_DAILY_ENTRIES_SQL = """
-SELECT * EXCEPT (waits) FROM (  -- the sorted waits stay in ClickHouse
-SELECT seg, stage, toDate(fromUnixTimestamp64Milli(e, 'UTC')) AS day,
-       countIf(e < {{to_ms:Int64}}) AS reached,
-       countIf(in_w) AS entered,
-       countIf(in_w AND conv) AS converted,
-       countIf(in_w AND NOT conv AND closed) AS dropped,
-       countIf(in_w AND NOT conv AND NOT closed) AS in_progress,
-       arraySort(groupArrayIf(nx - e, in_w AND conv)) AS waits,
-       waits[intDiv(length(waits) + 1, 2)] AS median_ms,
-       waits[intDiv(9 * length(waits) + 9, 10)] AS p90_ms,
-       sumMapIf([tp], [toUInt64(1)], in_w) AS touchpoints,
-       sumMapIf([chn], [toUInt64(1)], in_w) AS channels
-FROM (
-    SELECT {segs}, stage,
-           toUnixTimestamp64Milli(entered[stage + 1]) AS e,
-           toUnixTimestamp64Milli(next_at[stage + 1]) AS nx,
-           e >= {{from_ms:Int64}} AND e < {{to_ms:Int64}} AS in_w,
-           nx > 0 AND nx - e <= {{windows:Array(Int64)}}[stage + 1] AS conv,
-           e + {{windows:Array(Int64)}}[stage + 1] <= {{now_ms:Int64}} AS closed,
-           toString(entry_touchpoint[stage + 1]) AS tp,
-           toString(entry_channel[stage + 1]) AS chn
-    FROM stage_state FINAL
-    ARRAY JOIN range({stages}) AS stage
-    WHERE {where}
+# Every query reads a projection of stage_facts (migration 0006), never per-customer rows; `{day}` is
+# `day` for the daily series and a constant for the whole window. apply_mutations_on_fly = 0: a pending
+# DELETE (old map versions, garbage only) must not push the read off the projections.
+_WHERE = (
+    "project_id = {{project_id:String}} AND map_name = {{map_name:String}} AND map_version = {{map_version:UInt32}} "
+    "AND segment IN {{segments:Array(String)}}"
 )
-ARRAY JOIN segs AS seg
-WHERE e > 0 AND e < {{to_ms:Int64}}
-GROUP BY seg, stage, day
-)
+_IN_WINDOW = "day >= {{first_day:Date}} AND day <= {{last_day:Date}}"
+_SETTINGS = "SETTINGS apply_mutations_on_fly = 0"
+
+# Entries by stage (and day): reached counts every entry up to the window's end; dropped and in progress
+# are decided by the day where that is the whole day's answer — before the stage's boundary day every
+# window has closed, after it none has; the boundary day itself is _BOUNDARY_SQL's.
+_ENTRIES_SQL = f"""
+SELECT segment AS seg, stage, {{day}} AS d,
+       sum(n) AS reached_n,
+       sumIf(n, day >= {{{{first_day:Date}}}}) AS entered_n,
+       sumIf(n, day >= {{{{first_day:Date}}}} AND converted = 1) AS converted_n,
+       sumIf(n, day >= {{{{first_day:Date}}}} AND converted = 0 AND day < {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS dropped_n,
+       sumIf(n, day >= {{{{first_day:Date}}}} AND converted = 0 AND day > {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS in_progress_n
+FROM stage_facts
+WHERE {_WHERE} AND fact = 'entry' AND day <= {{{{last_day:Date}}}}
+GROUP BY seg, stage, d
+{_SETTINGS}
 """
 
-# The whole-window KPIs: one row per customer (no row per stage), per-stage figures as arrays summed
-# element-wise (-ForEach); each customer's moves and sentiment touches in the window packed into integer
-# keys and summed with sumMap: (from + 1, to, kind, repeat) and (stage, sentiment). The nearest-rank
-# median and p90 are quantileExactLow at 0.5 and 0.9 - 1e-10: that is the element of rank ceil(q * n)
-# (at exactly 0.9, floating point makes 0.9 * n land just above an integer when n is a multiple of 10).
-_SUMMARY_SQL = """
-SELECT seg,
-       sumForEach(arrayMap(e -> toUInt64(e > 0 AND e < {{to_ms:Int64}}), es)) AS reached,
-       sumForEach(arrayMap(i -> toUInt64(i), in_w)) AS entered,
-       sumForEach(arrayMap((i, c) -> toUInt64(i AND c), in_w, conv)) AS converted,
-       sumForEach(arrayMap((i, c, cl) -> toUInt64(i AND NOT c AND cl), in_w, conv, closed)) AS dropped,
-       sumForEach(arrayMap((i, c, cl) -> toUInt64(i AND NOT c AND NOT cl), in_w, conv, closed)) AS in_progress,
-       quantilesExactLowIfForEach(0.5, 0.8999999999)(waits, arrayMap((i, c) -> i AND c, in_w, conv)) AS wait_quantiles,
-       sumMap(moves, arrayWithConstant(length(moves), toUInt64(1))) AS move_counts,
-       sumMap(feelings, arrayWithConstant(length(feelings), toUInt64(1))) AS feeling_counts
+# Not converted, entered on the stage's boundary day: dropped if entered + window <= now, to the ms.
+_BOUNDARY_SQL = f"""
+SELECT segment AS seg, stage, {{day}} AS d,
+       sumIf(n, toUnixTimestamp64Milli(at) <= {{{{cutoffs:Array(Int64)}}}}[stage + 1]) AS dropped_n,
+       sumIf(n, toUnixTimestamp64Milli(at) > {{{{cutoffs:Array(Int64)}}}}[stage + 1]) AS in_progress
+FROM stage_facts
+WHERE {_WHERE} AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND {_IN_WINDOW}
+  AND (stage, day) IN {{{{boundaries:Array(Tuple(UInt16, Date))}}}}
+GROUP BY seg, stage, d
+{_SETTINGS}
+"""
+
+_CONVERTED_WAITS = f"""
+FROM stage_facts
+WHERE {_WHERE} AND fact = 'entry' AND converted = 1 AND {_IN_WINDOW}"""
+
+# Exact nearest-rank quantiles of the time to convert, in two small reads instead of ranking every wait:
+# (1) per stage (and day), net counts per wait bin → the bin holding rank ceil(q·n) and the rank inside it;
+# (2) only those bins' waits, netted (+1/-1 pairs of a withdrawn fact cancel) and ranked.
+# ceil(n/2) and ceil(9n/10) are integer arithmetic here: the same ranks as quantileExactLow at 0.5 and
+# 0.9 - 1e-10, without floating point. arr[0] is 0 in ClickHouse: the count before the first bin.
+_QUANTILE_BINS_SQL = f"""
+SELECT seg, stage, d,
+       arrayMap(k -> hb[arrayFirstIndex(s -> s >= k, cum)].1, ks) AS bins,
+       arrayMap(k -> k - cum[arrayFirstIndex(s -> s >= k, cum) - 1], ks) AS ranks
 FROM (
-    SELECT segs, es, moves, feelings,
-           arrayMap(e -> e > 0 AND e >= {{from_ms:Int64}} AND e < {{to_ms:Int64}}, es) AS in_w,
-           arrayMap((e, x, w) -> x > 0 AND x - e <= w, es, nxs, {{windows:Array(Int64)}}) AS conv,
-           arrayMap((e, w) -> e + w <= {{now_ms:Int64}}, es, {{windows:Array(Int64)}}) AS closed,
-           arrayMap((e, x) -> x - e, es, nxs) AS waits
+    SELECT seg, stage, d, arraySort(groupArray((b, c))) AS hb, arrayCumSum(arrayMap(x -> x.2, hb)) AS cum,
+           [intDiv(sum(c) + 1, 2), intDiv(9 * sum(c) + 9, 10)] AS ks
     FROM (
-        SELECT {segs},
-               arrayMap(x -> toUnixTimestamp64Milli(x), entered) AS es,
-               arrayMap(x -> toUnixTimestamp64Milli(x), next_at) AS nxs,
-               arrayFilter(
-                   (key, t) -> t >= {{from_ms:Int64}} AND t < {{to_ms:Int64}},
-                   arrayMap((f, t, k, r) -> toUInt64(((f + 1) * 1000 + t) * 100 + CAST(k, 'Int8') * 10 + r),
-                            t_from, t_to, t_kind, t_repeat),
-                   arrayMap(x -> toUnixTimestamp64Milli(x), t_time)) AS moves,
-               arrayFilter(
-                   (key, t) -> t >= {{from_ms:Int64}} AND t < {{to_ms:Int64}},
-                   arrayMap((st, sv) -> toUInt64(st * 10 + CAST(sv, 'Int8')), s_stage, s_sentiment),
-                   arrayMap(x -> toUnixTimestamp64Milli(x), s_time)) AS feelings
-        FROM stage_state FINAL
-        WHERE {where}
+        SELECT segment AS seg, stage, {{day}} AS d, wait_bucket AS b, sum(n) AS c {_CONVERTED_WAITS}
+        GROUP BY seg, stage, d, b
+        HAVING c != 0
     )
+    GROUP BY seg, stage, d
 )
-ARRAY JOIN segs AS seg
-GROUP BY seg
+{_SETTINGS}
 """
 
-# What brought the customers who entered a stage in the window: one row per entry, grouped.
-_ENTRY_SOURCES_SQL = """
-SELECT seg, stage, tp, chn, count()
+_QUANTILE_PICK_SQL = f"""
+SELECT seg, stage, d, b, asked, arrayMap(r -> vc[arrayFirstIndex(s -> s >= r, cum)].1, asked) AS picked
 FROM (
-    SELECT {segs}, stage - 1 AS stage, toString(tp) AS tp, toString(chn) AS chn
-    FROM stage_state FINAL
-    ARRAY JOIN arrayEnumerate(entered) AS stage, entered AS entry, entry_touchpoint AS tp, entry_channel AS chn
-    WHERE {where}
-      AND toUnixTimestamp64Milli(entry) > 0
-      AND toUnixTimestamp64Milli(entry) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(entry) < {{to_ms:Int64}}
+    SELECT seg, stage, d, b, arraySort(groupArray((w, c))) AS vc, arrayCumSum(arrayMap(x -> x.2, vc)) AS cum,
+           {{{{ranks:Array(Array(UInt64))}}}}[indexOf({{{{bins:Array(Tuple(String, UInt16, Date, UInt16))}}}},
+                                                 (toString(seg), stage, d, b))] AS asked
+    FROM (
+        SELECT segment AS seg, stage, {{day}} AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS c {_CONVERTED_WAITS}
+          AND (toString(segment), stage, {{day}}, wait_bucket) IN {{{{bins:Array(Tuple(String, UInt16, Date, UInt16))}}}}
+        GROUP BY seg, stage, d, b, w
+        HAVING c > 0
+    )
+    GROUP BY seg, stage, d, b
 )
-ARRAY JOIN segs AS seg
-GROUP BY seg, stage, tp, chn
-"""
-_KINDS = {1: "first", 2: "forward", 3: "skip", 4: "regression"}
-_SENTIMENT_CODES = {1: "positive", 2: "neutral", 3: "negative"}
-
-_DAILY_TRANSITIONS_SQL = """
-SELECT seg, toDate(tt) AS day, to_stage, from_stage, kind, repeat, count()
-FROM (
-    SELECT {segs}, tt, to_stage, from_stage, toString(k) AS kind, repeat
-    FROM stage_state FINAL
-    ARRAY JOIN t_time AS tt, t_to AS to_stage, t_from AS from_stage, t_kind AS k, t_repeat AS repeat
-    WHERE {where}
-      AND toUnixTimestamp64Milli(tt) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(tt) < {{to_ms:Int64}}
-)
-ARRAY JOIN segs AS seg
-GROUP BY seg, day, to_stage, from_stage, kind, repeat
+{_SETTINGS}
 """
 
-_DAILY_SENTIMENT_SQL = """
-SELECT seg, toDate(tt) AS day, stage, sentiment, count()
-FROM (
-    SELECT {segs}, st AS tt, stage, toString(sv) AS sentiment
-    FROM stage_state FINAL
-    ARRAY JOIN s_time AS st, s_stage AS stage, s_sentiment AS sv
-    WHERE {where}
-      AND toUnixTimestamp64Milli(st) >= {{from_ms:Int64}} AND toUnixTimestamp64Milli(st) < {{to_ms:Int64}}
-)
-ARRAY JOIN segs AS seg
-GROUP BY seg, day, stage, sentiment
+# What brought the customers who entered a stage in the window (the whole window only).
+_SOURCES_SQL = f"""
+SELECT segment AS seg, stage, toString(touchpoint), toString(channel), sum(n) AS c
+FROM stage_facts
+WHERE {_WHERE} AND fact = 'entry' AND {_IN_WINDOW}
+GROUP BY seg, stage, touchpoint, channel
+HAVING c != 0
+{_SETTINGS}
+"""
+
+_MOVES_SQL = f"""
+SELECT segment AS seg, {{day}} AS d, stage, from_stage, toString(move_kind), repeat, sum(n) AS c
+FROM stage_facts
+WHERE {_WHERE} AND fact = 'move' AND {_IN_WINDOW}
+GROUP BY seg, d, stage, from_stage, move_kind, repeat
+HAVING c != 0
+{_SETTINGS}
+"""
+
+_FEELINGS_SQL = f"""
+SELECT segment AS seg, {{day}} AS d, stage, toString(sentiment), sum(n) AS c
+FROM stage_facts
+WHERE {_WHERE} AND fact = 'feeling' AND {_IN_WINDOW}
+GROUP BY seg, d, stage, sentiment
+HAVING c != 0
+{_SETTINGS}
 """
 
 
@@ -160,62 +151,81 @@ class KpiRequest:
     now: datetime
 
     @property
-    def from_ms(self) -> int:
-        return _day_ms(self.first_day)
-
-    @property
-    def to_ms(self) -> int:
-        return _day_ms(self.last_day) + DAY_MS
-
-    @property
     def stages(self) -> list[Stage]:
         by_id = {s.id: s for s in self.journey_map.stages}
         return [by_id[s] for s in self.order]
 
 
-def _day_ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp() * 1000)
-
-
-def _render(template: str, request: KpiRequest) -> tuple[str, dict[str, Any]]:
-    params: dict[str, Any] = {
+def _params(request: KpiRequest) -> dict[str, Any]:
+    now_ms = int(request.now.timestamp() * 1000)
+    cutoffs = [now_ms - conversion_window_ms(stage) for stage in request.stages]  # entered <= cutoff: closed
+    boundary_days = [datetime.fromtimestamp(max(c, 0) / 1000, timezone.utc).date() for c in cutoffs]
+    return {
         "project_id": request.project_id,
         "map_name": request.journey_map.name,
         "map_version": request.map_version,
-        "from_ms": request.from_ms,
-        "to_ms": request.to_ms,
-        "now_ms": int(request.now.timestamp() * 1000),
-        "windows": [int(round(s.conversion_window_days * DAY_MS)) for s in request.stages],
+        "segments": [ALL] if request.segments is None else list(request.segments),
+        "first_day": request.first_day,
+        "last_day": request.last_day,
+        "cutoffs": cutoffs,
+        "boundary_days": boundary_days,
+        "boundaries": list(enumerate(boundary_days)),
     }
-    where = (
-        "project_id = {project_id:String} AND map_name = {map_name:String} AND map_version = {map_version:UInt32}"
-    )
-    segments = request.segments
-    if segments is None:
-        segs = "[''] AS segs"
-    else:
-        named = [s for s in segments if s != ALL]
-        params["segments"] = named
-        if ALL in segments:
-            segs = "arrayPushFront(arrayIntersect(segments, {segments:Array(String)}), '') AS segs"
-        else:
-            segs = "arrayIntersect(segments, {segments:Array(String)}) AS segs"
-            where += " AND hasAny(segments, {segments:Array(String)})"
-    sql = template.format(
-        stages=len(request.order),
-        where=where,
-        segs=segs,  # the segment keys each customer row counts under
-    )
-    return sql, params
 
 
-async def _daily(ch: ClickHouse, request: KpiRequest) -> tuple[list[dict[str, Any]], list[tuple], list[tuple]]:
-    """(entries, transitions, sentiments) rows by day, as :func:`_fold` takes them. An entry belongs to the
-    day of `e`; entries before the window (reached only) fall on earlier days, kept apart by the caller."""
-    (columns, entry_rows), (_, transitions), (_, sentiments) = await asyncio.gather(
-        *(ch.query(*_render(sql, request)) for sql in (_DAILY_ENTRIES_SQL, _DAILY_TRANSITIONS_SQL, _DAILY_SENTIMENT_SQL))
+async def _quantiles(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[tuple[str, int, date], tuple[int, int]]:
+    """(segment, stage, d) → (median, p90) of the waits of converted entries, exact nearest rank."""
+    _, targets = await ch.query(_QUANTILE_BINS_SQL.format(day=day), params)
+    asked: dict[tuple[str, int, date, int], list[int]] = {}
+    for seg, stage, d, bins, ranks in targets:
+        for b, r in zip(bins, ranks):
+            wanted = asked.setdefault((seg, stage, d, b), [])
+            if r not in wanted:
+                wanted.append(r)
+    if not asked:
+        return {}
+    _, rows = await ch.query(
+        _QUANTILE_PICK_SQL.format(day=day), {**params, "bins": list(asked), "ranks": list(asked.values())}
     )
-    return [dict(zip(columns, row)) for row in entry_rows], transitions, sentiments
+    picked = {(seg, stage, d, b, r): v for seg, stage, d, b, ranks, values in rows for r, v in zip(ranks, values)}
+    return {
+        (seg, stage, d): tuple(picked[(seg, stage, d, b, r)] for b, r in zip(bins, ranks))  # type: ignore[misc]
+        for seg, stage, d, bins, ranks in targets
+    }
+
+
+async def _collect(
+    ch: ClickHouse, request: KpiRequest, daily: bool
+) -> tuple[list[dict[str, Any]], list[tuple], list[tuple]]:
+    """(entries, transitions, sentiments) rows as :func:`_fold` takes them, keyed by segment and ``d`` (the
+    day, or one constant for the whole window)."""
+    params = _params(request)
+    day = "day" if daily else "toDate(0)"
+    queries = [_ENTRIES_SQL, _BOUNDARY_SQL, _MOVES_SQL, _FEELINGS_SQL] + ([] if daily else [_SOURCES_SQL])
+    results = await asyncio.gather(
+        _quantiles(ch, day, params), *(ch.query(sql.format(day=day), params) for sql in queries)
+    )
+    quantiles, (_, entry_rows), (_, boundary_rows), (_, transitions), (_, sentiments) = results[:5]
+    sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
+    for seg, stage, touchpoint, channel, count in results[5][1] if not daily else ():
+        by_touchpoint, by_channel = sources.setdefault((seg, stage), ({}, {}))
+        by_touchpoint[touchpoint] = by_touchpoint.get(touchpoint, 0) + count
+        by_channel[channel] = by_channel.get(channel, 0) + count
+    boundary = {(seg, stage, d): (dropped, in_progress) for seg, stage, d, dropped, in_progress in boundary_rows}
+    entries = []
+    fields = ("seg", "stage", "d", "reached", "entered", "converted", "dropped", "in_progress")
+    for row in entry_rows:
+        entry = dict(zip(fields, row))  # the SQL names differ: an alias `converted` would shadow the column
+        key = (entry["seg"], entry["stage"], entry["d"])
+        dropped, in_progress = boundary.get(key, (0, 0))
+        entry["dropped"] += dropped
+        entry["in_progress"] += in_progress
+        entry["median_ms"], entry["p90_ms"] = quantiles.get(key, (None, None))
+        by_touchpoint, by_channel = sources.get((entry["seg"], entry["stage"]), ({}, {}))
+        entry["touchpoints"] = (list(by_touchpoint), list(by_touchpoint.values()))
+        entry["channels"] = (list(by_channel), list(by_channel.values()))
+        entries.append(entry)
+    return entries, transitions, sentiments
 
 
 def _header(request: KpiRequest) -> dict[str, Any]:
@@ -356,47 +366,9 @@ def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=No
     return out
 
 
-async def _summary(ch: ClickHouse, request: KpiRequest) -> tuple[list[dict[str, Any]], list[tuple], list[tuple]]:
-    """(entries, transitions, sentiments) rows for the whole window, as :func:`_fold` takes them."""
-    summary_sql, params = _render(_SUMMARY_SQL, request)
-    sources_sql, _ = _render(_ENTRY_SOURCES_SQL, request)
-    (columns, rows), (_, source_rows) = await asyncio.gather(
-        ch.query(summary_sql, params), ch.query(sources_sql, params)
-    )
-    sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
-    for seg, stage, touchpoint, channel, count in source_rows:
-        by_touchpoint, by_channel = sources.setdefault((seg, stage), ({}, {}))
-        by_touchpoint[touchpoint] = by_touchpoint.get(touchpoint, 0) + count
-        by_channel[channel] = by_channel.get(channel, 0) + count
-    entries, transitions, sentiments = [], [], []
-    for row in rows:
-        summary = dict(zip(columns, row))
-        seg = summary["seg"]
-        for stage in range(len(request.order)):
-            by_touchpoint, by_channel = sources.get((seg, stage), ({}, {}))
-            median_ms, p90_ms = summary["wait_quantiles"][stage]
-            entries.append(
-                {
-                    "seg": seg,
-                    "stage": stage,
-                    **{f: summary[f][stage] for f in ("reached", "entered", "converted", "dropped", "in_progress")},
-                    "median_ms": int(median_ms),
-                    "p90_ms": int(p90_ms),
-                    "touchpoints": (list(by_touchpoint), list(by_touchpoint.values())),
-                    "channels": (list(by_channel), list(by_channel.values())),
-                }
-            )
-        for key, count in zip(*summary["move_counts"]):
-            repeat, kind, pair = key % 10, key // 10 % 10, key // 100
-            transitions.append((seg, pair % 1000, pair // 1000 - 1, _KINDS[kind], repeat, count))
-        for key, count in zip(*summary["feeling_counts"]):
-            sentiments.append((seg, key // 10, _SENTIMENT_CODES[key % 10], count))
-    return entries, transitions, sentiments
-
-
 async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     """KPIs per stage for each requested segment over the whole window."""
-    entries, transitions, sentiments = await _summary(ch, request)
+    entries, transitions, sentiments = await _collect(ch, request, daily=False)
 
     def keyed(row: Any) -> str:
         return row["seg"] if isinstance(row, dict) else row[0]
@@ -421,10 +393,10 @@ async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
 
 async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     """The same KPIs day by day (the day a customer entered the stage, or the day a move happened)."""
-    entries, transitions, sentiments = await _daily(ch, request)
+    entries, transitions, sentiments = await _collect(ch, request, daily=True)
 
     def keyed(row: Any) -> tuple[str, date]:
-        return (row["seg"], row["day"]) if isinstance(row, dict) else (row[0], row[1])
+        return (row["seg"], row["d"]) if isinstance(row, dict) else (row[0], row[1])
 
     folded = _fold(request, entries, transitions, sentiments, keyed)
     wanted = request.segments if request.segments is not None else [ALL]

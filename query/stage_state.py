@@ -1,61 +1,85 @@
-"""Per-customer journey state for stage KPIs: computed from a customer's events, one row per map version.
+"""Per-customer journey state for stage KPIs, kept as signed facts in ``stage_facts``.
 
-A KPI call must not rescan every event (docs/kpis.md), so each stitched customer's journey through each
-of the project's maps is condensed into one ``stage_state`` row — first entry into every stage, when they
-moved on, every transition, sentiment-bearing touchpoints, segment membership — and KPIs aggregate those
-rows. :class:`StateWriter` recomputes the rows of the customers whose events or ids changed; the query
-service's :class:`~query.state_updater.StageStateUpdater` decides which those are.
+A KPI call must not rescan every event, nor fold every customer (docs/kpis.md): each stitched customer's
+journey through each of the project's maps is condensed (:func:`state_of`: first entry into every stage,
+when they moved on, every transition, sentiment-bearing touchpoints) into facts (:func:`facts_of`), once per
+segment key the customer counts under, and KPIs sum the facts' pre-aggregated projections.
+:class:`StateWriter` recomputes the facts of the customers whose events or ids changed and writes only
+the difference from what the table holds for them; the query service's
+:class:`~query.state_updater.StageStateUpdater` decides which customers those are.
 
-The rows are computed from the same definitions as the journey endpoint: the rule index of each event comes
+The state is computed from the same definitions as the journey endpoint: the rule index of each event comes
 from :func:`query.stage_sql.rule_index_sql` (proven equal to ``CompiledMap.assign`` by tests), transitions
 from :func:`query.journey.transitions_of`, sentiment from the rule, segments from
 :func:`journeys.maps.segment_matches` over :func:`query.reads.facts_of`. Tests compare the KPIs computed
-from these rows with a brute-force computation over the raw events.
+from these facts with a brute-force computation over the raw events.
 """
-
 from __future__ import annotations
 
 import asyncio
-import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
-from journeys.maps import SENTIMENTS, JourneyMap, Segment, SentimentFromProperty, segment_matches
+from journeys.maps import SENTIMENTS, JourneyMap, Segment, SentimentFromProperty, Stage, segment_matches
 from query.journey import CompiledMap, transitions_of
-from query.reads import ID_CHUNK, facts_of
+from query.reads import ID_CHUNK
+from query.reads import facts_of as facts_of_customers
 from query.stage_sql import rule_index_sql
 
-STATE_COLUMNS = (
+DAY_MS = 86_400_000
+# Part of every build fingerprint: a store written in another format (0005's stage_state rows) is rebuilt.
+FACTS_FORMAT = "facts:1"
+
+FACT_COLUMNS = (
     "project_id",
     "map_name",
     "map_version",
     "customer_id",
-    "version",
-    "is_deleted",
-    "ids",
-    "segments",
-    "entered",
-    "next_at",
-    "entry_touchpoint",
-    "entry_channel",
-    "t_time",
-    "t_from",
-    "t_to",
-    "t_kind",
-    "t_repeat",
-    "s_time",
-    "s_stage",
-    "s_sentiment",
+    "segment",
+    "fact",
+    "stage",
+    "at",
+    "converted",
+    "wait_ms",
+    "touchpoint",
+    "channel",
+    "from_stage",
+    "move_kind",
+    "repeat",
+    "sentiment",
+    "n",
 )
 
-EXISTING_SQL = """
-SELECT DISTINCT customer_id FROM stage_state
-WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)}
+# A fact's identity: everything but the project (a read is per project) and n. Net count = sum(n).
+CURRENT_FACTS_SQL = """
+SELECT map_name, map_version, customer_id, segment, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
+       wait_ms, touchpoint, channel, from_stage, toString(move_kind), repeat, toString(sentiment), sum(n) AS net
+FROM stage_facts
+WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)} {maps}
+GROUP BY ALL
+HAVING net != 0
 """
+
+# Writers of stage_facts read a customer's net facts and write the difference; two writers doing that for
+# one customer at once would both subtract the same facts. The updater and a forget take this lock (per
+# transaction, so a crashed writer never holds it).
+_FACTS_LOCK = 0x6A6F75726E66  # "journf"
+
+Fact = tuple  # (map_name, map_version, customer_id, segment, fact, stage, at_ms, converted, wait_ms,
+#               touchpoint, channel, from_stage, move_kind, repeat, sentiment)
+
+
+def conversion_window_ms(stage: Stage) -> int:
+    """A stage's conversion window in ms: what "converted" means in the facts and in the KPIs."""
+    return int(round(stage.conversion_window_days * DAY_MS))
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,12 @@ class MapVersion:
     def version(self) -> int:
         return self.compiled.version
 
+    @cached_property
+    def windows_ms(self) -> list[int]:
+        """Each stage's conversion window, in stage order."""
+        by_id = {s.id: s for s in self.compiled.map.stages}
+        return [conversion_window_ms(by_id[s]) for s in self.compiled.order]
+
 
 @dataclass(frozen=True)
 class Definitions:
@@ -85,21 +115,12 @@ class Definitions:
     def of(maps: list[tuple[JourneyMap, int]], segments: list[tuple[Segment, int]]) -> "Definitions":
         maps = sorted(maps, key=lambda mv: mv[0].name)
         segments = sorted(segments, key=lambda sv: sv[0].name)
-        fingerprint = ";".join([f"map:{m.name}:{v}" for m, v in maps] + [f"segment:{s.name}:{v}" for s, v in segments])
+        fingerprint = ";".join(
+            [FACTS_FORMAT] + [f"map:{m.name}:{v}" for m, v in maps] + [f"segment:{s.name}:{v}" for s, v in segments]
+        )
         return Definitions(
             tuple(MapVersion(CompiledMap(m, v)) for m, v in maps), tuple(s for s, _ in segments), fingerprint
         )
-
-
-class _Version:
-    """Row versions for ReplacingMergeTree: microseconds, strictly increasing within this process."""
-
-    def __init__(self) -> None:
-        self.last = 0
-
-    def next(self) -> int:
-        self.last = max(time.time_ns() // 1000, self.last + 1)
-        return self.last
 
 
 def state_of(
@@ -153,21 +174,97 @@ def state_of(
     }
 
 
-_TIME_FIELDS = ("entered", "next_at", "t_time", "s_time")
+def facts_of(mv: MapVersion, customer: str, segments: list[str], state: dict[str, list[Any]]) -> Counter[Fact]:
+    """The facts of one customer's state (:func:`state_of`), once per segment key ('' = all customers)."""
+    windows = mv.windows_ms
+    keys = ["", *segments]
+    out: Counter[Fact] = Counter()
+    head = (mv.name, mv.version, customer)
+    for stage, entered in enumerate(state["entered"]):
+        if not entered:
+            continue
+        next_at = state["next_at"][stage]
+        wait = next_at - entered
+        converted = next_at > 0 and wait <= windows[stage]
+        tail = (
+            "entry", stage, entered, int(converted), wait if converted else 0,
+            state["entry_touchpoint"][stage], state["entry_channel"][stage], -1, "none", 0, "none",
+        )
+        for key in keys:
+            out[(*head, key, *tail)] += 1
+    for at, from_stage, to, kind, repeat in zip(
+        state["t_time"], state["t_from"], state["t_to"], state["t_kind"], state["t_repeat"]
+    ):
+        for key in keys:
+            out[(*head, key, "move", to, at, 0, 0, "", "", from_stage, kind, repeat, "none")] += 1
+    for at, stage, sentiment in zip(state["s_time"], state["s_stage"], state["s_sentiment"]):
+        for key in keys:
+            out[(*head, key, "feeling", stage, at, 0, 0, "", "", -1, "none", 0, sentiment)] += 1
+    return out
 
 
-def _seconds(ms: int) -> float:
-    return ms / 1000
+@asynccontextmanager
+async def facts_lock(pg: Any) -> AsyncIterator[None]:
+    """Hold the stage-facts writers' lock (``pg``: an asyncpg pool or connection; ``None``: no lock, for a
+    writer that knows it is alone)."""
+    if pg is None:
+        yield
+        return
+    async with (pg.acquire() if hasattr(pg, "acquire") else nullcontext(pg)) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _FACTS_LOCK)
+            yield
+
+
+async def current_facts(
+    ch: ClickHouse, project_id: str, customers: list[str], maps: list[tuple[str, int]] | None = None
+) -> dict[Fact, int]:
+    """The net facts of ``customers`` (of ``maps``, or of every map and version)."""
+    out: dict[Fact, int] = {}
+    params: dict[str, Any] = {"project_id": project_id}
+    where = ""
+    if maps is not None:
+        where = "AND (map_name, map_version) IN {maps:Array(Tuple(String, UInt32))}"
+        params["maps"] = maps
+    for start in range(0, len(customers), ID_CHUNK):
+        params["customers"] = customers[start : start + ID_CHUNK]
+        _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{maps}", where), params)
+        for *fact, net in rows:
+            out[tuple(fact)] = net
+    return out
+
+
+async def write_differences(ch: ClickHouse, project_id: str, desired: Counter[Fact], current: dict[Fact, int]) -> int:
+    """Insert ``desired - current`` as signed rows, in one insert; returns the number of rows."""
+    lines = []
+    for fact in desired.keys() | current.keys():
+        n = desired.get(fact, 0) - current.get(fact, 0)
+        if n:
+            lines.append(_line(project_id, fact, n))
+    if lines:
+        await ch.insert_lines("stage_facts", FACT_COLUMNS, b"".join(lines))
+    return len(lines)
+
+
+def _line(project_id: str, fact: Fact, n: int) -> bytes:
+    map_name, map_version, customer, segment, kind, stage, at_ms, *rest = fact
+    return orjson.dumps([project_id, map_name, map_version, customer, segment, kind, stage, at_ms / 1000, *rest, n]) + b"\n"
+
+
+async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
+    """Withdraw every fact of ``customers`` (all maps and versions): their KPI contributions go at once, and
+    their rows go with the next merge (the pairs sum to zero)."""
+    async with facts_lock(pg):
+        return await write_differences(ch, project_id, Counter(), await current_facts(ch, project_id, customers))
 
 
 class StateWriter:
-    """Recomputes and writes the state rows of customers whose events or ids changed."""
+    """Recomputes the facts of customers whose events or ids changed and writes the differences."""
 
-    def __init__(self, ch: ClickHouse):
+    def __init__(self, ch: ClickHouse, pg: Any = None):
         self.ch = ch
-        self._version = _Version()
+        self.pg = pg
         self._sql: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (project, fingerprint) → read
-
     def _staged_sql(self, project_id: str, definitions: Definitions) -> tuple[str, dict[str, Any]]:
         """One read for all maps: each event's rule index per map, only events some map stages."""
         key = (project_id, definitions.fingerprint)  # two projects may have same-named maps with other rules
@@ -213,36 +310,38 @@ WHERE {any_rule}
         return written
 
     async def _refresh_chunk(self, project_id: str, definitions: Definitions, touched: list[str]) -> int:
+        async with facts_lock(self.pg):
+            return await self._refresh_locked(project_id, definitions, touched)
+
+    async def _refresh_locked(self, project_id: str, definitions: Definitions, touched: list[str]) -> int:
         current = await identities.current_customers(self.ch, project_id, touched)
         # A merge re-points every member of the old customer, its own id included, so a customer that no
-        # longer exists is always among the touched ids: an id whose customer is now someone else.
+        # longer exists is always among the touched ids: an id whose customer is now someone else. Its facts
+        # are not desired any more, so the difference withdraws them.
         retired = sorted({i for i, c in current.items() if c != i})
         customers = sorted(set(current.values()))
         members = await identities.members_of(self.ch, project_id, customers)
         staged = await self._staged(project_id, definitions, members)
-        facts = await facts_of(self.ch, project_id, {c: sorted(ids) for c, ids in members.items()})
+        facts = await facts_of_customers(self.ch, project_id, {c: sorted(ids) for c, ids in members.items()})
+        maps = [(mv.name, mv.version) for mv in definitions.maps]
+        existing = await current_facts(self.ch, project_id, sorted(set(customers) | set(retired)), maps)
 
-        def compute() -> list[bytes]:
-            out: list[bytes] = []
+        def compute() -> Counter[Fact]:
+            out: Counter[Fact] = Counter()
             for customer in customers:
                 segments = [s.name for s in definitions.segments if segment_matches(s, facts[customer])]
                 events = staged.get(customer, [])
                 for n, mv in enumerate(definitions.maps):
                     mine = [(t, rules[n], ch, s, p, m) for t, rules, ch, s, p, m in events if rules[n] > 0]
                     state = state_of(mv, mine)
-                    if state is None:
-                        continue  # never touched this map; a row written earlier stays right (events only grow)
-                    out.append(self._line(project_id, mv, customer, sorted(members[customer]), segments, state))
+                    if state is not None:
+                        out.update(facts_of(mv, customer, segments, state))
             return out
 
         # Thousands of customers take a few hundred ms of Python: on a thread, the event loop keeps serving
         # requests between GIL switches instead of stalling for the whole chunk.
-        lines = await asyncio.to_thread(compute)
-        if retired:
-            lines += await self._tombstones(project_id, definitions, retired)
-        if lines:
-            await self.ch.insert_lines("stage_state", STATE_COLUMNS, b"".join(lines))
-        return len(lines)
+        desired = await asyncio.to_thread(compute)
+        return await write_differences(self.ch, project_id, desired, existing)
 
     async def _staged(
         self, project_id: str, definitions: Definitions, members: dict[str, set[str]]
@@ -266,29 +365,3 @@ WHERE {any_rule}
             parsed = orjson.loads(properties) if properties else None
             out.setdefault(customer, []).append((t, list(rules), channel, sentiment, parsed, message_id))
         return out
-
-    async def _tombstones(self, project_id: str, definitions: Definitions, retired: list[str]) -> list[bytes]:
-        _, rows = await self.ch.query(EXISTING_SQL, {"project_id": project_id, "customers": retired})
-        existing = {r[0] for r in rows}
-        empty = {field: [] for field in STATE_COLUMNS[8:]}
-        return [
-            self._line(project_id, mv, customer, [], [], empty, deleted=True)
-            for customer in sorted(existing)
-            for mv in definitions.maps
-        ]
-
-    def _line(
-        self,
-        project_id: str,
-        mv: MapVersion,
-        customer: str,
-        ids: list[str],
-        segments: list[str],
-        state: dict[str, list[Any]],
-        deleted: bool = False,
-    ) -> bytes:
-        values = [project_id, mv.name, mv.version, customer, self._version.next(), int(deleted), ids, segments]
-        for field in STATE_COLUMNS[8:]:
-            column = state[field]
-            values.append([_seconds(v) for v in column] if field in _TIME_FIELDS else column)
-        return orjson.dumps(values) + b"\n"

@@ -1,10 +1,10 @@
-"""StageStateUpdater: keeps every customer's stage-state row current, a fraction of a second behind ingest.
+"""StageStateUpdater: keeps every customer's stage facts current, a fraction of a second behind ingest.
 
 It watches what ClickHouse has been given since it last looked — new events, and identity changes that
-move ids between customers (both carry ``inserted_at``, stamped by ClickHouse) — and recomputes the state
-rows of exactly those customers (:class:`query.stage_state.StateWriter`). When a project's maps or segments
-get a new version, it rebuilds that project's rows from all of its events and records the versions built,
-so a KPI call never mixes rows computed for different definitions.
+move ids between customers (both carry ``inserted_at``, stamped by ClickHouse) — and recomputes the facts
+of exactly those customers (:class:`query.stage_state.StateWriter`). When a project's maps or segments
+get a new version, it rebuilds that project's facts from all of its events and records the versions built,
+so a KPI call never mixes facts computed for different definitions.
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched. A row
@@ -49,8 +49,9 @@ PROJECT_IDS_SQL = """
 SELECT DISTINCT distinct_id FROM events WHERE project_id = {project_id:String}
 """
 
+# Garbage collection only: KPIs read one map version, so rows of other versions never count.
 DELETE_OTHER_VERSIONS_SQL = (
-    "DELETE FROM {{table stage_state}} {{on_cluster}} WHERE project_id = {project_id:String} "
+    "DELETE FROM {{table stage_facts}} {{on_cluster}} WHERE project_id = {project_id:String} "
     "AND NOT has({keep:Array(String)}, concat(map_name, ':', toString(map_version))) "
     "SETTINGS lightweight_deletes_sync = 0"
 )
@@ -83,7 +84,7 @@ class StageStateUpdater:
         self.margin_ms = int(margin_s * 1000)
         self.definitions_every_s = definitions_every_s
         self.max_pause_s = 2.0
-        self.writer = StateWriter(stores.clickhouse)
+        self.writer = StateWriter(stores.clickhouse, stores.pg)
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before

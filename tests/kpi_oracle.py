@@ -1,6 +1,6 @@
 """Brute-force stage KPIs in plain Python, straight from docs/kpis.md, over raw events.
 
-Independent of the product's KPI path (stage_state rows, SQL aggregation): it walks each customer's full
+Independent of the product's KPI path (stage facts, SQL aggregation): it walks each customer's full
 journey (query.journey.build_journey, the reference per-customer semantics) and counts by the definitions.
 Segment membership comes from the generator's ground truth (traits and first channel), not from our facts
 tables.

@@ -390,15 +390,15 @@ async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, 
     failures: list[str] = []
 
     class FailingOnce:
-        """The real ClickHouse, except that the first stage_state insert fails."""
+        """The real ClickHouse, except that the first stage_facts insert fails."""
 
         def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
             return getattr(real_ch, name)
 
         async def insert_lines(self, table, columns, data):  # type: ignore[no-untyped-def]
-            if table == "stage_state" and project.id.encode() in data and not failures:
+            if table == "stage_facts" and project.id.encode() in data and not failures:
                 failures.append(table)
-                raise ClickHouseError("injected: stage_state insert failed")
+                raise ClickHouseError("injected: stage_facts insert failed")
             return await real_insert(table, columns, data)
 
     real_ch = writer.ch
@@ -415,5 +415,61 @@ async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, 
             return result["segments"][0]["stages"][0]["reached"] == 1
 
         await wait_until(counted, timeout=30)
+    finally:
+        writer.ch = real_ch
+
+
+async def test_a_write_whose_answer_was_lost_is_not_counted_twice(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """The facts are written but ClickHouse's answer is lost (the insert raises after it landed): the
+    updater retries, reads what the table now holds and writes only the difference — nothing, so the
+    customer counts once. Then a late event that changes their entry moves the counts, not adds to them."""
+    from journeys.clickhouse import ClickHouseError
+    from query.app import STATE_UPDATER
+
+    project = await _new_project(stores)
+    await _kpis(http, query, project.read_key, map="funnel")
+    writer = query.app[STATE_UPDATER].writer
+    real_ch = writer.ch
+    landed: list[bytes] = []
+
+    class AnswerLostOnce:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(real_ch, name)
+
+        async def insert_lines(self, table, columns, data):  # type: ignore[no-untyped-def]
+            await real_ch.insert_lines(table, columns, data)
+            if table == "stage_facts" and project.id.encode() in data and not landed:
+                landed.append(data)
+                raise ClickHouseError("injected: answer lost after the insert")
+
+    def at(days: float) -> str:
+        return (BASE + timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    writer.ch = AnswerLostOnce()
+    try:
+        await _send(http, collector, project.write_key,
+                    [{"type": "track", "userId": "twice", "event": "A", "channel": "web", "timestamp": at(2)}])
+        await wait_until(lambda: _true(bool(landed)), timeout=30)
+        await _caught_up(query)
+        window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=10)).date().isoformat()}
+
+        async def stage0() -> dict:  # type: ignore[type-arg]
+            result = await _kpis(http, query, project.read_key, map="funnel", **window)
+            return result["segments"][0]["stages"][0]
+
+        await _caught_up(query)
+        first = await stage0()
+        assert (first["reached"], first["entered"]) == (1, 1)
+        # A late event one day earlier: the entry moves to day 1, still one customer.
+        await _send(http, collector, project.write_key,
+                    [{"type": "track", "userId": "twice", "event": "A", "channel": "email", "timestamp": at(1)}])
+
+        async def moved() -> bool:
+            stage = await stage0()
+            return stage["top_channels"] == [{"channel": "email", "customers": 1}]
+
+        await wait_until(moved, timeout=30)
+        after = await stage0()
+        assert (after["reached"], after["entered"]) == (1, 1)
     finally:
         writer.ch = real_ch
