@@ -41,14 +41,18 @@ _SETTINGS = "SETTINGS apply_mutations_on_fly = 0"
 # are decided by the day where that is the whole day's answer — before the stage's boundary day every
 # window has closed, after it none has; the boundary day itself is _BOUNDARY_SQL's.
 _ENTRIES_SQL = f"""
-SELECT segment AS seg, stage, {{day}} AS d,
-       sum(n) AS reached_n,
-       sumIf(n, day >= {{{{first_day:Date}}}}) AS entered_n,
-       sumIf(n, day >= {{{{first_day:Date}}}} AND converted = 1) AS converted_n,
-       sumIf(n, day >= {{{{first_day:Date}}}} AND converted = 0 AND day < {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS dropped_n,
-       sumIf(n, day >= {{{{first_day:Date}}}} AND converted = 0 AND day > {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS in_progress_n
-FROM stage_facts
-WHERE {_WHERE} AND fact = 'entry' AND day <= {{{{last_day:Date}}}}
+SELECT seg, stage, d,
+       sum(c) AS reached_n,
+       sumIf(c, day >= {{{{first_day:Date}}}}) AS entered_n,
+       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 1) AS converted_n,
+       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day < {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS dropped_n,
+       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day > {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS in_progress_n
+FROM (  -- plain sum(n) by projection keys inside: ClickHouse answers that from the counts projection, not sumIf
+    SELECT segment AS seg, stage, {{day}} AS d, day, converted, sum(n) AS c
+    FROM stage_facts
+    WHERE {_WHERE} AND fact = 'entry' AND day <= {{{{last_day:Date}}}}
+    GROUP BY seg, stage, d, day, converted
+)
 GROUP BY seg, stage, d
 {_SETTINGS}
 """
@@ -99,11 +103,12 @@ FROM (
                                                  (toString(seg), stage, d, b))] AS asked
     FROM (
         SELECT segment AS seg, stage, {{day}} AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS c {_CONVERTED_WAITS}
-          AND (toString(segment), stage, {{day}}, wait_bucket) IN {{{{bins:Array(Tuple(String, UInt16, Date, UInt16))}}}}
+          AND (segment, stage, wait_bucket) IN {{{{bin_keys:Array(Tuple(String, UInt16, UInt16))}}}}  -- what the index can use
         GROUP BY seg, stage, d, b, w
         HAVING c > 0
     )
     GROUP BY seg, stage, d, b
+    HAVING length(asked) > 0  -- daily: a bin asked for on another day
 )
 {_SETTINGS}
 """
@@ -185,7 +190,8 @@ async def _quantiles(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[t
     if not asked:
         return {}
     _, rows = await ch.query(
-        _QUANTILE_PICK_SQL.format(day=day), {**params, "bins": list(asked), "ranks": list(asked.values())}
+        _QUANTILE_PICK_SQL.format(day=day),
+        {**params, "bins": list(asked), "ranks": list(asked.values()), "bin_keys": sorted({(k[0], k[1], k[3]) for k in asked})},
     )
     picked = {(seg, stage, d, b, r): v for seg, stage, d, b, ranks, values in rows for r, v in zip(ranks, values)}
     return {

@@ -473,3 +473,47 @@ async def test_a_write_whose_answer_was_lost_is_not_counted_twice(http, collecto
         assert (after["reached"], after["entered"]) == (1, 1)
     finally:
         writer.ch = real_ch
+
+
+async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Forgetting withdraws the customer's facts in the same call: the next KPI read no longer counts them,
+    every one of their facts nets to zero, and a later refresh of their ids adds nothing back."""
+    from journeys.keys import add_key
+    from query.app import STATE_UPDATER
+    from query.state_updater import current_definitions
+
+    project = await _new_project(stores)
+
+    def at(days: float) -> str:
+        return (BASE + timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    await _send(http, collector, project.write_key, [
+        {"type": "track", "userId": "stays", "event": "A", "channel": "web", "timestamp": at(1)},
+        {"type": "track", "userId": "goes", "event": "A", "channel": "web", "timestamp": at(1)},
+        {"type": "track", "anonymousId": "anon-goes", "event": "B", "channel": "email", "timestamp": at(2)},
+        {"type": "identify", "anonymousId": "anon-goes", "userId": "goes", "timestamp": at(2.5)},
+    ])
+    window = {"map": "funnel", "from": BASE.date().isoformat(), "to": (BASE + timedelta(days=10)).date().isoformat()}
+
+    async def reached() -> list[int]:
+        result = await _kpis(http, query, project.read_key, **window)
+        return [s["reached"] for s in result["segments"][0]["stages"][:2]]
+
+    async def both() -> bool:
+        return await reached() == [2, 1]
+
+    await wait_until(both, timeout=30)
+    async with stores.pg.acquire() as conn:
+        admin = await add_key(conn, project.id, "admin")
+    async with http.delete(query.make_url("/v1/customers/anon-goes"), headers=basic(admin)) as r:
+        assert r.status == 200, await r.text()
+    assert await reached() == [1, 0]
+    _, rows = await stores.clickhouse.query(
+        "SELECT customer_id, sum(n) AS net FROM stage_facts WHERE project_id = {p:String} "
+        "GROUP BY customer_id, segment, fact, stage, at, from_stage, move_kind, repeat, sentiment HAVING net != 0",
+        {"p": project.id},
+    )
+    assert {r[0] for r in rows} == {"stays"}
+    defs = await current_definitions(stores.pg, project.id)
+    await query.app[STATE_UPDATER].writer.refresh(project.id, defs, {"goes", "anon-goes"})
+    assert await reached() == [1, 0]
