@@ -39,14 +39,16 @@ _SETTINGS = "SETTINGS apply_mutations_on_fly = 0"
 
 # Entries by stage (and day): reached counts every entry up to the window's end; dropped and in progress
 # are decided by the day where that is the whole day's answer — before the stage's boundary day every
-# window has closed, after it none has; the boundary day itself is _BOUNDARY_SQL's.
+# window has closed, after it none has. Of the boundary day's open entries, _OPEN_SQL counts those still in
+# progress; the rest (boundary_open - in progress) are dropped.
 _ENTRIES_SQL = f"""
 SELECT seg, stage, d,
        sum(c) AS reached_n,
        sumIf(c, day >= {{{{first_day:Date}}}}) AS entered_n,
        sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 1) AS converted_n,
        sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day < {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS dropped_n,
-       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day > {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS in_progress_n
+       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day > {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS in_progress_n,
+       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day = {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS boundary_open_n
 FROM (  -- plain sum(n) by projection keys inside: ClickHouse answers that from the counts projection, not sumIf
     SELECT segment AS seg, stage, {{day}} AS d, day, converted, sum(n) AS c
     FROM stage_facts
@@ -57,17 +59,21 @@ GROUP BY seg, stage, d
 {_SETTINGS}
 """
 
-# Not converted, entered on the stage's boundary day: dropped if entered + window <= now, to the ms.
-_BOUNDARY_SQL = f"""
-SELECT segment AS seg, stage, {{day}} AS d,
-       sumIf(n, toUnixTimestamp64Milli(at) <= {{{{cutoffs:Array(Int64)}}}}[stage + 1]) AS dropped_n,
-       sumIf(n, toUnixTimestamp64Milli(at) > {{{{cutoffs:Array(Int64)}}}}[stage + 1]) AS in_progress
+# Open entries of a boundary day entered after the stage's cutoff (now - W): still in progress. One
+# `stage AND day AND at` range per stage (filled in by _open_query), with wait_ms = 0 (true of every open
+# entry) so the waits projection's key — ... converted, wait_bucket, day, wait_ms, at — bounds each range
+# to exactly those rows.
+_OPEN_SQL = f"""
+SELECT segment AS seg, stage, {{day}} AS d, sum(n) AS in_progress_n
 FROM stage_facts
-WHERE {_WHERE} AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND {_IN_WINDOW}
-  AND (stage, day) IN {{{{boundaries:Array(Tuple(UInt16, Date))}}}}
+WHERE {_WHERE} AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND wait_ms = 0 AND ({{ranges}})
 GROUP BY seg, stage, d
 {_SETTINGS}
 """
+_OPEN_RANGE = (
+    "(stage = {{open_stage_{i}:UInt16}} AND day = {{open_day_{i}:Date}} "
+    "AND at > fromUnixTimestamp64Milli({{open_cutoff_{i}:Int64}}, 'UTC'))"
+)
 
 _CONVERTED_WAITS = f"""
 FROM stage_facts
@@ -107,8 +113,7 @@ FROM (
         GROUP BY seg, stage, d, b, w
         HAVING c > 0
     )
-    GROUP BY seg, stage, d, b
-    HAVING length(asked) > 0  -- daily: a bin asked for on another day
+    GROUP BY seg, stage, d, b  -- no HAVING on `asked`: ClickHouse would push it down to every row read
 )
 {_SETTINGS}
 """
@@ -174,8 +179,22 @@ def _params(request: KpiRequest) -> dict[str, Any]:
         "last_day": request.last_day,
         "cutoffs": cutoffs,
         "boundary_days": boundary_days,
-        "boundaries": list(enumerate(boundary_days)),
+        **{
+            f"open_{name}_{i}": value
+            for i, (cutoff, day) in enumerate(zip(cutoffs, boundary_days))
+            if request.first_day <= day <= request.last_day
+            for name, value in (("stage", i), ("day", day), ("cutoff", cutoff))
+        },
     }
+
+
+async def _open_entries(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[tuple[str, int, date], int]:
+    """(segment, stage, d) → open entries of the stage's boundary day still inside their window."""
+    ranges = " OR ".join(_OPEN_RANGE.format(i=k.removeprefix("open_stage_")) for k in params if k.startswith("open_stage_"))
+    if not ranges:  # no stage's boundary day falls in the window
+        return {}
+    _, rows = await ch.query(_OPEN_SQL.format(day=day, ranges=ranges), params)
+    return {(seg, stage, d): n for seg, stage, d, n in rows}
 
 
 async def _quantiles(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[tuple[str, int, date], tuple[int, int]]:
@@ -193,6 +212,7 @@ async def _quantiles(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[t
         _QUANTILE_PICK_SQL.format(day=day),
         {**params, "bins": list(asked), "ranks": list(asked.values()), "bin_keys": sorted({(k[0], k[1], k[3]) for k in asked})},
     )
+    # A bin's waits come back for every day that has some (daily series); `asked` is empty on the others.
     picked = {(seg, stage, d, b, r): v for seg, stage, d, b, ranks, values in rows for r, v in zip(ranks, values)}
     return {
         (seg, stage, d): tuple(picked[(seg, stage, d, b, r)] for b, r in zip(bins, ranks))  # type: ignore[misc]
@@ -207,24 +227,23 @@ async def _collect(
     day, or one constant for the whole window)."""
     params = _params(request)
     day = "day" if daily else "toDate(0)"
-    queries = [_ENTRIES_SQL, _BOUNDARY_SQL, _MOVES_SQL, _FEELINGS_SQL] + ([] if daily else [_SOURCES_SQL])
+    queries = [_ENTRIES_SQL, _MOVES_SQL, _FEELINGS_SQL] + ([] if daily else [_SOURCES_SQL])
     results = await asyncio.gather(
-        _quantiles(ch, day, params), *(ch.query(sql.format(day=day), params) for sql in queries)
+        _quantiles(ch, day, params), _open_entries(ch, day, params), *(ch.query(sql.format(day=day), params) for sql in queries)
     )
-    quantiles, (_, entry_rows), (_, boundary_rows), (_, transitions), (_, sentiments) = results[:5]
+    quantiles, still_open, (_, entry_rows), (_, transitions), (_, sentiments) = results[:5]
     sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
     for seg, stage, touchpoint, channel, count in results[5][1] if not daily else ():
         by_touchpoint, by_channel = sources.setdefault((seg, stage), ({}, {}))
         by_touchpoint[touchpoint] = by_touchpoint.get(touchpoint, 0) + count
         by_channel[channel] = by_channel.get(channel, 0) + count
-    boundary = {(seg, stage, d): (dropped, in_progress) for seg, stage, d, dropped, in_progress in boundary_rows}
     entries = []
-    fields = ("seg", "stage", "d", "reached", "entered", "converted", "dropped", "in_progress")
+    fields = ("seg", "stage", "d", "reached", "entered", "converted", "dropped", "in_progress", "boundary_open")
     for row in entry_rows:
         entry = dict(zip(fields, row))  # the SQL names differ: an alias `converted` would shadow the column
         key = (entry["seg"], entry["stage"], entry["d"])
-        dropped, in_progress = boundary.get(key, (0, 0))
-        entry["dropped"] += dropped
+        in_progress = still_open.get(key, 0)
+        entry["dropped"] += entry.pop("boundary_open") - in_progress
         entry["in_progress"] += in_progress
         entry["median_ms"], entry["p90_ms"] = quantiles.get(key, (None, None))
         by_touchpoint, by_channel = sources.get((entry["seg"], entry["stage"]), ({}, {}))

@@ -336,6 +336,46 @@ async def test_conversion_window_boundaries_are_exact(http, collector, query, st
     assert aware["conversion_rate"] == 0.5
 
 
+async def test_dropped_or_in_progress_is_decided_to_the_millisecond_of_now(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """An open entry is dropped once entered + W <= now, to the ms, also on the one day where that cutoff
+    falls (KPIs read that day entry by entry, every other day as a whole)."""
+    project = await _new_project(stores)
+    window = timedelta(days=2)  # aware's conversion window
+    cutoff = datetime.now(timezone.utc) - window
+    day_start = cutoff.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_end = day_start + timedelta(days=1)
+    times = {
+        "day-before": day_start - timedelta(hours=1),
+        "same-day-early": day_start + (cutoff - day_start) / 2,
+        "just-closed": cutoff - timedelta(minutes=1),
+        "just-open": cutoff + timedelta(minutes=5),  # the KPI call below comes well within 5 minutes
+        "same-day-late": cutoff + timedelta(minutes=5) + (day_end - cutoff) / 2,
+        "day-after": day_end + timedelta(hours=1),
+    }
+    events = [
+        {"type": "track", "userId": user, "event": "A", "channel": "web", "messageId": f"{user}-1",
+         "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        for user, at in times.items()
+    ]
+    await _send(http, collector, project.write_key, events)
+    await _caught_up(query)
+    params = {"map": "funnel", "from": BASE.date().isoformat()}
+    result = await _kpis(http, query, project.read_key, **params)
+    now = datetime.fromisoformat(result["as_of"].replace("Z", "+00:00"))
+    at_ms = {user: at.replace(microsecond=at.microsecond // 1000 * 1000) for user, at in times.items()}
+    dropped = sum(at <= now - window for at in at_ms.values())
+    aware = result["segments"][0]["stages"][0]
+    assert (aware["entered"], aware["dropped"], aware["in_progress"]) == (6, dropped, 6 - dropped)
+    assert dropped >= 3  # day-before, same-day-early and just-closed at least; the others are open
+    async with http.get(query.make_url("/v1/kpis/daily"), params=params, headers=basic(project.read_key)) as r:
+        daily = await r.json()
+    now = datetime.fromisoformat(daily["as_of"].replace("Z", "+00:00"))
+    dropped = sum(at <= now - window for at in at_ms.values())
+    days = daily["segments"][0]["days"]
+    assert sum(d["stages"][0]["dropped"] for d in days) == dropped
+    assert sum(d["stages"][0]["in_progress"] for d in days) == 6 - dropped
+
+
 async def test_same_named_maps_of_two_projects_keep_their_own_rules(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """Each project's state is computed with its own map, even when names and versions coincide."""
     # Same names, versions and stages; the rules match other events (A is loyal here, D is aware).

@@ -241,10 +241,15 @@ CREATE TABLE IF NOT EXISTS stage_facts_local ON CLUSTER "journeys"
         GROUP BY project_id, map_name, map_version, segment, fact, stage, day, converted, touchpoint, channel,
                  from_stage, move_kind, repeat, sentiment
     ),
+    PROJECTION wait_hist
+    (
+        SELECT project_id, map_name, map_version, segment, fact, stage, converted, day, wait_bucket, sum(n)
+        GROUP BY project_id, map_name, map_version, segment, fact, stage, converted, day, wait_bucket
+    ),
     PROJECTION waits
     (
         SELECT project_id, map_name, map_version, segment, fact, stage, converted, wait_bucket, day, wait_ms, at, n
-        ORDER BY project_id, map_name, map_version, fact, segment, stage, converted, wait_bucket, day, wait_ms
+        ORDER BY project_id, map_name, map_version, fact, segment, stage, converted, wait_bucket, day, wait_ms, at
     )
 )
 ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', (n))
