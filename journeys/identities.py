@@ -28,16 +28,36 @@ GROUP BY distinct_id
 HAVING customer IN {customers:Array(String)} AND argMax(is_deleted, version) = 0
 """
 
-# resolve() guesses that the id asked for is the customer itself (true for every id never stitched, and
-# for lookups by user id): its forward mapping and the members it would have, in one round trip.
-RESOLVE_SQL = f"""
-SELECT 'mapped', argMax(customer_id, version), toString(argMax(is_deleted, version))
-FROM identities
-WHERE project_id = {{project_id:String}} AND distinct_id = {{id:String}}
-HAVING count() > 0
-UNION ALL
-SELECT 'member', distinct_id, customer FROM ({MEMBERS_SQL})
+# The ids that may belong to a customer: its reverse-index rows (possibly stale, see above) and itself.
+CANDIDATES_SQL = """
+SELECT distinct_id FROM identities_by_customer WHERE project_id = {project_id:String} AND customer_id = {id:String}
+UNION ALL SELECT {id:String}
 """
+
+# resolve() guesses that the id asked for is the customer itself (true for every id never stitched, and
+# for lookups by user id): the forward rows of that id and of every candidate member, in one round trip.
+GUESS_SQL = f"""
+SELECT distinct_id, argMax(customer_id, version), argMax(is_deleted, version)
+FROM identities
+WHERE project_id = {{project_id:String}} AND distinct_id IN ({CANDIDATES_SQL})
+GROUP BY distinct_id
+"""
+
+
+class Guess:
+    """What :data:`GUESS_SQL` says about ``asked``: its customer now, and — when that is ``asked`` itself —
+    its members."""
+
+    def __init__(self, asked: str, rows: list[tuple]):
+        current = {distinct_id: (distinct_id if deleted else customer) for distinct_id, customer, deleted in rows}
+        self.customer = current.get(asked, asked)
+        self.right = self.customer == asked
+        self.members = sorted({i for i, c in current.items() if c == asked} | {asked}) if self.right else []
+
+
+async def guess(ch: ClickHouse, project_id: str, asked: str) -> Guess:
+    _, rows = await ch.query(GUESS_SQL, {"project_id": project_id, "id": asked})
+    return Guess(asked, rows)
 
 
 async def current_customers(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, str]:
@@ -63,11 +83,7 @@ async def members(ch: ClickHouse, project_id: str, customer_id: str) -> set[str]
 
 async def resolve(ch: ClickHouse, project_id: str, any_id: str) -> tuple[str, list[str]]:
     """Any of a customer's ids → (the customer id, all its ids, sorted)."""
-    _, rows = await ch.query(RESOLVE_SQL, {"project_id": project_id, "id": any_id, "customers": [any_id]})
-    customer_id = any_id
-    for kind, value, deleted in rows:
-        if kind == "mapped" and deleted == "0":
-            customer_id = value
-    if customer_id == any_id:  # the guess was right: the members came with it
-        return customer_id, sorted({value for kind, value, _ in rows if kind == "member"} | {any_id})
-    return customer_id, sorted(await members(ch, project_id, customer_id))
+    found = await guess(ch, project_id, any_id)
+    if found.right:
+        return found.customer, found.members
+    return found.customer, sorted(await members(ch, project_id, found.customer))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,14 +12,14 @@ from journeys.keys import Principal
 from journeys.metrics import Metrics
 from journeys.openapi import openapi_handler
 from journeys.stores import Stores
-from journeys import definitions, identities
+from journeys import definitions
 from journeys.maps import SLUG, SLUG_RULE, validate_map
 from query.journey import CompiledMap, build_journey
 from query import customers, definitions_api, kpis_api
 from query.dashboard import add_dashboard_routes
 from query.state_updater import StageStateUpdater
 from query.api_spec import query_openapi
-from query.reads import customer_events, project_stats
+from query.reads import project_stats, stitched_events
 
 STORES = web.AppKey("stores", Stores)
 METRICS = web.AppKey("metrics", Metrics)
@@ -102,8 +103,7 @@ async def _customer_events(request: web.Request) -> web.Response:
     asked = _customer_id(request)
     limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
     ch = request.app[STORES].clickhouse
-    customer_id, ids = await identities.resolve(ch, principal.project_id, asked)
-    events = await customer_events(ch, principal.project_id, ids, limit)
+    customer_id, ids, events = await stitched_events(ch, principal.project_id, asked, limit)
     return json_response({"customer_id": customer_id, "ids": ids, "count": len(events), "events": events})
 
 
@@ -118,13 +118,15 @@ async def _customer_journey(request: web.Request) -> web.Response:
         raise ApiError(400, [{"field": "map", "reason": SLUG_RULE}])
     version = _int_param(request, "version", 0, 1, 1_000_000) or None
     stores = request.app[STORES]
-    found = await definitions.get(stores.pg, principal.project_id, "map", map_name, version)
+    # The map (PostgreSQL) and the customer (ClickHouse) are read side by side: a journey is latency-bound.
+    found, (customer_id, ids, events) = await asyncio.gather(
+        definitions.get(stores.pg, principal.project_id, "map", map_name, version),
+        stitched_events(stores.clickhouse, principal.project_id, asked, MAX_LIMIT, for_journey=True),
+    )
     if found is None:
         what = f"map {map_name!r}" + (f" version {version}" if version else "")
         raise ApiError(404, [{"field": "map", "reason": f"no {what} in this project"}])
     compiled = CompiledMap(validate_map(found.body), found.version)
-    customer_id, ids = await identities.resolve(stores.clickhouse, principal.project_id, asked)
-    events = await customer_events(stores.clickhouse, principal.project_id, ids, MAX_LIMIT, for_journey=True)
     return json_response({"customer_id": customer_id, "ids": ids, **build_journey(events, compiled)})
 
 

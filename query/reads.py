@@ -6,11 +6,13 @@ Duplicates (an SDK retry after a lost response, a spool replay after a crash) ar
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
+from journeys import identities
 from journeys.clickhouse import ClickHouse
 
 _EVENT_FIELDS = (
@@ -39,11 +41,11 @@ _EVENT_FIELDS = (
 )
 _JSON_FIELDS = {"properties", "traits", "context"}
 
-def _events_sql(fields: tuple[str, ...]) -> str:
+def _events_sql(fields: tuple[str, ...], ids: str = "{ids:Array(String)}") -> str:
     return f"""
 SELECT {", ".join(fields)}
 FROM events
-WHERE project_id = {{project_id:String}} AND distinct_id IN {{ids:Array(String)}}
+WHERE project_id = {{project_id:String}} AND distinct_id IN {ids}
 ORDER BY timestamp, received_at, message_id
 LIMIT 1 BY message_id
 LIMIT {{limit:UInt32}}
@@ -56,6 +58,12 @@ CUSTOMER_EVENTS_SQL = _events_sql(_EVENT_FIELDS)
 # fields) stay unread, which halves the read of one customer (measured: 9.5 → 5.4 ms p50 in chDB).
 _JOURNEY_FIELDS = ("message_id", "type", "event", "channel", "sentiment", "timestamp", "properties")
 JOURNEY_EVENTS_SQL = _events_sql(_JOURNEY_FIELDS)
+
+# The same reads for the ids that may belong to the customer `id` (identities.CANDIDATES_SQL), run while
+# identities.guess() finds out which of them do: see stitched_events().
+_GUESSED_IDS = f"({identities.CANDIDATES_SQL})"
+GUESSED_EVENTS_SQL = _events_sql(("distinct_id", *_EVENT_FIELDS), _GUESSED_IDS)
+GUESSED_JOURNEY_EVENTS_SQL = _events_sql(("distinct_id", *_JOURNEY_FIELDS), _GUESSED_IDS)
 
 TRAITS_SQL = """
 SELECT distinct_id, trait, argMax(value, updated_at), max(updated_at)
@@ -103,6 +111,30 @@ async def customer_events(
     sql = JOURNEY_EVENTS_SQL if for_journey else CUSTOMER_EVENTS_SQL
     columns, rows = await ch.query(sql, {"project_id": project_id, "ids": ids, "limit": limit})
     return [_event(columns, row) for row in rows]
+
+
+async def stitched_events(
+    ch: ClickHouse, project_id: str, any_id: str, limit: int, *, for_journey: bool = False, _hops: int = 2
+) -> tuple[str, list[str], list[dict[str, Any]]]:
+    """Any of a customer's ids → (the customer, all its ids, its events as :func:`customer_events` reads them).
+
+    Resolving the id and reading the events are two chDB queries of several ms each, so they run side by
+    side on a guess: that ``any_id`` is the customer itself (every id never stitched, and lookups by user
+    id). The events of every id that may belong to it are read while :func:`identities.guess` finds out
+    which do. When the guess holds and no other id's event came back, that read is the answer. Asked by a
+    stitched anonymous id, the guess names the customer, and the same pair of reads runs for it. Otherwise
+    (a reverse-index row ahead of its forward row) the events are read again for exactly the members.
+    """
+    sql = GUESSED_JOURNEY_EVENTS_SQL if for_journey else GUESSED_EVENTS_SQL
+    found, (columns, rows) = await asyncio.gather(
+        identities.guess(ch, project_id, any_id), ch.query(sql, {"project_id": project_id, "id": any_id, "limit": limit})
+    )
+    if found.right and all(row[0] in found.members for row in rows):
+        return found.customer, found.members, [_event(columns[1:], row[1:]) for row in rows]
+    if not found.right and _hops > 0:
+        return await stitched_events(ch, project_id, found.customer, limit, for_journey=for_journey, _hops=_hops - 1)
+    ids = found.members if found.right else sorted(await identities.members(ch, project_id, found.customer))
+    return found.customer, ids, await customer_events(ch, project_id, ids, limit, for_journey=for_journey)
 
 
 async def customer_facts(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, Any]:

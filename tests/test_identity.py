@@ -169,3 +169,21 @@ async def test_cli_forgets_a_customer_while_the_service_runs(tmp_path) -> None: 
 
 async def _count_is(fetch, customer, n):  # type: ignore[no-untyped-def]
     return len(await fetch(customer)) == n
+
+
+async def test_a_reverse_index_row_without_its_forward_row_is_not_a_member(http, collector, query, stores, project) -> None:  # type: ignore[no-untyped-def]
+    """IdentityGraph writes the reverse index first: between its two inserts (or after a crash between
+    them) ``identities_by_customer`` names an id that does not belong to the customer yet. Reads asked by
+    the customer's own id must leave that id's events out, in every endpoint that reads them."""
+    key = project.write_key
+    await _send(http, collector, key,
+                _ev("track", "01T09:00:00", "g1", userId="gil", event="A", channel="web"),
+                _ev("track", "01T09:05:00", "x1", anonymousId="half-linked", event="A", channel="web"))
+    await stores.clickhouse.insert_lines(
+        "identities_by_customer", ("project_id", "customer_id", "distinct_id", "version", "is_deleted"),
+        orjson.dumps([project.id, "gil", "half-linked", 1, 0]) + b"\n",
+    )
+    body = await _get(http, query, "/v1/customers/gil/events", project.read_key)
+    assert body["ids"] == ["gil"] and [e["message_id"] for e in body["events"]] == ["g1"]
+    other = await _get(http, query, "/v1/customers/half-linked/events", project.read_key)
+    assert other["ids"] == ["half-linked"] and [e["message_id"] for e in other["events"]] == ["x1"]
