@@ -154,12 +154,11 @@ async def facts_of(ch: ClickHouse, project_id: str, members: dict[str, list[str]
     touches: dict[str, tuple[Any, str, tuple]] = {}
     for start in range(0, len(all_ids), ID_CHUNK):
         params = {"project_id": project_id, "ids": all_ids[start : start + ID_CHUNK]}
-        _, trait_rows = await ch.query(TRAITS_SQL, params)
+        (_, trait_rows), (_, touch_rows) = await asyncio.gather(ch.query(TRAITS_SQL, params), ch.query(FIRST_TOUCH_SQL, params))
         for distinct_id, trait, value, updated_at in trait_rows:
             best = traits[owner[distinct_id]].get(trait)
             if best is None or (updated_at, value) > best:
                 traits[owner[distinct_id]][trait] = (updated_at, value)
-        _, touch_rows = await ch.query(FIRST_TOUCH_SQL, params)
         for distinct_id, first_seen, *fields in touch_rows:
             customer = owner[distinct_id]
             best_touch = touches.get(customer)
