@@ -1,8 +1,8 @@
 """Moves spooled records into ClickHouse, in order, in large inserts, until it is told to stop.
 
 Large inserts matter: ClickHouse makes one part per insert, so a thousand tiny inserts a second would drown
-it in merges. While the spool is caught up the inserter lingers a few milliseconds to gather more; with a
-backlog (after an outage) it takes big bites straight away. A failed insert is retried with capped
+it in merges. While the spool is caught up the inserter inserts at most once per linger interval, to gather more;
+with a backlog (after an outage) it takes big bites straight away. A failed insert is retried with capped
 exponential backoff, for ever: the spool holds the data, and its cap turns a long outage into 503s at the
 door rather than lost events.
 """
@@ -62,6 +62,7 @@ class Inserter:
         self.newest_visible_ms: int | None = None
         self._stop = asyncio.Event()
         self._drain_deadline: float | None = None
+        self._last_insert = time.monotonic()  # the first insert lingers too: a restart's burst goes in whole
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -109,11 +110,16 @@ class Inserter:
                 await self.spool.wait_for_data(timeout=0.5)
                 if self.spool.durable_position <= position:
                     continue
-                if self.linger_s and not self._stop.is_set():
-                    await self._pause(self.linger_s)
+                # At most one insert per linger: a steady stream gathers into large inserts, while the
+                # first event after a quiet spell only waits for what is left of the interval — at
+                # low rates it is in ClickHouse (and on its way to the KPIs) at once.
+                wait = self._last_insert + self.linger_s - time.monotonic()
+                if wait > 0 and not self._stop.is_set():
+                    await self._pause(wait)
             records, next_position = await self.spool.read(position, self.max_bytes)
             if records and not await self._insert_until_done(records):
                 return  # stopping with ClickHouse unavailable: the spool keeps the batch
+            self._last_insert = time.monotonic()
             if next_position > position:
                 await self.spool.commit(next_position)
                 position = next_position
