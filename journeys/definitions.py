@@ -132,6 +132,28 @@ async def versions(
     return [(r["version"], r["created_at"]) for r in rows]
 
 
+async def these_versions(
+    conn: asyncpg.Connection | asyncpg.Pool, project_id: str, wanted: list[tuple[Kind, str, int]]
+) -> dict[tuple[str, str, int], Version]:
+    """The named versions, keyed by ``(kind, name, version)``, in one round trip (missing ones left out)."""
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        "SELECT d.kind, d.name, d.version, d.created_at, d.body FROM definitions d "
+        "JOIN unnest($2::text[], $3::text[], $4::int[]) AS w(kind, name, version) "
+        "ON d.kind = w.kind AND d.name = w.name AND d.version = w.version "
+        "WHERE d.project_id = $1",
+        project_id,
+        [kind for kind, _, _ in wanted],
+        [name for _, name, _ in wanted],
+        [version for _, _, version in wanted],
+    )
+    return {
+        (r["kind"], r["name"], r["version"]): Version(r["name"], r["version"], r["created_at"], _body(r["body"]))
+        for r in rows
+    }
+
+
 async def latest_of_each(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, kind: Kind) -> list[Version]:
     rows = await conn.fetch(
         "SELECT DISTINCT ON (name) name, version, created_at, body FROM definitions "

@@ -200,7 +200,7 @@ def _kpi_paths() -> dict[str, Any]:
     day = {"type": "string", "format": "date"}
     parameters = [
         query_param("map", {"type": "string", "minLength": 1}, "The journey map (its latest version).", required=True),
-        query_param("version", {"type": "integer", "minimum": 1}, "Must be the map's latest version if given."),
+        query_param("version", {"type": "integer", "minimum": 1}, "Must be the version KPIs are kept for (the latest, once computed) if given."),
         query_param("segment", {"type": "string"}, "A segment name, `*` for every segment side by side; default all customers."),
         query_param("from", day, "First UTC day, included (default: 29 days before `to`)."),
         query_param("to", day, "Last UTC day, included (default: today)."),
@@ -214,10 +214,12 @@ def _kpi_paths() -> dict[str, Any]:
             parameters=parameters,
             responses={
                 200: {
-                    "description": "The KPIs, as JSON or (format=csv) as CSV.",
+                    "description": "The KPIs, as JSON or (format=csv) as CSV. While newer map or segment versions are "
+                    "being computed they are those of the previous versions, and `rebuilding` says since when "
+                    "(`null` otherwise; `map.version` is the version answered for).",
                     "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
                 },
-                503: error_response(503, "KPIs are being recomputed for new map or segment versions.", retry_after=True),
+                503: error_response(503, "KPIs for this map, version or segment are being computed for the first time.", retry_after=True),
             },
             errors=(400, 401, 403, 404),
         )

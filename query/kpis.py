@@ -31,7 +31,7 @@ ALL = ""  # the segment key of "all customers"
 # `day` for the daily series and a constant for the whole window. apply_mutations_on_fly = 0: a pending
 # DELETE (old map versions, garbage only) must not push the read off the projections.
 _WHERE = (
-    "project_id = {{project_id:String}} AND map_name = {{map_name:String}} AND map_version = {{map_version:UInt32}} "
+    "project_id = {{project_id:String}} AND build = {{build:UInt64}} AND map_name = {{map_name:String}} "
     "AND segment IN {{segments:Array(String)}}"
 )
 _IN_WINDOW = "day >= {{first_day:Date}} AND day <= {{last_day:Date}}"
@@ -154,11 +154,13 @@ class KpiRequest:
     project_id: str
     journey_map: JourneyMap
     map_version: int
+    build: int  # the stage-facts build that serves KPIs (query/state_updater.py)
     order: list[str]
     segments: list[str] | None  # None: all customers only; otherwise these segment names ("" = all)
     first_day: date
     last_day: date
     now: datetime
+    rebuilding: dict[str, Any] | None = None  # set while newer definitions are being computed
 
     @property
     def stages(self) -> list[Stage]:
@@ -173,7 +175,7 @@ def _params(request: KpiRequest) -> dict[str, Any]:
     return {
         "project_id": request.project_id,
         "map_name": request.journey_map.name,
-        "map_version": request.map_version,
+        "build": request.build,
         "segments": [ALL] if request.segments is None else list(request.segments),
         "first_day": request.first_day,
         "last_day": request.last_day,
@@ -258,6 +260,7 @@ def _header(request: KpiRequest) -> dict[str, Any]:
         "map": {"name": request.journey_map.name, "version": request.map_version},
         "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
         "as_of": request.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "rebuilding": request.rebuilding,
     }
 
 

@@ -11,6 +11,7 @@ Parameters (each bad one answers 400 naming it):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -23,7 +24,8 @@ from journeys.keys import Principal
 from journeys.maps import SLUG
 from journeys.stores import Stores
 from query.kpis import ALL, KpiRequest, daily_kpis, stage_kpis, to_csv
-from query.state_updater import built_fingerprint, current_definitions
+from query.stage_state import Definitions
+from query.state_updater import Build, current_definitions, definitions_of_build, serving_build
 
 MAX_DAYS = 3660
 FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2299, 12, 31)
@@ -91,24 +93,47 @@ async def _kpi_request(request: web.Request, principal: Principal, stores: Store
     if (last_day - first_day).days >= MAX_DAYS:
         raise ApiError(400, [{"field": "from", "reason": f"the window may span at most {MAX_DAYS} days"}])
 
-    defs = await current_definitions(stores.pg, principal.project_id)
-    latest = next((mv for mv in defs.maps if mv.name == map_name), None)
-    if latest is None:
+    # KPIs read the build of the stage facts that is complete (query/state_updater.py). While newer map or
+    # segment versions are being computed, that build is for the previous ones: the answer says so.
+    latest, build = await asyncio.gather(
+        current_definitions(stores.pg, principal.project_id), serving_build(stores.pg, principal.project_id)
+    )
+    served = latest if build.fingerprint == latest.fingerprint else await _built_for(stores, principal.project_id, build)
+    rebuilding = None
+    if served is not latest:
+        since = build.rebuilding_since
+        rebuilding = {"since": None if since is None else since.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+    def computing(field: str, what: str) -> ApiError:
+        return ApiError(503, [{"field": field, "reason": f"KPIs for {what} are being computed; retry shortly"}], {"Retry-After": "2"})
+
+    # What the project has (404/400 otherwise), then what the serving build has (503 until it has it).
+    newest = next((m for m in latest.maps if m.name == map_name), None)
+    if newest is None:
         raise ApiError(404, [{"field": "map", "reason": f"no map {map_name!r} in this project"}])
     raw_version = query.get("version")
-    if raw_version is not None:
-        # isascii and a length cap: str.isdigit() accepts digits int() refuses ('²') or cannot parse (5000 of them).
-        if not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 9) or await definitions.get(stores.pg, principal.project_id, "map", map_name, int(raw_version)) is None:
-            raise ApiError(404, [{"field": "version", "reason": f"map {map_name!r} has no version {raw_version!r}"}])
-        if int(raw_version) != latest.version:
-            raise ApiError(
-                400,
-                [{"field": "version", "reason": f"KPIs are kept for the latest version of a map ({latest.version}); "
-                  "read older versions' journeys per customer"}],
-            )
-
+    # isascii and a length cap: str.isdigit() accepts digits int() refuses ('²') or cannot parse (5000 of them).
+    if raw_version is not None and (
+        not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 9)
+        or await definitions.get(stores.pg, principal.project_id, "map", map_name, int(raw_version)) is None
+    ):
+        raise ApiError(404, [{"field": "version", "reason": f"map {map_name!r} has no version {raw_version!r}"}])
     raw_segment = query.get("segment")
-    names = [s.name for s in defs.segments]
+    if raw_segment not in (None, "", "*") and raw_segment not in {s.name for s in latest.segments}:
+        raise ApiError(404, [{"field": "segment", "reason": f"no segment {raw_segment!r} in this project"}])
+
+    mv = None if served is None else next((m for m in served.maps if m.name == map_name), None)
+    if served is None or mv is None:
+        raise computing("map", f"map {map_name!r} version {newest.version}")
+    if raw_version is not None and int(raw_version) != mv.version:
+        if int(raw_version) == newest.version:
+            raise computing("version", f"map {map_name!r} version {raw_version}")
+        raise ApiError(
+            400,
+            [{"field": "version", "reason": f"KPIs are kept for the latest version of a map ({newest.version}); "
+              "read older versions' journeys per customer"}],
+        )
+    names = [s.name for s in served.segments]
     if raw_segment is None or raw_segment == "":
         segments = None
     elif raw_segment == "*":
@@ -116,24 +141,26 @@ async def _kpi_request(request: web.Request, principal: Principal, stores: Store
     elif raw_segment in names:
         segments = [raw_segment]
     else:
-        raise ApiError(404, [{"field": "segment", "reason": f"no segment {raw_segment!r} in this project"}])
-
-    if await built_fingerprint(stores.pg, principal.project_id) != defs.fingerprint:
-        raise ApiError(
-            503,
-            [{"field": "map", "reason": "KPIs are being recomputed for new map or segment versions; retry shortly"}],
-            {"Retry-After": "2"},
-        )
+        raise computing("segment", f"segment {raw_segment!r}")
     return (
         KpiRequest(
             project_id=principal.project_id,
-            journey_map=latest.compiled.map,
-            map_version=latest.version,
-            order=latest.compiled.order,
+            journey_map=mv.compiled.map,
+            map_version=mv.version,
+            build=build.number,
+            order=mv.compiled.order,
             segments=segments,
             first_day=first_day,
             last_day=last_day,
             now=now,
+            rebuilding=rebuilding,
         ),
         fmt == "csv",
     )
+
+
+async def _built_for(stores: Stores, project_id: str, build: Build) -> Definitions | None:
+    """The definitions the serving build was computed for: ``None`` before the first build."""
+    if build.number == 0:
+        return None
+    return await definitions_of_build(stores.pg, project_id, build.fingerprint)

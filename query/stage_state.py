@@ -36,12 +36,12 @@ from query.stage_sql import rule_index_sql
 
 DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format (0005's stage_state rows) is rebuilt.
-FACTS_FORMAT = "facts:1"
+FACTS_FORMAT = "facts:2"
 
 FACT_COLUMNS = (
     "project_id",
     "map_name",
-    "map_version",
+    "build",
     "customer_id",
     "segment",
     "fact",
@@ -60,7 +60,7 @@ FACT_COLUMNS = (
 
 # A fact's identity: everything but the project (a read is per project) and n. Net count = sum(n).
 CURRENT_FACTS_SQL = """
-SELECT map_name, map_version, customer_id, segment, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
+SELECT map_name, build, customer_id, segment, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
        wait_ms, touchpoint, channel, from_stage, toString(move_kind), repeat, toString(sentiment), sum(n) AS net
 FROM stage_facts
 WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)} {maps}
@@ -73,7 +73,7 @@ HAVING net != 0
 # transaction, so a crashed writer never holds it).
 _FACTS_LOCK = 0x6A6F75726E66  # "journf"
 
-Fact = tuple  # (map_name, map_version, customer_id, segment, fact, stage, at_ms, converted, wait_ms,
+Fact = tuple  # (map_name, build, customer_id, segment, fact, stage, at_ms, converted, wait_ms,
 #               touchpoint, channel, from_stage, move_kind, repeat, sentiment)
 
 
@@ -174,12 +174,15 @@ def state_of(
     }
 
 
-def facts_of(mv: MapVersion, customer: str, segments: list[str], state: dict[str, list[Any]]) -> Counter[Fact]:
-    """The facts of one customer's state (:func:`state_of`), once per segment key ('' = all customers)."""
+def facts_of(
+    mv: MapVersion, build: int, customer: str, segments: list[str], state: dict[str, list[Any]]
+) -> Counter[Fact]:
+    """The facts of one customer's state (:func:`state_of`) in ``build``, once per segment key ('' = all
+    customers)."""
     windows = mv.windows_ms
     keys = ["", *segments]
     out: Counter[Fact] = Counter()
-    head = (mv.name, mv.version, customer)
+    head = (mv.name, build, customer)
     for stage, entered in enumerate(state["entered"]):
         if not entered:
             continue
@@ -217,15 +220,15 @@ async def facts_lock(pg: Any) -> AsyncIterator[None]:
 
 
 async def current_facts(
-    ch: ClickHouse, project_id: str, customers: list[str], maps: list[tuple[str, int]] | None = None
+    ch: ClickHouse, project_id: str, customers: list[str], build: int | None = None
 ) -> dict[Fact, int]:
-    """The net facts of ``customers`` (of ``maps``, or of every map and version)."""
+    """The net facts of ``customers`` (in ``build``, or in every build)."""
     out: dict[Fact, int] = {}
     params: dict[str, Any] = {"project_id": project_id}
     where = ""
-    if maps is not None:
-        where = "AND (map_name, map_version) IN {maps:Array(Tuple(String, UInt32))}"
-        params["maps"] = maps
+    if build is not None:
+        where = "AND build = {build:UInt64}"
+        params["build"] = build
     for start in range(0, len(customers), ID_CHUNK):
         params["customers"] = customers[start : start + ID_CHUNK]
         _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{maps}", where), params)
@@ -247,12 +250,12 @@ async def write_differences(ch: ClickHouse, project_id: str, desired: Counter[Fa
 
 
 def _line(project_id: str, fact: Fact, n: int) -> bytes:
-    map_name, map_version, customer, segment, kind, stage, at_ms, *rest = fact
-    return orjson.dumps([project_id, map_name, map_version, customer, segment, kind, stage, at_ms / 1000, *rest, n]) + b"\n"
+    map_name, build, customer, segment, kind, stage, at_ms, *rest = fact
+    return orjson.dumps([project_id, map_name, build, customer, segment, kind, stage, at_ms / 1000, *rest, n]) + b"\n"
 
 
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
-    """Withdraw every fact of ``customers`` (all maps and versions): their KPI contributions go at once, and
+    """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
     their rows go with the next merge (the pairs sum to zero)."""
     async with facts_lock(pg):
         return await write_differences(ch, project_id, Counter(), await current_facts(ch, project_id, customers))
@@ -298,22 +301,22 @@ WHERE {any_rule}
         self._sql = {key: (sql, params)}  # one project's definitions at a time is the common case
         return sql, params
 
-    async def refresh(self, project_id: str, definitions: Definitions, touched: set[str]) -> int:
-        """Rewrite the state rows of every customer that ``touched`` ids belong to, and retire the rows of
-        customers that no longer exist (merged into another). Returns the number of rows written."""
+    async def refresh(self, project_id: str, definitions: Definitions, build: int, touched: set[str]) -> int:
+        """Rewrite the facts in ``build`` of every customer that ``touched`` ids belong to, and withdraw those
+        of customers that no longer exist (merged into another). Returns the number of rows written."""
         if not definitions.maps or not touched:
             return 0
         written = 0
         touched_list = sorted(touched)
         for start in range(0, len(touched_list), ID_CHUNK):
-            written += await self._refresh_chunk(project_id, definitions, touched_list[start : start + ID_CHUNK])
+            written += await self._refresh_chunk(project_id, definitions, build, touched_list[start : start + ID_CHUNK])
         return written
 
-    async def _refresh_chunk(self, project_id: str, definitions: Definitions, touched: list[str]) -> int:
+    async def _refresh_chunk(self, project_id: str, definitions: Definitions, build: int, touched: list[str]) -> int:
         async with facts_lock(self.pg):
-            return await self._refresh_locked(project_id, definitions, touched)
+            return await self._refresh_locked(project_id, definitions, build, touched)
 
-    async def _refresh_locked(self, project_id: str, definitions: Definitions, touched: list[str]) -> int:
+    async def _refresh_locked(self, project_id: str, definitions: Definitions, build: int, touched: list[str]) -> int:
         current = await identities.current_customers(self.ch, project_id, touched)
         # A merge re-points every member of the old customer, its own id included, so a customer that no
         # longer exists is always among the touched ids: an id whose customer is now someone else. Its facts
@@ -321,12 +324,11 @@ WHERE {any_rule}
         retired = sorted({i for i, c in current.items() if c != i})
         customers = sorted(set(current.values()))
         members = await identities.members_of(self.ch, project_id, customers)
-        maps = [(mv.name, mv.version) for mv in definitions.maps]
         # Independent reads, side by side: this is the updater's latency from an event to the KPIs.
         staged, facts, existing = await asyncio.gather(
             self._staged(project_id, definitions, members),
             facts_of_customers(self.ch, project_id, {c: sorted(ids) for c, ids in members.items()}),
-            current_facts(self.ch, project_id, sorted(set(customers) | set(retired)), maps),
+            current_facts(self.ch, project_id, sorted(set(customers) | set(retired)), build),
         )
 
         def compute() -> Counter[Fact]:
@@ -338,7 +340,7 @@ WHERE {any_rule}
                     mine = [(t, rules[n], ch, s, p, m) for t, rules, ch, s, p, m in events if rules[n] > 0]
                     state = state_of(mv, mine)
                     if state is not None:
-                        out.update(facts_of(mv, customer, segments, state))
+                        out.update(facts_of(mv, build, customer, segments, state))
             return out
 
         # Thousands of customers take a few hundred ms of Python: on a thread, the event loop keeps serving

@@ -3,8 +3,9 @@
 It watches what ClickHouse has been given since it last looked — new events, and identity changes that
 move ids between customers (both carry ``inserted_at``, stamped by ClickHouse) — and recomputes the facts
 of exactly those customers (:class:`query.stage_state.StateWriter`). When a project's maps or segments
-get a new version, it rebuilds that project's facts from all of its events and records the versions built,
-so a KPI call never mixes facts computed for different definitions.
+get a new version, it rebuilds that project's facts from all of its events under a new build number, and
+only then lets that build serve KPIs (recording the versions it was built for): until then KPIs read the
+previous build, and a KPI call never mixes facts computed for different definitions.
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched. A row
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -49,11 +51,10 @@ PROJECT_IDS_SQL = """
 SELECT DISTINCT distinct_id FROM events WHERE project_id = {project_id:String}
 """
 
-# Garbage collection only: KPIs read one map version, so rows of other versions never count.
-DELETE_OTHER_VERSIONS_SQL = (
+# Garbage collection only: KPIs read the serving build, so rows of other builds never count.
+DELETE_OTHER_BUILDS_SQL = (
     "DELETE FROM {{table stage_facts}} {{on_cluster}} WHERE project_id = {project_id:String} "
-    "AND NOT has({keep:Array(String)}, concat(map_name, ':', toString(map_version))) "
-    "SETTINGS lightweight_deletes_sync = 0"
+    "AND build != {keep:UInt64} SETTINGS lightweight_deletes_sync = 0"
 )
 
 
@@ -64,8 +65,38 @@ async def current_definitions(pg: Any, project_id: str) -> Definitions:
     return Definitions.of(maps, segments)
 
 
-async def built_fingerprint(pg: Any, project_id: str) -> str | None:
-    return await pg.fetchval("SELECT fingerprint FROM stage_state_builds WHERE project_id = $1", project_id)
+@dataclass(frozen=True)
+class Build:
+    """The complete build of a project's stage facts that serves KPIs (``number`` 0: none yet), the
+    definitions it was computed for, and since when a newer one is being computed, if one is."""
+
+    number: int
+    fingerprint: str
+    rebuilding_since: datetime | None
+
+
+async def serving_build(pg: Any, project_id: str) -> Build:
+    row = await pg.fetchrow(
+        "SELECT build, fingerprint, rebuilding_since FROM stage_state_builds WHERE project_id = $1", project_id
+    )
+    if row is None:
+        return Build(0, "", None)
+    return Build(row["build"], row["fingerprint"] if row["build"] else "", row["rebuilding_since"])
+
+
+async def definitions_of_build(pg: Any, project_id: str, fingerprint: str) -> Definitions | None:
+    """The exact map and segment versions a build was computed for (``None`` if one is gone)."""
+    wanted = []
+    for part in fingerprint.split(";")[1:]:  # after the facts format: kind:name:version
+        kind, name, version = part.split(":")
+        wanted.append((kind, name, int(version)))
+    found = await definitions.these_versions(pg, project_id, wanted)  # type: ignore[arg-type]
+    if len(found) != len(wanted):
+        return None
+    maps = [(validate_map(found[w].body), w[2]) for w in wanted if w[0] == "map"]
+    segments = [(validate_segment(found[w].body), w[2]) for w in wanted if w[0] == "segment"]
+    built = Definitions.of(maps, segments)
+    return built if built.fingerprint == fingerprint else None
 
 
 class StageStateUpdater:
@@ -90,6 +121,7 @@ class StageStateUpdater:
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
         self.last_error: str | None = None
         self._definitions: dict[str, Definitions] = {}
+        self._builds: dict[str, int] = {}  # project → the build its facts are kept in
         self._definitions_at = 0.0
         self._seen: dict[tuple[str, str], int] = {}  # (project, id) → newest change handled (ms)
         self._stop = asyncio.Event()
@@ -172,28 +204,39 @@ class StageStateUpdater:
 
     async def _rebuild_changed(self) -> None:
         for project_id, defs in (await self._project_definitions()).items():
-            if await built_fingerprint(self.stores.pg, project_id) != defs.fingerprint:
+            build = await serving_build(self.stores.pg, project_id)
+            if build.fingerprint != defs.fingerprint:
                 await self.rebuild(project_id, defs)
+            else:
+                self._builds[project_id] = build.number
 
     async def rebuild(self, project_id: str, defs: Definitions) -> None:
-        """Recompute every customer of the project against ``defs``, then drop rows of other versions."""
+        """Recompute every customer of the project against ``defs`` under a new build; then let it serve KPIs
+        and drop the rows of every other build. Until then KPIs read the previous build."""
         began = time.monotonic()
-        ch = self.stores.clickhouse
+        ch, pg = self.stores.clickhouse, self.stores.pg
+        number = await pg.fetchval(
+            "INSERT INTO stage_state_builds (project_id, fingerprint, last_build, rebuilding_since) "
+            "VALUES ($1, '', 1, now()) ON CONFLICT (project_id) DO UPDATE "
+            "SET last_build = stage_state_builds.last_build + 1, rebuilding_since = now() RETURNING last_build",
+            project_id,
+        )
         _, rows = await ch.query(PROJECT_IDS_SQL, {"project_id": project_id})
         ids = sorted(r[0] for r in rows)
         written = 0
         for start in range(0, len(ids), _PROJECT_IDS_CHUNK):
-            written += await self.writer.refresh(project_id, defs, set(ids[start : start + _PROJECT_IDS_CHUNK]))
-        keep = [f"{mv.name}:{mv.version}" for mv in defs.maps]
-        await ch.command(
-            render_clickhouse_sql(DELETE_OTHER_VERSIONS_SQL, self.stores.settings.clickhouse_cluster),
-            {"project_id": project_id, "keep": keep},
-        )
-        await self.stores.pg.execute(
-            "INSERT INTO stage_state_builds (project_id, fingerprint) VALUES ($1, $2) "
-            "ON CONFLICT (project_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, built_at = now()",
+            written += await self.writer.refresh(project_id, defs, number, set(ids[start : start + _PROJECT_IDS_CHUNK]))
+        await pg.execute(
+            "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
+            "WHERE project_id = $1",
             project_id,
             defs.fingerprint,
+            number,
+        )
+        self._builds[project_id] = number
+        await ch.command(
+            render_clickhouse_sql(DELETE_OTHER_BUILDS_SQL, self.stores.settings.clickhouse_cluster),
+            {"project_id": project_id, "keep": number},
         )
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(written)
@@ -214,7 +257,8 @@ class StageStateUpdater:
                 continue
             touched.setdefault(project_id, {})[distinct_id] = changed_ms
         for project_id, changes in touched.items():
-            self.metrics.stage_state_rows.inc(await self.writer.refresh(project_id, defs[project_id], set(changes)))
+            written = await self.writer.refresh(project_id, defs[project_id], self._builds[project_id], set(changes))
+            self.metrics.stage_state_rows.inc(written)
             # Marked handled only once written: after a failure the retry polls these changes again.
             self._seen.update({(project_id, i): changed for i, changed in changes.items()})
         # Forget marks that fell out of the look-back margin: those rows will not be seen again.

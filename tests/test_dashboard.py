@@ -96,7 +96,8 @@ async def _api(http, query, key: str, path: str, **params: str) -> Any:  # type:
 
 
 async def _kpis_when(http, query, key: str, reached: int, **params: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """The KPIs once the stage state holds ``reached`` customers in the first stage (503 while rebuilding)."""
+    """The KPIs of the latest definitions once they hold ``reached`` customers in the first stage (503 before
+    the first build, ``rebuilding`` while a newer one is computed)."""
 
     async def ready() -> dict[str, Any] | None:
         async with http.get(query.make_url("/v1/kpis"), params={"map": "funnel", **params}, headers=basic(key)) as r:
@@ -104,7 +105,7 @@ async def _kpis_when(http, query, key: str, reached: int, **params: str) -> dict
                 return None
             assert r.status == 200, await r.text()
             body = await r.json()
-            return body if body["segments"][0]["stages"][0]["reached"] == reached else None
+            return body if body["rebuilding"] is None and body["segments"][0]["stages"][0]["reached"] == reached else None
 
     return await wait_until(ready, timeout=60, interval=0.2)
 

@@ -145,12 +145,13 @@ async def _new_project(stores, journey_map: dict[str, Any] = MAP):  # type: igno
 
 
 async def _kpis(http, query, key: str, **params: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    async def ready() -> dict[str, Any] | None:
-        async with http.get(query.make_url("/v1/kpis"), params=params, headers=basic(key)) as r:
-            if r.status == 503:
+    async def ready() -> dict[str, Any] | None:  # the latest definitions' KPIs: none before the first build,
+        async with http.get(query.make_url("/v1/kpis"), params=params, headers=basic(key)) as r:  # the previous
+            if r.status == 503:  # definitions' while a newer build is computed
                 return None
             assert r.status == 200, await r.text()
-            return await r.json()
+            body = await r.json()
+            return None if body["rebuilding"] else body
 
     return await wait_until(ready)
 
@@ -520,7 +521,7 @@ async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, que
     every one of their facts nets to zero, and a later refresh of their ids adds nothing back."""
     from journeys.keys import add_key
     from query.app import STATE_UPDATER
-    from query.state_updater import current_definitions
+    from query.state_updater import current_definitions, serving_build
 
     project = await _new_project(stores)
 
@@ -554,6 +555,74 @@ async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, que
         {"p": project.id},
     )
     assert {r[0] for r in rows} == {"stays"}
-    defs = await current_definitions(stores.pg, project.id)
-    await query.app[STATE_UPDATER].writer.refresh(project.id, defs, {"goes", "anon-goes"})
+    defs, build = await current_definitions(stores.pg, project.id), await serving_build(stores.pg, project.id)
+    await query.app[STATE_UPDATER].writer.refresh(project.id, defs, build.number, {"goes", "anon-goes"})
     assert await reached() == [1, 0]
+
+
+async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are_computed(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """A segment edit is recomputed for every customer (minutes at a million); meanwhile KPIs answer from
+    the previous, complete build and say so, a brand-new segment answers 503 until it is computed, and
+    afterwards the new definitions' numbers replace the old at once."""
+    import asyncio
+
+    from query.app import STATE_UPDATER
+    from query.state_updater import serving_build
+
+    project = await _new_project(stores)
+    await _send(http, collector, project.write_key, [
+        {"type": "identify", "userId": "vip-1", "traits": {"plan": "vip"}, "channel": "web", "timestamp": _stamp(BASE)},
+        {"type": "track", "userId": "vip-1", "event": "A", "channel": "web", "timestamp": _stamp(BASE + timedelta(hours=1))},
+        *({"type": "identify", "userId": f"pro-{n}", "traits": {"plan": "pro"}, "channel": "web", "timestamp": _stamp(BASE)}
+          for n in (1, 2)),
+        *({"type": "track", "userId": f"pro-{n}", "event": "A", "channel": "web", "timestamp": _stamp(BASE + timedelta(hours=1))}
+          for n in (1, 2)),
+    ])
+    window = {"map": "funnel", "from": BASE.date().isoformat()}
+
+    async def vip_reached(body: dict[str, Any]) -> int:
+        return body["segments"][0]["stages"][0]["reached"]
+
+    before = await _kpis(http, query, project.read_key, segment="vip", **window)
+    assert await vip_reached(before) == 1 and before["rebuilding"] is None
+
+    writer = query.app[STATE_UPDATER].writer
+    real_refresh, gate, rebuilding = writer.refresh, asyncio.Event(), asyncio.Event()
+    serving = (await serving_build(stores.pg, project.id)).number
+
+    async def held(project_id: str, defs: Any, build: int, touched: set[str]) -> int:
+        if project_id == project.id and build != serving:  # the rebuild, not a refresh of the serving build
+            rebuilding.set()
+            await gate.wait()
+        return await real_refresh(project_id, defs, build, touched)
+
+    writer.refresh = held
+    try:
+        async with stores.pg.acquire() as conn:  # vip now means "pro"; and a segment that did not exist
+            await definitions.apply(conn, project.id, "segment", {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "pro"}]})
+            await definitions.apply(conn, project.id, "segment", {"name": "newbie", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]})
+        await asyncio.wait_for(rebuilding.wait(), 30)
+        async with http.get(query.make_url("/v1/kpis"), params={**window, "segment": "vip"}, headers=basic(project.read_key)) as r:
+            assert r.status == 200, await r.text()
+            during = await r.json()
+        assert during["rebuilding"]["since"].endswith("Z") and during["map"]["version"] == 1
+        assert await vip_reached(during) == 1  # the previous definition's vip, complete
+        assert during["segments"][0]["stages"] == before["segments"][0]["stages"]
+        async with http.get(query.make_url("/v1/kpis"), params={**window, "segment": "newbie"}, headers=basic(project.read_key)) as r:
+            assert r.status == 503 and r.headers["Retry-After"]
+            assert (await r.json())["errors"][0]["field"] == "segment"
+    finally:
+        gate.set()
+        writer.refresh = real_refresh
+    after = await _kpis(http, query, project.read_key, segment="*", **window)
+    by_segment = {s["segment"]: s["stages"][0]["reached"] for s in after["segments"]}
+    assert by_segment == {None: 3, "newbie": 3, "vip": 2, "web-first": 3}
+    _, rows = await stores.clickhouse.query(  # every older build's rows are gone or going (async delete)
+        "SELECT count(DISTINCT build) FROM stage_facts WHERE project_id = {p:String} SETTINGS apply_mutations_on_fly = 1",
+        {"p": project.id},
+    )
+    assert rows[0][0] == 1
+
+
+def _stamp(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")

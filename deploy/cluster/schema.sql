@@ -216,8 +216,8 @@ ENGINE = Distributed('journeys', currentDatabase(), stage_state_local, cityHash6
 CREATE TABLE IF NOT EXISTS stage_facts_local ON CLUSTER "journeys"
 (
     project_id   LowCardinality(String),
+    build        UInt64,
     map_name     LowCardinality(String),
-    map_version  UInt32,
     customer_id  String,
     segment      LowCardinality(String),
     fact         Enum8('entry' = 1, 'move' = 2, 'feeling' = 3),
@@ -236,24 +236,24 @@ CREATE TABLE IF NOT EXISTS stage_facts_local ON CLUSTER "journeys"
     n            Int64,
     PROJECTION counts
     (
-        SELECT project_id, map_name, map_version, segment, fact, stage, day, converted, touchpoint, channel,
+        SELECT project_id, build, map_name, segment, fact, stage, day, converted, touchpoint, channel,
                from_stage, move_kind, repeat, sentiment, sum(n)
-        GROUP BY project_id, map_name, map_version, segment, fact, stage, day, converted, touchpoint, channel,
+        GROUP BY project_id, build, map_name, segment, fact, stage, day, converted, touchpoint, channel,
                  from_stage, move_kind, repeat, sentiment
     ),
     PROJECTION wait_hist
     (
-        SELECT project_id, map_name, map_version, segment, fact, stage, converted, day, wait_bucket, sum(n)
-        GROUP BY project_id, map_name, map_version, segment, fact, stage, converted, day, wait_bucket
+        SELECT project_id, build, map_name, segment, fact, stage, converted, day, wait_bucket, sum(n)
+        GROUP BY project_id, build, map_name, segment, fact, stage, converted, day, wait_bucket
     ),
     PROJECTION waits
     (
-        SELECT project_id, map_name, map_version, segment, fact, stage, converted, wait_bucket, day, wait_ms, at, n
-        ORDER BY project_id, map_name, map_version, fact, segment, stage, converted, wait_bucket, day, wait_ms, at
+        SELECT project_id, build, map_name, segment, fact, stage, converted, wait_bucket, day, wait_ms, at, n
+        ORDER BY project_id, build, map_name, fact, segment, stage, converted, wait_bucket, day, wait_ms, at
     )
 )
 ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', (n))
-ORDER BY (project_id, map_name, map_version, customer_id, segment, fact, stage, at, converted, wait_ms,
+ORDER BY (project_id, build, map_name, customer_id, segment, fact, stage, at, converted, wait_ms,
           touchpoint, channel, from_stage, move_kind, repeat, sentiment)
 SETTINGS deduplicate_merge_projection_mode = 'rebuild', lightweight_mutation_projection_mode = 'rebuild';
 

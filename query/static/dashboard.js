@@ -19,7 +19,7 @@
 
   const $ = (id) => document.getElementById(id);
   const state = { key: null, view: "journey", maps: [], segments: [], customer: null, busy: false, again: false, timer: null,
-    kpis: null, daily: null, compare: null, journey: null };
+    kpis: null, daily: null, compare: null, journey: null, rebuilding: null };
 
   // ---------- small DOM helpers (text only) ----------
   function el(tag, attrs, ...children) {
@@ -153,7 +153,17 @@
     $("status").classList.toggle("error", !!isError);
   }
 
+  // While newer map or segment versions are being computed the API answers for the previous ones: say so.
+  function noteKpis(kpis) {
+    state.rebuilding = kpis.rebuilding
+      ? "showing map version " + kpis.map.version + " while new map or segment versions are computed" +
+        (kpis.rebuilding.since ? " (since " + new Date(kpis.rebuilding.since).toLocaleTimeString("en-GB") + ")" : "")
+      : null;
+    return kpis;
+  }
+
   async function refreshView() {
+    state.rebuilding = null;
     if (!$("map").value && state.view !== "customer") {
       setStatus("This project has no journey map yet: apply one (docs/maps.md) and it shows here.", false);
       return;
@@ -163,10 +173,11 @@
       else if (state.view === "flow") await showFlow();
       else if (state.view === "compare") await showCompare();
       else await showCustomer();
-      setStatus("Updated " + new Date().toLocaleTimeString("en-GB") + " · refreshes every " + POLL_MS / 1000 + " s", false);
+      setStatus("Updated " + new Date().toLocaleTimeString("en-GB") + " · refreshes every " + POLL_MS / 1000 + " s" +
+        (state.rebuilding ? " · " + state.rebuilding : ""), false);
     } catch (err) {
       if (!state.key) return;
-      if (err instanceof ApiError && err.status === 503) setStatus("KPIs are being recomputed for a new map or segment version; retrying…", false);
+      if (err instanceof ApiError && err.status === 503) setStatus("KPIs for this map or segment are being computed; retrying…", false);
       else setStatus("Could not load: " + err.message, true);
     }
   }
@@ -193,6 +204,7 @@
   async function showJourney() {
     const params = kpiParams();
     const [kpis, daily] = await Promise.all([api("/v1/kpis", params), api("/v1/kpis/daily", params)]);
+    noteKpis(kpis);
     state.kpis = kpis;
     state.daily = daily;
     const seg = kpis.segments[0];
@@ -273,7 +285,7 @@
 
   // ---------- funnel & flow view ----------
   async function showFlow() {
-    const kpis = await api("/v1/kpis", kpiParams());
+    const kpis = noteKpis(await api("/v1/kpis", kpiParams()));
     state.kpis = kpis;
     const seg = kpis.segments[0];
     const stages = seg.stages;
@@ -319,7 +331,7 @@
 
   // ---------- comparison view ----------
   async function showCompare() {
-    const kpis = await api("/v1/kpis", kpiParams({ segment: "*" }));
+    const kpis = noteKpis(await api("/v1/kpis", kpiParams({ segment: "*" })));
     state.compare = kpis;
     $("compare-sub").textContent = "· " + kpis.map.name + " · " + kpis.window.from + " to " + kpis.window.to;
     const segs = kpis.segments;

@@ -19,11 +19,15 @@
 --              the wanted bins for the exact nearest-rank quantiles, and — every open entry has wait_ms = 0 —
 --              exactly the open entries of a boundary day entered after a given instant.
 -- Smaller granules were measured slower for every KPI query (index_granularity 1024/2048 vs 8192: 1.5-2.5x).
+--
+-- `build` numbers one computation of a project's facts for one set of map and segment versions
+-- (stage_state_builds in PostgreSQL says which build serves KPIs). A new map or segment version is rebuilt
+-- under a new build while KPIs keep reading the previous, complete one; then the old build is deleted.
 CREATE TABLE IF NOT EXISTS {{table stage_facts}} {{on_cluster}}
 (
     project_id   LowCardinality(String),
+    build        UInt64,
     map_name     LowCardinality(String),
-    map_version  UInt32,
     customer_id  String,
     segment      LowCardinality(String),
     fact         Enum8('entry' = 1, 'move' = 2, 'feeling' = 3),
@@ -44,24 +48,24 @@ CREATE TABLE IF NOT EXISTS {{table stage_facts}} {{on_cluster}}
     n            Int64,
     PROJECTION counts
     (
-        SELECT project_id, map_name, map_version, segment, fact, stage, day, converted, touchpoint, channel,
+        SELECT project_id, build, map_name, segment, fact, stage, day, converted, touchpoint, channel,
                from_stage, move_kind, repeat, sentiment, sum(n)
-        GROUP BY project_id, map_name, map_version, segment, fact, stage, day, converted, touchpoint, channel,
+        GROUP BY project_id, build, map_name, segment, fact, stage, day, converted, touchpoint, channel,
                  from_stage, move_kind, repeat, sentiment
     ),
     PROJECTION wait_hist
     (
-        SELECT project_id, map_name, map_version, segment, fact, stage, converted, day, wait_bucket, sum(n)
-        GROUP BY project_id, map_name, map_version, segment, fact, stage, converted, day, wait_bucket
+        SELECT project_id, build, map_name, segment, fact, stage, converted, day, wait_bucket, sum(n)
+        GROUP BY project_id, build, map_name, segment, fact, stage, converted, day, wait_bucket
     ),
     PROJECTION waits
     (
-        SELECT project_id, map_name, map_version, segment, fact, stage, converted, wait_bucket, day, wait_ms, at, n
-        ORDER BY project_id, map_name, map_version, fact, segment, stage, converted, wait_bucket, day, wait_ms, at
+        SELECT project_id, build, map_name, segment, fact, stage, converted, wait_bucket, day, wait_ms, at, n
+        ORDER BY project_id, build, map_name, fact, segment, stage, converted, wait_bucket, day, wait_ms, at
     )
 )
 ENGINE = {{engine SummingMergeTree((n))}}
-ORDER BY (project_id, map_name, map_version, customer_id, segment, fact, stage, at, converted, wait_ms,
+ORDER BY (project_id, build, map_name, customer_id, segment, fact, stage, at, converted, wait_ms,
           touchpoint, channel, from_stage, move_kind, repeat, sentiment)
 SETTINGS deduplicate_merge_projection_mode = 'rebuild', lightweight_mutation_projection_mode = 'rebuild';
 
