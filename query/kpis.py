@@ -22,6 +22,7 @@ from typing import Any
 
 from journeys.clickhouse import ClickHouse
 from journeys.maps import JourneyMap, Stage
+from query.reads import iso
 from query.stage_state import DAY_MS, conversion_window_ms
 
 TOP = 5
@@ -29,7 +30,7 @@ ALL = ""  # the segment key of "all customers"
 
 # Every query reads a projection of stage_facts (migration 0006), never per-customer rows; `{day}` is
 # `day` for the daily series and a constant for the whole window. apply_mutations_on_fly = 0: a pending
-# DELETE (old map versions, garbage only) must not push the read off the projections.
+# DELETE (old builds, garbage only) must not push the read off the projections.
 _WHERE = (
     "project_id = {{project_id:String}} AND build = {{build:UInt64}} AND map_name = {{map_name:String}} "
     "AND segment IN {{segments:Array(String)}}"
@@ -60,7 +61,7 @@ GROUP BY seg, stage, d
 """
 
 # Open entries of a boundary day entered after the stage's cutoff (now - W): still in progress. One
-# `stage AND day AND at` range per stage (filled in by _open_query), with wait_ms = 0 (true of every open
+# `stage AND day AND at` range per stage (filled in by _open_entries), with wait_ms = 0 (true of every open
 # entry) so the waits projection's key — ... converted, wait_bucket, day, wait_ms, at — bounds each range
 # to exactly those rows.
 _OPEN_SQL = f"""
@@ -179,7 +180,6 @@ def _params(request: KpiRequest) -> dict[str, Any]:
         "segments": [ALL] if request.segments is None else list(request.segments),
         "first_day": request.first_day,
         "last_day": request.last_day,
-        "cutoffs": cutoffs,
         "boundary_days": boundary_days,
         **{
             f"open_{name}_{i}": value
@@ -259,7 +259,7 @@ def _header(request: KpiRequest) -> dict[str, Any]:
     return {
         "map": {"name": request.journey_map.name, "version": request.map_version},
         "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
-        "as_of": request.now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "as_of": iso(request.now),
         "rebuilding": request.rebuilding,
     }
 

@@ -24,6 +24,7 @@ from journeys.keys import Principal
 from journeys.maps import SLUG
 from journeys.stores import Stores
 from query.kpis import ALL, KpiRequest, daily_kpis, stage_kpis, to_csv
+from query.reads import iso
 from query.stage_state import Definitions
 from query.state_updater import Build, current_definitions, definitions_of_build, serving_build
 
@@ -101,8 +102,7 @@ async def _kpi_request(request: web.Request, principal: Principal, stores: Store
     served = latest if build.fingerprint == latest.fingerprint else await _built_for(stores, principal.project_id, build)
     rebuilding = None
     if served is not latest:
-        since = build.rebuilding_since
-        rebuilding = {"since": None if since is None else since.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        rebuilding = {"since": None if build.rebuilding_since is None else iso(build.rebuilding_since)}
 
     def computing(field: str, what: str) -> ApiError:
         return ApiError(503, [{"field": field, "reason": f"KPIs for {what} are being computed; retry shortly"}], {"Retry-After": "2"})

@@ -85,7 +85,8 @@ GROUP BY distinct_id
 ID_CHUNK = 2000
 
 
-def _iso(value: datetime) -> str:
+def iso(value: datetime) -> str:
+    """UTC, to the millisecond, with a Z: how every time leaves the query service."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -97,7 +98,7 @@ def _event(columns: list[str], row: tuple) -> dict[str, Any]:
         if name in _JSON_FIELDS:
             out[name] = orjson.loads(value) if value else {}
         elif isinstance(value, datetime):
-            out[name] = _iso(value)
+            out[name] = iso(value)
         else:
             out[name] = value
     return out
@@ -172,7 +173,7 @@ async def facts_of(ch: ClickHouse, project_id: str, members: dict[str, list[str]
             "first_touch": None
             if touch is None
             else {
-                "first_seen": _iso(touch[0]),
+                "first_seen": iso(touch[0]),
                 **dict(zip(("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign"), touch[2])),
             },
         }
@@ -198,6 +199,6 @@ async def project_stats(ch: ClickHouse, project_id: str) -> dict[str, Any]:
         "events": events,
         "customers": customers,
         "quarantined": qrows[0][0],
-        "newest_received_at": _iso(newest_received) if has_events else None,
-        "newest_event_at": _iso(newest_event) if has_events else None,
+        "newest_received_at": iso(newest_received) if has_events else None,
+        "newest_event_at": iso(newest_event) if has_events else None,
     }

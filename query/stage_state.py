@@ -63,7 +63,7 @@ CURRENT_FACTS_SQL = """
 SELECT map_name, build, customer_id, segment, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
        wait_ms, touchpoint, channel, from_stage, toString(move_kind), repeat, toString(sentiment), sum(n) AS net
 FROM stage_facts
-WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)} {maps}
+WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)} {in_build}
 GROUP BY ALL
 HAVING net != 0
 """
@@ -231,7 +231,7 @@ async def current_facts(
         params["build"] = build
     for start in range(0, len(customers), ID_CHUNK):
         params["customers"] = customers[start : start + ID_CHUNK]
-        _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{maps}", where), params)
+        _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{in_build}", where), params)
         for *fact, net in rows:
             out[tuple(fact)] = net
     return out
