@@ -15,6 +15,7 @@ from query.stage_state import forget_facts
 # the disk space goes with the next merge. On a cluster it runs on the local tables of every node.
 _FORGET = (
     ("events", "distinct_id"),
+    ("timelines", "distinct_id"),
     ("customer_traits", "distinct_id"),
     ("first_touch", "distinct_id"),
     ("identities", "distinct_id"),

@@ -7,7 +7,7 @@ Duplicates (an SDK retry after a lost response, a spool replay after a crash) ar
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -41,9 +41,15 @@ _EVENT_FIELDS = (
 )
 _JSON_FIELDS = {"properties", "traits", "context"}
 
-def _events_sql(fields: tuple[str, ...], ids: str = "{ids:Array(String)}") -> str:
+_BY_IDS = "{ids:Array(String)}"
+# The ids that may belong to the customer `id` (identities.CANDIDATES_SQL), read while identities.guess()
+# finds out which of them do: see stitched_events().
+_GUESSED_IDS = f"({identities.CANDIDATES_SQL})"
+
+
+def _events_sql(fields: tuple[str, ...], ids: str) -> str:
     return f"""
-SELECT {", ".join(fields)}
+SELECT distinct_id, {", ".join(fields)}
 FROM events
 WHERE project_id = {{project_id:String}} AND distinct_id IN {ids}
 ORDER BY timestamp, received_at, message_id
@@ -52,18 +58,35 @@ LIMIT {{limit:UInt32}}
 """
 
 
-CUSTOMER_EVENTS_SQL = _events_sql(_EVENT_FIELDS)
-
 # What a journey needs of each event (query.journey.build_journey): the fat columns (context, traits, web
 # fields) stay unread, which halves the read of one customer (measured: 9.5 → 5.4 ms p50 in chDB).
 _JOURNEY_FIELDS = ("message_id", "type", "event", "channel", "sentiment", "timestamp", "properties")
-JOURNEY_EVENTS_SQL = _events_sql(_JOURNEY_FIELDS)
 
-# The same reads for the ids that may belong to the customer `id` (identities.CANDIDATES_SQL), run while
-# identities.guess() finds out which of them do: see stitched_events().
-_GUESSED_IDS = f"({identities.CANDIDATES_SQL})"
-GUESSED_EVENTS_SQL = _events_sql(("distinct_id", *_EVENT_FIELDS), _GUESSED_IDS)
-GUESSED_JOURNEY_EVENTS_SQL = _events_sql(("distinct_id", *_JOURNEY_FIELDS), _GUESSED_IDS)
+#: (journey fields only, ids guessed) → the read of those events off the events table.
+EVENTS_SQL = {
+    (journey, guessed): _events_sql(_JOURNEY_FIELDS if journey else _EVENT_FIELDS, _GUESSED_IDS if guessed else _BY_IDS)
+    for journey in (False, True)
+    for guessed in (False, True)
+}
+
+
+def _timeline_sql(ids: str) -> str:
+    # `total` counts every copy of every event of these ids: past the limit the payloads stay in ClickHouse
+    # (a bot's timeline must not be shipped whole to be cut in Python) and the caller reads events instead.
+    return f"""
+SELECT distinct_id, total, if(total <= {{limit:UInt32}}, payload, '')
+FROM
+(
+    SELECT distinct_id, payload, sum(n) OVER () AS total
+    FROM timelines
+    WHERE project_id = {{project_id:String}} AND distinct_id IN {ids}
+)
+"""
+
+
+#: ids guessed → the read of the journey fields off the timelines table (migration 0007): about half the
+#: time of the same read off events.
+TIMELINE_SQL = {guessed: _timeline_sql(_GUESSED_IDS if guessed else _BY_IDS) for guessed in (False, True)}
 
 TRAITS_SQL = """
 SELECT distinct_id, trait, argMax(value, updated_at), max(updated_at)
@@ -104,14 +127,56 @@ def _event(columns: list[str], row: tuple) -> dict[str, Any]:
     return out
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
+    """Rows of :data:`TIMELINE_SQL` → the events as a journey reads them: in time order, each message once
+    (the copy the events reads keep: earliest timestamp, then received_at)."""
+    if not rows:
+        return []
+    items = orjson.loads("[" + ",".join(row[2] for row in rows) + "]")
+    items.sort(key=lambda item: (item[5], item[6], item[0]))
+    seen: set[str] = set()
+    events = []
+    for message_id, type_, event, channel, sentiment, at_ms, _, properties in items:
+        if message_id in seen:
+            continue
+        seen.add(message_id)
+        events.append(
+            {
+                "message_id": message_id,
+                "type": type_,
+                "event": event,
+                "channel": channel,
+                "sentiment": sentiment,
+                "timestamp": iso(_EPOCH + timedelta(milliseconds=at_ms)),
+                "properties": properties,
+            }
+        )
+    return events
+
+
+async def _events(
+    ch: ClickHouse, params: dict[str, Any], *, for_journey: bool, guessed: bool
+) -> tuple[set[str], list[dict[str, Any]]]:
+    """One read of events → (the ids they came from, the events in time order, each message once)."""
+    if for_journey:
+        _, rows = await ch.query(TIMELINE_SQL[guessed], params)
+        if not rows or rows[0][1] <= params["limit"]:
+            return {row[0] for row in rows}, timeline_events(rows)
+        # More events than a journey holds: the earliest `limit` of them, which only the events table sorts.
+    columns, rows = await ch.query(EVENTS_SQL[for_journey, guessed], params)
+    return {row[0] for row in rows}, [_event(columns[1:], row[1:]) for row in rows]
+
+
 async def customer_events(
     ch: ClickHouse, project_id: str, ids: list[str], limit: int, *, for_journey: bool = False
 ) -> list[dict[str, Any]]:
     """A stitched customer's events (all its ids) in time order, each message once; ``for_journey``
-    reads only the fields a journey is built from."""
-    sql = JOURNEY_EVENTS_SQL if for_journey else CUSTOMER_EVENTS_SQL
-    columns, rows = await ch.query(sql, {"project_id": project_id, "ids": ids, "limit": limit})
-    return [_event(columns, row) for row in rows]
+    reads only the fields a journey is built from, off the timelines."""
+    params = {"project_id": project_id, "ids": ids, "limit": limit}
+    return (await _events(ch, params, for_journey=for_journey, guessed=False))[1]
 
 
 async def stitched_events(
@@ -126,12 +191,12 @@ async def stitched_events(
     stitched anonymous id, the guess names the customer, and the same pair of reads runs for it. Otherwise
     (a reverse-index row ahead of its forward row) the events are read again for exactly the members.
     """
-    sql = GUESSED_JOURNEY_EVENTS_SQL if for_journey else GUESSED_EVENTS_SQL
-    found, (columns, rows) = await asyncio.gather(
-        identities.guess(ch, project_id, any_id), ch.query(sql, {"project_id": project_id, "id": any_id, "limit": limit})
+    params = {"project_id": project_id, "id": any_id, "limit": limit}
+    found, (seen, events) = await asyncio.gather(
+        identities.guess(ch, project_id, any_id), _events(ch, params, for_journey=for_journey, guessed=True)
     )
-    if found.right and all(row[0] in found.members for row in rows):
-        return found.customer, found.members, [_event(columns[1:], row[1:]) for row in rows]
+    if found.right and seen <= set(found.members):
+        return found.customer, found.members, events
     if not found.right and _hops > 0:
         return await stitched_events(ch, project_id, found.customer, limit, for_journey=for_journey, _hops=_hops - 1)
     ids = found.members if found.right else sorted(await identities.members(ch, project_id, found.customer))

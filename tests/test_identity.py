@@ -120,7 +120,7 @@ async def test_forgetting_a_customer_removes_everything(http, collector, query, 
         assert body["events"] == [] and body["ids"] == [asked]
         profile = await _get(http, query, f"/v1/customers/{asked}", project.read_key)
         assert profile["traits"] == {} and profile["first_touch"] is None
-    for table in ("events", "customer_traits", "first_touch", "identities", "identities_by_customer"):
+    for table in ("events", "timelines", "customer_traits", "first_touch", "identities", "identities_by_customer"):
         _, rows = await stores.clickhouse.query(
             f"SELECT count() FROM {table} WHERE project_id = {{p:String}} AND distinct_id IN ('eve', 'anon-f')",
             {"p": project.id},
