@@ -2,8 +2,9 @@
 
 Runs the real schema (our migrations) in chDB — the same engine as a ClickHouse server — in this process,
 and inserts realistic rows exactly as the inserter does (JSONCompactEachRow lines built by ``to_row``).
-Baseline in the same run: the same rows into a plain MergeTree table without the derived web columns.
-This is the floor under ``bench/ingest.py``'s stored events/s on the embedded default.
+Baselines in the same run: the same rows into the events table with the journey timelines' view taken away
+(what that view costs), and into a plain MergeTree table without the derived web columns. Then the disk each
+event takes, merged, in the events table and in the timelines. This is the floor under ``bench/ingest.py``'s stored events/s on the embedded default.
 
     python bench/clickhouse_insert.py [--rows 100000]
 """
@@ -70,18 +71,35 @@ def main() -> None:
         )
         client.command(plain.replace("IF NOT EXISTS events", "IF NOT EXISTS events_plain"))
         settings = {"input_format_json_read_objects_as_strings": 1}
-        print(f"{'insert size':>12} {'events table':>22} {'plain MergeTree':>22}")
+        timelines_view = next(s for s in statements if s.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS timelines_mv"))
+
+        def insert(table: str, size: int) -> str:
+            chunks = [b"".join(lines[k : k + size]) for k in range(0, len(lines), size)]
+            began_wall, began_cpu = time.perf_counter(), _cpu()
+            for chunk in chunks:
+                client.raw_insert(table, list(EVENT_COLUMNS), insert_block=chunk, fmt="JSONCompactEachRow",
+                                  settings=settings)
+            wall, cpu = time.perf_counter() - began_wall, _cpu() - began_cpu
+            return f"{cpu / len(lines) * 1e6:6.2f} µs CPU/row ({len(lines) / wall:,.0f} rows/s)"
+
+        # The journey timelines' view (migration 0007) is measured by taking it away for one pass, same run.
+        print(f"{'insert size':>12} {'events table':>34} {'events without timelines':>34} {'plain MergeTree':>34}")
         for size in (2_000, 10_000, 50_000):
-            figures = []
-            for table in ("events", "events_plain"):
-                chunks = [b"".join(lines[k : k + size]) for k in range(0, len(lines), size)]
-                began_wall, began_cpu = time.perf_counter(), _cpu()
-                for chunk in chunks:
-                    client.raw_insert(table, list(EVENT_COLUMNS), insert_block=chunk, fmt="JSONCompactEachRow",
-                                      settings=settings)
-                wall, cpu = time.perf_counter() - began_wall, _cpu() - began_cpu
-                figures.append(f"{cpu / len(lines) * 1e6:6.2f} µs CPU/row ({len(lines) / wall:,.0f} rows/s)")
-            print(f"{size:>12,} {figures[0]:>22} {figures[1]:>22}")
+            with_view = insert("events", size)
+            client.command("DROP VIEW timelines_mv")
+            without_view = insert("events", size)
+            client.command(timelines_view)
+            print(f"{size:>12,} {with_view:>34} {without_view:>34} {insert('events_plain', size):>34}")
+
+        # Disk per event: the rows once, merged, as they end up on disk.
+        for table in ("events", "timelines"):
+            client.command(f"TRUNCATE TABLE {table}")
+        insert("events", 50_000)
+        for table in ("events", "timelines"):
+            client.command(f"OPTIMIZE TABLE {table} FINAL")
+        for table in ("events", "timelines"):
+            size = client.command(f"SELECT sum(bytes_on_disk) FROM system.parts WHERE active AND table = '{table}'")
+            print(f"disk per event, {table}: {int(size) / len(lines):.0f} B")
         client.close()
 
 

@@ -71,16 +71,13 @@ EVENTS_SQL = {
 
 
 def _timeline_sql(ids: str) -> str:
-    # `total` counts every copy of every event of these ids: past the limit the payloads stay in ClickHouse
-    # (a bot's timeline must not be shipped whole to be cut in Python) and the caller reads events instead.
+    # One row past the limit says "more than a journey holds" (the caller then reads events): a bot's whole
+    # timeline is never shipped to be cut in Python.
     return f"""
-SELECT distinct_id, total, if(total <= {{limit:UInt32}}, payload, '')
-FROM
-(
-    SELECT distinct_id, payload, sum(n) OVER () AS total
-    FROM timelines
-    WHERE project_id = {{project_id:String}} AND distinct_id IN {ids}
-)
+SELECT distinct_id, entry
+FROM timelines
+WHERE project_id = {{project_id:String}} AND distinct_id IN {ids}
+LIMIT {{limit:UInt32}} + 1
 """
 
 
@@ -135,7 +132,7 @@ def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
     (the copy the events reads keep: earliest timestamp, then received_at)."""
     if not rows:
         return []
-    items = orjson.loads("[" + ",".join(row[2] for row in rows) + "]")
+    items = orjson.loads("[" + ",".join(row[1] for row in rows) + "]")
     items.sort(key=lambda item: (item[5], item[6], item[0]))
     seen: set[str] = set()
     events = []
@@ -163,7 +160,7 @@ async def _events(
     """One read of events → (the ids they came from, the events in time order, each message once)."""
     if for_journey:
         _, rows = await ch.query(TIMELINE_SQL[guessed], params)
-        if not rows or rows[0][1] <= params["limit"]:
+        if len(rows) <= params["limit"]:
             return {row[0] for row in rows}, timeline_events(rows)
         # More events than a journey holds: the earliest `limit` of them, which only the events table sorts.
     columns, rows = await ch.query(EVENTS_SQL[for_journey, guessed], params)

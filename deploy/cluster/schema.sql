@@ -269,8 +269,7 @@ CREATE TABLE IF NOT EXISTS timelines_local ON CLUSTER "journeys"
 (
     project_id   LowCardinality(String),
     distinct_id  String,
-    n            UInt32,
-    payload      String CODEC(ZSTD(1))
+    entry        String CODEC(ZSTD(1))
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 ORDER BY (project_id, distinct_id)
@@ -280,31 +279,18 @@ CREATE TABLE IF NOT EXISTS timelines ON CLUSTER "journeys" AS timelines_local
 ENGINE = Distributed('journeys', currentDatabase(), timelines_local, cityHash64(project_id, distinct_id));
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS timelines_mv_local ON CLUSTER "journeys" TO timelines_local AS
-SELECT project_id, distinct_id, length(chunk) AS n, arrayStringConcat(chunk, ',') AS payload
-FROM
-(
-    SELECT project_id, distinct_id, groupArray(concat(
-        '[', toJSONString(message_id), ',', toJSONString(type), ',', toJSONString(event), ',',
-        toJSONString(toString(channel)), ',', toJSONString(toString(sentiment)), ',',
-        toString(toUnixTimestamp64Milli(timestamp)), ',', toString(toUnixTimestamp64Milli(received_at)), ',',
-        if(properties = '', '{}', properties), ']')) AS items
-    FROM events_local
-    GROUP BY project_id, distinct_id
-)
-ARRAY JOIN arrayMap(k -> arraySlice(items, k * 1000 + 1, 1000), range(intDiv(length(items) + 999, 1000))) AS chunk;
+SELECT project_id, distinct_id, concat(
+    '[', toJSONString(message_id), ',', toJSONString(type), ',', toJSONString(event), ',',
+    toJSONString(toString(channel)), ',', toJSONString(toString(sentiment)), ',',
+    toString(toUnixTimestamp64Milli(timestamp)), ',', toString(toUnixTimestamp64Milli(received_at)), ',',
+    if(properties = '', '{}', properties), ']') AS entry
+FROM events_local;
 
-INSERT INTO timelines (project_id, distinct_id, n, payload)
-SELECT project_id, distinct_id, length(chunk) AS n, arrayStringConcat(chunk, ',') AS payload
-FROM
-(
-    SELECT project_id, distinct_id, groupArray(concat(
-        '[', toJSONString(message_id), ',', toJSONString(type), ',', toJSONString(event), ',',
-        toJSONString(toString(channel)), ',', toJSONString(toString(sentiment)), ',',
-        toString(toUnixTimestamp64Milli(timestamp)), ',', toString(toUnixTimestamp64Milli(received_at)), ',',
-        if(properties = '', '{}', properties), ']')) AS items
-    FROM events
-    GROUP BY project_id, distinct_id
-)
-ARRAY JOIN arrayMap(k -> arraySlice(items, k * 1000 + 1, 1000), range(intDiv(length(items) + 999, 1000))) AS chunk
-SETTINGS max_threads = 1, max_bytes_before_external_group_by = 100000000,
-         min_insert_block_size_rows = 65536, min_insert_block_size_bytes = 67108864;
+INSERT INTO timelines (project_id, distinct_id, entry)
+SELECT project_id, distinct_id, concat(
+    '[', toJSONString(message_id), ',', toJSONString(type), ',', toJSONString(event), ',',
+    toJSONString(toString(channel)), ',', toJSONString(toString(sentiment)), ',',
+    toString(toUnixTimestamp64Milli(timestamp)), ',', toString(toUnixTimestamp64Milli(received_at)), ',',
+    if(properties = '', '{}', properties), ']') AS entry
+FROM events
+SETTINGS min_insert_block_size_rows = 262144, min_insert_block_size_bytes = 67108864;
