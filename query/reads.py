@@ -1,7 +1,9 @@
-"""Read queries over the events table. Every user-supplied value is a bound parameter.
+"""Read queries over the events table, and over its copy laid out for journeys (``timelines``). Every
+user-supplied value is a bound parameter.
 
-Duplicates (an SDK retry after a lost response, a spool replay after a crash) are removed here with
-``LIMIT 1 BY message_id``, never left to background merges: reads are exact at any moment.
+Duplicates (an SDK retry after a lost response, a spool replay after a crash) are removed here, with
+``LIMIT 1 BY message_id`` or its equal in :func:`timeline_events`, never left to background merges: reads
+are exact at any moment.
 """
 
 from __future__ import annotations
