@@ -49,3 +49,29 @@ async def test_migrations_are_idempotent_on_live_stores(stores) -> None:  # type
         assert await migrate_postgres(conn) == []
     _, rows = await stores.clickhouse.query("SELECT name FROM journeys_schema_migrations ORDER BY name")
     assert [r[0] for r in rows] == [m.name for m in clickhouse_migrations()]
+
+
+def test_distributed_tables_default_what_their_local_tables_default() -> None:
+    """A Distributed table fills a column an INSERT leaves out with its own default and the shard stores
+    that value, so a column added to a local table with a DEFAULT needs the same DEFAULT on the Distributed
+    table over it (inserted_at went without one in 0005: every row stored 1970 on a cluster)."""
+    import re
+
+    from journeys.migrate import _files
+
+    local_adds = re.compile(
+        r"ALTER TABLE \{\{table (\w+)\}\} \{\{on_cluster\}\} ADD COLUMN IF NOT EXISTS (\w+) (.+?) DEFAULT (.+?);"
+    )
+    distributed_changes = re.compile(
+        r"\{\{alter_distributed (\w+) (?:ADD COLUMN IF NOT EXISTS|MODIFY COLUMN) (\w+) (.+?)\}\}"
+    )
+    wanted: dict[tuple[str, str], str] = {}
+    declared: dict[tuple[str, str], str] = {}
+    for _, sql in _files("clickhouse"):
+        for table, column, _type, default in local_adds.findall(sql):
+            wanted[table, column] = f"DEFAULT {default.strip()}"
+        for table, column, definition in distributed_changes.findall(sql):
+            declared[table, column] = definition
+    assert wanted, "no local column with a DEFAULT found: the pattern no longer matches the migrations"
+    for (table, column), default in wanted.items():
+        assert declared.get((table, column), "").endswith(default), (table, column, declared.get((table, column)))

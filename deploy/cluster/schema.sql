@@ -294,3 +294,8 @@ SELECT project_id, distinct_id, concat(
     if(properties = '', '{}', properties), ']') AS entry
 FROM events
 SETTINGS min_insert_block_size_rows = 262144, min_insert_block_size_bytes = 67108864;
+
+-- 0008_distributed_defaults.sql
+ALTER TABLE events ON CLUSTER "journeys" MODIFY COLUMN inserted_at DateTime64(3, 'UTC') DEFAULT now64(3);
+
+ALTER TABLE identities ON CLUSTER "journeys" MODIFY COLUMN inserted_at DateTime64(3, 'UTC') DEFAULT now64(3);
