@@ -63,6 +63,9 @@ class Inserter:
         self._stop = asyncio.Event()
         self._drain_deadline: float | None = None
         self._last_insert = time.monotonic()  # the first insert lingers too: a restart's burst goes in whole
+        # How far the spool is in ClickHouse, ahead of its checkpoint when the checkpoint could not be written
+        # (a full disk): a retry then writes the checkpoint again, not the rows.
+        self._inserted_to = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -101,7 +104,8 @@ class Inserter:
                 backoff = min(backoff * 2, 5.0)
 
     async def _drain(self) -> None:
-        position = self.spool.checkpoint
+        position = max(self.spool.checkpoint, self._inserted_to)
+        await self.spool.commit(position)  # no-op unless a failed commit is being retried
         while True:
             caught_up = self.spool.durable_position <= position
             if caught_up:
@@ -121,6 +125,7 @@ class Inserter:
                 return  # stopping with ClickHouse unavailable: the spool keeps the batch
             self._last_insert = time.monotonic()
             if next_position > position:
+                self._inserted_to = next_position
                 await self.spool.commit(next_position)
                 position = next_position
 

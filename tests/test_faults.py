@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
+from collector.app import INSERTER
 from collector.app import create_app as create_collector
 from journeys.metrics import Metrics
 from journeys_sdk import Client
@@ -116,3 +117,42 @@ async def test_spool_disk_full_answers_503_then_recovers_and_loses_nothing(http,
     )
     stored = {r[0] for r in rows}
     assert stored == set(acked) and not stored & set(refused)
+
+
+async def test_a_checkpoint_the_full_disk_refuses_is_written_again_not_the_rows(http, stores, project, tiny_disk) -> None:  # type: ignore[no-untyped-def]
+    """The rows reach ClickHouse, then the spool cannot write its checkpoint (disk full): the inserter must
+    retry the checkpoint, not insert the same rows again (each retry would be another physical copy)."""
+    settings = with_settings(stores, spool_dir=tiny_disk / "spool", insert_linger_ms=1500.0)
+    server = TestServer(create_collector(settings, Metrics()), host="127.0.0.1")
+    await server.start_server()
+    filler = tiny_disk / "filler"
+    try:
+        batch = [{"type": "track", "userId": f"k{i}", "event": "E", "messageId": f"ck-{i}"} for i in range(50)]
+        async with http.post(server.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
+                             headers=basic(project.write_key)) as resp:
+            assert resp.status == 200
+        # Durable in the spool; the inserter lingers 1.5 s. Fill what is left of the disk meanwhile.
+        with open(filler, "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+
+        async def stored() -> bool:
+            return (await _unique_raw_and_read(stores, project.id))[0] == 50
+
+        await wait_until(stored)
+        await wait_until(lambda: _failed_and_retried(server))  # the checkpoint could not be written
+        filler.unlink()
+        await wait_drained(server)
+    finally:
+        filler.unlink(missing_ok=True)
+        await server.close()
+    assert await _unique_raw_and_read(stores, project.id) == (50, 50, 50)
+
+
+async def _failed_and_retried(server) -> bool:  # type: ignore[no-untyped-def]
+    inserter = server.app[INSERTER]
+    return not inserter.healthy and "No space left" in (inserter.last_error or "")
