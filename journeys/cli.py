@@ -88,7 +88,7 @@ async def _migrate(settings: Settings) -> None:
 
         async with stores.pg.acquire() as conn:
             pg = await migrate_postgres(conn)
-        ch = await migrate_clickhouse(stores.clickhouse, settings.clickhouse_cluster)
+            ch = await migrate_clickhouse(stores.clickhouse, settings.clickhouse_cluster, lock=conn)
     print(f"PostgreSQL: {', '.join(pg) or 'up to date'}")
     print(f"ClickHouse: {', '.join(ch) or 'up to date'}")
 

@@ -106,17 +106,42 @@ def postgres_migrations() -> list[Migration]:
     return [Migration(name, [sql]) for name, sql in _files("postgres")]
 
 
-async def migrate_clickhouse(ch: ClickHouse, cluster: str = "") -> list[str]:
+async def migrate_clickhouse(ch: ClickHouse, cluster: str = "", *, lock: asyncpg.Connection | None = None) -> list[str]:
     """Apply pending ClickHouse migrations; return the names applied now.
 
-    Every statement is ``IF NOT EXISTS``-safe, so a run interrupted half-way is simply run again.
+    Every statement is ``IF NOT EXISTS``-safe, so a run interrupted half-way is simply run again. Not every
+    migration is free to run twice, though (0007 copies every stored event), so with ``lock`` (a PostgreSQL
+    connection: every service shares the database) one process migrates at a time, and on a cluster a
+    migration recorded on any node counts: the record table is one plain table per node, and a load
+    balancer sends each process to whichever node it likes.
     """
+    if lock is not None:
+        await lock.execute("SELECT pg_advisory_lock($1)", _CH_LOCK_ID)
+    try:
+        return await _migrate_clickhouse(ch, cluster)
+    finally:
+        if lock is not None:
+            await lock.execute("SELECT pg_advisory_unlock($1)", _CH_LOCK_ID)
+
+
+def applied_clickhouse_sql(cluster: str = "") -> str:
+    """The migrations recorded as applied: on a cluster, on any node that answers."""
+    if not cluster:
+        return "SELECT DISTINCT name FROM journeys_schema_migrations"
+    quoted = cluster.replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        f"SELECT DISTINCT name FROM clusterAllReplicas('{quoted}', currentDatabase(), journeys_schema_migrations) "
+        "SETTINGS skip_unavailable_shards = 1"
+    )
+
+
+async def _migrate_clickhouse(ch: ClickHouse, cluster: str) -> list[str]:
     on_cluster = f"ON CLUSTER {_quote_ident(cluster)}" if cluster else ""
     await ch.command(
         f"CREATE TABLE IF NOT EXISTS journeys_schema_migrations {on_cluster} "
         "(name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY name"
     )
-    _, rows = await ch.query("SELECT DISTINCT name FROM journeys_schema_migrations")
+    _, rows = await ch.query(applied_clickhouse_sql(cluster))
     done = {row[0] for row in rows}
     applied = []
     for migration in clickhouse_migrations(cluster):
@@ -130,6 +155,7 @@ async def migrate_clickhouse(ch: ClickHouse, cluster: str = "") -> list[str]:
 
 
 _PG_LOCK_ID = 0x6A6F75726E657973  # "journeys": one migrator at a time across processes
+_CH_LOCK_ID = _PG_LOCK_ID + 1  # the same for ClickHouse's migrations
 
 
 async def migrate_postgres(conn: asyncpg.Connection) -> list[str]:

@@ -32,7 +32,7 @@ async def open_stores(settings: Settings, *, migrate: bool = True) -> AsyncItera
             if migrate:
                 async with pg.acquire() as conn:
                     await migrate_postgres(conn)
-                await migrate_clickhouse(clickhouse, settings.clickhouse_cluster)
+                    await migrate_clickhouse(clickhouse, settings.clickhouse_cluster, lock=conn)
             yield Stores(settings, clickhouse, pg, KeyResolver(pg, ttl=settings.key_cache_ttl_s))
         finally:
             await clickhouse.close()

@@ -187,3 +187,12 @@ async def test_a_reverse_index_row_without_its_forward_row_is_not_a_member(http,
     assert body["ids"] == ["gil"] and [e["message_id"] for e in body["events"]] == ["g1"]
     other = await _get(http, query, "/v1/customers/half-linked/events", project.read_key)
     assert other["ids"] == ["half-linked"] and [e["message_id"] for e in other["events"]] == ["x1"]
+    # The journey reads timelines, not events: the same check there.
+    from test_journey import MAP
+
+    async with stores.pg.acquire() as conn:
+        admin = await add_key(conn, project.id, "admin")
+    async with http.put(query.make_url("/v1/maps/shop"), data=orjson.dumps(MAP), headers=basic(admin)) as resp:
+        assert resp.status == 201
+    journey = await _get(http, query, "/v1/customers/gil/journey?map=shop", project.read_key)
+    assert journey["ids"] == ["gil"] and [t["message_id"] for t in journey["touchpoints"]] == ["g1"]

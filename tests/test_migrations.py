@@ -75,3 +75,28 @@ def test_distributed_tables_default_what_their_local_tables_default() -> None:
     assert wanted, "no local column with a DEFAULT found: the pattern no longer matches the migrations"
     for (table, column), default in wanted.items():
         assert declared.get((table, column), "").endswith(default), (table, column, declared.get((table, column)))
+
+
+async def test_one_process_migrates_clickhouse_at_a_time(stores) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from journeys.migrate import _CH_LOCK_ID
+
+    async with stores.pg.acquire() as holder, stores.pg.acquire() as waiter:
+        await holder.execute("SELECT pg_advisory_lock($1)", _CH_LOCK_ID)
+        try:
+            waiting = asyncio.create_task(migrate_clickhouse(stores.clickhouse, lock=waiter))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock($1)", _CH_LOCK_ID)
+        assert await asyncio.wait_for(waiting, 30) == []
+
+
+async def test_on_a_cluster_a_migration_recorded_on_any_node_counts(stores) -> None:  # type: ignore[no-untyped-def]
+    from journeys.migrate import applied_clickhouse_sql
+
+    sql = applied_clickhouse_sql("journeys")
+    assert "clusterAllReplicas('journeys', currentDatabase(), journeys_schema_migrations)" in sql
+    _, rows = await stores.clickhouse.query(f"EXPLAIN AST {sql}")  # no cluster here: ClickHouse's parser
+    assert rows

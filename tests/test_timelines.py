@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
 
 from journeys.events import EVENT_COLUMNS
-from query.reads import EVENTS_SQL, customer_events, iso
+from query.reads import EVENTS_SQL, _event, customer_events
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,16 +34,11 @@ async def _insert(stores, rows: list[bytes]) -> None:  # type: ignore[no-untyped
 
 
 async def _off_events(stores, project_id: str, ids: list[str], limit: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The events table's read of the same events, decoded as production decodes it."""
     columns, rows = await stores.clickhouse.query(
         EVENTS_SQL[True, False], {"project_id": project_id, "ids": ids, "limit": limit}
     )
-    out = []
-    for row in rows:
-        event = dict(zip(columns[1:], row[1:]))
-        event["timestamp"] = iso(event["timestamp"])
-        event["properties"] = orjson.loads(event["properties"]) if event["properties"] else {}
-        out.append(event)
-    return out
+    return [_event(columns[1:], row[1:]) for row in rows]
 
 
 async def test_timeline_reads_equal_the_events_table_across_inserts_retries_and_odd_values(stores, project) -> None:  # type: ignore[no-untyped-def]
@@ -96,6 +92,25 @@ async def test_a_customer_with_thousands_of_events_reads_the_same_either_way(sto
         assert len(journey) == min(limit, 2500) and journey == await _off_events(stores, pid, ["bot"], limit)
 
 
+async def test_journeys_read_timelines_and_only_past_the_limit_events(stores, project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The answers are the same either way by design, so which table answered is checked on the SQL sent."""
+    pid = project.id
+    await _insert(stores, [_row(pid, "pat", f"p{i}", f"2026-07-01 00:00:0{i}.000") for i in range(4)])
+    sent: list[str] = []
+    query = stores.clickhouse.query
+
+    async def recording(sql, parameters=None):  # type: ignore[no-untyped-def]
+        sent.append(sql)
+        return await query(sql, parameters)
+
+    monkeypatch.setattr(stores.clickhouse, "query", recording)
+    for limit, tables in ((4, ["timelines"]), (3, ["timelines", "events"])):
+        sent.clear()
+        journey = await customer_events(stores.clickhouse, pid, ["pat"], limit, for_journey=True)
+        assert [e["message_id"] for e in journey] == [f"p{i}" for i in range(limit)]
+        assert [("FROM timelines" in sql and "timelines") or ("FROM events" in sql and "events") for sql in sent] == tables
+
+
 _UPGRADE = textwrap.dedent("""
     import asyncio, json, sys
     from journeys.clickhouse import ClickHouse
@@ -135,3 +150,5 @@ def test_upgrading_fills_timelines_with_the_events_stored_before(tmp_path: Path)
     items = [orjson.loads(entry) for _, entry in result["rows"]]
     assert sorted(item[0] for item in items) == ["o0", "o1", "o2"]
     assert all(item[1:5] == ["track", "Old", "store", ""] and item[7] == {"k": 1} for item in items)
+    expected_ms = {f"o{i}": int(datetime(2025, i + 1, 1, tzinfo=timezone.utc).timestamp() * 1000) for i in range(3)}
+    assert all(item[5] == item[6] == expected_ms[item[0]] for item in items)
