@@ -105,7 +105,9 @@ class Inserter:
 
     async def _drain(self) -> None:
         position = max(self.spool.checkpoint, self._inserted_to)
-        await self.spool.commit(position)  # no-op unless a failed commit is being retried
+        if position > self.spool.checkpoint:  # a checkpoint the disk refused: write it again, not the rows
+            await self.spool.commit(position)
+            self.healthy, self.last_error = True, None
         while True:
             caught_up = self.spool.durable_position <= position
             if caught_up:
@@ -159,7 +161,7 @@ class Inserter:
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
         except asyncio.TimeoutError:
-            pass
+            self.healthy, self.last_error = True, None
 
     async def _insert(self, records: list[Record]) -> None:
         by_kind: dict[int, list[bytes]] = {}
