@@ -1,9 +1,9 @@
 """Read queries over the events table, and over its copy laid out for journeys (``timelines``). Every
 user-supplied value is a bound parameter.
 
-Duplicates (an SDK retry after a lost response, a spool replay after a crash) are removed here, with
-``LIMIT 1 BY message_id`` or its equal in :func:`timeline_events`, never left to background merges: reads
-are exact at any moment.
+Duplicates (an SDK retry after a lost response, a spool replay after a crash) are removed here, never left
+to background merges: of a message's copies each read keeps the one a merge keeps (received last), so reads
+are exact at any moment and no answer changes when ClickHouse merges.
 """
 
 from __future__ import annotations
@@ -50,12 +50,20 @@ _GUESSED_IDS = f"({identities.CANDIDATES_SQL})"
 
 
 def _events_sql(fields: tuple[str, ...], ids: str) -> str:
+    # Of a message's copies, the one a merge keeps (ReplacingMergeTree(received_at): received last), so that
+    # no answer changes when ClickHouse merges; then time order.
+    inner = ", ".join(dict.fromkeys(("distinct_id", *fields, "received_at")))
     return f"""
 SELECT distinct_id, {", ".join(fields)}
-FROM events
-WHERE project_id = {{project_id:String}} AND distinct_id IN {ids}
+FROM
+(
+    SELECT {inner}
+    FROM events
+    WHERE project_id = {{project_id:String}} AND distinct_id IN {ids}
+    ORDER BY message_id, received_at DESC, timestamp
+    LIMIT 1 BY message_id
+)
 ORDER BY timestamp, received_at, message_id
-LIMIT 1 BY message_id
 LIMIT {{limit:UInt32}}
 """
 
@@ -131,17 +139,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
     """Rows of :data:`TIMELINE_SQL` → the events as a journey reads them: in time order, each message once
-    (the copy the events reads keep: earliest timestamp, then received_at)."""
+    (the copy the events reads keep, and a merge of `events` would keep: received last)."""
     if not rows:
         return []
-    items = orjson.loads("[" + ",".join(row[1] for row in rows) + "]")
-    items.sort(key=lambda item: (item[5], item[6], item[0]))
-    seen: set[str] = set()
+    kept: dict[str, list[Any]] = {}
+    for item in orjson.loads("[" + ",".join(row[1] for row in rows) + "]"):
+        other = kept.get(item[0])
+        if other is None or (item[6], -item[5]) > (other[6], -other[5]):
+            kept[item[0]] = item
     events = []
-    for message_id, type_, event, channel, sentiment, at_ms, _, properties in items:
-        if message_id in seen:
-            continue
-        seen.add(message_id)
+    for message_id, type_, event, channel, sentiment, at_ms, _, properties in sorted(
+        kept.values(), key=lambda item: (item[5], item[6], item[0])
+    ):
         events.append(
             {
                 "message_id": message_id,

@@ -359,14 +359,18 @@ WHERE {any_rule}
         for start in range(0, len(ids), ID_CHUNK):
             _, chunk = await self.ch.query(sql, {**params, "project_id": project_id, "ids": ids[start : start + ID_CHUNK]})
             rows += chunk
-        rows.sort(key=lambda r: (r[1], r[2], r[3]))
+        # Of a message's copies, the one a merge of `events` keeps (received last), as query.reads does.
+        kept: dict[tuple[str, str], tuple] = {}
+        for row in rows:
+            key = (owner[row[0]], row[3])
+            other = kept.get(key)
+            if other is None or (row[2], -row[1]) > (other[2], -other[1]):
+                kept[key] = row
         out: dict[str, list[tuple[int, list[int], str, str, dict[str, Any] | None, str]]] = {}
-        seen: set[tuple[str, str]] = set()
-        for distinct_id, t, _, message_id, channel, sentiment, properties, rules in rows:
+        for distinct_id, t, _, message_id, channel, sentiment, properties, rules in sorted(
+            kept.values(), key=lambda r: (r[1], r[2], r[3])
+        ):
             customer = owner[distinct_id]
-            if (customer, message_id) in seen:
-                continue
-            seen.add((customer, message_id))
             parsed = orjson.loads(properties) if properties else None
             out.setdefault(customer, []).append((t, list(rules), channel, sentiment, parsed, message_id))
         return out

@@ -152,3 +152,50 @@ def test_upgrading_fills_timelines_with_the_events_stored_before(tmp_path: Path)
     assert all(item[1:5] == ["track", "Old", "store", ""] and item[7] == {"k": 1} for item in items)
     expected_ms = {f"o{i}": int(datetime(2025, i + 1, 1, tzinfo=timezone.utc).timestamp() * 1000) for i in range(3)}
     assert all(item[5] == item[6] == expected_ms[item[0]] for item in items)
+
+
+async def test_no_read_changes_when_clickhouse_merges_a_retry_away(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """A merge of `events` keeps the copy received last (ReplacingMergeTree(received_at)); every read keeps
+    that copy from the start — events, journey (timelines, never merged) and the stage facts' read — so no
+    answer depends on whether a merge has run."""
+    from journeys.maps import validate_map
+    from query.journey import CompiledMap
+    from query.stage_state import Definitions, StateWriter
+    from test_journey import MAP
+
+    pid = project.id
+    await _insert(stores, [
+        _row(pid, "rita", "late", "2026-08-01 10:00:00.000", received_at="2026-08-01 10:00:01.000",
+             event="Email Clicked", channel="email"),
+        _row(pid, "rita", "early", "2026-08-02 10:00:00.000", received_at="2026-08-02 10:00:01.000",
+             event="Email Clicked", channel="email"),
+    ])
+    # The retries, received later: one stamped later, one stamped earlier than its first copy.
+    await _insert(stores, [
+        _row(pid, "rita", "late", "2026-08-01 10:00:00.004", received_at="2026-08-03 09:00:00.000",
+             event="Email Clicked", channel="email"),
+        _row(pid, "rita", "early", "2026-08-02 09:59:59.996", received_at="2026-08-03 09:00:00.000",
+             event="Email Clicked", channel="email"),
+    ])
+    definitions = Definitions.of([(validate_map(MAP), 1)], [])
+
+    async def answers() -> tuple:  # type: ignore[type-arg]
+        staged = await StateWriter(stores.clickhouse)._staged(pid, definitions, {"rita": {"rita"}})
+        return (
+            await customer_events(stores.clickhouse, pid, ["rita"], 100),
+            await customer_events(stores.clickhouse, pid, ["rita"], 100, for_journey=True),
+            [(t, m) for t, _, _, _, _, m in staged["rita"]],
+        )
+
+    before = await answers()
+    assert [(e["message_id"], e["timestamp"]) for e in before[0]] == [
+        ("late", "2026-08-01T10:00:00.004Z"), ("early", "2026-08-02T09:59:59.996Z")]
+    assert [(e["message_id"], e["timestamp"]) for e in before[1]] == [
+        (e["message_id"], e["timestamp"]) for e in before[0]]
+    assert before[2] == [(1785578400004, "late"), (1785664799996, "early")]
+    await stores.clickhouse.command("OPTIMIZE TABLE events FINAL")
+    _, copies = await stores.clickhouse.query(
+        "SELECT count() FROM events WHERE project_id = {p:String}", {"p": pid}
+    )
+    assert copies == [(2,)]  # merged: one copy of each left
+    assert await answers() == before
