@@ -137,6 +137,12 @@ def _event(columns: list[str], row: tuple) -> dict[str, Any]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def kept_copy_rank(received_ms: int, at_ms: int) -> tuple[int, int]:
+    """Of a message's copies the highest-ranked is kept: the one received last, as a merge of `events`
+    (ReplacingMergeTree(received_at)) keeps; equal receipts (one request) keep the earlier time."""
+    return received_ms, -at_ms
+
+
 def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
     """Rows of :data:`TIMELINE_SQL` → the events as a journey reads them: in time order, each message once
     (the copy the events reads keep, and a merge of `events` would keep: received last)."""
@@ -145,7 +151,7 @@ def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
     kept: dict[str, list[Any]] = {}
     for item in orjson.loads("[" + ",".join(row[1] for row in rows) + "]"):
         other = kept.get(item[0])
-        if other is None or (item[6], -item[5]) > (other[6], -other[5]):
+        if other is None or kept_copy_rank(item[6], item[5]) > kept_copy_rank(other[6], other[5]):
             kept[item[0]] = item
     events = []
     for message_id, type_, event, channel, sentiment, at_ms, _, properties in sorted(

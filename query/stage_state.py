@@ -30,7 +30,7 @@ from journeys import identities
 from journeys.clickhouse import ClickHouse
 from journeys.maps import SENTIMENTS, JourneyMap, Segment, SentimentFromProperty, Stage, segment_matches
 from query.journey import CompiledMap, transitions_of
-from query.reads import ID_CHUNK
+from query.reads import ID_CHUNK, kept_copy_rank
 from query.reads import facts_of as facts_of_customers
 from query.stage_sql import rule_index_sql
 
@@ -364,7 +364,7 @@ WHERE {any_rule}
         for row in rows:
             key = (owner[row[0]], row[3])
             other = kept.get(key)
-            if other is None or (row[2], -row[1]) > (other[2], -other[1]):
+            if other is None or kept_copy_rank(row[2], row[1]) > kept_copy_rank(other[2], other[1]):
                 kept[key] = row
         out: dict[str, list[tuple[int, list[int], str, str, dict[str, Any] | None, str]]] = {}
         for distinct_id, t, _, message_id, channel, sentiment, properties, rules in sorted(
