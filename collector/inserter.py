@@ -161,7 +161,7 @@ class Inserter:
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
         except asyncio.TimeoutError:
-            self.healthy, self.last_error = True, None
+            pass
 
     async def _insert(self, records: list[Record]) -> None:
         by_kind: dict[int, list[bytes]] = {}

@@ -8,6 +8,7 @@ tests/test_spool.py. ``python bench/faults.py`` runs all of them against real pr
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 import aiohttp
@@ -145,6 +146,12 @@ async def test_a_checkpoint_the_full_disk_refuses_is_written_again_not_the_rows(
 
         await wait_until(stored)
         await wait_until(lambda: _failed_and_retried(server))  # the checkpoint could not be written
+        # While it keeps failing it stays unhealthy: its retry pauses do not count as recovering.
+        inserter = server.app[INSERTER]
+        deadline = asyncio.get_running_loop().time() + 1.5
+        while asyncio.get_running_loop().time() < deadline:
+            assert not inserter.healthy
+            await asyncio.sleep(0)
         filler.unlink()
         await wait_drained(server)
 
