@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -137,10 +139,19 @@ def _event(columns: list[str], row: tuple) -> dict[str, Any]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def kept_copy_rank(received_ms: int, at_ms: int) -> tuple[int, int]:
-    """Of a message's copies the highest-ranked is kept: the one received last, as a merge of `events`
-    (ReplacingMergeTree(received_at)) keeps; equal receipts (one request) keep the earlier time."""
-    return received_ms, -at_ms
+def one_copy_each(
+    items: Iterable[Sequence[Any]], key: Callable[[Sequence[Any]], Hashable], *, at: int, received: int, message_id: int
+) -> list[Sequence[Any]]:
+    """Each message once, in journey order (time, receipt, message id). Of a message's copies (same ``key``)
+    the one kept is the one a merge of `events` keeps (ReplacingMergeTree(received_at): received last);
+    equal receipts (one request) keep the earlier time. ``at``/``received``/``message_id``: item positions."""
+    kept: dict[Hashable, Sequence[Any]] = {}
+    for item in items:
+        k = key(item)
+        other = kept.get(k)
+        if other is None or (item[received], -item[at]) > (other[received], -other[at]):
+            kept[k] = item
+    return sorted(kept.values(), key=lambda item: (item[at], item[received], item[message_id]))
 
 
 def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
@@ -148,14 +159,10 @@ def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
     (the copy the events reads keep, and a merge of `events` would keep: received last)."""
     if not rows:
         return []
-    kept: dict[str, list[Any]] = {}
-    for item in orjson.loads("[" + ",".join(row[1] for row in rows) + "]"):
-        other = kept.get(item[0])
-        if other is None or kept_copy_rank(item[6], item[5]) > kept_copy_rank(other[6], other[5]):
-            kept[item[0]] = item
+    items = orjson.loads("[" + ",".join(row[1] for row in rows) + "]")
     events = []
-    for message_id, type_, event, channel, sentiment, at_ms, _, properties in sorted(
-        kept.values(), key=lambda item: (item[5], item[6], item[0])
+    for message_id, type_, event, channel, sentiment, at_ms, _, properties in one_copy_each(
+        items, itemgetter(0), at=5, received=6, message_id=0
     ):
         events.append(
             {

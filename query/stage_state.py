@@ -30,7 +30,7 @@ from journeys import identities
 from journeys.clickhouse import ClickHouse
 from journeys.maps import SENTIMENTS, JourneyMap, Segment, SentimentFromProperty, Stage, segment_matches
 from query.journey import CompiledMap, transitions_of
-from query.reads import ID_CHUNK, kept_copy_rank
+from query.reads import ID_CHUNK, one_copy_each
 from query.reads import facts_of as facts_of_customers
 from query.stage_sql import rule_index_sql
 
@@ -359,16 +359,9 @@ WHERE {any_rule}
         for start in range(0, len(ids), ID_CHUNK):
             _, chunk = await self.ch.query(sql, {**params, "project_id": project_id, "ids": ids[start : start + ID_CHUNK]})
             rows += chunk
-        # Of a message's copies, the one a merge of `events` keeps (received last), as query.reads does.
-        kept: dict[tuple[str, str], tuple] = {}
-        for row in rows:
-            key = (owner[row[0]], row[3])
-            other = kept.get(key)
-            if other is None or kept_copy_rank(row[2], row[1]) > kept_copy_rank(other[2], other[1]):
-                kept[key] = row
         out: dict[str, list[tuple[int, list[int], str, str, dict[str, Any] | None, str]]] = {}
-        for distinct_id, t, _, message_id, channel, sentiment, properties, rules in sorted(
-            kept.values(), key=lambda r: (r[1], r[2], r[3])
+        for distinct_id, t, _, message_id, channel, sentiment, properties, rules in one_copy_each(
+            rows, lambda row: (owner[row[0]], row[3]), at=1, received=2, message_id=3
         ):
             customer = owner[distinct_id]
             parsed = orjson.loads(properties) if properties else None
