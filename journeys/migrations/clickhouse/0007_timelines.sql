@@ -10,8 +10,8 @@
 --
 -- `entry` is [message_id, type, event, channel, sentiment, timestamp ms, received_at ms, properties]
 -- (query.reads.timeline_events decodes it). A retried event is stored twice here as in `events`, and readers
--- keep one copy per message_id exactly as the events reads do (earliest timestamp, then received_at), so a
--- timeline never depends on merges. A new field for journeys means a new migration that rebuilds the table.
+-- keep one copy per message_id exactly as the events reads do (the copy received last, which a merge of
+-- `events` keeps: query.reads.one_copy_each), so a timeline never depends on merges. A new field for journeys means a new migration that rebuilds the table.
 CREATE TABLE IF NOT EXISTS {{table timelines}} {{on_cluster}}
 (
     project_id   LowCardinality(String),
