@@ -127,6 +127,35 @@ def collector_openapi() -> dict[str, Any]:
         paths[f"/v1/{kind}"] = {
             "post": _ingest(f"Send one {kind} event", _SINGLE_EVENT_SCHEMA, f"Segment's /v1/{kind}: the body is the event.")
         }
+    from collector.app import BEACON_PATH, INGEST_PATHS, SEGMENT_SHORT_ROUTES
+
+    paths["/v1/b"] = {
+        "post": _ingest("Send a batch of events (Segment's short route)", ref("Batch"), "The same as /v1/batch: "
+                        "analytics-next posts its batches here.")
+    }
+    for short, kind in SEGMENT_SHORT_ROUTES.items():
+        paths[f"/v1/{short}"] = {
+            "post": _ingest(
+                f"Send one {kind} event (Segment's short route)", _SINGLE_EVENT_SCHEMA,
+                f"The same as /v1/{kind}: analytics.js and analytics-next post single events here.",
+            )
+        }
+    paths[BEACON_PATH] = {
+        "post": {
+            **_ingest(
+                "Send a batch of events by sendBeacon (RudderStack's beacon route)",
+                ref("Batch"),
+                "The same as /v1/batch, with the key in the query string as RudderStack's analytics-js sends it "
+                "with useBeacon (sendBeacon cannot set headers). Only a public key: a write key in a URL is "
+                "refused 403.",
+            ),
+            "parameters": [
+                {"name": "writeKey", "in": "query", "required": True, "schema": {"type": "string"},
+                 "description": "A public key (jp_…)."},
+            ],
+            "security": [],
+        }
+    }
     from collector.email import email_openapi_paths  # the email routes document themselves beside their code
 
     paths.update(email_openapi_paths())
@@ -136,7 +165,7 @@ def collector_openapi() -> dict[str, Any]:
     from collector.cors import preflight_operation
     from collector.tracker import tracker_openapi_paths
 
-    for path in ("/v1/batch", *(f"/v1/{kind}" for kind in EVENT_TYPES)):  # collector.app.INGEST_PATHS
+    for path in INGEST_PATHS:
         paths[path]["options"] = preflight_operation()
     paths.update(tracker_openapi_paths())
     paths.update(ops_paths("collector"))

@@ -38,7 +38,18 @@ INSERTER = web.AppKey("inserter", Inserter)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 
 WRITE_KINDS = frozenset({"write", "public"})
-INGEST_PATHS = ["/v1/batch", *(f"/v1/{kind}" for kind in EVENT_TYPES)]
+# analytics.js / analytics-next post to one-letter routes (api.segment.io/v1/t, …/v1/b when batching).
+SEGMENT_SHORT_ROUTES = {"t": "track", "p": "page", "i": "identify", "s": "screen", "g": "group", "a": "alias"}
+# RudderStack's browser SDK with useBeacon: navigator.sendBeacon cannot set headers, so the key rides in the
+# query string. Only a public key may (a URL ends up in logs and histories; a write key is a secret).
+BEACON_PATH = "/beacon/v1/batch"
+INGEST_PATHS = [
+    "/v1/batch",
+    "/v1/b",
+    *(f"/v1/{kind}" for kind in EVENT_TYPES),
+    *(f"/v1/{short}" for short in SEGMENT_SHORT_ROUTES),
+    BEACON_PATH,
+]
 RETRY_AFTER_S = "5"
 
 
@@ -58,8 +69,12 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app.cleanup_ctx.append(_spool_and_inserter)
     app[RATE_LIMITER] = RateLimiter(settings, metrics)
     app.router.add_post("/v1/batch", _ingest_handler(None))
+    app.router.add_post("/v1/b", _ingest_handler(None))
     for kind in EVENT_TYPES:
         app.router.add_post(f"/v1/{kind}", _ingest_handler(kind))
+    for short, kind in SEGMENT_SHORT_ROUTES.items():
+        app.router.add_post(f"/v1/{short}", _ingest_handler(kind))
+    app.router.add_post(BEACON_PATH, _ingest_handler(None, key_in_query=True))
     add_cors(app, stores, INGEST_PATHS)  # OPTIONS preflights; public keys write only from listed origins
     add_tracker_route(app)  # GET /t.js: the browser tracker
     app.router.add_get("/healthz", _healthz)
@@ -105,7 +120,7 @@ async def _spool_and_inserter(app: web.Application) -> AsyncIterator[None]:
         await spool.close()
 
 
-def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
+def _ingest_handler(route_type: str | None, *, key_in_query: bool = False):  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.Response:
         app = request.app
         metrics = app[METRICS]
@@ -115,7 +130,23 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
             # A key in the header is checked before the body is even decompressed; Segment's other
             # convention, writeKey inside the body, needs the body parsed first.
             key = presented_key(request)
-            principal = await _authorize(request, key) if key else None
+            if key is None and key_in_query:
+                key = request.query.get("writeKey") or None
+                if key is None:
+                    raise RequestProblem(
+                        401, [{"field": "writeKey", "reason": "required in the query string: a public key (jp_…)"}],
+                        "unauthorized",
+                    )
+                principal = await _authorize(request, key)
+                if principal.kind != "public":
+                    raise RequestProblem(
+                        403,
+                        [{"field": "writeKey", "reason": f"a {principal.kind} key must not be sent in a URL (URLs end up "
+                          "in logs and browser histories): use a public key (jp_…) in web pages"}],
+                        "key_in_url",
+                    )
+            else:
+                principal = await _authorize(request, key) if key else None
             body = decode_body(
                 await request.read(), request.headers.get("Content-Encoding", ""), settings.max_request_bytes
             )
@@ -139,7 +170,7 @@ def _ingest_handler(route_type: str | None):  # type: ignore[no-untyped-def]
                 raise RequestProblem(400, errors, "no_valid_events")
         except RequestProblem as problem:
             metrics.events_rejected.labels(problem.reason).inc(_count_events(problem))
-            return error_response(problem.status, problem.errors)
+            return error_response(problem.status, problem.errors, code=problem.reason)
 
         try:
             await app[SPOOL].append(*encode_records(outcome.lines, outcome.quarantine_lines, outcome.links))

@@ -39,7 +39,10 @@ ORIGINS = web.AppKey("origins", OriginTable)
 _ALLOWED = web.RequestKey("cors_allowed_origin", str)
 
 ALLOW_METHODS = "POST"
-ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Request-Id"
+# A vetted list, never "*": ours, plus what the official browser SDKs send — RudderStack's analytics-js
+# ``AnonymousId`` and ``SentAt``, Segment's analytics-next ``X-Retry-Count``. A header missing here fails
+# the preflight, and the browser then sends nothing at all.
+ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Request-Id, AnonymousId, SentAt, X-Retry-Count"
 EXPOSE_HEADERS = "Retry-After, X-Request-Id"
 PREFLIGHT_MAX_AGE_S = "600"
 

@@ -273,7 +273,7 @@ class _ImportRoute:
             inflater_for(request.headers.get("Content-Encoding", ""))  # refuse an unknown encoding up front
         except RequestProblem as problem:
             self.metrics.events_rejected.labels(problem.reason).inc()
-            return error_response(problem.status, problem.errors)
+            return error_response(problem.status, problem.errors, code=problem.reason)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding in ("", "identity") and (request.content_length or 0) > settings.max_import_bytes:
             return error_response(

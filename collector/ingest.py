@@ -16,7 +16,15 @@ from typing import Any
 
 import orjson
 
-from journeys.events import CHANNEL_INDEX, EventProblem, identity_link, parse_time_ms, to_row, validate_batch
+from journeys.events import (
+    CHANNEL_INDEX,
+    EventProblem,
+    identity_link,
+    parse_time_ms,
+    to_row,
+    validate_batch,
+    without_absent,
+)
 
 
 #: Deepest nesting orjson serializes (see process_events).
@@ -99,8 +107,8 @@ def events_of(document: Any, route_type: str | None) -> tuple[list[Any], dict[st
         raise RequestProblem(400, [{"field": "batch", "reason": "required: a list of events"}], "invalid_body")
     if not batch:
         raise RequestProblem(400, [{"field": "batch", "reason": "must not be empty"}], "invalid_body")
-    inherited = {k: document[k] for k in ("sentAt", "context") if k in document}
-    if inherited.get("sentAt") is not None:
+    inherited = {k: document[k] for k in ("sentAt", "context") if document.get(k) not in (None, "")}
+    if "sentAt" in inherited:
         # Parsed once here, not per event: every event of the batch shares it.
         try:
             inherited["sentAt"] = parse_time_ms(inherited["sentAt"], "sentAt")
@@ -134,6 +142,8 @@ def process_events(
     few hundred bytes of fields, so within a few percent of what the sender serialized.
     """
     out = Outcome()
+    originals = events  # quarantine keeps what was sent
+    events = [without_absent(event) for event in events]
     failures = validate_batch(events)
     batch_context = inherited.get("context") if isinstance(inherited.get("context"), dict) else None
     batch_sent_ms = inherited.get("sentAt")
@@ -169,7 +179,7 @@ def process_events(
                 channel = row[CHANNEL_INDEX]
                 out.channels[channel] = out.channels.get(channel, 0) + 1
                 continue
-        original = events[index]
+        original = originals[index]
         message_id = original.get("messageId") if isinstance(original, dict) else None
         out.quarantined.append({"index": index, "errors": errors})
         out.quarantine_lines.append(

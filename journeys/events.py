@@ -100,7 +100,11 @@ _CHANNEL_ALIASES = {
     "e_mail": "email",
     "mail": "email",
 }
-_IGNORED_CONTEXT_CHANNELS = frozenset({"server"})
+_IGNORED_CONTEXT_CHANNELS = frozenset({"server", "sources"})
+# RudderStack's SDKs put the *sending platform* in a top-level "channel" (its spec: server, web, mobile,
+# sources), where our own SDK puts the touchpoint channel. These words are read as the platform: they never
+# override a touchpoint channel given in properties or context, and "server"/"sources" say nothing at all.
+_PLATFORM_CHANNELS = frozenset({"server", "web", "mobile", "sources"})
 _DEFAULT_CHANNEL = {"page": "web", "screen": "app"}
 _DEFAULT_TOUCHPOINT = {"page": "page_view", "screen": "screen_view"}
 
@@ -183,6 +187,11 @@ def _problem(field: str, reason: str) -> EventProblem:
     return EventProblem([{"field": field, "reason": reason}])
 
 
+# How pydantic names the members of a union in an error's location (``Id`` = constrained str | int):
+# validator internals, never a field the sender wrote.
+_UNION_MEMBERS = frozenset({"str", "int", "constrained-str", "constrained-int"})
+
+
 def _error_for_user(err: Any) -> tuple[int, dict[str, str]]:
     """A pydantic error on a batch → (event index, {"field", "reason"}) in the sender's own field names."""
     loc = list(err["loc"])
@@ -194,12 +203,35 @@ def _error_for_user(err: Any) -> tuple[int, dict[str, str]]:
         return index, {"field": "type", "reason": f"must be one of {', '.join(EVENT_TYPES)}"}
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         return index, {"field": "(event)", "reason": "must be a JSON object"}
-    field = ".".join(str(part) for part in loc) or "(event)"
     reason = err["msg"]
-    if len(loc) == 2 and isinstance(loc[1], str) and loc[1] in ("str", "int"):
-        field = str(loc[0])  # Id = str | int: report the field once, not per union member
+    if len(loc) == 2 and loc[1] in _UNION_MEMBERS:
+        del loc[1]  # Id = str | int: report the field once, not per union member
         reason = "must be a string (or an integer id) of 1-255 characters"
+    field = ".".join(str(part) for part in loc) or "(event)"
     return index, {"field": field, "reason": reason}
+
+
+# Fields whose empty text is an error worth naming rather than an absent value.
+_EMPTY_IS_AN_ERROR = frozenset({"type", "event"})
+
+
+def without_absent(event: Any) -> Any:
+    """The event with ``null`` and ``""`` optional fields dropped: absent, as the senders mean them.
+
+    Segment's and RudderStack's libraries send ``"userId": null`` before identify (``""`` in RudderStack's
+    browser SDK), ``"name": null`` for an unnamed page, ``"context": {"page": null}``…; refusing those would
+    quarantine most of what they send. ``type`` and ``event`` are kept so that a missing name still gets
+    its own error. The common event has neither, and costs two scans of its values.
+    """
+    if not isinstance(event, dict):
+        return event
+    values = event.values()
+    if None in values or "" in values:
+        event = {k: v for k, v in event.items() if k in _EMPTY_IS_AN_ERROR or (v is not None and v != "")}
+    context = event.get("context")
+    if isinstance(context, dict) and None in context.values():
+        event = {**event, "context": {k: v for k, v in context.items() if v is not None}}
+    return event
 
 
 def validate_batch(events: list[Any]) -> dict[int, list[dict[str, str]]]:
@@ -247,7 +279,12 @@ def _slug(value: Any) -> str | None:
 
 
 def _channel(event: dict[str, Any], props: dict[str, Any], ctx: dict[str, Any], kind: str) -> str:
+    """The touchpoint channel: given (top level, then properties), else where the sender runs (context's
+    channel, RudderStack's top-level platform), else what the event kind implies."""
     explicit = event.get("channel")
+    platform = None
+    if explicit.__class__ is str and explicit.strip().lower() in _PLATFORM_CHANNELS:
+        platform, explicit = explicit, None
     if explicit is None:
         explicit = props.get("channel")
     if explicit is not None:
@@ -255,9 +292,11 @@ def _channel(event: dict[str, Any], props: dict[str, Any], ctx: dict[str, Any], 
         if slug is None:
             raise _problem("channel", "must be a short name of letters, digits and _ (e.g. web, store)")
         return slug
-    implicit = _slug(ctx.get("channel"))
-    if implicit is not None and implicit not in _IGNORED_CONTEXT_CHANNELS:
-        return implicit
+    for implied in (_slug(ctx.get("channel")), _slug(platform)):
+        if implied is not None and implied not in _IGNORED_CONTEXT_CHANNELS:
+            return implied
+    if kind not in _DEFAULT_CHANNEL and isinstance(ctx.get("page"), dict):
+        return "web"  # sent from a web page (browser SDKs describe the page in every event's context)
     return _DEFAULT_CHANNEL.get(kind, "unknown")
 
 
@@ -337,10 +376,12 @@ def to_row(
     name = event["event"] if kind == "track" else (event.get("name") or "")
     message_id = event.get("messageId")
     # The common case inline (this runs for every event); the helpers handle the rest.
-    channel = event.get("channel")
-    if channel is None:
-        channel = props.get("channel")
-    channel = _SLUGS.get(channel, False) if channel.__class__ is str else False
+    given = event.get("channel")
+    if given is None:
+        given = props.get("channel")
+    channel = _SLUGS.get(given, False) if given.__class__ is str and given not in _PLATFORM_CHANNELS else False
+    if channel in _PLATFORM_CHANNELS:
+        channel = False  # maybe RudderStack's platform: _channel decides
     if channel is None:
         raise _problem("channel", "must be a short name of letters, digits and _ (e.g. web, store)")
     if channel is False:

@@ -44,11 +44,38 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
+# A short code per status for errors that name none of their own.
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_encoding",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
 def error_response(
-    status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+    status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None, code: str | None = None
 ) -> web.Response:
-    """Every error body has the same shape: ``{"errors": [{"field": …, "reason": …, "index"?: …}]}``."""
-    return json_response({"errors": errors}, status=status, headers=headers)
+    """Every error body has the same shape: ``{"code", "message", "errors": [{"field", "reason", "index"?}]}``.
+
+    ``errors`` says what is wrong with each field; ``code`` and ``message`` are there because Segment's and
+    RudderStack's libraries read exactly those two from an error body (the Python ones fail on a body
+    without them and retry a request that can never succeed)."""
+    message = "; ".join(
+        (f"event {e['index']}: " if "index" in e else "") + f"{e.get('field', '')}: {e.get('reason', '')}"
+        for e in errors[:5]
+    )
+    if len(errors) > 5:
+        message += f"; and {len(errors) - 5} more"
+    body = {"code": code or _STATUS_CODES.get(status, f"http_{status}"), "message": message, "errors": errors}
+    return json_response(body, status=status, headers=headers)
 
 
 def presented_key(request: web.Request) -> str | None:

@@ -23,11 +23,14 @@ from journeys.http import Handler, json_response
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"
 
-#: ``{"errors": [{"field", "reason", "index"?}]}``: the one error body of both services (journeys.http).
+#: ``{"code", "message", "errors": [{"field", "reason", "index"?}]}``: the one error body of both services
+#: (journeys.http).
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["errors"],
+    "required": ["code", "message", "errors"],
     "properties": {
+        "code": {"type": "string", "description": "A short machine-readable code, e.g. `no_valid_events`, `unauthorized`."},
+        "message": {"type": "string", "description": "The errors below in one line, for logs and clients that read only this."},
         "errors": {
             "type": "array",
             "minItems": 1,

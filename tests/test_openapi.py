@@ -61,7 +61,7 @@ def test_documents_are_openapi_3_1_with_resolvable_refs_and_our_error_shape(buil
                 if int(status) >= 400 and path != "/readyz":  # not ready: the checks body, by design
                     schema = response["content"]["application/json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
-    assert schemas["Error"]["required"] == ["errors"]
+    assert schemas["Error"]["required"] == ["code", "message", "errors"]
 
 
 def _path_names(path: str) -> list[str]:
