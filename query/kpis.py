@@ -18,6 +18,7 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from fractions import Fraction
 from typing import Any
 
 from journeys.clickhouse import ClickHouse
@@ -283,7 +284,8 @@ def _empty_stage() -> dict[str, Any]:
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
-    return None if denominator == 0 else round(numerator / denominator, 6)
+    """Not rounded: judgements are made on exact values (docs/kpis.md), and the API shows what is judged."""
+    return None if denominator == 0 else numerator / denominator
 
 
 def _top(counts: dict[str, int], label: str) -> list[dict[str, Any]]:
@@ -291,23 +293,40 @@ def _top(counts: dict[str, int], label: str) -> list[dict[str, Any]]:
     return [{label: key, "customers": value} for key, value in ranked]
 
 
-def _judge(stage: Stage, conversion_rate: float | None, median_days: float | None) -> tuple[str, list[dict[str, Any]]]:
-    """Target vs actual: each target metric met or short, and by how much (relative shortfall)."""
+def _exact_shortfall(target: float, actual: Fraction, higher_is_better: bool) -> Fraction:
+    """The relative shortfall of ``actual`` against ``target``, as an exact fraction (0 when met).
+
+    The target is the decimal the map's author wrote (``str`` of the float gives it back), and the actual is
+    a ratio of counts or of milliseconds: compared exactly, a median of 1 day + 40 ms misses a 1-day target,
+    and 3 of 10 converted meets a 0.3 target."""
+    goal = Fraction(str(target))
+    short = (goal - actual) if higher_is_better else (actual - goal)
+    return max(Fraction(0), short / goal)
+
+
+def _judge(
+    stage: Stage, converted: int, decided: int, last: bool, median_ms: int | None
+) -> tuple[str, list[dict[str, Any]]]:
+    """Target vs actual: each target metric met or short, and by how much (relative shortfall), judged on
+    exact values; the floats in the answer are those values, never rounded before a comparison."""
     target = stage.target
     if target is None or (target.conversion_rate is None and target.median_days_to_convert is None):
         return "no_target", []
     checks = []
     if target.conversion_rate is not None:
-        shortfall = None if conversion_rate is None else max(0.0, (target.conversion_rate - conversion_rate) / target.conversion_rate)
-        checks.append({"metric": "conversion_rate", "target": target.conversion_rate, "actual": conversion_rate, "shortfall": shortfall})
+        rate = None if last or decided == 0 else Fraction(converted, decided)
+        short = None if rate is None else _exact_shortfall(target.conversion_rate, rate, higher_is_better=True)
+        checks.append({"metric": "conversion_rate", "target": target.conversion_rate,
+                       "actual": None if rate is None else float(rate), "shortfall": short})
     if target.median_days_to_convert is not None:
-        goal = target.median_days_to_convert
-        shortfall = None if median_days is None else max(0.0, (median_days - goal) / goal)
-        checks.append({"metric": "median_days_to_convert", "target": goal, "actual": median_days, "shortfall": shortfall})
+        days = None if median_ms is None else Fraction(median_ms) / DAY_MS
+        short = None if days is None else _exact_shortfall(target.median_days_to_convert, days, higher_is_better=False)
+        checks.append({"metric": "median_days_to_convert", "target": target.median_days_to_convert,
+                       "actual": None if days is None else float(days), "shortfall": short})
     for check in checks:
-        check["status"] = "no_data" if check["shortfall"] is None else "below_target" if check["shortfall"] > 0 else "met"
-        if check["shortfall"] is not None:
-            check["shortfall"] = round(check["shortfall"], 6)
+        short = check["shortfall"]
+        check["status"] = "no_data" if short is None else "below_target" if short > 0 else "met"
+        check["shortfall"] = None if short is None else float(short)
     statuses = {c["status"] for c in checks}
     status = "below_target" if "below_target" in statuses else "no_data" if statuses == {"no_data"} else "met"
     return status, checks
@@ -316,8 +335,7 @@ def _judge(stage: Stage, conversion_rate: float | None, median_days: float | Non
 def _shape_stage(stage: Stage, index: int, last: bool, raw: dict[str, Any]) -> dict[str, Any]:
     decided = raw["converted"] + raw["dropped"]
     conversion_rate = None if last else _ratio(raw["converted"], decided)
-    median_days = None if raw["median_ms"] is None else round(raw["median_ms"] / DAY_MS, 6)
-    status, checks = _judge(stage, conversion_rate, median_days)
+    status, checks = _judge(stage, raw["converted"], decided, last, raw["median_ms"])
     return {
         "id": stage.id,
         "name": stage.name,

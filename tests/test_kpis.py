@@ -337,6 +337,53 @@ async def test_conversion_window_boundaries_are_exact(http, collector, query, st
     assert aware["conversion_rate"] == 0.5
 
 
+async def test_targets_are_judged_on_exact_values_not_rounded_ones(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """A median of 1 day + 40 ms misses a 1-day target (rounded to 6 decimals of a day it read 1.0, met, and
+    no bottleneck); 1 of 3 converted misses a 0.333334 target and meets 0.333333."""
+    journey_map = {
+        **MAP,
+        "stages": [
+            {**MAP["stages"][0], "target": {"conversion_rate": 0.333334}},
+            {**MAP["stages"][1], "target": {"median_days_to_convert": 1}},
+            *MAP["stages"][2:],
+        ],
+    }
+    project = await _new_project(stores, journey_map)
+    t0 = BASE + timedelta(days=1)
+
+    def track(user: str, event: str, at: datetime, n: int) -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": event, "channel": "web", "messageId": f"{user}-{n}",
+                "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+    day = timedelta(days=1)
+    events = [
+        track("slow", "A", t0, 1), track("slow", "B", t0 + day, 2), track("slow", "C", t0 + 2 * day + timedelta(milliseconds=40), 3),
+        track("gone-1", "A", t0, 1), track("gone-2", "A", t0, 1),
+    ]
+    await _send(http, collector, project.write_key, events)
+    await _caught_up(query)
+    result = await _kpis(http, query, project.read_key, map="funnel", **{"from": BASE.date().isoformat()})
+    aware, consider = result["segments"][0]["stages"][:2]
+    assert (aware["converted"], aware["dropped"]) == (1, 2)
+    assert aware["conversion_rate"] == 1 / 3 and aware["status"] == "below_target"
+    assert consider["converted"] == 1 and consider["time_to_next_seconds"]["median"] == 86400.04
+    [check] = consider["targets"]
+    assert check["status"] == "below_target" and check["actual"] == (86_400_000 + 40) / 86_400_000
+    assert check["shortfall"] == pytest.approx(40 / 86_400_000, rel=1e-9)
+    bottleneck = result["segments"][0]["bottleneck"]
+    # Aware misses by (0.333334 - 1/3) / 0.333334 ≈ 2.0e-6, consider by 4.6e-7: both decided, aware the worse.
+    assert bottleneck["stage"] == "aware" and bottleneck["metric"] == "conversion_rate"
+
+    with_met = {**journey_map, "stages": [{**journey_map["stages"][0], "target": {"conversion_rate": 0.333333}},
+                                          *journey_map["stages"][1:]]}
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", with_met)
+    result = await _kpis(http, query, project.read_key, map="funnel", version="2", **{"from": BASE.date().isoformat()})
+    aware, consider = result["segments"][0]["stages"][:2]
+    assert aware["status"] == "met" and consider["status"] == "below_target"
+    assert result["segments"][0]["bottleneck"]["stage"] == "consider"
+
+
 async def test_dropped_or_in_progress_is_decided_to_the_millisecond_of_now(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """An open entry is dropped once entered + W <= now, to the ms, also on the one day where that cutoff
     falls (KPIs read that day entry by entry, every other day as a whole)."""
