@@ -32,6 +32,7 @@ from journeys.clickhouse import ClickHouse
 
 IDENTITY_COLUMNS = ("project_id", "distinct_id", "customer_id", "version", "is_deleted")
 BY_CUSTOMER_COLUMNS = ("project_id", "customer_id", "distinct_id", "version", "is_deleted")
+MEMBERS_CHUNK = 20_000  # customers per members read (a bound on the query's parameter size)
 
 
 class IdentityGraph:
@@ -56,23 +57,38 @@ class IdentityGraph:
         return moved
 
     async def _resolve_project(self, project_id: str, links: list[tuple[str, str, str]]) -> int:
+        """Two reads, whatever the number of links: the ids' current customers, then the stored members of
+        every customer a link could move (links are applied in order, on top of what is stored)."""
         await self._load(project_id, {i for _, a, b in links for i in (a, b)})
         pending: dict[str, str] = {}
 
         def current(distinct_id: str) -> str:
             return pending.get(distinct_id) or self._cache.get((project_id, distinct_id), distinct_id)
 
+        # A customer a link moves is the current customer of one of the links' ids: either as stored (read
+        # above) or as an earlier link of this batch re-pointed it, to the stored customer of another of
+        # these ids. So the stored members of those customers are all the links can need; nothing is
+        # written until the end, so they stay what is stored throughout.
+        if all(current(a) == current(b) for _, a, b in links):
+            return 0  # the common case: a visitor's events repeat a link already applied
+        stored = await self._stored_members(project_id, sorted({current(i) for _, a, b in links for i in (a, b)}))
         for kind, source, target in links:
             source_customer, target_customer = current(source), current(target)
             if source_customer == target_customer:
                 continue
             if kind == "identify" and source_customer != source:
                 continue  # the anonymous id already belongs to someone else: a shared device, not a merge
-            for member in await self._members(project_id, source_customer, pending):
+            for member in self._members(stored.get(source_customer, {source_customer}), source_customer, pending):
                 pending[member] = target_customer
         if pending:
             await self._write(project_id, pending)
         return len(pending)
+
+    async def _stored_members(self, project_id: str, customers: list[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(customers), MEMBERS_CHUNK):
+            found.update(await identities.members_of(self._ch, project_id, customers[start : start + MEMBERS_CHUNK]))
+        return found
 
     async def _load(self, project_id: str, ids: set[str]) -> None:
         missing = [i for i in ids if (project_id, i) not in self._cache]
@@ -83,9 +99,10 @@ class IdentityGraph:
         for distinct_id, customer_id in (await identities.current_customers(self._ch, project_id, missing)).items():
             self._cache[(project_id, distinct_id)] = customer_id
 
-    async def _members(self, project_id: str, customer_id: str, pending: dict[str, str]) -> set[str]:
-        """Every id that belongs to ``customer_id`` now, counting changes not yet written."""
-        members = await identities.members(self._ch, project_id, customer_id)
+    @staticmethod
+    def _members(stored: set[str], customer_id: str, pending: dict[str, str]) -> set[str]:
+        """Every id that belongs to ``customer_id`` now: its stored members, counting changes not yet written."""
+        members = set(stored)
         members -= {i for i in members if i in pending and pending[i] != customer_id}
         members |= {i for i, c in pending.items() if c == customer_id}
         return members

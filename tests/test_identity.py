@@ -196,3 +196,42 @@ async def test_a_reverse_index_row_without_its_forward_row_is_not_a_member(http,
         assert resp.status == 201
     journey = await _get(http, query, "/v1/customers/gil/journey?map=shop", project.read_key)
     assert journey["ids"] == ["gil"] and [t["message_id"] for t in journey["touchpoints"]] == ["g1"]
+
+
+async def test_a_burst_of_links_is_resolved_in_a_bounded_number_of_reads_and_in_order(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """Thousands of links in one insert: two reads (current customers, then stored members), not one per
+    link. Order still matters within the batch: an alias chain and a shared device resolve as if applied
+    one by one."""
+    from collector.identity import IdentityGraph
+    from journeys import identities
+
+    class CountingClickHouse:  # the real chDB underneath; only counts the reads
+        def __init__(self, real):  # type: ignore[no-untyped-def]
+            self.real, self.reads = real, 0
+
+        async def query(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.reads += 1
+            return await self.real.query(*args, **kwargs)
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.real, name)
+
+    p = project.id
+    ch = CountingClickHouse(stores.clickhouse)
+    graph = IdentityGraph(ch)  # type: ignore[arg-type]
+    # Stored before the burst: crm-1 already has two ids.
+    assert await graph.resolve([[p, "identify", "old-anon", "crm-1"]]) == 1
+    ch.reads = 0
+    links = [[p, "identify", f"anon-{i}", f"user-{i}"] for i in range(3000)]
+    links += [
+        [p, "alias", "crm-1", "user-7"],  # crm-1's whole customer (old-anon too) joins user-7
+        [p, "alias", "user-7", "user-8"],  # ... and then all of that joins user-8
+        [p, "identify", "anon-9", "user-10"],  # anon-9 is user-9's now: a shared device, not moved
+    ]
+    moved = await graph.resolve(links)
+    assert ch.reads <= 3, ch.reads  # before: one members read per link that moved ids (3 000+)
+    assert moved == 3000 + 2 + 1  # anon-i, crm-1 + old-anon, and user-7 (the rest were re-pointed again)
+    members = await identities.members_of(stores.clickhouse, p, ["user-8", "user-9", "user-10", "user-1"])
+    assert members["user-8"] == {"user-8", "anon-8", "user-7", "anon-7", "crm-1", "old-anon"}
+    assert members["user-9"] == {"user-9", "anon-9"} and members["user-10"] == {"user-10", "anon-10"}
+    assert members["user-1"] == {"user-1", "anon-1"}
