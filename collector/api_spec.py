@@ -156,12 +156,18 @@ def collector_openapi() -> dict[str, Any]:
             "security": [],
         }
     }
+    from collector.rudder_config import rudder_config_openapi_paths
+
+    paths.update(rudder_config_openapi_paths())
     from collector.email import email_openapi_paths  # the email routes document themselves beside their code
 
     paths.update(email_openapi_paths())
     from collector.imports import import_openapi_paths
 
     paths.update(import_openapi_paths())
+    from collector.quarantine import replay_openapi_paths
+
+    paths.update(replay_openapi_paths())
     from collector.cors import preflight_operation
     from collector.tracker import tracker_openapi_paths
 
@@ -175,5 +181,9 @@ def collector_openapi() -> dict[str, Any]:
         "reach ClickHouse; a 503 means nothing was stored and the client should retry.",
         paths=paths,
         schemas={"Event": EVENT_SCHEMA, "Batch": BATCH_SCHEMA, "IngestResult": INGEST_RESULT_SCHEMA},
-        tags=[{"name": "ingest", "description": "Events in."}, {"name": "operations", "description": "Probes."}],
+        tags=[
+            {"name": "ingest", "description": "Events in."},
+            {"name": "quarantine", "description": "Events validation kept aside (admin key)."},
+            {"name": "operations", "description": "Probes."},
+        ],
     )

@@ -20,7 +20,9 @@ from collector.identity import IdentityGraph
 from collector.imports import add_import_route
 from collector.ingest import RequestProblem, decode_body, events_of, parse_json, process_events
 from collector.inserter import Inserter, encode_records
+from collector.quarantine import add_quarantine_routes, log_quarantined
 from collector.ratelimit import RateLimiter
+from collector.rudder_config import add_rudder_config_route
 from collector.spool import Spool, SpoolFull, SpoolError
 from collector.tracker import add_tracker_route
 from journeys.events import EVENT_TYPES
@@ -77,11 +79,13 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app.router.add_post(BEACON_PATH, _ingest_handler(None, key_in_query=True))
     add_cors(app, stores, INGEST_PATHS)  # OPTIONS preflights; public keys write only from listed origins
     add_tracker_route(app)  # GET /t.js: the browser tracker
+    add_rudder_config_route(app, _authorize)  # GET /sourceConfig: RudderStack's browser SDK asks before it sends
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", metrics_handler(metrics))
     add_email_routes(app, stores, metrics, SPOOL)  # /v1/email/open|click/{token}: signed pixels and links
     add_import_route(app, stores, metrics, SPOOL, _authorize)  # POST /v1/import: streamed NDJSON, docs/import.md
+    add_quarantine_routes(app, stores, metrics, SPOOL)  # POST /v1/quarantine/replay (admin key): docs/quarantine.md
     app.router.add_get("/openapi.json", openapi_handler(collector_openapi()))
     return app
 
@@ -189,6 +193,7 @@ def _ingest_handler(route_type: str | None, *, key_in_query: bool = False):  # t
             metrics.count_accepted(channel, n)
         for item in outcome.quarantined:
             metrics.events_quarantined.labels(item["errors"][0]["field"].split(".")[0]).inc()
+            log_quarantined(principal.project_id, item["errors"])  # rate-limited WARNING (collector/quarantine.py)
         return json_response({"success": True, "accepted": len(outcome.lines), "quarantined": outcome.quarantined})
 
     return handler

@@ -55,6 +55,14 @@ def add_cors(app: web.Application, stores: Stores, paths: list[str]) -> None:
         app.router.add_route("OPTIONS", path, _preflight)
 
 
+def add_preflight(app: web.Application, path: str, methods: str) -> None:
+    """Answer preflights on ``path`` (after :func:`add_cors`) for a route taking ``methods``, e.g. ``"GET"``."""
+    async def preflight(request: web.Request) -> web.Response:
+        return await _preflight(request, methods)
+
+    app.router.add_route("OPTIONS", path, preflight)
+
+
 def _canonical(header: str) -> str | None:
     try:
         return normalize_origin(header)
@@ -87,10 +95,10 @@ async def check_origin(request: web.Request, principal: Principal) -> None:
     raise RequestProblem(403, [{"field": "Origin", "reason": reason}], "origin_forbidden")
 
 
-async def _preflight(request: web.Request) -> web.Response:
+async def _preflight(request: web.Request, methods: str = ALLOW_METHODS) -> web.Response:
     header = request.headers.get("Origin")
     if header is None:  # a plain OPTIONS, not CORS
-        return web.Response(status=204, headers={"Allow": f"{ALLOW_METHODS}, OPTIONS"})
+        return web.Response(status=204, headers={"Allow": f"{methods}, OPTIONS"})
     origin = _canonical(header)
     if origin is None or not await request.app[ORIGINS].known(origin):
         return error_response(
@@ -101,7 +109,7 @@ async def _preflight(request: web.Request) -> web.Response:
         status=204,
         headers={
             "Access-Control-Allow-Origin": header,
-            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Methods": methods,
             "Access-Control-Allow-Headers": ALLOW_HEADERS,
             "Access-Control-Max-Age": PREFLIGHT_MAX_AGE_S,
         },

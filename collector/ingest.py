@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -179,7 +180,7 @@ def process_events(
                 channel = row[CHANNEL_INDEX]
                 out.channels[channel] = out.channels.get(channel, 0) + 1
                 continue
-        original = originals[index]
+        original = _as_sent(originals[index], batch_context, batch_sent_ms)
         message_id = original.get("messageId") if isinstance(original, dict) else None
         out.quarantined.append({"index": index, "errors": errors})
         out.quarantine_lines.append(
@@ -195,6 +196,20 @@ def process_events(
                 ]
             )
         )
+    return out
+
+
+def _as_sent(event: Any, batch_context: dict[str, Any] | None, batch_sent_ms: int | None) -> Any:
+    """A quarantined event with what it inherited from its batch (``sentAt``, ``context``), so a replay
+    (collector/quarantine.py) corrects its clock and reads its context as the first delivery would have."""
+    if not isinstance(event, dict) or (batch_context is None and batch_sent_ms is None):
+        return event
+    out = dict(event)
+    if batch_sent_ms is not None and out.get("sentAt") in (None, ""):
+        out["sentAt"] = datetime.fromtimestamp(batch_sent_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    if batch_context:
+        own = out.get("context")
+        out["context"] = {**batch_context, **own} if isinstance(own, dict) else batch_context
     return out
 
 

@@ -317,6 +317,9 @@ def _parser() -> argparse.ArgumentParser:
     from journeys.importer import add_import_command
 
     add_import_command(sub)  # import FILE: CSV/NDJSON into a project through the collector (docs/import.md)
+    from collector.quarantine_cli import add_quarantine_command
+
+    add_quarantine_command(sub)  # quarantine replay: take in quarantined events that pass today (docs/quarantine.md)
     return parser
 
 
@@ -356,6 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from journeys.importer import run_import
 
             return asyncio.run(run_import(settings, args, _with_project))
+        if args.command == "quarantine":
+            from collector.quarantine_cli import run_quarantine_command
+
+            return asyncio.run(run_quarantine_command(settings, args, _with_project))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the operator gets one clear line; the traceback goes to the log at DEBUG

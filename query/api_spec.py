@@ -87,9 +87,48 @@ STATS: dict[str, Any] = {
     "properties": {
         "events": {"type": "integer", "minimum": 0, "description": "Distinct events (each messageId once)."},
         "customers": {"type": "integer", "minimum": 0},
-        "quarantined": {"type": "integer", "minimum": 0},
+        "quarantined": {"type": "integer", "minimum": 0, "description": "Distinct quarantined events (a resent bad event once)."},
         "newest_received_at": _NULLABLE_TIME,
         "newest_event_at": _NULLABLE_TIME,
+    },
+}
+
+QUARANTINE_SAMPLE: dict[str, Any] = {
+    "type": "object",
+    "required": ["message_id", "request_id", "batch_index", "received_at", "errors", "raw"],
+    "properties": {
+        "message_id": {"type": "string", "description": "Empty when the event had none (or not as a string)."},
+        "request_id": {"type": "string", "description": "The X-Request-Id of the request that carried it."},
+        "batch_index": {"type": "integer", "minimum": 0},
+        "received_at": {"type": "string", "format": "date-time"},
+        "errors": {"type": "array", "items": {"type": "object"}, "description": "Every problem found, as answered then."},
+        "raw": {"description": "The event as sent (any JSON value)."},
+    },
+}
+
+QUARANTINE: dict[str, Any] = {
+    "type": "object",
+    "required": ["since", "quarantined", "reasons", "truncated"],
+    "properties": {
+        "since": _NULLABLE_TIME,
+        "quarantined": {"type": "integer", "minimum": 0, "description": "Distinct events in quarantine (since `since`)."},
+        "reasons": {
+            "type": "array",
+            "description": "By the field and reason of each event's first error (numbers read as N), most events first.",
+            "items": {
+                "type": "object",
+                "required": ["field", "reason", "count", "first_seen", "last_seen", "samples"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 1, "description": "Events, each message once."},
+                    "first_seen": {"type": "string", "format": "date-time"},
+                    "last_seen": {"type": "string", "format": "date-time"},
+                    "samples": {"type": "array", "maxItems": 3, "items": ref("QuarantineSample"), "description": "The newest distinct events."},
+                },
+            },
+        },
+        "truncated": {"type": "boolean", "description": "More reasons than `limit`."},
     },
 }
 
@@ -275,6 +314,21 @@ def query_openapi() -> dict[str, Any]:
                 errors=(401, 403),
             )
         },
+        "/v1/quarantine": {
+            "get": operation(
+                "Quarantined events by reason, with samples (admin key)",
+                tags=["quarantine"],
+                description="Events that failed validation inside otherwise good requests, grouped by the field and "
+                "reason of their first error; each message counted once. Replay those that pass today's rules with "
+                "`journeys quarantine replay` (the collector's POST /v1/quarantine/replay). See docs/quarantine.md.",
+                parameters=[
+                    query_param("since", {"type": "string", "format": "date-time"}, "Only what was quarantined at or after this time."),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many reasons (default 100)."),
+                ],
+                responses={200: json_ok(ref("Quarantine"))},
+                errors=_READ,
+            )
+        },
         **_kpi_paths(),
         **_definition_paths("map", "maps", "MapDocument"),
         **_definition_paths("segment", "segments", "SegmentDocument"),
@@ -285,8 +339,8 @@ def query_openapi() -> dict[str, Any]:
     paths.update(ops_paths("query service"))
     return document(
         title="journeys query service",
-        description="Reads for a project's read key (admin keys also change maps and segments and forget "
-        "customers). Every user-supplied value reaches SQL as a bound parameter.",
+        description="Reads for a project's read key (admin keys also change maps and segments, forget "
+        "customers and list quarantined events). Every user-supplied value reaches SQL as a bound parameter.",
         paths=paths,
         schemas={
             "StoredEvent": STORED_EVENT,
@@ -295,6 +349,8 @@ def query_openapi() -> dict[str, Any]:
             "Journey": JOURNEY,
             "Stats": STATS,
             "Forgotten": FORGOTTEN,
+            "Quarantine": QUARANTINE,
+            "QuarantineSample": QUARANTINE_SAMPLE,
             "DefinitionVersion": DEFINITION_VERSION,
             "Applied": APPLIED,
             "MapDocument": {
@@ -312,6 +368,7 @@ def query_openapi() -> dict[str, Any]:
             {"name": "customers", "description": "Customers and their events."},
             {"name": "definitions", "description": "Journey maps and segments (versioned)."},
             {"name": "kpis", "description": "Stage KPIs against the map's targets."},
+            {"name": "quarantine", "description": "Events validation kept aside (admin key)."},
             {"name": "operations", "description": "Probes."},
             {"name": "dashboard", "description": "The marketer dashboard page and its assets."},
         ],

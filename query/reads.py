@@ -18,6 +18,7 @@ import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
+from journeys.quarantine import DISTINCT_EVENTS_SQL
 
 _EVENT_FIELDS = (
     "message_id",
@@ -271,7 +272,8 @@ SELECT uniqExact(message_id), uniqExact(distinct_id), max(received_at), max(time
 FROM events
 WHERE project_id = {project_id:String}
 """
-QUARANTINE_COUNT_SQL = "SELECT count() FROM quarantine WHERE project_id = {project_id:String}"
+# Each quarantined event once: the copies of a resent bad event are one (journeys.quarantine).
+QUARANTINE_COUNT_SQL = f"SELECT {DISTINCT_EVENTS_SQL} FROM quarantine WHERE project_id = {{project_id:String}}"
 
 
 async def project_stats(ch: ClickHouse, project_id: str) -> dict[str, Any]:

@@ -30,6 +30,10 @@ _PARAM = re.compile(r"\{[^}]+\}")
 _OPS = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
 # The dashboard's page and assets are public: they hold no data; the page signs in with a read key.
 _PUBLIC_ASSETS = {"/", "/static/dashboard.js", "/static/dashboard.css", "/static/plotly.min.js"}
+# Reads for admin keys only: quarantined events are raw customer data (docs/quarantine.md).
+_ADMIN_READS = {("GET", "/v1/quarantine")}
+# The collector's admin routes: not ingest, and no ingest key reaches them.
+_COLLECTOR_ADMIN = {("POST", "/v1/quarantine/replay")}
 
 
 def _concrete(path: str) -> str:
@@ -142,7 +146,7 @@ async def test_only_read_and_admin_keys_reach_the_query_service(http, query, key
             assert await _status(http, query, method, url, keys[kind]) == 403, (kind, method, path)
         assert await _status(http, query, method, url, None) == 401, (method, path)
         assert await _status(http, query, method, url, "jr_" + "x" * 43) == 401, (method, path)
-        changes = method in ("PUT", "DELETE", "POST")
+        changes = method in ("PUT", "DELETE", "POST") or (method, path) in _ADMIN_READS
         read_status = await _status(http, query, method, url, keys["read"])
         assert (read_status == 403) == changes, (method, path, read_status)  # read keys read, never change
         if changes:
@@ -150,7 +154,8 @@ async def test_only_read_and_admin_keys_reach_the_query_service(http, query, key
 
 
 async def test_only_write_and_public_keys_reach_ingest(http, collector, stores, project, keys) -> None:  # type: ignore[no-untyped-def]
-    ingest = [(m, p) for m, p in _guarded(collector.app) if p.startswith("/v1/") and m == "POST" and "{" not in p]
+    ingest = [(m, p) for m, p in _guarded(collector.app)
+              if p.startswith("/v1/") and m == "POST" and "{" not in p and (m, p) not in _COLLECTOR_ADMIN]
     assert len(ingest) >= 7
     event = {"type": "track", "userId": "u", "event": "E", "previousId": "p", "groupId": "g"}  # valid on every route
     for method, path in ingest:
@@ -170,6 +175,16 @@ async def test_only_write_and_public_keys_reach_ingest(http, collector, stores, 
         async with http.post(collector.make_url(path), data=body, headers=basic(keys["public"])) as resp:
             assert resp.status == 200 or (resp.status == 403 and (await resp.json())["errors"][0]["field"] == "Origin")
     await wait_drained(collector)
+
+
+async def test_only_admin_keys_reach_the_collectors_admin_routes(http, collector, keys) -> None:  # type: ignore[no-untyped-def]
+    assert _COLLECTOR_ADMIN <= registered_operations(collector.app)
+    for method, path in sorted(_COLLECTOR_ADMIN):
+        for kind in ("write", "public", "read"):
+            assert await _status(http, collector, method, path, keys[kind]) == 403, (kind, method, path)
+        assert await _status(http, collector, method, path, None) == 401, (method, path)
+        assert await _status(http, collector, method, path, "ja_" + "x" * 43) == 401, (method, path)
+        assert await _status(http, collector, method, path, keys["admin"]) == 200, (method, path)
 
 
 # --------------------------------------------------------------------------------------------------------

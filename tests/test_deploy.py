@@ -184,9 +184,31 @@ def test_alert_rules_parse_and_cover_the_pipeline() -> None:
         "insert errors": "journeys_clickhouse_errors_total",
         "freshness over SLO": "journeys_spool_oldest_event_age_seconds",
         "5xx rate": 'journeys_http_requests_total{status=~"5.."}',
+        "quarantined events": "journeys_events_quarantined_total",
     }
     for what, needle in by_metric.items():
         assert any(needle in r["expr"] for r in rules), f"no alert for {what} ({needle})"
+
+
+def _minutes(duration: str) -> float:
+    number, unit = int(duration[:-1]), duration[-1]
+    return number * {"s": 1 / 60, "m": 1, "h": 60}[unit]
+
+
+def test_quarantine_is_alerted_and_charted_naming_how_to_see_and_replay_it() -> None:
+    """Quarantined events are not lost but unseen: the alert and the dashboard say where to look and how to
+    take them back in (docs/quarantine.md)."""
+    [rule] = [r for r in _alert_rules() if "journeys_events_quarantined_total" in r["expr"]]
+    assert re.search(r"\brate\(journeys_events_quarantined_total\{[^}]*\}\[\d+m\]\)\)\s*>\s*0\s*$", rule["expr"].strip()), rule
+    assert _minutes(str(rule["for"])) >= 10  # a sender that keeps failing, not one bad event
+    assert "journeys quarantine replay" in rule["annotations"]["summary"]
+    assert "/v1/quarantine" in rule["annotations"]["summary"] + rule["annotations"]["description"]
+    ingest = _dashboards()["journeys-ingest.json"]
+    charted = [p for p in _panels(ingest) if any("journeys_events_quarantined_total" in t["expr"] for t in p.get("targets", []))]
+    assert any(p["type"] == "stat" and "increase(" in p["targets"][0]["expr"] for p in charted), "no quarantine count panel"
+    for panel in charted:
+        if panel["type"] == "stat" or "by (reason)" in panel["targets"][0]["expr"]:
+            assert "journeys quarantine replay" in panel["description"] and "/v1/quarantine" in panel["description"], panel["title"]
 
 
 def _dashboards() -> dict[str, dict]:

@@ -160,3 +160,24 @@ async def test_rudderstack_platform_channel_never_overrides_the_touchpoint_chann
     status, answer = await _post(http, collector, "/v1/batch", body, basic(project.write_key))
     assert status == 200 and answer["accepted"] == 1, answer
     assert (await _stored(stores, project.id, 1))[message_id]["channel"] == channel
+
+
+async def test_rudderstack_source_config_is_served_for_a_public_key_from_its_origin(
+    http, collector, stores, project
+) -> None:  # type: ignore[no-untyped-def]
+    """analytics-js asks ``{configUrl}/sourceConfig/?writeKey=…`` (with the key as Basic auth too) before it
+    sends anything; with configUrl = the collector it needs no RudderStack control plane."""
+    key = await public_key(stores, project, SHOP)
+    asks = {"Origin": SHOP, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+    async with http.options(collector.make_url("/sourceConfig/"), headers=asks) as resp:
+        assert resp.status == 204 and "GET" in resp.headers["Access-Control-Allow-Methods"]
+    url = f"/sourceConfig/?p=npm&v=3.34.1&build=modern&writeKey={key}&lockIntegrationsVersion=true"
+    async with http.get(collector.make_url(url), headers={"Origin": SHOP, **basic(key)}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Access-Control-Allow-Origin"] == SHOP
+        source = (await resp.json())["source"]
+    assert source["enabled"] is True and source["destinations"] == [] and source["writeKey"] == key
+    async with http.get(collector.make_url(f"/sourceConfig?writeKey={project.write_key}")) as resp:
+        assert resp.status == 403 and (await resp.json())["errors"][0]["field"] == "writeKey"
+    async with http.get(collector.make_url(f"/sourceConfig?writeKey={key}"), headers={"Origin": "https://evil.example"}) as resp:
+        assert resp.status == 403 and (await resp.json())["errors"][0]["field"] == "Origin"

@@ -1,0 +1,84 @@
+"""``GET /sourceConfig``: the one control-plane answer RudderStack's browser SDK needs, so it runs unchanged.
+
+@rudderstack/analytics-js v3 asks its control plane for the source's configuration before it sends anything
+(``{configUrl}/sourceConfig/?writeKey=…``, by default at RudderStack's own host) and does not start without
+an answer. Pointing ``configUrl`` at the collector answers it here: an enabled source with no device-mode
+destinations (every event comes to this collector, and only here) and the SDK's error and metrics reports
+to RudderStack's hosts turned off. The key is checked as for sending events (a public key from one of its
+project's origins; a secret write key in a URL is refused, as on the beacon route).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from collector.cors import add_preflight
+from collector.ingest import RequestProblem
+from journeys.http import error_response, json_response, presented_key
+from journeys.openapi import error_response as error_spec
+from journeys.openapi import json_ok, operation
+
+PATHS = ("/sourceConfig", "/sourceConfig/")
+
+Authorize = Callable[[web.Request, str | None], Awaitable[Any]]
+
+
+def add_rudder_config_route(app: web.Application, authorize: Authorize) -> None:
+    async def source_config(request: web.Request) -> web.Response:
+        in_query = request.query.get("writeKey") or None
+        key = presented_key(request) or in_query
+        try:
+            principal = await authorize(request, key)
+            if key == in_query and principal.kind != "public":
+                raise RequestProblem(
+                    403,
+                    [{"field": "writeKey", "reason": f"a {principal.kind} key must not be sent in a URL: "
+                      "use a public key (jp_…) in web pages"}],
+                    "key_in_url",
+                )
+        except RequestProblem as problem:
+            return error_response(problem.status, problem.errors, code=problem.reason)
+        return json_response(
+            {
+                "isHosted": True,
+                "source": {
+                    "id": principal.project_id,
+                    "name": principal.project_id,
+                    "writeKey": key,
+                    "workspaceId": principal.project_id,
+                    "enabled": True,
+                    "config": {"statsCollection": {"errors": {"enabled": False}, "metrics": {"enabled": False}}},
+                    "destinations": [],
+                },
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    for path in PATHS:
+        app.router.add_get(path, source_config)
+        add_preflight(app, path, "GET")
+
+
+def rudder_config_openapi_paths() -> dict[str, Any]:
+    from collector.cors import preflight_operation
+
+    get = operation(
+        "RudderStack source configuration",
+        tags=["ingest"],
+        description="What @rudderstack/analytics-js asks its control plane for before sending: point its "
+        "`configUrl` load option at the collector. An enabled source without device-mode destinations. The key "
+        "as HTTP Basic username or `writeKey` in the query (public keys only there).",
+        parameters=[
+            {"name": "writeKey", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "A public key (jp_…), as the SDK sends it."},
+        ],
+        responses={
+            200: json_ok({"type": "object", "required": ["source"]}, "The source configuration."),
+            403: error_spec(403, "A secret key in the URL, or an origin the project does not list."),
+        },
+        errors=(401, 429),
+    )
+    return {path: {"get": get, "options": preflight_operation()} for path in PATHS}
