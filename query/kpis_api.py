@@ -25,7 +25,7 @@ from journeys.maps import SLUG
 from journeys.stores import Stores
 from query.kpis import ALL, KpiRequest, daily_kpis, stage_kpis, to_csv
 from query.reads import iso
-from query.stage_state import Definitions
+from query.stage_state import Definitions, consistent_facts
 from query.state_updater import Build, current_definitions, definitions_of_build, serving_build
 
 MAX_DAYS = 3660
@@ -36,14 +36,21 @@ PrincipalOf = Callable[[web.Request], Awaitable[Principal]]
 
 
 def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
+    async def answer(request: web.Request, compute: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[KpiRequest, bool, dict[str, Any]]:
+        """One answer from one state of the facts: the serving build is read, and every KPI query run, while
+        no facts write (nor a switch to a new build and the old one's deletion) can become visible."""
+        stores = request.app[stores_key]
+        principal = await principal_of(request)
+        async with consistent_facts(stores.pg, principal.project_id):
+            kpi_request, csv = await _kpi_request(request, principal, stores)
+            return kpi_request, csv, await compute(stores.clickhouse, kpi_request)
+
     async def kpis(request: web.Request) -> web.StreamResponse:
-        kpi_request, csv = await _kpi_request(request, await principal_of(request), request.app[stores_key])
-        result = await stage_kpis(request.app[stores_key].clickhouse, kpi_request)
+        kpi_request, csv, result = await answer(request, stage_kpis)
         return _respond(result, csv, f"kpis-{kpi_request.journey_map.name}")
 
     async def daily(request: web.Request) -> web.StreamResponse:
-        kpi_request, csv = await _kpi_request(request, await principal_of(request), request.app[stores_key])
-        result = await daily_kpis(request.app[stores_key].clickhouse, kpi_request)
+        kpi_request, csv, result = await answer(request, daily_kpis)
         return _respond(result, csv, f"kpis-daily-{kpi_request.journey_map.name}")
 
     app.router.add_get("/v1/kpis", kpis)

@@ -237,15 +237,53 @@ async def current_facts(
     return out
 
 
-async def write_differences(ch: ClickHouse, project_id: str, desired: Counter[Fact], current: dict[Fact, int]) -> int:
-    """Insert ``desired - current`` as signed rows, in one insert; returns the number of rows."""
+# A KPI answer is several reads of stage_facts; a write landing between two of them would mix two states
+# (a quantile's bin picked from one, its waits read from the other: a KeyError; entered != converted +
+# dropped + in progress). So readers of one project's facts share this lock for the length of an answer, and
+# a write takes it exclusively for the length of its insert only (computing the difference happens before):
+# a write waits for the answers being computed (~0.1 s), an answer for one insert. Per project (the second
+# key is the project's hash), so one project's writes never hold up another's answers. PostgreSQL queues
+# lock requests in order, so a steady stream of answers cannot starve the writer.
+_FACTS_VIEW_LOCK = 0x6A6F7572  # "jour": the advisory lock class; hashtext(project_id) is the object
+
+
+@asynccontextmanager
+async def _facts_view(pg: Any, project_id: str, mode: str) -> AsyncIterator[None]:
+    if pg is None:
+        yield
+        return
+    function = "pg_advisory_xact_lock_shared" if mode == "read" else "pg_advisory_xact_lock"
+    async with (pg.acquire() if hasattr(pg, "acquire") else nullcontext(pg)) as conn:
+        async with conn.transaction():  # on a caller's connection, a savepoint: held to its transaction's end
+            await conn.execute(f"SELECT {function}($1, hashtext($2))", _FACTS_VIEW_LOCK, project_id)
+            yield
+
+
+def facts_change(pg: Any, project_id: str) -> Any:
+    """Hold while making a change to ``project_id``'s facts visible (an insert, a build's deletion): it waits
+    for the answers being read, and answers wait for it."""
+    return _facts_view(pg, project_id, "write")
+
+
+def consistent_facts(pg: Any, project_id: str) -> Any:
+    """Hold while reading one answer's worth of ``project_id``'s facts: no write becomes visible meanwhile
+    (``pg``: an asyncpg pool or connection)."""
+    return _facts_view(pg, project_id, "read")
+
+
+async def write_differences(
+    ch: ClickHouse, project_id: str, desired: Counter[Fact], current: dict[Fact, int], pg: Any = None
+) -> int:
+    """Insert ``desired - current`` as signed rows, in one insert, while no KPI answer of the project is being
+    read (``pg``: the pool; ``None`` only for a writer that knows nobody reads); returns the number of rows."""
     lines = []
     for fact in desired.keys() | current.keys():
         n = desired.get(fact, 0) - current.get(fact, 0)
         if n:
             lines.append(_line(project_id, fact, n))
     if lines:
-        await ch.insert_lines("stage_facts", FACT_COLUMNS, b"".join(lines))
+        async with facts_change(pg, project_id):
+            await ch.insert_lines("stage_facts", FACT_COLUMNS, b"".join(lines))
     return len(lines)
 
 
@@ -258,7 +296,7 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
     """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
     their rows go with the next merge (the pairs sum to zero)."""
     async with facts_lock(pg):
-        return await write_differences(ch, project_id, Counter(), await current_facts(ch, project_id, customers))
+        return await write_differences(ch, project_id, Counter(), await current_facts(ch, project_id, customers), pg)
 
 
 class StateWriter:
@@ -346,7 +384,7 @@ WHERE {any_rule}
         # Thousands of customers take a few hundred ms of Python: on a thread, the event loop keeps serving
         # requests between GIL switches instead of stalling for the whole chunk.
         desired = await asyncio.to_thread(compute)
-        return await write_differences(self.ch, project_id, desired, existing)
+        return await write_differences(self.ch, project_id, desired, existing, self.pg)
 
     async def _staged(
         self, project_id: str, definitions: Definitions, members: dict[str, set[str]]

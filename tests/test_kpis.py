@@ -674,3 +674,90 @@ async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are
 
 def _stamp(at: datetime) -> str:
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_answers_are_whole_while_facts_are_written(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Facts written without pause while both endpoints are hammered: every answer is a 200 computed from one
+    state. Before, a write between a KPI answer's reads made the quantile pick miss a bin (500, KeyError) or
+    mixed two states in one answer."""
+    import asyncio
+    from collections import Counter
+
+    from query.stage_state import current_facts, write_differences
+    from query.state_updater import serving_build
+
+    project = await _new_project(stores)
+    t0 = BASE + timedelta(days=2)
+    await _send(http, collector, project.write_key, [
+        {"type": "track", "userId": "real", "event": e, "channel": "web", "messageId": f"real-{e}",
+         "timestamp": (t0 + timedelta(hours=i)).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        for i, e in enumerate("ABC")
+    ])
+    await _caught_up(query)
+    await _kpis(http, query, project.read_key, map="funnel")
+    build = (await serving_build(stores.pg, project.id)).number
+    synthetic = [f"synthetic-{i}" for i in range(40)]
+    at_ms = int(t0.timestamp() * 1000)
+
+    def variant(k: int) -> Counter:  # type: ignore[type-arg]
+        """The synthetic customers' facts in turn: converted fast, converted slow (another wait bin), open."""
+        out: Counter = Counter()  # type: ignore[type-arg]
+        for i, customer in enumerate(synthetic):
+            converted, wait = [(1, 3_600_000 + i), (1, 40 * 3_600_000 + i), (0, 0)][k % 3]
+            for segment in ("", "vip"):
+                out[("funnel", build, customer, segment, "entry", 0, at_ms + i, converted, wait,
+                     "ad", "web", -1, "none", 0, "none")] += 1
+        return out
+
+    writes = 0
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        nonlocal writes
+        k = 0
+        while not stop.is_set():
+            current = await current_facts(stores.clickhouse, project.id, synthetic, build)
+            await write_differences(stores.clickhouse, project.id, variant(k), current, stores.pg)
+            writes += 1
+            k += 1
+
+    params = {"map": "funnel", "segment": "*", "from": BASE.date().isoformat()}
+
+    async def get(path: str) -> dict[str, Any]:
+        async with http.get(query.make_url(path), params=params, headers=basic(project.read_key)) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    def whole(stages: list[dict[str, Any]]) -> None:
+        for s in stages[:-1]:
+            assert s["entered"] == (s["converted"] or 0) + (s["dropped"] or 0) + (s["in_progress"] or 0), s
+            assert (s["converted"] > 0) == (s["time_to_next_seconds"]["median"] is not None), s
+
+    writing = asyncio.create_task(writer())
+    answers = compared = 0
+    try:
+        deadline = asyncio.get_running_loop().time() + 12
+        while asyncio.get_running_loop().time() < deadline:
+            before = writes
+            window, daily = await asyncio.gather(get("/v1/kpis"), get("/v1/kpis/daily"))
+            answers += 2
+            for seg in window["segments"]:
+                whole(seg["stages"])
+            for seg in daily["segments"]:
+                for day in seg["days"]:
+                    whole(day["stages"])
+            if writes == before:  # no write between the two answers: the days must add up to the window
+                compared += 1
+                for w, d in zip(window["segments"], daily["segments"]):
+                    for i, stage in enumerate(w["stages"][:-1]):
+                        for field in ("entered", "converted", "dropped", "in_progress"):
+                            assert sum(day["stages"][i][field] or 0 for day in d["days"]) == stage[field], (field, i)
+    finally:
+        stop.set()
+        await writing
+    assert writes >= 20 and answers >= 20, (writes, answers)
+    window, daily = await asyncio.gather(get("/v1/kpis"), get("/v1/kpis/daily"))  # at rest: must add up
+    for w, d in zip(window["segments"], daily["segments"]):
+        for i, stage in enumerate(w["stages"][:-1]):
+            for field in ("entered", "converted", "dropped", "in_progress"):
+                assert sum(day["stages"][i][field] or 0 for day in d["days"]) == stage[field], (field, i)
