@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from journeys.config import ConfigError, Settings, load_settings
+from journeys.config import DATA_DIR_NAME, ConfigError, Settings, load_settings
 
 log = logging.getLogger("journeys")
 
@@ -118,7 +118,7 @@ async def _with_project(settings: Settings, project: str, work):  # type: ignore
     return await _with_postgres(settings, resolved)
 
 
-async def _project_create(settings: Settings, name: str, as_json: bool) -> int:
+async def _project_create(settings: Settings, name: str, as_json: bool, as_env: bool = False) -> int:
     from journeys.keys import ProjectError, create_project
 
     async def work(conn):  # type: ignore[no-untyped-def]
@@ -137,6 +137,11 @@ async def _project_create(settings: Settings, name: str, as_json: bool) -> int:
                 {"id": project.id, "name": project.name, "write_key": project.write_key, "read_key": project.read_key}
             ).decode()
         )
+    elif as_env:
+        # Keys are [A-Za-z0-9_-] only: nothing in them needs quoting for a shell.
+        print(f"export WRITE_KEY={project.write_key}")
+        print(f"export READ_KEY={project.read_key}")
+        print(f"# project {project.name} ({project.id}); keys are stored hashed and cannot be shown again", file=sys.stderr)
     else:
         print(f"project   {project.name} ({project.id})")
         print(f"write key {project.write_key}   (ingest only: SDKs, collectors)")
@@ -279,7 +284,12 @@ def _parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="manage projects").add_subparsers(dest="project_command", required=True)
     create = project.add_parser("create", help="create a project and print its write and read keys")
     create.add_argument("name")
-    create.add_argument("--json", action="store_true", help="print the project and keys as JSON")
+    shown = create.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the project and keys as JSON")
+    shown.add_argument(
+        "--env", action="store_true",
+        help='print shell lines setting WRITE_KEY and READ_KEY: eval "$(journeys project create NAME --env)"',
+    )
     from journeys.origins_cli import add_origins_command
 
     add_origins_command(project)  # project origins NAME --add/--remove: where public keys may send from
@@ -323,6 +333,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _needs_embedded_stores(settings: Settings) -> bool:
+    return settings.clickhouse_is_embedded or settings.postgres_is_embedded
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -331,6 +345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings)
+    makes_stores = args.command in ("up", "migrate") or getattr(args, "action", None) == "template"
+    if not makes_stores and _needs_embedded_stores(settings) and not settings.data_dir_exists:
+        # A command run from another folder used to make a second, empty store there and answer "no project".
+        print(
+            f"error: no journeys data directory at {settings.resolved_data_dir} (looked for {DATA_DIR_NAME} here and "
+            "in every folder above). Run `journeys up` in the folder that should hold the data first, run this "
+            "command from there, or set JOURNEYS_DATA_DIR.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.command == "up":
             services = [args.only] if args.only else ["collector", "query"]
@@ -340,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_migrate(settings))
             return 0
         if args.command == "project" and args.project_command == "create":
-            return asyncio.run(_project_create(settings, args.name, args.json))
+            return asyncio.run(_project_create(settings, args.name, args.json, args.env))
         if args.command == "project" and args.project_command == "origins":
             from journeys.origins_cli import run_origins_command
 

@@ -22,7 +22,11 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JOURNEYS_", extra="ignore", frozen=True, populate_by_name=True)
 
-    data_dir: Path = Field(default=Path(".journeys"), description="Root of every embedded store and the spool.")
+    data_dir: Path | None = Field(
+        default=None,
+        description="Root of every embedded store and the spool. Unset: the nearest .journeys directory in the "
+        "working directory or above it (as git finds .git), else ./.journeys.",
+    )
 
     clickhouse_url: str = Field(
         default="",
@@ -134,7 +138,14 @@ class Settings(BaseSettings):
     # Derived locations: one data directory holds every embedded store.
     @property
     def resolved_data_dir(self) -> Path:
-        return self.data_dir.expanduser().resolve()
+        if self.data_dir is not None:
+            return self.data_dir.expanduser().resolve()
+        return find_data_dir(Path.cwd()) or (Path.cwd() / DATA_DIR_NAME).resolve()
+
+    @property
+    def data_dir_exists(self) -> bool:
+        """Whether the embedded stores' directory is there already (only `up` and `migrate` make a new one)."""
+        return self.resolved_data_dir.is_dir()
 
     @property
     def resolved_spool_dir(self) -> Path:
@@ -151,6 +162,20 @@ class Settings(BaseSettings):
     @property
     def postgres_is_embedded(self) -> bool:
         return not self.database_url
+
+
+DATA_DIR_NAME = ".journeys"
+
+
+def find_data_dir(start: Path) -> Path | None:
+    """The nearest ``.journeys`` directory at ``start`` or above it: commands run from a sub-folder (or a
+    second terminal elsewhere in the checkout) find the stores `journeys up` made, instead of making new ones."""
+    here = start.resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / DATA_DIR_NAME
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 _ALIASES = {"clickhouse_url": "CLICKHOUSE_URL", "database_url": "DATABASE_URL"}

@@ -77,3 +77,39 @@ def test_settings_defaults_are_embedded_under_one_data_dir(monkeypatch: pytest.M
     monkeypatch.setenv("JOURNEYS_MAX_EVENT_BYTES", "999999999")
     with pytest.raises(ConfigError, match="JOURNEYS_MAX_EVENT_BYTES"):
         load_settings()
+
+
+def test_the_data_directory_is_found_from_below_and_never_made_anew_elsewhere(tmp_path: Path) -> None:
+    """Run from a sub-folder, a command finds the .journeys that `journeys up` made above it; run from an
+    unrelated folder, it refuses instead of starting a second, empty store (which used to answer "no project
+    named 'demo'")."""
+    import os
+    import subprocess
+    import sys
+
+    from service import cli_env
+
+    home, elsewhere = tmp_path / "shop", tmp_path / "elsewhere"
+    (home / "src" / "deep").mkdir(parents=True)
+    elsewhere.mkdir()
+    (home / ".journeys").mkdir()  # as `journeys up` makes it, run from `home`
+    env = cli_env(tmp_path)
+    del env["JOURNEYS_DATA_DIR"]
+
+    def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "journeys.cli", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        created = run(home / "src" / "deep", "project", "create", "found", "--env")
+        assert created.returncode == 0, created.stderr
+        assert created.stdout.startswith("export WRITE_KEY=jw_") and "export READ_KEY=jr_" in created.stdout
+        assert (home / ".journeys" / "postgres").is_dir() and not (home / "src" / "deep" / ".journeys").exists()
+        listed = run(home / "src", "map", "list", "--project", "found")
+        assert listed.returncode == 0, listed.stderr
+        refused = run(elsewhere, "map", "list", "--project", "found")
+        assert refused.returncode == 2 and "no journeys data directory" in refused.stderr and "JOURNEYS_DATA_DIR" in refused.stderr
+        assert os.listdir(elsewhere) == []
+        assert run(elsewhere, "map", "template", "five-stage").returncode == 0  # needs no store
+    finally:
+        stop_leftover_postgres(home / ".journeys")

@@ -26,3 +26,50 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = _quickstart_blocks()[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
+
+
+def test_the_quickstart_commands_run_as_written(tmp_path: Path) -> None:
+    """The second terminal's commands, verbatim but for the ports (the test's service has free ones), run by
+    bash from the folder where `journeys up` runs: no JOURNEYS_DATA_DIR, so the data directory is found as
+    a user's would be; keys captured by the commands themselves; every step succeeds."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from service import Service, cli_env, stop_leftover_postgres
+
+    blocks = _quickstart_blocks()[2:]
+    assert any("project create demo --env" in b for b in blocks), blocks
+    (tmp_path / ".journeys").mkdir()  # where `journeys up` would make it, run from tmp_path
+    service = Service(tmp_path / ".journeys")
+    try:
+        service.start()
+        env = cli_env(tmp_path)
+        del env["JOURNEYS_DATA_DIR"]  # found from the working directory, as a user's shell would
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's journeys
+        script = "set -euo pipefail\n" + "\n".join(blocks)
+        script = script.replace("127.0.0.1:8080", f"127.0.0.1:{service.collector_port}")
+        script = script.replace("127.0.0.1:8081", f"127.0.0.1:{service.query_port}")
+        done = subprocess.run(["bash", "-c", script + "\necho\n"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+        answers, decoder, at = [], json.JSONDecoder(), 0  # curl prints no newline: JSON bodies run together
+        while (at := done.stdout.find('{"', at)) != -1:
+            try:
+                answer, end = decoder.raw_decode(done.stdout, at)
+            except ValueError:
+                at += 1
+                continue
+            answers.append(answer)
+            at = end
+        events = next(a for a in answers if "events" in a)
+        journey = next(a for a in answers if "touchpoints" in a)
+        kpis = next(a for a in answers if "segments" in a)
+        assert events["count"] == 1 and events["events"][0]["event"] == "Store Purchase", events
+        assert journey["map"]["name"] == "five-stage", journey
+        assert kpis["map"]["name"] == "five-stage" and kpis["segments"], kpis
+    finally:
+        if service.proc is not None:
+            service.stop()
+        stop_leftover_postgres(tmp_path / ".journeys")
