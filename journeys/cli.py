@@ -42,13 +42,14 @@ async def _serve(settings: Settings, services: Sequence[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    metrics = Metrics()
     async with open_stores(settings) as stores:
         plan = []
+        # A registry per service, even in one process: each port's /metrics exports its own service's series
+        # only, so a Prometheus scraping both ports counts nothing twice.
         if "collector" in services:
-            plan.append(("collector", create_collector(stores, metrics), settings.collector_host, settings.collector_port))
+            plan.append(("collector", create_collector(stores, Metrics()), settings.collector_host, settings.collector_port))
         if "query" in services:
-            plan.append(("query", create_query(stores, metrics), settings.query_host, settings.query_port))
+            plan.append(("query", create_query(stores, Metrics()), settings.query_host, settings.query_port))
         _tune_gc()
         runners = []
         try:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("journeys.access")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -134,10 +135,13 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
         metrics.http_requests.labels(service, name, str(response.status)).inc()
         metrics.http_latency.labels(service, name).observe(elapsed)
         response.headers["X-Request-Id"] = request[REQUEST_ID]
-        if access_log.isEnabledFor(logging.INFO):
+        # Probes, scrapes and the dashboard's own refreshes repeat every few seconds: DEBUG, unless they fail.
+        quiet = response.status < 400 and (name in QUIET_ROUTES or request.headers.get("X-Journeys-Poll") == "1")
+        level = logging.DEBUG if quiet else logging.INFO
+        if access_log.isEnabledFor(level):
             duration_ms = round(elapsed * 1000, 3)
-            access_log.info(
-                "%s %s %s %.1fms", request.method, name, response.status, duration_ms,
+            access_log.log(
+                level, "%s %s %s %.1fms", request.method, name, response.status, duration_ms,
                 extra={"service": service, "method": request.method, "route": name,
                        "status": response.status, "duration_ms": duration_ms},
             )

@@ -179,6 +179,31 @@ async def test_access_log_line_per_request_without_secrets(root_logging, http, c
         assert secret not in text, secret
 
 
+async def test_probes_scrapes_and_dashboard_refreshes_are_logged_at_debug_only(root_logging, http, collector, query, project) -> None:  # type: ignore[no-untyped-def]
+    """`journeys up` logged every 5-second dashboard poll at INFO (474 lines in 6 minutes): probes, scrapes and
+    the dashboard's refreshes (X-Journeys-Poll: 1) go to DEBUG, unless they fail."""
+    buffer = io.StringIO()
+    setup_logging("INFO", "json", buffer)
+    for server in (collector, query):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with http.get(server.make_url(path)) as resp:
+                assert resp.status == 200
+    read = {"Authorization": f"Bearer {project.read_key}"}
+    async with http.get(query.make_url("/v1/stats"), headers={**read, "X-Journeys-Poll": "1"}) as resp:
+        assert resp.status == 200
+    async with http.get(query.make_url("/v1/stats"), headers={"X-Journeys-Poll": "1"}) as resp:
+        assert resp.status == 401  # a failing poll is still worth a line
+    async with http.get(query.make_url("/v1/stats"), headers=read) as resp:
+        assert resp.status == 200  # a person's request
+    access = [(a["route"], a["status"]) for a in _lines(buffer) if a["logger"] == "journeys.access"]
+    assert access == [("/v1/stats", 401), ("/v1/stats", 200)], access
+    buffer = io.StringIO()
+    setup_logging("DEBUG", "json", buffer)
+    async with http.get(collector.make_url("/healthz")) as resp:
+        assert resp.status == 200
+    assert [a["level"] for a in _lines(buffer) if a["logger"] == "journeys.access"] == ["DEBUG"]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Metrics: what deploy/ references is what the services export
 # --------------------------------------------------------------------------------------------------------
@@ -382,3 +407,35 @@ async def test_key_metrics_have_live_series_after_traffic(scraped) -> None:  # t
     assert {s["service"] for s in query.samples["journeys_http_requests_total"]} == {"query"}
     # The errors counter is declared (its series appears on the first failure), so alerts can name it.
     assert "journeys_clickhouse_errors_total" in collector.declared
+
+
+def test_one_process_exports_each_series_on_one_port_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`journeys up` runs both services in one process; scraping both ports used to count everything twice."""
+    import json
+    import urllib.request
+
+    from service import Service, create_project, stop_leftover_postgres
+
+    service = Service(tmp_path)
+    try:
+        service.start()
+        key = create_project(tmp_path, "metrics-once")["write_key"]
+        request = urllib.request.Request(
+            f"{service.collector}/v1/track", data=json.dumps({"userId": "u", "event": "E"}).encode(),
+            headers={"Content-Type": "application/json", **basic(key)},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200
+        scrapes = {}
+        for name, base in (("collector", service.collector), ("query", service.query)):
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+                scrapes[name] = Scrape(resp.read().decode())
+        collector, query = scrapes["collector"], scrapes["query"]
+        assert collector.samples.get("journeys_events_accepted_total")
+        assert not query.samples.get("journeys_events_accepted_total")
+        assert {s["service"] for s in collector.samples["journeys_http_requests_total"]} == {"collector"}
+        assert {s["service"] for s in query.samples.get("journeys_http_requests_total", [])} <= {"query"}
+    finally:
+        if service.proc is not None:
+            service.stop()
+        stop_leftover_postgres(tmp_path)

@@ -19,7 +19,7 @@
 
   const $ = (id) => document.getElementById(id);
   const state = { key: null, view: "journey", maps: [], segments: [], customer: null, busy: false, again: false, timer: null,
-    kpis: null, daily: null, compare: null, journey: null, rebuilding: null };
+    kpis: null, daily: null, compare: null, journey: null, rebuilding: null, polling: false };
 
   // ---------- small DOM helpers (text only) ----------
   function el(tag, attrs, ...children) {
@@ -57,7 +57,9 @@
   async function api(path, params, asBlob) {
     const url = new URL(path, location.origin);
     for (const [k, v] of Object.entries(params || {})) if (v !== null && v !== undefined && v !== "") url.searchParams.set(k, v);
-    const response = await fetch(url, { headers: { Authorization: "Bearer " + state.key }, cache: "no-store" });
+    const headers = { Authorization: "Bearer " + state.key };
+    if (state.polling) headers["X-Journeys-Poll"] = "1"; // the service logs the 5-second refreshes at DEBUG only
+    const response = await fetch(url, { headers, cache: "no-store" });
     if (!response.ok) {
       let reason = response.statusText;
       try { const body = await response.json(); reason = body.errors.map((e) => e.field + ": " + e.reason).join("; "); } catch (_) { /* not our JSON */ }
@@ -87,8 +89,13 @@
     $("signin-error").textContent = "";
     await loadDefinitions();
     route();
-    if (state.timer === null) state.timer = setInterval(() => { if (!document.hidden) refresh(); }, POLL_MS);
+    if (state.timer === null) state.timer = setInterval(() => { if (!document.hidden) poll(); }, POLL_MS);
     return true;
+  }
+
+  async function poll() {
+    state.polling = true;
+    try { await refresh(); } finally { state.polling = false; }
   }
 
   function signOut(message) {
