@@ -83,10 +83,12 @@ JOURNEY: dict[str, Any] = {
 
 STATS: dict[str, Any] = {
     "type": "object",
-    "required": ["events", "customers", "quarantined", "newest_received_at", "newest_event_at"],
+    "required": ["events", "customers", "ids", "quarantined", "newest_received_at", "newest_event_at"],
     "properties": {
         "events": {"type": "integer", "minimum": 0, "description": "Distinct events (each messageId once)."},
-        "customers": {"type": "integer", "minimum": 0},
+        "customers": {"type": "integer", "minimum": 0,
+                      "description": "People: each id counted as the customer it is stitched to now."},
+        "ids": {"type": "integer", "minimum": 0, "description": "Distinct ids (anonymous and user ids) with events."},
         "quarantined": {"type": "integer", "minimum": 0, "description": "Distinct quarantined events (a resent bad event once)."},
         "newest_received_at": _NULLABLE_TIME,
         "newest_event_at": _NULLABLE_TIME,

@@ -272,6 +272,16 @@ SELECT uniqExact(message_id), uniqExact(distinct_id), max(received_at), max(time
 FROM events
 WHERE project_id = {project_id:String}
 """
+# People, not ids: each id with events counts as the customer it is stitched to now (docs/identity.md), so a
+# visitor who browsed anonymously and then signed up is one customer with two ids.
+PEOPLE_SQL = """
+SELECT uniqExact(if(linked.customer != '' AND linked.deleted = 0, linked.customer, seen.distinct_id))
+FROM (SELECT DISTINCT distinct_id FROM events WHERE project_id = {project_id:String}) AS seen
+LEFT JOIN (
+    SELECT distinct_id, argMax(customer_id, version) AS customer, argMax(is_deleted, version) AS deleted
+    FROM identities WHERE project_id = {project_id:String} GROUP BY distinct_id
+) AS linked ON linked.distinct_id = seen.distinct_id
+"""
 # Each quarantined event once: the copies of a resent bad event are one (journeys.quarantine).
 QUARANTINE_COUNT_SQL = f"SELECT {DISTINCT_EVENTS_SQL} FROM quarantine WHERE project_id = {{project_id:String}}"
 
@@ -279,13 +289,15 @@ QUARANTINE_COUNT_SQL = f"SELECT {DISTINCT_EVENTS_SQL} FROM quarantine WHERE proj
 async def project_stats(ch: ClickHouse, project_id: str) -> dict[str, Any]:
     """Totals for a project, each event once: how much is stored and how fresh the newest is."""
     params = {"project_id": project_id}
-    _, rows = await ch.query(STATS_SQL, params)
-    events, customers, newest_received, newest_event = rows[0]
-    _, qrows = await ch.query(QUARANTINE_COUNT_SQL, params)
+    (_, rows), (_, people), (_, qrows) = await asyncio.gather(
+        ch.query(STATS_SQL, params), ch.query(PEOPLE_SQL, params), ch.query(QUARANTINE_COUNT_SQL, params)
+    )
+    events, ids, newest_received, newest_event = rows[0]
     has_events = events > 0
     return {
         "events": events,
-        "customers": customers,
+        "customers": people[0][0],
+        "ids": ids,
         "quarantined": qrows[0][0],
         "newest_received_at": iso(newest_received) if has_events else None,
         "newest_event_at": iso(newest_event) if has_events else None,

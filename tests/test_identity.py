@@ -45,6 +45,9 @@ async def test_cross_channel_story_is_one_customer(http, collector, query, store
                 _ev("track", "05T10:00:00", "c1", userId="crm-77", event="Support Call", channel="call_centre"))
     await _send(http, collector, key, _ev("alias", "05T10:30:00", "al1", previousId="crm-77", userId="ada"))
 
+    stats = await _get(http, query, "/v1/stats", project.read_key)
+    assert (stats["customers"], stats["ids"]) == (1, 4)  # one person: ada, dev1, dev2 and crm-77 (ids with events)
+
     expected = ["w1", "w2", "e1", "i1", "s1", "a1", "a2", "c1", "al1"]
     for asked in ("ada", "dev1", "dev2", "crm-77"):
         body = await _get(http, query, f"/v1/customers/{asked}/events", project.read_key)
