@@ -158,7 +158,26 @@ def _read_document(path: str):  # type: ignore[no-untyped-def]
     try:
         return yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+        # file:line:column, as compilers say it (editors jump there); not PyYAML's "<unicode string>".
+        where = "<stdin>" if path == "-" else path
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where += f":{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        raise ValueError(f"{where}: not valid YAML/JSON: {problem}" + (f" ({context})" if context else "")) from None
+
+
+def _summary(kind: str, body: dict) -> str:  # type: ignore[type-arg]
+    """What a newly created map or segment holds, in a line or two (its whole text is what the author wrote)."""
+    if kind == "map":
+        stages = body.get("stages") or []
+        targets = sum(1 for s in stages if s.get("target"))
+        names = " → ".join(str(s.get("name") or s.get("id")) for s in stages)
+        return (f"  {len(stages)} stages ({names}), {len(body.get('touchpoints') or [])} touchpoints, "
+                f"targets on {targets} stage{'' if targets == 1 else 's'}\n")
+    rules = body.get("rules") or []
+    return f"  {len(rules)} rule{'' if len(rules) == 1 else 's'}, matching {body.get('match', 'all')} of them\n"
 
 
 async def _definition_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -191,7 +210,8 @@ async def _definition_command(settings: Settings, args: argparse.Namespace) -> i
             else:
                 was = f"version {applied.previous_version} → " if applied.previous_version else "created, "
                 print(f"{kind} {applied.name}: {was}version {applied.version}")
-                print(applied.diff, end="")
+                # A change shows what changed; a new one its summary, not its whole text as a diff.
+                print(applied.diff if applied.previous_version else _summary(kind, document), end="")
             return 0
         if args.action == "show":
             found = await definitions.get(conn, project_id, kind, args.name, args.version)

@@ -11,7 +11,9 @@ cycles in ``after`` ordering) are checked here after the shape is right.
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from datetime import date
 from typing import Annotated, Any, Literal, Union
 
@@ -201,9 +203,32 @@ def _shape(model: type[BaseModel], document: Any) -> tuple[Any, list[dict[str, s
             # drop those from the path and keep the first reason per path.
             loc = tuple(p for p in err["loc"] if not _is_union_member(p))
             path = _path(loc)
+            reason = err["msg"]
+            if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+                reason = _unknown_key(model, loc)
             if not any(p["path"] == path for p in problems):
-                problems.append({"path": path, "reason": err["msg"]})
+                problems.append({"path": path, "reason": reason})
         return None, problems
+
+
+def _models_in(annotation: Any) -> set[type[BaseModel]]:
+    """The models an annotation holds anywhere inside it (``list[Stage] | None`` → {Stage})."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {annotation}
+    return {m for arg in typing.get_args(annotation) for m in _models_in(arg)}
+
+
+def _unknown_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """"unknown key 'evnt' — did you mean 'event'?": the keys allowed where it stands, the closest first."""
+    models = {model}
+    for part in loc[:-1]:
+        if isinstance(part, str):
+            models = {m for owner in models if part in owner.model_fields for m in _models_in(owner.model_fields[part].annotation)}
+    allowed = sorted({f.alias or name for m in models for name, f in m.model_fields.items()})
+    key = str(loc[-1])
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r}: {hint}allowed here: {', '.join(allowed)}" if allowed else f"unknown key {key!r}"
 
 
 def _order_stages(stages: list[Stage]) -> tuple[list[str], list[dict[str, str]]]:

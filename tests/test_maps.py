@@ -229,6 +229,9 @@ def test_cli_template_apply_show_list(cli_dir: Path) -> None:
     path.write_text(template.stdout)
     first = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
     assert first.returncode == 0 and "created, version 1" in first.stdout
+    # A summary of what was created, not the whole document as a diff.
+    assert "5 stages (Awareness → Consideration → Purchase → Retention → Advocacy)" in first.stdout
+    assert "+name: five-stage" not in first.stdout and len(first.stdout.splitlines()) == 2
     again = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
     assert again.stdout.strip() == "map five-stage unchanged (version 1)"
     path.write_text(template.stdout.replace("conversion_rate: 0.3,", "conversion_rate: 0.45,"))
@@ -240,6 +243,12 @@ def test_cli_template_apply_show_list(cli_dir: Path) -> None:
     path.write_text("name: broken\nstages: []\n")
     bad = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
     assert bad.returncode == 1 and "stages: a map needs at least one stage" in bad.stderr
+    path.write_text(template.stdout.replace("name: five-stage", "nmae: five-stage"))
+    typo = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
+    assert typo.returncode == 1 and "nmae: unknown key 'nmae': did you mean 'name'?" in typo.stderr, typo.stderr
+    path.write_text("name: broken\nstages:\n  - id: a\n   name: A\n")  # a bad indent on line 4
+    unparsable = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
+    assert unparsable.returncode == 1 and f"{path}:4:" in unparsable.stderr and "unicode string" not in unparsable.stderr
     missing = journeys(cli_dir, "map", "list", "--project", "nope")
     assert missing.returncode == 1 and "no project named 'nope'" in missing.stderr
     admin = journeys(cli_dir, "key", "create", "--project", "shop", "--kind", "admin")
