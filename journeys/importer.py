@@ -745,7 +745,14 @@ def _summary(args: argparse.Namespace, totals: Totals, elapsed: float, failure: 
             f"imported {args.file}: {totals.rows:,} rows read, {totals.accepted:,} accepted, "
             f"{totals.rejected:,} rejected, in {elapsed:.1f} s ({rate:,.0f} rows/s)"
         )
-        if totals.errors:
+        kinds = {(e["field"], e["reason"]) for e in totals.errors}
+        if len(kinds) == 1 and totals.errors_total > 1 and totals.errors_total == len(totals.errors):
+            # Rows that all fail alike are one problem, said once (a thousand identical lines hide the fix).
+            (field_name, reason), lines = kinds.pop(), [e["line"] for e in totals.errors]
+            every = "every row" if totals.accepted == 0 else f"{totals.errors_total:,} rows"
+            print(f"{every} rejected for one reason: {field_name}: {reason} (lines {min(lines)}–{max(lines)})")
+            print(f"  likely fix: {_likely_fix(args, field_name)}")
+        elif totals.errors:
             print("rejected rows (line: field: reason):")
             for error in totals.errors:
                 print(f"  line {error['line']}: {error['field']}: {error['reason']}")
@@ -757,6 +764,15 @@ def _summary(args: argparse.Namespace, totals: Totals, elapsed: float, failure: 
             f"resume with --start-line {totals.last_line + 1} (or re-run: re-imported rows are not counted twice)",
             file=sys.stderr,
         )
+
+
+def _likely_fix(args: argparse.Namespace, field_name: str) -> str:
+    """What usually makes every row fail on ``field_name``: columns not mapped to the event's fields."""
+    if getattr(args, "map", None):
+        return (f"check the --map option that should fill {field_name!r} (FIELD=COLUMN names a column of the "
+                "file; FIELD=:value a constant); docs/import.md")
+    return (f"the file's columns are not mapped to event fields: name the one for {field_name!r} with "
+            f"--map {field_name}=COLUMN (and e.g. --map userId=COLUMN --map timestamp=COLUMN); docs/import.md")
 
 
 class _Reader:

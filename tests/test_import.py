@@ -514,3 +514,18 @@ async def test_cli_imports_a_million_row_csv_once_even_when_imported_twice(colle
             f"({ROWS / stored:,.0f} rows/s)"
         )
     assert await stored_rows(stores, project.id) >= ROWS
+
+
+async def test_cli_rows_that_all_fail_alike_are_one_problem_with_the_likely_fix(collector, project, tmp_path, settings):  # type: ignore[no-untyped-def]
+    """A CSV imported without --map: every row fails for the same reason; said once, naming --map, not
+    once per row."""
+    path = tmp_path / "sales.csv"
+    path.write_text("customer_no,sold_at\n" + "".join(f"c-{i},2024-03-01T09:30:00Z\n" for i in range(40)))
+    code, human, _ = await _cli(
+        settings.data_dir, str(path), "--write-key", project.write_key, "--collector", str(collector.make_url("")),
+        "--no-progress",
+    )
+    assert code == 1
+    assert "every row rejected for one reason:" in human and "(lines 2–41)" in human, human
+    assert "likely fix:" in human and "--map" in human
+    assert "  line 3:" not in human and len(human.splitlines()) <= 4, human
