@@ -205,6 +205,11 @@ async def _definition_command(settings: Settings, args: argparse.Namespace) -> i
                 for problem in exc.problems:
                     print(f"  {problem['path']}: {problem['reason']}", file=sys.stderr)
                 return 1
+            if kind == "map":
+                from journeys.maps import map_warnings, validate_map
+
+                for warning in map_warnings(validate_map(document)):
+                    print(f"warning: {args.file}: {warning['path']}: {warning['reason']}", file=sys.stderr)
             if not applied.changed:
                 print(f"{kind} {applied.name} unchanged (version {applied.version})")
             else:

@@ -269,6 +269,54 @@ def _order_stages(stages: list[Stage]) -> tuple[list[str], list[dict[str, str]]]
     return order, []
 
 
+def _criterion(value: str | list[str] | None) -> frozenset[str] | None:
+    return None if value is None else frozenset([value] if isinstance(value, str) else value)
+
+
+def _covers(earlier: Match, later: Match) -> bool:
+    """Every event ``later`` matches, ``earlier`` matches too: each of its criteria is absent or allows at
+    least what ``later``'s allows, and each of its conditions is one of ``later``'s (a sufficient test: it
+    never claims a shadow that is not there)."""
+    for field_name in ("event", "channel", "type"):
+        allows, wanted = _criterion(getattr(earlier, field_name)), _criterion(getattr(later, field_name))
+        if allows is not None and (wanted is None or not wanted <= allows):
+            return False
+    later_conditions = [c.model_dump() for c in later.where]
+    return all(c.model_dump() in later_conditions for c in earlier.where)
+
+
+def map_warnings(journey_map: JourneyMap) -> list[dict[str, str]]:
+    """What is valid but almost certainly not meant: a touchpoint rule that can never match, because an
+    earlier rule matches every event it would (the first matching rule wins). Warnings, not errors: the
+    map still applies."""
+    warnings = []
+    rules = journey_map.touchpoints
+
+    def first_cover(match: Match, j: int) -> Touchpoint | None:
+        return next((earlier for earlier in rules[:j] if _covers(earlier.match, match)), None)
+
+    for j, later in enumerate(rules):
+        whole = first_cover(later.match, j)
+        if whole is not None:
+            warnings.append({
+                "path": f"touchpoints[{j}]",
+                "reason": f"touchpoint {later.id!r} can never match: {whole.id!r} comes first and matches every "
+                f"event it would (the first matching rule wins); move {later.id!r} above it or narrow {whole.id!r}",
+            })
+            continue
+        # Per event name: e.g. a repeat-order rule for [Order Completed, Store Purchase] below a rule taking
+        # every Order Completed never sees a repeat online order.
+        for name in sorted(_criterion(later.match.event) or ()):
+            taker = first_cover(later.match.model_copy(update={"event": name}), j)
+            if taker is not None:
+                warnings.append({
+                    "path": f"touchpoints[{j}].match.event",
+                    "reason": f"touchpoint {later.id!r} never matches {name!r} events: {taker.id!r} comes first "
+                    f"and takes every one it would (the first matching rule wins); move {later.id!r} above it",
+                })
+    return warnings
+
+
 def validate_map(document: Any) -> JourneyMap:
     """Parse and check a journey map; raise :class:`DefinitionError` with every problem found."""
     journey_map, problems = _shape(JourneyMap, document)

@@ -134,6 +134,46 @@ QUARANTINE: dict[str, Any] = {
     },
 }
 
+_TIME = {"type": "string", "format": "date-time"}
+_KEY_KINDS = ["write", "read", "public", "admin"]
+
+API_KEY: dict[str, Any] = {
+    "type": "object",
+    "description": "A key as listed: its prefix, never its secret (docs/keys.md).",
+    "required": ["prefix", "kind", "created_at", "last_used_at", "revoked", "revoked_at"],
+    "properties": {
+        "prefix": {"type": "string", "description": "The first 6 characters (kind and 3 more): all that is kept in clear."},
+        "kind": {"type": "string", "enum": _KEY_KINDS},
+        "created_at": _TIME,
+        "last_used_at": {**_NULLABLE_TIME, "description": "To within about a minute (plus the key-cache TTL); null: never used."},
+        "revoked": {"type": "boolean"},
+        "revoked_at": _NULLABLE_TIME,
+        "current": {"type": "boolean", "description": "GET /v1/keys: the key making the request."},
+    },
+}
+
+API_KEYS: dict[str, Any] = {
+    "type": "object",
+    "required": ["project", "keys"],
+    "properties": {"project": {"type": "string"}, "keys": {"type": "array", "items": ref("ApiKey")}},
+}
+
+NEW_API_KEY: dict[str, Any] = {
+    "allOf": [ref("ApiKey")],
+    "type": "object",
+    "required": ["key"],
+    "properties": {"key": {"type": "string", "description": "The secret: shown in this answer only, stored hashed."}},
+}
+
+REVOKED_API_KEYS: dict[str, Any] = {
+    "type": "object",
+    "required": ["revoked", "already_revoked"],
+    "properties": {
+        "revoked": {"type": "array", "items": ref("ApiKey"), "description": "The key (every match if all were revoked already)."},
+        "already_revoked": {"type": "boolean", "description": "Nothing changed: it was revoked before."},
+    },
+}
+
 FORGOTTEN: dict[str, Any] = {
     "type": "object",
     "required": ["customer_id", "forgotten_ids"],
@@ -153,13 +193,19 @@ DEFINITION_VERSION: dict[str, Any] = {
 
 APPLIED: dict[str, Any] = {
     "type": "object",
-    "required": ["name", "version", "previous_version", "changed", "diff"],
+    "required": ["name", "version", "previous_version", "changed", "diff", "warnings"],
     "properties": {
         "name": {"type": "string"},
         "version": {"type": "integer", "minimum": 1},
         "previous_version": {"type": ["integer", "null"]},
         "changed": {"type": "boolean"},
         "diff": {"type": "string", "description": "Unified diff of the normalized YAML; empty when unchanged."},
+        "warnings": {
+            "type": "array",
+            "description": "Valid but almost certainly not meant, e.g. a touchpoint rule an earlier one always shadows.",
+            "items": {"type": "object", "required": ["path", "reason"],
+                      "properties": {"path": {"type": "string"}, "reason": {"type": "string"}}},
+        },
     },
 }
 
@@ -235,6 +281,75 @@ def _definition_paths(kind: str, plural: str, schema_name: str) -> dict[str, Any
     }
 
 
+def _key_paths() -> dict[str, Any]:
+    """``/v1/keys`` (query/keys_api.py, docs/keys.md)."""
+    return {
+        "/v1/keys": {
+            "get": operation(
+                "The project's keys, by prefix (admin key)",
+                tags=["keys"],
+                description="Every key, revoked ones too, oldest first; never a secret. `current` marks the key "
+                "making the request.",
+                responses={200: json_ok(ref("ApiKeys"))},
+                errors=(401, 403),
+            ),
+            "post": operation(
+                "Make a key (admin key)",
+                tags=["keys"],
+                description="The secret is in this answer (`Cache-Control: no-store`) and nowhere else: only its "
+                "SHA-256 is stored.",
+                body={
+                    "required": True,
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["kind"],
+                        "additionalProperties": False,
+                        "properties": {"kind": {"type": "string", "enum": _KEY_KINDS}},
+                    }}},
+                },
+                responses={201: json_ok(ref("NewApiKey"), "Made; the secret is in `key`.")},
+                errors=(400, 401, 403, 413),
+            ),
+        },
+        "/v1/keys/{prefix}": {
+            "delete": operation(
+                "Revoke a key by its prefix (admin key)",
+                tags=["keys"],
+                description="The prefix exactly as GET /v1/keys lists it; never a whole key (a URL is logged: "
+                "400). Services stop accepting the key within JOURNEYS_KEY_CACHE_TTL_S. A key already revoked "
+                "answers 200 with `already_revoked`. 409 when two live keys share the prefix (revoke it whole "
+                "with `journeys key revoke`) or when it is the key making the request (use another admin key).",
+                parameters=[path_param("prefix", "The key's prefix, as listed (6 characters, e.g. jw_AbC).", max_length=6)],
+                responses={
+                    200: json_ok(ref("RevokedApiKeys")),
+                    409: error_response(409, "Two live keys have this prefix, or it is the key making the request."),
+                },
+                errors=(400, 401, 403, 404),
+            )
+        },
+    }
+
+
+# The KPI bodies are left open (``type: object``) until their shapes settle; what an answer includes is fixed.
+_KPI_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "required": ["includes"],
+    "properties": {
+        "includes": {
+            "type": "object",
+            "required": ["acknowledged_before"],
+            "properties": {
+                "acknowledged_before": {
+                    **_NULLABLE_TIME,
+                    "description": "Every event a collector acknowledged (answered 200) before this time is counted "
+                    "in this answer; `null` only before the stage-state updater's first poll.",
+                }
+            },
+        }
+    },
+}
+
+
 def _kpi_paths() -> dict[str, Any]:
     """``/v1/kpis`` and ``/v1/kpis/daily`` (query/kpis_api.py). The result bodies are left open
     (``type: object``) until the KPI shapes settle; the parameters and error answers are exact."""
@@ -257,8 +372,19 @@ def _kpi_paths() -> dict[str, Any]:
                 200: {
                     "description": "The KPIs, as JSON or (format=csv) as CSV. While newer map or segment versions are "
                     "being computed they are those of the previous versions, and `rebuilding` says since when "
-                    "(`null` otherwise; `map.version` is the version answered for).",
-                    "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
+                    "(`null` otherwise; `map.version` is the version answered for). `includes.acknowledged_before`: "
+                    "every event a collector acknowledged before that time is counted in this answer (docs/kpis.md).",
+                    "headers": {
+                        "X-Journeys-Acknowledged-Before": {
+                            "description": "`includes.acknowledged_before`, for CSV answers too (absent before the "
+                            "stage-state updater's first poll).",
+                            "schema": {"type": "string", "format": "date-time"},
+                        }
+                    },
+                    "content": {
+                        "application/json": {"schema": _KPI_ANSWER},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
                 },
                 503: error_response(503, "KPIs for this map, version or segment are being computed for the first time.", retry_after=True),
             },
@@ -331,6 +457,7 @@ def query_openapi() -> dict[str, Any]:
                 errors=_READ,
             )
         },
+        **_key_paths(),
         **_kpi_paths(),
         **_definition_paths("map", "maps", "MapDocument"),
         **_definition_paths("segment", "segments", "SegmentDocument"),
@@ -342,7 +469,7 @@ def query_openapi() -> dict[str, Any]:
     return document(
         title="journeys query service",
         description="Reads for a project's read key (admin keys also change maps and segments, forget "
-        "customers and list quarantined events). Every user-supplied value reaches SQL as a bound parameter.",
+        "customers, list quarantined events and manage the project's keys). Every user-supplied value reaches SQL as a bound parameter.",
         paths=paths,
         schemas={
             "StoredEvent": STORED_EVENT,
@@ -355,6 +482,10 @@ def query_openapi() -> dict[str, Any]:
             "QuarantineSample": QUARANTINE_SAMPLE,
             "DefinitionVersion": DEFINITION_VERSION,
             "Applied": APPLIED,
+            "ApiKey": API_KEY,
+            "ApiKeys": API_KEYS,
+            "NewApiKey": NEW_API_KEY,
+            "RevokedApiKeys": REVOKED_API_KEYS,
             "MapDocument": {
                 "type": "object",
                 "description": "A journey map: name, stages, touchpoints, targets (see docs/maps.md).",
@@ -371,6 +502,7 @@ def query_openapi() -> dict[str, Any]:
             {"name": "definitions", "description": "Journey maps and segments (versioned)."},
             {"name": "kpis", "description": "Stage KPIs against the map's targets."},
             {"name": "quarantine", "description": "Events validation kept aside (admin key)."},
+            {"name": "keys", "description": "The project's API keys (admin key)."},
             {"name": "operations", "description": "Probes."},
             {"name": "dashboard", "description": "The marketer dashboard page and its assets."},
         ],

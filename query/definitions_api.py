@@ -16,7 +16,7 @@ from aiohttp import web
 
 from journeys import definitions
 from journeys.http import ApiError, error_response, json_response
-from journeys.maps import SLUG, SLUG_RULE, DefinitionError
+from journeys.maps import SLUG, SLUG_RULE, DefinitionError, map_warnings, validate_map
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 32  # the deepest real map is ~7 levels (touchpoints[].match.where[].value[])
@@ -76,6 +76,8 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
                 "previous_version": applied.previous_version,
                 "changed": applied.changed,
                 "diff": applied.diff,
+                # Valid but almost certainly not meant (a rule that can never match): said, not refused.
+                "warnings": map_warnings(validate_map(document)) if kind == "map" else [],
             }
             return json_response(body, status=201 if applied.previous_version is None else 200)
 

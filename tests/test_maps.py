@@ -12,7 +12,7 @@ import yaml
 
 from journeys import definitions
 from journeys.keys import add_key, create_project
-from journeys.maps import DefinitionError, validate_map, validate_segment
+from journeys.maps import map_warnings, DefinitionError, validate_map, validate_segment
 from service import journeys, stop_leftover_postgres
 from support import basic
 
@@ -76,7 +76,7 @@ def test_a_good_map_validates_and_orders_its_stages() -> None:
         (_with(stages=[{"id": "a", "name": "A", "after": "zz"}], touchpoints=[]), "stages[0].after", "unknown stage 'zz'"),
         (_with(stages=[{"id": "a", "name": "A", "target": {"conversion_rate": 1.5}}], touchpoints=[]),
          "stages[0].target.conversion_rate", "less than or equal to 1"),
-        (_with(colour="blue"), "colour", "Extra inputs are not permitted"),
+        (_with(colour="blue"), "colour", "unknown key 'colour'"),
         (_with(name="Bad Name"), "name", "lowercase"),
         ([1, 2], "(document)", "must be a mapping"),
     ],
@@ -144,6 +144,30 @@ def test_templates_load_and_validate(name: str, stages: list[str]) -> None:
         value = tp.match.channel
         channels.update(value if isinstance(value, list) else [value] if value else [])
     assert {"web", "email", "store", "ads", "social", "call_centre"} <= channels
+    assert map_warnings(journey_map) == []  # every rule of a template can match
+
+
+def test_a_rule_an_earlier_one_always_shadows_is_warned_about_not_refused() -> None:
+    """The first matching rule wins: the five-stage template's repeat-order rule used to sit below the
+    first-order rules and could not see a repeat order placed on web, app or in a store."""
+    stages = [{"id": "buy", "name": "Buy"}, {"id": "again", "name": "Again"}]
+    repeat = {"id": "repeat", "stage": "again",
+              "match": {"event": ["Order Completed", "Store Purchase"], "where": [{"property": "n", "op": ">=", "value": 2}]}}
+    journey_map = validate_map({"name": "m", "stages": stages, "touchpoints": [
+        {"id": "order", "stage": "buy", "match": {"event": "Order Completed"}},
+        repeat,
+        {"id": "web-order", "stage": "buy", "match": {"event": "Order Completed", "channel": "web"}},
+        {"id": "narrower", "stage": "buy", "match": {"event": "Order Completed", "where": [{"property": "x", "op": "exists"}]}},
+        {"id": "unrelated", "stage": "again", "match": {"event": "Review"}},
+    ]})
+    warnings = {w["path"]: w["reason"] for w in map_warnings(journey_map)}
+    assert set(warnings) == {"touchpoints[1].match.event", "touchpoints[2]", "touchpoints[3]"}, warnings
+    assert "'repeat' never matches 'Order Completed' events: 'order' comes first" in warnings["touchpoints[1].match.event"]
+    assert "'web-order' can never match: 'order' comes first" in warnings["touchpoints[2]"]
+    # Moving the narrower rule first is what the warning says to do: then nothing is shadowed.
+    fixed = validate_map({"name": "m", "stages": stages, "touchpoints": [repeat, {"id": "order", "stage": "buy",
+                                                                                 "match": {"event": "Order Completed"}}]})
+    assert map_warnings(fixed) == []
 
 
 async def test_versioning_round_trip(stores, project) -> None:  # type: ignore[no-untyped-def]
@@ -177,7 +201,12 @@ async def test_rest_read_with_read_key_write_with_admin_key(http, query, stores,
     async with http.put(url("/v1/maps/retail"), data=body, headers=basic(project.read_key)) as resp:
         assert resp.status == 403 and "cannot change" in (await resp.json())["errors"][0]["reason"]
     async with http.put(url("/v1/maps/retail"), data=body, headers=basic(admin)) as resp:
-        assert resp.status == 201 and (await resp.json())["version"] == 1
+        created = await resp.json()
+        assert resp.status == 201 and created["version"] == 1 and created["warnings"] == []
+    shadowed = {**GOOD_MAP, "touchpoints": [*GOOD_MAP["touchpoints"], {**GOOD_MAP["touchpoints"][0], "id": "again"}]}
+    async with http.put(url("/v1/maps/shadowed"), data=orjson.dumps({**shadowed, "name": "shadowed"}), headers=basic(admin)) as resp:
+        answer = await resp.json()
+        assert resp.status == 201 and [w["path"] for w in answer["warnings"]] == [f"touchpoints[{len(GOOD_MAP['touchpoints'])}]"]
     yaml_doc = yaml.safe_dump(_with(description="now with a description"))
     async with http.put(url("/v1/maps/retail"), data=yaml_doc,
                         headers={**basic(admin), "Content-Type": "application/yaml"}) as resp:
@@ -202,7 +231,7 @@ async def test_rest_read_with_read_key_write_with_admin_key(http, query, stores,
     async with http.get(url("/v1/maps/retail/versions"), headers=basic(project.read_key)) as resp:
         assert [v["version"] for v in (await resp.json())["versions"]] == [1, 2]
     async with http.get(url("/v1/maps"), headers=basic(project.read_key)) as resp:
-        assert [(i["name"], i["version"]) for i in (await resp.json())["items"]] == [("retail", 2)]
+        assert [(i["name"], i["version"]) for i in (await resp.json())["items"]] == [("retail", 2), ("shadowed", 1)]
     async with http.get(url("/v1/maps/retail"), headers=basic(other.read_key)) as resp:
         assert resp.status == 404  # another project's key sees nothing
     async with http.get(url("/v1/maps/retail"), headers=basic(project.write_key)) as resp:
@@ -240,6 +269,13 @@ def test_cli_template_apply_show_list(cli_dir: Path) -> None:
     shown = journeys(cli_dir, "map", "show", "five-stage", "--project", "shop", "--version", "1")
     assert "conversion_rate: 0.3\n" in shown.stdout
     assert "five-stage\tversion 2" in journeys(cli_dir, "map", "list", "--project", "shop").stdout
+    assert "warning" not in first.stderr
+    shadow = template.stdout.replace("name: five-stage", "name: shadowed") + (
+        "  - {id: late-ad, stage: consideration, match: {channel: ads}}\n"
+    )
+    path.write_text(shadow)
+    warned = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
+    assert warned.returncode == 0 and "warning:" in warned.stderr and "'late-ad' can never match: 'ad-view'" in warned.stderr
     path.write_text("name: broken\nstages: []\n")
     bad = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
     assert bad.returncode == 1 and "stages: a map needs at least one stage" in bad.stderr
