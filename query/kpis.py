@@ -82,24 +82,19 @@ FROM stage_facts
 WHERE {_WHERE} AND fact = 'entry' AND converted = 1 AND {_IN_WINDOW}"""
 
 # Exact nearest-rank quantiles of the time to convert, in two small reads instead of ranking every wait:
-# (1) per stage (and day), net counts per wait bin → the bin holding rank ceil(q·n) and the rank inside it;
-# (2) only those bins' waits, netted (+1/-1 pairs of a withdrawn fact cancel) and ranked.
-# ceil(n/2) and ceil(9n/10) are integer arithmetic here: the same ranks as quantileExactLow at 0.5 and
-# 0.9 - 1e-10, without floating point. arr[0] is 0 in ClickHouse: the count before the first bin.
-_QUANTILE_BINS_SQL = f"""
-SELECT seg, stage, d,
-       arrayMap(k -> hb[arrayFirstIndex(s -> s >= k, cum)].1, ks) AS bins,
-       arrayMap(k -> k - cum[arrayFirstIndex(s -> s >= k, cum) - 1], ks) AS ranks
+# (1) per stage (and day), net counts per wait bin (the histogram); Python finds the bin holding each wanted
+# rank — ceil(n/2), ceil(9n/10), and for the target's bounds ranks that depend on how many are in progress
+# (_median_bounds) — and the rank inside it, in integer arithmetic (the ranks of quantileExactLow at 0.5 and
+# 0.9 - 1e-10, without floating point); (2) only those bins' waits, netted (+1/-1 pairs of a withdrawn fact
+# cancel) and ranked.
+_WAIT_HISTOGRAMS_SQL = f"""
+SELECT seg, stage, d, arraySort(groupArray((b, c))) AS histogram
 FROM (
-    SELECT seg, stage, d, arraySort(groupArray((b, c))) AS hb, arrayCumSum(arrayMap(x -> x.2, hb)) AS cum,
-           [intDiv(sum(c) + 1, 2), intDiv(9 * sum(c) + 9, 10)] AS ks
-    FROM (
-        SELECT segment AS seg, stage, {{day}} AS d, wait_bucket AS b, sum(n) AS c {_CONVERTED_WAITS}
-        GROUP BY seg, stage, d, b
-        HAVING c != 0
-    )
-    GROUP BY seg, stage, d
+    SELECT segment AS seg, stage, {{day}} AS d, wait_bucket AS b, sum(n) AS c {_CONVERTED_WAITS}
+    GROUP BY seg, stage, d, b
+    HAVING c > 0
 )
+GROUP BY seg, stage, d
 {_SETTINGS}
 """
 
@@ -200,15 +195,39 @@ async def _open_entries(ch: ClickHouse, day: str, params: dict[str, Any]) -> dic
     return {(seg, stage, d): n for seg, stage, d, n in rows}
 
 
-async def _quantiles(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[tuple[str, int, date], tuple[int, int]]:
-    """(segment, stage, d) → (median, p90) of the waits of converted entries, exact nearest rank."""
-    _, targets = await ch.query(_QUANTILE_BINS_SQL.format(day=day), params)
+Key = tuple[str, int, date]  # (segment, stage, d)
+
+
+async def _wait_histograms(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[Key, list[tuple[int, int]]]:
+    """(segment, stage, d) → the converted entries' waits as (bin, net count), in bin order."""
+    _, rows = await ch.query(_WAIT_HISTOGRAMS_SQL.format(day=day), params)
+    return {(seg, stage, d): [(int(b), int(c)) for b, c in histogram] for seg, stage, d, histogram in rows}
+
+
+def _locate(histogram: list[tuple[int, int]], rank: int) -> tuple[int, int]:
+    """The bin holding the ``rank``-th smallest wait (1-based) and the rank inside that bin."""
+    below = 0
+    for b, count in histogram:
+        if below + count >= rank:
+            return b, rank - below
+        below += count
+    raise ValueError(f"rank {rank} beyond {below} waits")
+
+
+async def _pick(
+    ch: ClickHouse, day: str, params: dict[str, Any], histograms: dict[Key, list[tuple[int, int]]], ranks: dict[Key, list[int]]
+) -> dict[tuple[Key, int], int]:
+    """The exact ``rank``-th smallest wait of each key, for every rank asked: ((segment, stage, d), rank) → ms."""
     asked: dict[tuple[str, int, date, int], list[int]] = {}
-    for seg, stage, d, bins, ranks in targets:
-        for b, r in zip(bins, ranks):
-            wanted = asked.setdefault((seg, stage, d, b), [])
-            if r not in wanted:
-                wanted.append(r)
+    where: dict[tuple[Key, int], tuple[tuple[str, int, date, int], int]] = {}
+    for key, wanted in ranks.items():
+        for rank in wanted:
+            b, inside = _locate(histograms[key], rank)
+            slot = (*key, b)
+            inside_ranks = asked.setdefault(slot, [])
+            if inside not in inside_ranks:
+                inside_ranks.append(inside)
+            where[(key, rank)] = (slot, inside)
     if not asked:
         return {}
     _, rows = await ch.query(
@@ -216,11 +235,22 @@ async def _quantiles(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[t
         {**params, "bins": list(asked), "ranks": list(asked.values()), "bin_keys": sorted({(k[0], k[1], k[3]) for k in asked})},
     )
     # A bin's waits come back for every day that has some (daily series); `asked` is empty on the others.
-    picked = {(seg, stage, d, b, r): v for seg, stage, d, b, ranks, values in rows for r, v in zip(ranks, values)}
-    return {
-        (seg, stage, d): tuple(picked[(seg, stage, d, b, r)] for b, r in zip(bins, ranks))  # type: ignore[misc]
-        for seg, stage, d, bins, ranks in targets
-    }
+    picked = {(seg, stage, d, b, r): v for seg, stage, d, b, inside, values in rows for r, v in zip(inside, values)}
+    return {at: picked[(*slot, inside)] for at, (slot, inside) in where.items()}
+
+
+def _median_ranks(n: int, in_progress: int) -> tuple[int | None, int | None]:
+    """Where the final median of a stage's time to convert can fall once its ``in_progress`` customers are
+    decided, as ranks among the ``n`` waits known now (``None``: outside them — 0 below, W above).
+
+    Highest: every one of them converts at the last moment, W: the median is rank ceil((n+P)/2) of the
+    known waits (or W, when that rank is past them). Lowest: every one of them converts at once (wait 0) —
+    a bound, since none can convert faster than the time it has already spent: rank ceil((n+P)/2) - P (or
+    0, when that is not a rank). Adding a wait at or above the median never lowers it and one at or below
+    never raises it, so no other outcome lies outside these two."""
+    k = -(-(n + in_progress) // 2)
+    lowest = k - in_progress
+    return (lowest if lowest >= 1 else None), (k if k <= n else None)
 
 
 async def _collect(
@@ -232,9 +262,9 @@ async def _collect(
     day = "day" if daily else "toDate(0)"
     queries = [_ENTRIES_SQL, _MOVES_SQL, _FEELINGS_SQL] + ([] if daily else [_SOURCES_SQL])
     results = await asyncio.gather(
-        _quantiles(ch, day, params), _open_entries(ch, day, params), *(ch.query(sql.format(day=day), params) for sql in queries)
+        _wait_histograms(ch, day, params), _open_entries(ch, day, params), *(ch.query(sql.format(day=day), params) for sql in queries)
     )
-    quantiles, still_open, (_, entry_rows), (_, transitions), (_, sentiments) = results[:5]
+    histograms, still_open, (_, entry_rows), (_, transitions), (_, sentiments) = results[:5]
     sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
     for seg, stage, touchpoint, channel, count in results[5][1] if not daily else ():
         by_touchpoint, by_channel = sources.setdefault((seg, stage), ({}, {}))
@@ -248,11 +278,35 @@ async def _collect(
         in_progress = still_open.get(key, 0)
         entry["dropped"] += entry.pop("boundary_open") - in_progress
         entry["in_progress"] += in_progress
-        entry["median_ms"], entry["p90_ms"] = quantiles.get(key, (None, None))
+        entries.append(entry)
+    # The wanted ranks of each key's waits: median and p90; for the whole window's targets, also the ranks
+    # bounding the median once the customers in progress are decided.
+    wanted: dict[Key, list[int]] = {}
+    for entry in entries:
+        key = (entry["seg"], entry["stage"], entry["d"])
+        n = sum(count for _, count in histograms.get(key, ()))
+        if n:
+            wanted[key] = [-(-n // 2), -(-9 * n // 10)]
+            if not daily and entry["in_progress"]:
+                wanted[key] += [r for r in _median_ranks(n, entry["in_progress"]) if r is not None]
+    picked = await _pick(ch, day, params, histograms, wanted)
+    windows = [conversion_window_ms(stage) for stage in request.stages]
+    for entry in entries:
+        key = (entry["seg"], entry["stage"], entry["d"])
+        ranks = wanted.get(key)
+        entry["median_ms"], entry["p90_ms"] = (picked[(key, ranks[0])], picked[(key, ranks[1])]) if ranks else (None, None)
+        n = sum(count for _, count in histograms.get(key, ()))
+        if daily or n + entry["in_progress"] == 0:
+            entry["median_bounds_ms"] = None  # the daily series carries no targets
+        else:
+            lowest, highest = _median_ranks(n, entry["in_progress"])
+            entry["median_bounds_ms"] = (
+                0 if lowest is None else picked[(key, lowest)] if entry["in_progress"] else entry["median_ms"],
+                windows[entry["stage"]] if highest is None else picked[(key, highest)] if entry["in_progress"] else entry["median_ms"],
+            )
         by_touchpoint, by_channel = sources.get((entry["seg"], entry["stage"]), ({}, {}))
         entry["touchpoints"] = (list(by_touchpoint), list(by_touchpoint.values()))
         entry["channels"] = (list(by_channel), list(by_channel.values()))
-        entries.append(entry)
     return entries, transitions, sentiments
 
 
@@ -274,6 +328,7 @@ def _empty_stage() -> dict[str, Any]:
         "in_progress": 0,
         "median_ms": None,
         "p90_ms": None,
+        "median_bounds_ms": None,
         "touchpoints": {},
         "channels": {},
         "regressions_into": 0,
@@ -293,49 +348,76 @@ def _top(counts: dict[str, int], label: str) -> list[dict[str, Any]]:
     return [{label: key, "customers": value} for key, value in ranked]
 
 
-def _exact_shortfall(target: float, actual: Fraction, higher_is_better: bool) -> Fraction:
-    """The relative shortfall of ``actual`` against ``target``, as an exact fraction (0 when met).
-
-    The target is the decimal the map's author wrote (``str`` of the float gives it back), and the actual is
-    a ratio of counts or of milliseconds: compared exactly, a median of 1 day + 40 ms misses a 1-day target,
-    and 3 of 10 converted meets a 0.3 target."""
-    goal = Fraction(str(target))
-    short = (goal - actual) if higher_is_better else (actual - goal)
-    return max(Fraction(0), short / goal)
+def _exact(target: float) -> Fraction:
+    """The decimal the map's author wrote (``str`` of the float gives it back), exactly."""
+    return Fraction(str(target))
 
 
-def _judge(
-    stage: Stage, converted: int, decided: int, last: bool, median_ms: int | None
-) -> tuple[str, list[dict[str, Any]]]:
-    """Target vs actual: each target metric met or short, and by how much (relative shortfall), judged on
-    exact values; the floats in the answer are those values, never rounded before a comparison."""
+def _outcome(goal: Fraction, lowest: Fraction, highest: Fraction, higher_is_better: bool) -> tuple[str, Fraction | None]:
+    """Judge a metric whose final value lies in [lowest, highest] once every undecided customer is decided:
+    ``met`` when even the worst case meets the goal, ``below_target`` when even the best case misses it,
+    ``undecided`` otherwise; with the shortfall that is certain (relative to the goal, from the best case)."""
+    worst, best = (lowest, highest) if higher_is_better else (highest, lowest)
+    meets = (lambda v: v >= goal) if higher_is_better else (lambda v: v <= goal)
+    if meets(worst):
+        return "met", Fraction(0)
+    if not meets(best):
+        return "below_target", abs(goal - best) / goal if goal else Fraction(1)
+    return "undecided", None
+
+
+def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dict[str, Any]]]:
+    """Each target metric judged on what is decided (docs/kpis.md, Targets): exact values and exact bounds,
+    never a rate of the decided alone — with a 30-day window nobody entered in the last 30 days can have
+    dropped yet, so that rate alone reads 100 % on the fast converters (survivorship)."""
     target = stage.target
     if target is None or (target.conversion_rate is None and target.median_days_to_convert is None):
         return "no_target", []
+    converted, dropped, in_progress = raw["converted"], raw["dropped"], raw["in_progress"]
+    entered = converted + dropped + in_progress
     checks = []
     if target.conversion_rate is not None:
-        rate = None if last or decided == 0 else Fraction(converted, decided)
-        short = None if rate is None else _exact_shortfall(target.conversion_rate, rate, higher_is_better=True)
-        checks.append({"metric": "conversion_rate", "target": target.conversion_rate,
-                       "actual": None if rate is None else float(rate), "shortfall": short})
+        check: dict[str, Any] = {"metric": "conversion_rate", "target": target.conversion_rate}
+        if last or entered == 0:
+            check.update(actual=None, lowest=None, highest=None, shortfall=None, status="no_data")
+        else:
+            lowest, highest = Fraction(converted, entered), Fraction(converted + in_progress, entered)
+            status, short = _outcome(_exact(target.conversion_rate), lowest, highest, higher_is_better=True)
+            check.update(actual=_ratio(converted, converted + dropped), lowest=float(lowest), highest=float(highest),
+                         shortfall=None if short is None else float(short), status=status)
+        checks.append(check)
     if target.median_days_to_convert is not None:
-        days = None if median_ms is None else Fraction(median_ms) / DAY_MS
-        short = None if days is None else _exact_shortfall(target.median_days_to_convert, days, higher_is_better=False)
-        checks.append({"metric": "median_days_to_convert", "target": target.median_days_to_convert,
-                       "actual": None if days is None else float(days), "shortfall": short})
-    for check in checks:
-        short = check["shortfall"]
-        check["status"] = "no_data" if short is None else "below_target" if short > 0 else "met"
-        check["shortfall"] = None if short is None else float(short)
+        check = {"metric": "median_days_to_convert", "target": target.median_days_to_convert}
+        bounds = raw.get("median_bounds_ms")
+        if bounds is None and raw["median_ms"] is not None and not in_progress:
+            bounds = (raw["median_ms"], raw["median_ms"])
+        elif bounds is None and (raw["median_ms"] is not None or in_progress):
+            bounds = (0, conversion_window_ms(stage))  # the daily series does not rank the bounds: the loosest
+        if last or bounds is None:
+            check.update(actual=None, lowest=None, highest=None, shortfall=None, status="no_data")
+        else:
+            lowest, highest = Fraction(bounds[0], DAY_MS), Fraction(bounds[1], DAY_MS)
+            status, short = _outcome(_exact(target.median_days_to_convert), lowest, highest, higher_is_better=False)
+            actual = None if raw["median_ms"] is None else float(Fraction(raw["median_ms"], DAY_MS))
+            check.update(actual=actual, lowest=float(lowest), highest=float(highest),
+                         shortfall=None if short is None else float(short), status=status)
+        checks.append(check)
     statuses = {c["status"] for c in checks}
-    status = "below_target" if "below_target" in statuses else "no_data" if statuses == {"no_data"} else "met"
-    return status, checks
+    for status in ("below_target", "undecided", "met"):
+        if status in statuses:
+            return status, checks
+    return "no_data", checks
 
 
 def _shape_stage(stage: Stage, index: int, last: bool, raw: dict[str, Any]) -> dict[str, Any]:
     decided = raw["converted"] + raw["dropped"]
+    entered = decided + raw["in_progress"]
     conversion_rate = None if last else _ratio(raw["converted"], decided)
-    status, checks = _judge(stage, raw["converted"], decided, last, raw["median_ms"])
+    status, checks = _judge(stage, raw, last)
+
+    def bounds(lowest: int, highest: int) -> dict[str, float] | None:
+        return None if last or entered == 0 else {"lowest": lowest / entered, "highest": highest / entered}
+
     return {
         "id": stage.id,
         "name": stage.name,
@@ -345,9 +427,12 @@ def _shape_stage(stage: Stage, index: int, last: bool, raw: dict[str, Any]) -> d
         "converted": None if last else raw["converted"],
         "dropped": None if last else raw["dropped"],
         "in_progress": None if last else raw["in_progress"],
+        "decided_share": None if last else _ratio(decided, entered),
         "conversion_rate": conversion_rate,
+        "conversion_rate_bounds": bounds(raw["converted"], raw["converted"] + raw["in_progress"]),
         "converted_of_entered": None if last else _ratio(raw["converted"], raw["entered"]),
         "drop_off_rate": None if last else _ratio(raw["dropped"], decided),
+        "drop_off_rate_bounds": bounds(raw["dropped"], raw["dropped"] + raw["in_progress"]),
         "conversion_window_days": stage.conversion_window_days,
         "time_to_next_seconds": {
             "median": None if raw["median_ms"] is None else raw["median_ms"] / 1000,
@@ -393,6 +478,7 @@ def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=No
             raw[field] += row[field]
         if row["converted"]:  # the nearest-rank median and p90 of the waits of converted customers
             raw["median_ms"], raw["p90_ms"] = row["median_ms"], row["p90_ms"]
+        raw["median_bounds_ms"] = row["median_bounds_ms"]
         raw["touchpoints"] = {k: v for k, v in zip(*row["touchpoints"]) if v}
         raw["channels"] = {k: v for k, v in zip(*row["channels"]) if v}
     for *head, to_stage, from_stage, kind, repeat, count in transitions:

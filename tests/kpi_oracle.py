@@ -104,9 +104,51 @@ def oracle_kpis(
             median, p90 = _nearest_rank(k["waits"], 1, 2), _nearest_rank(k["waits"], 9, 10)
             k["median_seconds"] = None if median is None else median / 1000
             k["p90_seconds"] = None if p90 is None else p90 / 1000
+            k["judged"] = _judged(journey_map.stages[[s.id for s in journey_map.stages].index(stage)], k,
+                                  windows[stage], last=i == len(order) - 1)
             del k["waits"]
             stages.append(k)
         out[seg] = stages
+    return out
+
+
+def _judged(stage: Any, k: dict[str, Any], window_ms: int, last: bool) -> dict[str, Any]:
+    """docs/kpis.md, Targets, by brute force: the final rate if every customer in progress dropped / every one
+    converted; the final median if every one converted at once (0) / at the last moment (W) — by adding
+    those waits and ranking, not by the product's rank arithmetic; each target met, below or undecided."""
+    from fractions import Fraction
+
+    c, d, p = k["converted"], k["dropped"], k["in_progress"]
+    e = c + d + p
+    out: dict[str, Any] = {"status": "no_target", "targets": {}}
+    target = stage.target
+    if target is None or (target.conversion_rate is None and target.median_days_to_convert is None):
+        return out
+
+    def verdict(goal: Fraction, worst: Fraction, best: Fraction, higher: bool) -> str:
+        if (worst >= goal) if higher else (worst <= goal):
+            return "met"
+        if (best < goal) if higher else (best > goal):
+            return "below_target"
+        return "undecided"
+
+    if target.conversion_rate is not None:
+        if last or e == 0:
+            out["targets"]["conversion_rate"] = ("no_data", None, None)
+        else:
+            lo, hi = Fraction(c, e), Fraction(c + p, e)
+            status = verdict(Fraction(str(target.conversion_rate)), lo, hi, True)
+            out["targets"]["conversion_rate"] = (status, float(lo), float(hi))
+    if target.median_days_to_convert is not None:
+        if last or (not k["waits"] and not p):
+            out["targets"]["median_days_to_convert"] = ("no_data", None, None)
+        else:
+            lo = Fraction(_nearest_rank(k["waits"] + [0] * p, 1, 2), 86_400_000)  # type: ignore[arg-type]
+            hi = Fraction(_nearest_rank(k["waits"] + [window_ms] * p, 1, 2), 86_400_000)  # type: ignore[arg-type]
+            status = verdict(Fraction(str(target.median_days_to_convert)), hi, lo, False)
+            out["targets"]["median_days_to_convert"] = (status, float(lo), float(hi))
+    statuses = {t[0] for t in out["targets"].values()}
+    out["status"] = next((s for s in ("below_target", "undecided", "met") if s in statuses), "no_data")
     return out
 
 
@@ -126,6 +168,10 @@ def api_view(result_segment: dict[str, Any]) -> list[dict[str, Any]]:
                 "channels": {t["channel"]: t["customers"] for t in s["top_channels"]},
                 "median_seconds": s["time_to_next_seconds"]["median"],
                 "p90_seconds": s["time_to_next_seconds"]["p90"],
+                "judged": {
+                    "status": s["status"],
+                    "targets": {t["metric"]: (t["status"], t["lowest"], t["highest"]) for t in s["targets"]},
+                },
             }
         )
     return view

@@ -761,3 +761,52 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
         for i, stage in enumerate(w["stages"][:-1]):
             for field in ("entered", "converted", "dropped", "in_progress"):
                 assert sum(day["stages"][i][field] or 0 for day in d["days"]) == stage[field], (field, i)
+
+
+async def test_undecided_customers_bound_the_outcome_instead_of_flattering_it(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20's trial: in a recent window only the fast converters are decided, and the rate of the
+    decided alone reads 100 %. The target is judged on the bounds the customers in progress allow."""
+    project = await _new_project(stores)
+    now = datetime.now(timezone.utc)
+    old = BASE + timedelta(hours=1)
+
+    def track(user: str, event: str, at: datetime, n: int) -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": event, "channel": "web", "messageId": f"{user}-{n}",
+                "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+    recent = now - timedelta(hours=20)
+    events = [track("fast", "A", recent, 1), track("fast", "B", recent + timedelta(hours=1), 2)]
+    events += [track(f"open-{i}", "A", recent, 1) for i in range(3)]  # aware's window is 2 days: in progress
+    events += [track(f"gone-{i}", "A", old, 1) for i in range(3)]  # 20 days ago: dropped long since
+    events += [track("old-buyer", "A", old, 1), track("old-buyer", "B", old + timedelta(hours=2), 2)]
+    await _send(http, collector, project.write_key, events)
+    await _caught_up(query)
+
+    today = TODAY.date()
+    result = await _kpis(http, query, project.read_key, map="funnel",
+                         **{"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat()})
+    aware, consider = result["segments"][0]["stages"][:2]
+    assert (aware["converted"], aware["dropped"], aware["in_progress"]) == (1, 0, 3)
+    assert aware["conversion_rate"] == 1.0  # the decided alone: the flattering number
+    assert aware["decided_share"] == 0.25 and aware["conversion_rate_bounds"] == {"lowest": 0.25, "highest": 1.0}
+    assert aware["drop_off_rate_bounds"] == {"lowest": 0.0, "highest": 0.75}
+    [rate] = aware["targets"]
+    assert (rate["status"], rate["lowest"], rate["highest"], rate["shortfall"]) == ("undecided", 0.25, 1.0, None)
+    assert aware["status"] == "undecided"
+    # Consider: one customer in it, in progress, nobody converted yet: the median can end anywhere in [0, W].
+    [consider_rate, median] = consider["targets"]
+    assert consider_rate["status"] == "undecided"
+    assert (median["status"], median["actual"], median["lowest"], median["highest"]) == ("undecided", None, 0.0, 5.0)
+    assert result["segments"][0]["bottleneck"] is None  # nothing is decidedly short
+
+    # Twenty days back everything is decided: 1 of 4 converted against 0.5 is below target for certain.
+    first = BASE.date()
+    decided = await _kpis(http, query, project.read_key, map="funnel",
+                          **{"from": first.isoformat(), "to": (first + timedelta(days=1)).isoformat()})
+    aware = decided["segments"][0]["stages"][0]
+    assert (aware["converted"], aware["dropped"], aware["in_progress"], aware["decided_share"]) == (1, 3, 0, 1.0)
+    assert aware["conversion_rate_bounds"] == {"lowest": 0.25, "highest": 0.25}
+    assert aware["status"] == "below_target" and aware["targets"][0]["shortfall"] == 0.5
+    # The old buyer went on to Consider and stopped there: 0 of 1 against 0.4, the larger certain shortfall.
+    bottleneck = decided["segments"][0]["bottleneck"]
+    assert (bottleneck["stage"], bottleneck["metric"], bottleneck["shortfall"]) == ("consider", "conversion_rate", 1.0)

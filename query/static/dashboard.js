@@ -233,7 +233,7 @@
       " against a target of " + show(b.target) + " (" + pct(b.shortfall) + " short)";
   }
 
-  const STATUS_TEXT = { met: "Target met", below_target: "Below target", no_data: "No data yet", no_target: "No target" };
+  const STATUS_TEXT = { met: "Target met", below_target: "Below target", undecided: "Too early to tell", no_data: "No data yet", no_target: "No target" };
 
   function stageColumn(s, bottleneck) {
     const isBottleneck = bottleneck && bottleneck.stage === s.id;
@@ -244,8 +244,11 @@
     const targets = s.targets.map((t) => {
       const show = t.metric === "conversion_rate" ? pct : (x) => (x === null ? "—" : x.toFixed(2) + " d");
       const what = t.metric === "conversion_rate" ? "Conversion ≥ " : "Median time ≤ ";
+      // The final value can still end anywhere between the bounds while customers are in progress.
+      const range = t.lowest !== null && t.lowest !== undefined && t.lowest !== t.highest
+        ? " — will end between " + show(t.lowest) + " and " + show(t.highest) : "";
       return el("p", { class: "t " + t.status, testid: "stage-" + id + "-target-" + t.metric },
-        what + show(t.target) + ": " + show(t.actual) + " (" + STATUS_TEXT[t.status] + ")");
+        what + show(t.target) + ": " + show(t.actual) + range + " (" + STATUS_TEXT[t.status] + ")");
     });
     const tops = (items, key) => (items.length
       ? el("ol", {}, items.map((t) => el("li", {}, t[key] || "(none)", " · ", num(t.customers))))
@@ -260,6 +263,7 @@
         row("Conversion to next", "conversion", s.conversion_rate, pct(s.conversion_rate)),
         row("Drop-off", "dropoff", s.drop_off_rate, pct(s.drop_off_rate)),
         row("In progress", "in-progress", s.in_progress, num(s.in_progress)),
+        row("Outcome decided for", "decided", s.decided_share, pct(s.decided_share)),
         row("Median time to convert", "median", s.time_to_next_seconds.median, duration(s.time_to_next_seconds.median)),
         row("p90 time to convert", "p90", s.time_to_next_seconds.p90, duration(s.time_to_next_seconds.p90)),
         row("Regressions into", "regressions", s.regressions_into, num(s.regressions_into)),
