@@ -206,7 +206,10 @@ def _as_sent(event: Any, batch_context: dict[str, Any] | None, batch_sent_ms: in
         return event
     out = dict(event)
     if batch_sent_ms is not None and out.get("sentAt") in (None, ""):
-        out["sentAt"] = datetime.fromtimestamp(batch_sent_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        try:
+            out["sentAt"] = datetime.fromtimestamp(batch_sent_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        except (ValueError, OverflowError, OSError):  # a sentAt no datetime can hold: refused by to_row anyway
+            pass
     if batch_context:
         own = out.get("context")
         out["context"] = {**batch_context, **own} if isinstance(own, dict) else batch_context

@@ -264,6 +264,11 @@ async def test_a_quarantined_event_keeps_what_it_inherited_from_its_batch(http, 
     assert raw["sentAt"] == sent_at
     assert raw["context"] == {"library": {"name": "analytics-python"}, "ip": "1"}  # the event's own wins
     assert "event" not in raw  # still the event as sent otherwise
+    # A batch sentAt no datetime can hold (found by the fuzz tests: a 500) is simply not carried over.
+    odd = {"batch": [{"type": "track", "userId": "ok", "event": "Fine"}, {"type": "track", "userId": "q"}],
+           "sentAt": "0001-01-01T00:00:00+14:00"}
+    status, body, _ = await _post(http, collector, "/v1/batch", odd, project.write_key)
+    assert status in (200, 400), body
 
 
 async def test_replay_since_leaves_older_events_alone(http, collector, query, stores, project, admin):  # type: ignore[no-untyped-def]
