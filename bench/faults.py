@@ -391,7 +391,7 @@ class Bench:
         try:
             for i in range(n):
                 client.track(f"u{i % USERS}", "Sdk", {"i": i}, message_id=f"e-{i}")
-            flushed = await client.aflush(timeout=120)
+            flushed = bool(await client.aflush(timeout=120))  # truthy: everything delivered
         finally:
             client.shutdown()
             await proxy.close()

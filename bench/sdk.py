@@ -179,7 +179,7 @@ def bench_burst(client, base: str, n: int) -> dict:
         if r.status is not Status.QUEUED:
             not_queued += 1
     t_enq = time.perf_counter()
-    flushed = client.flush(timeout=30)
+    flushed = bool(client.flush(timeout=30))  # a FlushResult: truthy when everything was delivered
     t_done = time.perf_counter()
     gc_runs = [a["collections"] - b["collections"] for a, b in zip(gc.get_stats(), gc0)]
     srv = control(base, "/_bench/stats", "GET")
@@ -237,7 +237,7 @@ def bench_outage(client, base: str, rate: int, seconds: float, outage_at: float,
             if r.status is not Status.QUEUED:
                 not_queued += 1
     t_end = time.perf_counter()
-    flushed = client.flush(timeout=30)
+    flushed = bool(client.flush(timeout=30))  # a FlushResult: truthy when everything was delivered
     drain_s = time.perf_counter() - t_end
     srv = control(base, "/_bench/stats", "GET")
     s = client.stats

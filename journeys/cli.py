@@ -327,6 +327,9 @@ def _parser() -> argparse.ArgumentParser:
         "--kind", required=True, choices=["write", "read", "admin", "public"],
         help="admin keys may change maps and segments over the API",
     )
+    from journeys.keys_cli import add_key_commands
+
+    add_key_commands(project, key)  # project list, key list, key revoke (docs/keys.md)
 
     customer = sub.add_parser("customer", help="customers").add_subparsers(dest="customer_command", required=True)
     forget = customer.add_parser("delete", help="forget a customer: events, traits and identity links, everywhere")
@@ -356,6 +359,9 @@ def _parser() -> argparse.ArgumentParser:
     from collector.quarantine_cli import add_quarantine_command
 
     add_quarantine_command(sub)  # quarantine replay: take in quarantined events that pass today (docs/quarantine.md)
+    from journeys.demo import add_demo_command
+
+    add_demo_command(sub)  # demo: a demo project with realistic journeys, sent through the running service
     return parser
 
 
@@ -395,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from journeys.origins_cli import run_origins_command
 
             return asyncio.run(run_origins_command(settings, args, _with_project))
+        from journeys import keys_cli
+
+        if keys_cli.handles(args):  # project list, key list, key revoke
+            return asyncio.run(keys_cli.run_keys_command(settings, args, _with_postgres, _with_project))
         if args.command == "key":
             return asyncio.run(_key_create(settings, args.project, args.kind))
         if args.command == "customer":
@@ -413,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from collector.quarantine_cli import run_quarantine_command
 
             return asyncio.run(run_quarantine_command(settings, args, _with_project))
+        if args.command == "demo":
+            from journeys.demo import run_demo
+
+            return asyncio.run(run_demo(settings, args, _with_postgres))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the operator gets one clear line; the traceback goes to the log at DEBUG

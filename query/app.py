@@ -15,7 +15,7 @@ from journeys.stores import Stores
 from journeys import definitions
 from journeys.maps import SLUG, SLUG_RULE, validate_map
 from query.journey import CompiledMap, build_journey
-from query import customers, definitions_api, kpis_api, quarantine_api
+from query import customers, definitions_api, keys_api, kpis_api, quarantine_api
 from query.dashboard import add_dashboard_routes
 from query.state_updater import StageStateUpdater
 from query.api_spec import query_openapi
@@ -42,6 +42,7 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     definitions_api.add_routes(app, principal_of, STORES)
     kpis_api.add_routes(app, principal_of, STORES)
     quarantine_api.add_routes(app, principal_of, STORES)  # GET /v1/quarantine (admin): docs/quarantine.md
+    keys_api.add_routes(app, principal_of, STORES)  # GET/POST /v1/keys, DELETE /v1/keys/{prefix} (admin): docs/keys.md
     add_dashboard_routes(app)  # GET / and /static/…: the marketer dashboard (query/static/)
     app.cleanup_ctx.append(_stage_state_updater)
     app.router.add_get("/healthz", _healthz)

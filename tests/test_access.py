@@ -30,8 +30,9 @@ _PARAM = re.compile(r"\{[^}]+\}")
 _OPS = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
 # The dashboard's page and assets are public: they hold no data; the page signs in with a read key.
 _PUBLIC_ASSETS = {"/", "/static/dashboard.js", "/static/dashboard.css", "/static/plotly.min.js"}
-# Reads for admin keys only: quarantined events are raw customer data (docs/quarantine.md).
-_ADMIN_READS = {("GET", "/v1/quarantine")}
+# Reads for admin keys only: quarantined events are raw customer data (docs/quarantine.md); the project's
+# keys are for those who manage them (docs/keys.md).
+_ADMIN_READS = {("GET", "/v1/quarantine"), ("GET", "/v1/keys")}
 # The collector's admin routes: not ingest, and no ingest key reaches them.
 _COLLECTOR_ADMIN = {("POST", "/v1/quarantine/replay")}
 
@@ -67,7 +68,7 @@ async def test_keys_are_stored_only_as_sha256(stores, project, keys) -> None:  #
         # What is kept in clear: the kind's prefix and 3 characters (18 bits), for people to tell keys apart.
         assert secret[:6] in {r["prefix"] for r in rows}
     columns = {c for r in rows for c in r.keys()}
-    assert columns == {"id", "project_id", "kind", "prefix", "key_hash", "created_at", "revoked_at"}
+    assert columns == {"id", "project_id", "kind", "prefix", "key_hash", "created_at", "last_used_at", "revoked_at"}
 
 
 class _RecordingPool:

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from journeys_sdk import Client
+from journeys_sdk import APIError, Client, NetworkError, RetryBudgetExceeded
 from support import basic, wait_drained
 
 
@@ -105,3 +105,61 @@ async def test_retries_after_lost_responses_are_counted_once(lossy_proxy, collec
             async with http.get(query.make_url(f"/v1/customers/r-{c}/events?limit=10000"), headers=headers) as resp:
                 seen.extend(e["properties"]["i"] for e in (await resp.json())["events"])
     assert sorted(seen) == list(range(1000))
+
+
+# --------------------------------------------------------------------------------------------------------
+# flush() says whether everything got there (a FlushResult), against the real collector
+# --------------------------------------------------------------------------------------------------------
+
+
+async def test_flush_is_truthy_only_when_the_collector_took_everything(collector, stores, project) -> None:  # type: ignore[no-untyped-def]
+    client = Client(project.write_key, host=str(collector.make_url("")).rstrip("/"), upload_interval=0.05)
+    try:
+        for i in range(30):
+            assert client.track(f"f-{i % 3}", "Flushed", {"i": i})
+        flushed = await client.aflush(timeout=30)
+    finally:
+        client.shutdown()
+    assert flushed and (flushed.queued, flushed.delivered, flushed.failed, flushed.pending) == (30, 30, 0, 0)
+    await wait_drained(collector)
+    assert (await _unique_and_raw(stores, project.id))[0] == 30
+
+
+async def test_flush_is_falsy_after_a_401_for_a_wrong_key(collector) -> None:  # type: ignore[no-untyped-def]
+    errors: list = []
+    client = Client("jw_" + "x" * 43, host=str(collector.make_url("")).rstrip("/"), upload_interval=0.05,
+                    on_error=lambda exc, events: errors.append(exc))
+    try:
+        client.track("u", "Refused")
+        client.track("u", "Refused too")
+        flushed = await client.aflush(timeout=30)
+    finally:
+        client.shutdown()
+    assert not flushed and (flushed.queued, flushed.delivered, flushed.failed, flushed.pending) == (2, 0, 2, 0)
+    assert isinstance(flushed.last_error, APIError) and flushed.last_error.status == 401
+    assert "unknown or revoked key" in str(flushed.last_error)
+    assert errors == [flushed.last_error]
+
+
+async def test_flush_is_falsy_after_giving_up_on_a_collector_that_is_down(collector_stores, project) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp.test_utils import TestServer
+
+    from collector.app import create_app
+    from journeys.metrics import Metrics
+
+    server = TestServer(create_app(collector_stores, Metrics()), host="127.0.0.1")
+    await server.start_server()
+    client = Client(project.write_key, host=str(server.make_url("")).rstrip("/"), upload_interval=0.05,
+                    retry_budget=0.5, backoff_base=0.02, max_backoff=0.1)
+    try:
+        client.track("u", "While up")
+        up = await client.aflush(timeout=30)
+        assert up and up.delivered == 1
+        await server.close()  # the collector is gone: connections are refused
+        client.track("u", "While down")
+        client.track("u", "While down too")
+        down = await client.aflush(timeout=30)
+    finally:
+        client.shutdown(timeout=1)
+    assert not down and (down.queued, down.delivered, down.failed, down.pending) == (2, 0, 2, 0)
+    assert isinstance(down.last_error, RetryBudgetExceeded) and isinstance(down.last_error.last_error, NetworkError)

@@ -5,7 +5,8 @@
     client = Client("WRITE_KEY", host="https://collector.example.com")
     client.track("user-1", "Order Completed", {"total": 42})
     client.touchpoint("user-1", channel="email", action="opened_renewal_email", sentiment="positive")
-    client.flush()          # or: await client.aflush()
+    if not client.flush():  # or: await client.aflush()
+        ...                 # a FlushResult: counts and last_error say what was not delivered
 
 Or, like ``import segment.analytics as analytics``, the module-level API::
 
@@ -42,7 +43,7 @@ from .errors import (
     ShutdownError,
 )
 from .journey import Channel, Sentiment
-from .result import DropReason, EnqueueResult, Status
+from .result import DropReason, EnqueueResult, FlushResult, Status
 from .stats import Stats
 from .version import VERSION
 
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_HOST",
     "new_message_id",
     "EnqueueResult",
+    "FlushResult",
     "Status",
     "DropReason",
     "Stats",
@@ -178,18 +180,18 @@ def alias(*args: _Any, **kwargs: _Any) -> EnqueueResult:
     return c.alias(*args, **kwargs) if c is not None else _not_configured()
 
 
-def flush(timeout: float | None = None) -> bool:
-    """``Client.flush`` on the default client (True if there is none yet)."""
+def flush(timeout: float | None = None) -> FlushResult:
+    """``Client.flush`` on the default client (an empty, truthy result if there is none yet)."""
     c = default_client
-    return c.flush(timeout) if c is not None else True
+    return c.flush(timeout) if c is not None else FlushResult()
 
 
-def shutdown(timeout: float | None = 10.0) -> bool:
+def shutdown(timeout: float | None = 10.0) -> FlushResult:
     """``Client.shutdown`` on the default client; a later call creates a fresh one."""
     global default_client
     with _default_lock:
         c, default_client = default_client, None
-    return c.shutdown(timeout) if c is not None else True
+    return c.shutdown(timeout) if c is not None else FlushResult()
 
 
 def join() -> None:

@@ -9,6 +9,13 @@ order (``enqueued``) and the consumer, which handles them strictly in order,
 advances ``settled`` as each one reaches a final state.  So "everything queued
 before my flush is done" is just ``settled >= target``, which stays correct while
 other threads keep recording.
+
+What became of them is counted the same way: each ``settle()`` says how many of
+its events were delivered (and quarantined) and the error that failed the rest,
+and running totals are kept.  A flush needs the totals at two positions only,
+where its window starts (what the previous flush reported up to) and its
+target, so the buffer snapshots the totals as ``settled`` passes each waiting
+flush's target: no per-event history is kept, however long nobody flushes.
 """
 
 from __future__ import annotations
@@ -19,11 +26,43 @@ from collections import deque
 from collections.abc import Callable
 from itertools import repeat
 from operator import call
+from typing import NamedTuple
 
 from .encode import Entry
-from .result import DropReason
+from .result import DropReason, FlushResult
 
-__all__ = ["EventBuffer"]
+__all__ = ["EventBuffer", "FlushTicket"]
+
+
+class _Totals(NamedTuple):
+    """Outcomes of the first ``settled`` events, in arrival order."""
+
+    delivered: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    errors: int = 0  # settles that carried an error (to tell whether a window saw one)
+    last_error: Exception | None = None
+
+
+class _Mark:
+    """A target some flushes wait for, and the totals there once ``settled`` reaches it."""
+
+    __slots__ = ("waiting", "totals")
+
+    def __init__(self, totals: _Totals | None) -> None:
+        self.waiting = 0
+        self.totals = totals
+
+
+class FlushTicket(NamedTuple):
+    """A flush in progress: the events ``[start, target)`` and the totals at ``start``."""
+
+    start: int
+    start_totals: _Totals
+    target: int
+    epoch: int
+    dropped_before: int  # recording-call drops already reported by an earlier flush
+    dropped_at: int  # recording-call drops counted when this flush began
 
 
 def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
@@ -63,6 +102,11 @@ class EventBuffer:
         "parked",
         "outage_epoch",
         "_async_waiters",
+        "totals",
+        "reported",
+        "reported_totals",
+        "reported_dropped",
+        "_marks",
     )
 
     def __init__(self, max_count: int, max_bytes: int, wake_count: int, wake_bytes: int) -> None:
@@ -100,6 +144,14 @@ class EventBuffer:
         self.parked = False
         self.outage_epoch = 0
         self._async_waiters: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
+        # What became of the settled events (under ``cond``): running totals, the
+        # position up to which a flush has reported them (and the totals there),
+        # and the waiting flushes' targets.
+        self.totals = _Totals()
+        self.reported = 0
+        self.reported_totals = _Totals()
+        self.reported_dropped = 0
+        self._marks: dict[int, _Mark] = {}
 
     @property
     def bytes(self) -> int:
@@ -157,15 +209,38 @@ class EventBuffer:
     def take_all(self) -> list[Entry]:
         return self.take(len(self.items))
 
-    def settle(self, n: int) -> None:
-        """Mark the next ``n`` events (in arrival order) as finished."""
+    def settle(self, n: int, *, delivered: int, quarantined: int = 0, error: Exception | None = None) -> None:
+        """Mark the next ``n`` events (in arrival order) as finished.
+
+        ``delivered`` of them were acknowledged by the collector (``quarantined``
+        of those kept aside as invalid); the rest failed.  ``error`` is what
+        failed or quarantined them.
+        """
         if n <= 0:
             return
         with self.cond:
-            self.settled += n
+            self._settle_locked(n, delivered, quarantined, error)
             self.cond.notify_all()
             if self._async_waiters:
                 self._wake_async_locked()
+
+    def record_inline(self, *, delivered: bool, quarantined: int = 0, error: Exception | None = None) -> None:
+        """``sync_mode``: one event was queued and finished inside its recording call."""
+        with self.cond:
+            with self.put_lock:
+                self.enqueued += 1
+            self._settle_locked(1, int(delivered), quarantined, error)
+            self.cond.notify_all()
+
+    def _settle_locked(self, n: int, delivered: int, quarantined: int, error: Exception | None) -> None:
+        before = self.settled
+        t = self.totals
+        if self._marks:
+            for position, mark in self._marks.items():
+                if mark.totals is None and before < position <= before + n:
+                    mark.totals = _advance(t, position - before, delivered, quarantined, error)
+        self.totals = _advance(t, n, delivered, quarantined, error)
+        self.settled = before + n
 
     def add_recovered(self, n: int) -> None:
         """Events found on disk from an earlier process count as queued for flush()."""
@@ -188,16 +263,55 @@ class EventBuffer:
 
     # -- flush support -------------------------------------------------------
 
-    def begin_flush(self) -> tuple[int, int]:
-        """Register a flush: returns (events to wait for, current outage epoch)."""
-        target = self.enqueued
+    def begin_flush(self, dropped: int = 0) -> FlushTicket:
+        """Register a flush of everything queued so far; ``dropped`` is the running count of events
+        recording calls have dropped.  Every ticket must end in ``end_flush()``."""
         with self.cond:
+            target = self.enqueued
             if target > self.flush_target:
                 self.flush_target = target
             self.flush_calls += 1
-            epoch = self.outage_epoch
+            mark = self._marks.get(target)
+            if mark is None:
+                mark = self._marks[target] = _Mark(self.totals if target <= self.settled else None)
+            mark.waiting += 1
+            ticket = FlushTicket(
+                self.reported, self.reported_totals, target, self.outage_epoch, self.reported_dropped, dropped
+            )
         self.notify()
-        return target, epoch
+        return ticket
+
+    def end_flush(self, ticket: FlushTicket, pending_error: Exception | None = None, report: bool = True) -> FlushResult:
+        """What became of the ticket's events by now.  ``pending_error`` is the last failed attempt
+        to deliver, for events still pending.  ``report`` (the result reaches a caller) moves the
+        start of the next flush's window past what this one reported as finished."""
+        with self.cond:
+            mark = self._marks[ticket.target]
+            end = min(ticket.target, self.settled)
+            at_end = mark.totals if end == ticket.target else self.totals
+            assert at_end is not None  # settled has reached the target, so its totals were taken
+            mark.waiting -= 1
+            if not mark.waiting:
+                del self._marks[ticket.target]
+            if report:
+                if end > self.reported:
+                    self.reported, self.reported_totals = end, at_end
+                if ticket.dropped_at > self.reported_dropped:
+                    self.reported_dropped = ticket.dropped_at
+        start = ticket.start_totals
+        pending = ticket.target - end
+        error = at_end.last_error if at_end.errors > start.errors else None
+        if pending and pending_error is not None:
+            error = pending_error
+        return FlushResult(
+            queued=ticket.target - ticket.start,
+            delivered=at_end.delivered - start.delivered,
+            quarantined=at_end.quarantined - start.quarantined,
+            failed=at_end.failed - start.failed,
+            pending=pending,
+            dropped=max(0, ticket.dropped_at - ticket.dropped_before),
+            last_error=error,
+        )
 
     def _gave_up_locked(self, epoch: int) -> bool:
         # Parked, and a probe made after this flush began has failed.
@@ -252,3 +366,16 @@ class EventBuffer:
             except RuntimeError:
                 pass  # that event loop is closed; nobody is waiting any more
         self._async_waiters = keep
+
+
+def _advance(t: _Totals, k: int, delivered: int, quarantined: int, error: Exception | None) -> _Totals:
+    """``t`` after the first ``k`` events of a settle of ``delivered`` (``quarantined`` of them) and
+    failed events.  Which of a batch's events failed (a rare event the background thread could not
+    encode, among delivered ones) is not kept, so a window boundary inside such a batch takes the
+    delivered ones first; whole batches, the usual case, are exact."""
+    d = min(k, delivered)
+    q = max(0, min(k - (delivered - quarantined), quarantined))
+    f = max(0, k - delivered)
+    if error is not None and (q or f):
+        return _Totals(t.delivered + d, t.quarantined + q, t.failed + f, t.errors + 1, error)
+    return _Totals(t.delivered + d, t.quarantined + q, t.failed + f, t.errors, t.last_error)

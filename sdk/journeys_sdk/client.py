@@ -45,7 +45,7 @@ from .errors import ConfigurationError, EventTooLargeError, InvalidEventError, R
 from .journey import check_channel, check_sentiment
 from .overflow import OverflowStore, OverflowUnavailable
 from .request import Transport
-from .result import DropReason, EnqueueResult, Status
+from .result import DropReason, EnqueueResult, FlushResult, Status
 from .retry import RetryPolicy
 from .stats import Stats, StatsCounter
 from .uploader import Batch, OnError, Outcome, Uploader
@@ -276,7 +276,6 @@ class Client:
         """(Re)create everything that must not be shared across a fork."""
         self._pid = _getpid()
         self._stats = StatsCounter()
-        self._sync_count = 0
         self._buffer = EventBuffer(
             self._max_queue_size,
             self._max_queue_bytes,
@@ -632,7 +631,7 @@ class Client:
     def _drop(self, reason: DropReason, message_id: str | None, error: Exception | None = None) -> EnqueueResult:
         if self._pid != _getpid():
             self._after_fork()
-        if self._stats.drop(reason):
+        if self._stats.drop(reason, at_call=True):
             log.warning("journeys-sdk: %s; %s", _DROP_MESSAGES[reason](self, error), _FURTHER)
         return EnqueueResult(Status.DROPPED, message_id, reason, error)
 
@@ -655,82 +654,107 @@ class Client:
         batch = Batch()
         batch.add(raw)
         with self._sync_lock:
-            self._sync_count += 1
             outcome, err, backoff = uploader.deliver(batch, _sleep_always)
+            if outcome is Outcome.GAVE_UP:
+                assert err is not None
+                err = RetryBudgetExceeded(err, backoff.retries + 1, backoff.elapsed)
+                uploader.report_failed(batch, err)
+            # Counted for flush() like a queued event that finished at once.
+            self._buffer.record_inline(
+                delivered=outcome is Outcome.DELIVERED, quarantined=batch.quarantined, error=batch.error
+            )
         if outcome is Outcome.DELIVERED:
             return EnqueueResult(Status.DELIVERED, message_id)
-        if outcome is Outcome.GAVE_UP:
-            assert err is not None
-            err = RetryBudgetExceeded(err, backoff.retries + 1, backoff.elapsed)
-            uploader.report_failed(batch, err)
         return EnqueueResult(Status.FAILED, message_id, error=err)
 
     # -- flushing and lifecycle --------------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None) -> FlushResult:
         """Deliver everything recorded so far; block until done or ``timeout`` seconds.
 
-        Returns True when every event queued before the call has been delivered
-        or has definitively failed (failures go to ``on_error`` and
-        ``stats.failed``).  Returns False on timeout, or, with ``overflow_dir``,
-        when the collector has been down past the retry budget: the events are
-        then parked on disk, and the flush costs one immediate probe request
-        rather than waiting for the outage to end.  Do not call it from an event loop thread; use
-        ``await aflush()`` there.
+        Returns a ``FlushResult``, truthy only when every event it covers was
+        delivered: acknowledged by the collector, none quarantined, none still
+        pending, and no recording call dropped one since the previous flush.
+        So after a 401 (wrong write key) or a collector that stayed down past
+        the retry budget it is falsy, with ``failed`` counting those events and
+        ``last_error`` saying why (the events also went to ``on_error``).
+
+        It covers the events recorded since the previous flush returned, plus
+        any that were still pending then; ``delivered``, ``quarantined``,
+        ``failed``, ``pending`` and ``dropped`` count them.  It returns with
+        events ``pending`` on timeout or, with ``overflow_dir``, when the
+        collector has been down past the retry budget: the events are then
+        parked on disk, and the flush costs one immediate probe request rather
+        than waiting for the outage to end.  ``result.settled`` is the old
+        ``True``: nothing pending.  Do not call it from an event loop thread;
+        use ``await aflush()`` there.
         """
         if self._pid != _getpid():
             self._after_fork()
         consumer = self._consumer
+        buf = self._buffer
+        ticket = buf.begin_flush(self._stats.call_dropped)
         if consumer is None:
-            return True
+            return buf.end_flush(ticket)  # nothing to wait for (send=False, sync_mode, shut down)
         if threading.current_thread() is consumer:
-            return False  # called from on_error: waiting for ourselves would deadlock
-        target, epoch = self._buffer.begin_flush()
-        return self._buffer.wait_settled(target, epoch, timeout, time.monotonic, consumer.is_alive)
+            # Called from on_error: waiting for ourselves would deadlock.  What is
+            # pending stays for a flush from another thread to report.
+            return buf.end_flush(ticket, consumer.last_error, report=False)
+        try:
+            buf.wait_settled(ticket.target, ticket.epoch, timeout, time.monotonic, consumer.is_alive)
+        except BaseException:
+            buf.end_flush(ticket, report=False)
+            raise
+        return buf.end_flush(ticket, consumer.last_error)
 
-    async def aflush(self, timeout: float | None = None) -> bool:
+    async def aflush(self, timeout: float | None = None) -> FlushResult:
         """``flush()`` for asyncio code: waits without blocking the event loop or using a thread."""
         if self._pid != _getpid():
             self._after_fork()
         consumer = self._consumer
         buf = self._buffer
+        ticket = buf.begin_flush(self._stats.call_dropped)
         if consumer is None:
-            return True
-        target, epoch = buf.begin_flush()
-        if not consumer.is_alive():
-            return buf.settled >= target
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        buf.add_async_waiter(target, epoch, loop, fut)
+            return buf.end_flush(ticket)
         try:
-            if timeout is None:
-                return await fut
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return False
-        finally:
-            buf.remove_async_waiter(fut)
+            if consumer.is_alive():
+                loop = asyncio.get_running_loop()
+                fut: asyncio.Future[bool] = loop.create_future()
+                buf.add_async_waiter(ticket.target, ticket.epoch, loop, fut)
+                try:
+                    if timeout is None:
+                        await fut
+                    else:
+                        await asyncio.wait_for(fut, timeout)
+                except TimeoutError:
+                    pass
+                finally:
+                    buf.remove_async_waiter(fut)
+        except BaseException:  # cancelled: nobody gets this result
+            buf.end_flush(ticket, report=False)
+            raise
+        return buf.end_flush(ticket, consumer.last_error)
 
-    def shutdown(self, timeout: float | None = 10.0) -> bool:
+    def shutdown(self, timeout: float | None = 10.0) -> FlushResult:
         """Flush (up to ``timeout`` seconds), then stop the consumer thread.
 
         Later recording calls return ``DROPPED``/``shutdown``.  What could not be
         delivered in time is written to ``overflow_dir`` if configured, otherwise
-        reported to ``on_error`` as ``ShutdownError``.  Idempotent.  Returns
-        whether everything was delivered.
+        reported to ``on_error`` as ``ShutdownError``.  Idempotent.  Returns the
+        flush's ``FlushResult``: truthy when everything was delivered (a second
+        call has nothing left to report and returns an empty, truthy one).
         """
         if self._pid != _getpid():
             self._after_fork()
         if self._closed:
-            return True
+            return FlushResult()
         self._closed = True
         with self._buffer.put_lock:
             self._buffer.closed = True
-        ok = True
+        result = self.flush(timeout)
         consumer = self._consumer
         if consumer is not None:
-            ok = self.flush(timeout)
-            consumer.stop(abort=not ok)
+            consumer.stop(abort=not result.settled)
             # Bounded: an aborted consumer exits at its next check, or when its
             # current request times out.  It is a daemon, so it cannot hold up
             # interpreter exit either way.
@@ -743,7 +767,7 @@ class Client:
             atexit.unregister(self._atexit)
         except Exception:
             pass
-        return ok
+        return result
 
     def join(self) -> None:
         """Segment-compatible alias of ``shutdown()``."""
@@ -770,7 +794,7 @@ class Client:
         buf = self._buffer
         overflow = self._overflow
         return self._stats.snapshot(
-            queued=buf.enqueued - self._stats.recovered + self._sync_count,
+            queued=buf.enqueued - self._stats.recovered,
             pending=len(buf.items),
             pending_bytes=buf.bytes,
             overflow_pending=overflow.events if overflow is not None else 0,

@@ -28,6 +28,7 @@ from .encode import MAX_EVENT_BYTES, Entry, build_event, encode_event
 from .errors import (
     DeliveryError,
     EventTooLargeError,
+    JourneysError,
     RetryBudgetExceeded,
     SerializationError,
     ShutdownError,
@@ -76,8 +77,16 @@ class Consumer(threading.Thread):
         self._stopping = threading.Event()
         self._aborting = threading.Event()
         self._disk_full_warned = False
+        # Why the consumer last dropped an event itself (too large, not
+        # encodable): the error flush() reports for it when its batch settles.
+        self._drop_error: JourneysError | None = None
 
     # -- control (called from other threads) ---------------------------------
+
+    @property
+    def last_error(self) -> DeliveryError | None:
+        """The last failed delivery attempt, until one succeeds."""
+        return self._uploader.last_error
 
     def stop(self, abort: bool) -> None:
         """Finish up and exit.  ``abort`` gives up on retries instead of draining."""
@@ -145,7 +154,7 @@ class Consumer(threading.Thread):
             log.error("journeys-sdk: unreadable overflow segment %s (%s); skipping it", seg.path, exc)
             overflow.remove(seg)
             self._stats.add(failed=seg.count)
-            self._buffer.settle(seg.count)
+            self._buffer.settle(seg.count, delivered=0, error=DeliveryError(f"unreadable overflow segment {seg.path}: {exc}"))
             return Batch()
         return Batch.from_segment(seg, events)
 
@@ -190,7 +199,8 @@ class Consumer(threading.Thread):
                 continue
             append(raw)
 
-    def _drop(self, reason: DropReason, exc: Exception, msg: dict[str, Any]) -> None:
+    def _drop(self, reason: DropReason, exc: JourneysError, msg: dict[str, Any]) -> None:
+        self._drop_error = exc
         if self._stats.drop(reason):
             log.warning(
                 "journeys-sdk: dropping event %s: %s (further %s drops are only counted in client.stats)",
@@ -198,7 +208,7 @@ class Consumer(threading.Thread):
                 exc,
                 reason.value,
             )
-        self._uploader.notify(exc, [msg])  # type: ignore[arg-type]
+        self._uploader.notify(exc, [msg])
 
     def _unread(self, batch: Batch) -> None:
         """Put a partly built batch back at the front of the carry."""
@@ -216,7 +226,7 @@ class Consumer(threading.Thread):
             # but their place in line is now done.
             if batch.segment is not None and self.overflow is not None:
                 self.overflow.remove(batch.segment)
-            self._buffer.settle(batch.settles)
+            self._buffer.settle(batch.settles, delivered=0, error=self._drop_error)
             return
         self._inflight = batch
         try:
@@ -239,7 +249,11 @@ class Consumer(threading.Thread):
                 outcome = Outcome.FAILED
             if batch.segment is not None and self.overflow is not None:
                 self.overflow.remove(batch.segment)
-            self._buffer.settle(batch.settles)
+            delivered = len(batch.events) if outcome is Outcome.DELIVERED else 0
+            error = batch.error
+            if error is None and batch.settles > len(batch.events):
+                error = self._drop_error  # events dropped while the batch was built
+            self._buffer.settle(batch.settles, delivered=delivered, quarantined=batch.quarantined, error=error)
             if outcome is Outcome.DELIVERED:
                 self._rearm_drop_logs()
         finally:
@@ -286,6 +300,7 @@ class Consumer(threading.Thread):
                     ack = self._uploader.attempt(batch)
                 except DeliveryError as exc:
                     exc.__traceback__ = None  # see Uploader.deliver
+                    self._uploader.last_error = exc
                     if not exc.retryable:
                         self._uploader.report_failed(batch, exc)
                         return Outcome.FAILED
@@ -390,4 +405,4 @@ class Consumer(threading.Thread):
                 batch.add(raw)
         if batch.events:
             self._uploader.report_failed(batch, ShutdownError("client shut down before these events were delivered"))
-        self._buffer.settle(batch.settles)
+        self._buffer.settle(batch.settles, delivered=0, error=batch.error or self._drop_error)

@@ -69,6 +69,7 @@ class StatsCounter:
         "retries",
         "batches",
         "dropped",
+        "call_dropped",
         "overflowed",
         "recovered",
         "_warned",
@@ -82,16 +83,21 @@ class StatsCounter:
         self.retries = 0
         self.batches = 0
         self.dropped: dict[DropReason, int] = {}
+        # Of those, dropped by recording calls (never queued): flush() reports them.
+        self.call_dropped = 0
         self.overflowed = 0
         self.recovered = 0
         # Reasons already logged; a burst against a full queue must produce one
         # log line, not one per event.
         self._warned: set[DropReason] = set()
 
-    def drop(self, reason: DropReason, n: int = 1) -> bool:
-        """Count ``n`` dropped events; return True if this reason should be logged now."""
+    def drop(self, reason: DropReason, n: int = 1, *, at_call: bool = False) -> bool:
+        """Count ``n`` dropped events (``at_call``: by a recording call, so never queued); return True
+        if this reason should be logged now."""
         with self.lock:
             self.dropped[reason] = self.dropped.get(reason, 0) + n
+            if at_call:
+                self.call_dropped += n
             if reason in self._warned:
                 return False
             self._warned.add(reason)

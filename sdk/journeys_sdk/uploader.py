@@ -40,15 +40,19 @@ class Batch:
     ``settles`` counts the queued events this batch accounts for: its events
     plus any the consumer dropped while building it (too large, not encodable).
     They finish together, which keeps ``flush()`` bookkeeping in arrival order.
+    ``quarantined`` and ``error`` are what the last report said about it (for
+    ``flush()``'s counts).
     """
 
-    __slots__ = ("events", "nbytes", "segment", "settles")
+    __slots__ = ("events", "nbytes", "segment", "settles", "quarantined", "error")
 
     def __init__(self) -> None:
         self.events: list[bytes] = []
         self.nbytes = 0
         self.segment: Segment | None = None
         self.settles = 0
+        self.quarantined = 0
+        self.error: JourneysError | None = None
 
     @classmethod
     def from_segment(cls, seg: Segment, events: list[bytes]) -> Batch:
@@ -108,6 +112,9 @@ class Uploader:
         self.stats = stats
         self.on_error = on_error
         self.gzip_level = gzip_level
+        # The last failed attempt, until a delivery succeeds: what a flush that
+        # returns with events still pending reports as its ``last_error``.
+        self.last_error: DeliveryError | None = None
 
     def attempt(self, batch: Batch) -> Acknowledgement:
         """One request.  Same encoded events (same messageIds) every time; fresh sentAt."""
@@ -130,6 +137,7 @@ class Uploader:
                 exc.__traceback__ = None
                 if exc.__cause__ is not None:
                     exc.__cause__.__traceback__ = None
+                self.last_error = exc
                 if not exc.retryable:
                     self.report_failed(batch, exc)
                     return Outcome.FAILED, exc, backoff
@@ -146,12 +154,17 @@ class Uploader:
 
     def report_delivered(self, batch: Batch, ack: Acknowledgement) -> None:
         n = len(batch)
+        self.last_error = None
         self.stats.add(sent=n, batches=1, quarantined=len(ack.quarantined))
+        batch.quarantined = len(ack.quarantined)
+        batch.error = None
         if ack.quarantined:
             log.warning("journeys-sdk: collector quarantined %d of %d events", len(ack.quarantined), n)
-            self.notify(QuarantinedError(ack.quarantined), batch.decoded([i for i, _ in ack.quarantined]))
+            batch.error = error = QuarantinedError(ack.quarantined)
+            self.notify(error, batch.decoded([i for i, _ in ack.quarantined]))
 
     def report_failed(self, batch: Batch, exc: JourneysError) -> None:
+        batch.error = exc
         self.stats.add(failed=len(batch))
         log.error("journeys-sdk: %d events not delivered: %s", len(batch), exc)
         self.notify(exc, batch.decoded())

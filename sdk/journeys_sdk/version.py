@@ -1,3 +1,3 @@
 """The SDK version, kept in its own module so packaging can read it without importing the client."""
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"

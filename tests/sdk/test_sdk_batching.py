@@ -57,7 +57,8 @@ def test_oversized_event_is_rejected_at_enqueue(collector: FakeCollector, make_c
     assert isinstance(r.error, EventTooLargeError)
     ok = client.track("u", "Fine", {"blob": "x" * 30_000})
     assert ok.queued
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.queued, flushed.delivered, flushed.dropped) == (1, 1, 1)  # not all got there
     assert collector.stored_ids() == [ok.message_id]
     assert client.stats.dropped == {DropReason.TOO_LARGE: 1}
 
@@ -71,7 +72,9 @@ def test_event_that_only_encodes_too_large_is_dropped_by_the_consumer(collector:
     r = client.track("u", "Accented", {"text": "é" * 20_000})
     after = client.track("u", "After")
     assert r.queued  # accepted by the estimate...
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.queued, flushed.delivered, flushed.failed) == (3, 2, 1)
+    assert isinstance(flushed.last_error, EventTooLargeError)
     assert collector.stored_ids() == [before.message_id, after.message_id]  # ...never sent
     assert client.stats.dropped == {DropReason.TOO_LARGE: 1}
     ((exc, events),) = errors
@@ -90,7 +93,9 @@ def test_unencodable_event_is_dropped_and_reported(collector: FakeCollector, mak
     r2 = client.track("u", "NaN", {"x": float("nan")})
     ok = client.track("u", "Fine")
     assert r1.queued and r2.queued  # no encoding on the caller's thread
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.queued, flushed.delivered, flushed.failed) == (3, 1, 2)
+    assert isinstance(flushed.last_error, SerializationError)
     assert collector.stored_ids() == [ok.message_id]
     assert client.stats.dropped == {DropReason.UNSERIALIZABLE: 2}
     assert [type(e) for e, _ in errors] == [SerializationError, SerializationError]

@@ -56,7 +56,7 @@ def test_fork_child_gets_a_fresh_queue_and_thread(collector: FakeCollector, make
             os.close(read_fd)
             report: dict = {"pending_at_start": client.stats.pending}
             report["ids"] = [client.track("child", "E").message_id for _ in range(7)]
-            report["flushed"] = client.flush(timeout=10)
+            report["flushed"] = bool(client.flush(timeout=10))
             s = client.stats
             report["stats"] = [s.queued, s.sent, s.pending]
             report["thread_alive"] = client._consumer is not None and client._consumer.is_alive()
@@ -98,7 +98,8 @@ async def test_aflush_does_not_block_the_event_loop(collector: FakeCollector, ma
 
     task = asyncio.create_task(ticker())
     t0 = time.monotonic()
-    assert await client.aflush(timeout=5) is True
+    flushed = await client.aflush(timeout=5)
+    assert flushed and flushed.delivered == 10
     waited = time.monotonic() - t0
     task.cancel()
     assert waited >= 0.25
@@ -110,7 +111,8 @@ async def test_aflush_timeout_and_cancellation(collector: FakeCollector, make_cl
     collector.set_default(Reply.error(503))
     client = make_client()
     client.track("u", "E")
-    assert await client.aflush(timeout=0.2) is False
+    timed_out = await client.aflush(timeout=0.2)
+    assert not timed_out and (timed_out.pending, timed_out.delivered) == (1, 0)
     task = asyncio.create_task(client.aflush())
     await asyncio.sleep(0.05)
     task.cancel()
@@ -118,7 +120,8 @@ async def test_aflush_timeout_and_cancellation(collector: FakeCollector, make_cl
         await task
     assert client._buffer._async_waiters == []  # nothing left behind
     collector.set_default(Reply())
-    assert await client.aflush(timeout=5) is True
+    flushed = await client.aflush(timeout=5)
+    assert flushed and (flushed.queued, flushed.delivered) == (1, 1)  # the pending event, now delivered
 
 
 async def test_recording_from_many_coroutines(collector: FakeCollector, make_client) -> None:

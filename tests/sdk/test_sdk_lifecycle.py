@@ -11,7 +11,7 @@ import textwrap
 import threading
 import time
 
-from journeys_sdk import Client, DropReason, ShutdownError, Status
+from journeys_sdk import APIError, Client, DropReason, ShutdownError, Status
 from sdk_fake_collector import FakeCollector, Reply
 
 
@@ -20,7 +20,8 @@ def test_flush_blocks_until_delivered(collector: FakeCollector, make_client) -> 
     client = make_client(upload_interval=10.0)
     ids = [client.track("u", "E").message_id for _ in range(10)]
     assert collector.requests == []  # would wait 10 s for the interval without flush
-    assert client.flush() is True
+    flushed = client.flush()
+    assert flushed and (flushed.queued, flushed.delivered, flushed.failed, flushed.pending) == (10, 10, 0, 0)
     assert collector.stored_ids() == ids  # already acknowledged when flush returned
     assert client.stats.pending == 0 and client.stats.sent == 10
 
@@ -37,10 +38,12 @@ def test_flush_timeout_during_outage(collector: FakeCollector, make_client) -> N
     client = make_client()
     client.track("u", "E")
     t0 = time.monotonic()
-    assert client.flush(timeout=0.3) is False
+    timed_out = client.flush(timeout=0.3)
+    assert not timed_out and timed_out.pending == 1 and not timed_out.settled
+    assert isinstance(timed_out.last_error, APIError) and timed_out.last_error.status == 503
     assert 0.25 <= time.monotonic() - t0 < 1.0
     collector.set_default(Reply())
-    assert client.flush(timeout=5) is True
+    assert client.flush(timeout=5)
     assert client.stats.sent == 1 and client.stats.failed == 0
 
 
@@ -74,7 +77,9 @@ def test_concurrent_flushes(collector: FakeCollector, make_client) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert results == [True] * 4
+    assert [bool(r) for r in results] == [True] * 4
+    # Each covers what no flush had reported when it began: all 30, or none if another had returned already.
+    assert {r.delivered for r in results} <= {0, 30} and max(r.delivered for r in results) == 30
     assert collector.stored_ids() == ids
 
 
@@ -83,13 +88,14 @@ def test_shutdown_flushes_then_stops(collector: FakeCollector) -> None:
     ids = [client.track("u", "E").message_id for _ in range(25)]
     consumer = client._consumer
     assert consumer is not None and consumer.is_alive()
-    assert client.shutdown() is True
+    assert client.shutdown()
     assert collector.stored_ids() == ids
     assert not consumer.is_alive()
     late = client.track("u", "E")
     assert late.status is Status.DROPPED and late.reason is DropReason.SHUTDOWN
-    assert client.shutdown() is True  # idempotent
-    assert client.flush(timeout=1) is True
+    assert client.shutdown()  # idempotent
+    after = client.flush(timeout=1)
+    assert not after and (after.queued, after.dropped) == (0, 1)  # the late event was not delivered
     assert client.stats.dropped == {DropReason.SHUTDOWN: 1}
 
 
@@ -115,7 +121,7 @@ def test_shutdown_deadline_during_outage_reports_undelivered(collector: FakeColl
     )
     ids = [client.track("u", "E").message_id for _ in range(25)]
     t0 = time.monotonic()
-    assert client.shutdown(timeout=0.3) is False
+    assert not client.shutdown(timeout=0.3)
     assert time.monotonic() - t0 < 1.5  # bounded, not the 30 s retry budget
     assert all(isinstance(e, ShutdownError) for e, _ in errors)
     assert sorted(ev["messageId"] for _, evs in errors for ev in evs) == sorted(ids)

@@ -33,7 +33,8 @@ def test_queue_bound_drops_with_result_single_log_line_and_stats(collector: Fake
 
     # Collector recovers: everything accepted arrives, in order, exactly once.
     collector.set_default(Reply())
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.delivered, flushed.dropped) == (len(queued), len(dropped))  # drops count
     assert collector.stored_ids() == [r.message_id for r in queued]
     assert client.stats.sent == len(queued) and client.stats.failed == 0
 
@@ -45,7 +46,8 @@ def test_queue_bound_recovery_and_rearmed_log(collector: FakeCollector, make_cli
     first = [client.track("u", "E") for _ in range(100)]
     accepted = [r.message_id for r in first if r.queued]
     assert len(accepted) < 100
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.delivered, flushed.dropped) == (len(accepted), 100 - len(accepted))
     assert collector.stored_ids() == accepted  # in order, no duplicates, none lost
     assert client.stats.sent == len(accepted)
     # Room again: a second episode of drops is logged again (once).
@@ -54,7 +56,7 @@ def test_queue_bound_recovery_and_rearmed_log(collector: FakeCollector, make_cli
     time.sleep(0.05)
     more = [client.track("u", "E") for _ in range(100)]
     assert any(r.dropped for r in more)
-    assert client.flush(timeout=5)
+    assert client.flush(timeout=5).dropped == sum(r.dropped for r in more)
     assert len(_drop_warnings(caplog)) == 2
     assert any("room again" in r.getMessage() for r in caplog.records)
 
@@ -72,7 +74,8 @@ def test_byte_bound_drops_large_events_first(collector: FakeCollector, make_clie
     small = client.track("u", "small")
     assert small.queued
     collector.set_default(Reply())
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and flushed.dropped == len(dropped) and flushed.failed == 0
     assert collector.stored_ids() == [r.message_id for r in results if r.queued] + [small.message_id]
 
 

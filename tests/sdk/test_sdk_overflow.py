@@ -23,13 +23,15 @@ def test_outage_past_budget_parks_on_disk_and_replays_in_order(
     ids = [client.track("u", "E", {"i": i}).message_id for i in range(95)]
     # Down past the budget: flush reports "not delivered" instead of waiting for
     # the outage to end, and nothing was given up.
-    assert client.flush(timeout=5) is False
+    parked = client.flush(timeout=5)
+    assert not parked and (parked.pending, parked.failed) == (95, 0)
     s = client.stats
     assert (s.pending, s.overflow_pending, s.failed, s.dropped_total) == (0, 95, 0, 0)
     assert len(_segments(tmp_path)) == 10  # one file per batch
 
     collector.set_default(Reply())
-    assert client.flush(timeout=5) is True
+    back = client.flush(timeout=5)
+    assert back and back.delivered == 95  # the parked events, reported again and delivered
     assert collector.stored_ids() == ids  # exact order, exactly once
     assert _segments(tmp_path) == []
     s = client.stats
@@ -40,7 +42,7 @@ def test_new_events_during_parking_queue_behind_the_disk(collector: FakeCollecto
     collector.set_default(Reply.error(503, retry_after=0.05))
     client = make_client(overflow_dir=tmp_path, retry_budget=0.2, upload_size=10)
     early = [client.track("u", "early").message_id for _ in range(25)]
-    assert client.flush(timeout=5) is False
+    assert not client.flush(timeout=5)
     late = [client.track("u", "late").message_id for _ in range(25)]
     time.sleep(0.15)  # parked consumer moves them to disk too
     assert client.stats.pending == 0 and client.stats.overflow_pending == 50
@@ -73,7 +75,8 @@ def test_undelivered_events_survive_a_restart(collector: FakeCollector, tmp_path
     opts = dict(overflow_dir=tmp_path, upload_size=10, upload_interval=0.02, backoff_base=0.01, max_backoff=0.05)
     first = Client(collector.write_key, collector.url, **opts)
     ids1 = [first.track("u", "E", {"run": 1}).message_id for _ in range(33)]
-    assert first.shutdown(timeout=0.2) is False  # collector down: written to disk, not lost
+    down = first.shutdown(timeout=0.2)
+    assert not down and down.pending == 33 and down.failed == 0  # collector down: written to disk, not lost
     assert first.stats.failed == 0
     assert sum(int(n.split("-")[1].split(".")[0]) for n in _segments(tmp_path)) == 33
 
@@ -118,14 +121,14 @@ def test_flush_while_parked_probes_once_instead_of_waiting(
     # not wait for that, in either direction.
     client = make_client(overflow_dir=tmp_path, retry_budget=0.2, max_backoff=60.0)
     ids = [client.track("u", "E").message_id for _ in range(5)]
-    assert client.flush(timeout=5) is False
+    assert not client.flush(timeout=5)
     n = len(collector.requests)
     t0 = time.monotonic()
-    assert client.flush(timeout=5) is False  # still down: one probe, then False
+    assert not client.flush(timeout=5)  # still down: one probe, then False
     assert time.monotonic() - t0 < 1.0
     assert len(collector.requests) == n + 1
     collector.set_default(Reply())
     t0 = time.monotonic()
-    assert client.flush(timeout=5) is True  # back: the probe succeeds and the flush completes
+    assert client.flush(timeout=5)  # back: the probe succeeds and the flush completes
     assert time.monotonic() - t0 < 1.0
     assert collector.stored_ids() == ids

@@ -68,8 +68,10 @@ def test_connection_refused_is_retried(make_client) -> None:
     errors, on_error = _errors_sink()
     client = make_client(host=f"http://127.0.0.1:{port}", retry_budget=0.3, on_error=on_error)
     r = client.track("u", "E")
-    assert client.flush(timeout=5)  # "delivered or failed"
+    flushed = client.flush(timeout=5)  # failed, not left pending
+    assert not flushed and (flushed.failed, flushed.pending) == (1, 0)
     ((exc, events),) = errors
+    assert flushed.last_error is exc
     assert isinstance(exc, RetryBudgetExceeded) and isinstance(exc.last_error, NetworkError)
     assert [e["messageId"] for e in events] == [r.message_id]
     assert client.stats.retries >= 2 and client.stats.failed == 1
@@ -102,7 +104,8 @@ def test_non_retryable_status_is_reported_with_the_events(collector: FakeCollect
     client = make_client(on_error=on_error, upload_size=3, upload_interval=5.0)
     collector.script(Reply.error(status))
     ids = [client.track("u", "E", {"i": i}).message_id for i in range(5)]
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.queued, flushed.delivered, flushed.failed) == (5, 2, 3)
     # First batch refused once and never retried; the next batch is unaffected.
     assert [r.status for r in collector.requests] == [status, 200]
     assert collector.stored_ids() == ids[3:]
@@ -111,6 +114,7 @@ def test_non_retryable_status_is_reported_with_the_events(collector: FakeCollect
     assert exc.errors == [{"field": "server", "reason": f"scripted {status}"}]
     assert f"server: scripted {status}" in str(exc)
     assert [e["messageId"] for e in events] == ids[:3]
+    assert flushed.last_error is exc
     s = client.stats
     assert (s.sent, s.failed, s.retries) == (2, 3, 0)
 
@@ -119,8 +123,10 @@ def test_wrong_write_key_gets_401_from_the_collector(collector: FakeCollector, m
     errors, on_error = _errors_sink()
     client = make_client(write_key="wrong", on_error=on_error)
     client.track("u", "E")
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.delivered, flushed.failed) == (0, 1)
     ((exc, _),) = errors
+    assert flushed.last_error is exc
     assert isinstance(exc, APIError) and exc.status == 401
     assert exc.errors == [{"field": "Authorization", "reason": "unknown or revoked key"}]
     assert len(collector.requests) == 1
@@ -132,10 +138,11 @@ def test_budget_exhaustion(collector: FakeCollector, make_client) -> None:
     collector.set_default(Reply.error(503))
     ids = [client.track("u", "E").message_id for _ in range(3)]
     t0 = time.monotonic()
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
     elapsed = time.monotonic() - t0
     assert 0.3 <= elapsed < 2.0
     ((exc, events),) = errors
+    assert not flushed and flushed.failed == 3 and flushed.last_error is exc
     assert isinstance(exc, RetryBudgetExceeded)
     assert isinstance(exc.last_error, APIError) and exc.last_error.status == 503
     assert exc.attempts == len(collector.requests) >= 3
@@ -149,7 +156,8 @@ def test_max_retries_caps_attempts(collector: FakeCollector, make_client) -> Non
     client = make_client(max_retries=2)
     collector.set_default(Reply.error(500))
     client.track("u", "E")
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and flushed.failed == 1
     assert len(collector.requests) == 3
     assert client.stats.failed == 1
 
@@ -160,13 +168,15 @@ def test_quarantined_events_are_reported_not_retried(collector: FakeCollector, m
     collector.script(Reply(quarantine=(1,)))
     good = client.track("u", "E")
     bad = client.track("u", "E")
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.delivered, flushed.quarantined, flushed.failed) == (2, 1, 0)
     assert len(collector.requests) == 1
     assert collector.stored_ids() == [good.message_id]
     ((exc, events),) = errors
     assert isinstance(exc, QuarantinedError)
     assert exc.items == [(1, [{"field": "", "reason": "scripted quarantine"}])]
     assert [e["messageId"] for e in events] == [bad.message_id]
+    assert flushed.last_error is exc
     s = client.stats
     assert (s.sent, s.quarantined, s.failed, s.retries) == (2, 1, 0, 0)
 
@@ -235,7 +245,8 @@ def test_batch_with_nothing_valid_is_refused_whole(collector: FakeCollector, mak
     client = make_client(on_error=on_error)
     collector.script(Reply(quarantine=(0, 1)))
     ids = [client.track("u", "E").message_id for _ in range(2)]
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and flushed.failed == 2
     assert [r.status for r in collector.requests] == [400]
     ((exc, events),) = errors
     assert isinstance(exc, APIError) and exc.status == 400

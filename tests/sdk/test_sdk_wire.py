@@ -208,7 +208,8 @@ def test_invalid_calls_never_raise_and_are_counted(collector: FakeCollector, mak
     assert client.stats.queued == 0
     # Logged once, not once per call.
     assert len([rec for rec in caplog.records if "invalid event" in rec.getMessage()]) == 1
-    assert client.flush(timeout=5)
+    flushed = client.flush(timeout=5)
+    assert not flushed and (flushed.queued, flushed.dropped) == (0, len(bad))
     assert collector.requests == []
 
 
@@ -217,7 +218,9 @@ def test_send_false_validates_but_sends_nothing(collector: FakeCollector) -> Non
     r = client.track("u", "E")
     assert r.status is Status.DISCARDED and r and r.message_id
     assert client.track(None, "E").reason is DropReason.INVALID
-    assert client.flush(timeout=1)
+    flushed = client.flush(timeout=1)
+    assert not flushed and (flushed.queued, flushed.dropped) == (0, 1)  # nothing queued; one call dropped
+    assert client.flush(timeout=1)  # reported once
     client.shutdown()
     assert collector.requests == []
 
