@@ -25,6 +25,7 @@ from collector.ratelimit import RateLimiter
 from collector.rudder_config import add_rudder_config_route
 from collector.spool import Spool, SpoolFull, SpoolError
 from collector.tracker import add_tracker_route
+from collector import watermark
 from journeys.events import EVENT_TYPES
 from journeys.http import error_response, json_response, make_middleware, metrics_handler, presented_key, request_id
 from journeys.metrics import Metrics
@@ -69,6 +70,7 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app[STORES] = stores
     app[METRICS] = metrics
     app.cleanup_ctx.append(_spool_and_inserter)
+    app.cleanup_ctx.append(watermark.publisher(SPOOL, STORES))  # what is in ClickHouse, for KPI freshness
     app[RATE_LIMITER] = RateLimiter(settings, metrics)
     app.router.add_post("/v1/batch", _ingest_handler(None))
     app.router.add_post("/v1/b", _ingest_handler(None))

@@ -96,9 +96,10 @@ class Metrics:
         )
 
         # Per-customer stage state for KPIs (query/state_updater.py).
-        self.stage_state_lag = Gauge(
-            "journeys_stage_state_lag_seconds",
-            "Seconds since the stage-state updater last caught up with inserted events (KPI freshness).",
+        self.kpi_freshness = Gauge(
+            "journeys_kpi_freshness_seconds",
+            "Seconds between now and the acknowledgement time before which every event is counted in the KPIs "
+            "(now - includes.acknowledged_before of a KPI answer): spool, inserter and updater delays included.",
             registry=r,
         )
         self.stage_state_rows = Counter(

@@ -42,8 +42,12 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
         stores = request.app[stores_key]
         principal = await principal_of(request)
         async with consistent_facts(stores.pg, principal.project_id):
+            # First, before the serving build and the facts: the poll that stored it had written its facts, and
+            # whichever build serves now holds them (a build that began after that poll read everything then).
+            acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
             kpi_request, csv = await _kpi_request(request, principal, stores)
-            return kpi_request, csv, await compute(stores.clickhouse, kpi_request)
+            result = await compute(stores.clickhouse, kpi_request)
+        return kpi_request, csv, _with_includes(result, acknowledged_before)
 
     async def kpis(request: web.Request) -> web.StreamResponse:
         kpi_request, csv, result = await answer(request, stage_kpis)
@@ -57,13 +61,33 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
     app.router.add_get("/v1/kpis/daily", daily)
 
 
+# Every event a collector acknowledged before this time is counted in the stage facts (query/state_updater.py,
+# "How fresh the KPIs are"); NULL before the updater's first poll.
+INCLUDES_SQL = "SELECT acknowledged_before FROM stage_state_cursor WHERE id = 1"
+INCLUDES_HEADER = "X-Journeys-Acknowledged-Before"
+
+
+def _with_includes(result: dict[str, Any], acknowledged_before: datetime | None) -> dict[str, Any]:
+    """The answer with ``includes`` placed after ``rebuilding``: the ingest position it counts."""
+    includes = {"acknowledged_before": None if acknowledged_before is None else iso(acknowledged_before)}
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        out[key] = value
+        if key == "rebuilding":
+            out["includes"] = includes
+    out.setdefault("includes", includes)
+    return out
+
+
 def _respond(result: dict[str, Any], csv: bool, filename: str) -> web.StreamResponse:
+    acknowledged_before = result["includes"]["acknowledged_before"]
+    headers = {INCLUDES_HEADER: acknowledged_before} if acknowledged_before else {}
     if not csv:
-        return json_response(result)
+        return json_response(result, headers=headers)
     return web.Response(
         text=to_csv(result),
         content_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"', **headers},
     )
 
 

@@ -11,7 +11,8 @@ the difference from what the table holds for them; the query service's
 The state is computed from the same definitions as the journey endpoint: the rule index of each event comes
 from :func:`query.stage_sql.rule_index_sql` (proven equal to ``CompiledMap.assign`` by tests), transitions
 from :func:`query.journey.transitions_of`, sentiment from the rule, segments from
-:func:`journeys.maps.segment_matches` over :func:`query.reads.facts_of`. Tests compare the KPIs computed
+:func:`journeys.maps.segment_matches` over :func:`query.segment_facts.segment_facts` (the
+rules of :func:`query.reads.facts_of`, read off ``events``). Tests compare the KPIs computed
 from these facts with a brute-force computation over the raw events.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from journeys.clickhouse import ClickHouse
 from journeys.maps import SENTIMENTS, JourneyMap, Segment, SentimentFromProperty, Stage, segment_matches
 from query.journey import CompiledMap, transitions_of
 from query.reads import ID_CHUNK, one_copy_each
-from query.reads import facts_of as facts_of_customers
+from query.segment_facts import segment_facts
 from query.stage_sql import rule_index_sql
 
 DAY_MS = 86_400_000
@@ -365,7 +366,8 @@ WHERE {any_rule}
         # Independent reads, side by side: this is the updater's latency from an event to the KPIs.
         staged, facts, existing = await asyncio.gather(
             self._staged(project_id, definitions, members),
-            facts_of_customers(self.ch, project_id, {c: sorted(ids) for c, ids in members.items()}),
+            # Off `events`, not the views' tables: their parts commit after the events part (query/segment_facts.py).
+            segment_facts(self.ch, project_id, {c: sorted(ids) for c, ids in members.items()}, definitions.segments),
             current_facts(self.ch, project_id, sorted(set(customers) | set(retired)), build),
         )
 

@@ -8,9 +8,26 @@ only then lets that build serve KPIs (recording the versions it was built for): 
 previous build, and a KPI call never mixes facts computed for different definitions.
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
-and with events imported or replayed from a spool, and the collector's hot path stays untouched. A row
-becomes visible slightly after ClickHouse stamps it, so each poll looks back a margin and skips ids whose
-newest change it has already handled.
+and with events imported or replayed from a spool, and the collector's hot path stays untouched.
+
+**No change is missed** (issue 18.3). ClickHouse stamps a row when its insert *begins* and the row becomes
+visible when the insert's part is committed: a long insert, or one from another collector running at the
+same time, makes rows visible after others stamped later. So each poll looks back a margin, and it does not
+ask "is this id's newest stamp newer than the one handled?" (a row stamped earlier but visible later hides
+behind the newer stamp: that was the hole). It compares, per source table and id, a digest of the rows in
+the look-back window (their count and the sum of a hash of each row) with the digest the previous poll
+took of the same window. Any row that became visible since — whatever its stamp — changes the digest, and
+the id is recomputed by a refresh that starts after the poll saw the row, so the refresh reads it. Every
+row a refresh reads is in a polled table (``events``, ``identities``; ``identities_by_customer`` is written
+before ``identities``, collector/identity.py): segment facts come off ``events`` itself, never off the
+materialized views' tables, whose parts commit after the events part (query/segment_facts.py). What
+remains assumed is the margin: a row visible more than ``margin_s`` (10 s) after its insert began.
+
+**How fresh the KPIs are** (issue 18.5). Before each poll it reads, in PostgreSQL, every live collector's
+watermark (collector/watermark.py: all it acknowledged before that time is in ClickHouse). Once the poll's
+refreshes are written, every event acknowledged before the oldest of them is counted: the updater stores
+that time with its cursor, KPI answers report it (``includes.acknowledged_before``) and
+``journeys_kpi_freshness_seconds`` is now minus it.
 
 One updater works at a time across all query-service replicas (a PostgreSQL advisory lock); the others wait
 to take over. It never dies: an error is logged, counted and retried.
@@ -30,22 +47,39 @@ from journeys.maps import validate_map, validate_segment
 from journeys.metrics import Metrics
 from journeys.migrate import render_clickhouse_sql
 from journeys.stores import Stores
-from query.stage_state import Definitions, StateWriter
+from query.stage_state import Definitions, StateWriter, facts_change
 
 log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 0x6A6F75726E7374  # one updater across query-service replicas
 _PROJECT_IDS_CHUNK = 20_000
 
+# Per project, source table and id: a digest (row count, sum of a hash of each row) of the rows stamped after
+# `since`, and the same of those stamped after `next` (the next poll's window: what it compares with). A
+# row that became visible in between changes the digest whatever its stamp; a merge that folds rows can
+# only make a refresh that was not needed.
 CHANGES_SQL = """
-SELECT project_id, distinct_id, toUnixTimestamp64Milli(max(inserted_at))
-FROM events WHERE inserted_at > {since:DateTime64(3, 'UTC')} AND project_id IN {projects:Array(String)}
+SELECT project_id, 0, distinct_id, count(), sum(h), countIf(inserted_at > {next:DateTime64(3, 'UTC')}),
+       sumIf(h, inserted_at > {next:DateTime64(3, 'UTC')})
+FROM (
+    SELECT project_id, distinct_id, inserted_at, cityHash64(message_id, received_at, inserted_at) AS h FROM events
+    WHERE inserted_at > {since:DateTime64(3, 'UTC')} AND project_id IN {projects:Array(String)}
+)
 GROUP BY project_id, distinct_id
 UNION ALL
-SELECT project_id, distinct_id, toUnixTimestamp64Milli(max(inserted_at))
-FROM identities WHERE inserted_at > {since:DateTime64(3, 'UTC')} AND project_id IN {projects:Array(String)}
+SELECT project_id, 1, distinct_id, count(), sum(h), countIf(inserted_at > {next:DateTime64(3, 'UTC')}),
+       sumIf(h, inserted_at > {next:DateTime64(3, 'UTC')})
+FROM (
+    SELECT project_id, distinct_id, inserted_at, cityHash64(customer_id, version, is_deleted, inserted_at) AS h
+    FROM identities
+    WHERE inserted_at > {since:DateTime64(3, 'UTC')} AND project_id IN {projects:Array(String)}
+)
 GROUP BY project_id, distinct_id
 """
+
+# The oldest watermark of the collectors alive (collector/watermark.py): everything they acknowledged before
+# it is in ClickHouse. A collector silent past the expiry it wrote is gone (docs/ingest.md, "Watermark").
+WATERMARK_SQL = "SELECT min(pending_since) FROM collector_watermarks WHERE expires_at > now()"
 
 PROJECT_IDS_SQL = """
 SELECT DISTINCT distinct_id FROM events WHERE project_id = {project_id:String}
@@ -119,16 +153,24 @@ class StageStateUpdater:
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
+        # Every event a collector acknowledged before this is counted in the KPIs (the leader's own, or what
+        # it stored, read by a replica waiting to take over).
+        self.acknowledged_before: datetime | None = None
         self.last_error: str | None = None
         self._definitions: dict[str, Definitions] = {}
         self._builds: dict[str, int] = {}  # project → the build its facts are kept in
         self._definitions_at = 0.0
-        self._seen: dict[tuple[str, str], int] = {}  # (project, id) → newest change handled (ms)
+        # (project, source table, id) → digest of its rows in the next poll's window, as the last poll saw them
+        self._known: dict[tuple[str, int, str], tuple[int, int]] = {}
+        self._started = time.time()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        metrics.stage_state_lag.set_function(
-            lambda: 0.0 if self.caught_up_at is None else time.monotonic() - self.caught_up_at
-        )
+        metrics.kpi_freshness.set_function(self.freshness_seconds)
+
+    def freshness_seconds(self) -> float:
+        """Now − :attr:`acknowledged_before` (since this process started while nothing is known yet)."""
+        at = self.acknowledged_before
+        return max(0.0, time.time() - (self._started if at is None else at.timestamp()))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stage-state-updater")
@@ -145,6 +187,10 @@ class StageStateUpdater:
             try:
                 async with self.stores.pg.acquire() as conn:
                     while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+                        # Waiting to take over: the leader's position, so this replica's gauge tells it too.
+                        self.acknowledged_before = await conn.fetchval(
+                            "SELECT acknowledged_before FROM stage_state_cursor WHERE id = 1"
+                        )
                         await asyncio.sleep(2.0)
                     self.leader = True
                     try:
@@ -164,23 +210,35 @@ class StageStateUpdater:
 
     async def _loop(self) -> None:
         pg = self.stores.pg
-        row = await pg.fetchrow("SELECT polled_to FROM stage_state_cursor WHERE id = 1")
+        row = await pg.fetchrow("SELECT polled_to, acknowledged_before FROM stage_state_cursor WHERE id = 1")
         since_ms: int | None = int(row["polled_to"].timestamp() * 1000) if row else None
+        if row is not None:
+            self.acknowledged_before = row["acknowledged_before"]
+        # Nothing is known of the window yet (first start, or a retry after a failed poll whose refreshes may be
+        # half done): every id with a row in it is recomputed once.
+        self._known = {}
         while not self._stop.is_set():
             started = time.monotonic()
             now_ms = await self._server_now_ms()
             await self._rebuild_changed()
             began = time.monotonic()
+            acknowledged = None
             if since_ms is not None:
-                await self._apply_changes(since_ms - self.margin_ms)
+                # Read before the poll looks: all these collectors had in ClickHouse then, the poll sees.
+                acknowledged = await self._acknowledged_position()
+                await self._apply_changes(since_ms - self.margin_ms, now_ms - self.margin_ms)
             since_ms = now_ms
             await pg.execute(
-                "INSERT INTO stage_state_cursor (id, polled_to) VALUES (1, $1) "
-                "ON CONFLICT (id) DO UPDATE SET polled_to = EXCLUDED.polled_to",
+                "INSERT INTO stage_state_cursor (id, polled_to, acknowledged_before) VALUES (1, $1, $2) "
+                "ON CONFLICT (id) DO UPDATE SET polled_to = EXCLUDED.polled_to, "
+                "acknowledged_before = COALESCE(EXCLUDED.acknowledged_before, stage_state_cursor.acknowledged_before)",
                 datetime.fromtimestamp(now_ms / 1000, timezone.utc),
+                acknowledged,
             )
             self.caught_up_at = time.monotonic()
-            self.caught_up_from = started
+            if acknowledged is not None:
+                self.acknowledged_before = acknowledged
+                self.caught_up_from = started
             self.last_error = None
             # Under heavy ingest a poll (look-back margin included) gets longer: pausing as long as it took
             # keeps the updater to about half a core; the cap keeps KPIs at most a couple of seconds behind
@@ -190,6 +248,14 @@ class StageStateUpdater:
                 await asyncio.wait_for(self._stop.wait(), pause)
             except asyncio.TimeoutError:
                 pass
+
+    async def _acknowledged_position(self) -> datetime:
+        """Every event acknowledged before the returned time is in ClickHouse now: the oldest watermark of the
+        live collectors, or now if none is alive. Its time is the collectors' clocks (the same machine, or
+        NTP-synchronised ones)."""
+        now = datetime.now(timezone.utc)  # before the read: no collector's watermark is later
+        oldest = await self.stores.pg.fetchval(WATERMARK_SQL)
+        return now if oldest is None else min(oldest, now)
 
     async def _server_now_ms(self) -> int:
         _, rows = await self.stores.clickhouse.query("SELECT toUnixTimestamp64Milli(now64(3))")
@@ -234,10 +300,13 @@ class StageStateUpdater:
             number,
         )
         self._builds[project_id] = number
-        await ch.command(
-            render_clickhouse_sql(DELETE_OTHER_BUILDS_SQL, self.stores.settings.clickhouse_cluster),
-            {"project_id": project_id, "keep": number},
-        )
+        # After every answer still reading the old build (they read the serving build under the shared lock):
+        # its rows may go then, without any answer seeing half of them.
+        async with facts_change(pg, project_id):
+            await ch.command(
+                render_clickhouse_sql(DELETE_OTHER_BUILDS_SQL, self.stores.settings.clickhouse_cluster),
+                {"project_id": project_id, "keep": number},
+            )
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(written)
         log.info(
@@ -245,23 +314,33 @@ class StageStateUpdater:
             project_id, defs.fingerprint, len(ids), written, time.monotonic() - began,
         )
 
-    async def _apply_changes(self, since_ms: int) -> None:
+    async def _apply_changes(self, since_ms: int, next_ms: int) -> None:
+        """Recompute every customer with a row that became visible since the last poll (module docstring:
+        "No change is missed"): the rows stamped after ``since_ms`` are compared with what the last poll saw of
+        them; what the next poll compares with is taken of the rows stamped after ``next_ms``."""
         defs = self._definitions
         if not defs:
+            self._known = {}
             return
-        since = datetime.fromtimestamp(since_ms / 1000, timezone.utc)
-        _, rows = await self.stores.clickhouse.query(CHANGES_SQL, {"since": since, "projects": sorted(defs)})
-        touched: dict[str, dict[str, int]] = {}
-        for project_id, distinct_id, changed_ms in rows:
-            if project_id not in defs or self._seen.get((project_id, distinct_id), -1) >= changed_ms:
-                continue
-            touched.setdefault(project_id, {})[distinct_id] = changed_ms
-        for project_id, changes in touched.items():
-            written = await self.writer.refresh(project_id, defs[project_id], self._builds[project_id], set(changes))
-            self.metrics.stage_state_rows.inc(written)
-            # Marked handled only once written: after a failure the retry polls these changes again.
-            self._seen.update({(project_id, i): changed for i, changed in changes.items()})
-        # Forget marks that fell out of the look-back margin: those rows will not be seen again.
-        if len(self._seen) > 10_000:
-            self._seen = {k: v for k, v in self._seen.items() if v > since_ms}
 
+        def at(ms: int) -> datetime:
+            return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+        params = {"since": at(since_ms), "next": at(next_ms), "projects": sorted(defs)}
+        _, rows = await self.stores.clickhouse.query(CHANGES_SQL, params)
+        known, following, self._known = self._known, {}, {}
+        touched: dict[str, set[str]] = {}
+        for project_id, source, distinct_id, count, digest, next_count, next_digest in rows:
+            key = (project_id, source, distinct_id)
+            if known.pop(key, (0, 0)) != (count, digest):
+                touched.setdefault(project_id, set()).add(distinct_id)
+            if next_count:
+                following[key] = (next_count, next_digest)
+        for project_id, _, distinct_id in known:  # every row of it left the window: deleted, so recompute too
+            touched.setdefault(project_id, set()).add(distinct_id)
+        for project_id, ids in touched.items():
+            if project_id in defs:
+                written = await self.writer.refresh(project_id, defs[project_id], self._builds[project_id], ids)
+                self.metrics.stage_state_rows.inc(written)
+        # Only now, every refresh written: after a failure the retry starts from nothing known (see _loop).
+        self._known = following

@@ -1,0 +1,110 @@
+"""What segment rules look at — traits and first touch — for the stage-facts refresh, read straight from
+``events``: the table the StageStateUpdater watches (query/state_updater.py).
+
+The profile endpoint (:func:`query.reads.facts_of`) reads the same facts off ``customer_traits`` and
+``first_touch``, which materialized views fill from every insert into ``events`` (migration 0004). An
+insert is not atomic across them: ClickHouse commits the ``events`` part first and the views' parts after
+it (measured in chDB: 15–90 ms later for 10–20 000-row inserts, and as long as any view of the insert
+takes), and nothing stamps the views' rows for the updater to see. A refresh that ran in between computed
+the customer's segments without the new trait and the id was then marked handled: a late identify that
+made a customer a segment member was missed until the next rebuild (issue 18.3). Read from ``events``,
+every row a refresh depends on is a row the updater watches, so a row the refresh did not see changes what
+the updater sees and brings the customer back (docs/kpis.md, "No change is missed").
+
+The rules are those of the views and ``facts_of``: per trait, the newest ``identify`` by event time wins
+across the customer's ids (equal times: the greater value, as ``facts_of`` breaks them across ids); the
+first touch is that of the customer's earliest event, an id's earliest by (time, receipt, message id) — the
+journey's order — so that all four fields come from one event, and across ids the earliest, then the
+smaller id, as ``facts_of``. Where the views leave a tie inside one id to ClickHouse (``argMax``/``argMin``
+over equal times pick any row), these pick one by value or journey order, so that two refreshes of an
+unchanged customer always agree. Only what the segments' rules name is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from journeys.clickhouse import ClickHouse
+from journeys.maps import Segment
+from query.reads import ID_CHUNK, iso
+
+TRAITS_SQL = """
+SELECT distinct_id, kv.1 AS trait, argMax(kv.2, (timestamp, kv.2)), max(timestamp)
+FROM events
+ARRAY JOIN JSONExtractKeysAndValuesRaw(traits) AS kv
+WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)} AND type = 'identify'
+  AND trait IN {traits:Array(String)}
+GROUP BY distinct_id, trait
+"""
+
+# argMin over (time, receipt, message id): all four fields come from one event, the journey's first.
+FIRST_TOUCH_SQL = """
+SELECT distinct_id, min(timestamp),
+       argMin(toString(channel), (timestamp, received_at, message_id)),
+       argMin(toString(utm_source), (timestamp, received_at, message_id)),
+       argMin(toString(utm_medium), (timestamp, received_at, message_id)),
+       argMin(toString(utm_campaign), (timestamp, received_at, message_id))
+FROM events
+WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
+GROUP BY distinct_id
+"""
+
+_TOUCH_FIELDS = ("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign")
+
+
+def fields_of(segments: Iterable[Segment]) -> tuple[list[str], bool]:
+    """(the trait names the segments' rules read, whether any rule reads the first touch)."""
+    traits: set[str] = set()
+    touch = False
+    for segment in segments:
+        for rule in segment.rules:
+            if rule.field.startswith("traits."):
+                traits.add(rule.field[7:])
+            else:
+                touch = True
+    return sorted(traits), touch
+
+
+async def segment_facts(
+    ch: ClickHouse, project_id: str, members: dict[str, list[str]], segments: Iterable[Segment]
+) -> dict[str, dict[str, Any]]:
+    """``{"traits", "first_touch"}`` of each customer (``customer → its ids``), as :func:`query.reads.facts_of`
+    gives them, with only the traits (and the first touch only if) the ``segments`` read."""
+    trait_names, touch = fields_of(segments)
+    owner = {i: customer for customer, ids in members.items() for i in ids}
+    all_ids = list(owner)
+    traits: dict[str, dict[str, tuple[Any, str]]] = {c: {} for c in members}
+    touches: dict[str, tuple[Any, str, tuple]] = {}
+
+    async def none() -> tuple[list[str], list[tuple]]:
+        return [], []
+
+    for start in range(0, len(all_ids) if trait_names or touch else 0, ID_CHUNK):
+        params = {"project_id": project_id, "ids": all_ids[start : start + ID_CHUNK], "traits": trait_names}
+        (_, trait_rows), (_, touch_rows) = await asyncio.gather(
+            ch.query(TRAITS_SQL, params) if trait_names else none(),
+            ch.query(FIRST_TOUCH_SQL, params) if touch else none(),
+        )
+        for distinct_id, trait, value, updated_at in trait_rows:
+            best = traits[owner[distinct_id]].get(trait)
+            if best is None or (updated_at, value) > best:
+                traits[owner[distinct_id]][trait] = (updated_at, value)
+        for distinct_id, first_seen, *fields in touch_rows:
+            customer = owner[distinct_id]
+            best_touch = touches.get(customer)
+            if best_touch is None or (first_seen, distinct_id) < best_touch[:2]:
+                touches[customer] = (first_seen, distinct_id, tuple(fields))
+    out: dict[str, dict[str, Any]] = {}
+    for customer in members:
+        touch_row = touches.get(customer)
+        out[customer] = {
+            "traits": {trait: orjson.loads(value) for trait, (_, value) in sorted(traits[customer].items())},
+            "first_touch": None
+            if touch_row is None
+            else {"first_seen": iso(touch_row[0]), **dict(zip(_TOUCH_FIELDS, touch_row[2]))},
+        }
+    return out
