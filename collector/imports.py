@@ -465,17 +465,7 @@ class _ImportRun:
     async def _append(self, records: list[bytes]) -> None:
         """Append, waiting out a full spool for up to ``import_spool_wait_s``: an import is a batch job that
         would rather slow down than fail, while the inserter drains the spool behind it."""
-        deadline = time.monotonic() + self.spool_wait_s
-        pause = 0.05
-        while True:
-            try:
-                await self.spool.append(*records)
-                return
-            except SpoolFull:
-                if time.monotonic() + pause > deadline:
-                    raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
+        await self.spool.append_waiting(records, self.spool_wait_s)
 
 
 def import_openapi_paths() -> dict[str, Any]:

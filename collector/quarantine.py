@@ -41,7 +41,7 @@ from aiohttp import web
 
 from collector.ingest import _CUT, process_events
 from collector.inserter import encode_records
-from collector.spool import Spool, SpoolError, SpoolFull
+from collector.spool import Spool, SpoolError
 from journeys.clickhouse import ClickHouse, ClickHouseError
 from journeys.http import ApiError, json_response, presented_key
 from journeys.metrics import Metrics
@@ -326,20 +326,6 @@ def record_bytes_for(spool: Spool) -> int:
     return min(RECORD_BYTES, spool.max_bytes // 8)
 
 
-async def append_waiting(spool: Spool, records: list[bytes], wait_s: float) -> None:
-    """Append (durable on return), waiting out a full spool for up to ``wait_s`` while the inserter drains
-    it: a replay is a batch job that would rather slow down than fail."""
-    deadline = time.monotonic() + wait_s
-    pause = 0.05
-    while True:
-        try:
-            await spool.append(*records)
-            return
-        except SpoolFull:
-            if time.monotonic() + pause > deadline:
-                raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -366,7 +352,7 @@ class _ReplayRoute:
         spool = request.app[self.spool_key]
 
         async def append(records: list[bytes]) -> None:
-            await append_waiting(spool, records, settings.import_spool_wait_s)
+            await spool.append_waiting(records, settings.import_spool_wait_s)
 
         async with self.lock:
             try:

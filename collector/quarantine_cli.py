@@ -72,7 +72,7 @@ async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) 
     """The replay in this process; ``None`` when ClickHouse (embedded) or the spool is another process's."""
     from collector.identity import IdentityGraph
     from collector.inserter import Inserter
-    from collector.quarantine import append_waiting, record_bytes_for, replay
+    from collector.quarantine import record_bytes_for, replay
     from collector.spool import Spool, SpoolError
     from journeys.clickhouse import ClickHouse, ClickHouseError
     from journeys.metrics import Metrics
@@ -99,7 +99,7 @@ async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) 
         inserter.start()
 
         async def append(records: list[bytes]) -> None:
-            await append_waiting(spool, records, DRAIN_TIMEOUT_S)
+            await spool.append_waiting(records, DRAIN_TIMEOUT_S)
 
         async def in_clickhouse() -> None:
             """Quarantine rows go only once ClickHouse has the events (nothing else drains this spool)."""

@@ -229,6 +229,21 @@ class Spool:
         *before* requests start bouncing off the cap."""
         return self.pending_bytes >= self.max_bytes * HIGH_WATER
 
+    async def append_waiting(self, payloads: list[bytes], wait_s: float) -> None:
+        """:meth:`append`, waiting out a full spool for up to ``wait_s`` while the inserter drains it: for
+        batch jobs (imports, quarantine replays) that would rather slow down than fail."""
+        deadline = time.monotonic() + wait_s
+        pause = 0.05
+        while True:
+            try:
+                await self.append(*payloads)
+                return
+            except SpoolFull:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
     async def append(self, *payloads: bytes) -> None:
         """Return once every payload is durable on disk, as one record each, written together;
         raise :class:`SpoolError` if they are not."""

@@ -238,33 +238,51 @@ async def facts_of(ch: ClickHouse, project_id: str, members: dict[str, list[str]
     """
     owner = {i: customer for customer, ids in members.items() for i in ids}
     all_ids = list(owner)
-    traits: dict[str, dict[str, tuple[Any, str]]] = {c: {} for c in members}
-    touches: dict[str, tuple[Any, str, tuple]] = {}
+    folded = CustomerFactsFold(members)
     for start in range(0, len(all_ids), ID_CHUNK):
         params = {"project_id": project_id, "ids": all_ids[start : start + ID_CHUNK]}
         (_, trait_rows), (_, touch_rows) = await asyncio.gather(ch.query(TRAITS_SQL, params), ch.query(FIRST_TOUCH_SQL, params))
+        folded.add(owner, trait_rows, touch_rows)
+    return folded.result()
+
+
+FIRST_TOUCH_FIELDS = ("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign")
+
+
+class CustomerFactsFold:
+    """Per-id trait and first-touch rows → each customer's ``{"traits", "first_touch"}``: per trait the newest
+    value across the customer's ids (ties: the larger value), the first touch of the id seen first (ties: the
+    smaller id), so the answer never depends on the order rows come back in. One fold for every reader of
+    these facts (the profile, and the stage-facts refresh in query/segment_facts.py)."""
+
+    def __init__(self, members: dict[str, Any]):
+        self.members = members
+        self.traits: dict[str, dict[str, tuple[Any, str]]] = {c: {} for c in members}
+        self.touches: dict[str, tuple[Any, str, tuple[Any, ...]]] = {}
+
+    def add(self, owner: dict[str, str], trait_rows: Any, touch_rows: Any) -> None:
+        """``trait_rows``: (id, trait, value JSON, updated_at); ``touch_rows``: (id, first_seen, *FIRST_TOUCH_FIELDS)."""
         for distinct_id, trait, value, updated_at in trait_rows:
-            best = traits[owner[distinct_id]].get(trait)
+            best = self.traits[owner[distinct_id]].get(trait)
             if best is None or (updated_at, value) > best:
-                traits[owner[distinct_id]][trait] = (updated_at, value)
+                self.traits[owner[distinct_id]][trait] = (updated_at, value)
         for distinct_id, first_seen, *fields in touch_rows:
             customer = owner[distinct_id]
-            best_touch = touches.get(customer)
+            best_touch = self.touches.get(customer)
             if best_touch is None or (first_seen, distinct_id) < best_touch[:2]:
-                touches[customer] = (first_seen, distinct_id, tuple(fields))
-    out: dict[str, dict[str, Any]] = {}
-    for customer in members:
-        touch = touches.get(customer)
-        out[customer] = {
-            "traits": {trait: orjson.loads(value) for trait, (_, value) in sorted(traits[customer].items())},
-            "first_touch": None
-            if touch is None
-            else {
-                "first_seen": iso(touch[0]),
-                **dict(zip(("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign"), touch[2])),
-            },
-        }
-    return out
+                self.touches[customer] = (first_seen, distinct_id, tuple(fields))
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for customer in self.members:
+            touch = self.touches.get(customer)
+            out[customer] = {
+                "traits": {trait: orjson.loads(value) for trait, (_, value) in sorted(self.traits[customer].items())},
+                "first_touch": None
+                if touch is None
+                else {"first_seen": iso(touch[0]), **dict(zip(FIRST_TOUCH_FIELDS, touch[2]))},
+            }
+        return out
 
 
 STATS_SQL = """

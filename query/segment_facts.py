@@ -26,11 +26,9 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
 from journeys.clickhouse import ClickHouse
 from journeys.maps import Segment
-from query.reads import ID_CHUNK, iso
+from query.reads import ID_CHUNK, CustomerFactsFold
 
 TRAITS_SQL = """
 SELECT distinct_id, kv.1 AS trait, argMax(kv.2, (timestamp, kv.2)), max(timestamp)
@@ -52,8 +50,6 @@ FROM events
 WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
 GROUP BY distinct_id
 """
-
-_TOUCH_FIELDS = ("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign")
 
 
 def fields_of(segments: Iterable[Segment]) -> tuple[list[str], bool]:
@@ -77,8 +73,7 @@ async def segment_facts(
     trait_names, touch = fields_of(segments)
     owner = {i: customer for customer, ids in members.items() for i in ids}
     all_ids = list(owner)
-    traits: dict[str, dict[str, tuple[Any, str]]] = {c: {} for c in members}
-    touches: dict[str, tuple[Any, str, tuple]] = {}
+    folded = CustomerFactsFold(members)
 
     async def none() -> tuple[list[str], list[tuple]]:
         return [], []
@@ -89,22 +84,5 @@ async def segment_facts(
             ch.query(TRAITS_SQL, params) if trait_names else none(),
             ch.query(FIRST_TOUCH_SQL, params) if touch else none(),
         )
-        for distinct_id, trait, value, updated_at in trait_rows:
-            best = traits[owner[distinct_id]].get(trait)
-            if best is None or (updated_at, value) > best:
-                traits[owner[distinct_id]][trait] = (updated_at, value)
-        for distinct_id, first_seen, *fields in touch_rows:
-            customer = owner[distinct_id]
-            best_touch = touches.get(customer)
-            if best_touch is None or (first_seen, distinct_id) < best_touch[:2]:
-                touches[customer] = (first_seen, distinct_id, tuple(fields))
-    out: dict[str, dict[str, Any]] = {}
-    for customer in members:
-        touch_row = touches.get(customer)
-        out[customer] = {
-            "traits": {trait: orjson.loads(value) for trait, (_, value) in sorted(traits[customer].items())},
-            "first_touch": None
-            if touch_row is None
-            else {"first_seen": iso(touch_row[0]), **dict(zip(_TOUCH_FIELDS, touch_row[2]))},
-        }
-    return out
+        folded.add(owner, trait_rows, touch_rows)
+    return folded.result()

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from support import basic, gzipped, stored_rows, wait_drained, wait_stored, wait_until
+from support import basic, gzipped, stored_rows, wait_drained, wait_stored
 
 
 def _iso(dt: datetime) -> str:

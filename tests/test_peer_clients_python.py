@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ async def _drive(which: str, host: str, key: str, shift_s: float) -> tuple[str, 
 
 async def _events(http, query, key: str, customer: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     async with http.get(query.make_url(f"/v1/customers/{customer}/events"), headers=basic(key)) as response:
+        if response.status == 404:  # none of their events stored yet
+            return []
         assert response.status == 200, await response.text()
         return (await response.json())["events"]
 

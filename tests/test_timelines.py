@@ -159,7 +159,6 @@ async def test_no_read_changes_when_clickhouse_merges_a_retry_away(stores, proje
     that copy from the start — events, journey (timelines, never merged) and the stage facts' read — so no
     answer depends on whether a merge has run."""
     from journeys.maps import validate_map
-    from query.journey import CompiledMap
     from query.stage_state import Definitions, StateWriter
     from test_journey import MAP
 
