@@ -397,14 +397,158 @@ def _kpi_paths() -> dict[str, Any]:
     }
 
 
+_LAST_TOUCH: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "The customer's latest event (over every stitched id, each message once): its `touchpoint` and "
+    "`channel` columns and its time; null without events.",
+    "properties": {"touchpoint": {"type": "string"}, "channel": {"type": "string"}, "at": {"type": "string", "format": "date-time"}},
+}
+
+KPI_CUSTOMERS: dict[str, Any] = {
+    "type": "object",
+    "required": ["map", "window", "as_of", "rebuilding", "includes", "segment", "stage", "outcome", "total", "customers", "next_cursor"],
+    "properties": {
+        "map": {"type": "object"},
+        "window": {"type": "object"},
+        "as_of": {"type": "string", "format": "date-time", "description": "Now, for dropped vs in progress; fixed by the cursor for every later page."},
+        "rebuilding": {"type": ["object", "null"]},
+        "includes": {"type": "object"},
+        "segment": {"type": ["string", "null"]},
+        "stage": {"type": "object"},
+        "outcome": {"type": "string", "enum": ["reached", "entered", "converted", "dropped", "in_progress"]},
+        "total": {"type": "integer", "minimum": 0, "description": "Customers in the whole list: the KPI count (same as_of)."},
+        "customers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["customer_id", "entered_at", "outcome", "moved_on_at", "brought_in_by", "current_stage", "last_touch"],
+                "properties": {
+                    "customer_id": {"type": "string"},
+                    "entered_at": {"type": "string", "format": "date-time", "description": "entered(S)."},
+                    "outcome": {"type": ["string", "null"], "enum": ["converted", "dropped", "in_progress", None],
+                                "description": "At this stage as of `as_of` (null at the last stage)."},
+                    "moved_on_at": _NULLABLE_TIME,
+                    "brought_in_by": {"type": "object", "description": "The touchpoint rule and channel of their entry."},
+                    "current_stage": {"type": ["string", "null"], "description": "The stage of their latest transition."},
+                    "last_touch": _LAST_TOUCH,
+                },
+            },
+        },
+        "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last."},
+    },
+}
+
+_RANKED = {"type": "array", "items": {"type": "object"}, "description": "Most customers first (ties by name), at most 10."}
+DROPPED_SUMMARY: dict[str, Any] = {
+    "type": "object",
+    "required": ["stage", "dropped", "last_touchpoints", "last_channels", "after_entry"],
+    "properties": {
+        "stage": {"type": "object"},
+        "segment": {"type": ["string", "null"]},
+        "dropped": {"type": "integer", "minimum": 0, "description": "The KPI `dropped` of the stage (same as_of)."},
+        "last_touchpoints": _RANKED,
+        "last_channels": _RANKED,
+        "after_entry": {
+            "type": "object",
+            "description": "Their events after entered(S), up to entered(S) + the conversion window.",
+            "properties": {"customers": {"type": "integer", "minimum": 0}, "touchpoints": _RANKED, "channels": _RANKED},
+        },
+    },
+}
+
+CUSTOMER_SEARCH: dict[str, Any] = {
+    "type": "object",
+    "required": ["customers", "truncated"],
+    "properties": {
+        "customers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["customer_id", "matched_ids", "last_touch"],
+                "properties": {"customer_id": {"type": "string"}, "matched_ids": _IDS, "last_touch": _LAST_TOUCH},
+            },
+        },
+        "truncated": {"type": "boolean", "description": "More customers matched than `limit`."},
+    },
+}
+
+
+def _kpi_customer_paths() -> dict[str, Any]:
+    """``/v1/kpis/customers`` and ``/v1/kpis/dropped`` (query/kpi_customers.py, docs/kpis.md)."""
+    day = {"type": "string", "format": "date"}
+    common = [
+        query_param("map", {"type": "string", "minLength": 1}, "The journey map (its latest version).", required=True),
+        query_param("stage", {"type": "string", "minLength": 1}, "The stage's id.", required=True),
+        query_param("segment", {"type": "string"}, "A segment name; default all customers (`*` is refused: one list at a time)."),
+        query_param("from", day, "First UTC day, included (default: 29 days before `to`)."),
+        query_param("to", day, "Last UTC day, included (default: today)."),
+        query_param("version", {"type": "integer", "minimum": 1}, "Must be the version KPIs are kept for, if given."),
+    ]
+    return {
+        "/v1/kpis/customers": {
+            "get": operation(
+                "The customers behind a stage count",
+                tags=["kpis"],
+                description="Exactly the customers `/v1/kpis` counts as `outcome` at `stage` (same facts, window and "
+                "now; docs/kpis.md, \"The customers behind a count\"), newest entry first, paged by `cursor`. "
+                "`format=csv` streams every page.",
+                parameters=[
+                    *common,
+                    query_param("outcome", {"type": "string", "enum": ["reached", "entered", "converted", "dropped", "in_progress"]},
+                                "Which count.", required=True),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Customers per page (default 100)."),
+                    query_param("cursor", {"type": "string"}, "`next_cursor` of the previous page."),
+                    query_param("format", {"type": "string", "enum": ["json", "csv"]}, "json (default) or csv (every page)."),
+                ],
+                responses={
+                    200: {"description": "One page (JSON), or the whole list (CSV).",
+                          "content": {"application/json": {"schema": ref("KpiCustomers")}, "text/csv": {"schema": {"type": "string"}}}},
+                    503: error_response(503, "KPIs for this map, version or segment are being computed for the first time.", retry_after=True),
+                },
+                errors=(400, 401, 403, 404),
+            )
+        },
+        "/v1/kpis/dropped": {
+            "get": operation(
+                "What the customers who dropped at a stage did",
+                tags=["kpis"],
+                description="Their most frequent last touchpoints and channels, and their touchpoints between entering "
+                "the stage and the end of its conversion window (docs/kpis.md, \"After drop-off\").",
+                parameters=common,
+                responses={
+                    200: json_ok(ref("DroppedSummary")),
+                    503: error_response(503, "KPIs for this map, version or segment are being computed for the first time.", retry_after=True),
+                },
+                errors=(400, 401, 403, 404),
+            )
+        },
+    }
+
+
 def query_openapi() -> dict[str, Any]:
     paths: dict[str, Any] = {
+        "/v1/customers": {
+            "get": operation(
+                "Find customers: by id prefix, or the most recently active",
+                tags=["customers"],
+                description="`prefix=P`: customers with an id (with events) starting with P, by customer id. "
+                "`recent=1`: the customers with the latest events (of the last 30 days; all time when fewer). One of "
+                "the two is required (docs/identity.md).",
+                parameters=[
+                    query_param("prefix", {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}, "Start of any of the customer's ids."),
+                    query_param("recent", {"type": "string", "enum": ["1", "true"]}, "The most recently active customers."),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "At most this many (default 20)."),
+                ],
+                responses={200: json_ok(ref("CustomerSearch"))},
+                errors=_READ,
+            )
+        },
         "/v1/customers/{customer_id}/events": {
             "get": operation(
                 "A customer's events, every id stitched, each event once, in time order",
                 tags=["customers"],
                 parameters=[_CUSTOMER_ID, query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "At most this many (default 1000).")],
-                responses={200: json_ok(ref("CustomerEvents"))},
+                responses={200: json_ok(ref("CustomerEvents")), 404: error_response(404, "No customer with this id (no event of any of their ids).")},
                 errors=_READ,
             )
         },
@@ -413,7 +557,7 @@ def query_openapi() -> dict[str, Any]:
                 "A customer's journey through a map",
                 tags=["customers"],
                 parameters=[_CUSTOMER_ID, query_param("map", {"type": "string", "minLength": 1}, "The journey map.", required=True), _VERSION],
-                responses={200: json_ok(ref("Journey"))},
+                responses={200: json_ok(ref("Journey"), "The journey; empty for a known customer with no touchpoint of the map.")},
                 errors=(*_READ, 404),
             )
         },
@@ -422,7 +566,7 @@ def query_openapi() -> dict[str, Any]:
                 "A customer: ids, latest traits, first touch, segments",
                 tags=["customers"],
                 parameters=[_CUSTOMER_ID],
-                responses={200: json_ok(ref("Customer"))},
+                responses={200: json_ok(ref("Customer")), 404: error_response(404, "No customer with this id (no event of any of their ids).")},
                 errors=_READ,
             ),
             "delete": operation(
@@ -459,6 +603,7 @@ def query_openapi() -> dict[str, Any]:
         },
         **_key_paths(),
         **_kpi_paths(),
+        **_kpi_customer_paths(),
         **_definition_paths("map", "maps", "MapDocument"),
         **_definition_paths("segment", "segments", "SegmentDocument"),
     }
@@ -476,6 +621,9 @@ def query_openapi() -> dict[str, Any]:
             "CustomerEvents": CUSTOMER_EVENTS,
             "Customer": CUSTOMER,
             "Journey": JOURNEY,
+            "KpiCustomers": KPI_CUSTOMERS,
+            "DroppedSummary": DROPPED_SUMMARY,
+            "CustomerSearch": CUSTOMER_SEARCH,
             "Stats": STATS,
             "Forgotten": FORGOTTEN,
             "Quarantine": QUARANTINE,

@@ -15,7 +15,7 @@ from journeys.stores import Stores
 from journeys import definitions
 from journeys.maps import SLUG, SLUG_RULE, validate_map
 from query.journey import CompiledMap, build_journey
-from query import customers, definitions_api, keys_api, kpis_api, quarantine_api
+from query import customers, definitions_api, keys_api, kpi_customers, kpis_api, quarantine_api
 from query.dashboard import add_dashboard_routes
 from query.state_updater import StageStateUpdater
 from query.api_spec import query_openapi
@@ -34,6 +34,7 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app[STORES] = stores
     app[METRICS] = metrics
     # Ids are arbitrary strings (emails, URLs, braces, slashes): match anything up to the last segment.
+    app.router.add_get("/v1/customers", _find_customers)  # ?prefix= or ?recent=1: docs/identity.md
     app.router.add_get("/v1/customers/{customer_id:.+}/events", _customer_events)
     app.router.add_get("/v1/customers/{customer_id:.+}/journey", _customer_journey)
     app.router.add_get("/v1/customers/{customer_id:.+}", _customer)
@@ -41,6 +42,7 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app.router.add_get("/v1/stats", _stats)
     definitions_api.add_routes(app, principal_of, STORES)
     kpis_api.add_routes(app, principal_of, STORES)
+    kpi_customers.add_routes(app, principal_of, STORES)  # GET /v1/kpis/customers, /v1/kpis/dropped: docs/kpis.md
     quarantine_api.add_routes(app, principal_of, STORES)  # GET /v1/quarantine (admin): docs/quarantine.md
     keys_api.add_routes(app, principal_of, STORES)  # GET/POST /v1/keys, DELETE /v1/keys/{prefix} (admin): docs/keys.md
     add_dashboard_routes(app)  # GET / and /static/…: the marketer dashboard (query/static/)
@@ -106,6 +108,8 @@ async def _customer_events(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
     ch = request.app[STORES].clickhouse
     customer_id, ids, events = await stitched_events(ch, principal.project_id, asked, limit)
+    if not events:  # limit >= 1: no event of any of their ids
+        raise _no_such_customer(asked)
     return json_response({"customer_id": customer_id, "ids": ids, "count": len(events), "events": events})
 
 
@@ -128,6 +132,10 @@ async def _customer_journey(request: web.Request) -> web.Response:
     if found is None:
         what = f"map {map_name!r}" + (f" version {version}" if version else "")
         raise ApiError(404, [{"field": "map", "reason": f"no {what} in this project"}])
+    # A known customer has events (maybe none of this map: an empty journey, 200). The journey read is off
+    # `timelines`, whose part commits just after the events' part: asked about then, `events` says.
+    if not events and not await customers.known(stores.clickhouse, principal.project_id, ids):
+        raise _no_such_customer(asked)
     compiled = CompiledMap(validate_map(found.body), found.version)
     return json_response({"customer_id": customer_id, "ids": ids, **build_journey(events, compiled)})
 
@@ -135,7 +143,37 @@ async def _customer_journey(request: web.Request) -> web.Response:
 async def _customer(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     stores = request.app[STORES]
-    return json_response(await customers.profile(stores.clickhouse, stores.pg, principal.project_id, _customer_id(request)))
+    asked = _customer_id(request)
+    try:
+        return json_response(await customers.profile(stores.clickhouse, stores.pg, principal.project_id, asked))
+    except customers.NoSuchCustomer:
+        raise _no_such_customer(asked) from None
+
+
+def _no_such_customer(asked: str) -> ApiError:
+    """No id of the customer has an event stored: never seen in this project, or forgotten."""
+    return ApiError(404, [{"field": "customer_id", "reason": f"no customer {asked[:80]!r} in this project"}])
+
+
+SEARCH_LIMIT = 100
+
+
+async def _find_customers(request: web.Request) -> web.Response:
+    """``?prefix=P``: customers with an id starting with P; ``?recent=1``: the most recently active."""
+    principal = await principal_of(request)
+    query = request.query
+    limit = _int_param(request, "limit", 20, 1, SEARCH_LIMIT)
+    prefix, recent = query.get("prefix"), query.get("recent")
+    if prefix is not None and recent is not None:
+        raise ApiError(400, [{"field": "recent", "reason": "give prefix or recent, not both"}])
+    ch = request.app[STORES].clickhouse
+    if recent is not None:
+        if recent not in ("1", "true"):
+            raise ApiError(400, [{"field": "recent", "reason": "must be 1 (or true)"}])
+        return json_response(await customers.recent(ch, principal.project_id, limit))
+    if not prefix or len(prefix) > MAX_ID_CHARS:
+        raise ApiError(400, [{"field": "prefix", "reason": f"required (or recent=1): 1-{MAX_ID_CHARS} characters an id starts with"}])
+    return json_response(await customers.search(ch, principal.project_id, prefix, limit))
 
 
 async def _forget_customer(request: web.Request) -> web.Response:

@@ -45,9 +45,9 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
             # First, before the serving build and the facts: the poll that stored it had written its facts, and
             # whichever build serves now holds them (a build that began after that poll read everything then).
             acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
-            kpi_request, csv = await _kpi_request(request, principal, stores)
+            kpi_request, csv = await parse_kpi_request(request, principal, stores)
             result = await compute(stores.clickhouse, kpi_request)
-        return kpi_request, csv, _with_includes(result, acknowledged_before)
+        return kpi_request, csv, with_includes(result, acknowledged_before)
 
     async def kpis(request: web.Request) -> web.StreamResponse:
         kpi_request, csv, result = await answer(request, stage_kpis)
@@ -67,7 +67,7 @@ INCLUDES_SQL = "SELECT acknowledged_before FROM stage_state_cursor WHERE id = 1"
 INCLUDES_HEADER = "X-Journeys-Acknowledged-Before"
 
 
-def _with_includes(result: dict[str, Any], acknowledged_before: datetime | None) -> dict[str, Any]:
+def with_includes(result: dict[str, Any], acknowledged_before: datetime | None) -> dict[str, Any]:
     """The answer with ``includes`` placed after ``rebuilding``: the ingest position it counts."""
     includes = {"acknowledged_before": None if acknowledged_before is None else iso(acknowledged_before)}
     out: dict[str, Any] = {}
@@ -107,7 +107,7 @@ def _bad_day(name: str) -> date:
     raise ApiError(400, [{"field": name, "reason": f"must be a date as YYYY-MM-DD (UTC), {FIRST_DAY} to {LAST_DAY}"}])
 
 
-async def _kpi_request(request: web.Request, principal: Principal, stores: Stores) -> tuple[KpiRequest, bool]:
+async def parse_kpi_request(request: web.Request, principal: Principal, stores: Stores) -> tuple[KpiRequest, bool]:
     query = request.query
     fmt = query.get("format", "json")
     if fmt not in ("json", "csv"):

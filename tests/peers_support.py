@@ -298,6 +298,8 @@ async def customer_events(http, query, read_key: str, customer_id: str) -> dict[
     from urllib.parse import quote
 
     async with http.get(query.make_url(f"/v1/customers/{quote(customer_id, safe='')}/events"), headers=basic(read_key)) as r:
+        if r.status == 404:  # no event of theirs stored (yet)
+            return {"customer_id": customer_id, "ids": [], "count": 0, "events": []}
         assert r.status == 200, await r.text()
         return await r.json()
 

@@ -159,6 +159,9 @@ async def test_access_log_line_per_request_without_secrets(root_logging, http, c
         headers={**basic(project.write_key), "X-Request-Id": "ingest-42"},
     ) as resp:
         assert resp.status == 200
+    from support import wait_drained
+
+    await wait_drained(collector)  # stored: a customer with no event yet is a 404
     async with http.get(
         query.make_url(f"/v1/customers/{customer}/events"), headers={"Authorization": f"Bearer {project.read_key}"}
     ) as resp:

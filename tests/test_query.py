@@ -64,7 +64,7 @@ async def test_another_projects_key_sees_nothing(http, collector, query, stores,
     status, mine = await _get(http, query, "/v1/customers/shared-id/events", basic(project.read_key))
     assert status == 200 and mine["count"] == 1
     status, theirs = await _get(http, query, "/v1/customers/shared-id/events", basic(other.read_key))
-    assert status == 200 and theirs["count"] == 0
+    assert status == 404 and theirs["errors"][0]["field"] == "customer_id"  # no such customer in theirs
     status, stats = await _get(http, query, "/v1/stats", basic(other.read_key))
     assert stats["events"] == 0 and stats["newest_received_at"] is None
 
@@ -87,7 +87,7 @@ async def test_hostile_customer_ids_are_just_ids(http, collector, query, project
     status, body = await _get(http, query, f"/v1/customers/{quote(hostile, safe='')}/events", basic(project.read_key))
     assert status == 200 and [e["event"] for e in body["events"]] == ["Quoted"]
     status, body = await _get(http, query, "/v1/customers/%7Bproject_id%3AString%7D/events", basic(project.read_key))
-    assert status == 200 and body["count"] == 0
+    assert status == 404 and body["errors"][0]["field"] == "customer_id"  # an id like any other: nobody
     await _send(http, collector, project.write_key, [{"type": "track", "userId": "https://id.test/u/7", "event": "Slashy"}])
     await wait_drained(collector)
     status, body = await _get(http, query, "/v1/customers/https:%2F%2Fid.test%2Fu%2F7/events", basic(project.read_key))

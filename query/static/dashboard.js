@@ -19,7 +19,12 @@
 
   const $ = (id) => document.getElementById(id);
   const state = { key: null, view: "journey", maps: [], segments: [], customer: null, busy: false, again: false, timer: null,
-    kpis: null, daily: null, compare: null, journey: null, rebuilding: null, polling: false };
+    kpis: null, daily: null, compare: null, journey: null, rebuilding: null, polling: false,
+    list: null, listToken: 0, stageNames: {}, searchTimer: null, searchToken: 0 };
+  const LIST_LIMIT = 100;
+  const UNDECIDED_BANNER_BELOW = 0.5; // decided share of the range's entries under which the banner shows
+  const OUTCOME_TEXT = { reached: "Reached", entered: "Entered", converted: "Converted", dropped: "Dropped", in_progress: "Still in progress" };
+  const OUTCOME_COLORS = { converted: "#1a7f37", dropped: "#c62828", in_progress: "#9aa5b8" };
 
   // ---------- small DOM helpers (text only) ----------
   function el(tag, attrs, ...children) {
@@ -46,6 +51,7 @@
     return (seconds / 86400).toFixed(1) + " d";
   }
   const iso = (d) => d.toISOString().slice(0, 10);
+  const days = (n) => (n === 1 ? "1 day" : n + " days");
   const segLabel = (s) => (s === null ? "All customers" : s);
   const segKey = (s) => (s === null ? "all" : s);
 
@@ -139,6 +145,8 @@
     }
     // Comparison always shows every segment; the customer view needs no segment.
     $("segment-label").hidden = state.view === "compare" || state.view === "customer";
+    $("drill").hidden = state.view === "customer" || !state.list;
+    if (state.view === "customer") $("undecided-banner").hidden = true;
     refresh();
   }
 
@@ -216,16 +224,52 @@
     state.daily = daily;
     const seg = kpis.segments[0];
     $("journey-sub").textContent = "· " + kpis.map.name + " v" + kpis.map.version + " · " + segLabel(seg.segment) + " · " + kpis.window.from + " to " + kpis.window.to;
+    noteStages(seg.stages);
+    renderBanner(seg, kpis);
     renderBottleneck(seg);
-    $("stages").replaceChildren(...seg.stages.map((s) => stageColumn(s, seg.bottleneck)));
+    $("stages").replaceChildren(...seg.stages.map((s) => stageColumn(s, seg.bottleneck, seg.segment)));
     renderDaily(daily, seg.stages);
+  }
+
+  function noteStages(stages) {
+    state.stageNames = Object.fromEntries(stages.map((s) => [s.id, s.name]));
+    state.windows = Object.fromEntries(stages.map((s) => [s.id, s.conversion_window_days]));
+  }
+
+  // Most customers who entered in the range still inside their conversion window: say so before any number,
+  // and offer a range whose outcomes are decided (it ends the longest conversion window ago).
+  function renderBanner(seg, kpis) {
+    const open = seg.stages.slice(0, -1);
+    const entered = open.reduce((n, s) => n + (s.entered || 0), 0);
+    const decided = open.reduce((n, s) => n + (s.converted || 0) + (s.dropped || 0), 0);
+    const banner = $("undecided-banner");
+    const share = entered ? decided / entered : null;
+    banner.dataset.decidedShare = share === null ? "" : String(share);
+    if (share === null || share >= UNDECIDED_BANNER_BELOW) { banner.hidden = true; return; }
+    const longest = Math.max(...open.map((s) => s.conversion_window_days || 0));
+    const end = new Date(Date.parse(kpis.as_of) - Math.ceil(longest) * 86400000);
+    const start = new Date(end.getTime() - 29 * 86400000);
+    state.decidedRange = { from: iso(start), to: iso(end) };
+    $("undecided-text").textContent = "Too early to tell: " + pct(1 - share) + " of the " + num(entered) +
+      " stage entries between " + kpis.window.from + " and " + kpis.window.to + " are still in progress (inside a conversion window of up to " +
+      longest + " days). Their conversion rates and targets can still go either way; only " + pct(share) + " are decided.";
+    $("decided-range").textContent = "Show " + state.decidedRange.from + " to " + state.decidedRange.to + " (outcomes decided)";
+    banner.hidden = false;
   }
 
   function renderBottleneck(seg) {
     const node = $("bottleneck");
     const b = seg.bottleneck;
-    node.classList.toggle("none", !b);
-    if (!b) { node.textContent = "No stage is below its target."; node.dataset.stage = ""; return; }
+    const undecided = seg.stages.filter((s) => s.status === "undecided").map((s) => s.name);
+    node.classList.toggle("none", !b && !undecided.length);
+    node.classList.toggle("pending", !b && undecided.length > 0);
+    if (!b) {
+      node.dataset.stage = "";
+      node.textContent = undecided.length
+        ? "No stage is decidedly below its target yet; too early to tell for " + undecided.join(", ") + "."
+        : "No stage is below its target.";
+      return;
+    }
     const stage = seg.stages.find((s) => s.id === b.stage);
     const show = b.metric === "conversion_rate" ? pct : (x) => (x === null ? "—" : x.toFixed(2) + " d");
     node.dataset.stage = b.stage;
@@ -235,11 +279,28 @@
 
   const STATUS_TEXT = { met: "Target met", below_target: "Below target", undecided: "Too early to tell", no_data: "No data yet", no_target: "No target" };
 
-  function stageColumn(s, bottleneck) {
+  // A count that opens the customers behind it (GET /v1/kpis/customers): same definitions, same length.
+  function countButton(value, spec) {
+    if (value === null || value === undefined) return "—";
+    if (!value) return num(value);
+    return el("button", { type: "button", class: "count", "data-open-list": "1", "data-stage": spec.stage, "data-outcome": spec.outcome,
+      "data-segment": spec.segment === null || spec.segment === undefined ? "" : spec.segment,
+      "aria-label": num(value) + " customers " + OUTCOME_TEXT[spec.outcome].toLowerCase() + " — show them" }, num(value));
+  }
+
+  function outcomeBar(s, segment) {
+    if (s.converted === null || !s.entered) return null;
+    const part = (outcome, n) => (n ? el("span", { class: "part " + outcome, style: "flex-grow: " + n, title: OUTCOME_TEXT[outcome] + ": " + num(n) + " of " + num(s.entered) }) : null);
+    return el("div", { class: "outcomes", testid: "stage-" + s.id + "-outcomes", "aria-hidden": "true", "data-segment": segment || "" },
+      part("converted", s.converted), part("dropped", s.dropped), part("in_progress", s.in_progress));
+  }
+
+  function stageColumn(s, bottleneck, segment) {
     const isBottleneck = bottleneck && bottleneck.stage === s.id;
     const id = s.id;
     const row = (label, field, value, text) =>
       [el("dt", {}, label), el("dd", { testid: "stage-" + id + "-" + field, "data-value": value === null || value === undefined ? "" : value }, text)];
+    const open = (outcome, value) => countButton(value, { stage: id, outcome, segment });
     const sent = s.sentiment;
     const targets = s.targets.map((t) => {
       const show = t.metric === "conversion_rate" ? pct : (x) => (x === null ? "—" : x.toFixed(2) + " d");
@@ -253,17 +314,23 @@
     const tops = (items, key) => (items.length
       ? el("ol", {}, items.map((t) => el("li", {}, t[key] || "(none)", " · ", num(t.customers))))
       : el("p", { class: "hint" }, "none"));
+    const bounds = s.conversion_rate_bounds;
+    const boundsText = !bounds ? "—" : bounds.lowest === bounds.highest ? pct(bounds.lowest) : pct(bounds.lowest) + " – " + pct(bounds.highest);
     return el("article", { class: "stage " + s.status + (isBottleneck ? " is-bottleneck" : ""), testid: "stage-" + id,
       "data-status": s.status, "aria-label": s.name + ": " + STATUS_TEXT[s.status] + (isBottleneck ? ", bottleneck" : "") },
       el("h3", {}, el("span", {}, s.name), isBottleneck ? el("span", { class: "flag", testid: "bottleneck-flag" }, "Bottleneck") : null),
-      el("span", { class: "status-line" }, STATUS_TEXT[s.status]),
+      el("span", { class: "status-line", testid: "stage-" + id + "-status" }, STATUS_TEXT[s.status]),
+      outcomeBar(s, segment),
       el("dl", {},
-        row("Reached", "reached", s.reached, num(s.reached)),
-        row("Entered in window", "entered", s.entered, num(s.entered)),
-        row("Conversion to next", "conversion", s.conversion_rate, pct(s.conversion_rate)),
-        row("Drop-off", "dropoff", s.drop_off_rate, pct(s.drop_off_rate)),
-        row("In progress", "in-progress", s.in_progress, num(s.in_progress)),
+        row("Reached by the end of the range", "reached", s.reached, open("reached", s.reached)),
+        row("Entered in the range", "entered", s.entered, open("entered", s.entered)),
+        row("· converted", "converted", s.converted, open("converted", s.converted)),
+        row("· dropped", "dropped", s.dropped, open("dropped", s.dropped)),
+        row("· still in progress", "in-progress", s.in_progress, open("in_progress", s.in_progress)),
         row("Outcome decided for", "decided", s.decided_share, pct(s.decided_share)),
+        row("Conversion of the decided", "conversion", s.conversion_rate, pct(s.conversion_rate)),
+        row("Conversion will end between", "bounds", bounds ? bounds.lowest + "," + bounds.highest : null, boundsText),
+        row("Drop-off of the decided", "dropoff", s.drop_off_rate, pct(s.drop_off_rate)),
         row("Median time to convert", "median", s.time_to_next_seconds.median, duration(s.time_to_next_seconds.median)),
         row("p90 time to convert", "p90", s.time_to_next_seconds.p90, duration(s.time_to_next_seconds.p90)),
         row("Regressions into", "regressions", s.regressions_into, num(s.regressions_into)),
@@ -300,44 +367,66 @@
     state.kpis = kpis;
     const seg = kpis.segments[0];
     const stages = seg.stages;
+    noteStages(stages);
+    renderBanner(seg, kpis);
     $("flow-sub").textContent = "· " + segLabel(seg.segment) + " · " + kpis.window.from + " to " + kpis.window.to;
+    $("funnel-title").textContent = "Funnel: customers who entered each stage between " + kpis.window.from + " and " + kpis.window.to;
+    // One group per row: the customers who entered the stage in the range (the cohort the outcomes are of).
     Plotly.react("funnel-chart", [{
-      type: "funnel", y: stages.map((s) => s.name), x: stages.map((s) => s.reached), textinfo: "value+percent initial",
-      marker: { color: stages.map((s) => (s.status === "below_target" ? "#c62828" : s.status === "met" ? "#1a7f37" : "#2457c5")) },
+      type: "funnel", y: stages.map((s) => s.name), x: stages.map((s) => s.entered), textinfo: "value",
+      hovertemplate: "%{y}: %{x} entered in the range<extra></extra>",
+      marker: { color: stages.map((s) => (s.status === "below_target" ? "#c62828" : s.status === "met" ? "#1a7f37" : s.status === "undecided" ? "#b45309" : "#2457c5")) },
     }], { margin: { t: 20, r: 10, b: 30, l: 90 } }, PLOT_CONFIG);
-    Plotly.react("flow-chart", [sankey(stages, seg.transitions)], { margin: { t: 20, r: 10, b: 20, l: 10 } }, PLOT_CONFIG);
+    const widens = stages.slice(1).filter((s, i) => s.entered > stages[i].entered);
+    $("funnel-note").textContent = "One group per row: the customers whose first touchpoint of that stage lies in the range." +
+      (widens.length ? " " + widens.map((s) => s.name).join(", ") + (widens.length > 1 ? " count" : " counts") +
+        " more than the stage before: customers can start the journey at any stage, skip stages (see the skips in the flow), or have entered the earlier stage before the range." : "");
+    const diagram = sankey(stages, seg.transitions);
+    Plotly.react("flow-chart", [diagram.trace], { margin: { t: 20, r: 10, b: 20, l: 10 } }, PLOT_CONFIG);
+    $("flow-links").replaceChildren(...diagram.explained.map((text, i) => el("li", { testid: "flow-link-" + i }, text)));
+    const open = (s, outcome, value) => countButton(value, { stage: s.id, outcome, segment: seg.segment });
     const cells = (s) => [
-      ["reached", s.reached], ["converted", s.converted], ["dropped", s.dropped], ["in-progress", s.in_progress],
-      ["regressions", s.regressions_into], ["skips", s.skips_over], ["repeats", s.repeats],
+      ["entered", s.entered, open(s, "entered", s.entered)], ["converted", s.converted, open(s, "converted", s.converted)],
+      ["dropped", s.dropped, open(s, "dropped", s.dropped)], ["in-progress", s.in_progress, open(s, "in_progress", s.in_progress)],
+      ["decided", s.decided_share, pct(s.decided_share)], ["reached", s.reached, open(s, "reached", s.reached)],
+      ["regressions", s.regressions_into, num(s.regressions_into)], ["skips", s.skips_over, num(s.skips_over)], ["repeats", s.repeats, num(s.repeats)],
     ];
     $("flow-table").tBodies[0].replaceChildren(...stages.map((s) => el("tr", {},
       el("th", { scope: "row" }, s.name),
-      cells(s).map(([field, v]) => el("td", { class: "num", testid: "flow-" + s.id + "-" + field, "data-value": v === null ? "" : v }, num(v))))));
+      cells(s).map(([field, v, shown]) => el("td", { class: "num", testid: "flow-" + s.id + "-" + field, "data-value": v === null ? "" : v }, shown)))));
   }
 
   function sankey(stages, transitions) {
     const n = stages.length;
-    const labels = [...stages.map((s) => s.name), "Dropped", "In progress"];
-    const link = { source: [], target: [], value: [], color: [], label: [] };
-    const add = (source, target, value, color, label) => {
+    const dropped = stages.slice(0, -1).reduce((k, s) => k + (s.dropped || 0), 0);
+    const progress = stages.slice(0, -1).reduce((k, s) => k + (s.in_progress || 0), 0);
+    const labels = [...stages.map((s) => s.name + " · " + num(s.entered) + " entered"), "Dropped · " + num(dropped), "Still in progress · " + num(progress)];
+    const link = { source: [], target: [], value: [], color: [], label: [], hovertemplate: "%{label}<extra></extra>" };
+    const explained = [];
+    const add = (source, target, value, color, label, why) => {
       if (!value) return;
-      link.source.push(source); link.target.push(target); link.value.push(value); link.color.push(color); link.label.push(label);
+      link.source.push(source); link.target.push(target); link.value.push(value); link.color.push(color);
+      link.label.push(label + ": " + num(value));
+      explained.push(label + ": " + num(value) + (why ? " — " + why : ""));
     };
     stages.forEach((s, i) => {
       if (i < n - 1) {
-        add(i, i + 1, s.converted, COLORS.forward, "converted to " + stages[i + 1].name);
-        add(i, n, s.dropped, COLORS.dropped, "dropped after " + s.name);
-        add(i, n + 1, s.in_progress, COLORS.progress, "still in " + s.name);
+        add(i, i + 1, s.converted, COLORS.forward, "converted from " + s.name, "moved on to a later stage within " + days(s.conversion_window_days) + " of entering " + s.name);
+        add(i, n, s.dropped, COLORS.dropped, "dropped after " + s.name, "did not move on within " + days(s.conversion_window_days));
+        add(i, n + 1, s.in_progress, COLORS.progress, "still in " + s.name, "inside their " + s.conversion_window_days + "-day window: can still convert");
       }
     });
     // Regressions and skips as the exact stage pairs the customers moved between.
     const index = Object.fromEntries(stages.map((s, i) => [s.id, i]));
     (transitions || []).forEach((t) => {
-      if (t.kind === "regression") add(index[t.from], index[t.to], t.count, COLORS.regression, "back from " + stages[index[t.from]].name + " to " + stages[index[t.to]].name);
-      if (t.kind === "skip") add(index[t.from], index[t.to], t.count, COLORS.skip, "skipped from " + stages[index[t.from]].name + " to " + stages[index[t.to]].name);
+      if (t.kind === "regression") add(index[t.from], index[t.to], t.count, COLORS.regression, "back from " + stages[index[t.from]].name + " to " + stages[index[t.to]].name, "moves back to an earlier stage in the range");
+      if (t.kind === "skip") {
+        const over = stages.slice(index[t.from] + 1, index[t.to]).map((s) => s.name).join(", ");
+        add(index[t.from], index[t.to], t.count, COLORS.skip, "skipped from " + stages[index[t.from]].name + " to " + stages[index[t.to]].name, "moves forward over " + over + " without touching it, in the range");
+      }
     });
-    return { type: "sankey", arrangement: "snap", node: { label: labels, pad: 18, thickness: 16,
-      color: [...stages.map(() => "#2457c5"), "#c62828", "#6b7280"] }, link };
+    return { trace: { type: "sankey", arrangement: "snap", node: { label: labels, pad: 18, thickness: 16,
+      color: [...stages.map(() => "#2457c5"), "#c62828", "#6b7280"] }, link }, explained };
   }
 
   // ---------- comparison view ----------
@@ -347,42 +436,208 @@
     $("compare-sub").textContent = "· " + kpis.map.name + " · " + kpis.window.from + " to " + kpis.window.to;
     const segs = kpis.segments;
     const stages = segs[0].stages;
-    Plotly.react("compare-chart", segs.map((seg) => ({
-      type: "bar", name: segLabel(seg.segment), x: seg.stages.slice(0, -1).map((s) => s.name),
-      y: seg.stages.slice(0, -1).map((s) => s.conversion_rate),
-    })), { barmode: "group", margin: { t: 20, r: 10, b: 40, l: 50 }, legend: { orientation: "h" },
-      yaxis: { title: { text: "conversion to next stage" }, tickformat: ".0%", rangemode: "tozero" } }, PLOT_CONFIG);
+    noteStages(stages);
+    renderBanner(segs[0], kpis);
+    // Outcomes as parts of each segment's entered cohort, one stacked bar per (stage, segment): never a bare
+    // rate of the decided, which reads 100 % while only the fast converters are decided.
+    const open = stages.slice(0, -1);
+    const bars = open.flatMap((stage, i) => segs.map((seg) => ({ stage, seg, s: seg.stages[i] })));
+    const x = [bars.map((b) => b.stage.name), bars.map((b) => segLabel(b.seg.segment))];
+    const traces = ["converted", "dropped", "in_progress"].map((outcome) => ({
+      type: "bar", name: OUTCOME_TEXT[outcome], x, marker: { color: OUTCOME_COLORS[outcome] },
+      y: bars.map((b) => (b.s.entered ? b.s[outcome] / b.s.entered : 0)),
+      text: bars.map((b) => (b.s[outcome] ? num(b.s[outcome]) : "")), textposition: "inside",
+      customdata: bars.map((b) => [b.seg.segment || "", b.stage.id, outcome, b.s[outcome], b.s.entered]),
+      hovertemplate: "%{x}<br>" + OUTCOME_TEXT[outcome] + ": %{customdata[3]} of %{customdata[4]} entered (%{y:.1%})<br>click for the customers<extra></extra>",
+    }));
+    Plotly.react("compare-chart", traces, { barmode: "stack", margin: { t: 40, r: 10, b: 60, l: 50 },
+      legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom", traceorder: "normal" },
+      yaxis: { title: { text: "share of the customers who entered" }, tickformat: ".0%", range: [0, 1] } }, PLOT_CONFIG);
+    const chart = $("compare-chart");
+    if (!chart.dataset.clickable && chart.on) {
+      chart.on("plotly_click", (event) => {
+        const point = event && event.points && event.points[0];
+        if (!point || !point.customdata || !point.customdata[3]) return;
+        const [seg, stage, outcome] = point.customdata;
+        openList({ segment: seg || null, stage, outcome });
+      });
+      chart.dataset.clickable = "1";
+    }
     const head = $("compare-table").tHead;
+    const columns = ["Reached", "Entered", "Converted", "Dropped", "In progress", "Conversion (decided · will end between)", "Status"];
     head.replaceChildren(
-      el("tr", {}, el("th", { scope: "col", rowspan: 2 }, "Stage"), segs.map((seg) => el("th", { scope: "colgroup", colspan: 3 }, segLabel(seg.segment)))),
-      el("tr", {}, segs.map(() => [el("th", { scope: "col" }, "Reached"), el("th", { scope: "col" }, "Conversion"), el("th", { scope: "col" }, "Status")])),
+      el("tr", {}, el("th", { scope: "col", rowspan: 2 }, "Stage"), segs.map((seg) => el("th", { scope: "colgroup", colspan: columns.length }, segLabel(seg.segment)))),
+      el("tr", {}, segs.map(() => columns.map((c) => el("th", { scope: "col" }, c)))),
     );
     $("compare-table").tBodies[0].replaceChildren(...stages.map((stage, i) => el("tr", {},
       el("th", { scope: "row" }, stage.name),
       segs.map((seg) => {
         const s = seg.stages[i];
         const base = "cmp-" + segKey(seg.segment) + "-" + s.id;
+        const cell = (field, value, outcome) => el("td", { class: "num", testid: base + "-" + field, "data-value": value === null ? "" : value },
+          countButton(value, { stage: s.id, outcome, segment: seg.segment }));
+        const bounds = s.conversion_rate_bounds;
+        const range = bounds && bounds.lowest !== bounds.highest ? " · " + pct(bounds.lowest) + "–" + pct(bounds.highest) : "";
         return [
-          el("td", { class: "num", testid: base + "-reached", "data-value": s.reached }, num(s.reached)),
-          el("td", { class: "num " + s.status, testid: base + "-conversion", "data-value": s.conversion_rate === null ? "" : s.conversion_rate }, pct(s.conversion_rate)),
+          cell("reached", s.reached, "reached"), cell("entered", s.entered, "entered"), cell("converted", s.converted, "converted"),
+          cell("dropped", s.dropped, "dropped"), cell("in-progress", s.in_progress, "in_progress"),
+          el("td", { class: "num " + s.status, testid: base + "-conversion", "data-value": s.conversion_rate === null ? "" : s.conversion_rate }, pct(s.conversion_rate) + range),
           el("td", { class: s.status, testid: base + "-status" }, STATUS_TEXT[s.status] + (seg.bottleneck && seg.bottleneck.stage === s.id ? " · bottleneck" : "")),
         ];
       }))));
   }
 
+  // ---------- the customers behind a number ----------
+  async function openList(spec) {
+    const params = kpiParams({ segment: spec.segment === null || spec.segment === undefined ? "" : spec.segment,
+      stage: spec.stage, outcome: spec.outcome, limit: LIST_LIMIT });
+    const token = ++state.listToken;
+    state.list = { ...spec, params, cursor: null, rows: 0 };
+    const panel = $("drill");
+    panel.hidden = false;
+    const stageName = state.stageNames[spec.stage] || spec.stage;
+    $("drill-title").textContent = OUTCOME_TEXT[spec.outcome] + " · " + stageName + " · " + segLabel(spec.segment || null) +
+      " · entered " + (spec.outcome === "reached" ? "before the end of " : "") + params.from + " to " + params.to;
+    $("drill-count").textContent = "Loading…";
+    $("drill-table").tBodies[0].replaceChildren();
+    $("drill-dropped").hidden = true;
+    $("drill-more").hidden = true;
+    panel.scrollIntoView({ block: "start" });
+    $("drill-title").focus({ preventScroll: true });
+    try {
+      const [page, dropped] = await Promise.all([
+        api("/v1/kpis/customers", params),
+        spec.outcome === "dropped" ? api("/v1/kpis/dropped", { ...params, outcome: null, limit: null }) : null,
+      ]);
+      if (token !== state.listToken) return;
+      state.list.total = page.total;
+      $("drill-count").textContent = num(page.total) + (page.total === 1 ? " customer" : " customers") + " · as of " +
+        page.as_of.replace("T", " ").slice(0, 19) + " UTC";
+      $("drill-count").dataset.total = String(page.total);
+      appendRows(page);
+      if (dropped) renderDropped(dropped);
+    } catch (err) {
+      if (token === state.listToken && state.key) $("drill-count").textContent = "Could not load: " + err.message;
+    }
+  }
+
+  function appendRows(page) {
+    const body = $("drill-table").tBodies[0];
+    const start = state.list.rows;
+    const when = (t) => (t ? t.replace("T", " ").replace("Z", "").slice(0, 19) : "—");
+    body.append(...page.customers.map((c, k) => {
+      const i = start + k;
+      const touch = c.last_touch || {};
+      return el("tr", { testid: "drill-row-" + i, "data-customer": c.customer_id },
+        el("td", {}, el("button", { type: "button", class: "link", testid: "drill-open-" + i, "data-open-customer": c.customer_id }, c.customer_id)),
+        el("td", {}, when(c.entered_at)), el("td", {}, c.outcome ? OUTCOME_TEXT[c.outcome] : "—"),
+        el("td", {}, c.current_stage ? state.stageNames[c.current_stage] || c.current_stage : "—"),
+        el("td", {}, touch.touchpoint || "—"), el("td", {}, touch.channel || "—"), el("td", {}, when(touch.at)));
+    }));
+    state.list.rows += page.customers.length;
+    state.list.cursor = page.next_cursor;
+    $("drill-more").hidden = !page.next_cursor;
+  }
+
+  async function moreRows() {
+    if (!state.list || !state.list.cursor) return;
+    const token = state.listToken;
+    const page = await api("/v1/kpis/customers", { ...state.list.params, cursor: state.list.cursor });
+    if (token === state.listToken) appendRows(page);
+  }
+
+  function renderDropped(summary) {
+    const box = $("drill-dropped");
+    const ranked = (items, key, testid) => (items.length
+      ? el("ol", { testid }, items.map((t) => el("li", {}, (t[key] || "(none)") + " · " + num(t.customers) +
+        (t.customers === 1 ? " customer" : " customers") + (t.events !== undefined ? ", " + num(t.events) + (t.events === 1 ? " event" : " events") : ""))))
+      : el("p", { class: "hint", testid }, "none"));
+    const window = state.windows && state.windows[summary.stage.id];
+    box.replaceChildren(
+      el("h3", {}, "What the " + num(summary.dropped) + " who dropped at " + summary.stage.name + " did"),
+      el("div", { class: "dropped-grid" },
+        el("div", {}, el("h4", {}, "Their last touchpoint"), ranked(summary.last_touchpoints, "touchpoint", "dropped-last-touchpoints")),
+        el("div", {}, el("h4", {}, "Their last channel"), ranked(summary.last_channels, "channel", "dropped-last-channels")),
+        el("div", {}, el("h4", {}, "After entering, within " + (window ? days(window) : "the conversion window") + " (" + num(summary.after_entry.customers) + " of them)"),
+          ranked(summary.after_entry.touchpoints, "touchpoint", "dropped-after-touchpoints")),
+        el("div", {}, el("h4", {}, "… on these channels"), ranked(summary.after_entry.channels, "channel", "dropped-after-channels")),
+      ));
+    box.hidden = false;
+  }
+
+  function closeList() {
+    state.list = null;
+    state.listToken++;
+    $("drill").hidden = true;
+  }
+
+  function openCustomer(id) {
+    state.customer = id;
+    $("customer-id").value = id;
+    if (location.hash !== "#customer") location.hash = "#customer"; else refresh();
+  }
+
   // ---------- customer view ----------
+  function people(listId, boxId, customers, testid) {
+    const when = (t) => (t ? t.replace("T", " ").replace("Z", "").slice(0, 16) + " UTC" : "");
+    $(listId).replaceChildren(...customers.map((c, i) => el("li", { testid: testid + "-" + i },
+      el("button", { type: "button", class: "link", "data-open-customer": c.customer_id }, c.customer_id),
+      c.matched_ids && c.matched_ids.length && !(c.matched_ids.length === 1 && c.matched_ids[0] === c.customer_id)
+        ? el("span", { class: "sub" }, " (as " + c.matched_ids.join(", ") + ")") : null,
+      c.last_touch ? el("span", { class: "sub" }, " · last: " + c.last_touch.touchpoint + " · " + c.last_touch.channel + " · " + when(c.last_touch.at)) : null)));
+    $(boxId).hidden = !customers.length;
+  }
+
+  async function showMatches(prefix) {
+    const token = ++state.searchToken;
+    const found = prefix ? await api("/v1/customers", { prefix, limit: 10 }) : { customers: [] };
+    if (token !== state.searchToken) return;
+    $("customer-prefix").textContent = "“" + prefix + "”";
+    people("customer-matches", "customer-matches-box", found.customers, "match");
+  }
+
   async function showCustomer() {
-    if (!state.customer) { setStatus("Enter a customer id (any of their ids: anonymous, user id, alias).", false); return; }
+    if (!state.customer) {
+      $("customer-body").hidden = true;
+      $("customer-missing").hidden = true;
+      const recent = await api("/v1/customers", { recent: 1, limit: 10 });
+      people("recent-customers", "recent-box", recent.customers, "recent-item");
+      setStatus("Enter a customer id (any of their ids: anonymous, user id, alias) or its start, or pick a recent customer.", false);
+      return;
+    }
+    $("recent-box").hidden = true;
     const path = "/v1/customers/" + encodeURIComponent(state.customer);
-    const [profile, journey] = await Promise.all([api(path), $("map").value ? api(path + "/journey", { map: $("map").value }) : null]);
+    const [asked, journeyAsked] = await Promise.allSettled([api(path), $("map").value ? api(path + "/journey", { map: $("map").value }) : null]);
+    if (asked.status === "rejected" && asked.reason instanceof ApiError && asked.reason.status === 404) {
+      // No event of that id in this project: say so (not an empty profile), and offer the ids that start so.
+      $("customer-body").hidden = true;
+      $("customer-missing").textContent = "No such customer: no event of “" + state.customer + "” in this project.";
+      $("customer-missing").hidden = false;
+      await showMatches(state.customer);
+      return;
+    }
+    if (asked.status === "rejected") throw asked.reason;
+    if (journeyAsked.status === "rejected") throw journeyAsked.reason;
+    const profile = asked.value;
+    const journey = journeyAsked.value;
+    $("customer-missing").hidden = true;
+    $("customer-matches-box").hidden = true;
     state.journey = { profile, journey };
     $("customer-body").hidden = false;
     const row = (label, value, testid) => [el("dt", {}, label), el("dd", { testid }, value)];
     const stageName = (id) => (journey && journey.stages.find((s) => s.id === id) || { name: id || "—" }).name;
+    const traits = Object.entries(profile.traits || {});
+    const show = (v) => (typeof v === "string" ? v : JSON.stringify(v));
+    const touch = profile.first_touch;
+    const firstTouch = touch ? [touch.first_channel, touch.first_seen && touch.first_seen.replace("T", " ").slice(0, 16) + " UTC",
+      touch.first_utm_source && "utm source " + touch.first_utm_source, touch.first_utm_medium && "medium " + touch.first_utm_medium,
+      touch.first_utm_campaign && "campaign " + touch.first_utm_campaign].filter(Boolean).join(" · ") : "—";
     $("profile").replaceChildren(...[
       row("Customer", profile.customer_id, "profile-id"),
       row("Ids", profile.ids.join(", "), "profile-ids"),
       row("Segments", profile.segments.length ? profile.segments.join(", ") : "none", "profile-segments"),
+      row("Traits", traits.length ? el("ul", { class: "traits" }, traits.map(([k, v]) => el("li", { testid: "profile-trait-" + k }, k + ": " + show(v)))) : "none", "profile-traits"),
+      row("First touch", firstTouch, "profile-first-touch"),
       row("Current stage", journey ? stageName(journey.current_stage) : "—", "profile-stage"),
       row("Time in stage", journey ? duration(journey.time_in_current_stage_seconds) : "—", "profile-time"),
       row("Non-linear moves", journey ? "regressions " + journey.non_linear.regressions + " · skips " + journey.non_linear.skips + " · repeats " + journey.non_linear.repeats : "—", "profile-nonlinear"),
@@ -441,6 +696,12 @@
         save(new Blob([text], { type: "text/csv" }), "journey-" + state.journey.profile.customer_id.replace(/[^A-Za-z0-9._-]/g, "_") + ".csv");
         return;
       }
+      if (kind === "list") {
+        if (!state.list) return;
+        const blob = await api("/v1/kpis/customers", { ...state.list.params, limit: null, format: "csv" }, true);
+        save(blob, ["customers", map, state.list.stage, state.list.outcome].join("-") + ".csv");
+        return;
+      }
       const path = kind === "daily" ? "/v1/kpis/daily" : "/v1/kpis";
       const params = kpiParams({ format: "csv", ...(kind === "compare" ? { segment: "*" } : {}) });
       const blob = await api(path, params, true);
@@ -459,10 +720,33 @@
     });
     $("signout").addEventListener("click", () => signOut("Signed out."));
     $("filters").addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
-    for (const id of ["map", "segment", "from", "to"]) $(id).addEventListener("change", () => refresh());
+    // Another map, segment or range: a list opened before no longer matches what is shown.
+    for (const id of ["map", "segment", "from", "to"]) $(id).addEventListener("change", () => { closeList(); refresh(); });
     $("customer-form").addEventListener("submit", (event) => {
       event.preventDefault();
       state.customer = $("customer-id").value.trim() || null;
+      refresh();
+    });
+    // Suggestions while typing: customers whose id starts with what is typed.
+    $("customer-id").addEventListener("input", () => {
+      clearTimeout(state.searchTimer);
+      const prefix = $("customer-id").value.trim();
+      state.searchTimer = setTimeout(() => { showMatches(prefix).catch(() => {}); }, 250);
+    });
+    // Every count button opens its customers; every customer button opens the customer's timeline.
+    document.addEventListener("click", (event) => {
+      const target = event.target instanceof Element ? event.target.closest("[data-open-list], [data-open-customer]") : null;
+      if (!target) return;
+      if (target.dataset.openCustomer !== undefined) { openCustomer(target.dataset.openCustomer); return; }
+      openList({ segment: target.dataset.segment || null, stage: target.dataset.stage, outcome: target.dataset.outcome });
+    });
+    $("drill-close").addEventListener("click", closeList);
+    $("drill-more").addEventListener("click", () => { moreRows().catch((err) => setStatus("Could not load: " + err.message, true)); });
+    $("decided-range").addEventListener("click", () => {
+      if (!state.decidedRange) return;
+      $("from").value = state.decidedRange.from;
+      $("to").value = state.decidedRange.to;
+      closeList();
       refresh();
     });
     for (const button of document.querySelectorAll("[data-download]")) button.addEventListener("click", () => download(button.dataset.download));
