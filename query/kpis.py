@@ -456,7 +456,7 @@ def _bottleneck(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     for stage in stages:
         for check in stage["targets"]:
             if check["shortfall"] and (worst is None or check["shortfall"] > worst["shortfall"]):
-                worst = {"stage": stage["id"], **{k: check[k] for k in ("metric", "target", "actual", "shortfall")}}
+                worst = {"stage": stage["id"], **{k: check[k] for k in ("metric", "target", "actual", "lowest", "highest", "shortfall")}}
     return worst
 
 

@@ -273,8 +273,13 @@
     const stage = seg.stages.find((s) => s.id === b.stage);
     const show = b.metric === "conversion_rate" ? pct : (x) => (x === null ? "—" : x.toFixed(2) + " d");
     node.dataset.stage = b.stage;
+    // The certain shortfall is measured from the best the undecided customers allow: say that bound.
+    const rate = b.metric === "conversion_rate";
+    const best = rate ? b.highest : b.lowest;
+    const bound = best !== null && best !== undefined && best !== b.actual
+      ? ", " + (rate ? "at most " : "at least ") + show(best) + " once everyone in progress is decided" : "";
     node.textContent = "Bottleneck: " + (stage ? stage.name : b.stage) + " — " + b.metric.replace(/_/g, " ") + " " + show(b.actual) +
-      " against a target of " + show(b.target) + " (" + pct(b.shortfall) + " short)";
+      bound + ", against a target of " + show(b.target) + " (at least " + pct(b.shortfall) + " short)";
   }
 
   const STATUS_TEXT = { met: "Target met", below_target: "Below target", undecided: "Too early to tell", no_data: "No data yet", no_target: "No target" };
