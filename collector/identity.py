@@ -32,7 +32,7 @@ from journeys.clickhouse import ClickHouse
 
 IDENTITY_COLUMNS = ("project_id", "distinct_id", "customer_id", "version", "is_deleted")
 BY_CUSTOMER_COLUMNS = ("project_id", "customer_id", "distinct_id", "version", "is_deleted")
-MEMBERS_CHUNK = 20_000  # customers per members read (a bound on the query's parameter size)
+MEMBERS_CHUNK = 2_000  # customers per members read: bound parameters travel in the URL to a ClickHouse server
 
 
 class IdentityGraph:
@@ -95,9 +95,14 @@ class IdentityGraph:
         if not missing:
             return
         if len(self._cache) + len(missing) > self._cache_size:
+            # Clearing forgets this batch's cached ids too: load all of them, or they would resolve to
+            # themselves and the shared-device and alias rules would act on wrong customers.
             self._cache.clear()
-        for distinct_id, customer_id in (await identities.current_customers(self._ch, project_id, missing)).items():
-            self._cache[(project_id, distinct_id)] = customer_id
+            missing = list(ids)
+        for start in range(0, len(missing), MEMBERS_CHUNK):
+            chunk = missing[start : start + MEMBERS_CHUNK]
+            for distinct_id, customer_id in (await identities.current_customers(self._ch, project_id, chunk)).items():
+                self._cache[(project_id, distinct_id)] = customer_id
 
     @staticmethod
     def _members(stored: set[str], customer_id: str, pending: dict[str, str]) -> set[str]:

@@ -377,7 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings)
-    makes_stores = args.command in ("up", "migrate") or getattr(args, "action", None) == "template"
+    # Commands that make the stores, or need none: a template, an import sent with --write-key to a collector.
+    makes_stores = (
+        args.command in ("up", "migrate")
+        or getattr(args, "action", None) == "template"
+        or (args.command == "import" and bool(getattr(args, "write_key", None)))
+    )
     if not makes_stores and _needs_embedded_stores(settings) and not settings.data_dir_exists:
         # A command run from another folder used to make a second, empty store there and answer "no project".
         print(

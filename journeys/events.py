@@ -102,9 +102,17 @@ _CHANNEL_ALIASES = {
 }
 _IGNORED_CONTEXT_CHANNELS = frozenset({"server", "sources"})
 # RudderStack's SDKs put the *sending platform* in a top-level "channel" (its spec: server, web, mobile,
-# sources), where our own SDK puts the touchpoint channel. These words are read as the platform: they never
-# override a touchpoint channel given in properties or context, and "server"/"sources" say nothing at all.
+# sources), where our own SDK and tracker put the touchpoint channel. "server" and "sources" never name a
+# touchpoint: from anyone, they say nothing. "web" and "mobile" are read as the platform only from
+# RudderStack's SDKs (context.library.name: "RudderLabs JavaScript SDK", rudder-ios-library, …): there a
+# touchpoint channel in properties or context comes first; from our own senders they stay the touchpoint's.
 _PLATFORM_CHANNELS = frozenset({"server", "web", "mobile", "sources"})
+
+
+def _from_rudderstack(ctx: dict[str, Any]) -> bool:
+    library = ctx.get("library")
+    name = library.get("name") if isinstance(library, dict) else None
+    return isinstance(name, str) and "rudder" in name.lower()
 _DEFAULT_CHANNEL = {"page": "web", "screen": "app"}
 _DEFAULT_TOUCHPOINT = {"page": "page_view", "screen": "screen_view"}
 
@@ -283,8 +291,10 @@ def _channel(event: dict[str, Any], props: dict[str, Any], ctx: dict[str, Any], 
     channel, RudderStack's top-level platform), else what the event kind implies."""
     explicit = event.get("channel")
     platform = None
-    if explicit.__class__ is str and explicit.strip().lower() in _PLATFORM_CHANNELS:
-        platform, explicit = explicit, None
+    if explicit.__class__ is str:
+        word = explicit.strip().lower()
+        if word in _IGNORED_CONTEXT_CHANNELS or (word in _PLATFORM_CHANNELS and _from_rudderstack(ctx)):
+            platform, explicit = explicit, None
     if explicit is None:
         explicit = props.get("channel")
     if explicit is not None:

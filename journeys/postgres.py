@@ -50,15 +50,23 @@ def stop_embedded(server: Any) -> None:
 
 @asynccontextmanager
 async def postgres_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
+    async with postgres_pools(settings, [(min_size, max_size)]) as (pool,):
+        yield pool
+
+
+@asynccontextmanager
+async def postgres_pools(settings: Settings, sizes: list[tuple[int, int]]) -> AsyncIterator[tuple[asyncpg.Pool, ...]]:
+    """One pool per ``(min_size, max_size)``, all to the same server (the embedded one started once)."""
     dsn, server = await resolve_database_url(settings)
+    pools: list[asyncpg.Pool] = []
     try:
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
+            for min_size, max_size in sizes:
+                pools.append(await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30))
         except (OSError, asyncpg.PostgresError) as exc:
             raise PostgresError(f"cannot connect to PostgreSQL: {exc}") from exc
-        try:
-            yield pool
-        finally:
-            await pool.close()
+        yield tuple(pools)
     finally:
+        for pool in reversed(pools):
+            await pool.close()
         await asyncio.to_thread(stop_embedded, server)

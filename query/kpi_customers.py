@@ -41,7 +41,7 @@ from journeys.stores import Stores
 from query.kpis import ALL, KpiRequest
 from query.kpis_api import FIRST_DAY, INCLUDES_HEADER, INCLUDES_SQL, LAST_DAY, parse_kpi_request, with_includes
 from query.reads import ID_CHUNK, iso
-from query.stage_state import consistent_facts, conversion_window_ms
+from query.stage_state import consistent_facts, conversion_window_ms, lock_pool
 from query.state_updater import serving_build
 
 OUTCOMES = ("reached", "entered", "converted", "dropped", "in_progress")
@@ -478,7 +478,7 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
         limit = _limit(request)
         ch = stores.clickhouse
         # As /v1/kpis: the serving build and the facts read while no facts write can become visible.
-        async with consistent_facts(stores.pg, principal.project_id):
+        async with consistent_facts(lock_pool(stores), principal.project_id):
             acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
             list_request, csv_wanted, cursor = await _list_request(request, principal, stores)
             after = None if cursor is None else (cursor[9], cursor[10])
@@ -518,7 +518,7 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
             if not more:
                 break
             after = (entries[-1].at_ms, entries[-1].customer_id)
-            async with consistent_facts(stores.pg, project_id):
+            async with consistent_facts(lock_pool(stores), project_id):
                 if (await serving_build(stores.pg, project_id)).number != list_request.kpi.build:
                     # New definitions serve now and the old facts go: the rest cannot be read. Cut the
                     # connection so the download fails rather than ending short as if complete.
@@ -537,7 +537,7 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
                 raise ApiError(400, [{"field": name, "reason": "not a parameter of /v1/kpis/dropped"}])
         if request.query.get("format", "json") != "json":
             raise ApiError(400, [{"field": "format", "reason": "must be json"}])
-        async with consistent_facts(stores.pg, principal.project_id):
+        async with consistent_facts(lock_pool(stores), principal.project_id):
             acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
             list_request, _, _ = await _list_request(request, principal, stores, outcome_required=False)
             entries = await entries_page(stores.clickhouse, list_request, 2**31, None)

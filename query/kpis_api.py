@@ -25,7 +25,7 @@ from journeys.maps import SLUG
 from journeys.stores import Stores
 from query.kpis import ALL, KpiRequest, daily_kpis, stage_kpis, to_csv
 from query.reads import iso
-from query.stage_state import Definitions, consistent_facts
+from query.stage_state import Definitions, consistent_facts, lock_pool
 from query.state_updater import Build, current_definitions, definitions_of_build, serving_build
 
 MAX_DAYS = 3660
@@ -41,7 +41,7 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
         no facts write (nor a switch to a new build and the old one's deletion) can become visible."""
         stores = request.app[stores_key]
         principal = await principal_of(request)
-        async with consistent_facts(stores.pg, principal.project_id):
+        async with consistent_facts(lock_pool(stores), principal.project_id):
             # First, before the serving build and the facts: the poll that stored it had written its facts, and
             # whichever build serves now holds them (a build that began after that poll read everything then).
             acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)

@@ -246,6 +246,12 @@ async def current_facts(
 # key is the project's hash), so one project's writes never hold up another's answers. PostgreSQL queues
 # lock requests in order, so a steady stream of answers cannot starve the writer.
 _FACTS_VIEW_LOCK = 0x6A6F7572  # "jour": the advisory lock class; hashtext(project_id) is the object
+LOCK_WAIT_S = 30.0
+
+
+def lock_pool(stores: Any) -> Any:
+    """The connections to hold the facts view lock with (Stores.pg_locks; the main pool where there is none)."""
+    return getattr(stores, "pg_locks", None) or stores.pg
 
 
 @asynccontextmanager
@@ -254,7 +260,10 @@ async def _facts_view(pg: Any, project_id: str, mode: str) -> AsyncIterator[None
         yield
         return
     function = "pg_advisory_xact_lock_shared" if mode == "read" else "pg_advisory_xact_lock"
-    async with (pg.acquire() if hasattr(pg, "acquire") else nullcontext(pg)) as conn:
+    # A pool here is Stores.pg_locks: its connections hold this lock and nothing else, so whoever holds one can
+    # still take other connections for its reads (a pool shared with those reads ran dry under 9 concurrent
+    # answers and hung the service for good). The timeout turns a stall into an error instead of a hang.
+    async with (pg.acquire(timeout=LOCK_WAIT_S) if hasattr(pg, "acquire") else nullcontext(pg)) as conn:
         async with conn.transaction():  # on a caller's connection, a savepoint: held to its transaction's end
             await conn.execute(f"SELECT {function}($1, hashtext($2))", _FACTS_VIEW_LOCK, project_id)
             yield
@@ -303,9 +312,10 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
 class StateWriter:
     """Recomputes the facts of customers whose events or ids changed and writes the differences."""
 
-    def __init__(self, ch: ClickHouse, pg: Any = None):
+    def __init__(self, ch: ClickHouse, pg: Any = None, locks: Any = None):
         self.ch = ch
         self.pg = pg
+        self.locks = locks or pg  # where the facts view lock is taken (Stores.pg_locks)
         self._sql: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (project, fingerprint) → read
     def _staged_sql(self, project_id: str, definitions: Definitions) -> tuple[str, dict[str, Any]]:
         """One read for all maps: each event's rule index per map, only events some map stages."""
@@ -340,7 +350,9 @@ WHERE {any_rule}
         self._sql = {key: (sql, params)}  # one project's definitions at a time is the common case
         return sql, params
 
-    async def refresh(self, project_id: str, definitions: Definitions, build: int, touched: set[str]) -> int:
+    async def refresh(
+        self, project_id: str, definitions: Definitions, build: int, touched: set[str], *, serving: bool = True
+    ) -> int:
         """Rewrite the facts in ``build`` of every customer that ``touched`` ids belong to, and withdraw those
         of customers that no longer exist (merged into another). Returns the number of rows written."""
         if not definitions.maps or not touched:
@@ -348,14 +360,20 @@ WHERE {any_rule}
         written = 0
         touched_list = sorted(touched)
         for start in range(0, len(touched_list), ID_CHUNK):
-            written += await self._refresh_chunk(project_id, definitions, build, touched_list[start : start + ID_CHUNK])
+            written += await self._refresh_chunk(
+                project_id, definitions, build, touched_list[start : start + ID_CHUNK], serving
+            )
         return written
 
-    async def _refresh_chunk(self, project_id: str, definitions: Definitions, build: int, touched: list[str]) -> int:
+    async def _refresh_chunk(
+        self, project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool = True
+    ) -> int:
         async with facts_lock(self.pg):
-            return await self._refresh_locked(project_id, definitions, build, touched)
+            return await self._refresh_locked(project_id, definitions, build, touched, serving)
 
-    async def _refresh_locked(self, project_id: str, definitions: Definitions, build: int, touched: list[str]) -> int:
+    async def _refresh_locked(
+        self, project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool = True
+    ) -> int:
         current = await identities.current_customers(self.ch, project_id, touched)
         # A merge re-points every member of the old customer, its own id included, so a customer that no
         # longer exists is always among the touched ids: an id whose customer is now someone else. Its facts
@@ -386,7 +404,8 @@ WHERE {any_rule}
         # Thousands of customers take a few hundred ms of Python: on a thread, the event loop keeps serving
         # requests between GIL switches instead of stalling for the whole chunk.
         desired = await asyncio.to_thread(compute)
-        return await write_differences(self.ch, project_id, desired, existing, self.pg)
+        # A build that does not serve yet is read by no answer: its inserts need not wait for them.
+        return await write_differences(self.ch, project_id, desired, existing, self.locks if serving else None)
 
     async def _staged(
         self, project_id: str, definitions: Definitions, members: dict[str, set[str]]

@@ -47,7 +47,7 @@ from journeys.maps import validate_map, validate_segment
 from journeys.metrics import Metrics
 from journeys.migrate import render_clickhouse_sql
 from journeys.stores import Stores
-from query.stage_state import Definitions, StateWriter, facts_change
+from query.stage_state import Definitions, StateWriter, facts_change, lock_pool
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class StageStateUpdater:
         self.margin_ms = int(margin_s * 1000)
         self.definitions_every_s = definitions_every_s
         self.max_pause_s = 2.0
-        self.writer = StateWriter(stores.clickhouse, stores.pg)
+        self.writer = StateWriter(stores.clickhouse, stores.pg, lock_pool(stores))
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
@@ -291,7 +291,9 @@ class StageStateUpdater:
         ids = sorted(r[0] for r in rows)
         written = 0
         for start in range(0, len(ids), _PROJECT_IDS_CHUNK):
-            written += await self.writer.refresh(project_id, defs, number, set(ids[start : start + _PROJECT_IDS_CHUNK]))
+            written += await self.writer.refresh(
+                project_id, defs, number, set(ids[start : start + _PROJECT_IDS_CHUNK]), serving=False
+            )
         await pg.execute(
             "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
             "WHERE project_id = $1",
@@ -302,7 +304,7 @@ class StageStateUpdater:
         self._builds[project_id] = number
         # After every answer still reading the old build (they read the serving build under the shared lock):
         # its rows may go then, without any answer seeing half of them.
-        async with facts_change(pg, project_id):
+        async with facts_change(lock_pool(self.stores), project_id):
             await ch.command(
                 render_clickhouse_sql(DELETE_OTHER_BUILDS_SQL, self.stores.settings.clickhouse_cluster),
                 {"project_id": project_id, "keep": number},

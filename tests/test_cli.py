@@ -111,5 +111,9 @@ def test_the_data_directory_is_found_from_below_and_never_made_anew_elsewhere(tm
         assert refused.returncode == 2 and "no journeys data directory" in refused.stderr and "JOURNEYS_DATA_DIR" in refused.stderr
         assert os.listdir(elsewhere) == []
         assert run(elsewhere, "map", "template", "five-stage").returncode == 0  # needs no store
+        # An import by key needs no store: it gets as far as the (missing) file.
+        sent = run(elsewhere, "import", "none.ndjson", "--write-key", "jw_x", "--collector", "http://127.0.0.1:9")
+        assert "no journeys data directory" not in sent.stderr and "none.ndjson" in sent.stderr, sent.stderr
+        assert os.listdir(elsewhere) == []
     finally:
         stop_leftover_postgres(home / ".journeys")

@@ -810,3 +810,29 @@ async def test_undecided_customers_bound_the_outcome_instead_of_flattering_it(ht
     # The old buyer went on to Consider and stopped there: 0 of 1 against 0.4, the larger certain shortfall.
     bottleneck = decided["segments"][0]["bottleneck"]
     assert (bottleneck["stage"], bottleneck["metric"], bottleneck["shortfall"]) == ("consider", "conversion_rate", 1.0)
+
+
+async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_needs(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Each answer holds a connection for the facts lock while its own reads take more: on one pool, 9 answers
+    at once held all 10 and waited for an 11th for ever (the dashboard sends two every 5 s per tab)."""
+    import asyncio
+
+    project = await _new_project(stores)
+    await _send(http, collector, project.write_key, [
+        {"type": "track", "userId": "u", "event": "A", "channel": "web", "messageId": "burst-1",
+         "timestamp": (BASE + timedelta(days=1)).isoformat().replace("+00:00", "Z")},
+    ])
+    await _caught_up(query)
+    await _kpis(http, query, project.read_key, map="funnel")
+
+    async def answer(path: str) -> int:
+        async with http.get(query.make_url(path), params={"map": "funnel", "segment": "*"},
+                            headers=basic(project.read_key)) as r:
+            await r.read()
+            return r.status
+
+    statuses = await asyncio.wait_for(
+        asyncio.gather(*(answer("/v1/kpis" if i % 2 else "/v1/kpis/daily") for i in range(40))), timeout=60
+    )
+    assert statuses == [200] * 40
+    assert await asyncio.wait_for(stores.pg.fetchval("SELECT 1"), timeout=5) == 1  # the pool is not stuck

@@ -133,6 +133,10 @@ async def test_preflight_allows_the_headers_the_browser_sdks_send(http, collecto
             assert "Access-Control-Allow-Credentials" not in resp.headers
 
 
+RUDDER_JS = {"library": {"name": "RudderLabs JavaScript SDK", "version": "3.34.1"}}
+RUDDER_IOS = {"library": {"name": "rudder-ios-library", "version": "1.0"}}
+
+
 @pytest.mark.parametrize(
     "event,channel",
     [
@@ -141,13 +145,16 @@ async def test_preflight_allows_the_headers_the_browser_sdks_send(http, collecto
         ({"type": "page", "name": "Home", "channel": "server"}, "web"),
         ({"type": "track", "event": "Clicked", "channel": "server", "properties": {"channel": "email"}}, "email"),
         ({"type": "track", "event": "Called", "channel": "sources", "context": {"channel": "call_centre"}}, "call_centre"),
-        # analytics-js: "web"; React Native: "mobile" (an app) — still below a channel in properties.
-        ({"type": "track", "event": "Clicked", "channel": "web"}, "web"),
-        ({"type": "track", "event": "Clicked", "channel": "web", "properties": {"channel": "email"}}, "email"),
-        ({"type": "track", "event": "Tapped", "channel": "mobile"}, "app"),
-        ({"type": "track", "event": "Tapped", "channel": "mobile", "properties": {"channel": "store"}}, "store"),
-        # Our own SDK's top-level touchpoint channel is still the touchpoint's.
+        # analytics-js: "web"; RudderStack's mobile SDKs: "mobile" (an app) — below a channel in properties.
+        ({"type": "track", "event": "Clicked", "channel": "web", "context": RUDDER_JS}, "web"),
+        ({"type": "track", "event": "Clicked", "channel": "web", "context": RUDDER_JS, "properties": {"channel": "email"}}, "email"),
+        ({"type": "track", "event": "Tapped", "channel": "mobile", "context": RUDDER_IOS}, "app"),
+        ({"type": "track", "event": "Tapped", "channel": "mobile", "context": RUDDER_IOS, "properties": {"channel": "store"}}, "store"),
+        # Our own SDK's and tracker's top-level channel is the touchpoint's, "web" included, and a bad one in
+        # properties does not refuse the event.
         ({"type": "track", "event": "Bought", "channel": "store", "properties": {"channel": "email"}}, "store"),
+        ({"type": "track", "event": "Signup", "channel": "web", "properties": {"channel": "newsletter"}}, "web"),
+        ({"type": "track", "event": "Signup", "channel": "web", "properties": {"channel": "Email / SMS"}}, "web"),
         # A track sent from a web page (the browser SDKs describe the page in context) is web.
         ({"type": "track", "event": "Clicked", "context": {"page": {"url": "https://shop.example/"}}}, "web"),
     ],
