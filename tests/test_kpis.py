@@ -638,11 +638,11 @@ async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are
     real_refresh, gate, rebuilding = writer.refresh, asyncio.Event(), asyncio.Event()
     serving = (await serving_build(stores.pg, project.id)).number
 
-    async def held(project_id: str, defs: Any, build: int, touched: set[str]) -> int:
+    async def held(project_id: str, defs: Any, build: int, touched: set[str], **options: Any) -> int:
         if project_id == project.id and build != serving:  # the rebuild, not a refresh of the serving build
             rebuilding.set()
             await gate.wait()
-        return await real_refresh(project_id, defs, build, touched)
+        return await real_refresh(project_id, defs, build, touched, **options)
 
     writer.refresh = held
     try:
