@@ -32,7 +32,6 @@ from journeys.clickhouse import ClickHouse
 
 IDENTITY_COLUMNS = ("project_id", "distinct_id", "customer_id", "version", "is_deleted")
 BY_CUSTOMER_COLUMNS = ("project_id", "customer_id", "distinct_id", "version", "is_deleted")
-MEMBERS_CHUNK = 2_000  # customers per members read: bound parameters travel in the URL to a ClickHouse server
 
 
 class IdentityGraph:
@@ -71,7 +70,8 @@ class IdentityGraph:
         # written until the end, so they stay what is stored throughout.
         if all(current(a) == current(b) for _, a, b in links):
             return 0  # the common case: a visitor's events repeat a link already applied
-        stored = await self._stored_members(project_id, sorted({current(i) for _, a, b in links for i in (a, b)}))
+        candidates = sorted({current(i) for _, a, b in links for i in (a, b)})
+        stored = await identities.members_of(self._ch, project_id, candidates)
         for kind, source, target in links:
             source_customer, target_customer = current(source), current(target)
             if source_customer == target_customer:
@@ -84,11 +84,6 @@ class IdentityGraph:
             await self._write(project_id, pending)
         return len(pending)
 
-    async def _stored_members(self, project_id: str, customers: list[str]) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {}
-        for start in range(0, len(customers), MEMBERS_CHUNK):
-            found.update(await identities.members_of(self._ch, project_id, customers[start : start + MEMBERS_CHUNK]))
-        return found
 
     async def _load(self, project_id: str, ids: set[str]) -> None:
         missing = [i for i in ids if (project_id, i) not in self._cache]
@@ -99,10 +94,8 @@ class IdentityGraph:
             # themselves and the shared-device and alias rules would act on wrong customers.
             self._cache.clear()
             missing = list(ids)
-        for start in range(0, len(missing), MEMBERS_CHUNK):
-            chunk = missing[start : start + MEMBERS_CHUNK]
-            for distinct_id, customer_id in (await identities.current_customers(self._ch, project_id, chunk)).items():
-                self._cache[(project_id, distinct_id)] = customer_id
+        for distinct_id, customer_id in (await identities.current_customers(self._ch, project_id, missing)).items():
+            self._cache[(project_id, distinct_id)] = customer_id
 
     @staticmethod
     def _members(stored: set[str], customer_id: str, pending: dict[str, str]) -> set[str]:

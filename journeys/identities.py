@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from journeys.clickhouse import ClickHouse
 
+#: Ids (or customers) per query: bound parameters travel URL-encoded to a ClickHouse server, whose URI limit
+#: they must stay well under. The many-id lookups below read in chunks of this size.
+ID_CHUNK = 2000
+
 CURRENT_SQL = """
 SELECT distinct_id, argMax(customer_id, version), argMax(is_deleted, version)
 FROM identities
@@ -62,17 +66,20 @@ async def guess(ch: ClickHouse, project_id: str, asked: str) -> Guess:
 
 async def current_customers(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, str]:
     """The customer each id belongs to now (ids without a mapping map to themselves)."""
-    _, rows = await ch.query(CURRENT_SQL, {"project_id": project_id, "ids": ids})
-    found = {distinct_id: (distinct_id if deleted else customer) for distinct_id, customer, deleted in rows}
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        _, rows = await ch.query(CURRENT_SQL, {"project_id": project_id, "ids": ids[start : start + ID_CHUNK]})
+        found.update({distinct_id: (distinct_id if deleted else customer) for distinct_id, customer, deleted in rows})
     return {i: found.get(i, i) for i in ids}
 
 
 async def members_of(ch: ClickHouse, project_id: str, customers: list[str]) -> dict[str, set[str]]:
     """Every id that belongs to each of ``customers`` now, each customer's own id included."""
     found: dict[str, set[str]] = {c: {c} for c in customers}
-    _, rows = await ch.query(MEMBERS_SQL, {"project_id": project_id, "customers": customers})
-    for distinct_id, customer in rows:
-        found[customer].add(distinct_id)
+    for start in range(0, len(customers), ID_CHUNK):
+        _, rows = await ch.query(MEMBERS_SQL, {"project_id": project_id, "customers": customers[start : start + ID_CHUNK]})
+        for distinct_id, customer in rows:
+            found[customer].add(distinct_id)
     return found
 
 

@@ -104,9 +104,9 @@ async def _found(ch: ClickHouse, project_id: str, ids: list[str]) -> dict[str, l
 
 
 async def _with_last_touch(ch: ClickHouse, project_id: str, found: dict[str, list[str]]) -> list[dict[str, Any]]:
-    from query.kpi_customers import last_touches, members_of
+    from query.kpi_customers import last_touches
 
-    touches = await last_touches(ch, project_id, await members_of(ch, project_id, list(found)))
+    touches = await last_touches(ch, project_id, await identities.members_of(ch, project_id, list(found)))
     return [{"customer_id": c, "matched_ids": ids, "last_touch": touches.get(c)} for c, ids in found.items()]
 
 

@@ -257,14 +257,6 @@ def _chunks(members: dict[str, set[str]]) -> Iterable[dict[str, set[str]]]:
         yield group
 
 
-async def members_of(ch: ClickHouse, project_id: str, customers: list[str]) -> dict[str, set[str]]:
-    """Every id of each customer now (journeys.identities.members_of, in chunks)."""
-    out: dict[str, set[str]] = {}
-    for start in range(0, len(customers), ID_CHUNK):
-        out.update(await identities.members_of(ch, project_id, customers[start : start + ID_CHUNK]))
-    return out
-
-
 async def last_touches(ch: ClickHouse, project_id: str, members: dict[str, set[str]]) -> dict[str, dict[str, Any]]:
     """Each customer's latest event (journey order over all their ids, each message once): its touchpoint,
     channel and time. Customers without events are absent."""
@@ -314,7 +306,7 @@ def _outcome_of(request: ListRequest, entry: Entry) -> str | None:
 
 async def _rows(ch: ClickHouse, request: ListRequest, entries: list[Entry], stages: dict[str, int]) -> list[dict[str, Any]]:
     customers = [e.customer_id for e in entries]
-    touches = await last_touches(ch, request.kpi.project_id, await members_of(ch, request.kpi.project_id, customers))
+    touches = await last_touches(ch, request.kpi.project_id, await identities.members_of(ch, request.kpi.project_id, customers))
     order = request.kpi.order
     return [
         {
@@ -558,7 +550,7 @@ def _ranked(counts: dict[str, int], label: str, events: dict[str, int] | None = 
 async def dropped_summary(ch: ClickHouse, request: ListRequest, entries: list[Entry]) -> dict[str, Any]:
     """What the customers who dropped at the stage (``entries``) did last, and after entering it."""
     project_id = request.kpi.project_id
-    members = await members_of(ch, project_id, [e.customer_id for e in entries])
+    members = await identities.members_of(ch, project_id, [e.customer_id for e in entries])
     window = request.window_ms
     spans = {e.customer_id: (e.at_ms, e.at_ms + window) for e in entries}
     touches, after = await asyncio.gather(

@@ -113,9 +113,9 @@ WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
 GROUP BY distinct_id
 """
 
-#: Ids per query when reading many customers at once: keeps bound-parameter payloads (URL-encoded on the
-#: HTTP client) well under the server's URI limit.
-ID_CHUNK = 2000
+#: Ids per query when reading many customers at once (journeys.identities.ID_CHUNK: bound-parameter payloads
+#: stay well under a server's URI limit).
+ID_CHUNK = identities.ID_CHUNK
 
 
 def iso(value: datetime) -> str:

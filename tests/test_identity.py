@@ -233,9 +233,7 @@ async def test_a_burst_of_links_is_resolved_in_a_bounded_number_of_reads_and_in_
     moved = await graph.resolve(links)
     # Two reads per 2 000 ids (bound parameters travel in a URL to a ClickHouse server), whatever the number
     # of links; before: one members read per link that moved ids (3 000+).
-    from collector.identity import MEMBERS_CHUNK
-
-    assert ch.reads <= 2 * -(-6006 // MEMBERS_CHUNK), ch.reads
+    assert ch.reads <= 2 * -(-6006 // identities.ID_CHUNK), ch.reads
     assert moved == 3000 + 2 + 1  # anon-i, crm-1 + old-anon, and user-7 (the rest were re-pointed again)
     members = await identities.members_of(stores.clickhouse, p, ["user-8", "user-9", "user-10", "user-1"])
     assert members["user-8"] == {"user-8", "anon-8", "user-7", "anon-7", "crm-1", "old-anon"}
