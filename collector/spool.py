@@ -347,6 +347,17 @@ class Spool:
             self._oldest_ms = records[0].written_at_ms
         return records, next_position
 
+    def written_at_ms(self, position: int) -> int | None:
+        """The append time in the header of the record at logical ``position`` (blocking file I/O); ``None``
+        if its segment is gone (the inserter moved past it meanwhile)."""
+        base = max((b for b in self._segments() if b <= position), default=None)
+        if base is None:
+            return None
+        with open(self.directory / _segment_name(base), "rb") as fh:
+            fh.seek(position - base)
+            header = fh.read(_HEADER.size)
+        return _HEADER.unpack(header)[2] if len(header) == _HEADER.size else None
+
     def _read_sync(self, start: int, limit: int, max_bytes: int) -> tuple[list[Record], int]:
         records: list[Record] = []
         total = 0

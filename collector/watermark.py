@@ -27,12 +27,11 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from collector.spool import _HEADER, _SEGMENT_SUFFIX, Spool, _segment_name
+from collector.spool import Spool
 from journeys.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -48,20 +47,6 @@ SET pending_since = EXCLUDED.pending_since, heartbeat_at = EXCLUDED.heartbeat_at
 """
 
 
-def _written_at_ms(directory: Path, position: int) -> int | None:
-    """The append time in the header of the spool record at ``position`` (docs/ingest.md, "The spool on
-    disk"); ``None`` if its segment is gone (the inserter moved past it meanwhile)."""
-    bases = [int(p.name[: -len(_SEGMENT_SUFFIX)]) for p in directory.iterdir()
-             if p.name.endswith(_SEGMENT_SUFFIX) and p.name[: -len(_SEGMENT_SUFFIX)].isdigit()]
-    base = max((b for b in bases if b <= position), default=None)
-    if base is None:
-        return None
-    with open(directory / _segment_name(base), "rb") as fh:
-        fh.seek(position - base)
-        header = fh.read(_HEADER.size)
-    return _HEADER.unpack(header)[2] if len(header) == _HEADER.size else None
-
-
 async def watermark_ms(spool: Spool) -> int | None:
     """Every event acknowledged before the returned time (ms) is in ClickHouse; ``None`` if the spool moved
     under three looks in a row (the caller keeps its previous watermark, still true)."""
@@ -71,7 +56,7 @@ async def watermark_ms(spool: Spool) -> int | None:
         if spool.durable_position <= checkpoint:
             return now_ms
         try:
-            written = await asyncio.to_thread(_written_at_ms, spool.directory, checkpoint)
+            written = await asyncio.to_thread(spool.written_at_ms, checkpoint)
         except OSError:
             written = None
         if written is not None:
