@@ -43,7 +43,7 @@ from collector.ingest import _CUT, process_events
 from collector.inserter import encode_records
 from collector.spool import Spool, SpoolError
 from journeys.clickhouse import ClickHouse, ClickHouseError
-from journeys.http import ApiError, json_response, presented_key
+from journeys.http import ApiError, authorized, json_response
 from journeys.metrics import Metrics
 from journeys.migrate import render_clickhouse_sql
 from journeys.quarantine import SinceError, parse_since, problem_kind
@@ -385,18 +385,8 @@ class _ReplayRoute:
 async def _admin_project(request: web.Request, stores: Stores) -> str:
     """The project of the request's admin key: 401 without a valid key, 403 for any other kind (ingest keys
     must not rewrite what was kept aside)."""
-    key = presented_key(request)
-    if not key:
-        raise ApiError(
-            401, [{"field": "Authorization", "reason": "admin key required: HTTP Basic username or Bearer token"}],
-            {"WWW-Authenticate": 'Basic realm="journeys"'},
-        )
-    principal = await stores.keys.resolve(key)
-    if principal is None:
-        raise ApiError(401, [{"field": "Authorization", "reason": "unknown or revoked key"}])
-    if principal.kind != "admin":
-        raise ApiError(403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot replay quarantine"}])
-    return principal.project_id
+    principal = await authorized(request, stores.keys, ("admin",), needed="admin key", cannot="replay quarantine")
+    return principal.project_id  # type: ignore[no-any-return]
 
 
 def _since_of(body: bytes) -> int:

@@ -98,6 +98,25 @@ def presented_key(request: web.Request) -> str | None:
     return None
 
 
+async def authorized(request: web.Request, keys: Any, kinds: tuple[str, ...], *, needed: str, cannot: str) -> Any:
+    """The principal of the request's key (``keys``: a journeys.keys.KeyResolver) when it is of one of
+    ``kinds``: 401 without a valid key (``needed``: what to present, e.g. "read key"), 403 for another kind
+    ("a write key cannot ``cannot``")."""
+    key = presented_key(request)
+    if not key:
+        raise ApiError(
+            401,
+            [{"field": "Authorization", "reason": f"{needed} required: HTTP Basic username or Bearer token"}],
+            {"WWW-Authenticate": 'Basic realm="journeys"'},
+        )
+    principal = await keys.resolve(key)
+    if principal is None:
+        raise ApiError(401, [{"field": "Authorization", "reason": "unknown or revoked key"}])
+    if principal.kind not in kinds:
+        raise ApiError(403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot {cannot}"}])
+    return principal
+
+
 def request_id(request: web.Request) -> str:
     return request.get(REQUEST_ID, "")
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from journeys.http import ApiError, json_response, make_middleware, metrics_handler, presented_key
+from journeys.http import ApiError, authorized, json_response, make_middleware, metrics_handler
 from journeys.keys import Principal
 from journeys.metrics import Metrics
 from journeys.openapi import openapi_handler
@@ -65,20 +65,8 @@ async def _stage_state_updater(app: web.Application) -> AsyncIterator[None]:
 
 async def principal_of(request: web.Request, kinds: tuple[str, ...] = ("read",)) -> Principal:
     """The project a key belongs to; 401 without a valid key, 403 for a key of another kind."""
-    key = presented_key(request)
-    if not key:
-        raise ApiError(
-            401,
-            [{"field": "Authorization", "reason": "read key required: HTTP Basic username or Bearer token"}],
-            {"WWW-Authenticate": 'Basic realm="journeys"'},
-        )
-    principal = await request.app[STORES].keys.resolve(key)
-    if principal is None:
-        raise ApiError(401, [{"field": "Authorization", "reason": "unknown or revoked key"}])
-    if principal.kind not in kinds:
-        verb = "change this" if kinds == ("admin",) else "read"
-        raise ApiError(403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot {verb}"}])
-    return principal
+    cannot = "change this" if kinds == ("admin",) else "read"
+    return await authorized(request, request.app[STORES].keys, kinds, needed="read key", cannot=cannot)  # type: ignore[no-any-return]
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
