@@ -282,9 +282,10 @@ async def _collect(
     # The wanted ranks of each key's waits: median and p90; for the whole window's targets, also the ranks
     # bounding the median once the customers in progress are decided.
     wanted: dict[Key, list[int]] = {}
+    waits = {key: sum(count for _, count in histogram) for key, histogram in histograms.items()}
     for entry in entries:
         key = (entry["seg"], entry["stage"], entry["d"])
-        n = sum(count for _, count in histograms.get(key, ()))
+        n = waits.get(key, 0)
         if n:
             wanted[key] = [-(-n // 2), -(-9 * n // 10)]
             if not daily and entry["in_progress"]:
@@ -295,14 +296,15 @@ async def _collect(
         key = (entry["seg"], entry["stage"], entry["d"])
         ranks = wanted.get(key)
         entry["median_ms"], entry["p90_ms"] = (picked[(key, ranks[0])], picked[(key, ranks[1])]) if ranks else (None, None)
-        n = sum(count for _, count in histograms.get(key, ()))
+        n = waits.get(key, 0)
         if daily or n + entry["in_progress"] == 0:
             entry["median_bounds_ms"] = None  # the daily series carries no targets
         else:
+            # With nobody in progress both ranks are the median's, which is picked.
             lowest, highest = _median_ranks(n, entry["in_progress"])
             entry["median_bounds_ms"] = (
-                0 if lowest is None else picked[(key, lowest)] if entry["in_progress"] else entry["median_ms"],
-                windows[entry["stage"]] if highest is None else picked[(key, highest)] if entry["in_progress"] else entry["median_ms"],
+                0 if lowest is None else picked[(key, lowest)],
+                windows[entry["stage"]] if highest is None else picked[(key, highest)],
             )
         by_touchpoint, by_channel = sources.get((entry["seg"], entry["stage"]), ({}, {}))
         entry["touchpoints"] = (list(by_touchpoint), list(by_touchpoint.values()))
