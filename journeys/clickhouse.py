@@ -98,6 +98,16 @@ class ClickHouse:
                 raise ClickHouseError(str(exc)) from exc
         return list(result.column_names), result.result_rows
 
+    async def raw_query(self, sql: str, parameters: dict[str, Any] | None = None, fmt: str = "JSONCompactEachRow") -> bytes:
+        """Run a SELECT and return its answer as bytes in ``fmt``: rows that go straight back into an insert
+        (:meth:`insert_lines`) without being decoded in Python."""
+        if self.embedded:
+            return await self._run(self._readers, lambda c: c.raw_query(sql, parameters=parameters, fmt=fmt))
+        try:
+            return await self._async_client.raw_query(sql, parameters=parameters, fmt=fmt)
+        except Exception as exc:
+            raise ClickHouseError(str(exc)) from exc
+
     async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         if self.embedded:
             return await self._run(self._readers, lambda c: c.command(sql, parameters=parameters))

@@ -18,6 +18,7 @@ Every value from the map — names, paths, expected values — is a bound query 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from journeys.maps import Condition, JourneyMap
@@ -48,9 +49,10 @@ def _typed_equals(p: _Params, doc: str, args: str, expected: Any) -> str:
     return "0"  # validation only lets scalars through for these operators
 
 
-def _holds(p: _Params, op: str, args: str, expected: Any) -> str:
-    doc = "properties"
-    present = f"JSONHas({doc}{args})"
+def _holds(p: _Params, op: str, args: str, expected: Any, doc: str = "properties", present: str | None = None) -> str:
+    """``op`` holds for the JSON value at ``doc[args]`` (``present``: whether there is one; default: the path
+    exists in ``doc``)."""
+    present = present or f"JSONHas({doc}{args})"
     kind = f"JSONType({doc}{args})"
     if op == "exists":
         return f"({present} AND {kind} != 'Null')"
@@ -81,17 +83,19 @@ def _holds(p: _Params, op: str, args: str, expected: Any) -> str:
     raise ValueError(f"unknown operator {op!r}")
 
 
-def _condition(p: _Params, condition: Condition) -> str:
-    path = condition.property
+def property_condition(p: _Params, path: str, build: Callable[[str], str]) -> str:
+    """``build(args)`` for the property at ``path``: ``args`` is the JSON path arguments (``, 'a', 'b'``) of
+    ``properties``. A top-level key that itself contains the dots wins over the nested path, as in
+    ``query.journey.property_value``."""
     literal = f", {p.bind(path, 'String')}"
     if "." not in path:
-        return _holds(p, condition.op, literal, condition.value)
+        return build(literal)
     nested = "".join(f", {p.bind(part, 'String')}" for part in path.split("."))
-    # A top-level key that itself contains the dots wins over the nested path, as in query.journey.
-    return (
-        f"if(JSONHas(properties{literal}), {_holds(p, condition.op, literal, condition.value)}, "
-        f"{_holds(p, condition.op, nested, condition.value)})"
-    )
+    return f"if(JSONHas(properties{literal}), {build(literal)}, {build(nested)})"
+
+
+def _condition(p: _Params, condition: Condition) -> str:
+    return property_condition(p, condition.property, lambda args: _holds(p, condition.op, args, condition.value))
 
 
 def _member(p: _Params, column: str, value: str | list[str] | None) -> str | None:

@@ -1,23 +1,17 @@
 """Per-customer journey state for stage KPIs, kept as signed facts in ``stage_facts``.
 
 A KPI call must not rescan every event, nor fold every customer (docs/kpis.md): each stitched customer's
-journey through each of the project's maps is condensed (:func:`state_of`: first entry into every stage,
-when they moved on, every transition, sentiment-bearing touchpoints) into facts (:func:`facts_of`), once per
-segment key the customer counts under, and KPIs sum the facts' pre-aggregated projections.
-:class:`StateWriter` recomputes the facts of the customers whose events or ids changed and writes only
-the difference from what the table holds for them; the query service's
-:class:`~query.state_updater.StageStateUpdater` decides which customers those are.
-
-The state is computed from the same definitions as the journey endpoint: the rule index of each event comes
-from :func:`query.stage_sql.rule_index_sql` (proven equal to ``CompiledMap.assign`` by tests), transitions
-from :func:`query.journey.transitions_of`, sentiment from the rule, segments from
-:func:`journeys.maps.segment_matches` over :func:`query.segment_facts.segment_facts` (the
-rules of :func:`query.reads.facts_of`, read off ``events``). Tests compare the KPIs computed
-from these facts with a brute-force computation over the raw events.
+journey through each of the project's maps is condensed into facts — the first entry into every stage and
+when they moved on, every transition, sentiment-bearing touchpoints — once per segment key the customer
+counts under, and KPIs sum the facts' pre-aggregated projections. ClickHouse computes the facts from the
+events (:mod:`query.facts_sql`); :class:`StateWriter` says whose and into which build: every customer of a
+project into a new build (:meth:`StateWriter.build_all`), or the customers whose events or ids changed
+(:meth:`StateWriter.refresh`), writing only the difference from what the build holds for them. The query
+service's :class:`~query.state_updater.StageStateUpdater` decides which customers those are.
 """
 from __future__ import annotations
 
-import asyncio
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
@@ -29,11 +23,10 @@ import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
-from journeys.maps import SENTIMENTS, JourneyMap, Segment, SentimentFromProperty, Stage, segment_matches
-from query.journey import CompiledMap, transitions_of
-from query.reads import ID_CHUNK, one_copy_each
-from query.segment_facts import segment_facts
-from query.stage_sql import rule_index_sql
+from journeys.maps import JourneyMap, Segment, Stage
+from query.facts_sql import FactsSql
+from query.journey import CompiledMap
+from query.reads import ID_CHUNK
 
 DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format (0005's stage_state rows) is rebuilt.
@@ -71,11 +64,27 @@ HAVING net != 0
 
 # Writers of stage_facts read a customer's net facts and write the difference; two writers doing that for
 # one customer at once would both subtract the same facts. The updater and a forget take this lock (per
-# transaction, so a crashed writer never holds it).
-_FACTS_LOCK = 0x6A6F75726E66  # "journf"
+# transaction, so a crashed writer never holds it), per project: one project's writes never wait for another's.
+_FACTS_LOCK = 0x6A6F7573  # "jous": the advisory lock class; hashtext(project_id) is the object
 
 Fact = tuple  # (map_name, build, customer_id, segment, fact, stage, at_ms, converted, wait_ms,
 #               touchpoint, channel, from_stage, move_kind, repeat, sentiment)
+
+
+#: Builds at or above this are previews: never served, deleted once answered.
+PREVIEW_BUILDS = 1 << 62
+#: A preview older than this is left over from a crash: a rebuild's clean-up takes it.
+PREVIEW_LIFETIME_MS = 3_600_000
+
+
+def preview_build(now_ms: int) -> int:
+    """A fresh preview build number; its order says when it began (see :func:`stale_previews_below`)."""
+    return PREVIEW_BUILDS + now_ms * 1000 + random.randrange(1000)
+
+
+def stale_previews_below(now_ms: int) -> int:
+    """Preview builds below this number began over :data:`PREVIEW_LIFETIME_MS` ago."""
+    return PREVIEW_BUILDS + (now_ms - PREVIEW_LIFETIME_MS) * 1000
 
 
 def conversion_window_ms(stage: Stage) -> int:
@@ -124,99 +133,16 @@ class Definitions:
         )
 
 
-def state_of(
-    mv: MapVersion, staged: list[tuple[int, int, str, str, dict[str, Any] | None, str]]
-) -> dict[str, list[Any]] | None:
-    """The state arrays of one customer and map from its staged events, in journey order:
-    ``(time_ms, rule index, channel, sentiment sent, properties or None, message id)``. ``None`` when no
-    event of the customer is a touchpoint of this map."""
-    compiled = mv.compiled
-    rules = compiled.rules
-    touches = []
-    s_time, s_stage, s_sentiment = [], [], []
-    for time_ms, rule_index, channel, sent, properties, _ in staged:
-        rule = rules[rule_index - 1]
-        stage = rule.touchpoint.stage
-        touches.append((time_ms, stage, rule.touchpoint.id, channel))
-        sentiment = rule.sentiment({"properties": properties or {}, "sentiment": sent})
-        if sentiment in SENTIMENTS:
-            s_time.append(time_ms)
-            s_stage.append(compiled.index[stage])
-            s_sentiment.append(sentiment)
-    if not touches:
-        return None
-    transitions = transitions_of(compiled, touches)
-    stages = len(compiled.order)
-    entered, next_at = [0] * stages, [0] * stages
-    entry_touchpoint, entry_channel = [""] * stages, [""] * stages
-    first_at: dict[int, int] = {}  # stage index → position of its first transition
-    for position, t in enumerate(transitions):
-        to = compiled.index[t["to"]]
-        if to not in first_at:
-            first_at[to] = position
-            entered[to] = t["time"]
-            entry_touchpoint[to], entry_channel[to] = t["touchpoint"] or "", t["channel"]
-        for stage, first in first_at.items():
-            if stage < to and next_at[stage] == 0 and position > first:
-                next_at[stage] = t["time"]
-    return {
-        "entered": entered,
-        "next_at": next_at,
-        "entry_touchpoint": entry_touchpoint,
-        "entry_channel": entry_channel,
-        "t_time": [t["time"] for t in transitions],
-        "t_from": [-1 if t["from"] is None else compiled.index[t["from"]] for t in transitions],
-        "t_to": [compiled.index[t["to"]] for t in transitions],
-        "t_kind": [t["kind"] for t in transitions],
-        "t_repeat": [int(t["repeat"]) for t in transitions],
-        "s_time": s_time,
-        "s_stage": s_stage,
-        "s_sentiment": s_sentiment,
-    }
-
-
-def facts_of(
-    mv: MapVersion, build: int, customer: str, segments: list[str], state: dict[str, list[Any]]
-) -> Counter[Fact]:
-    """The facts of one customer's state (:func:`state_of`) in ``build``, once per segment key ('' = all
-    customers)."""
-    windows = mv.windows_ms
-    keys = ["", *segments]
-    out: Counter[Fact] = Counter()
-    head = (mv.name, build, customer)
-    for stage, entered in enumerate(state["entered"]):
-        if not entered:
-            continue
-        next_at = state["next_at"][stage]
-        wait = next_at - entered
-        converted = next_at > 0 and wait <= windows[stage]
-        tail = (
-            "entry", stage, entered, int(converted), wait if converted else 0,
-            state["entry_touchpoint"][stage], state["entry_channel"][stage], -1, "none", 0, "none",
-        )
-        for key in keys:
-            out[(*head, key, *tail)] += 1
-    for at, from_stage, to, kind, repeat in zip(
-        state["t_time"], state["t_from"], state["t_to"], state["t_kind"], state["t_repeat"]
-    ):
-        for key in keys:
-            out[(*head, key, "move", to, at, 0, 0, "", "", from_stage, kind, repeat, "none")] += 1
-    for at, stage, sentiment in zip(state["s_time"], state["s_stage"], state["s_sentiment"]):
-        for key in keys:
-            out[(*head, key, "feeling", stage, at, 0, 0, "", "", -1, "none", 0, sentiment)] += 1
-    return out
-
-
 @asynccontextmanager
-async def facts_lock(pg: Any) -> AsyncIterator[None]:
-    """Hold the stage-facts writers' lock (``pg``: an asyncpg pool or connection; ``None``: no lock, for a
-    writer that knows it is alone)."""
+async def facts_lock(pg: Any, project_id: str) -> AsyncIterator[None]:
+    """Hold the stage-facts writers' lock of ``project_id`` (``pg``: an asyncpg pool or connection; ``None``:
+    no lock, for a writer that knows it is alone)."""
     if pg is None:
         yield
         return
     async with (pg.acquire() if hasattr(pg, "acquire") else nullcontext(pg)) as conn:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _FACTS_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _FACTS_LOCK, project_id)
             yield
 
 
@@ -305,50 +231,37 @@ def _line(project_id: str, fact: Fact, n: int) -> bytes:
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
     """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
     their rows go with the next merge (the pairs sum to zero)."""
-    async with facts_lock(pg):
+    async with facts_lock(pg, project_id):
         return await write_differences(ch, project_id, Counter(), await current_facts(ch, project_id, customers), pg)
 
 
 class StateWriter:
-    """Recomputes the facts of customers whose events or ids changed and writes the differences."""
+    """Writes the facts ClickHouse computes (:mod:`query.facts_sql`): a whole project into a new build, or
+    the difference for the customers whose events or ids changed."""
 
     def __init__(self, ch: ClickHouse, pg: Any = None, locks: Any = None):
         self.ch = ch
         self.pg = pg
         self.locks = locks or pg  # where the facts view lock is taken (Stores.pg_locks)
-        self._sql: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (project, fingerprint) → read
-    def _staged_sql(self, project_id: str, definitions: Definitions) -> tuple[str, dict[str, Any]]:
-        """One read for all maps: each event's rule index per map, only events some map stages."""
+        self._sql: dict[tuple[str, str], FactsSql] = {}  # (project, fingerprint) → its statements
+
+    def statements(self, project_id: str, definitions: Definitions) -> FactsSql:
         key = (project_id, definitions.fingerprint)  # two projects may have same-named maps with other rules
-        cached = self._sql.get(key)
-        if cached is not None:
-            return cached
-        params: dict[str, Any] = {}
-        rule_columns, property_rules = [], []
-        for n, mv in enumerate(definitions.maps):
-            expression, values = rule_index_sql(mv.compiled.map, prefix=f"m{n}_")
-            params.update(values)
-            rule_columns.append(f"{expression} AS rule_{n}")
-            property_rules += [
-                f"rule_{n} = {i}"
-                for i, rule in enumerate(mv.compiled.rules, start=1)
-                if isinstance(rule.touchpoint.sentiment, SentimentFromProperty)
-            ]
-        rules = ", ".join(f"rule_{n}" for n in range(len(definitions.maps)))
-        any_rule = " OR ".join(f"rule_{n} > 0" for n in range(len(definitions.maps))) or "0"
-        needs_properties = " OR ".join(property_rules) or "0"
-        sql = f"""
-SELECT distinct_id, toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(received_at) AS r,
-       message_id, toString(channel), toString(sentiment), if({needs_properties}, properties, ''), [{rules}]
-FROM (
-    SELECT distinct_id, timestamp, received_at, message_id, channel, sentiment, properties, {", ".join(rule_columns)}
-    FROM events
-    WHERE project_id = {{project_id:String}} AND distinct_id IN {{ids:Array(String)}}
-)
-WHERE {any_rule}
-"""
-        self._sql = {key: (sql, params)}  # one project's definitions at a time is the common case
-        return sql, params
+        found = self._sql.get(key)
+        if found is None:
+            found = FactsSql(definitions)
+            self._sql = {**dict(list(self._sql.items())[-7:]), key: found}  # a few projects' at a time
+        return found
+
+    async def build_all(self, project_id: str, definitions: Definitions, build: int) -> None:
+        """Compute every customer's facts into ``build``, which no answer reads yet and nobody else writes:
+        one INSERT … SELECT, all of it inside ClickHouse."""
+        if not definitions.maps:
+            return
+        sql = self.statements(project_id, definitions)
+        await self.ch.command(
+            sql.insert_all(", ".join(FACT_COLUMNS)), {**sql.params, "project_id": project_id, "build": build}
+        )
 
     async def refresh(
         self, project_id: str, definitions: Definitions, build: int, touched: set[str], *, serving: bool = True
@@ -360,19 +273,14 @@ WHERE {any_rule}
         written = 0
         touched_list = sorted(touched)
         for start in range(0, len(touched_list), ID_CHUNK):
-            written += await self._refresh_chunk(
-                project_id, definitions, build, touched_list[start : start + ID_CHUNK], serving
-            )
+            async with facts_lock(self.pg, project_id):
+                written += await self._refresh_locked(
+                    project_id, definitions, build, touched_list[start : start + ID_CHUNK], serving
+                )
         return written
 
-    async def _refresh_chunk(
-        self, project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool = True
-    ) -> int:
-        async with facts_lock(self.pg):
-            return await self._refresh_locked(project_id, definitions, build, touched, serving)
-
     async def _refresh_locked(
-        self, project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool = True
+        self, project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool
     ) -> int:
         current = await identities.current_customers(self.ch, project_id, touched)
         # A merge re-points every member of the old customer, its own id included, so a customer that no
@@ -381,48 +289,19 @@ WHERE {any_rule}
         retired = sorted({i for i, c in current.items() if c != i})
         customers = sorted(set(current.values()))
         members = await identities.members_of(self.ch, project_id, customers)
-        # Independent reads, side by side: this is the updater's latency from an event to the KPIs.
-        staged, facts, existing = await asyncio.gather(
-            self._staged(project_id, definitions, members),
-            # Off `events`, not the views' tables: their parts commit after the events part (query/segment_facts.py).
-            segment_facts(self.ch, project_id, {c: sorted(ids) for c, ids in members.items()}, definitions.segments),
-            current_facts(self.ch, project_id, sorted(set(customers) | set(retired)), build),
+        owned = [(i, c) for c, ids in members.items() for i in ids]
+        sql = self.statements(project_id, definitions)
+        # The difference comes back as rows in the insert's own format: Python never decodes them.
+        rows = await self.ch.raw_query(
+            sql.refresh(),
+            {
+                **sql.params, "project_id": project_id, "build": build, "ids": [i for i, _ in owned],
+                "owners": [c for _, c in owned], "customers": sorted(set(customers) | set(retired)),
+            },
         )
-
-        def compute() -> Counter[Fact]:
-            out: Counter[Fact] = Counter()
-            for customer in customers:
-                segments = [s.name for s in definitions.segments if segment_matches(s, facts[customer])]
-                events = staged.get(customer, [])
-                for n, mv in enumerate(definitions.maps):
-                    mine = [(t, rules[n], ch, s, p, m) for t, rules, ch, s, p, m in events if rules[n] > 0]
-                    state = state_of(mv, mine)
-                    if state is not None:
-                        out.update(facts_of(mv, build, customer, segments, state))
-            return out
-
-        # Thousands of customers take a few hundred ms of Python: on a thread, the event loop keeps serving
-        # requests between GIL switches instead of stalling for the whole chunk.
-        desired = await asyncio.to_thread(compute)
+        if not rows:
+            return 0
         # A build that does not serve yet is read by no answer: its inserts need not wait for them.
-        return await write_differences(self.ch, project_id, desired, existing, self.locks if serving else None)
-
-    async def _staged(
-        self, project_id: str, definitions: Definitions, members: dict[str, set[str]]
-    ) -> dict[str, list[tuple[int, list[int], str, str, dict[str, Any] | None, str]]]:
-        """Each customer's staged events in journey order (time, receipt, message id), each message once."""
-        sql, params = self._staged_sql(project_id, definitions)
-        owner = {i: c for c, ids in members.items() for i in ids}
-        ids = sorted(owner)
-        rows: list[tuple] = []
-        for start in range(0, len(ids), ID_CHUNK):
-            _, chunk = await self.ch.query(sql, {**params, "project_id": project_id, "ids": ids[start : start + ID_CHUNK]})
-            rows += chunk
-        out: dict[str, list[tuple[int, list[int], str, str, dict[str, Any] | None, str]]] = {}
-        for distinct_id, t, _, message_id, channel, sentiment, properties, rules in one_copy_each(
-            rows, lambda row: (owner[row[0]], row[3]), at=1, received=2, message_id=3
-        ):
-            customer = owner[distinct_id]
-            parsed = orjson.loads(properties) if properties else None
-            out.setdefault(customer, []).append((t, list(rules), channel, sentiment, parsed, message_id))
-        return out
+        async with facts_change(self.locks if serving else None, project_id):
+            await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
+        return rows.count(b"\n")

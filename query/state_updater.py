@@ -7,6 +7,12 @@ get a new version, it rebuilds that project's facts from all of its events under
 only then lets that build serve KPIs (recording the versions it was built for): until then KPIs read the
 previous build, and a KPI call never mixes facts computed for different definitions.
 
+**A rebuild stalls nothing** (issue 17). It runs beside the polls, one at a time: ClickHouse computes every
+customer's facts into the new build in one statement, while the polls keep the serving build current (with
+the definitions it was built for), so the project's KPIs and every other project's stay live. Once the new
+build holds everyone, the polls refresh it too, the ids changed since its read began are refreshed into it,
+and only then does it serve.
+
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched.
 
@@ -47,12 +53,11 @@ from journeys.maps import validate_map, validate_segment
 from journeys.metrics import Metrics
 from journeys.migrate import render_clickhouse_sql
 from journeys.stores import Stores
-from query.stage_state import Definitions, StateWriter, facts_change, lock_pool
+from query.stage_state import Definitions, StateWriter, facts_change, lock_pool, stale_previews_below
 
 log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 0x6A6F75726E7374  # one updater across query-service replicas
-_PROJECT_IDS_CHUNK = 20_000
 
 # Per project, source table and id: a digest (row count, sum of a hash of each row) of the rows stamped after
 # `since`, and the same of those stamped after `next` (the next poll's window: what it compares with). A
@@ -81,15 +86,24 @@ GROUP BY project_id, distinct_id
 # it is in ClickHouse. A collector silent past the expiry it wrote is gone (docs/ingest.md, "Watermark").
 WATERMARK_SQL = "SELECT min(pending_since) FROM collector_watermarks WHERE expires_at > now()"
 
-PROJECT_IDS_SQL = """
-SELECT DISTINCT distinct_id FROM events WHERE project_id = {project_id:String}
+# The ids with a row stamped since a time: what a rebuild's read may have missed.
+CHANGED_SINCE_SQL = """
+SELECT distinct_id FROM events WHERE project_id = {project_id:String} AND inserted_at > {since:DateTime64(3, 'UTC')}
+UNION DISTINCT
+SELECT distinct_id FROM identities WHERE project_id = {project_id:String} AND inserted_at > {since:DateTime64(3, 'UTC')}
 """
 
 # Garbage collection only: KPIs read the serving build, so rows of other builds never count.
+# Previews being answered are spared (query/kpi_preview.py): every build below `below` is a published one or
+# a preview left over from a crash.
 DELETE_OTHER_BUILDS_SQL = (
     "DELETE FROM {{table stage_facts}} {{on_cluster}} WHERE project_id = {project_id:String} "
-    "AND build != {keep:UInt64} SETTINGS lightweight_deletes_sync = 0"
+    "AND build != {keep:UInt64} AND build < {below:UInt64} SETTINGS lightweight_deletes_sync = 0"
 )
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
 
 
 async def current_definitions(pg: Any, project_id: str) -> Definitions:
@@ -158,7 +172,13 @@ class StageStateUpdater:
         self.acknowledged_before: datetime | None = None
         self.last_error: str | None = None
         self._definitions: dict[str, Definitions] = {}
-        self._builds: dict[str, int] = {}  # project → the build its facts are kept in
+        # project → (build, the definitions it was computed for): the serving build, and a new one once it
+        # holds every customer (until it serves): the polls keep both current
+        self._serving: dict[str, tuple[int, Definitions]] = {}
+        self._pending: dict[str, tuple[int, Definitions]] = {}
+        self._rebuilds: dict[str, asyncio.Task[None]] = {}
+        self._rebuild_after: dict[str, float] = {}  # project → monotonic time before which a failed one waits
+        self._one_rebuild = asyncio.Lock()  # a rebuild takes every core ClickHouse has: one at a time
         self._definitions_at = 0.0
         # (project, source table, id) → digest of its rows in the next poll's window, as the last poll saw them
         self._known: dict[tuple[str, int, str], tuple[int, int]] = {}
@@ -177,9 +197,10 @@ class StageStateUpdater:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in [self._task, *self._rebuilds.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         backoff = 0.5
@@ -269,16 +290,39 @@ class StageStateUpdater:
         return self._definitions
 
     async def _rebuild_changed(self) -> None:
+        """Start a rebuild for every project whose definitions changed; know which build each one serves."""
+        pg = self.stores.pg
         for project_id, defs in (await self._project_definitions()).items():
-            build = await serving_build(self.stores.pg, project_id)
-            if build.fingerprint != defs.fingerprint:
+            build = await serving_build(pg, project_id)
+            known = self._serving.get(project_id)
+            if build.number and (known is None or known[0] != build.number):
+                built = defs if build.fingerprint == defs.fingerprint else await definitions_of_build(pg, project_id, build.fingerprint)
+                if built is not None:  # None: its definitions are gone, so it stays as it is until replaced
+                    self._serving[project_id] = (build.number, built)
+            running = self._rebuilds.get(project_id)
+            if build.fingerprint == defs.fingerprint or (running is not None and not running.done()):
+                continue
+            if time.monotonic() < self._rebuild_after.get(project_id, 0.0):
+                continue
+            self._rebuilds[project_id] = asyncio.create_task(self._rebuild_task(project_id, defs), name=f"rebuild-{project_id}")
+
+    async def _rebuild_task(self, project_id: str, defs: Definitions) -> None:
+        try:
+            async with self._one_rebuild:
                 await self.rebuild(project_id, defs)
-            else:
-                self._builds[project_id] = build.number
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried by a later poll
+            log.exception("rebuild of project %s failed; retrying in 10 s", project_id)
+            self.metrics.clickhouse_errors.labels("stage_state").inc()
+            self.last_error = f"{exc!r}"[:500]
+            self._rebuild_after[project_id] = time.monotonic() + 10.0
+        finally:
+            self._pending.pop(project_id, None)
 
     async def rebuild(self, project_id: str, defs: Definitions) -> None:
         """Recompute every customer of the project against ``defs`` under a new build; then let it serve KPIs
-        and drop the rows of every other build. Until then KPIs read the previous build."""
+        and drop the rows of every other build. Until then KPIs read the previous build, kept current."""
         began = time.monotonic()
         ch, pg = self.stores.clickhouse, self.stores.pg
         number = await pg.fetchval(
@@ -287,13 +331,14 @@ class StageStateUpdater:
             "SET last_build = stage_state_builds.last_build + 1, rebuilding_since = now() RETURNING last_build",
             project_id,
         )
-        _, rows = await ch.query(PROJECT_IDS_SQL, {"project_id": project_id})
-        ids = sorted(r[0] for r in rows)
-        written = 0
-        for start in range(0, len(ids), _PROJECT_IDS_CHUNK):
-            written += await self.writer.refresh(
-                project_id, defs, number, set(ids[start : start + _PROJECT_IDS_CHUNK]), serving=False
-            )
+        read_from_ms = await self._server_now_ms()
+        await self.writer.build_all(project_id, defs, number)
+        built_s = time.monotonic() - began
+        # From here on every poll refreshes this build too; what changed while ClickHouse read the events
+        # (rows visible since a margin before the read began) is refreshed into it once.
+        self._pending[project_id] = (number, defs)
+        _, rows = await ch.query(CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(read_from_ms - self.margin_ms)})
+        caught_up = await self.writer.refresh(project_id, defs, number, {r[0] for r in rows}, serving=False)
         await pg.execute(
             "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
             "WHERE project_id = $1",
@@ -301,19 +346,20 @@ class StageStateUpdater:
             defs.fingerprint,
             number,
         )
-        self._builds[project_id] = number
+        self._serving[project_id] = (number, defs)
+        self._pending.pop(project_id, None)
         # After every answer still reading the old build (they read the serving build under the shared lock):
         # its rows may go then, without any answer seeing half of them.
         async with facts_change(lock_pool(self.stores), project_id):
             await ch.command(
                 render_clickhouse_sql(DELETE_OTHER_BUILDS_SQL, self.stores.settings.clickhouse_cluster),
-                {"project_id": project_id, "keep": number},
+                {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))},
             )
         self.metrics.stage_state_rebuilds.inc()
-        self.metrics.stage_state_rows.inc(written)
+        self.metrics.stage_state_rows.inc(caught_up)
         log.info(
-            "stage state of project %s rebuilt for %s: %d ids, %d rows in %.1f s",
-            project_id, defs.fingerprint, len(ids), written, time.monotonic() - began,
+            "stage facts of project %s rebuilt for %s in %.1f s (%.1f s computing every customer; %d ids changed "
+            "meanwhile, %d rows)", project_id, defs.fingerprint, time.monotonic() - began, built_s, len(rows), caught_up,
         )
 
     async def _apply_changes(self, since_ms: int, next_ms: int) -> None:
@@ -325,10 +371,7 @@ class StageStateUpdater:
             self._known = {}
             return
 
-        def at(ms: int) -> datetime:
-            return datetime.fromtimestamp(ms / 1000, timezone.utc)
-
-        params = {"since": at(since_ms), "next": at(next_ms), "projects": sorted(defs)}
+        params = {"since": _at(since_ms), "next": _at(next_ms), "projects": sorted(defs)}
         _, rows = await self.stores.clickhouse.query(CHANGES_SQL, params)
         known, following, self._known = self._known, {}, {}
         touched: dict[str, set[str]] = {}
@@ -341,8 +384,10 @@ class StageStateUpdater:
         for project_id, _, distinct_id in known:  # every row of it left the window: deleted, so recompute too
             touched.setdefault(project_id, set()).add(distinct_id)
         for project_id, ids in touched.items():
-            if project_id in defs:
-                written = await self.writer.refresh(project_id, defs[project_id], self._builds[project_id], ids)
-                self.metrics.stage_state_rows.inc(written)
+            for target, serving in ((self._serving.get(project_id), True), (self._pending.get(project_id), False)):
+                if target is not None:
+                    number, built_for = target
+                    written = await self.writer.refresh(project_id, built_for, number, ids, serving=serving)
+                    self.metrics.stage_state_rows.inc(written)
         # Only now, every refresh written: after a failure the retry starts from nothing known (see _loop).
         self._known = following

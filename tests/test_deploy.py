@@ -488,3 +488,21 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
 def test_scaling_doc_is_linked() -> None:
     assert (DEPLOY / "SCALING.md").is_file()
     assert "deploy/SCALING.md" in (ROOT / "README.md").read_text()
+
+
+async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: ignore[no-untyped-def]
+    """The facts statements (query/facts_sql.py) are the same text on a cluster, where their table names are
+    the Distributed tables: ClickHouse's parser takes each one (deploy/SCALING.md, "Stage facts")."""
+    from journeys.maps import validate_map, validate_segment
+    from query.facts_sql import FactsSql
+    from query.stage_state import FACT_COLUMNS, Definitions
+
+    template = yaml.safe_load((ROOT / "journeys/templates/five-stage.yaml").read_text())
+    segments = [{"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro"]}]},
+                {"name": "web", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]}]
+    facts = FactsSql(Definitions.of([(validate_map(template), 1)], [(validate_segment(s), 1) for s in segments]))
+    for statement in (facts.insert_all(", ".join(FACT_COLUMNS)), facts.refresh()):
+        assert "distributed_product_mode = 'global'" in statement
+        params = {**facts.params, "project_id": "p", "build": 1, "ids": ["a"], "owners": ["a"], "customers": ["a"]}
+        _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}", params)
+        assert rows, statement

@@ -132,7 +132,7 @@ async def test_freshness_holds_back_while_the_updater_is_held_and_catches_up(htt
 
     async with stores.pg.acquire() as conn:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _FACTS_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _FACTS_LOCK, project.id)
             second = await reader.send(collector, "u2")
             await wait_drained(collector)  # in ClickHouse: only the updater holds it back
             highest = await _held(reader, second, 1)

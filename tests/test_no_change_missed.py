@@ -33,7 +33,7 @@ from journeys.clickhouse import ClickHouse
 from journeys.metrics import Metrics
 from journeys.keys import create_project
 from query.reads import facts_of
-from query.segment_facts import segment_facts
+from segment_facts import segment_facts
 from journeys.maps import validate_segment
 from support import basic, wait_drained, wait_until
 

@@ -1,23 +1,20 @@
-"""What segment rules look at — traits and first touch — for the stage-facts refresh, read straight from
-``events``: the table the StageStateUpdater watches (query/state_updater.py).
+"""What segment rules look at — traits and first touch — read straight from ``events`` in Python: the
+oracle of the segment keys ClickHouse computes with the stage facts (query/facts_sql.py, tests/facts_oracle.py).
 
-The profile endpoint (:func:`query.reads.facts_of`) reads the same facts off ``customer_traits`` and
-``first_touch``, which materialized views fill from every insert into ``events`` (migration 0004). An
-insert is not atomic across them: ClickHouse commits the ``events`` part first and the views' parts after
-it (measured in chDB: 15–90 ms later for 10–20 000-row inserts, and as long as any view of the insert
-takes), and nothing stamps the views' rows for the updater to see. A refresh that ran in between computed
-the customer's segments without the new trait and the id was then marked handled: a late identify that
-made a customer a segment member was missed until the next rebuild (issue 18.3). Read from ``events``,
-every row a refresh depends on is a row the updater watches, so a row the refresh did not see changes what
-the updater sees and brings the customer back (docs/kpis.md, "No change is missed").
+Why ``events`` and not the views' tables: the profile endpoint (:func:`query.reads.facts_of`) reads the same
+facts off ``customer_traits`` and ``first_touch``, which materialized views fill from every insert into
+``events`` (migration 0004). An insert is not atomic across them: ClickHouse commits the ``events`` part
+first and the views' parts after it (measured in chDB: 15–90 ms later for 10–20 000-row inserts), and
+nothing stamps the views' rows for the updater to see. A refresh that ran in between computed the
+customer's segments without the new trait and the id was then marked handled (issue 18.3). Read from
+``events``, every row a refresh depends on is a row the updater watches (docs/kpis.md, "No change is
+missed"). test_no_change_missed.py proves these equal to the profiles'.
 
 The rules are those of the views and ``facts_of``: per trait, the newest ``identify`` by event time wins
 across the customer's ids (equal times: the greater value, as ``facts_of`` breaks them across ids); the
 first touch is that of the customer's earliest event, an id's earliest by (time, receipt, message id) — the
 journey's order — so that all four fields come from one event, and across ids the earliest, then the
-smaller id, as ``facts_of``. Where the views leave a tie inside one id to ClickHouse (``argMax``/``argMin``
-over equal times pick any row), these pick one by value or journey order, so that two refreshes of an
-unchanged customer always agree. Only what the segments' rules name is read.
+smaller id, as ``facts_of``. Only what the segments' rules name is read.
 """
 
 from __future__ import annotations

@@ -1,0 +1,348 @@
+"""Stage facts computed inside ClickHouse: one SQL statement from events to the rows of ``stage_facts``.
+
+The facts of a customer and map (docs/kpis.md; their shape in query/stage_state.py) follow from the
+customer's staged touchpoints in journey order. Computing them in Python meant shipping every staged event
+to the serving process and folding it on the GIL (~2.4k customers/s: 400 s for a rebuild at 1 M customers,
+and the collector starved meanwhile, issue 17). Here ClickHouse does all of it, vectorized and on its own
+threads, from one read of the events; Python only says which customers and which build.
+
+1. **Customers** — each event's customer: for a whole project the current mapping in ``identities``
+   (``argMax(customer_id, version)``; a deleted mapping or none: the id is its own customer, as
+   :func:`journeys.identities.current_customers`), for a refresh the ids and owners the caller resolved.
+2. **Staged events** — each event's first matching rule per map (:func:`query.stage_sql.rule_index_sql`, proven
+   equal to ``CompiledMap.assign``) and the sentiment that rule gives it; only events some map stages; each
+   message once per customer: the copy received last, equal receipts the earlier time
+   (:func:`query.reads.one_copy_each`); sorted in journey order (time, receipt, message id).
+3. **Facts** — per customer and map, folded with array functions: a transition wherever the stage changes
+   (``first``/``forward``/``skip``/``regression``; ``repeat`` when the stage was visited before), an entry at
+   each stage's first transition (moved on: the first later transition into a later stage; converted when
+   that is within the stage's window), a feeling for each touchpoint with a sentiment.
+4. **Segment keys** — ``''`` and every segment whose rules hold for the customer's traits (per trait the
+   newest ``identify`` across the customer's ids, equal times the greater value) and first touch (the
+   customer's earliest event by time, then id, receipt, message id): the rules of :mod:`query.segment_facts`
+   and ``journeys.maps.segment_matches``.
+
+Each fact is one row with ``n = 1`` per segment key; identical facts of one customer are several rows whose
+``n`` add up, which is all a reader of ``stage_facts`` sees (``sum(n)``). A refresh subtracts, in the same
+statement, what the build holds for its customers (:meth:`FactsSql.refresh`): only differences are written.
+
+tests/test_facts_sql.py proves these rows equal to the Python fold of the definitions (tests/facts_oracle.py)
+on generated journeys; the KPI oracle tests (tests/test_kpis.py) run on top of them unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from journeys.maps import _LISTS, _UNARY, SENTIMENTS, Rule, Segment, SentimentFromProperty
+from query.stage_sql import _holds, _Params, property_condition, rule_index_sql
+
+# On a cluster every table named here is a Distributed table: the identity mapping joined to the events is
+# read once, on the node that runs the statement, and sent to the shards (GLOBAL), not read by every shard
+# from every shard (which ClickHouse refuses by default). Nothing changes on one node.
+CLUSTER_SETTINGS = "distributed_product_mode = 'global'"
+
+FACT_TUPLE = (
+    "Tuple(fact String, stage UInt16, at Int64, converted UInt8, wait_ms UInt64, touchpoint String, channel String, "
+    "from_stage Int16, move_kind String, repeat UInt8, sentiment String)"
+)
+FACT_IDENTITY = (
+    "project_id, map_name, build, customer_id, segment, fact, stage, at, converted, wait_ms, touchpoint, channel, "
+    "from_stage, move_kind, repeat, sentiment"
+)
+
+# The rows of stage_facts (FACT_IDENTITY, n) from each customer's facts, once per segment key.
+_ROWS = """
+SELECT {{project_id:String}} AS project_id, {map_names}[map_n] AS map_name, {{build:UInt64}} AS build,
+       customer AS customer_id, key AS segment, f.fact AS fact, f.stage AS stage,
+       fromUnixTimestamp64Milli(f.at, 'UTC') AS at, f.converted AS converted, f.wait_ms AS wait_ms,
+       f.touchpoint AS touchpoint, f.channel AS channel, f.from_stage AS from_stage, f.move_kind AS move_kind,
+       f.repeat AS repeat, f.sentiment AS sentiment, toInt64(1) AS n
+FROM ({per_customer})
+ARRAY JOIN facts AS f
+ARRAY JOIN keys AS key
+"""
+
+# Per customer and map: the staged events ev (journey order) → entries, moves, feelings.
+_PER_CUSTOMER = """
+SELECT customer, map_n, keys, arrayConcat(
+    arrayMap(j -> CAST(tuple(
+        'entry', ts[j], tt[j],
+        toUInt8(nx[j] > 0 AND tt[nx[j]] - tt[j] <= {windows}[map_n][ts[j] + 1]),
+        toUInt64(if(nx[j] > 0 AND tt[nx[j]] - tt[j] <= {windows}[map_n][ts[j] + 1], tt[nx[j]] - tt[j], 0)),
+        {touchpoints}[map_n][ev[tpos[j]].4], ev[tpos[j]].5, -1, 'none', 0, 'none'), '{fact}'),
+        arrayFilter(j -> occ[j] = 1, arrayEnumerate(ts))),
+    arrayMap(j -> CAST(tuple(
+        'move', ts[j], tt[j], 0, 0, '', '', if(j = 1, -1, toInt16(ts[j - 1])),
+        multiIf(j = 1, 'first', ts[j] = ts[j - 1] + 1, 'forward', ts[j] > ts[j - 1], 'skip', 'regression'),
+        toUInt8(occ[j] > 1), 'none'), '{fact}'),
+        arrayEnumerate(ts)),
+    arrayMap(e -> CAST(tuple('feeling', {stages}[map_n][e.4], e.1, 0, 0, '', '', -1, 'none', 0, e.6), '{fact}'),
+        arrayFilter(e -> e.6 IN {sentiments}, ev))
+) AS facts
+FROM (
+    SELECT customer, map_n, keys, ev, tpos, ts, tt, arrayEnumerateUniq(ts) AS occ,
+           -- for each transition, the first later one into a later stage (0: none): where an entry moved on
+           arrayMap(j -> arrayFirstIndex((s, i) -> i > j AND s > ts[j], ts, arrayEnumerate(ts)), arrayEnumerate(ts)) AS nx
+    FROM (
+        SELECT customer, map_n, keys, ev, tpos, arrayMap(i -> st[i], tpos) AS ts, arrayMap(i -> ev[i].1, tpos) AS tt
+        FROM (
+            SELECT customer, map_n, keys, ev, st,
+                   -- a transition wherever the stage changes
+                   arrayFilter(i -> i = 1 OR st[i] != st[i - 1], arrayEnumerate(st)) AS tpos
+            FROM (
+                SELECT customer, map_n, keys, ev, arrayMap(e -> {stages}[map_n][e.4], ev) AS st
+                FROM (
+                    -- this map's touchpoints: (time, receipt, message id, rule, channel, sentiment)
+                    SELECT customer, map_n, keys,
+                           arrayMap(x -> (x.1, x.2, x.3, x.5[map_n], x.4, x.6[map_n]),
+                                    arrayFilter(x -> x.5[map_n] > 0, staged)) AS ev
+                    FROM ({customers})
+                    ARRAY JOIN range(1, {maps} + 1) AS map_n
+                    WHERE length(ev) > 0
+                )
+            )
+        )
+    )
+)
+"""
+
+# One row per customer, from one read of the events: the staged events in journey order, each message
+# once (the copy received last; equal receipts: the earlier time), and the segment keys.
+_CUSTOMERS = """
+SELECT customer, {keys} AS keys,
+       arraySort(x -> (x.3, -x.2, x.1), raw) AS by_message,
+       -- (time, receipt, message id) first: sorting the tuples is journey order
+       arraySort(arrayFilter((x, i) -> i = 1 OR x.3 != by_message[i - 1].3, by_message, arrayEnumerate(by_message))) AS staged
+FROM (
+    SELECT {customer} AS customer,
+           groupArrayIf(tuple(t, r, e.message_id, ch, rules, sentiments), arrayExists(x -> x > 0, rules)) AS raw
+           {aggregates}
+    FROM (
+        SELECT distinct_id, message_id, timestamp, received_at, type, traits, channel, utm_source, utm_medium,
+               utm_campaign, toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(received_at) AS r,
+               toString(channel) AS ch, [{rule_columns}] AS rules, [{sentiment_columns}] AS sentiments
+        FROM events
+        WHERE project_id = {{project_id:String}} {id_filter}
+    ) AS e
+    {owners}
+    GROUP BY customer
+)
+"""
+
+# Each id's customer for a whole project: the current mapping (a deleted one or none: itself).
+_OWNERS_OF_PROJECT = """
+LEFT JOIN (
+    SELECT distinct_id, argMax(customer_id, version) AS customer, argMax(is_deleted, version) AS deleted
+    FROM identities WHERE project_id = {project_id:String} GROUP BY distinct_id
+) AS o ON o.distinct_id = e.distinct_id
+"""
+_CUSTOMER_OF_PROJECT = "if(o.customer != '' AND o.deleted = 0, o.customer, e.distinct_id)"
+
+# Ids and their customers as the caller resolved them (journeys.identities): a refresh's customers.
+_OWNERS_GIVEN = """
+INNER JOIN (
+    SELECT pair.1 AS distinct_id, pair.2 AS customer
+    FROM (SELECT arrayJoin(arrayZip({ids:Array(String)}, {owners:Array(String)})) AS pair)
+) AS o ON o.distinct_id = e.distinct_id
+"""
+
+_TOUCH_FIELDS = {"first_channel": 1, "first_utm_source": 2, "first_utm_medium": 3, "first_utm_campaign": 4}
+
+# What a build holds for a refresh's customers, negated: added to the desired rows, the difference.
+_HELD = f"""
+SELECT {FACT_IDENTITY.replace("fact,", "toString(fact),").replace("move_kind,", "toString(move_kind),").replace(
+    ", sentiment", ", toString(sentiment)")}, -sum(n) AS held
+FROM stage_facts
+WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}} AND customer_id IN {{customers:Array(String)}}
+GROUP BY ALL
+HAVING held != 0
+"""
+
+
+class FactsSql:
+    """The facts statements of one project's definitions (``query.stage_state.Definitions``)."""
+
+    def __init__(self, definitions: Any):
+        self.definitions = definitions
+        p = _Params("fq_")
+        maps = definitions.maps
+        rule_columns, sentiment_columns = [], []
+        for n, mv in enumerate(maps):
+            expression, values = rule_index_sql(mv.compiled.map, prefix=f"fm{n}_")
+            p.values.update(values)
+            rule_columns.append(f"toUInt16({expression})")
+            sentiment_columns.append(_sentiment_sql(p, mv.compiled, f"rules[{n + 1}]"))
+        self._rule_columns = ", ".join(rule_columns)
+        self._sentiment_columns = ", ".join(sentiment_columns)
+        # Rule index → stage index, stage index → window: small numbers, written into the statement.
+        # Typed: a map without touchpoints is an empty list, which alone has no type.
+        stages = _literal([[mv.compiled.index[r.touchpoint.stage] for r in mv.compiled.rules] for mv in maps])
+        self._stages = f"CAST({stages}, 'Array(Array(UInt16))')"
+        self._windows = f"CAST({_literal([list(mv.windows_ms) for mv in maps])}, 'Array(Array(UInt64))')"
+        self._touchpoints = p.bind([[r.touchpoint.id for r in mv.compiled.rules] for mv in maps], "Array(Array(String))")
+        self._map_names = p.bind([mv.name for mv in maps], "Array(String)")
+        self._segments = _SegmentKeys(p, definitions.segments)
+        self.params = p.values
+
+    def desired(self, scope: str) -> str:
+        """The facts rows (FACT_IDENTITY, n) of every customer of the project (``scope="project"``; parameters
+        ``project_id``, ``build``) or of the given ids' customers (``"ids"``; also ``ids`` and ``owners``:
+        each id's customer, every id of those customers)."""
+        if scope == "project":
+            owners, customer, id_filter = _OWNERS_OF_PROJECT, _CUSTOMER_OF_PROJECT, ""
+        else:
+            owners, customer, id_filter = _OWNERS_GIVEN, "o.customer", "AND distinct_id IN {ids:Array(String)}"
+        customers = _CUSTOMERS.format(
+            keys=self._segments.keys, customer=customer, aggregates=self._segments.aggregates,
+            rule_columns=self._rule_columns, sentiment_columns=self._sentiment_columns, id_filter=id_filter,
+            owners=owners,
+        )
+        per_customer = _PER_CUSTOMER.format(
+            customers=customers, maps=len(self.definitions.maps), stages=self._stages, windows=self._windows,
+            touchpoints=self._touchpoints, fact=FACT_TUPLE, sentiments=_literal(list(SENTIMENTS)),
+        )
+        return _ROWS.format(map_names=self._map_names, per_customer=per_customer)
+
+    def insert_all(self, columns: str) -> str:
+        """``INSERT`` of every customer's facts (:meth:`desired`, ``"project"``) into ``stage_facts``."""
+        return f"INSERT INTO stage_facts ({columns}) {self.desired('project')} SETTINGS max_insert_threads = 2, {CLUSTER_SETTINGS}"
+
+    def refresh(self) -> str:
+        """The difference to write for a refresh: the desired rows of the given ids' customers (``ids``,
+        ``owners``) minus what ``build`` holds for ``customers`` (those and the retired ones), net of zero."""
+        return (
+            f"SELECT {FACT_IDENTITY}, sum(n) AS net FROM ({self.desired('ids')} UNION ALL {_HELD}) "
+            f"GROUP BY {FACT_IDENTITY} HAVING net != 0 SETTINGS {CLUSTER_SETTINGS}"
+        )
+
+
+def _literal(value: Any) -> str:
+    """Numbers and lists of numbers or of fixed words as SQL literals (never user text)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"not a literal: {value!r}")
+    if isinstance(value, str):
+        if value not in SENTIMENTS:
+            raise ValueError(f"not a fixed word: {value!r}")
+        return f"'{value}'"
+    return str(value)
+
+
+def _sentiment_sql(p: _Params, compiled: Any, rule: str) -> str:
+    """The sentiment the matching rule (``rule``: its index) of a map gives each event (``_Rule.sentiment``):
+    the rule's own, or from a numeric property, else the event's."""
+    branches = []
+    for index, touchpoint_rule in enumerate(compiled.rules, start=1):
+        sentiment = touchpoint_rule.touchpoint.sentiment
+        if isinstance(sentiment, str):
+            branches.append(f"{rule} = {index}, {_literal(sentiment)}")
+        elif isinstance(sentiment, SentimentFromProperty):
+            positive = p.bind(float(sentiment.positive_at_least), "Float64")
+            negative = p.bind(float(sentiment.negative_at_most), "Float64")
+
+            def rating(args: str, positive: str = positive, negative: str = negative) -> str:
+                number = f"JSONExtractFloat(properties{args})"
+                return (
+                    f"if(JSONType(properties{args}) IN ('Int64', 'UInt64', 'Double'), "
+                    f"multiIf({number} >= {positive}, 'positive', {number} <= {negative}, 'negative', 'neutral'), "
+                    "toString(sentiment))"
+                )
+
+            branches.append(f"{rule} = {index}, {property_condition(p, sentiment.property, rating)}")
+    if not branches:
+        return "toString(sentiment)"
+    return f"multiIf({', '.join(branches)}, toString(sentiment))"
+
+
+class _SegmentKeys:
+    """Each customer's segment keys (``''`` and every segment it belongs to), from per-customer aggregates of
+    the same read: the first touch, and per trait the identifies that set it."""
+
+    def __init__(self, p: _Params, segments: tuple[Segment, ...]):
+        self.p = p
+        traits: set[str] = set()
+        touch = False
+        for segment in segments:
+            for rule in segment.rules:
+                if rule.field.startswith("traits."):
+                    traits.add(rule.field[7:])
+                else:
+                    touch = True
+        self.trait_index = {name: i for i, name in enumerate(sorted(traits), start=1)}
+        aggregates = []
+        if touch:
+            aggregates.append(
+                "argMin(tuple(toString(e.channel), toString(e.utm_source), toString(e.utm_medium), "
+                "toString(e.utm_campaign), toDate(e.timestamp)), "
+                "tuple(e.timestamp, e.distinct_id, e.received_at, e.message_id)) AS touch"
+            )
+        if traits:
+            names = p.bind(sorted(traits), "Array(String)")
+            # per identify: its time, and per wanted trait whether it sets it and the raw JSON value
+            aggregates.append(
+                f"groupArrayIf(tuple(t, arrayMap(k -> JSONHas(e.traits, k), {names}), "
+                f"arrayMap(k -> JSONExtractRaw(e.traits, k), {names})), e.type = 'identify') AS identifies"
+            )
+        self.aggregates = "".join(f", {a}" for a in aggregates)
+        keys = [
+            f"if({(' AND ' if s.match == 'all' else ' OR ').join(f'({self._rule(r)})' for r in s.rules) or '1'}, "
+            f"[{p.bind(s.name, 'String')}], [])"
+            for s in segments
+        ]
+        self.keys = f"arrayConcat([''], {', '.join(keys)})" if keys else "['']"
+
+    def _trait(self, name: str) -> tuple[str, str]:
+        """(whether some identify set it, its value: the newest identify's; equal times: the greater value)."""
+        j = self.trait_index[name]
+        setting = f"arrayFilter(x -> x.2[{j}], identifies)"
+        return f"notEmpty({setting})", f"arrayMax(arrayMap(x -> (x.1, x.3[{j}]), {setting})).2"
+
+    def _rule(self, rule: Rule) -> str:
+        p = self.p
+        if rule.field.startswith("traits."):
+            present, value = self._trait(rule.field[7:])
+            return _holds(p, rule.op, "", rule.value, doc=value, present=present)
+        if rule.field == "first_seen":
+            return _date_rule(p, rule)
+        return _text_rule(p, f"touch.{_TOUCH_FIELDS[rule.field]}", rule)
+
+
+def _text_rule(p: _Params, value: str, rule: Rule) -> str:
+    """A first-touch text field (``''`` is absent) under ``journeys.maps.holds``: only text equals text."""
+    present = f"({value} != '')"
+
+    def same(expected: Any) -> str:
+        return f"{value} = {p.bind(expected, 'String')}" if isinstance(expected, str) else "0"
+
+    op, expected = rule.op, rule.value
+    if op == "exists":
+        return present
+    if op == "not_exists":
+        return f"NOT {present}"
+    if op == "equals":
+        return f"({present} AND {same(expected)})"
+    if op == "not_equals":
+        return f"NOT ({present} AND {same(expected)})"
+    if op in _LISTS:
+        found = f"({present} AND ({' OR '.join(same(e) for e in expected) or '0'}))"
+        return found if op == "in" else f"NOT {found}"
+    if op == "contains":
+        return f"({present} AND position({value}, {p.bind(expected, 'String')}) > 0)" if isinstance(expected, str) else "0"
+    return "0"  # a number never compares with text
+
+
+def _date_rule(p: _Params, rule: Rule) -> str:
+    """``first_seen`` (every customer with events has one) compared as a calendar date."""
+    value = "touch.5"
+    op = rule.op
+    if op in _UNARY:
+        return "1" if op == "exists" else "0"
+    if op in _LISTS:
+        dates = p.bind([date.fromisoformat(v) for v in rule.value], "Array(Date)")
+        return f"{value} IN {dates}" if op == "in" else f"{value} NOT IN {dates}"
+    expected = p.bind(date.fromisoformat(rule.value), "Date")
+    sql_op = {"equals": "=", "not_equals": "!=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}[op]
+    return f"{value} {sql_op} {expected}"

@@ -1,0 +1,229 @@
+"""The stage facts ClickHouse computes (query/facts_sql.py) equal the Python fold of the definitions
+(tests/facts_oracle.py), row for row, on generated data that reaches every corner the definitions name:
+two maps, rules on nested and dotted properties, sentiment from the rule, from a property (numbers, text,
+booleans, missing) or from the event; retried copies with other times and receipts, equal times broken by
+receipt then message id; ids stitched, re-pointed and deleted; segments over traits of every JSON type and
+over the first touch (channel, campaign, first day).
+
+Rows go straight into ``events`` and ``identities`` (as the collector writes them), so the generator controls
+every receipt time and copy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from facts_oracle import python_facts
+from journeys import identities
+from journeys.events import EVENT_COLUMNS
+from journeys.maps import validate_map, validate_segment
+from query.facts_sql import FactsSql
+from query.stage_state import Definitions, StateWriter, current_facts
+
+MAPS = [
+    {
+        "name": "funnel",
+        "stages": [
+            {"id": "aware", "name": "Aware", "conversion_window_days": 0.01},
+            {"id": "consider", "name": "Consider", "conversion_window_days": 0.05},
+            {"id": "buy", "name": "Buy", "conversion_window_days": 1},
+            {"id": "loyal", "name": "Loyal"},
+        ],
+        "touchpoints": [
+            {"id": "ad", "stage": "aware", "match": {"event": "A"}},
+            {"id": "rated", "stage": "consider", "match": {"event": "B"},
+             "sentiment": {"property": "review.score", "positive_at_least": 4, "negative_at_most": 2}},
+            {"id": "buy-web", "stage": "buy", "match": {"event": "C", "channel": ["web", "store"],
+                                                        "where": [{"property": "order.total", "op": ">", "value": 0}]}},
+            {"id": "buy-other", "stage": "buy", "match": {"event": "C"}, "sentiment": "positive"},
+            {"id": "loyal", "stage": "loyal", "match": {"event": ["D", "E"]}, "sentiment": "negative"},
+            {"id": "page", "stage": "aware", "match": {"type": "page"}},
+        ],
+    },
+    {
+        "name": "service",
+        "stages": [
+            {"id": "contact", "name": "Contact", "conversion_window_days": 0.02},
+            {"id": "solved", "name": "Solved", "after": "contact"},
+            {"id": "advocate", "name": "Advocate"},
+        ],
+        "touchpoints": [
+            {"id": "call", "stage": "contact", "match": {"channel": "phone"}},
+            {"id": "fixed", "stage": "solved", "match": {"event": "E"},
+             "sentiment": {"property": "score", "positive_at_least": 4.5, "negative_at_most": 1}},
+            {"id": "praise", "stage": "advocate", "match": {"event": "D", "where": [{"property": "score", "op": "exists"}]}},
+        ],
+    },
+    {"name": "draft", "stages": [{"id": "only", "name": "Only"}], "touchpoints": []},  # stages, no rules yet
+]
+SEGMENTS = [
+    {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "vip"}]},
+    {"name": "big", "rules": [{"field": "traits.seats", "op": ">=", "value": 10}]},
+    {"name": "not-basic", "rules": [{"field": "traits.plan", "op": "not_in", "value": ["basic", 3]}]},
+    {"name": "tagged", "match": "any", "rules": [{"field": "traits.tags", "op": "contains", "value": "x"},
+                                                 {"field": "traits.flag", "op": "equals", "value": True}]},
+    {"name": "no-plan", "rules": [{"field": "traits.plan", "op": "not_exists"}]},
+    {"name": "web-first", "rules": [{"field": "first_channel", "op": "equals", "value": "web"},
+                                    {"field": "first_utm_source", "op": "not_equals", "value": "spam"}]},
+    {"name": "campaign", "rules": [{"field": "first_utm_campaign", "op": "contains", "value": "sum"}]},
+    {"name": "early", "rules": [{"field": "first_seen", "op": "<=", "value": "2026-03-02"}]},
+]
+BASE = datetime(2026, 3, 1, 23, 0, tzinfo=timezone.utc)
+
+trait_value = st.one_of(
+    st.sampled_from(["vip", "basic", "pro", "", "summer-x"]), st.integers(-2, 20), st.sampled_from([3, 10.0, 9.5]),
+    st.booleans(), st.none(), st.lists(st.sampled_from(["x", "y", 1]), max_size=3),
+)
+event_st = st.fixed_dictionaries({
+    "id": st.integers(0, 2),
+    "kind": st.sampled_from(["A", "B", "C", "C", "D", "E", "X", "page", "identify", "identify"]),
+    "channel": st.sampled_from(["web", "store", "email", "phone"]),
+    "minute": st.integers(0, 12),  # few distinct minutes: equal times are common
+    "received": st.integers(0, 3),  # ... and equal receipts
+    "score": st.one_of(st.none(), st.integers(0, 5), st.just(4.5), st.just("5"), st.just(True)),
+    "where": st.sampled_from(["nested", "dotted", "both"]),
+    "total": st.sampled_from([None, 0, 5, "5"]),
+    "sentiment": st.sampled_from(["", "positive", "neutral", "negative", "angry"]),
+    "traits": st.dictionaries(st.sampled_from(["plan", "seats", "tags", "flag"]), trait_value, max_size=3),
+    "campaign": st.sampled_from([None, ("ads", "summer"), ("spam", "winter")]),
+    "copies": st.sampled_from([1, 1, 1, 2]),
+})
+customer_st = st.fixed_dictionaries({
+    "events": st.lists(event_st, min_size=1, max_size=9),
+    # how the ids are linked: 0 own customer, 1 to id 0, 2 linked then the link deleted
+    "links": st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 2])),
+})
+_count = iter(range(10**9))
+
+
+def _ts(minutes: float) -> str:
+    return (BASE + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _rows(pid: str, k: int, customer: dict[str, Any]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """(events, their retried copies, identity links). The copies go in an insert of their own: copies in
+    one insert are folded into one on insert (ReplacingMergeTree, optimize_on_insert)."""
+    ids = [f"c{k}-id{i}" for i in range(3)]
+    events, retries, links = [], [], []
+    for n, e in enumerate(customer["events"]):
+        properties: dict[str, Any] = {}
+        if e["score"] is not None:
+            properties["score"] = e["score"]
+            if e["where"] in ("nested", "both"):
+                properties["review"] = {"score": e["score"]}
+            if e["where"] in ("dotted", "both"):
+                properties["review.score"] = 1 if e["where"] == "both" else e["score"]
+        if e["total"] is not None:
+            properties["order"] = {"total": e["total"]}
+        kind = e["kind"]
+        context = {"campaign": {"source": e["campaign"][0], "name": e["campaign"][1]}} if e["campaign"] else {}
+        for copy in range(e["copies"]):
+            values = {
+                "project_id": pid, "message_id": f"m{k}-{n}", "type": "page" if kind == "page" else
+                "identify" if kind == "identify" else "track", "event": "" if kind in ("page", "identify") else kind,
+                "channel": e["channel"], "touchpoint": "", "sentiment": e["sentiment"], "distinct_id": ids[e["id"]],
+                "user_id": ids[e["id"]], "anonymous_id": "", "group_id": "", "previous_id": "",
+                # a retried copy: received later, its time skew-corrected a little differently
+                "timestamp": _ts(e["minute"] + copy * 0.001 * (n % 3 - 1)), "original_timestamp": _ts(e["minute"]),
+                "sent_at": None, "received_at": _ts(50 + e["received"] + copy * (n % 2)),
+                "properties": orjson.dumps(properties).decode(),
+                "traits": orjson.dumps(e["traits"] if kind == "identify" else {}).decode(),
+                "context": orjson.dumps(context).decode(),
+            }
+            (retries if copy else events).append(orjson.dumps([values[c] for c in EVENT_COLUMNS]) + b"\n")
+    for i, link in zip((1, 2), customer["links"]):
+        if link:
+            links.append(orjson.dumps([pid, ids[i], ids[0], 1, 0]) + b"\n")
+        if link == 2:
+            links.append(orjson.dumps([pid, ids[i], ids[0], 2, 1]) + b"\n")
+    return events, retries, links
+
+
+async def _load(stores, pid: str, customers: list[dict[str, Any]]) -> list[str]:  # type: ignore[no-untyped-def]
+    events, retries, links = [], [], []
+    for k, customer in enumerate(customers):
+        e, r, li = _rows(pid, k, customer)
+        events += e
+        retries += r
+        links += li
+    if links:
+        await stores.clickhouse.insert_lines(
+            "identities_by_customer", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), b"".join(links)
+        )
+        await stores.clickhouse.insert_lines(
+            "identities", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), b"".join(links)
+        )
+    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(events))
+    if retries:
+        await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(retries))
+    return [f"c{k}-id{i}" for k in range(len(customers)) for i in range(3)]
+
+
+def _definitions() -> Definitions:
+    return Definitions.of([(validate_map(m), 1) for m in MAPS], [(validate_segment(s), 1) for s in SEGMENTS])
+
+
+async def _sql_facts(stores, pid: str, facts: FactsSql, scope: str, ids: list[str]) -> Counter:  # type: ignore[no-untyped-def,type-arg]
+    params: dict[str, Any] = {**facts.params, "project_id": pid, "build": 7}
+    if scope == "ids":
+        current = await identities.current_customers(stores.clickhouse, pid, ids)
+        members = await identities.members_of(stores.clickhouse, pid, sorted(set(current.values())))
+        owned = [(i, c) for c, m in members.items() for i in m]
+        params.update(ids=[i for i, _ in owned], owners=[c for _, c in owned])
+    _, rows = await stores.clickhouse.query(
+        f"SELECT map_name, build, customer_id, segment, fact, stage, toUnixTimestamp64Milli(at), converted, wait_ms, "
+        f"touchpoint, channel, from_stage, move_kind, repeat, sentiment, sum(n) FROM ({facts.desired(scope)}) GROUP BY ALL",
+        params,
+    )
+    return Counter({tuple(row[:-1]): row[-1] for row in rows})
+
+
+@settings(max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(customers=st.lists(customer_st, min_size=1, max_size=6))
+async def test_sql_facts_equal_the_python_fold(stores, project, customers) -> None:  # type: ignore[no-untyped-def]
+    pid = f"{project.id}-{next(_count)}"  # a fresh project per example: hypothesis reuses the fixture
+    ids = await _load(stores, pid, customers)
+    definitions = _definitions()
+    expected = await python_facts(stores.clickhouse, pid, definitions, 7, ids)
+    facts = FactsSql(definitions)
+    assert await _sql_facts(stores, pid, facts, "ids", ids) == expected
+    assert await _sql_facts(stores, pid, facts, "project", ids) == expected
+
+
+async def test_refresh_writes_the_difference_and_converges(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """A refresh writes what the build lacks and withdraws what it no longer should hold: after events
+    arrive, an id is re-pointed to another customer (the old one retired) and a refresh is repeated, the
+    build's net facts are exactly the oracle's, and a repeated refresh writes nothing."""
+    pid = project.id
+    definitions = _definitions()
+    writer = StateWriter(stores.clickhouse, stores.pg)
+    first = {"events": [{"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None,
+                         "where": "nested", "total": None, "sentiment": "", "traits": {}, "campaign": None, "copies": 1},
+                        {"id": 1, "kind": "B", "channel": "web", "minute": 2, "received": 0, "score": 5,
+                         "where": "nested", "total": None, "sentiment": "", "traits": {}, "campaign": None, "copies": 2}],
+             "links": (0, 0)}
+    ids = await _load(stores, pid, [first])
+
+    async def held() -> Counter:  # type: ignore[type-arg]
+        net = await current_facts(stores.clickhouse, pid, sorted(set(ids)), 7)
+        return Counter({(*fact[:6], int(fact[6]), *fact[7:]): n for fact, n in net.items()})
+
+    assert await writer.refresh(pid, definitions, 7, set(ids)) > 0
+    assert await held() == await python_facts(stores.clickhouse, pid, definitions, 7, ids)
+    # c0-id1 joins c0-id0's customer: c0-id1's own customer is retired, its facts withdrawn
+    link = orjson.dumps([pid, "c0-id1", "c0-id0", 1, 0]) + b"\n"
+    await stores.clickhouse.insert_lines("identities_by_customer", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), link)
+    await stores.clickhouse.insert_lines("identities", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), link)
+    assert await writer.refresh(pid, definitions, 7, {"c0-id1"}) > 0
+    after = await held()
+    assert after == await python_facts(stores.clickhouse, pid, definitions, 7, ids)
+    assert {fact[2] for fact in after} == {"c0-id0"}
+    assert await writer.refresh(pid, definitions, 7, set(ids)) == 0
