@@ -350,6 +350,9 @@ def _parser() -> argparse.ArgumentParser:
         if kind == "map":
             template = actions.add_parser("template", help=f"print a ready template: {', '.join(TEMPLATES)}")
             template.add_argument("name", choices=TEMPLATES)
+            from query.preview_cli import add_preview_arguments
+
+            add_preview_arguments(actions)
     from journeys.email_cli import add_email_commands
 
     add_email_commands(sub)
@@ -414,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_key_create(settings, args.project, args.kind))
         if args.command == "customer":
             return asyncio.run(_customer_delete(settings, args.project, args.id))
+        if args.command == "map" and args.action == "preview":
+            from query.preview_cli import run_preview
+
+            return asyncio.run(run_preview(settings, args, _with_project, _read_document))
         if args.command in ("map", "segment"):
             return asyncio.run(_definition_command(settings, args))
         if args.command == "email":

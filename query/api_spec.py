@@ -391,9 +391,26 @@ def _kpi_paths() -> dict[str, Any]:
             errors=(400, 401, 403, 404),
         )
 
+    preview = operation(
+        "The stage KPIs a draft map (and segment) would give over all data; publishes nothing",
+        tags=["kpis"],
+        description="Body: `{\"map\": {…}, \"segment\": {…}}` in the map and segment formats (`segment` optional: it "
+        "joins the project's segments or replaces its namesake), or a bare map; JSON, or YAML with a YAML "
+        "Content-Type. The answer is what `GET /v1/kpis` gives once the draft is applied and computed, with "
+        "`preview: true` and `map.version: null` (docs/kpis.md, \"Preview a draft\").",
+        parameters=[p for p in parameters if p["name"] not in ("map", "version")],
+        body={"required": True, "content": {"application/json": {"schema": {"type": "object"}},
+                                            "application/yaml": {"schema": {"type": "string"}}}},
+        responses={
+            200: {"description": "The draft's KPIs, as JSON or (format=csv) as CSV.",
+                  "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}},
+        },
+        errors=(400, 401, 403, 404, 413),
+    )
     return {
         "/v1/kpis": {"get": kpi_op("Stage KPIs of a map over a window of days")},
         "/v1/kpis/daily": {"get": kpi_op("Stage KPIs of a map, day by day")},
+        "/v1/kpis/preview": {"post": preview},
     }
 
 

@@ -15,7 +15,7 @@ from journeys.stores import Stores
 from journeys import definitions
 from journeys.maps import SLUG, SLUG_RULE, validate_map
 from query.journey import CompiledMap, build_journey
-from query import customers, definitions_api, keys_api, kpi_customers, kpis_api, quarantine_api
+from query import customers, definitions_api, keys_api, kpi_customers, kpi_preview, kpis_api, quarantine_api
 from query.dashboard import add_dashboard_routes
 from query.state_updater import StageStateUpdater
 from query.api_spec import query_openapi
@@ -43,6 +43,7 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     definitions_api.add_routes(app, principal_of, STORES)
     kpis_api.add_routes(app, principal_of, STORES)
     kpi_customers.add_routes(app, principal_of, STORES)  # GET /v1/kpis/customers, /v1/kpis/dropped: docs/kpis.md
+    kpi_preview.add_route(app, principal_of, STORES)  # POST /v1/kpis/preview: a draft map's KPIs, docs/kpis.md
     quarantine_api.add_routes(app, principal_of, STORES)  # GET /v1/quarantine (admin): docs/quarantine.md
     keys_api.add_routes(app, principal_of, STORES)  # GET/POST /v1/keys, DELETE /v1/keys/{prefix} (admin): docs/keys.md
     add_dashboard_routes(app)  # GET / and /static/…: the marketer dashboard (query/static/)

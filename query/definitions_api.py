@@ -55,7 +55,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
         async def put(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("admin",))
             name = _name(request)
-            document = await _document(request)
+            document = await read_document(request)
             if isinstance(document, dict):
                 document.setdefault("name", name)
                 if document["name"] != name:
@@ -109,7 +109,7 @@ def _version_param(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def _document(request: web.Request) -> Any:
+async def read_document(request: web.Request) -> Any:
     """The request body as JSON, or YAML when the Content-Type says so."""
     raw = await request.read()
     if len(raw) > MAX_DOCUMENT_BYTES:

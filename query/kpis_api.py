@@ -107,16 +107,11 @@ def _bad_day(name: str) -> date:
     raise ApiError(400, [{"field": name, "reason": f"must be a date as YYYY-MM-DD (UTC), {FIRST_DAY} to {LAST_DAY}"}])
 
 
-async def parse_kpi_request(request: web.Request, principal: Principal, stores: Stores) -> tuple[KpiRequest, bool]:
-    query = request.query
-    fmt = query.get("format", "json")
+def parse_window(request: web.Request) -> tuple[date, date, datetime, bool]:
+    """(first day, last day, now, CSV?) from ``from``, ``to`` and ``format``: 400 naming a bad one."""
+    fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise ApiError(400, [{"field": "format", "reason": "must be json or csv"}])
-    map_name = query.get("map", "")
-    if not map_name:
-        raise ApiError(400, [{"field": "map", "reason": "required: the journey map to compute KPIs for"}])
-    if not SLUG.match(map_name):  # only slugs name maps; anything else cannot exist (and a NUL upsets PostgreSQL)
-        raise ApiError(404, [{"field": "map", "reason": f"no map {map_name!r} in this project"}])
     now = datetime.now(timezone.utc)
     last_day = _day(request, "to", now.date())
     first_day = _day(request, "from", last_day - timedelta(days=DEFAULT_DAYS - 1))
@@ -124,6 +119,17 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
         raise ApiError(400, [{"field": "from", "reason": "must not be after `to`"}])
     if (last_day - first_day).days >= MAX_DAYS:
         raise ApiError(400, [{"field": "from", "reason": f"the window may span at most {MAX_DAYS} days"}])
+    return first_day, last_day, now, fmt == "csv"
+
+
+async def parse_kpi_request(request: web.Request, principal: Principal, stores: Stores) -> tuple[KpiRequest, bool]:
+    query = request.query
+    first_day, last_day, now, csv = parse_window(request)
+    map_name = query.get("map", "")
+    if not map_name:
+        raise ApiError(400, [{"field": "map", "reason": "required: the journey map to compute KPIs for"}])
+    if not SLUG.match(map_name):  # only slugs name maps; anything else cannot exist (and a NUL upsets PostgreSQL)
+        raise ApiError(404, [{"field": "map", "reason": f"no map {map_name!r} in this project"}])
 
     # KPIs read the build of the stage facts that is complete (query/state_updater.py). While newer map or
     # segment versions are being computed, that build is for the previous ones: the answer says so.
@@ -186,7 +192,7 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
             now=now,
             rebuilding=rebuilding,
         ),
-        fmt == "csv",
+        csv,
     )
 
 

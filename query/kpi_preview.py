@@ -1,0 +1,130 @@
+"""``POST /v1/kpis/preview`` (read key): the KPIs a draft map — and optionally a draft segment — would give
+over all of the project's data, before anyone publishes it. Nothing is published and no version is made.
+
+The body is ``{"map": {…}, "segment": {…}}`` in the map and segment formats (``segment`` optional: it joins
+the project's segments, or replaces the one of its name), or a bare map; JSON, or YAML with a YAML
+Content-Type. The query parameters are those of ``GET /v1/kpis`` without ``map`` and ``version``.
+
+ClickHouse computes every customer's facts for the draft into a build of its own (:mod:`query.facts_sql`,
+the computation a published map gets), the ordinary KPI code answers from that build, and the build is
+deleted. So a preview is what ``GET /v1/kpis`` answers once the draft is applied and computed, by
+construction (tests/test_kpi_preview.py checks it). Preview builds are numbered from ``query.stage_state.PREVIEW_BUILDS``
+up, apart from published builds, and a rebuild's clean-up spares the ones still being read.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date, datetime
+from typing import Any
+
+from aiohttp import web
+
+from journeys import definitions
+from journeys.clickhouse import ClickHouse
+from journeys.http import ApiError, json_response
+from journeys.maps import DefinitionError, Segment, validate_map, validate_segment
+from journeys.migrate import render_clickhouse_sql
+from journeys.stores import Stores
+from query.definitions_api import read_document
+from query.kpis import ALL, KpiRequest, stage_kpis, to_csv
+from query.kpis_api import parse_window
+from query.stage_state import Definitions, StateWriter, preview_build
+
+_DELETE_BUILD_SQL = (
+    "DELETE FROM {{table stage_facts}} {{on_cluster}} WHERE project_id = {project_id:String} "
+    "AND build = {build:UInt64} SETTINGS lightweight_deletes_sync = 0"
+)
+
+
+def draft_of(document: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(map document, segment document or None) from a preview body; 400 naming the field otherwise."""
+    if not isinstance(document, dict):
+        raise ApiError(400, [{"field": "body", "reason": "must be an object: {\"map\": {…}, \"segment\": {…}} or a map"}])
+    if "map" not in document:
+        return document, None  # a bare map
+    unknown = sorted(set(document) - {"map", "segment"})
+    if unknown:
+        raise ApiError(400, [{"field": unknown[0], "reason": "unknown field; the body holds map and segment"}])
+    if not isinstance(document["map"], dict):
+        raise ApiError(400, [{"field": "map", "reason": "must be a map document (an object)"}])
+    segment = document.get("segment")
+    if segment is not None and not isinstance(segment, dict):
+        raise ApiError(400, [{"field": "segment", "reason": "must be a segment document (an object)"}])
+    return document["map"], segment
+
+
+async def draft_definitions(pg: Any, project_id: str, map_doc: dict[str, Any], segment_doc: dict[str, Any] | None) -> Definitions:
+    """The draft map with the project's segments (the draft segment added or in place of its namesake)."""
+    problems = []
+    journey_map = segment = None
+    try:
+        journey_map = validate_map(map_doc)
+    except DefinitionError as exc:
+        problems += [{"field": f"map.{p['path']}", "reason": p["reason"]} for p in exc.problems]
+    if segment_doc is not None:
+        try:
+            segment = validate_segment(segment_doc)
+        except DefinitionError as exc:
+            problems += [{"field": f"segment.{p['path']}", "reason": p["reason"]} for p in exc.problems]
+    if problems or journey_map is None:
+        raise ApiError(400, problems)
+    segments: list[tuple[Segment, int]] = [
+        (validate_segment(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "segment")
+    ]
+    if segment is not None:
+        segments = [(s, v) for s, v in segments if s.name != segment.name] + [(segment, 0)]
+    return Definitions.of([(journey_map, 0)], segments)
+
+
+def segments_asked(raw: str | None, defs: Definitions) -> list[str] | None:
+    """The ``segment`` parameter against the draft's segments, as ``GET /v1/kpis`` reads it."""
+    names = [s.name for s in defs.segments]
+    if raw is None or raw == "":
+        return None
+    if raw == "*":
+        return [ALL, *names]
+    if raw in names:
+        return [raw]
+    raise ApiError(404, [{"field": "segment", "reason": f"no segment {raw!r} in this project or the draft"}])
+
+
+async def preview_kpis(
+    ch: ClickHouse, pg: Any, cluster: str | None, project_id: str, defs: Definitions, segments: list[str] | None,
+    first_day: date, last_day: date, now: datetime,
+) -> dict[str, Any]:
+    """The KPIs of the draft ``defs`` (one map), computed over all data into a preview build, then deleted."""
+    build = preview_build(int(time.time() * 1000))
+    mv = defs.maps[0]
+    try:
+        await StateWriter(ch).build_all(project_id, defs, build)
+        result = await stage_kpis(ch, KpiRequest(
+            project_id=project_id, journey_map=mv.compiled.map, map_version=0, build=build, order=mv.compiled.order,
+            segments=segments, first_day=first_day, last_day=last_day, now=now,
+        ))
+    finally:
+        await ch.command(render_clickhouse_sql(_DELETE_BUILD_SQL, cluster), {"project_id": project_id, "build": build})
+    result["map"]["version"] = None  # not a version: nothing was published
+    return {"preview": True, **result}
+
+
+def add_route(app: web.Application, principal_of: Any, stores_key: web.AppKey[Stores]) -> None:
+    async def preview(request: web.Request) -> web.Response:
+        stores = request.app[stores_key]
+        principal = await principal_of(request)
+        first_day, last_day, now, csv = parse_window(request)
+        map_doc, segment_doc = draft_of(await read_document(request))
+        defs = await draft_definitions(stores.pg, principal.project_id, map_doc, segment_doc)
+        segments = segments_asked(request.query.get("segment"), defs)
+        result = await preview_kpis(
+            stores.clickhouse, stores.pg, stores.settings.clickhouse_cluster, principal.project_id, defs, segments,
+            first_day, last_day, now,
+        )
+        if not csv:
+            return json_response(result)
+        return web.Response(
+            text=to_csv(result), content_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="kpis-preview-{defs.maps[0].name}.csv"'},
+        )
+
+    app.router.add_post("/v1/kpis/preview", preview)

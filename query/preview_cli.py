@@ -1,0 +1,133 @@
+"""``journeys map preview FILE --project P``: the KPIs a draft map would give, printed, publishing nothing.
+
+It computes the preview in this process when the stores are free (query/kpi_preview.py), and otherwise asks
+the running query service (``POST /v1/kpis/preview``) with a one-time read key, revoked right after — the
+embedded ClickHouse belongs to one process at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from journeys.config import Settings
+
+
+def add_preview_arguments(actions: Any) -> None:
+    preview = actions.add_parser("preview", help="the KPIs a draft map would give over all data; publishes nothing")
+    preview.add_argument("file", help="the draft map: YAML or JSON file, - for stdin")
+    preview.add_argument("--project", required=True, help="project name or id")
+    preview.add_argument("--segment-file", help="a draft segment too (joins, or replaces its namesake)")
+    preview.add_argument("--segment", help="a segment name, or * for all customers and every segment (default: all)")
+    preview.add_argument("--from", dest="first", help="first day, YYYY-MM-DD (default: 30 days ending --to)")
+    preview.add_argument("--to", dest="last", help="last day, YYYY-MM-DD (default: today, UTC)")
+    preview.add_argument("--json", action="store_true", help="print the answer as JSON (as the endpoint gives it)")
+
+
+async def run_preview(settings: Settings, args: argparse.Namespace, with_project: Any, read_document: Any) -> int:
+    map_doc = read_document(args.file)
+    segment_doc = read_document(args.segment_file) if args.segment_file else None
+    params = {k: v for k, v in (("segment", args.segment), ("from", args.first), ("to", args.last)) if v}
+
+    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+        from journeys.http import ApiError
+        from journeys.keys import add_key, revoke_key
+
+        try:
+            result = await _direct(settings, conn, project_id, map_doc, segment_doc, params)
+            if result is None:  # the stores are in use: the running query service computes it
+                secret = await add_key(conn, project_id, "read")
+                try:
+                    body = {"map": map_doc, **({"segment": segment_doc} if segment_doc is not None else {})}
+                    result = await asyncio.to_thread(_via_service, settings, body, params, secret)
+                finally:
+                    await revoke_key(conn, secret)
+        except ApiError as exc:
+            for error in exc.errors:
+                print(f"error: {error['field']}: {error['reason']}", file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2) if args.json else render(result))
+        return 0
+
+    return await with_project(settings, args.project, work)
+
+
+async def _direct(settings: Settings, conn: Any, project_id: str, map_doc: Any, segment_doc: Any, params: dict[str, str]) -> dict[str, Any] | None:
+    """The preview in this process; ``None`` when the embedded ClickHouse is another process's."""
+    from journeys.clickhouse import ClickHouse, ClickHouseError
+    from journeys.http import ApiError
+    from query.kpi_preview import draft_definitions, draft_of, preview_kpis, segments_asked
+
+    map_doc, segment_doc = draft_of({"map": map_doc, **({"segment": segment_doc} if segment_doc is not None else {})})
+    defs = await draft_definitions(conn, project_id, map_doc, segment_doc)
+    segments = segments_asked(params.get("segment"), defs)
+    now = datetime.now(timezone.utc)
+    try:
+        last = date.fromisoformat(params["to"]) if "to" in params else now.date()
+        first = date.fromisoformat(params["from"]) if "from" in params else last - timedelta(days=29)
+    except ValueError as exc:
+        raise ApiError(400, [{"field": "from/to", "reason": f"must be YYYY-MM-DD: {exc}"}]) from None
+    try:
+        ch = await ClickHouse.connect(settings.effective_clickhouse_url)
+    except ClickHouseError as exc:
+        if "in use by another process" in str(exc):
+            return None
+        raise
+    try:
+        return await preview_kpis(ch, conn, settings.clickhouse_cluster, project_id, defs, segments, first, last, now)
+    finally:
+        await ch.close()
+
+
+def _via_service(settings: Settings, body: dict[str, Any], params: dict[str, str], secret: str) -> dict[str, Any]:
+    from journeys.http import ApiError
+
+    host = "127.0.0.1" if settings.query_host in ("0.0.0.0", "::") else settings.query_host
+    request = urllib.request.Request(
+        f"http://{host}:{settings.query_port}/v1/kpis/preview?{urllib.parse.urlencode(params)}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode(),
+                 "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            errors = json.loads(exc.read()).get("errors") or []
+        except ValueError:
+            errors = []
+        raise ApiError(exc.code, errors or [{"field": "preview", "reason": f"the query service answered {exc.code}"}]) from None
+    except urllib.error.URLError as exc:
+        raise RuntimeError(f"the stores are in use and the query service did not answer: {exc}") from None
+
+
+def _rate(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def render(result: dict[str, Any]) -> str:
+    """Per segment, per stage: the counts, the rate against its target, and the bottleneck."""
+    lines = [f"preview of map {result['map']['name']} ({result['window']['from']} to {result['window']['to']}): nothing published"]
+    for segment in result["segments"]:
+        lines.append(f"\nsegment {segment['segment'] or 'all customers'}")
+        lines.append(f"  {'stage':<20} {'reached':>8} {'entered':>8} {'converted':>9} {'dropped':>8} {'in prog.':>8} {'conv. rate':>10}  status")
+        for stage in segment["stages"]:
+            lines.append(
+                f"  {stage['name'][:20]:<20} {stage['reached']:>8} {stage['entered']:>8} {stage['converted'] if stage['converted'] is not None else '-':>9} "
+                f"{stage['dropped'] if stage['dropped'] is not None else '-':>8} {stage['in_progress'] if stage['in_progress'] is not None else '-':>8} "
+                f"{_rate(stage['conversion_rate']):>10}  {stage['status'] or ''}"
+            )
+        bottleneck = segment.get("bottleneck")
+        if bottleneck:
+            lines.append(f"  bottleneck: {bottleneck['stage']} ({bottleneck['metric']} {bottleneck['actual']} against {bottleneck['target']})")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""POST /v1/kpis/preview: a draft map's (and segment's) KPIs over all data, equal to what GET /v1/kpis answers
+once the draft is applied; nothing published, the preview's facts gone afterwards, bad drafts named."""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from typing import Any
+
+from journeys import definitions
+from query.stage_state import PREVIEW_BUILDS
+from support import basic, wait_until
+from test_kpis import BASE, MAP, _kpis, _new_project, _send, _stamp
+
+DRAFT = copy.deepcopy(MAP)
+DRAFT["touchpoints"][0]["match"] = {"event": ["A", "X"]}  # page views named X now make people aware
+DRAFT["stages"][0]["target"] = {"conversion_rate": 0.9}
+DRAFT_SEGMENT = {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["vip", "basic"]}]}
+
+
+def _events() -> list[dict[str, Any]]:
+    out = []
+    for n in range(12):
+        user, at = f"p-{n}", BASE + timedelta(hours=n)
+        out.append({"type": "identify", "userId": user, "traits": {"plan": ["vip", "basic", "pro"][n % 3]},
+                    "channel": "web", "timestamp": _stamp(at)})
+        out.append({"type": "track", "userId": user, "event": "X" if n % 2 else "A", "channel": "web", "timestamp": _stamp(at)})
+        if n % 3:
+            out.append({"type": "track", "userId": user, "event": "B", "channel": "email",
+                        "properties": {"score": n % 5}, "timestamp": _stamp(at + timedelta(hours=n))})
+        if n % 4 == 0:
+            out.append({"type": "track", "userId": user, "event": "C", "channel": "store",
+                        "timestamp": _stamp(at + timedelta(days=1))})
+    return out
+
+
+async def _preview(http, query, key: str, body: Any, **params: str) -> tuple[int, Any]:  # type: ignore[no-untyped-def]
+    async with http.post(query.make_url("/v1/kpis/preview"), params=params, json=body, headers=basic(key)) as r:
+        return r.status, await r.json()
+
+
+async def test_preview_equals_the_kpis_once_the_draft_is_applied(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project = await _new_project(stores)
+    await _send(http, collector, project.write_key, _events())
+    window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=15)).date().isoformat(), "segment": "*"}
+    before = await _kpis(http, query, project.read_key, map="funnel", **window)
+
+    status, preview = await _preview(http, query, project.read_key, {"map": DRAFT, "segment": DRAFT_SEGMENT}, **window)
+    assert status == 200, preview
+    assert preview["preview"] is True and preview["map"] == {"name": "funnel", "version": None}
+    assert preview["segments"] != before["segments"]  # the draft changes the numbers ...
+    # ... and published nothing, and left no facts behind
+    async with stores.pg.acquire() as conn:
+        assert [v.version for v in await definitions.latest_of_each(conn, project.id, "map")] == [1]
+    _, rows = await stores.clickhouse.query(
+        "SELECT count() FROM stage_facts WHERE project_id = {p:String} AND build >= {b:UInt64} "
+        "SETTINGS apply_mutations_on_fly = 1", {"p": project.id, "b": PREVIEW_BUILDS},
+    )
+    assert rows == [(0,)]
+
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", DRAFT)
+        await definitions.apply(conn, project.id, "segment", DRAFT_SEGMENT)
+
+    async def applied() -> dict[str, Any] | None:
+        body = await _kpis(http, query, project.read_key, map="funnel", **window)
+        return body if body["map"]["version"] == 2 else None
+
+    after = await wait_until(applied, timeout=60)
+    assert preview["segments"] == after["segments"]
+    # a bare map is a draft too; CSV like GET /v1/kpis
+    async with http.post(query.make_url("/v1/kpis/preview"), params={**window, "format": "csv"}, json=DRAFT,
+                         headers=basic(project.read_key)) as r:
+        assert r.status == 200 and r.content_type == "text/csv"
+        lines = (await r.text()).splitlines()
+        assert lines[0].startswith("segment,") and len(lines) == 1 + 4 * 3  # a row per segment (all, 2) and stage
+
+
+async def test_a_bad_draft_is_refused_naming_the_field(http, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project = await _new_project(stores)
+    broken = copy.deepcopy(MAP)
+    broken["touchpoints"][0]["stage"] = "nowhere"
+    status, body = await _preview(http, query, project.read_key, {"map": broken})
+    assert status == 400 and body["errors"][0]["field"].startswith("map.touchpoints[0]"), body
+    status, body = await _preview(http, query, project.read_key, {"map": MAP, "segment": {"name": "x", "rules": "no"}})
+    assert status == 400 and body["errors"][0]["field"].startswith("segment."), body
+    status, body = await _preview(http, query, project.read_key, {"map": MAP, "extra": 1})
+    assert (status, body["errors"][0]["field"]) == (400, "extra")
+    status, body = await _preview(http, query, project.read_key, [1])
+    assert (status, body["errors"][0]["field"]) == (400, "body")
+    status, body = await _preview(http, query, project.read_key, MAP, segment="nobody")
+    assert (status, body["errors"][0]["field"]) == (404, "segment")
+    status, body = await _preview(http, query, project.read_key, MAP, **{"from": "yesterday"})
+    assert (status, body["errors"][0]["field"]) == (400, "from")
+    async with http.post(query.make_url("/v1/kpis/preview"), json=MAP) as r:
+        assert r.status == 401
+
+
+async def test_cli_previews_through_the_running_query_service(http, collector, query, stores, data_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """This test process holds the embedded ClickHouse, as a running `journeys up` does: `journeys map preview`
+    asks the query service, with a read key it revokes afterwards, and prints what the endpoint answers."""
+    import asyncio
+    import json
+
+    import yaml
+    from service import journeys
+
+    project = await _new_project(stores)
+    await _send(http, collector, project.write_key, _events())
+    draft = tmp_path / "draft.yaml"
+    draft.write_text(yaml.safe_dump(DRAFT))
+    window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=15)).date().isoformat()}
+    env = {"JOURNEYS_QUERY_HOST": "127.0.0.1", "JOURNEYS_QUERY_PORT": str(query.port)}
+    args = ("map", "preview", str(draft), "--project", project.id, "--from", window["from"], "--to", window["to"])
+    done = await asyncio.to_thread(journeys, data_dir, *args, "--json", **env)
+    assert done.returncode == 0, done.stderr
+    status, expected = await _preview(http, query, project.read_key, DRAFT, **window)
+    assert status == 200 and json.loads(done.stdout)["segments"] == expected["segments"]
+    revoked = await stores.pg.fetch("SELECT revoked_at FROM api_keys WHERE project_id = $1 AND kind = 'read'", project.id)
+    assert len(revoked) == 2 and sum(r["revoked_at"] is not None for r in revoked) == 1  # its own key, then revoked
+    table = await asyncio.to_thread(journeys, data_dir, *args, **env)
+    assert table.returncode == 0 and "Aware" in table.stdout and "nothing published" in table.stdout, table.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump({**DRAFT, "stages": []}))
+    bad = await asyncio.to_thread(journeys, data_dir, "map", "preview", str(broken), "--project", project.id, **env)
+    assert bad.returncode == 1 and "error: map." in bad.stderr, bad.stderr
