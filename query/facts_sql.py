@@ -207,7 +207,12 @@ class FactsSql:
 
     def insert_all(self, columns: str) -> str:
         """``INSERT`` of every customer's facts (:meth:`desired`, ``"project"``) into ``stage_facts``."""
-        return f"INSERT INTO stage_facts ({columns}) {self.desired('project')} SETTINGS max_insert_threads = 2, {CLUSTER_SETTINGS}"
+        # optimize_on_insert: the facts of one customer are summed by merges anyway, and summing each insert block
+        # first cost a third of a rebuild (10 M events: 26.1 s against 16.8 s without, measured in chDB).
+        return (
+            f"INSERT INTO stage_facts ({columns}) {self.desired('project')} "
+            f"SETTINGS max_insert_threads = 2, optimize_on_insert = 0, {CLUSTER_SETTINGS}"
+        )
 
     def refresh(self) -> str:
         """The difference to write for a refresh: the desired rows of the given ids' customers (``ids``,

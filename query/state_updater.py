@@ -261,10 +261,10 @@ class StageStateUpdater:
                 self.acknowledged_before = acknowledged
                 self.caught_up_from = started
             self.last_error = None
-            # Under heavy ingest a poll (look-back margin included) gets longer: pausing as long as it took
-            # keeps the updater to about half a core; the cap keeps KPIs at most a couple of seconds behind
-            # the poll after a long one (a catch-up after a rebuild).
-            pause = min(max(self.poll_s, time.monotonic() - began), self.max_pause_s)
+            # Under heavy ingest a poll (look-back margin included) gets longer: pausing a quarter of what it
+            # took leaves ingest its share of the cores (ClickHouse does the poll's work on its own threads)
+            # without letting the KPIs fall behind the poll; the cap bounds it after a long one.
+            pause = min(max(self.poll_s, (time.monotonic() - began) / 4), self.max_pause_s)
             try:
                 await asyncio.wait_for(self._stop.wait(), pause)
             except asyncio.TimeoutError:
