@@ -17,14 +17,17 @@ What it does, in one process, on loopback only (127.0.0.1):
    touch) fill as in production. Reports the generation + insert rate.
 3. Starts the query service (``query.app.create_app``, aiohttp, real HTTP) and waits until ``GET /v1/kpis``
    stops answering 503: the StageStateUpdater's rebuild of every customer's stage-state row. Reports the
-   rebuild time, rows/s and events/s, and how its CPU splits between the event-loop thread (Python: state
-   computation, row building) and the rest of the process (chDB).
+   rebuild time, rows/s and events/s, and how its CPU splits between the event-loop thread and the rest of
+   the process (ClickHouse computes the facts: query/facts_sql.py).
 4. Over HTTP: ``/v1/kpis`` for one segment and for ``segment=*`` (p50/p95 of ``--kpi-calls``), one customer's
    journey (p95 over ``--journey-calls`` random customers), and freshness: a real collector
    (``collector.app.create_app`` in this process, sharing the stores, default 250 ms linger) receives one
    event for a new customer per trial; time from the POST until (a) the journey endpoint shows it and (b)
    the all-customers KPI numbers include it (p50/p95 of ``--fresh-trials``). (b) polls back to back, so its
    resolution is one KPI call.
+   Then a map edit (issue 17): ``POST /v1/kpis/preview`` of the edited map (timed), the edit applied and
+   timed until ``/v1/kpis`` answers the new version; meanwhile a second project gets a new customer's event
+   again and again, each timed until its KPIs count it (another project's freshness during a rebuild).
 5. Baseline: ``windowFunnel`` over the raw events computing per-stage reached counts for the same map (rule
    assignment by query/stage_sql.py ``rule_index_sql``, rule → stage by the map), p50 of ``--funnel-runs``,
    run through the same ClickHouse facade without HTTP. Prints KPI p50 / windowFunnel p50.
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import base64
 import dataclasses
 import os
@@ -78,7 +82,7 @@ SEGMENTS = [
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-TARGETS = {"kpi_p50_ms": 200.0, "journey_p95_ms": 20.0, "freshness_p95_s": 1.0}
+TARGETS = {"kpi_p50_ms": 200.0, "journey_p95_ms": 20.0, "freshness_p95_s": 1.0, "rebuild_s": 20.0, "preview_small_s": 1.0}
 INSERT_ROWS = 250_000  # rows per INSERT: large parts, as the inserter's backlog bites
 
 
@@ -507,6 +511,63 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"freshness: journey p50/p95 {report['freshness']['journey_p50_s']}/{report['freshness']['journey_p95_s']} s, "
                     f"KPIs p50/p95 {report['freshness']['kpi_p50_s']}/{report['freshness']['kpi_p95_s']} s")
 
+                # ---- 4d. a map edit: preview, rebuild, and another project's freshness meanwhile (issue 17)
+                edited = copy.deepcopy(map_doc)
+                edited["stages"][0]["target"] = {"conversion_rate": 0.42}
+                edited["touchpoints"] = list(reversed(edited["touchpoints"]))  # first match wins: other stages
+                began = time.perf_counter()
+                async with http.post(f"{qurl}/v1/kpis/preview", params=window, json={"map": edited},
+                                     headers=basic(project.read_key)) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"preview answered {r.status}: {await r.text()}")
+                    await r.read()
+                preview_s = time.perf_counter() - began
+                log(f"preview of the edited map: {preview_s:.1f} s")
+                async with stores.pg.acquire() as conn:
+                    other = await create_project(conn, f"bench-other-{int(time.time())}")
+                    await definitions.apply(conn, other.id, "map", map_doc)
+                while (await timed_get(http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, other.read_key))[1] != 200:
+                    await asyncio.sleep(0.2)  # its first build (no events yet)
+                async with stores.pg.acquire() as conn:
+                    await definitions.apply(conn, project.id, "map", edited)
+                began = time.perf_counter()
+                other_s: list[float] = []
+                trial = 0
+                while True:
+                    took, status, body = await timed_get(http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, project.read_key)
+                    if status == 200 and body["map"]["version"] == 2 and body["rebuilding"] is None:
+                        rebuild_edit_s = time.perf_counter() - began
+                        break
+                    if time.perf_counter() - began > args.rebuild_timeout:
+                        raise RuntimeError("the rebuild after the map edit did not finish")
+                    # a new customer of the other project, timed until its KPIs count it
+                    trial += 1
+                    event = {"type": "track", "event": "Ad Clicked", "channel": "ads", "userId": f"other-{trial}",
+                             "messageId": f"other-{trial}-{time.time_ns()}"}
+                    t0 = time.perf_counter()
+                    async with http.post(f"{curl}/v1/batch", json={"batch": [event]}, headers=basic(other.write_key)) as r:
+                        if r.status != 200:
+                            raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
+                    while True:
+                        _, status, body = await timed_get(http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, other.read_key)
+                        if status == 200 and body["segments"][0]["stages"][0]["reached"] >= trial:
+                            other_s.append(time.perf_counter() - t0)
+                            break
+                        if time.perf_counter() - t0 > 60:
+                            raise RuntimeError("the other project's event not counted after 60 s")
+                        await asyncio.sleep(0.02)
+                report["map_edit"] = {
+                    "preview_s": round(preview_s, 1), "rebuild_s": round(rebuild_edit_s, 1),
+                    "other_project_trials": len(other_s),
+                    "other_project_kpi_fresh_p50_s": round(pct(other_s, 50), 3) if other_s else None,
+                    "other_project_kpi_fresh_p95_s": round(pct(other_s, 95), 3) if other_s else None,
+                    "other_project_kpi_fresh_max_s": round(max(other_s), 3) if other_s else None,
+                }
+                log(f"map edit: rebuilt in {rebuild_edit_s:.1f} s; meanwhile another project's KPIs counted a new event in "
+                    f"p50/p95/max {report['map_edit']['other_project_kpi_fresh_p50_s']}/"
+                    f"{report['map_edit']['other_project_kpi_fresh_p95_s']}/{report['map_edit']['other_project_kpi_fresh_max_s']} s "
+                    f"({len(other_s)} trials)")
+
             # ---- 5. baseline: windowFunnel over the raw events
             sql, params = funnel_sql(journey_map)
             params |= {"project_id": project.id, "window_s": 365 * 86400,
@@ -537,12 +598,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "journey_p95": report["journey"]["p95_ms"] <= TARGETS["journey_p95_ms"],
         "freshness_journey_p95": report["freshness"]["journey_p95_s"] <= TARGETS["freshness_p95_s"],
         "freshness_kpi_p95": report["freshness"]["kpi_p95_s"] <= TARGETS["freshness_p95_s"],
+        "rebuild_after_edit": report["map_edit"]["rebuild_s"] <= TARGETS["rebuild_s"],
+        "preview": report["map_edit"]["preview_s"] <= (TARGETS["preview_small_s"] if args.customers <= 20_000 else TARGETS["rebuild_s"]),
+        "other_project_fresh_p95": (report["map_edit"]["other_project_kpi_fresh_p95_s"] or 0) <= TARGETS["freshness_p95_s"],
     }
     return report
 
 
 def render(r: dict[str, Any]) -> str:
     g, b, k, j, f, w = r["generation"], r["rebuild"], r["kpis"], r["journey"], r["freshness"], r["baseline_window_funnel"]
+    e = r["map_edit"]
     ok = r["verdict"]
 
     def mark(flag: bool) -> str:
@@ -563,6 +628,11 @@ def render(r: dict[str, Any]) -> str:
         ("journey p50 / p95", f"{j['p50_ms']} / {j['p95_ms']} ms (mean {j['touchpoints_mean']} touchpoints)", "≤ 20 ms p95", mark(ok["journey_p95"])),
         ("fresh in journey p50 / p95", f"{f['journey_p50_s']} / {f['journey_p95_s']} s", "≤ 1 s p95", mark(ok["freshness_journey_p95"])),
         ("fresh in KPIs p50 / p95", f"{f['kpi_p50_s']} / {f['kpi_p95_s']} s", "≤ 1 s p95", mark(ok["freshness_kpi_p95"])),
+        ("preview of an edited map", f"{e['preview_s']} s", "≤ 1 s at 20 k customers, ≤ 20 s at 1 M", mark(ok["preview"])),
+        ("rebuild after the map edit", f"{e['rebuild_s']} s", "≤ 20 s", mark(ok["rebuild_after_edit"])),
+        ("meanwhile, another project's KPI freshness p50 / p95 / max",
+         f"{e['other_project_kpi_fresh_p50_s']} / {e['other_project_kpi_fresh_p95_s']} / {e['other_project_kpi_fresh_max_s']} s "
+         f"({e['other_project_trials']} trials)", "≤ 1 s p95", mark(ok["other_project_fresh_p95"])),
     ]
     lines = ["| figure | measured | target | |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {m} | {t} | {v} |" for a, m, t, v in rows]
