@@ -836,3 +836,55 @@ async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_
     )
     assert statuses == [200] * 40
     assert await asyncio.wait_for(stores.pg.fetchval("SELECT 1"), timeout=5) == 1  # the pool is not stuck
+
+
+async def test_a_rebuild_stalls_no_live_update_of_any_project(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """While one project's facts are recomputed for a new segment (held here for as long as the test needs),
+    new events are counted within seconds: another project's, and the rebuilding project's own in the
+    build that still serves. Once the rebuild completes, the new build counts them too."""
+    import asyncio
+
+    from query.app import STATE_UPDATER
+
+    rebuilding, other = await _new_project(stores), await _new_project(stores)
+    window = {"map": "funnel", "from": BASE.date().isoformat()}
+    await _kpis(http, query, rebuilding.read_key, **window)
+    await _kpis(http, query, other.read_key, **window)
+    writer = query.app[STATE_UPDATER].writer
+    real_build_all, gate, holding = writer.build_all, asyncio.Event(), asyncio.Event()
+
+    async def held(project_id: str, defs: Any, build: int) -> None:
+        if project_id == rebuilding.id:
+            holding.set()
+            await gate.wait()
+        await real_build_all(project_id, defs, build)
+
+    async def reached(project: Any, answer: str = "rebuilding") -> int:
+        async with http.get(query.make_url("/v1/kpis"), params=window, headers=basic(project.read_key)) as r:
+            assert r.status == 200, await r.text()
+            body = await r.json()
+        assert (body["rebuilding"] is not None) == (answer == "rebuilding"), body["rebuilding"]
+        return body["segments"][0]["stages"][0]["reached"]
+
+    def event(user: str) -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": "A", "channel": "web", "timestamp": _stamp(BASE + timedelta(days=1))}
+
+    writer.build_all = held
+    try:
+        async with stores.pg.acquire() as conn:
+            await definitions.apply(conn, rebuilding.id, "segment", {"name": "late", "rules": [{"field": "traits.plan", "op": "exists"}]})
+        await asyncio.wait_for(holding.wait(), 30)
+        await _send(http, collector, other.write_key, [event("o-1")])
+        await _send(http, collector, rebuilding.write_key, [event("r-1")])
+        await wait_until(lambda: _true_async(reached(other, "serving"), 1), timeout=15)
+        await wait_until(lambda: _true_async(reached(rebuilding), 1), timeout=15)
+        assert holding.is_set() and not gate.is_set()  # all of it while the rebuild was held
+    finally:
+        gate.set()
+        writer.build_all = real_build_all
+    after = await _kpis(http, query, rebuilding.read_key, **window)
+    assert after["rebuilding"] is None and after["segments"][0]["stages"][0]["reached"] == 1
+
+
+async def _true_async(value: Any, wanted: int) -> bool:
+    return await value == wanted
