@@ -67,14 +67,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import dataclasses
 import multiprocessing
 import os
 import random
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -87,22 +85,12 @@ import orjson
 import yaml
 from aiohttp import web
 
-HOST = "127.0.0.1"
 BATCH = 100  # events per load batch
-MAP_FILE = Path(__file__).resolve().parent.parent / "journeys" / "templates" / "five-stage.yaml"
-SEGMENTS = [  # as bench/query.py: KPI facts are computed per segment too, as in a real project
-    {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro", "enterprise"]}]},
-    {"name": "web-first", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},
-    {"name": "paid-social", "rules": [{"field": "first_channel", "op": "in", "value": ["ads", "social"]}]},
-    {"name": "de-known", "match": "all", "rules": [
-        {"field": "traits.country", "op": "equals", "value": "DE"},
-        {"field": "traits.plan", "op": "exists"},
-    ]},
-]
 # Run as a script, this file's directory comes first on sys.path and its name would shadow the `query`
 # package it measures.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - after the path fix
 
 TARGETS = {"acked_ratio": 0.95, "kpi_freshness_p95_s": 1.0, "journey_freshness_p95_s": 0.5, "kpi_p50_ms": 200.0}
 PROBE_DAY0 = date(2001, 1, 1)  # probe n is stamped on PROBE_DAY0 + n days: no load event is that old
@@ -114,26 +102,8 @@ PROBE_STAGE = "purchase"  # Order Completed / web is the map's order-online touc
 # --------------------------------------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))]
 
 
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def iso_now_z() -> str:

@@ -46,12 +46,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import base64
 import dataclasses
 import os
 import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -65,22 +63,12 @@ import orjson
 import yaml
 from aiohttp import web
 
-HOST = "127.0.0.1"
 DAY_MS = 86_400_000
-MAP_FILE = Path(__file__).resolve().parent.parent / "journeys" / "templates" / "five-stage.yaml"
-SEGMENTS = [
-    {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro", "enterprise"]}]},
-    {"name": "web-first", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},
-    {"name": "paid-social", "rules": [{"field": "first_channel", "op": "in", "value": ["ads", "social"]}]},
-    {"name": "de-known", "match": "all", "rules": [
-        {"field": "traits.country", "op": "equals", "value": "DE"},
-        {"field": "traits.plan", "op": "exists"},
-    ]},
-]
 # Run as a script, this file's directory comes first on sys.path and its name would shadow the `query`
 # package it measures.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - after the path fix
 
 TARGETS = {"kpi_p50_ms": 200.0, "journey_p95_ms": 20.0, "freshness_p95_s": 1.0, "rebuild_s": 20.0, "preview_small_s": 1.0}
 INSERT_ROWS = 250_000  # rows per INSERT: large parts, as the inserter's backlog bites
@@ -249,26 +237,8 @@ def generate(project_id: str, events: int, customers: int, seed: int, now_ms: in
 # --------------------------------------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))]
 
 
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def funnel_sql(journey_map: Any) -> tuple[str, dict[str, Any]]:

@@ -129,33 +129,16 @@ async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) 
 
 
 def _replay_via_service(settings: Settings, since: str | None, secret: str) -> dict[str, Any]:
-    import base64
-    import json
-    import urllib.error
-    import urllib.request
+    from journeys.http import ServiceRefused, post_to_service
 
     host = "127.0.0.1" if settings.collector_host in ("0.0.0.0", "::") else settings.collector_host
-    request = urllib.request.Request(
-        f"http://{host}:{settings.collector_port}/v1/quarantine/replay",
-        data=json.dumps({"since": since} if since else {}).encode(),
-        method="POST",
-        headers={
-            "Authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode(),
-            "Content-Type": "application/json",
-        },
-    )
     try:
-        with urllib.request.urlopen(request, timeout=3600) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            errors = json.loads(exc.read()).get("errors") or []
-            why = "; ".join(f"{e.get('field')}: {e.get('reason')}" for e in errors) or exc.reason
-        except ValueError:
-            why = exc.reason
-        raise RuntimeError(f"the collector refused the replay ({exc.code}): {why}") from None
-    except urllib.error.URLError as exc:
-        raise RuntimeError(f"the stores are in use and the collector did not answer: {exc}") from None
+        return post_to_service(
+            f"http://{host}:{settings.collector_port}/v1/quarantine/replay", {"since": since} if since else {}, secret
+        )
+    except ServiceRefused as exc:
+        why = "; ".join(f"{e.get('field')}: {e.get('reason')}" for e in exc.errors)
+        raise RuntimeError(f"the collector refused the replay ({exc.status}): {why}") from None
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:

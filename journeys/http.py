@@ -177,3 +177,38 @@ def metrics_handler(metrics: Metrics) -> Handler:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     return handler
+
+
+class ServiceRefused(Exception):
+    """A running service answered a CLI's call with an error: its status and our error list."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]]):
+        super().__init__(f"{status}: " + "; ".join(f"{e.get('field')}: {e.get('reason')}" for e in errors))
+        self.status = status
+        self.errors = errors
+
+
+def post_to_service(url: str, body: Any, key: str, timeout_s: float = 3600.0) -> Any:
+    """POST ``body`` as JSON to a running service with ``key`` (Basic auth) and return its JSON answer: how the
+    CLI reaches a service that owns the embedded stores. Raises :class:`ServiceRefused` for an error answer
+    and ``RuntimeError`` when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url,
+        data=orjson.dumps(body),
+        method="POST",
+        headers={"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(), "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            errors = orjson.loads(exc.read()).get("errors") or []
+        except (ValueError, AttributeError):
+            errors = []
+        raise ServiceRefused(exc.code, errors or [{"field": "request", "reason": str(exc.reason)}]) from None
+    except urllib.error.URLError as exc:
+        raise RuntimeError(f"the stores are in use and the service at {url} did not answer: {exc.reason}") from None

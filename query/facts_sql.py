@@ -32,6 +32,7 @@ on generated journeys; the KPI oracle tests (tests/test_kpis.py) run on top of t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
@@ -262,21 +263,27 @@ def _sentiment_sql(p: _Params, compiled: Any, rule: str) -> str:
     return f"multiIf({', '.join(branches)}, toString(sentiment))"
 
 
+def segment_fields(segments: Iterable[Segment]) -> tuple[list[str], bool]:
+    """(the trait names the segments' rules read, whether any rule reads the first touch): all that is read."""
+    traits: set[str] = set()
+    touch = False
+    for segment in segments:
+        for rule in segment.rules:
+            if rule.field.startswith("traits."):
+                traits.add(rule.field[7:])
+            else:
+                touch = True
+    return sorted(traits), touch
+
+
 class _SegmentKeys:
     """Each customer's segment keys (``''`` and every segment it belongs to), from per-customer aggregates of
     the same read: the first touch, and per trait the identifies that set it."""
 
     def __init__(self, p: _Params, segments: tuple[Segment, ...]):
         self.p = p
-        traits: set[str] = set()
-        touch = False
-        for segment in segments:
-            for rule in segment.rules:
-                if rule.field.startswith("traits."):
-                    traits.add(rule.field[7:])
-                else:
-                    touch = True
-        self.trait_index = {name: i for i, name in enumerate(sorted(traits), start=1)}
+        traits, touch = segment_fields(segments)
+        self.trait_index = {name: i for i, name in enumerate(traits, start=1)}
         aggregates = []
         if touch:
             aggregates.append(

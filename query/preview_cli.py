@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -88,27 +85,13 @@ async def _direct(settings: Settings, conn: Any, project_id: str, map_doc: Any, 
 
 
 def _via_service(settings: Settings, body: dict[str, Any], params: dict[str, str], secret: str) -> dict[str, Any]:
-    from journeys.http import ApiError
+    from journeys.http import ApiError, ServiceRefused, post_to_service
 
     host = "127.0.0.1" if settings.query_host in ("0.0.0.0", "::") else settings.query_host
-    request = urllib.request.Request(
-        f"http://{host}:{settings.query_port}/v1/kpis/preview?{urllib.parse.urlencode(params)}",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode(),
-                 "Content-Type": "application/json"},
-    )
     try:
-        with urllib.request.urlopen(request, timeout=3600) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            errors = json.loads(exc.read()).get("errors") or []
-        except ValueError:
-            errors = []
-        raise ApiError(exc.code, errors or [{"field": "preview", "reason": f"the query service answered {exc.code}"}]) from None
-    except urllib.error.URLError as exc:
-        raise RuntimeError(f"the stores are in use and the query service did not answer: {exc}") from None
+        return post_to_service(f"http://{host}:{settings.query_port}/v1/kpis/preview?{urllib.parse.urlencode(params)}", body, secret)
+    except ServiceRefused as exc:
+        raise ApiError(exc.status, exc.errors) from None
 
 
 def _rate(value: Any) -> str:

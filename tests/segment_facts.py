@@ -25,6 +25,7 @@ from typing import Any
 
 from journeys.clickhouse import ClickHouse
 from journeys.maps import Segment
+from query.facts_sql import segment_fields
 from query.reads import ID_CHUNK, CustomerFactsFold
 
 TRAITS_SQL = """
@@ -49,25 +50,12 @@ GROUP BY distinct_id
 """
 
 
-def fields_of(segments: Iterable[Segment]) -> tuple[list[str], bool]:
-    """(the trait names the segments' rules read, whether any rule reads the first touch)."""
-    traits: set[str] = set()
-    touch = False
-    for segment in segments:
-        for rule in segment.rules:
-            if rule.field.startswith("traits."):
-                traits.add(rule.field[7:])
-            else:
-                touch = True
-    return sorted(traits), touch
-
-
 async def segment_facts(
     ch: ClickHouse, project_id: str, members: dict[str, list[str]], segments: Iterable[Segment]
 ) -> dict[str, dict[str, Any]]:
     """``{"traits", "first_touch"}`` of each customer (``customer → its ids``), as :func:`query.reads.facts_of`
     gives them, with only the traits (and the first touch only if) the ``segments`` read."""
-    trait_names, touch = fields_of(segments)
+    trait_names, touch = segment_fields(segments)
     owner = {i: customer for customer, ids in members.items() for i in ids}
     all_ids = list(owner)
     folded = CustomerFactsFold(members)
