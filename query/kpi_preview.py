@@ -24,18 +24,11 @@ from journeys import definitions
 from journeys.clickhouse import ClickHouse
 from journeys.http import ApiError, json_response
 from journeys.maps import DefinitionError, Segment, validate_map, validate_segment
-from journeys.migrate import render_clickhouse_sql
 from journeys.stores import Stores
 from query.definitions_api import read_document
 from query.kpis import ALL, KpiRequest, stage_kpis, to_csv
 from query.kpis_api import parse_window
-from query.stage_state import Definitions, StateWriter, preview_build
-
-_DELETE_BUILD_SQL = (
-    "DELETE FROM {{table stage_facts}} {{on_cluster}} WHERE project_id = {project_id:String} "
-    "AND build = {build:UInt64} SETTINGS lightweight_deletes_sync = 0"
-)
-
+from query.stage_state import Definitions, StateWriter, drop_build, preview_build
 
 def draft_of(document: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(map document, segment document or None) from a preview body; 400 naming the field otherwise."""
@@ -103,7 +96,7 @@ async def preview_kpis(
             segments=segments, first_day=first_day, last_day=last_day, now=now,
         ))
     finally:
-        await ch.command(render_clickhouse_sql(_DELETE_BUILD_SQL, cluster), {"project_id": project_id, "build": build})
+        await drop_build(ch, cluster or "", project_id, build)
     result["map"]["version"] = None  # not a version: nothing was published
     return {"preview": True, **result}
 

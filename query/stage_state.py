@@ -12,6 +12,7 @@ service's :class:`~query.state_updater.StageStateUpdater` decides which customer
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
@@ -24,13 +25,15 @@ import orjson
 from journeys import identities
 from journeys.clickhouse import ClickHouse
 from journeys.maps import JourneyMap, Segment, Stage
+from journeys.migrate import render_clickhouse_sql
 from query.facts_sql import FactsSql
 from query.journey import CompiledMap
 from query.reads import ID_CHUNK
 
 DAY_MS = 86_400_000
-# Part of every build fingerprint: a store written in another format (0005's stage_state rows) is rebuilt.
-FACTS_FORMAT = "facts:2"
+# Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
+# 0009 partitioned stage_facts by project and build).
+FACTS_FORMAT = "facts:3"
 
 FACT_COLUMNS = (
     "project_id",
@@ -85,6 +88,20 @@ def preview_build(now_ms: int) -> int:
 def stale_previews_below(now_ms: int) -> int:
     """Preview builds below this number began over :data:`PREVIEW_LIFETIME_MS` ago."""
     return PREVIEW_BUILDS + (now_ms - PREVIEW_LIFETIME_MS) * 1000
+
+
+_DROP_BUILD_SQL = "ALTER TABLE {{table stage_facts}} {{on_cluster}} DROP PARTITION ({project}, {build})"
+_PROJECT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+async def drop_build(ch: ClickHouse, cluster: str, project_id: str, build: int) -> None:
+    """Delete every fact of one build of a project at once: its partition (migration 0009). Nothing is
+    rewritten, and answers reading other builds are untouched."""
+    # ALTER … DROP PARTITION takes a literal, not a bound parameter: project ids are generated ("p_" + hex).
+    if not _PROJECT_ID.match(project_id):
+        raise ValueError(f"not a project id: {project_id!r}")
+    sql = _DROP_BUILD_SQL.replace("{project}", f"'{project_id}'").replace("{build}", str(int(build)))
+    await ch.command(render_clickhouse_sql(sql, cluster))
 
 
 def conversion_window_ms(stage: Stage) -> int:

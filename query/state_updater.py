@@ -51,9 +51,8 @@ from typing import Any
 from journeys import definitions
 from journeys.maps import validate_map, validate_segment
 from journeys.metrics import Metrics
-from journeys.migrate import render_clickhouse_sql
 from journeys.stores import Stores
-from query.stage_state import Definitions, StateWriter, facts_change, lock_pool, stale_previews_below
+from query.stage_state import Definitions, StateWriter, drop_build, facts_change, lock_pool, stale_previews_below
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +92,13 @@ UNION DISTINCT
 SELECT distinct_id FROM identities WHERE project_id = {project_id:String} AND inserted_at > {since:DateTime64(3, 'UTC')}
 """
 
-# Garbage collection only: KPIs read the serving build, so rows of other builds never count.
-# Previews being answered are spared (query/kpi_preview.py): every build below `below` is a published one or
-# a preview left over from a crash.
-DELETE_OTHER_BUILDS_SQL = (
-    "DELETE FROM {{table stage_facts}} {{on_cluster}} WHERE project_id = {project_id:String} "
-    "AND build != {keep:UInt64} AND build < {below:UInt64} SETTINGS lightweight_deletes_sync = 0"
-)
+# Garbage collection only: KPIs read the serving build, so rows of other builds never count. Previews being
+# answered are spared (query/kpi_preview.py): every build below `below` is a published one or a preview left
+# over from a crash.
+OTHER_BUILDS_SQL = """
+SELECT DISTINCT build FROM stage_facts
+WHERE project_id = {project_id:String} AND build != {keep:UInt64} AND build < {below:UInt64}
+"""
 
 
 def _at(ms: int) -> datetime:
@@ -350,11 +349,12 @@ class StageStateUpdater:
         self._pending.pop(project_id, None)
         # After every answer still reading the old build (they read the serving build under the shared lock):
         # its rows may go then, without any answer seeing half of them.
+        _, others = await ch.query(
+            OTHER_BUILDS_SQL, {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))}
+        )
         async with facts_change(lock_pool(self.stores), project_id):
-            await ch.command(
-                render_clickhouse_sql(DELETE_OTHER_BUILDS_SQL, self.stores.settings.clickhouse_cluster),
-                {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))},
-            )
+            for (other,) in others:
+                await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
