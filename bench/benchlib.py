@@ -1,7 +1,7 @@
 """What bench/query.py and bench/live.py share: the five-stage project they measure, and small helpers.
 
-Imported by the benchmarks after they take their own directory off the front of ``sys.path`` (their file
-names would shadow the packages they measure) and put it back at the end.
+The benchmarks import it with their own directory first on ``sys.path`` and take that directory off again
+at once: their file names (query.py) would shadow the packages they measure.
 """
 
 from __future__ import annotations

@@ -89,8 +89,9 @@ BATCH = 100  # events per load batch
 # Run as a script, this file's directory comes first on sys.path and its name would shadow the `query`
 # package it measures.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - after the path fix
+sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - the sibling, then
+sys.path.remove(str(_HERE))  # ... off the path again, before anything imports the `query` package
 
 TARGETS = {"acked_ratio": 0.95, "kpi_freshness_p95_s": 1.0, "journey_freshness_p95_s": 0.5, "kpi_p50_ms": 200.0}
 PROBE_DAY0 = date(2001, 1, 1)  # probe n is stamped on PROBE_DAY0 + n days: no load event is that old

@@ -67,8 +67,9 @@ DAY_MS = 86_400_000
 # Run as a script, this file's directory comes first on sys.path and its name would shadow the `query`
 # package it measures.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - after the path fix
+sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - the sibling, then
+sys.path.remove(str(_HERE))  # ... off the path again, before anything imports the `query` package
 
 TARGETS = {"kpi_p50_ms": 200.0, "journey_p95_ms": 20.0, "freshness_p95_s": 1.0, "rebuild_s": 20.0, "preview_small_s": 1.0}
 INSERT_ROWS = 250_000  # rows per INSERT: large parts, as the inserter's backlog bites
