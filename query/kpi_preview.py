@@ -8,12 +8,15 @@ Content-Type. The query parameters are those of ``GET /v1/kpis`` without ``map``
 ClickHouse computes every customer's facts for the draft into a build of its own (:mod:`query.facts_sql`,
 the computation a published map gets), the ordinary KPI code answers from that build, and the build is
 deleted. So a preview is what ``GET /v1/kpis`` answers once the draft is applied and computed, by
-construction (tests/test_kpi_preview.py checks it). Preview builds are numbered from ``query.stage_state.PREVIEW_BUILDS``
-up, apart from published builds, and a rebuild's clean-up spares the ones still being read.
+construction (tests/test_kpi_preview.py checks it). Preview builds are numbered from
+``query.stage_state.PREVIEW_BUILDS`` up, apart from published builds, and a rebuild's clean-up spares the
+ones still being read. A preview costs what a rebuild does (every customer's facts): one runs at a time per
+query service, the others wait their turn.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import date, datetime
 from typing import Any
@@ -29,6 +32,7 @@ from query.definitions_api import read_document
 from query.kpis import ALL, KpiRequest, stage_kpis, to_csv
 from query.kpis_api import parse_window
 from query.stage_state import Definitions, StateWriter, drop_build, preview_build
+
 
 def draft_of(document: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(map document, segment document or None) from a preview body; 400 naming the field otherwise."""
@@ -102,6 +106,8 @@ async def preview_kpis(
 
 
 def add_route(app: web.Application, principal_of: Any, stores_key: web.AppKey[Stores]) -> None:
+    one_at_a_time = asyncio.Lock()  # per app: a preview takes every core ClickHouse has, as a rebuild does
+
     async def preview(request: web.Request) -> web.Response:
         stores = request.app[stores_key]
         principal = await principal_of(request)
@@ -109,10 +115,11 @@ def add_route(app: web.Application, principal_of: Any, stores_key: web.AppKey[St
         map_doc, segment_doc = draft_of(await read_document(request))
         defs = await draft_definitions(stores.pg, principal.project_id, map_doc, segment_doc)
         segments = segments_asked(request.query.get("segment"), defs)
-        result = await preview_kpis(
-            stores.clickhouse, stores.pg, stores.settings.clickhouse_cluster, principal.project_id, defs, segments,
-            first_day, last_day, now,
-        )
+        async with one_at_a_time:
+            result = await preview_kpis(
+                stores.clickhouse, stores.pg, stores.settings.clickhouse_cluster, principal.project_id, defs, segments,
+                first_day, last_day, now,
+            )
         if not csv:
             return json_response(result)
         return web.Response(
