@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -287,16 +287,22 @@ class StateWriter:
         )
 
     async def refresh(
-        self, project_id: str, definitions: Definitions, build: int, touched: set[str], *, serving: bool = True
+        self, project_id: str, definitions: Definitions, build: int, touched: set[str], *, serving: bool = True,
+        still_kept: Callable[[], bool] | None = None,
     ) -> int:
         """Rewrite the facts in ``build`` of every customer that ``touched`` ids belong to, and withdraw those
-        of customers that no longer exist (merged into another). Returns the number of rows written."""
+        of customers that no longer exist (merged into another). Returns the number of rows written.
+
+        ``still_kept`` is asked under the writers' lock before each statement: a build retired meanwhile (its
+        partition dropped under the same lock) is not written to again."""
         if not definitions.maps or not touched:
             return 0
         written = 0
         touched_list = sorted(touched)
         for start in range(0, len(touched_list), REFRESH_CHUNK):
             async with facts_lock(self.pg, project_id):
+                if still_kept is not None and not still_kept():
+                    break
                 written += await self._refresh_locked(
                     project_id, definitions, build, touched_list[start : start + REFRESH_CHUNK], serving
                 )

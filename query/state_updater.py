@@ -52,7 +52,15 @@ from journeys import definitions
 from journeys.maps import validate_map, validate_segment
 from journeys.metrics import Metrics
 from journeys.stores import Stores
-from query.stage_state import Definitions, StateWriter, drop_build, facts_change, lock_pool, stale_previews_below
+from query.stage_state import (
+    Definitions,
+    StateWriter,
+    drop_build,
+    facts_change,
+    facts_lock,
+    lock_pool,
+    stale_previews_below,
+)
 
 log = logging.getLogger(__name__)
 
@@ -338,29 +346,36 @@ class StageStateUpdater:
         self._pending[project_id] = (number, defs)
         _, rows = await ch.query(CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(read_from_ms - self.margin_ms)})
         caught_up = await self.writer.refresh(project_id, defs, number, {r[0] for r in rows}, serving=False)
-        await pg.execute(
-            "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
-            "WHERE project_id = $1",
-            project_id,
-            defs.fingerprint,
-            number,
-        )
-        self._serving[project_id] = (number, defs)
-        self._pending.pop(project_id, None)
-        # After every answer still reading the old build (they read the serving build under the shared lock):
-        # its rows may go then, without any answer seeing half of them.
-        _, others = await ch.query(
-            OTHER_BUILDS_SQL, {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))}
-        )
-        async with facts_change(lock_pool(self.stores), project_id):
-            for (other,) in others:
-                await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
+        # Under the writers' lock: a poll's refresh of the old build either ends before the switch (and its rows
+        # go with the partition) or finds the build retired (StateWriter.refresh, still_kept).
+        async with facts_lock(pg, project_id):
+            await pg.execute(
+                "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
+                "WHERE project_id = $1",
+                project_id,
+                defs.fingerprint,
+                number,
+            )
+            self._serving[project_id] = (number, defs)
+            self._pending.pop(project_id, None)
+            # After every answer still reading the old build (they read the serving build under the shared
+            # lock): its rows may go then, without any answer seeing half of them.
+            _, others = await ch.query(
+                OTHER_BUILDS_SQL, {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))}
+            )
+            async with facts_change(lock_pool(self.stores), project_id):
+                for (other,) in others:
+                    await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
             "stage facts of project %s rebuilt for %s in %.1f s (%.1f s computing every customer; %d ids changed "
             "meanwhile, %d rows)", project_id, defs.fingerprint, time.monotonic() - began, built_s, len(rows), caught_up,
         )
+
+    def _kept(self, project_id: str, build: int) -> bool:
+        """Whether ``build`` is still one the polls keep current: the serving one or the one being built."""
+        return any(t is not None and t[0] == build for t in (self._serving.get(project_id), self._pending.get(project_id)))
 
     async def _apply_changes(self, since_ms: int, next_ms: int) -> None:
         """Recompute every customer with a row that became visible since the last poll (module docstring:
@@ -387,7 +402,10 @@ class StageStateUpdater:
             for target, serving in ((self._serving.get(project_id), True), (self._pending.get(project_id), False)):
                 if target is not None:
                     number, built_for = target
-                    written = await self.writer.refresh(project_id, built_for, number, ids, serving=serving)
+                    written = await self.writer.refresh(
+                        project_id, built_for, number, ids, serving=serving,
+                        still_kept=lambda p=project_id, n=number: self._kept(p, n),
+                    )
                     self.metrics.stage_state_rows.inc(written)
         # Only now, every refresh written: after a failure the retry starts from nothing known (see _loop).
         self._known = following
