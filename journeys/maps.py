@@ -28,8 +28,8 @@ MAX_STAGES = 100
 #: Operators of touchpoint property conditions and segment rules.
 OPERATORS = ("equals", "not_equals", "in", "not_in", "exists", "not_exists", "contains", ">", ">=", "<", "<=")
 _NUMERIC = (">", ">=", "<", "<=")
-_LISTS = ("in", "not_in")
-_UNARY = ("exists", "not_exists")
+LIST_OPERATORS = ("in", "not_in")
+UNARY_OPERATORS = ("exists", "not_exists")
 
 #: What segment rules may look at, besides ``traits.<name>`` (latest identify traits).
 SEGMENT_FIELDS = ("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign", "first_seen")
@@ -47,11 +47,11 @@ def _condition_problems(op: str, value: Any, path: str) -> list[dict[str, str]]:
     """The one place an operator and its value are checked, for map conditions and segment rules alike."""
     if op not in OPERATORS:
         return [{"path": f"{path}.op", "reason": f"unknown operator {op!r}; use one of {', '.join(OPERATORS)}"}]
-    if op in _UNARY:
+    if op in UNARY_OPERATORS:
         return [] if value is None else [{"path": f"{path}.value", "reason": f"{op} takes no value"}]
     if value is None:
         return [{"path": f"{path}.value", "reason": f"{op} needs a value"}]
-    if op in _LISTS and not (isinstance(value, list) and value):
+    if op in LIST_OPERATORS and not (isinstance(value, list) and value):
         return [{"path": f"{path}.value", "reason": f"{op} needs a non-empty list"}]
     if op in _NUMERIC and (isinstance(value, bool) or not isinstance(value, (int, float))):
         return [{"path": f"{path}.value", "reason": f"{op} compares numbers: value must be a number"}]
@@ -64,10 +64,10 @@ def _date_rule_problems(op: str, value: Any, path: str) -> list[dict[str, str]]:
     """first_seen compares calendar dates: ISO date strings, with the numeric operators meaning before/after."""
     if op == "contains":
         return [{"path": f"{path}.op", "reason": "first_seen is a date: use equals, in, <, <=, >, >= or exists"}]
-    if op not in OPERATORS or op in _UNARY:
+    if op not in OPERATORS or op in UNARY_OPERATORS:
         return _condition_problems(op, value, path)
-    values = value if op in _LISTS and isinstance(value, list) else [value]
-    if op in _LISTS and not (isinstance(value, list) and value):
+    values = value if op in LIST_OPERATORS and isinstance(value, list) else [value]
+    if op in LIST_OPERATORS and not (isinstance(value, list) and value):
         return [{"path": f"{path}.value", "reason": f"{op} needs a non-empty list"}]
     for item in values:
         try:
@@ -446,8 +446,8 @@ def _same(value: Any, expected: Any) -> bool:
 def rule_matches(rule: Rule, facts: dict[str, Any]) -> bool:
     """One segment rule against a customer's facts (``{"traits": {...}, "first_touch": {...}}``)."""
     expected = rule.value
-    if rule.field == "first_seen" and rule.op not in _UNARY:
-        expected = [date.fromisoformat(v) for v in expected] if rule.op in _LISTS else date.fromisoformat(expected)
+    if rule.field == "first_seen" and rule.op not in UNARY_OPERATORS:
+        expected = [date.fromisoformat(v) for v in expected] if rule.op in LIST_OPERATORS else date.fromisoformat(expected)
     return holds(rule.op, _rule_value(rule.field, facts), expected)
 
 

@@ -36,8 +36,8 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from journeys.maps import _LISTS, _UNARY, SENTIMENTS, Rule, Segment, SentimentFromProperty
-from query.stage_sql import _holds, _Params, property_condition, rule_index_sql
+from journeys.maps import LIST_OPERATORS, UNARY_OPERATORS, SENTIMENTS, Rule, Segment, SentimentFromProperty
+from query.stage_sql import holds_sql, SqlParams, property_condition, rule_index_sql
 
 # On a cluster every table named here is a Distributed table: the identity mapping joined to the events is
 # read once, on the node that runs the statement, and sent to the shards (GLOBAL), not read by every shard
@@ -167,7 +167,7 @@ class FactsSql:
 
     def __init__(self, definitions: Any):
         self.definitions = definitions
-        p = _Params("fq_")
+        p = SqlParams("fq_")
         maps = definitions.maps
         rule_columns, sentiment_columns = [], []
         for n, mv in enumerate(maps):
@@ -237,7 +237,7 @@ def _literal(value: Any) -> str:
     return str(value)
 
 
-def _sentiment_sql(p: _Params, compiled: Any, rule: str) -> str:
+def _sentiment_sql(p: SqlParams, compiled: Any, rule: str) -> str:
     """The sentiment the matching rule (``rule``: its index) of a map gives each event (``_Rule.sentiment``):
     the rule's own, or from a numeric property, else the event's."""
     branches = []
@@ -280,7 +280,7 @@ class _SegmentKeys:
     """Each customer's segment keys (``''`` and every segment it belongs to), from per-customer aggregates of
     the same read: the first touch, and per trait the identifies that set it."""
 
-    def __init__(self, p: _Params, segments: tuple[Segment, ...]):
+    def __init__(self, p: SqlParams, segments: tuple[Segment, ...]):
         self.p = p
         traits, touch = segment_fields(segments)
         self.trait_index = {name: i for i, name in enumerate(traits, start=1)}
@@ -316,13 +316,13 @@ class _SegmentKeys:
         p = self.p
         if rule.field.startswith("traits."):
             present, value = self._trait(rule.field[7:])
-            return _holds(p, rule.op, "", rule.value, doc=value, present=present)
+            return holds_sql(p, rule.op, "", rule.value, doc=value, present=present)
         if rule.field == "first_seen":
             return _date_rule(p, rule)
         return _text_rule(p, f"touch.{_TOUCH_FIELDS[rule.field]}", rule)
 
 
-def _text_rule(p: _Params, value: str, rule: Rule) -> str:
+def _text_rule(p: SqlParams, value: str, rule: Rule) -> str:
     """A first-touch text field (``''`` is absent) under ``journeys.maps.holds``: only text equals text."""
     present = f"({value} != '')"
 
@@ -338,7 +338,7 @@ def _text_rule(p: _Params, value: str, rule: Rule) -> str:
         return f"({present} AND {same(expected)})"
     if op == "not_equals":
         return f"NOT ({present} AND {same(expected)})"
-    if op in _LISTS:
+    if op in LIST_OPERATORS:
         found = f"({present} AND ({' OR '.join(same(e) for e in expected) or '0'}))"
         return found if op == "in" else f"NOT {found}"
     if op == "contains":
@@ -346,13 +346,13 @@ def _text_rule(p: _Params, value: str, rule: Rule) -> str:
     return "0"  # a number never compares with text
 
 
-def _date_rule(p: _Params, rule: Rule) -> str:
+def _date_rule(p: SqlParams, rule: Rule) -> str:
     """``first_seen`` (every customer with events has one) compared as a calendar date."""
     value = "touch.5"
     op = rule.op
-    if op in _UNARY:
+    if op in UNARY_OPERATORS:
         return "1" if op == "exists" else "0"
-    if op in _LISTS:
+    if op in LIST_OPERATORS:
         dates = p.bind([date.fromisoformat(v) for v in rule.value], "Array(Date)")
         return f"{value} IN {dates}" if op == "in" else f"{value} NOT IN {dates}"
     expected = p.bind(date.fromisoformat(rule.value), "Date")

@@ -26,7 +26,7 @@ from journeys.maps import Condition, JourneyMap
 _NUMBER_TYPES = "('Int64', 'UInt64', 'Double')"
 
 
-class _Params:
+class SqlParams:
     def __init__(self, prefix: str):
         self.prefix = prefix
         self.values: dict[str, Any] = {}
@@ -37,7 +37,7 @@ class _Params:
         return f"{{{name}:{kind}}}"
 
 
-def _typed_equals(p: _Params, doc: str, args: str, expected: Any) -> str:
+def _typed_equals(p: SqlParams, doc: str, args: str, expected: Any) -> str:
     """The JSON value at ``doc[args]`` equals ``expected`` (JSON equality)."""
     kind = f"JSONType({doc}{args})"
     if isinstance(expected, bool):
@@ -49,7 +49,7 @@ def _typed_equals(p: _Params, doc: str, args: str, expected: Any) -> str:
     return "0"  # validation only lets scalars through for these operators
 
 
-def _holds(p: _Params, op: str, args: str, expected: Any, doc: str = "properties", present: str | None = None) -> str:
+def holds_sql(p: SqlParams, op: str, args: str, expected: Any, doc: str = "properties", present: str | None = None) -> str:
     """``op`` holds for the JSON value at ``doc[args]`` (``present``: whether there is one; default: the path
     exists in ``doc``)."""
     present = present or f"JSONHas({doc}{args})"
@@ -83,7 +83,7 @@ def _holds(p: _Params, op: str, args: str, expected: Any, doc: str = "properties
     raise ValueError(f"unknown operator {op!r}")
 
 
-def property_condition(p: _Params, path: str, build: Callable[[str], str]) -> str:
+def property_condition(p: SqlParams, path: str, build: Callable[[str], str]) -> str:
     """``build(args)`` for the property at ``path``: ``args`` is the JSON path arguments (``, 'a', 'b'``) of
     ``properties``. A top-level key that itself contains the dots wins over the nested path, as in
     ``query.journey.property_value``."""
@@ -94,11 +94,11 @@ def property_condition(p: _Params, path: str, build: Callable[[str], str]) -> st
     return f"if(JSONHas(properties{literal}), {build(literal)}, {build(nested)})"
 
 
-def _condition(p: _Params, condition: Condition) -> str:
-    return property_condition(p, condition.property, lambda args: _holds(p, condition.op, args, condition.value))
+def _condition(p: SqlParams, condition: Condition) -> str:
+    return property_condition(p, condition.property, lambda args: holds_sql(p, condition.op, args, condition.value))
 
 
-def _member(p: _Params, column: str, value: str | list[str] | None) -> str | None:
+def _member(p: SqlParams, column: str, value: str | list[str] | None) -> str | None:
     if value is None:
         return None
     values = [value] if isinstance(value, str) else list(value)
@@ -108,7 +108,7 @@ def _member(p: _Params, column: str, value: str | list[str] | None) -> str | Non
 def rule_index_sql(journey_map: JourneyMap, prefix: str = "m") -> tuple[str, dict[str, Any]]:
     """``(expression, parameters)``: the 1-based index of the first touchpoint rule an event row matches
     (columns ``event``, ``channel``, ``type``, ``properties``), 0 when none does."""
-    p = _Params(prefix)
+    p = SqlParams(prefix)
     branches = []
     for index, touchpoint in enumerate(journey_map.touchpoints, start=1):
         match = touchpoint.match
