@@ -6,11 +6,19 @@ at once: their file names (query.py) would shadow the packages they measure.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import base64
+import shutil
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 HOST = "127.0.0.1"  # every byte of traffic stays on loopback
 MAP_FILE = Path(__file__).resolve().parent.parent / "journeys" / "templates" / "five-stage.yaml"
@@ -46,3 +54,31 @@ def free_port() -> int:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], str],
+    met: Callable[[dict[str, Any]], bool],
+    prefix: str,
+) -> int:
+    """Run a benchmark in ``args.data_dir`` (a temporary one, removed unless ``--keep``), print its table,
+    write ``--json``. Exit status: 0 every target met, 1 some missed, 2 the benchmark could not run."""
+    temporary = args.data_dir is None
+    if temporary:
+        args.data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        report = asyncio.run(run(args))
+    except Exception as exc:  # noqa: BLE001 - report and exit 2: the benchmark itself could not run
+        log(f"benchmark failed: {exc!r}")
+        return 2
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(args.data_dir, ignore_errors=True)
+        elif temporary:
+            log(f"kept {args.data_dir}")
+    print(render(report))
+    if args.json:
+        args.json.write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    return 0 if met(report) else 1

@@ -72,9 +72,7 @@ import multiprocessing
 import os
 import random
 import re
-import shutil
 import sys
-import tempfile
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -90,7 +88,7 @@ BATCH = 100  # events per load batch
 # package it measures.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - the sibling, then
+from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct, run_and_report  # noqa: E402 - the sibling, then
 sys.path.remove(str(_HERE))  # ... off the path again, before anything imports the `query` package
 
 TARGETS = {"acked_ratio": 0.95, "kpi_freshness_p95_s": 1.0, "journey_freshness_p95_s": 0.5, "kpi_p50_ms": 200.0}
@@ -765,25 +763,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    temporary = args.data_dir is None
-    if temporary:
-        args.data_dir = Path(tempfile.mkdtemp(prefix="journeys-bench-live-"))
-    try:
-        report = asyncio.run(run(args))
-    except Exception as exc:  # noqa: BLE001 - report and exit 2: the benchmark itself could not run
-        log(f"benchmark failed: {exc!r}")
-        return 2
-    finally:
-        if temporary and not args.keep:
-            shutil.rmtree(args.data_dir, ignore_errors=True)
-        elif temporary:
-            log(f"kept {args.data_dir}")
-    print(render(report))
-    if args.json:
-        args.json.write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    return 0 if report["all_met"] else 1
-
+    return run_and_report(parse_args(argv), run, render, lambda r: bool(r["all_met"]), "journeys-bench-live-")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -49,10 +49,8 @@ import copy
 import dataclasses
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -68,7 +66,7 @@ DAY_MS = 86_400_000
 # package it measures.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct  # noqa: E402 - the sibling, then
+from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct, run_and_report  # noqa: E402 - the sibling, then
 sys.path.remove(str(_HERE))  # ... off the path again, before anything imports the `query` package
 
 TARGETS = {"kpi_p50_ms": 200.0, "journey_p95_ms": 20.0, "freshness_p95_s": 1.0, "rebuild_s": 20.0, "preview_small_s": 1.0}
@@ -634,23 +632,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    temporary = args.data_dir is None
-    if temporary:
-        args.data_dir = Path(tempfile.mkdtemp(prefix="journeys-bench-query-"))
-    try:
-        report = asyncio.run(run(args))
-    except Exception as exc:  # noqa: BLE001 - report and exit 2: the benchmark itself could not run
-        log(f"benchmark failed: {exc!r}")
-        return 2
-    finally:
-        if temporary and not args.keep:
-            shutil.rmtree(args.data_dir, ignore_errors=True)
-    print(render(report))
-    if args.json:
-        args.json.write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    return 0 if all(report["verdict"].values()) else 1
-
+    return run_and_report(parse_args(argv), run, render, lambda r: all(r["verdict"].values()), "journeys-bench-query-")
 
 if __name__ == "__main__":
     sys.exit(main())
