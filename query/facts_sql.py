@@ -19,7 +19,7 @@ threads, from one read of the events; Python only says which customers and which
    that is within the stage's window), a feeling for each touchpoint with a sentiment.
 4. **Segment keys** — ``''`` and every segment whose rules hold for the customer's traits (per trait the
    newest ``identify`` across the customer's ids, equal times the greater value) and first touch (the
-   customer's earliest event by time, then id, receipt, message id): the rules of :mod:`query.segment_facts`
+   customer's earliest event by time, then id, receipt, message id): the rules of tests/segment_facts.py
    and ``journeys.maps.segment_matches``.
 
 Each fact is one row with ``n = 1`` per segment key; identical facts of one customer are several rows whose

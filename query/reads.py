@@ -253,7 +253,7 @@ class CustomerFactsFold:
     """Per-id trait and first-touch rows → each customer's ``{"traits", "first_touch"}``: per trait the newest
     value across the customer's ids (ties: the larger value), the first touch of the id seen first (ties: the
     smaller id), so the answer never depends on the order rows come back in. One fold for every reader of
-    these facts (the profile, and the stage-facts refresh in query/segment_facts.py)."""
+    these facts (the profile, and tests/segment_facts.py: the oracle of the stage facts' segment keys)."""
 
     def __init__(self, members: dict[str, Any]):
         self.members = members

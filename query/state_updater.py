@@ -25,9 +25,10 @@ the look-back window (their count and the sum of a hash of each row) with the di
 took of the same window. Any row that became visible since — whatever its stamp — changes the digest, and
 the id is recomputed by a refresh that starts after the poll saw the row, so the refresh reads it. Every
 row a refresh reads is in a polled table (``events``, ``identities``; ``identities_by_customer`` is written
-before ``identities``, collector/identity.py): segment facts come off ``events`` itself, never off the
-materialized views' tables, whose parts commit after the events part (query/segment_facts.py). What
-remains assumed is the margin: a row visible more than ``margin_s`` (10 s) after its insert began.
+before ``identities``, collector/identity.py): segment facts come off ``events`` itself (query/facts_sql.py),
+never off the materialized views' tables, whose parts commit after the events part (tests/segment_facts.py
+says why). What remains assumed is the margin: a row visible more than ``margin_s`` (10 s) after its insert
+began.
 
 **How fresh the KPIs are** (issue 18.5). Before each poll it reads, in PostgreSQL, every live collector's
 watermark (collector/watermark.py: all it acknowledged before that time is in ClickHouse). Once the poll's

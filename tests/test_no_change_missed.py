@@ -129,7 +129,7 @@ async def own_collector(collector_stores) -> AsyncIterator[TestServer]:  # type:
 class SlowTraitsView:
     """The real ``customer_traits_mv``, made to sleep on one project's rows (ALTER … MODIFY QUERY, put back
     on exit): the ``events`` part of that project's inserts is committed and visible while their trait rows
-    are seconds away. Without it the same happens for 15–90 ms per insert (query/segment_facts.py)."""
+    are seconds away. Without it the same happens for 15–90 ms per insert (tests/segment_facts.py)."""
 
     def __init__(self, stores, project_id: str, seconds: float = 3.0):  # type: ignore[no-untyped-def]
         self.ch = stores.clickhouse
