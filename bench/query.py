@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import copy
 import dataclasses
+import logging
 import os
 import random
 import statistics
@@ -296,6 +297,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from query.app import STATE_UPDATER
     from query.app import create_app as create_query
 
+    # The updater's own account of each rebuild (its phases' times) goes to stderr with the bench's lines.
+    updater_log = logging.getLogger("query.state_updater")
+    updater_log.setLevel(logging.INFO)
+    updater_log.addHandler(logging.StreamHandler(sys.stderr))
     report: dict[str, Any] = {"events": args.events, "customers": args.customers, "seed": args.seed,
                               "machine": {"cpus": os.cpu_count()}, "date": date.today().isoformat()}
     settings = load_settings(data_dir=args.data_dir)
