@@ -111,7 +111,7 @@ def add_route(app: web.Application, principal_of: Any, stores_key: web.AppKey[St
     async def preview(request: web.Request) -> web.Response:
         stores = request.app[stores_key]
         principal = await principal_of(request)
-        first_day, last_day, now, csv = parse_window(request)
+        first_day, last_day, now, csv = parse_window(request.query)
         map_doc, segment_doc = draft_of(await read_document(request))
         defs = await draft_definitions(stores.pg, principal.project_id, map_doc, segment_doc)
         segments = segments_asked(request.query.get("segment"), defs)

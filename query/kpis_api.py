@@ -12,7 +12,7 @@ Parameters (each bad one answers 400 naming it):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -91,8 +91,8 @@ def _respond(result: dict[str, Any], csv: bool, filename: str) -> web.StreamResp
     )
 
 
-def _day(request: web.Request, name: str, default: date) -> date:
-    raw = request.query.get(name)
+def _day(query: Mapping[str, str], name: str, default: date) -> date:
+    raw = query.get(name)
     if raw is None or raw == "":
         return default
     try:
@@ -107,14 +107,15 @@ def _bad_day(name: str) -> date:
     raise ApiError(400, [{"field": name, "reason": f"must be a date as YYYY-MM-DD (UTC), {FIRST_DAY} to {LAST_DAY}"}])
 
 
-def parse_window(request: web.Request) -> tuple[date, date, datetime, bool]:
-    """(first day, last day, now, CSV?) from ``from``, ``to`` and ``format``: 400 naming a bad one."""
-    fmt = request.query.get("format", "json")
+def parse_window(query: Mapping[str, str]) -> tuple[date, date, datetime, bool]:
+    """(first day, last day, now, CSV?) from ``from``, ``to`` and ``format`` (a request's query, or the same
+    names from the CLI): 400 naming a bad one."""
+    fmt = query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise ApiError(400, [{"field": "format", "reason": "must be json or csv"}])
     now = datetime.now(timezone.utc)
-    last_day = _day(request, "to", now.date())
-    first_day = _day(request, "from", last_day - timedelta(days=DEFAULT_DAYS - 1))
+    last_day = _day(query, "to", now.date())
+    first_day = _day(query, "from", last_day - timedelta(days=DEFAULT_DAYS - 1))
     if first_day > last_day:
         raise ApiError(400, [{"field": "from", "reason": "must not be after `to`"}])
     if (last_day - first_day).days >= MAX_DAYS:
@@ -124,7 +125,7 @@ def parse_window(request: web.Request) -> tuple[date, date, datetime, bool]:
 
 async def parse_kpi_request(request: web.Request, principal: Principal, stores: Stores) -> tuple[KpiRequest, bool]:
     query = request.query
-    first_day, last_day, now, csv = parse_window(request)
+    first_day, last_day, now, csv = parse_window(query)
     map_name = query.get("map", "")
     if not map_name:
         raise ApiError(400, [{"field": "map", "reason": "required: the journey map to compute KPIs for"}])

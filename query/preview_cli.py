@@ -12,7 +12,6 @@ import asyncio
 import json
 import sys
 import urllib.parse
-from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from journeys.config import Settings
@@ -60,18 +59,13 @@ async def run_preview(settings: Settings, args: argparse.Namespace, with_project
 async def _direct(settings: Settings, conn: Any, project_id: str, map_doc: Any, segment_doc: Any, params: dict[str, str]) -> dict[str, Any] | None:
     """The preview in this process; ``None`` when the embedded ClickHouse is another process's."""
     from journeys.clickhouse import ClickHouse, ClickHouseError
-    from journeys.http import ApiError
     from query.kpi_preview import draft_definitions, draft_of, preview_kpis, segments_asked
+    from query.kpis_api import parse_window
 
     map_doc, segment_doc = draft_of({"map": map_doc, **({"segment": segment_doc} if segment_doc is not None else {})})
     defs = await draft_definitions(conn, project_id, map_doc, segment_doc)
     segments = segments_asked(params.get("segment"), defs)
-    now = datetime.now(timezone.utc)
-    try:
-        last = date.fromisoformat(params["to"]) if "to" in params else now.date()
-        first = date.fromisoformat(params["from"]) if "from" in params else last - timedelta(days=29)
-    except ValueError as exc:
-        raise ApiError(400, [{"field": "from/to", "reason": f"must be YYYY-MM-DD: {exc}"}]) from None
+    first, last, now, _ = parse_window(params)  # what the endpoint would answer for the same parameters
     try:
         ch = await ClickHouse.connect(settings.effective_clickhouse_url)
     except ClickHouseError as exc:

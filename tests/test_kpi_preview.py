@@ -124,3 +124,28 @@ async def test_cli_previews_through_the_running_query_service(http, collector, q
     broken.write_text(yaml.safe_dump({**DRAFT, "stages": []}))
     bad = await asyncio.to_thread(journeys, data_dir, "map", "preview", str(broken), "--project", project.id, **env)
     assert bad.returncode == 1 and "error: map." in bad.stderr, bad.stderr
+
+
+def test_cli_previews_directly_when_the_stores_are_free_with_the_endpoints_checks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No service running: `journeys map preview` computes in its own process, and takes its window exactly
+    as the endpoint does (the same parameter names and reasons)."""
+    import yaml
+    from service import journeys, stop_leftover_postgres
+
+    try:
+        assert journeys(tmp_path, "project", "create", "direct").returncode == 0
+        assert journeys(tmp_path, "migrate").returncode == 0  # as `journeys up` leaves a data dir
+        draft = tmp_path / "draft.yaml"
+        draft.write_text(yaml.safe_dump(DRAFT))
+        done = journeys(tmp_path, "map", "preview", str(draft), "--project", "direct", "--segment", "*")
+        assert done.returncode == 0, done.stderr
+        assert "nothing published" in done.stdout and "Aware" in done.stdout, done.stdout
+        for args, said in (
+            (("--from", "yesterday"), "error: from: must be a date as YYYY-MM-DD (UTC)"),
+            (("--from", "2026-02-01", "--to", "2026-01-01"), "error: from: must not be after `to`"),
+            (("--from", "1999-12-31"), "error: from: must be a date"),
+        ):
+            bad = journeys(tmp_path, "map", "preview", str(draft), "--project", "direct", *args)
+            assert bad.returncode == 1 and said in bad.stderr, (args, bad.stderr)
+    finally:
+        stop_leftover_postgres(tmp_path)
