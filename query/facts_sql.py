@@ -151,15 +151,22 @@ INNER JOIN (
 
 _TOUCH_FIELDS = {"first_channel": 1, "first_utm_source": 2, "first_utm_medium": 3, "first_utm_campaign": 4}
 
-# What a build holds for a refresh's customers, negated: added to the desired rows, the difference.
-_HELD = f"""
+
+def _held(in_build: str) -> str:
+    return f"""
 SELECT {FACT_IDENTITY.replace("fact,", "toString(fact),").replace("move_kind,", "toString(move_kind),").replace(
     ", sentiment", ", toString(sentiment)")}, -sum(n) AS held
 FROM stage_facts
-WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}} AND customer_id IN {{customers:Array(String)}}
+WHERE project_id = {{project_id:String}} {in_build} AND customer_id IN {{customers:Array(String)}}
 GROUP BY ALL
 HAVING held != 0
 """
+
+
+# What a build holds for a refresh's customers, negated: added to the desired rows, the difference.
+_HELD = _held("AND build = {build:UInt64}")
+#: What every build holds for ``customers``, negated: the rows that withdraw them (forgetting a customer).
+WITHDRAW_SQL = _held("")
 
 
 class FactsSql:

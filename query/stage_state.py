@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import random
 import re
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
 from journeys.maps import JourneyMap, Segment, Stage
 from journeys.migrate import render_clickhouse_sql
-from query.facts_sql import FactsSql
+from query.facts_sql import WITHDRAW_SQL, FactsSql
 from query.journey import CompiledMap
-from query.reads import ID_CHUNK
 
 DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
@@ -55,23 +52,10 @@ FACT_COLUMNS = (
     "n",
 )
 
-# A fact's identity: everything but the project (a read is per project) and n. Net count = sum(n).
-CURRENT_FACTS_SQL = """
-SELECT map_name, build, customer_id, segment, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
-       wait_ms, touchpoint, channel, from_stage, toString(move_kind), repeat, toString(sentiment), sum(n) AS net
-FROM stage_facts
-WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)} {in_build}
-GROUP BY ALL
-HAVING net != 0
-"""
-
 # Writers of stage_facts read a customer's net facts and write the difference; two writers doing that for
 # one customer at once would both subtract the same facts. The updater and a forget take this lock (per
 # transaction, so a crashed writer never holds it), per project: one project's writes never wait for another's.
 _FACTS_LOCK = 0x6A6F7573  # "jous": the advisory lock class; hashtext(project_id) is the object
-
-Fact = tuple  # (map_name, build, customer_id, segment, fact, stage, at_ms, converted, wait_ms,
-#               touchpoint, channel, from_stage, move_kind, repeat, sentiment)
 
 
 #: Builds at or above this are previews: never served, deleted once answered.
@@ -163,24 +147,6 @@ async def facts_lock(pg: Any, project_id: str) -> AsyncIterator[None]:
             yield
 
 
-async def current_facts(
-    ch: ClickHouse, project_id: str, customers: list[str], build: int | None = None
-) -> dict[Fact, int]:
-    """The net facts of ``customers`` (in ``build``, or in every build)."""
-    out: dict[Fact, int] = {}
-    params: dict[str, Any] = {"project_id": project_id}
-    where = ""
-    if build is not None:
-        where = "AND build = {build:UInt64}"
-        params["build"] = build
-    for start in range(0, len(customers), ID_CHUNK):
-        params["customers"] = customers[start : start + ID_CHUNK]
-        _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{in_build}", where), params)
-        for *fact, net in rows:
-            out[tuple(fact)] = net
-    return out
-
-
 # A KPI answer is several reads of stage_facts; a write landing between two of them would mix two states
 # (a quantile's bin picked from one, its waits read from the other: a KeyError; entered != converted +
 # dropped + in progress). So readers of one project's facts share this lock for the length of an answer, and
@@ -224,32 +190,15 @@ def consistent_facts(pg: Any, project_id: str) -> Any:
     return _facts_view(pg, project_id, "read")
 
 
-async def write_differences(
-    ch: ClickHouse, project_id: str, desired: Counter[Fact], current: dict[Fact, int], pg: Any = None
-) -> int:
-    """Insert ``desired - current`` as signed rows, in one insert, while no KPI answer of the project is being
-    read (``pg``: the pool; ``None`` only for a writer that knows nobody reads); returns the number of rows."""
-    lines = []
-    for fact in desired.keys() | current.keys():
-        n = desired.get(fact, 0) - current.get(fact, 0)
-        if n:
-            lines.append(_line(project_id, fact, n))
-    if lines:
-        async with facts_change(pg, project_id):
-            await ch.insert_lines("stage_facts", FACT_COLUMNS, b"".join(lines))
-    return len(lines)
-
-
-def _line(project_id: str, fact: Fact, n: int) -> bytes:
-    map_name, build, customer, segment, kind, stage, at_ms, *rest = fact
-    return orjson.dumps([project_id, map_name, build, customer, segment, kind, stage, at_ms / 1000, *rest, n]) + b"\n"
-
-
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
     """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
     their rows go with the next merge (the pairs sum to zero)."""
     async with facts_lock(pg, project_id):
-        return await write_differences(ch, project_id, Counter(), await current_facts(ch, project_id, customers), pg)
+        rows = await ch.raw_query(WITHDRAW_SQL, {"project_id": project_id, "customers": customers})
+        if rows:  # rows in the insert's own format, as a refresh's difference
+            async with facts_change(pg, project_id):
+                await ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
+        return rows.count(b"\n")
 
 
 # Touched ids per refresh statement. Reading scattered customers costs about the granules their ids fall in,

@@ -7,6 +7,9 @@ once (:func:`query.reads.one_copy_each`), the rule's stage, transitions from
 them, sentiments from the rule (``_Rule.sentiment``), segments from ``segment_matches`` over the traits and
 first touch read off ``events`` (tests/segment_facts.py, proven equal to the profiles by
 test_no_change_missed.py).
+
+Also the tests' own way to read a customer's net facts and to write facts by hand (:func:`current_facts`,
+:func:`write_differences`): the service reads and writes them in SQL only.
 """
 
 from __future__ import annotations
@@ -20,10 +23,65 @@ from journeys import identities
 from journeys.clickhouse import ClickHouse
 from journeys.maps import SENTIMENTS, segment_matches
 from query.journey import transitions_of
-from query.reads import one_copy_each
+from query.reads import ID_CHUNK, one_copy_each
 from query.stage_sql import rule_index_sql
-from query.stage_state import Definitions, Fact, MapVersion
+from query.stage_state import FACT_COLUMNS, Definitions, MapVersion, facts_change
 from segment_facts import segment_facts
+
+
+# A fact's identity: everything but the project (a read is per project) and n. Net count = sum(n).
+CURRENT_FACTS_SQL = """
+SELECT map_name, build, customer_id, segment, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
+       wait_ms, touchpoint, channel, from_stage, toString(move_kind), repeat, toString(sentiment), sum(n) AS net
+FROM stage_facts
+WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)} {in_build}
+GROUP BY ALL
+HAVING net != 0
+"""
+
+
+Fact = tuple  # (map_name, build, customer_id, segment, fact, stage, at_ms, converted, wait_ms,
+#               touchpoint, channel, from_stage, move_kind, repeat, sentiment)
+
+
+async def current_facts(
+    ch: ClickHouse, project_id: str, customers: list[str], build: int | None = None
+) -> dict[Fact, int]:
+    """The net facts of ``customers`` (in ``build``, or in every build)."""
+    out: dict[Fact, int] = {}
+    params: dict[str, Any] = {"project_id": project_id}
+    where = ""
+    if build is not None:
+        where = "AND build = {build:UInt64}"
+        params["build"] = build
+    for start in range(0, len(customers), ID_CHUNK):
+        params["customers"] = customers[start : start + ID_CHUNK]
+        _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{in_build}", where), params)
+        for *fact, net in rows:
+            out[tuple(fact)] = net
+    return out
+
+
+
+async def write_differences(
+    ch: ClickHouse, project_id: str, desired: Counter[Fact], current: dict[Fact, int], pg: Any = None
+) -> int:
+    """Insert ``desired - current`` as signed rows, in one insert, while no KPI answer of the project is being
+    read (``pg``: the pool; ``None`` only for a writer that knows nobody reads); returns the number of rows."""
+    lines = []
+    for fact in desired.keys() | current.keys():
+        n = desired.get(fact, 0) - current.get(fact, 0)
+        if n:
+            lines.append(_line(project_id, fact, n))
+    if lines:
+        async with facts_change(pg, project_id):
+            await ch.insert_lines("stage_facts", FACT_COLUMNS, b"".join(lines))
+    return len(lines)
+
+
+def _line(project_id: str, fact: Fact, n: int) -> bytes:
+    map_name, build, customer, segment, kind, stage, at_ms, *rest = fact
+    return orjson.dumps([project_id, map_name, build, customer, segment, kind, stage, at_ms / 1000, *rest, n]) + b"\n"
 
 
 def state_of(

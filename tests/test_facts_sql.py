@@ -20,12 +20,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facts_oracle import python_facts
+from facts_oracle import current_facts, python_facts
 from journeys import identities
 from journeys.events import EVENT_COLUMNS
 from journeys.maps import validate_map, validate_segment
 from query.facts_sql import FactsSql
-from query.stage_state import Definitions, StateWriter, current_facts
+from query.stage_state import Definitions, StateWriter
 
 MAPS = [
     {

@@ -686,7 +686,7 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
     import asyncio
     from collections import Counter
 
-    from query.stage_state import current_facts, write_differences
+    from facts_oracle import current_facts, write_differences
     from query.state_updater import serving_build
 
     project = await _new_project(stores)
