@@ -82,3 +82,19 @@ def run_and_report(
     if args.json:
         args.json.write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     return 0 if met(report) else 1
+
+
+async def five_stage_project(stores: Any, prefix: str) -> tuple[Any, dict[str, Any]]:
+    """A new project with the five-stage template map and :data:`SEGMENTS` applied: (the project, the map)."""
+    import yaml
+
+    from journeys import definitions
+    from journeys.keys import create_project
+
+    map_doc = yaml.safe_load(MAP_FILE.read_text())
+    async with stores.pg.acquire() as conn:
+        project = await create_project(conn, f"{prefix}-{int(time.time())}")
+        await definitions.apply(conn, project.id, "map", map_doc)
+        for segment in SEGMENTS:
+            await definitions.apply(conn, project.id, "segment", segment)
+    return project, map_doc

@@ -80,7 +80,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 from aiohttp import web
 
 BATCH = 100  # events per load batch
@@ -88,7 +87,7 @@ BATCH = 100  # events per load batch
 # package it measures.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct, run_and_report  # noqa: E402 - the sibling, then
+from benchlib import HOST, basic, five_stage_project, free_port, log, pct, run_and_report  # noqa: E402 - the sibling, then
 sys.path.remove(str(_HERE))  # ... off the path again, before anything imports the `query` package
 
 TARGETS = {"acked_ratio": 0.95, "kpi_freshness_p95_s": 1.0, "journey_freshness_p95_s": 0.5, "kpi_p50_ms": 200.0}
@@ -577,9 +576,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     import gc
 
     from collector.app import create_app as create_collector
-    from journeys import definitions
     from journeys.config import load_settings
-    from journeys.keys import create_project
     from journeys.metrics import Metrics
     from journeys.stores import open_stores
     from query.app import create_app as create_query
@@ -590,12 +587,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     settings = load_settings(data_dir=args.data_dir)
     async with open_stores(settings) as stores:
-        map_doc = yaml.safe_load(MAP_FILE.read_text())
-        async with stores.pg.acquire() as conn:
-            project = await create_project(conn, f"bench-live-{int(time.time())}")
-            await definitions.apply(conn, project.id, "map", map_doc)
-            for segment in SEGMENTS:
-                await definitions.apply(conn, project.id, "segment", segment)
+        project, map_doc = await five_stage_project(stores, "bench-live")
 
         query_runner = web.AppRunner(create_query(stores, Metrics()), access_log=None, handle_signals=False)
         collector_stores = dataclasses.replace(

@@ -59,7 +59,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 from aiohttp import web
 
 DAY_MS = 86_400_000
@@ -67,7 +66,7 @@ DAY_MS = 86_400_000
 # package it measures.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from benchlib import HOST, MAP_FILE, SEGMENTS, basic, free_port, log, pct, run_and_report  # noqa: E402 - the sibling, then
+from benchlib import HOST, basic, five_stage_project, free_port, log, pct, run_and_report  # noqa: E402 - the sibling, then
 sys.path.remove(str(_HERE))  # ... off the path again, before anything imports the `query` package
 
 TARGETS = {"kpi_p50_ms": 200.0, "journey_p95_ms": 20.0, "freshness_p95_s": 1.0, "rebuild_s": 20.0, "preview_small_s": 1.0}
@@ -306,12 +305,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(data_dir=args.data_dir)
     async with open_stores(settings) as stores:
         ch = stores.clickhouse
-        map_doc = yaml.safe_load(MAP_FILE.read_text())
-        async with stores.pg.acquire() as conn:
-            project = await create_project(conn, f"bench-query-{int(time.time())}")
-            await definitions.apply(conn, project.id, "map", map_doc)
-            for segment in SEGMENTS:
-                await definitions.apply(conn, project.id, "segment", segment)
+        project, map_doc = await five_stage_project(stores, "bench-query")
         journey_map = validate_map(map_doc)
 
         # ---- 2. data
