@@ -53,13 +53,14 @@ FACT_IDENTITY = (
     "from_stage, move_kind, repeat, sentiment"
 )
 
-# The rows of stage_facts (FACT_IDENTITY, n) from each customer's facts, once per segment key.
+# The rows of stage_facts (FACT_IDENTITY, n) from each customer's facts, once per segment key; n is the
+# customer's sign (1, or -1 for the facts a customer's inputs held before, which a difference withdraws).
 _ROWS = """
 SELECT {{project_id:String}} AS project_id, {map_names}[map_n] AS map_name, {{build:UInt64}} AS build,
        customer AS customer_id, key AS segment, f.fact AS fact, f.stage AS stage,
        fromUnixTimestamp64Milli(f.at, 'UTC') AS at, f.converted AS converted, f.wait_ms AS wait_ms,
        f.touchpoint AS touchpoint, f.channel AS channel, f.from_stage AS from_stage, f.move_kind AS move_kind,
-       f.repeat AS repeat, f.sentiment AS sentiment, toInt64(1) AS n
+       f.repeat AS repeat, f.sentiment AS sentiment, toInt64(sign) AS n
 FROM ({per_customer})
 ARRAY JOIN facts AS f
 ARRAY JOIN keys AS key
@@ -67,7 +68,7 @@ ARRAY JOIN keys AS key
 
 # Per customer and map: the staged events ev (journey order) → entries, moves, feelings.
 _PER_CUSTOMER = """
-SELECT customer, map_n, keys, arrayConcat(
+SELECT customer, sign, map_n, keys, arrayConcat(
     arrayMap(j -> CAST(tuple(
         'entry', ts[j], tt[j],
         toUInt8(nx[j] > 0 AND tt[nx[j]] - tt[j] <= {windows}[map_n][ts[j] + 1]),
@@ -83,20 +84,20 @@ SELECT customer, map_n, keys, arrayConcat(
         arrayFilter(e -> e.6 IN {sentiments}, ev))
 ) AS facts
 FROM (
-    SELECT customer, map_n, keys, ev, tpos, ts, tt, arrayEnumerateUniq(ts) AS occ,
+    SELECT customer, sign, map_n, keys, ev, tpos, ts, tt, arrayEnumerateUniq(ts) AS occ,
            -- for each transition, the first later one into a later stage (0: none): where an entry moved on
            arrayMap(j -> arrayFirstIndex((s, i) -> i > j AND s > ts[j], ts, arrayEnumerate(ts)), arrayEnumerate(ts)) AS nx
     FROM (
-        SELECT customer, map_n, keys, ev, tpos, arrayMap(i -> st[i], tpos) AS ts, arrayMap(i -> ev[i].1, tpos) AS tt
+        SELECT customer, sign, map_n, keys, ev, tpos, arrayMap(i -> st[i], tpos) AS ts, arrayMap(i -> ev[i].1, tpos) AS tt
         FROM (
-            SELECT customer, map_n, keys, ev, st,
+            SELECT customer, sign, map_n, keys, ev, st,
                    -- a transition wherever the stage changes
                    arrayFilter(i -> i = 1 OR st[i] != st[i - 1], arrayEnumerate(st)) AS tpos
             FROM (
-                SELECT customer, map_n, keys, ev, arrayMap(e -> {stages}[map_n][e.4], ev) AS st
+                SELECT customer, sign, map_n, keys, ev, arrayMap(e -> {stages}[map_n][e.4], ev) AS st
                 FROM (
                     -- this map's touchpoints: (time, receipt, message id, rule, channel, sentiment)
-                    SELECT customer, map_n, keys,
+                    SELECT customer, sign, map_n, keys,
                            arrayMap(x -> (x.1, x.2, x.3, x.5[map_n], x.4, x.6[map_n]),
                                     arrayFilter(x -> x.5[map_n] > 0, staged)) AS ev
                     FROM ({customers})
@@ -109,26 +110,98 @@ FROM (
 )
 """
 
-# One row per customer, from one read of the events: the staged events in journey order, each message
-# once (the copy received last; equal receipts: the earlier time), and the segment keys.
-_CUSTOMERS = """
-SELECT customer, {keys} AS keys,
-       arraySort(x -> (x.3, -x.2, x.1), raw) AS by_message,
-       -- (time, receipt, message id) first: sorting the tuples is journey order
-       arraySort(arrayFilter((x, i) -> i = 1 OR x.3 != by_message[i - 1].3, by_message, arrayEnumerate(by_message))) AS staged
+#: A customer's inputs: everything its facts are folded from (stored per build in ``stage_inputs``).
+STAGED_TYPE = "Array(Tuple(Int64, Int64, String, String, Array(UInt16), Array(String)))"
+#: The first touch: (absent, time, id, receipt, message id, channel, utm source, medium, campaign, day); the
+#: smallest is the first, and an absent one (1) is greater than any present one.
+TOUCH_TYPE = "Tuple(UInt8, Int64, String, Int64, String, String, String, String, String, Date)"
+#: Per trait a segment reads: (set by some identify, the newest one's time, its raw JSON value); the greatest
+#: is the newest (equal times: the greater value), and one never set (0, 0, '') is less than any set one.
+TRAITS_TYPE = "Array(Tuple(UInt8, Int64, String))"
+_NO_TOUCH = f"CAST(tuple(toUInt8(1), toInt64(0), '', toInt64(0), '', '', '', '', '', toDate(0)), '{TOUCH_TYPE}')"
+_NO_STAGED = f"CAST([], '{STAGED_TYPE}')"
+_NO_TRAITS = f"CAST([], '{TRAITS_TYPE}')"
+
+# Each event row the statement reads: its staging rules per map and the sentiment each gives it.
+_EVENT_ROWS = """
+SELECT distinct_id, message_id, timestamp, received_at, type, traits, channel, utm_source, utm_medium,
+       utm_campaign, toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(received_at) AS r,
+       toString(channel) AS ch, [{rule_columns}] AS rules, [{sentiment_columns}] AS sentiments
+FROM events
+WHERE project_id = {{project_id:String}} {row_filter}
+"""
+
+# Per customer, from one read of its event rows: every copy of each staged event (raw), the first touch,
+# and per trait the newest identify that sets it. Each is a merge of its rows that gives the same from any
+# split of them, a row counted twice included: what lets new rows be merged onto stored inputs.
+_AGGREGATES = """
+SELECT {customer} AS customer,
+       groupArrayIf(tuple(t, r, e.message_id, ch, rules, sentiments), arrayExists(x -> x > 0, rules)) AS raw,
+       {touch} AS touch, {traits} AS traits
+FROM ({event_rows}) AS e
+{owners}
+GROUP BY customer
+"""
+
+# The inputs of each customer: each message once (the copy received last; equal receipts: the earlier
+# time), in journey order ((time, receipt, message id) first: sorting the tuples is journey order).
+_INPUTS = """
+SELECT customer, arraySort(arrayFilter((x, i) -> i = 1 OR x.3 != by_message[i - 1].3, by_message,
+                                       arrayEnumerate(by_message))) AS staged, touch, traits{carried}
+FROM (SELECT *, arraySort(x -> (x.3, -x.2, x.1), raw) AS by_message FROM ({aggregates}))
+"""
+
+# New rows merged onto what a customer's stored inputs hold (none stored: a customer whose every row is new).
+_MERGED = f"""
+SELECT n.customer AS customer,
+       if(o.found = 1, arrayConcat(o.staged, n.raw), n.raw) AS raw,
+       if(o.found = 1 AND o.touch < n.touch, o.touch, n.touch) AS touch,
+       if(o.found = 1 AND length(o.traits) = length(n.traits), arrayMap((a, b) -> if(a > b, a, b), o.traits, n.traits),
+          n.traits) AS traits,
+       if(o.found = 1, o.staged, {_NO_STAGED}) AS prev_staged, if(o.found = 1, o.touch, {_NO_TOUCH}) AS prev_touch,
+       if(o.found = 1, o.traits, {_NO_TRAITS}) AS prev_traits
+FROM ({{aggregates}}) AS n
+LEFT JOIN (
+    SELECT customer_id, toUInt8(1) AS found, argMax(staged, generation) AS staged, argMax(touch, generation) AS touch,
+           argMax(traits, generation) AS traits
+    FROM stage_inputs WHERE key IN {{{{keys:Array(String)}}}}
+    GROUP BY customer_id
+) AS o ON o.customer_id = n.customer
+"""
+
+_INPUT_COLUMNS = "key, project_id, build, customer_id, generation, staged, touch, traits, prev_staged, prev_touch, prev_traits"
+_INSERT_INPUTS = f"""
+INSERT INTO stage_inputs ({_INPUT_COLUMNS})
+SELECT concat({{{{project_id:String}}}}, '/', toString({{{{build:UInt64}}}}), '/', customer), {{{{project_id:String}}}},
+       {{{{build:UInt64}}}}, customer, {{{{generation:UInt64}}}}, staged, touch, traits, {{prev}}
+FROM ({{inputs}})
+"""
+# Customers that no longer exist (merged into another): empty inputs, so nothing is merged onto theirs.
+_RETIRED_INPUTS = f"""
+SELECT concat({{project_id:String}}, '/', toString({{build:UInt64}}), '/', customer), {{project_id:String}}, {{build:UInt64}},
+       customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
+FROM (SELECT arrayJoin({{retired:Array(String)}}) AS customer)
+"""
+#: Forgotten customers' inputs in one build (``key``: theirs): empty, as a retired customer's.
+FORGET_INPUTS_SQL = f"""
+INSERT INTO stage_inputs ({_INPUT_COLUMNS})
+SELECT key, {{project_id:String}}, {{build:UInt64}}, customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH},
+       {_NO_TRAITS}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
+FROM (SELECT concat({{project_id:String}}, '/', toString({{build:UInt64}}), '/', customer) AS key, customer
+      FROM (SELECT arrayJoin({{customers:Array(String)}}) AS customer))
+"""
+
+# The stored inputs written by one write (``generation``) of the given customers (``keys``), as customers to
+# fold: what they hold now (sign 1) and what they held before (sign -1).
+_STORED = """
+SELECT customer, sign, {keys} AS keys, staged
 FROM (
-    SELECT {customer} AS customer,
-           groupArrayIf(tuple(t, r, e.message_id, ch, rules, sentiments), arrayExists(x -> x > 0, rules)) AS raw
-           {aggregates}
+    SELECT customer_id AS customer, s.1 AS sign, s.2 AS staged, s.3 AS touch, s.4 AS traits
     FROM (
-        SELECT distinct_id, message_id, timestamp, received_at, type, traits, channel, utm_source, utm_medium,
-               utm_campaign, toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(received_at) AS r,
-               toString(channel) AS ch, [{rule_columns}] AS rules, [{sentiment_columns}] AS sentiments
-        FROM events
-        WHERE project_id = {{project_id:String}} {id_filter}
-    ) AS e
-    {owners}
-    GROUP BY customer
+        SELECT customer_id, [(toInt8(1), staged, touch, traits), (toInt8(-1), prev_staged, prev_touch, prev_traits)] AS both
+        FROM stage_inputs WHERE key IN {{keys:Array(String)}} AND generation = {{generation:UInt64}}
+    )
+    ARRAY JOIN both AS s
 )
 """
 
@@ -149,7 +222,9 @@ INNER JOIN (
 ) AS o ON o.distinct_id = e.distinct_id
 """
 
-_TOUCH_FIELDS = {"first_channel": 1, "first_utm_source": 2, "first_utm_medium": 3, "first_utm_campaign": 4}
+# The first touch's fields in TOUCH_TYPE.
+_TOUCH_FIELDS = {"first_channel": 6, "first_utm_source": 7, "first_utm_medium": 8, "first_utm_campaign": 9}
+_TOUCH_DAY = 10
 
 
 def _held(in_build: str) -> str:
@@ -170,7 +245,14 @@ WITHDRAW_SQL = _held("")
 
 
 class FactsSql:
-    """The facts statements of one project's definitions (``query.stage_state.Definitions``)."""
+    """The facts statements of one project's definitions (``query.stage_state.Definitions``).
+
+    Three ways to the same rows: from the events alone (:meth:`desired`: a new build, a preview); from all
+    of some customers' events into their stored inputs, then the inputs minus what the build holds
+    (:meth:`insert_inputs`, :meth:`difference` with ``held``: identities changed, or nothing is known of
+    them); and from only the rows stamped since the last look, merged onto the stored inputs, then the
+    inputs' facts now minus those before (:meth:`insert_merged`, :meth:`difference`): the live path, which
+    reads what arrived, not the customers' past."""
 
     def __init__(self, definitions: Any):
         self.definitions = definitions
@@ -194,24 +276,37 @@ class FactsSql:
         self._segments = _SegmentKeys(p, definitions.segments)
         self.params = p.values
 
-    def desired(self, scope: str) -> str:
-        """The facts rows (FACT_IDENTITY, n) of every customer of the project (``scope="project"``; parameters
-        ``project_id``, ``build``) or of the given ids' customers (``"ids"``; also ``ids`` and ``owners``:
-        each id's customer, every id of those customers)."""
+    def _aggregates(self, scope: str) -> str:
+        """Per customer aggregates (``_AGGREGATES``) of the project's rows (``"project"``), of every row of the
+        given ids (``"ids"``: ``ids``, ``owners``), or of their rows stamped after ``since`` (``"since"``)."""
         if scope == "project":
-            owners, customer, id_filter = _OWNERS_OF_PROJECT, _CUSTOMER_OF_PROJECT, ""
+            owners, customer, row_filter = _OWNERS_OF_PROJECT, _CUSTOMER_OF_PROJECT, ""
         else:
-            owners, customer, id_filter = _OWNERS_GIVEN, "o.customer", "AND distinct_id IN {ids:Array(String)}"
-        customers = _CUSTOMERS.format(
-            keys=self._segments.keys, customer=customer, aggregates=self._segments.aggregates,
-            rule_columns=self._rule_columns, sentiment_columns=self._sentiment_columns, id_filter=id_filter,
+            owners, customer, row_filter = _OWNERS_GIVEN, "o.customer", "AND distinct_id IN {ids:Array(String)}"
+            if scope == "since":
+                # inserted_at first: its minmax index skips the granules of parts written before
+                row_filter = "AND inserted_at > {since:DateTime64(3, 'UTC')} " + row_filter
+        event_rows = _EVENT_ROWS.format(
+            rule_columns=self._rule_columns, sentiment_columns=self._sentiment_columns, row_filter=row_filter
+        )
+        return _AGGREGATES.format(
+            customer=customer, touch=self._segments.touch, traits=self._segments.traits, event_rows=event_rows,
             owners=owners,
         )
+
+    def _rows(self, customers: str) -> str:
         per_customer = _PER_CUSTOMER.format(
             customers=customers, maps=len(self.definitions.maps), stages=self._stages, windows=self._windows,
             touchpoints=self._touchpoints, fact=FACT_TUPLE, sentiments=_literal(list(SENTIMENTS)),
         )
         return _ROWS.format(map_names=self._map_names, per_customer=per_customer)
+
+    def desired(self, scope: str) -> str:
+        """The facts rows (FACT_IDENTITY, n) of every customer of the project (``scope="project"``; parameters
+        ``project_id``, ``build``) or of the given ids' customers (``"ids"``; also ``ids`` and ``owners``:
+        each id's customer, every id of those customers), from their events."""
+        inputs = _INPUTS.format(aggregates=self._aggregates(scope), carried="")
+        return self._rows(f"SELECT customer, toInt8(1) AS sign, {self._segments.keys} AS keys, staged FROM ({inputs})")
 
     def insert_all(self, columns: str) -> str:
         """``INSERT`` of every customer's facts (:meth:`desired`, ``"project"``) into ``stage_facts``."""
@@ -222,11 +317,33 @@ class FactsSql:
             f"SETTINGS max_insert_threads = 2, optimize_on_insert = 0, {CLUSTER_SETTINGS}"
         )
 
-    def refresh(self) -> str:
-        """The difference to write for a refresh: the desired rows of the given ids' customers (``ids``,
-        ``owners``) minus what ``build`` holds for ``customers`` (those and the retired ones), net of zero."""
+    def insert_inputs(self, scope: str) -> str:
+        """``INSERT`` of the inputs of every customer of the project (``"project"``) or of the given ids'
+        customers (``"ids"``: also ``retired``, the customers merged into others, whose inputs empty), read from
+        all their events, into ``stage_inputs`` under ``generation``."""
+        inputs = _INPUTS.format(aggregates=self._aggregates(scope), carried="")
+        sql = _INSERT_INPUTS.format(prev=f"{_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}", inputs=inputs)
+        if scope == "ids":
+            sql += f"UNION ALL {_RETIRED_INPUTS}"
+        return f"{sql} SETTINGS {CLUSTER_SETTINGS}"
+
+    def insert_merged(self) -> str:
+        """``INSERT`` of the given ids' rows stamped after ``since`` (``ids``, ``owners``: their customers)
+        merged onto their customers' stored inputs (``keys``), each keeping what it held before."""
+        merged = _MERGED.format(aggregates=self._aggregates("since"))
+        inputs = _INPUTS.format(aggregates=merged, carried=", prev_staged, prev_touch, prev_traits")
+        sql = _INSERT_INPUTS.format(prev="prev_staged, prev_touch, prev_traits", inputs=inputs)
+        return f"{sql} SETTINGS {CLUSTER_SETTINGS}"
+
+    def difference(self, held: bool) -> str:
+        """The rows to write for the inputs one write stored (``keys``, ``generation``): their facts now minus
+        their facts before; with ``held``, minus what ``build`` holds for ``customers`` instead (inputs written
+        from all of their events: the build may hold anything for them)."""
+        rows = self._rows(_STORED.format(keys=self._segments.keys))
+        if held:
+            rows += f" UNION ALL {_HELD}"
         return (
-            f"SELECT {FACT_IDENTITY}, sum(n) AS net FROM ({self.desired('ids')} UNION ALL {_HELD}) "
+            f"SELECT {FACT_IDENTITY}, sum(n) AS net FROM ({rows}) "
             f"GROUP BY {FACT_IDENTITY} HAVING net != 0 SETTINGS {CLUSTER_SETTINGS}"
         )
 
@@ -284,49 +401,49 @@ def segment_fields(segments: Iterable[Segment]) -> tuple[list[str], bool]:
 
 
 class _SegmentKeys:
-    """Each customer's segment keys (``''`` and every segment it belongs to), from per-customer aggregates of
-    the same read: the first touch, and per trait the identifies that set it."""
+    """Each customer's segment keys (``''`` and every segment it belongs to), from the first touch and the
+    traits its inputs keep (only what the segments read: nothing when none does)."""
 
     def __init__(self, p: SqlParams, segments: tuple[Segment, ...]):
         self.p = p
+        self.segments = segments
         traits, touch = segment_fields(segments)
         self.trait_index = {name: i for i, name in enumerate(traits, start=1)}
-        aggregates = []
+        self.touch = _NO_TOUCH
         if touch:
-            aggregates.append(
-                "argMin(tuple(toString(e.channel), toString(e.utm_source), toString(e.utm_medium), "
-                "toString(e.utm_campaign), toDate(e.timestamp)), "
-                "tuple(e.timestamp, e.distinct_id, e.received_at, e.message_id)) AS touch"
+            self.touch = (
+                "min(tuple(toUInt8(0), t, e.distinct_id, r, e.message_id, ch, toString(e.utm_source), "
+                "toString(e.utm_medium), toString(e.utm_campaign), toDate(e.timestamp)))"
             )
+        self.traits = _NO_TRAITS
         if traits:
-            names = p.bind(sorted(traits), "Array(String)")
-            # per identify: its time, and per wanted trait whether it sets it and the raw JSON value
-            aggregates.append(
-                f"groupArrayIf(tuple(t, arrayMap(k -> JSONHas(e.traits, k), {names}), "
-                f"arrayMap(k -> JSONExtractRaw(e.traits, k), {names})), e.type = 'identify') AS identifies"
-            )
-        self.aggregates = "".join(f", {a}" for a in aggregates)
+            per_trait = []
+            for name in traits:
+                key = p.bind(name, "String")
+                per_trait.append(
+                    f"maxIf(tuple(toUInt8(1), t, JSONExtractRaw(e.traits, {key})), "
+                    f"e.type = 'identify' AND JSONHas(e.traits, {key}))"
+                )
+            self.traits = f"[{', '.join(per_trait)}]"
+        # Bound once, here: the statements' parameters are taken from p.values.
         keys = [
             f"if({(' AND ' if s.match == 'all' else ' OR ').join(f'({self._rule(r)})' for r in s.rules) or '1'}, "
             f"[{p.bind(s.name, 'String')}], [])"
             for s in segments
         ]
+        #: The keys of a customer, from the columns ``touch`` and ``traits`` of its inputs.
         self.keys = f"arrayConcat([''], {', '.join(keys)})" if keys else "['']"
 
-    def _trait(self, name: str) -> tuple[str, str]:
-        """(whether some identify set it, its value: the newest identify's; equal times: the greater value)."""
-        j = self.trait_index[name]
-        setting = f"arrayFilter(x -> x.2[{j}], identifies)"
-        return f"notEmpty({setting})", f"arrayMax(arrayMap(x -> (x.1, x.3[{j}]), {setting})).2"
-
-    def _rule(self, rule: Rule) -> str:
+    def _rule(self, rule: Rule, touch: str = "touch", traits: str = "traits") -> str:
         p = self.p
         if rule.field.startswith("traits."):
-            present, value = self._trait(rule.field[7:])
+            j = self.trait_index[rule.field[7:]]
+            # set by some identify; its value: the newest identify's (equal times: the greater value)
+            present, value = f"({traits}[{j}].1 = 1)", f"{traits}[{j}].3"
             return holds_sql(p, rule.op, "", rule.value, doc=value, present=present)
         if rule.field == "first_seen":
-            return _date_rule(p, rule)
-        return _text_rule(p, f"touch.{_TOUCH_FIELDS[rule.field]}", rule)
+            return _date_rule(p, rule, f"{touch}.{_TOUCH_DAY}")
+        return _text_rule(p, f"{touch}.{_TOUCH_FIELDS[rule.field]}", rule)
 
 
 def _text_rule(p: SqlParams, value: str, rule: Rule) -> str:
@@ -353,9 +470,8 @@ def _text_rule(p: SqlParams, value: str, rule: Rule) -> str:
     return "0"  # a number never compares with text
 
 
-def _date_rule(p: SqlParams, rule: Rule) -> str:
+def _date_rule(p: SqlParams, rule: Rule, value: str) -> str:
     """``first_seen`` (every customer with events has one) compared as a calendar date."""
-    value = "touch.5"
     op = rule.op
     if op in UNARY_OPERATORS:
         return "1" if op == "exists" else "0"

@@ -94,7 +94,7 @@ async def preview_kpis(
     build = preview_build(int(time.time() * 1000))
     mv = defs.maps[0]
     try:
-        await StateWriter(ch).build_all(project_id, defs, build)
+        await StateWriter(ch).build_all(project_id, defs, build, inputs=False)  # never refreshed
         result = await stage_kpis(ch, KpiRequest(
             project_id=project_id, journey_map=mv.compiled.map, map_version=0, build=build, order=mv.compiled.order,
             segments=segments, first_day=first_day, last_day=last_day, now=now,

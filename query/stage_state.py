@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
@@ -24,13 +26,14 @@ from journeys import identities
 from journeys.clickhouse import ClickHouse
 from journeys.maps import JourneyMap, Segment, Stage
 from journeys.migrate import render_clickhouse_sql
-from query.facts_sql import WITHDRAW_SQL, FactsSql
+from query.facts_sql import FORGET_INPUTS_SQL, WITHDRAW_SQL, FactsSql
 from query.journey import CompiledMap
 
 DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
-# 0009 partitioned stage_facts by project and build).
-FACTS_FORMAT = "facts:3"
+# 0009 partitioned stage_facts by project and build; facts:3: before migration 0010 kept each customer's
+# inputs in stage_inputs).
+FACTS_FORMAT = "facts:4"
 
 FACT_COLUMNS = (
     "project_id",
@@ -86,6 +89,23 @@ async def drop_build(ch: ClickHouse, cluster: str, project_id: str, build: int) 
         raise ValueError(f"not a project id: {project_id!r}")
     sql = _DROP_BUILD_SQL.replace("{project}", f"'{project_id}'").replace("{build}", str(int(build)))
     await ch.command(render_clickhouse_sql(sql, cluster))
+
+
+_DROP_INPUTS_SQL = "ALTER TABLE {{table stage_inputs}} {{on_cluster}} DELETE WHERE project_id = {project} AND build != {build}"
+
+
+async def drop_other_inputs(ch: ClickHouse, cluster: str, project_id: str, build: int) -> None:
+    """Delete the stored inputs of every build of a project but ``build`` (the serving one): superseded builds'
+    and any a crashed rebuild left. No answer reads inputs, so this needs no lock; it scans the table."""
+    if not _PROJECT_ID.match(project_id):
+        raise ValueError(f"not a project id: {project_id!r}")
+    sql = _DROP_INPUTS_SQL.replace("{project}", f"'{project_id}'").replace("{build}", str(int(build)))
+    await ch.command(render_clickhouse_sql(sql, cluster))
+
+
+def next_generation(last: int = 0) -> int:
+    """A write's generation in ``stage_inputs``: later writes have greater ones (microseconds, and past ``last``)."""
+    return max(last + 1, time.time_ns() // 1000)
 
 
 def conversion_window_ms(stage: Stage) -> int:
@@ -190,10 +210,20 @@ def consistent_facts(pg: Any, project_id: str) -> Any:
     return _facts_view(pg, project_id, "read")
 
 
+_BUILDS_SQL = "SELECT DISTINCT build FROM stage_facts WHERE project_id = {project_id:String} AND build < {previews:UInt64}"
+
+
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
     """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
-    their rows go with the next merge (the pairs sum to zero)."""
+    their rows go with the next merge (the pairs sum to zero). Their stored inputs are emptied, so that an
+    event of theirs arriving later is merged onto nothing."""
     async with facts_lock(pg, project_id):
+        _, builds = await ch.query(_BUILDS_SQL, {"project_id": project_id, "previews": PREVIEW_BUILDS})
+        for (build,) in builds:
+            await ch.execute(
+                FORGET_INPUTS_SQL,
+                {"project_id": project_id, "build": build, "customers": customers, "generation": next_generation()},
+            )
         rows = await ch.raw_query(WITHDRAW_SQL, {"project_id": project_id, "customers": customers})
         if rows:  # rows in the insert's own format, as a refresh's difference
             async with facts_change(pg, project_id):
@@ -201,21 +231,29 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
         return rows.count(b"\n")
 
 
-# Touched ids per refresh statement. Reading scattered customers costs about the granules their ids fall in,
-# which a few thousand random ids already spread over most of the table: fewer, larger statements cost
-# hardly more each (clickhouse-connect sends large parameters in the request body, not the URL).
+# Customers per refresh statement. Reading scattered customers' events costs about the granules their ids
+# fall in, which a few thousand random ids already spread over most of the table: fewer, larger statements
+# cost hardly more each (clickhouse-connect sends large parameters in the request body, not the URL).
 REFRESH_CHUNK = 20_000
 
 
 class StateWriter:
     """Writes the facts ClickHouse computes (:mod:`query.facts_sql`): a whole project into a new build, or
-    the difference for the customers whose events or ids changed."""
+    the difference for the customers whose events or ids changed.
+
+    Every build but a preview keeps each customer's inputs in ``stage_inputs`` beside its facts, and the
+    build's facts are always those of its inputs. Two ways to refresh customers keep it so:
+    :meth:`refresh` reads all of their events, stores their inputs and writes what the build lacks (for ids
+    whose customer changed, or when nothing is known of what was merged); :meth:`append` merges only the
+    rows stamped since the last look onto the stored inputs and writes the facts they add and withdraw: the
+    live path, whose cost is what arrived, not the customers' past."""
 
     def __init__(self, ch: ClickHouse, pg: Any = None, locks: Any = None):
         self.ch = ch
         self.pg = pg
         self.locks = locks or pg  # where the facts view lock is taken (Stores.pg_locks)
         self._sql: dict[tuple[str, str], FactsSql] = {}  # (project, fingerprint) → its statements
+        self._generation = 0
 
     def statements(self, project_id: str, definitions: Definitions) -> FactsSql:
         key = (project_id, definitions.fingerprint)  # two projects may have same-named maps with other rules
@@ -225,25 +263,51 @@ class StateWriter:
             self._sql = {**dict(list(self._sql.items())[-7:]), key: found}  # a few projects' at a time
         return found
 
-    async def build_all(self, project_id: str, definitions: Definitions, build: int) -> None:
+    def _next_generation(self) -> int:
+        self._generation = next_generation(self._generation)
+        return self._generation
+
+    async def build_all(self, project_id: str, definitions: Definitions, build: int, *, inputs: bool = True) -> None:
         """Compute every customer's facts into ``build``, which no answer reads yet and nobody else writes:
-        one INSERT … SELECT, all of it inside ClickHouse."""
+        all of it inside ClickHouse. With ``inputs`` (every build but a preview) their inputs are stored too;
+        rows that arrive between the two statements are the caller's to refresh (StageStateUpdater.rebuild)."""
         if not definitions.maps:
             return
         sql = self.statements(project_id, definitions)
-        await self.ch.command(
-            sql.insert_all(", ".join(FACT_COLUMNS)), {**sql.params, "project_id": project_id, "build": build}
-        )
+        params = {**sql.params, "project_id": project_id, "build": build}
+        if inputs:
+            await self.ch.command(sql.insert_inputs("project"), {**params, "generation": self._next_generation()})
+        await self.ch.command(sql.insert_all(", ".join(FACT_COLUMNS)), params)
 
     async def refresh(
         self, project_id: str, definitions: Definitions, build: int, touched: set[str], *, serving: bool = True,
         still_kept: Callable[[], bool] | None = None,
     ) -> int:
-        """Rewrite the facts in ``build`` of every customer that ``touched`` ids belong to, and withdraw those
-        of customers that no longer exist (merged into another). Returns the number of rows written.
+        """Rewrite the facts and inputs in ``build`` of every customer that ``touched`` ids belong to, from all
+        of their events, and withdraw those of customers that no longer exist (merged into another). Returns the
+        number of rows written.
 
         ``still_kept`` is asked under the writers' lock before each statement: a build retired meanwhile (its
         partition dropped under the same lock) is not written to again."""
+        return await self._chunks(project_id, definitions, build, touched, serving, still_kept, self._refresh_locked)
+
+    async def append(
+        self, project_id: str, definitions: Definitions, build: int, touched: set[str], since_ms: int, *,
+        serving: bool = True, still_kept: Callable[[], bool] | None = None,
+    ) -> int:
+        """Merge the rows of ``touched`` ids stamped after ``since_ms`` onto their customers' inputs in ``build``
+        and write the facts that changes. The caller vouches that every other row of theirs is merged already
+        and that their customers did not change (else :meth:`refresh`); merging a row twice changes nothing."""
+
+        async def locked(project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool) -> int:
+            return await self._append_locked(project_id, definitions, build, touched, since_ms, serving)
+
+        return await self._chunks(project_id, definitions, build, touched, serving, still_kept, locked)
+
+    async def _chunks(
+        self, project_id: str, definitions: Definitions, build: int, touched: set[str], serving: bool,
+        still_kept: Callable[[], bool] | None, locked: Callable[..., Any],
+    ) -> int:
         if not definitions.maps or not touched:
             return 0
         written = 0
@@ -252,9 +316,7 @@ class StateWriter:
             async with facts_lock(self.pg, project_id):
                 if still_kept is not None and not still_kept():
                     break
-                written += await self._refresh_locked(
-                    project_id, definitions, build, touched_list[start : start + REFRESH_CHUNK], serving
-                )
+                written += await locked(project_id, definitions, build, touched_list[start : start + REFRESH_CHUNK], serving)
         return written
 
     async def _refresh_locked(
@@ -263,23 +325,48 @@ class StateWriter:
         current = await identities.current_customers(self.ch, project_id, touched)
         # A merge re-points every member of the old customer, its own id included, so a customer that no
         # longer exists is always among the touched ids: an id whose customer is now someone else. Its facts
-        # are not desired any more, so the difference withdraws them.
+        # are not desired any more, so the difference withdraws them, and its inputs are emptied.
         retired = sorted({i for i, c in current.items() if c != i})
         customers = sorted(set(current.values()))
         members = await identities.members_of(self.ch, project_id, customers)
         owned = [(i, c) for c, ids in members.items() for i in ids]
         sql = self.statements(project_id, definitions)
+        params = {
+            **sql.params, "project_id": project_id, "build": build, "generation": self._next_generation(),
+            "ids": [i for i, _ in owned], "owners": [c for _, c in owned], "retired": retired,
+            "customers": sorted(set(customers) | set(retired)), "keys": _keys(project_id, build, customers),
+        }
+        await self.ch.execute(sql.insert_inputs("ids"), params)
+        return await self._write_difference(project_id, sql.difference(held=True), params, serving)
+
+    async def _append_locked(
+        self, project_id: str, definitions: Definitions, build: int, touched: list[str], since_ms: int, serving: bool
+    ) -> int:
+        current = await identities.current_customers(self.ch, project_id, touched)
+        sql = self.statements(project_id, definitions)
+        params = {
+            **sql.params, "project_id": project_id, "build": build, "generation": self._next_generation(),
+            "ids": touched, "owners": [current[i] for i in touched], "since": _at(since_ms),
+            "keys": _keys(project_id, build, sorted(set(current.values()))),
+        }
+        await self.ch.execute(sql.insert_merged(), params)
+        return await self._write_difference(project_id, sql.difference(held=False), params, serving)
+
+    async def _write_difference(self, project_id: str, sql: str, params: dict[str, Any], serving: bool) -> int:
         # The difference comes back as rows in the insert's own format: Python never decodes them.
-        rows = await self.ch.raw_query(
-            sql.refresh(),
-            {
-                **sql.params, "project_id": project_id, "build": build, "ids": [i for i, _ in owned],
-                "owners": [c for _, c in owned], "customers": sorted(set(customers) | set(retired)),
-            },
-        )
+        rows = await self.ch.raw_query(sql, params)
         if not rows:
             return 0
         # A build that does not serve yet is read by no answer: its inserts need not wait for them.
         async with facts_change(self.locks if serving else None, project_id):
             await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
         return rows.count(b"\n")
+
+
+def _keys(project_id: str, build: int, customers: list[str]) -> list[str]:
+    """The ``stage_inputs`` keys of customers in a build."""
+    return [f"{project_id}/{build}/{c}" for c in customers]
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)

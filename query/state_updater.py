@@ -57,6 +57,7 @@ from query.stage_state import (
     Definitions,
     StateWriter,
     drop_build,
+    drop_other_inputs,
     facts_change,
     facts_lock,
     lock_pool,
@@ -244,8 +245,10 @@ class StageStateUpdater:
         if row is not None:
             self.acknowledged_before = row["acknowledged_before"]
         # Nothing is known of the window yet (first start, or a retry after a failed poll whose refreshes may be
-        # half done): every id with a row in it is recomputed once.
+        # half done): every id with a row in it is recomputed once, from all of its events (a failed merge may
+        # have stored inputs without writing their facts).
         self._known = {}
+        self._merge_unknown = True
         while not self._stop.is_set():
             started = time.monotonic()
             now_ms = await self._server_now_ms()
@@ -367,6 +370,7 @@ class StageStateUpdater:
             async with facts_change(lock_pool(self.stores), project_id):
                 for (other,) in others:
                     await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
+        await drop_other_inputs(ch, self.stores.settings.clickhouse_cluster, project_id, number)
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
@@ -385,28 +389,40 @@ class StageStateUpdater:
         defs = self._definitions
         if not defs:
             self._known = {}
+            self._merge_unknown = True
             return
 
         params = {"since": _at(since_ms), "next": _at(next_ms), "projects": sorted(defs)}
         _, rows = await self.stores.clickhouse.query(CHANGES_SQL, params)
         known, following, self._known = self._known, {}, {}
         touched: dict[str, set[str]] = {}
+        # Ids with an identity change (their customer may be another now) and ids whose rows left the window
+        # (deleted) are refreshed from all their events; ids with new event rows only get those merged on
+        # (StateWriter.append), unless nothing is known of what the last poll merged (a start, a failure).
+        full: dict[str, set[str]] = {}
+        appended: dict[str, set[str]] = {}
         for project_id, source, distinct_id, count, digest, next_count, next_digest in rows:
             key = (project_id, source, distinct_id)
             if known.pop(key, (0, 0)) != (count, digest):
-                touched.setdefault(project_id, set()).add(distinct_id)
+                (appended if source == 0 and not self._merge_unknown else full).setdefault(project_id, set()).add(distinct_id)
             if next_count:
                 following[key] = (next_count, next_digest)
         for project_id, _, distinct_id in known:  # every row of it left the window: deleted, so recompute too
-            touched.setdefault(project_id, set()).add(distinct_id)
-        for project_id, ids in touched.items():
+            full.setdefault(project_id, set()).add(distinct_id)
+        for project_id in full.keys() | appended.keys():
             for target, serving in ((self._serving.get(project_id), True), (self._pending.get(project_id), False)):
-                if target is not None:
-                    number, built_for = target
-                    written = await self.writer.refresh(
-                        project_id, built_for, number, ids, serving=serving,
-                        still_kept=lambda p=project_id, n=number: self._kept(p, n),
-                    )
-                    self.metrics.stage_state_rows.inc(written)
+                if target is None:
+                    continue
+                number, built_for = target
+                kept = lambda p=project_id, n=number: self._kept(p, n)  # noqa: E731
+                written = await self.writer.refresh(
+                    project_id, built_for, number, full.get(project_id, set()), serving=serving, still_kept=kept
+                )
+                written += await self.writer.append(
+                    project_id, built_for, number, appended.get(project_id, set()), since_ms, serving=serving,
+                    still_kept=kept,
+                )
+                self.metrics.stage_state_rows.inc(written)
+        self._merge_unknown = False
         # Only now, every refresh written: after a failure the retry starts from nothing known (see _loop).
         self._known = following

@@ -190,3 +190,44 @@ async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_
     )
     assert {r[0] for r in rows} == set(acked)  # nothing acknowledged lost, nothing refused stored
     assert all(r[1] == 1 for r in rows)  # and nothing inserted twice
+
+
+async def test_stage_facts_of_20k_customers_at_once_over_http(http_stores) -> None:  # type: ignore[no-untyped-def]
+    """A refresh statement carries a chunk of 20 000 ids, their customers and keys as bound parameters: over
+    HTTP they go in the request body (a URL that long is refused), for the statements that answer rows and
+    for the INSERT … SELECTs that store the customers' inputs alike."""
+    from journeys.events import EVENT_COLUMNS
+    from journeys.maps import validate_map
+    from query.stage_state import REFRESH_CHUNK, Definitions, StateWriter
+
+    pid = "p_http20k"
+    definitions = Definitions.of(
+        [(validate_map({"name": "m", "stages": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
+                        "touchpoints": [{"id": "ta", "stage": "a", "match": {"event": "A"}},
+                                        {"id": "tb", "stage": "b", "match": {"event": "B"}}]}), 1)], []
+    )
+    ids = [f"customer-{n:06d}-{'x' * 24}" for n in range(REFRESH_CHUNK)]
+
+    def rows(event: str, minute: int) -> bytes:
+        values = {"project_id": pid, "type": "track", "event": event, "channel": "web", "touchpoint": "",
+                  "sentiment": "", "user_id": "", "anonymous_id": "", "group_id": "", "previous_id": "",
+                  "timestamp": f"2026-03-01 10:{minute:02d}:00.000", "original_timestamp": "2026-03-01 10:00:00.000",
+                  "sent_at": None, "received_at": "2026-03-01 11:00:00.000", "properties": "{}", "traits": "{}",
+                  "context": "{}"}
+        return b"".join(
+            orjson.dumps([{**values, "message_id": f"{event}-{i}", "distinct_id": i}[c] for c in EVENT_COLUMNS]) + b"\n"
+            for i in ids
+        )
+
+    ch = http_stores.clickhouse
+    writer = StateWriter(ch, http_stores.pg)
+    await ch.insert_lines("events", EVENT_COLUMNS, rows("A", 1))
+    assert await writer.refresh(pid, definitions, 5, set(ids)) > 0  # every customer from all of its events
+    _, now = await ch.query("SELECT toUnixTimestamp64Milli(now64(3))")
+    await ch.insert_lines("events", EVENT_COLUMNS, rows("B", 2))
+    assert await writer.append(pid, definitions, 5, set(ids), int(now[0][0]) - 1) > 0  # the new rows merged on
+    _, moved = await ch.query(
+        "SELECT sum(n) FROM stage_facts WHERE project_id = {p:String} AND build = 5 AND fact = 'move' AND stage = 1",
+        {"p": pid},
+    )
+    assert moved == [(REFRESH_CHUNK,)]

@@ -352,3 +352,23 @@ SETTINGS deduplicate_merge_projection_mode = 'rebuild', lightweight_mutation_pro
 
 CREATE TABLE IF NOT EXISTS stage_facts ON CLUSTER "journeys" AS stage_facts_local
 ENGINE = Distributed('journeys', currentDatabase(), stage_facts_local, cityHash64(project_id, customer_id));
+
+-- 0010_stage_inputs.sql
+CREATE TABLE IF NOT EXISTS stage_inputs_local ON CLUSTER "journeys"
+(
+    key          String,
+    project_id   String,
+    build        UInt64,
+    customer_id  String,
+    generation   UInt64,
+    staged       Array(Tuple(Int64, Int64, String, String, Array(UInt16), Array(String))),
+    touch        Tuple(UInt8, Int64, String, Int64, String, String, String, String, String, Date),
+    traits       Array(Tuple(UInt8, Int64, String)),
+    prev_staged  Array(Tuple(Int64, Int64, String, String, Array(UInt16), Array(String))),
+    prev_touch   Tuple(UInt8, Int64, String, Int64, String, String, String, String, String, Date),
+    prev_traits  Array(Tuple(UInt8, Int64, String))
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', generation) ORDER BY key;
+
+CREATE TABLE IF NOT EXISTS stage_inputs ON CLUSTER "journeys" AS stage_inputs_local
+ENGINE = Distributed('journeys', currentDatabase(), stage_inputs_local, cityHash64(project_id, customer_id));
