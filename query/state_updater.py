@@ -1,8 +1,10 @@
 """StageStateUpdater: keeps every customer's stage facts current, a fraction of a second behind ingest.
 
 It watches what ClickHouse has been given since it last looked — new events, and identity changes that
-move ids between customers (both carry ``inserted_at``, stamped by ClickHouse) — and recomputes the facts
-of exactly those customers (:class:`query.stage_state.StateWriter`). When a project's maps or segments
+move ids between customers (both carry ``inserted_at``, stamped by ClickHouse) — and updates the facts of
+exactly those customers (:class:`query.stage_state.StateWriter`): new events are merged onto the
+customers' stored inputs (``append``: it reads what arrived, not their past); a changed customer, deleted
+rows and the first poll after a start or a failure are recomputed from all of their events (``refresh``). When a project's maps or segments
 get a new version, it rebuilds that project's facts from all of its events under a new build number, and
 only then lets that build serve KPIs (recording the versions it was built for): until then KPIs read the
 previous build, and a KPI call never mixes facts computed for different definitions.
