@@ -164,44 +164,49 @@ FROM ({{aggregates}}) AS n
 LEFT JOIN (
     SELECT customer_id, toUInt8(1) AS found, argMax(staged, generation) AS staged, argMax(touch, generation) AS touch,
            argMax(traits, generation) AS traits
-    FROM stage_inputs WHERE key IN {{{{keys:Array(String)}}}}
+    FROM stage_inputs
+    WHERE project_id = {{{{project_id:String}}}} AND build = {{{{build:UInt64}}}} AND customer_id IN {{{{customers:Array(String)}}}}
     GROUP BY customer_id
 ) AS o ON o.customer_id = n.customer
 """
 
-_INPUT_COLUMNS = "key, project_id, build, customer_id, generation, staged, touch, traits, prev_staged, prev_touch, prev_traits"
+_INPUT_COLUMNS = "project_id, build, customer_id, generation, staged, touch, traits, prev_staged, prev_touch, prev_traits"
 _INSERT_INPUTS = f"""
 INSERT INTO stage_inputs ({_INPUT_COLUMNS})
-SELECT concat({{{{project_id:String}}}}, '/', toString({{{{build:UInt64}}}}), '/', customer), {{{{project_id:String}}}},
-       {{{{build:UInt64}}}}, customer, {{{{generation:UInt64}}}}, staged, touch, traits, {{prev}}
+SELECT {{{{project_id:String}}}}, {{{{build:UInt64}}}}, customer, {{{{generation:UInt64}}}}, staged, touch, traits, {{prev}}
 FROM ({{inputs}})
 """
 # Customers that no longer exist (merged into another): empty inputs, so nothing is merged onto theirs.
-_RETIRED_INPUTS = f"""
-SELECT concat({{project_id:String}}, '/', toString({{build:UInt64}}), '/', customer), {{project_id:String}}, {{build:UInt64}},
-       customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
-FROM (SELECT arrayJoin({{retired:Array(String)}}) AS customer)
+_EMPTY_INPUTS = f"""
+SELECT {{project_id:String}}, {{build:UInt64}}, customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS},
+       {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
+FROM (SELECT arrayJoin({{IDS:Array(String)}}) AS customer)
 """
-#: Forgotten customers' inputs in one build (``key``: theirs): empty, as a retired customer's.
-FORGET_INPUTS_SQL = f"""
-INSERT INTO stage_inputs ({_INPUT_COLUMNS})
-SELECT key, {{project_id:String}}, {{build:UInt64}}, customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH},
-       {_NO_TRAITS}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
-FROM (SELECT concat({{project_id:String}}, '/', toString({{build:UInt64}}), '/', customer) AS key, customer
-      FROM (SELECT arrayJoin({{customers:Array(String)}}) AS customer))
-"""
+_RETIRED_INPUTS = _EMPTY_INPUTS.replace("IDS", "retired")
+#: Forgotten customers' inputs in one build: empty, as a retired customer's.
+FORGET_INPUTS_SQL = f"INSERT INTO stage_inputs ({_INPUT_COLUMNS}) " + _EMPTY_INPUTS.replace("IDS", "customers")
 
-# The stored inputs written by one write (``generation``) of the given customers (``keys``), as customers to
-# fold: what they hold now (sign 1) and what they held before (sign -1).
+# The stored inputs written by one write (``generation``) of the given customers, as customers to fold: what
+# they hold now (sign 1) and what they held before (sign -1).
 _STORED = """
 SELECT customer, sign, {keys} AS keys, staged
 FROM (
     SELECT customer_id AS customer, s.1 AS sign, s.2 AS staged, s.3 AS touch, s.4 AS traits
     FROM (
         SELECT customer_id, [(toInt8(1), staged, touch, traits), (toInt8(-1), prev_staged, prev_touch, prev_traits)] AS both
-        FROM stage_inputs WHERE key IN {{keys:Array(String)}} AND generation = {{generation:UInt64}}
+        FROM stage_inputs
+        WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}} AND customer_id IN {{customers:Array(String)}}
+              AND generation = {{generation:UInt64}}
     )
     ARRAY JOIN both AS s
+)
+"""
+# Every customer's stored inputs in a build just written by a rebuild (one row each), as customers to fold.
+_BUILT = """
+SELECT customer_id AS customer, toInt8(1) AS sign, {keys} AS keys, staged
+FROM (
+    SELECT customer_id, staged, touch, traits FROM stage_inputs
+    WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}}
 )
 """
 
@@ -317,6 +322,14 @@ class FactsSql:
             f"SETTINGS max_insert_threads = 2, optimize_on_insert = 0, {CLUSTER_SETTINGS}"
         )
 
+    def insert_all_from_inputs(self, columns: str) -> str:
+        """``INSERT`` into ``stage_facts`` of every customer's facts folded from the inputs a rebuild stored
+        (:meth:`insert_inputs`, ``"project"``): the events are read once, by that statement."""
+        return (
+            f"INSERT INTO stage_facts ({columns}) {self._rows(_BUILT.format(keys=self._segments.keys))} "
+            f"SETTINGS max_insert_threads = 2, optimize_on_insert = 0, {CLUSTER_SETTINGS}"
+        )
+
     def insert_inputs(self, scope: str) -> str:
         """``INSERT`` of the inputs of every customer of the project (``"project"``) or of the given ids'
         customers (``"ids"``: also ``retired``, the customers merged into others, whose inputs empty), read from
@@ -329,14 +342,14 @@ class FactsSql:
 
     def insert_merged(self) -> str:
         """``INSERT`` of the given ids' rows stamped after ``since`` (``ids``, ``owners``: their customers)
-        merged onto their customers' stored inputs (``keys``), each keeping what it held before."""
+        merged onto their customers' stored inputs (``customers``), each keeping what it held before."""
         merged = _MERGED.format(aggregates=self._aggregates("since"))
         inputs = _INPUTS.format(aggregates=merged, carried=", prev_staged, prev_touch, prev_traits")
         sql = _INSERT_INPUTS.format(prev="prev_staged, prev_touch, prev_traits", inputs=inputs)
         return f"{sql} SETTINGS {CLUSTER_SETTINGS}"
 
     def difference(self, held: bool) -> str:
-        """The rows to write for the inputs one write stored (``keys``, ``generation``): their facts now minus
+        """The rows to write for the inputs one write stored (``customers``, ``generation``): their facts now minus
         their facts before; with ``held``, minus what ``build`` holds for ``customers`` instead (inputs written
         from all of their events: the build may hold anything for them)."""
         rows = self._rows(_STORED.format(keys=self._segments.keys))

@@ -77,30 +77,19 @@ def stale_previews_below(now_ms: int) -> int:
     return PREVIEW_BUILDS + (now_ms - PREVIEW_LIFETIME_MS) * 1000
 
 
-_DROP_BUILD_SQL = "ALTER TABLE {{table stage_facts}} {{on_cluster}} DROP PARTITION ({project}, {build})"
+_DROP_BUILD_SQL = "ALTER TABLE {{table {name}}} {{on_cluster}} DROP PARTITION ({project}, {build})"
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 async def drop_build(ch: ClickHouse, cluster: str, project_id: str, build: int) -> None:
-    """Delete every fact of one build of a project at once: its partition (migration 0009). Nothing is
-    rewritten, and answers reading other builds are untouched."""
+    """Delete every fact and stored input of one build of a project at once: its partitions (migrations 0009,
+    0010). Nothing is rewritten, and answers reading other builds are untouched."""
     # ALTER … DROP PARTITION takes a literal, not a bound parameter: project ids are generated ("p_" + hex).
     if not _PROJECT_ID.match(project_id):
         raise ValueError(f"not a project id: {project_id!r}")
     sql = _DROP_BUILD_SQL.replace("{project}", f"'{project_id}'").replace("{build}", str(int(build)))
-    await ch.command(render_clickhouse_sql(sql, cluster))
-
-
-_DROP_INPUTS_SQL = "ALTER TABLE {{table stage_inputs}} {{on_cluster}} DELETE WHERE project_id = {project} AND build != {build}"
-
-
-async def drop_other_inputs(ch: ClickHouse, cluster: str, project_id: str, build: int) -> None:
-    """Delete the stored inputs of every build of a project but ``build`` (the serving one): superseded builds'
-    and any a crashed rebuild left. No answer reads inputs, so this needs no lock; it scans the table."""
-    if not _PROJECT_ID.match(project_id):
-        raise ValueError(f"not a project id: {project_id!r}")
-    sql = _DROP_INPUTS_SQL.replace("{project}", f"'{project_id}'").replace("{build}", str(int(build)))
-    await ch.command(render_clickhouse_sql(sql, cluster))
+    for table in ("stage_facts", "stage_inputs"):
+        await ch.command(render_clickhouse_sql(sql.replace("{name}", table), cluster))
 
 
 def next_generation(last: int = 0) -> int:
@@ -269,15 +258,18 @@ class StateWriter:
 
     async def build_all(self, project_id: str, definitions: Definitions, build: int, *, inputs: bool = True) -> None:
         """Compute every customer's facts into ``build``, which no answer reads yet and nobody else writes:
-        all of it inside ClickHouse. With ``inputs`` (every build but a preview) their inputs are stored too;
-        rows that arrive between the two statements are the caller's to refresh (StageStateUpdater.rebuild)."""
+        all of it inside ClickHouse. With ``inputs`` (every build but a preview) their inputs are stored too,
+        and the facts folded from them."""
         if not definitions.maps:
             return
         sql = self.statements(project_id, definitions)
         params = {**sql.params, "project_id": project_id, "build": build}
-        if inputs:
-            await self.ch.command(sql.insert_inputs("project"), {**params, "generation": self._next_generation()})
-        await self.ch.command(sql.insert_all(", ".join(FACT_COLUMNS)), params)
+        if not inputs:
+            await self.ch.command(sql.insert_all(", ".join(FACT_COLUMNS)), params)
+            return
+        # Two statements, the events read once: every customer's inputs, then their facts folded from those.
+        await self.ch.command(sql.insert_inputs("project"), {**params, "generation": self._next_generation()})
+        await self.ch.command(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
 
     async def refresh(
         self, project_id: str, definitions: Definitions, build: int, touched: set[str], *, serving: bool = True,
@@ -334,7 +326,7 @@ class StateWriter:
         params = {
             **sql.params, "project_id": project_id, "build": build, "generation": self._next_generation(),
             "ids": [i for i, _ in owned], "owners": [c for _, c in owned], "retired": retired,
-            "customers": sorted(set(customers) | set(retired)), "keys": _keys(project_id, build, customers),
+            "customers": sorted(set(customers) | set(retired)),
         }
         await self.ch.execute(sql.insert_inputs("ids"), params)
         return await self._write_difference(project_id, sql.difference(held=True), params, serving)
@@ -347,7 +339,7 @@ class StateWriter:
         params = {
             **sql.params, "project_id": project_id, "build": build, "generation": self._next_generation(),
             "ids": touched, "owners": [current[i] for i in touched], "since": _at(since_ms),
-            "keys": _keys(project_id, build, sorted(set(current.values()))),
+            "customers": sorted(set(current.values())),
         }
         await self.ch.execute(sql.insert_merged(), params)
         return await self._write_difference(project_id, sql.difference(held=False), params, serving)
@@ -361,11 +353,6 @@ class StateWriter:
         async with facts_change(self.locks if serving else None, project_id):
             await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
         return rows.count(b"\n")
-
-
-def _keys(project_id: str, build: int, customers: list[str]) -> list[str]:
-    """The ``stage_inputs`` keys of customers in a build."""
-    return [f"{project_id}/{build}/{c}" for c in customers]
 
 
 def _at(ms: int) -> datetime:

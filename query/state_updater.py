@@ -59,7 +59,6 @@ from query.stage_state import (
     Definitions,
     StateWriter,
     drop_build,
-    drop_other_inputs,
     facts_change,
     facts_lock,
     lock_pool,
@@ -109,6 +108,9 @@ SELECT distinct_id FROM identities WHERE project_id = {project_id:String} AND in
 # over from a crash.
 OTHER_BUILDS_SQL = """
 SELECT DISTINCT build FROM stage_facts
+WHERE project_id = {project_id:String} AND build != {keep:UInt64} AND build < {below:UInt64}
+UNION DISTINCT
+SELECT DISTINCT build FROM stage_inputs
 WHERE project_id = {project_id:String} AND build != {keep:UInt64} AND build < {below:UInt64}
 """
 
@@ -372,7 +374,6 @@ class StageStateUpdater:
             async with facts_change(lock_pool(self.stores), project_id):
                 for (other,) in others:
                     await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
-        await drop_other_inputs(ch, self.stores.settings.clickhouse_cluster, project_id, number)
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
@@ -397,7 +398,6 @@ class StageStateUpdater:
         params = {"since": _at(since_ms), "next": _at(next_ms), "projects": sorted(defs)}
         _, rows = await self.stores.clickhouse.query(CHANGES_SQL, params)
         known, following, self._known = self._known, {}, {}
-        touched: dict[str, set[str]] = {}
         # Ids with an identity change (their customer may be another now) and ids whose rows left the window
         # (deleted) are refreshed from all their events; ids with new event rows only get those merged on
         # (StateWriter.append), unless nothing is known of what the last poll merged (a start, a failure).

@@ -502,12 +502,13 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
                 {"name": "web", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]}]
     facts = FactsSql(Definitions.of([(validate_map(template), 1)], [(validate_segment(s), 1) for s in segments]))
     statements = (
-        facts.insert_all(", ".join(FACT_COLUMNS)), facts.insert_inputs("project"), facts.insert_inputs("ids"),
+        facts.insert_all(", ".join(FACT_COLUMNS)), facts.insert_all_from_inputs(", ".join(FACT_COLUMNS)),
+        facts.insert_inputs("project"), facts.insert_inputs("ids"),
         facts.insert_merged(), facts.difference(held=True), facts.difference(held=False),
     )
     for statement in statements:
         assert "distributed_product_mode = 'global'" in statement
         params = {**facts.params, "project_id": "p", "build": 1, "ids": ["a"], "owners": ["a"], "customers": ["a"],
-                  "retired": [], "keys": ["p/1/a"], "generation": 1, "since": "2026-01-01 00:00:00"}
+                  "retired": [], "generation": 1, "since": "2026-01-01 00:00:00"}
         _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}", params)
         assert rows, statement

@@ -356,8 +356,7 @@ ENGINE = Distributed('journeys', currentDatabase(), stage_facts_local, cityHash6
 -- 0010_stage_inputs.sql
 CREATE TABLE IF NOT EXISTS stage_inputs_local ON CLUSTER "journeys"
 (
-    key          String,
-    project_id   String,
+    project_id   LowCardinality(String),
     build        UInt64,
     customer_id  String,
     generation   UInt64,
@@ -368,7 +367,10 @@ CREATE TABLE IF NOT EXISTS stage_inputs_local ON CLUSTER "journeys"
     prev_touch   Tuple(UInt8, Int64, String, Int64, String, String, String, String, String, Date),
     prev_traits  Array(Tuple(UInt8, Int64, String))
 )
-ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', generation) ORDER BY key;
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', generation)
+PARTITION BY (project_id, build)
+ORDER BY (project_id, build, customer_id)
+SETTINGS index_granularity = 256;
 
 CREATE TABLE IF NOT EXISTS stage_inputs ON CLUSTER "journeys" AS stage_inputs_local
 ENGINE = Distributed('journeys', currentDatabase(), stage_inputs_local, cityHash64(project_id, customer_id));

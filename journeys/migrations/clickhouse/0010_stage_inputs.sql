@@ -2,21 +2,21 @@
 -- events (each message once, journey order, with the rule each map gives it and the sentiment), its first
 -- touch and the traits the build's segments read. With them the updater's live path reads only the rows
 -- stamped since it last looked and merges them on (query/facts_sql.py): a refresh of the customers that
--- random traffic touches no longer reads their past, which a few thousand random ids spread over most
--- granules of `events` and `stage_facts` (bench/README.md, "Issue 17").
+-- random traffic touches no longer reads their past in `events` and `stage_facts`, where a few thousand
+-- random ids fall in most granules (bench/README.md, "Issue 17"). A rebuild folds the facts from here too.
 --
--- A key-value table on one node: EmbeddedRocksDB finds each key directly (10 000 random customers of 1 M:
--- 0.1 s, measured in chDB), where a MergeTree would read every granule their keys fall in. On a cluster a
--- replicated ReplacingMergeTree (the newest generation per key wins; readers take argMax by generation, which
--- is the one row on one node), sharded by customer like stage_facts.
+-- One row per customer and write: the newest generation wins (readers take argMax by generation or the
+-- generation they wrote; merges drop the rest). Small granules: a live refresh reads a few thousand
+-- scattered customers (5 000 of 1 M: 35 ms, measured in chDB; an EmbeddedRocksDB table took 86 ms, and
+-- deleting a build from it meant scanning all of it: 25 s at 1 M). Partitioned like stage_facts: a build's
+-- inputs go with its facts (DROP PARTITION).
 --
--- `key` is project_id/build/customer_id. `prev_*` are the inputs before the write that stored these (the
--- updater withdraws their facts and adds the new ones: query/stage_state.py). Derived data: a build's rows
--- are written when the build is (every project is rebuilt once after this migration: facts format 4).
+-- `prev_*` are the inputs before the write that stored these (the updater withdraws their facts and adds
+-- the new ones: query/stage_state.py). Derived data: a build's rows are written when the build is (every
+-- project is rebuilt once after this migration: facts format 4).
 CREATE TABLE IF NOT EXISTS {{table stage_inputs}} {{on_cluster}}
 (
-    key          String,
-    project_id   String,
+    project_id   LowCardinality(String),
     build        UInt64,
     customer_id  String,
     generation   UInt64,
@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS {{table stage_inputs}} {{on_cluster}}
     prev_touch   Tuple(UInt8, Int64, String, Int64, String, String, String, String, String, Date),
     prev_traits  Array(Tuple(UInt8, Int64, String))
 )
-{{key_value key generation}};
+ENGINE = {{engine ReplacingMergeTree(generation)}}
+PARTITION BY (project_id, build)
+ORDER BY (project_id, build, customer_id)
+SETTINGS index_granularity = 256;
 
 {{distributed stage_inputs cityHash64(project_id, customer_id)}};
