@@ -60,16 +60,6 @@ def render_clickhouse_sql(sql: str, cluster: str = "") -> str:
             engine, args = parsed.group(1), (parsed.group(2) or "").strip()
             replicated = f"Replicated{engine}('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', '{{replica}}'"
             return replicated + (f", {args})" if args else ")")
-        if macro == "key_value":
-            # A table read by key only: direct lookups on one node, a replicated table (newest version wins) on
-            # a cluster. `key version`: the key column and the version column.
-            key, _, version = arg.partition(" ")
-            if not cluster:
-                return f"ENGINE = EmbeddedRocksDB PRIMARY KEY {key}"
-            return (
-                "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', "
-                f"{version.strip()}) ORDER BY {key}"
-            )
         if macro == "distributed":
             if not cluster:
                 return ""
