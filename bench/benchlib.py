@@ -27,10 +27,14 @@ SEGMENTS = [
     {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro", "enterprise"]}]},
     {"name": "web-first", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},
     {"name": "paid-social", "rules": [{"field": "first_channel", "op": "in", "value": ["ads", "social"]}]},
-    {"name": "de-known", "match": "all", "rules": [
-        {"field": "traits.country", "op": "equals", "value": "DE"},
-        {"field": "traits.plan", "op": "exists"},
-    ]},
+    {
+        "name": "de-known",
+        "match": "all",
+        "rules": [
+            {"field": "traits.country", "op": "equals", "value": "DE"},
+            {"field": "traits.plan", "op": "exists"},
+        ],
+    },
 ]
 
 

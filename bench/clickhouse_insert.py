@@ -4,7 +4,8 @@ Runs the real schema (our migrations) in chDB — the same engine as a ClickHous
 and inserts realistic rows exactly as the inserter does (JSONCompactEachRow lines built by ``to_row``).
 Baselines in the same run: the same rows into the events table with the journey timelines' view taken away
 (what that view costs), and into a plain MergeTree table without the derived web columns. Then the disk each
-event takes, merged, in the events table and in the timelines. This is the floor under ``bench/ingest.py``'s stored events/s on the embedded default.
+event takes, merged, in the events table and in the timelines. This is the floor under ``bench/ingest.py``'s
+stored events/s on the embedded default.
 
     python bench/clickhouse_insert.py [--rows 100000]
 """
@@ -33,8 +34,11 @@ def _event(rng: random.Random) -> dict:
         "timestamp": "2026-11-24T06:00:00.123Z",
         "userId": f"user-{rng.randint(1, 10_000)}",
         "anonymousId": str(uuid.UUID(int=rng.getrandbits(128))),
-        "context": {"library": {"name": "analytics-python", "version": "2.3"}, "ip": "10.1.2.3",
-                    "userAgent": "Mozilla/5.0 (X11; Linux x86_64)"},
+        "context": {
+            "library": {"name": "analytics-python", "version": "2.3"},
+            "ip": "10.1.2.3",
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64)",
+        },
         "properties": {"channel": rng.choice(["web", "email", "store", "app"]), "total": 12.5, "sku": "A-1"},
     }
     if kind == "track":
@@ -71,14 +75,17 @@ def main() -> None:
         )
         client.command(plain.replace("IF NOT EXISTS events", "IF NOT EXISTS events_plain"))
         settings = {"input_format_json_read_objects_as_strings": 1}
-        timelines_view = next(s for s in statements if s.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS timelines_mv"))
+        timelines_view = next(
+            s for s in statements if s.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS timelines_mv")
+        )
 
         def insert(table: str, size: int) -> str:
             chunks = [b"".join(lines[k : k + size]) for k in range(0, len(lines), size)]
             began_wall, began_cpu = time.perf_counter(), _cpu()
             for chunk in chunks:
-                client.raw_insert(table, list(EVENT_COLUMNS), insert_block=chunk, fmt="JSONCompactEachRow",
-                                  settings=settings)
+                client.raw_insert(
+                    table, list(EVENT_COLUMNS), insert_block=chunk, fmt="JSONCompactEachRow", settings=settings
+                )
             wall, cpu = time.perf_counter() - began_wall, _cpu() - began_cpu
             return f"{cpu / len(lines) * 1e6:6.2f} µs CPU/row ({len(lines) / wall:,.0f} rows/s)"
 

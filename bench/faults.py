@@ -83,7 +83,9 @@ class Row:
 class Load:
     """Steady load: ``workers`` senders, each ``rate`` batches/s of ``batch`` events (unique ids)."""
 
-    def __init__(self, url: str, key: str, tag: str, *, workers: int = 4, rate: float = 5, batch: int = 50, pad: int = 100):
+    def __init__(
+        self, url: str, key: str, tag: str, *, workers: int = 4, rate: float = 5, batch: int = 50, pad: int = 100
+    ):
         self.url, self.key, self.tag = url, key, tag
         self.workers, self.interval, self.batch, self.pad = workers, 1 / rate, batch, pad
         self.sent = 0
@@ -114,13 +116,25 @@ class Load:
             began = time.monotonic()
             ids = [f"{self.tag}-{worker}-{n}-{i}" for i in range(self.batch)]
             n += 1
-            body = orjson.dumps({"batch": [
-                {"type": "track", "userId": f"u{(n + i) % USERS}", "event": "Load", "messageId": mid,
-                 "properties": {"pad": "p" * self.pad}} for i, mid in enumerate(ids)]})
+            body = orjson.dumps(
+                {
+                    "batch": [
+                        {
+                            "type": "track",
+                            "userId": f"u{(n + i) % USERS}",
+                            "event": "Load",
+                            "messageId": mid,
+                            "properties": {"pad": "p" * self.pad},
+                        }
+                        for i, mid in enumerate(ids)
+                    ]
+                }
+            )
             self.sent += len(ids)
             try:
-                async with http.post(f"{self.url}/v1/batch", data=body, headers=basic(self.key),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                async with http.post(
+                    f"{self.url}/v1/batch", data=body, headers=basic(self.key), timeout=aiohttp.ClientTimeout(total=30)
+                ) as resp:
                     await resp.read()
                     self.statuses[resp.status] += 1
                     if resp.status == 200:
@@ -207,8 +221,15 @@ async def wait_drained(http: aiohttp.ClientSession, service: Service, timeout: f
     raise RuntimeError(f"spool not drained within {timeout}s")
 
 
-async def account(row: Row, http: aiohttp.ClientSession, ch: ClickHouseHTTP, service: Service, keys: dict[str, str],
-                  acked: set[str], sent: int) -> dict[str, int]:
+async def account(
+    row: Row,
+    http: aiohttp.ClientSession,
+    ch: ClickHouseHTTP,
+    service: Service,
+    keys: dict[str, str],
+    acked: set[str],
+    sent: int,
+) -> dict[str, int]:
     stored = clickhouse_ids(ch, keys["id"])
     seen = await read_back(http, service, keys["read_key"])
     row.sent, row.acked, row.stored = sent, len(acked), len(stored)
@@ -241,8 +262,13 @@ class Bench:
     services: list[Service] = field(default_factory=list)
 
     def service(self, name: str, **env: str) -> Service:
-        svc = Service(self.data, CLICKHOUSE_URL=self.ch.url, JOURNEYS_SPOOL_DIR=str(env.pop("spool", self.work / f"spool-{name}")),
-                      JOURNEYS_INSERT_LINGER_MS="50", **env)
+        svc = Service(
+            self.data,
+            CLICKHOUSE_URL=self.ch.url,
+            JOURNEYS_SPOOL_DIR=str(env.pop("spool", self.work / f"spool-{name}")),
+            JOURNEYS_INSERT_LINGER_MS="50",
+            **env,
+        )
         self.services.append(svc)
         return svc.start(timeout=120)
 
@@ -268,7 +294,9 @@ class Bench:
         began = time.monotonic()
         while time.monotonic() - began < outage:
             status, body = await readyz(http, svc)
-            polls["503 clickhouse down" if status == 503 and not body["checks"]["clickhouse"]["ok"] else f"{status}"] += 1
+            polls[
+                "503 clickhouse down" if status == 503 and not body["checks"]["clickhouse"]["ok"] else f"{status}"
+            ] += 1
             peak_spool = max(peak_spool, body["checks"]["spool"]["pending_bytes"])
             await asyncio.sleep(1)
         self.ch.start()
@@ -283,8 +311,10 @@ class Bench:
         not_ready = polls["503 clickhouse down"]
         row.ok = row.ok and not_ready == sum(polls.values()) and set(load.statuses) == {200}
         row.notes[:0] = [
-            f"statuses {dict(load.statuses)}", f"/readyz 503 in {not_ready}/{sum(polls.values())} polls during outage",
-            f"spool peak {peak_spool / 1024:.0f} KiB", f"drained {drained:.1f} s after ClickHouse returned",
+            f"statuses {dict(load.statuses)}",
+            f"/readyz 503 in {not_ready}/{sum(polls.values())} polls during outage",
+            f"spool peak {peak_spool / 1024:.0f} KiB",
+            f"drained {drained:.1f} s after ClickHouse returned",
             f"max RSS {fmt_mb(rss.peak)}",
         ]
         return row
@@ -308,7 +338,8 @@ class Bench:
         stray = len(stored.keys() - load.acked - load.unanswered)
         row.ok = row.ok and stray == 0 and set(load.statuses) <= {0, 200}
         row.notes[:0] = [
-            f"statuses {dict(load.statuses)}", f"unanswered around the kill {len(load.unanswered)} (in flight or refused after it; stored {in_flight_stored})",
+            f"statuses {dict(load.statuses)}",
+            f"unanswered around the kill {len(load.unanswered)} (in flight or refused after it; stored {in_flight_stored})",
             f"restart→up {up:.1f} s, replay drained {drained:.1f} s later",
         ]
         return row
@@ -331,10 +362,19 @@ class Bench:
         svc.stop()
         refused_stored = len(load.refused & stored.keys())
         errors = sum(n for s, n in load.statuses.items() if s >= 500 and s != 503)
-        row.ok = row.ok and refused_stored == 0 and errors == 0 and load.refused_without_retry_after == 0 and load.statuses[503] > 0
+        row.ok = (
+            row.ok
+            and refused_stored == 0
+            and errors == 0
+            and load.refused_without_retry_after == 0
+            and load.statuses[503] > 0
+        )
         row.notes[:0] = [
-            f"statuses {dict(load.statuses)}", f"503 without Retry-After {load.refused_without_retry_after}",
-            f"refused yet stored {refused_stored}", f"max RSS {fmt_mb(rss.peak)}", f"drained {drained:.1f} s after",
+            f"statuses {dict(load.statuses)}",
+            f"503 without Retry-After {load.refused_without_retry_after}",
+            f"refused yet stored {refused_stored}",
+            f"max RSS {fmt_mb(rss.peak)}",
+            f"drained {drained:.1f} s after",
         ]
         return row
 
@@ -368,11 +408,19 @@ class Bench:
             subprocess.run(["umount", "-l", str(disk)], check=False)
         refused_stored = len(load.refused & stored.keys())
         recovered = load.first_200_after
-        row.ok = (row.ok and refused_stored == 0 and status == 503 and recovered is not None
-                  and load.refused_without_retry_after == 0 and set(load.statuses) <= {200, 503})
+        row.ok = (
+            row.ok
+            and refused_stored == 0
+            and status == 503
+            and recovered is not None
+            and load.refused_without_retry_after == 0
+            and set(load.statuses) <= {200, 503}
+        )
         row.notes[:0] = [
-            f"statuses {dict(load.statuses)}", f"full after {full_after} events acked",
-            f"/readyz {status} ({ready_error})", f"refused yet stored {refused_stored}",
+            f"statuses {dict(load.statuses)}",
+            f"full after {full_after} events acked",
+            f"/readyz {status} ({ready_error})",
+            f"refused yet stored {refused_stored}",
             f"first 200 {recovered:.2f} s after space returned" if recovered is not None else "never recovered",
             f"drained {drained:.1f} s",
         ]
@@ -401,7 +449,8 @@ class Bench:
         svc.stop()
         row.ok = row.ok and flushed and client.stats.sent == n
         row.notes[:0] = [
-            f"answers lost {proxy.cut_count}/{proxy.responses}", f"SDK retries {client.stats.retries}",
+            f"answers lost {proxy.cut_count}/{proxy.responses}",
+            f"SDK retries {client.stats.retries}",
             f"SDK sent {client.stats.sent} failed {client.stats.failed}",
         ]
         return row
@@ -422,7 +471,9 @@ def print_table(rows: list[Row]) -> None:
     print("| " + " | ".join("---" for _ in headers) + " |")
     for r in rows:
         mark = "" if r.ok else " **FAIL**"
-        print(f"| {r.scenario}{mark} | {r.sent} | {r.acked} | {r.stored} | {r.lost} | {r.duplicated} | {'; '.join(r.notes)} |")
+        print(
+            f"| {r.scenario}{mark} | {r.sent} | {r.acked} | {r.stored} | {r.lost} | {r.duplicated} | {'; '.join(r.notes)} |"
+        )
 
 
 async def run(args: argparse.Namespace, work: Path) -> list[Row]:

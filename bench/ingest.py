@@ -87,7 +87,8 @@ def serve_baseline(port: int, max_bytes: int) -> None:
 
     def refuse(status: int, reason: str) -> web.Response:
         return web.Response(
-            status=status, body=orjson.dumps({"errors": [{"field": "body", "reason": reason}]}),
+            status=status,
+            body=orjson.dumps({"errors": [{"field": "body", "reason": reason}]}),
             content_type="application/json",
         )
 
@@ -200,23 +201,41 @@ class EventFactory:
         self.serial += 1
         self.clock_ms += rng.randint(0, 40)
         message_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        context = {"library": rng.choice(_LIBRARIES), "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"}
+        context = {
+            "library": rng.choice(_LIBRARIES),
+            "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+        }
         roll = rng.random()
         if roll < 0.05:
             user = {"userId": f"user-{rng.randrange(self.users):07d}"}
             return {
-                "type": "identify", "messageId": message_id, **user, "timestamp": _iso(self.clock_ms),
-                "traits": {"email": f"{user['userId']}@example.com", "plan": rng.choice(_PLANS), "age": rng.randint(18, 80)},
+                "type": "identify",
+                "messageId": message_id,
+                **user,
+                "timestamp": _iso(self.clock_ms),
+                "traits": {
+                    "email": f"{user['userId']}@example.com",
+                    "plan": rng.choice(_PLANS),
+                    "age": rng.randint(18, 80),
+                },
                 "context": context,
             }
         if roll < 0.20:
             path = rng.choice(_PAGES)
             url = f"https://shop.example.com{path}{rng.choice(_UTM)}"
             return {
-                "type": "page", "messageId": message_id, **self._user(), "name": path.strip("/") or "home",
+                "type": "page",
+                "messageId": message_id,
+                **self._user(),
+                "name": path.strip("/") or "home",
                 "timestamp": _iso(self.clock_ms),
-                "properties": {"channel": "web", "url": url, "path": path, "title": f"Shop | {path}",
-                               "referrer": rng.choice(("", "https://www.google.com/", "https://news.example.org/"))},
+                "properties": {
+                    "channel": "web",
+                    "url": url,
+                    "path": path,
+                    "title": f"Shop | {path}",
+                    "referrer": rng.choice(("", "https://www.google.com/", "https://news.example.org/")),
+                },
                 "context": context,
             }
         channel, _, names = rng.choices(_CHANNELS, weights=_CHANNEL_WEIGHTS)[0]
@@ -224,11 +243,15 @@ class EventFactory:
         name = rng.choice(names)
         if "Product" in name or "Order" in name or "Cart" in name:
             properties.update(
-                product_id=f"sku-{rng.randrange(5000):05d}", price=round(rng.uniform(3, 400), 2),
-                currency=rng.choice(_CURRENCIES), quantity=rng.randint(1, 4),
+                product_id=f"sku-{rng.randrange(5000):05d}",
+                price=round(rng.uniform(3, 400), 2),
+                currency=rng.choice(_CURRENCIES),
+                quantity=rng.randint(1, 4),
             )
         elif channel in ("email", "sms", "push"):
-            properties.update(campaign_id=f"cmp-{rng.randrange(300):04d}", template=rng.choice(("promo", "digest", "reminder")))
+            properties.update(
+                campaign_id=f"cmp-{rng.randrange(300):04d}", template=rng.choice(("promo", "digest", "reminder"))
+            )
         elif channel == "call_centre":
             properties.update(agent_id=f"agent-{rng.randrange(80):03d}", duration_s=rng.randint(20, 1800))
             if rng.random() < 0.6:
@@ -236,8 +259,13 @@ class EventFactory:
         else:
             properties.update(placement=rng.choice(("feed", "search", "story", "banner")), position=rng.randint(1, 12))
         return {
-            "type": "track", "messageId": message_id, **self._user(), "event": name,
-            "timestamp": _iso(self.clock_ms), "properties": properties, "context": context,
+            "type": "track",
+            "messageId": message_id,
+            **self._user(),
+            "event": name,
+            "timestamp": _iso(self.clock_ms),
+            "properties": properties,
+            "context": context,
         }
 
     def body(self, size: int) -> dict[str, Any]:
@@ -462,15 +490,29 @@ async def run_baseline_phase(
     headers = ingest_headers("bench-baseline", args.gzip)  # an Authorization header too; the bare handler ignores it
     async with client_session(args.concurrency, args.request_timeout) as session:
         if warmup:
-            w = await drive(session, url, warmup, headers, events_per_body=args.batch_size,
-                            concurrency=args.concurrency, duration=None)
+            w = await drive(
+                session,
+                url,
+                warmup,
+                headers,
+                events_per_body=args.batch_size,
+                concurrency=args.concurrency,
+                duration=None,
+            )
             if w.failures:
                 raise RuntimeError(f"baseline warm-up failed: {dict(w.failures)} {w.failure_sample}")
         passes = []
         for _ in range(args.baseline_passes):
             start = CpuMark.take(server_pid)
-            d = await drive(session, url, bodies, headers, events_per_body=args.batch_size,
-                            concurrency=args.concurrency, duration=args.duration)
+            d = await drive(
+                session,
+                url,
+                bodies,
+                headers,
+                events_per_body=args.batch_size,
+                concurrency=args.concurrency,
+                duration=args.duration,
+            )
             end = CpuMark.take(server_pid)
             one = summarize(d)
             one["cpu"] = cpu_between(start, end)
@@ -491,8 +533,13 @@ async def run_baseline_phase(
 
 
 async def run_collector_phase(
-    args: argparse.Namespace, ports: tuple[int, int], server_pid: int, keys: dict[str, str],
-    warmup: list[bytes], bodies: list[bytes], profiler: "Profiler | None",
+    args: argparse.Namespace,
+    ports: tuple[int, int],
+    server_pid: int,
+    keys: dict[str, str],
+    warmup: list[bytes],
+    bodies: list[bytes],
+    profiler: "Profiler | None",
 ) -> dict[str, Any]:
     url = f"http://{HOST}:{ports[0]}/v1/batch"
     stats_url = f"http://{HOST}:{ports[1]}/v1/stats"
@@ -500,24 +547,42 @@ async def run_collector_phase(
     async with client_session(args.concurrency, args.request_timeout) as session:
         already = 0
         if warmup:
-            w = await drive(session, url, warmup, headers, events_per_body=args.batch_size,
-                            concurrency=args.concurrency, duration=None)
+            w = await drive(
+                session,
+                url,
+                warmup,
+                headers,
+                events_per_body=args.batch_size,
+                concurrency=args.concurrency,
+                duration=None,
+            )
             if w.failures:
                 raise RuntimeError(f"collector warm-up failed: {dict(w.failures)} {w.failure_sample}")
             # Start timing only once the warm-up is in ClickHouse, so its insert is not counted.
-            t, already, _ = await wait_stored(session, stats_url, keys["read_key"], w.events_acked,
-                                              args.store_timeout, args.poll_interval)
+            t, already, _ = await wait_stored(
+                session, stats_url, keys["read_key"], w.events_acked, args.store_timeout, args.poll_interval
+            )
             if t is None:
-                raise RuntimeError(f"warm-up events not stored after {args.store_timeout}s ({already}/{w.events_acked})")
+                raise RuntimeError(
+                    f"warm-up events not stored after {args.store_timeout}s ({already}/{w.events_acked})"
+                )
         if profiler is not None:
             profiler.start()
         start = CpuMark.take(server_pid)
-        d = await drive(session, url, bodies, headers, events_per_body=args.batch_size,
-                        concurrency=args.concurrency, duration=args.duration)
+        d = await drive(
+            session,
+            url,
+            bodies,
+            headers,
+            events_per_body=args.batch_size,
+            concurrency=args.concurrency,
+            duration=args.duration,
+        )
         acked = CpuMark.take(server_pid)
         expected = already + d.events_acked
-        t_stored, count, polls = await wait_stored(session, stats_url, keys["read_key"], expected,
-                                                   args.store_timeout, args.poll_interval)
+        t_stored, count, polls = await wait_stored(
+            session, stats_url, keys["read_key"], expected, args.store_timeout, args.poll_interval
+        )
         stored = CpuMark.take(server_pid)
         if profiler is not None:
             profiler.stop()
@@ -557,8 +622,11 @@ def free_port() -> int:
 def service_env(data_dir: Path, extra: list[str], **ports: int) -> dict[str, str]:
     """The environment for `journeys`: this one, less any JOURNEYS_*/store URLs (so the embedded default
     runs), plus the data dir, loopback hosts, the ports and any ``--env`` overrides."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("JOURNEYS_") and k not in ("CLICKHOUSE_URL", "DATABASE_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JOURNEYS_") and k not in ("CLICKHOUSE_URL", "DATABASE_URL")
+    }
     env["JOURNEYS_DATA_DIR"] = str(data_dir)
     env["JOURNEYS_COLLECTOR_HOST"] = HOST
     env["JOURNEYS_QUERY_HOST"] = HOST
@@ -579,8 +647,9 @@ class Service:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         # A session of its own: a Ctrl-C at the terminal reaches only us, and we stop it in order.
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -659,8 +728,19 @@ class Profiler:
     def start(self) -> None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         fmt = {".json": "speedscope", ".txt": "raw"}.get(self.out.suffix, "flamegraph")
-        argv = [exe, "record", "--pid", str(self.pid), "--rate", str(self.rate), "--threads",
-                "--format", fmt, "--output", str(self.out)]
+        argv = [
+            exe,
+            "record",
+            "--pid",
+            str(self.pid),
+            "--rate",
+            str(self.rate),
+            "--threads",
+            "--format",
+            fmt,
+            "--output",
+            str(self.out),
+        ]
         if self.native:
             argv.append("--native")
         if self.gil:
@@ -708,8 +788,11 @@ def render(report: dict[str, Any]) -> str:
 
     row("requests 200 / sent", f"{c['requests_ok']}/{c['requests']}", f"{b['requests_ok']}/{b['requests']}")
     if b.get("passes", 1) > 1:
-        lines.append(f"  (bare aiohttp: median of {b['passes']} passes over the same bodies; events/s of each: "
-                     + ", ".join(f"{eps:,.0f}" for eps in b["passes_eps"]) + ")")
+        lines.append(
+            f"  (bare aiohttp: median of {b['passes']} passes over the same bodies; events/s of each: "
+            + ", ".join(f"{eps:,.0f}" for eps in b["passes_eps"])
+            + ")"
+        )
     row("events acked", _fmt(c["events_acked"]), _fmt(b["events_acked"]))
     row("events stored (GET /v1/stats)", _fmt(c["events_stored"]), "n/a")
     row("stored events/s (end to end)", _fmt(c["stored_eps"]), "n/a")
@@ -746,12 +829,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Collector vs bare aiohttp ingest benchmark (loopback).")
     p.add_argument("--batches", type=int, default=5000, help="batches sent to each server (default 5000)")
     p.add_argument("--batch-size", type=int, default=100, help="events per batch (default 100)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="stop sending to a server after this many seconds even if batches remain")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop sending to a server after this many seconds even if batches remain",
+    )
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
     p.add_argument("--warmup-batches", type=int, default=30, help="untimed batches first, per server (default 30)")
-    p.add_argument("--baseline-passes", type=int, default=5,
-                   help="timed passes over the bodies for the bare server; the median is reported (default 5)")
+    p.add_argument(
+        "--baseline-passes",
+        type=int,
+        default=5,
+        help="timed passes over the bodies for the bare server; the median is reported (default 5)",
+    )
     p.add_argument("--gzip", action=argparse.BooleanOptionalAction, default=True, help="gzip bodies (default on)")
     p.add_argument("--users", type=int, default=20_000, help="distinct userIds to draw from")
     p.add_argument("--seed", type=int, default=1, help="body generator seed")
@@ -760,11 +851,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--store-timeout", type=float, default=180.0, help="give up waiting for /v1/stats after this, s")
     p.add_argument("--poll-interval", type=float, default=0.05, help="/v1/stats poll interval, s")
     p.add_argument("--only", choices=["collector", "baseline"], help="run one side only (no ratio)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for `journeys up` (e.g. JOURNEYS_INSERT_LINGER_MS=5); repeatable")
-    p.add_argument("--py-spy", type=Path, metavar="OUT",
-                   help="profile the collector's timed phase with py-spy (.svg flamegraph, .json speedscope, "
-                        ".txt collapsed); figures of a profiled run are perturbed")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for `journeys up` (e.g. JOURNEYS_INSERT_LINGER_MS=5); repeatable",
+    )
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="OUT",
+        help="profile the collector's timed phase with py-spy (.svg flamegraph, .json speedscope, "
+        ".txt collapsed); figures of a profiled run are perturbed",
+    )
     p.add_argument("--py-spy-rate", type=int, default=100, help="py-spy samples/s (default 100)")
     p.add_argument("--py-spy-native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--py-spy-gil", action="store_true", help="py-spy --gil (only the thread holding the GIL)")
@@ -827,8 +927,10 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"bodies average {raw_bytes / len(bodies):,.0f} B, over the {limit} B request limit")
         gc.collect()
         gc.freeze()  # the bodies are long-lived; keep the collector's generations small during the run
-        log(f"generated {args.batches + args.warmup_batches} bodies in {time.perf_counter() - began:.1f}s "
-            f"({wire_bytes / len(bodies):,.0f} B on the wire, {raw_bytes / len(bodies):,.0f} B raw each)")
+        log(
+            f"generated {args.batches + args.warmup_batches} bodies in {time.perf_counter() - began:.1f}s "
+            f"({wire_bytes / len(bodies):,.0f} B on the wire, {raw_bytes / len(bodies):,.0f} B raw each)"
+        )
 
         baseline: dict[str, Any] | None = None
         collector: dict[str, Any] | None = None
@@ -836,8 +938,19 @@ def main(argv: list[str] | None = None) -> int:
         # ---- baseline: bare aiohttp in its own process
         if args.only in (None, "baseline"):
             port = free_port()
-            svc = Service("baseline", [sys.executable, os.path.abspath(__file__), "--serve-baseline", str(port),
-                                       "--max-request-bytes", str(limit)], dict(os.environ), tmp / "baseline.log")
+            svc = Service(
+                "baseline",
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--serve-baseline",
+                    str(port),
+                    "--max-request-bytes",
+                    str(limit),
+                ],
+                dict(os.environ),
+                tmp / "baseline.log",
+            )
             services.append(svc)
             svc.wait_ready("baseline is up", START_TIMEOUT_S)
             log(f"baseline up (pid {svc.pid}); driving it")
@@ -850,7 +963,10 @@ def main(argv: list[str] | None = None) -> int:
             env = service_env(data_dir, args.env)
             created = subprocess.run(
                 [sys.executable, "-m", "journeys.cli", "project", "create", "bench", "--json"],
-                env=env, capture_output=True, timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                env=env,
+                capture_output=True,
+                timeout=START_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
             )
             stop_stray_postgres(data_dir)
             if created.returncode != 0:
@@ -864,8 +980,11 @@ def main(argv: list[str] | None = None) -> int:
             services.append(svc)
             svc.wait_ready("journeys is up:", START_TIMEOUT_S)
             log(f"journeys up (pid {svc.pid}, collector :{ports[0]}, query :{ports[1]}); driving it")
-            profiler = Profiler(svc.pid, args.py_spy.resolve(), args.py_spy_rate, args.py_spy_native,
-                                args.py_spy_gil) if args.py_spy else None
+            profiler = (
+                Profiler(svc.pid, args.py_spy.resolve(), args.py_spy_rate, args.py_spy_native, args.py_spy_gil)
+                if args.py_spy
+                else None
+            )
             collector = asyncio.run(run_collector_phase(args, ports, svc.pid, keys, warmup, bodies, profiler))
             code = svc.stop()
             stop_stray_postgres(data_dir)
@@ -903,7 +1022,9 @@ def main(argv: list[str] | None = None) -> int:
             if part and part["failures"]:
                 problems.append(f"{name} had failures {part['failures']}")
         if collector and baseline:
-            report["ratio_stored"] = (collector["stored_eps"] / baseline["acked_eps"]) if collector["stored_eps"] else None
+            report["ratio_stored"] = (
+                (collector["stored_eps"] / baseline["acked_eps"]) if collector["stored_eps"] else None
+            )
             report["ratio_acked"] = collector["acked_eps"] / baseline["acked_eps"]
             if report["ratio_stored"] is None:
                 problems.append("collector did not store every acknowledged event")
@@ -924,8 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.py_spy:
             report["notes"].append("py-spy was attached to the collector: its figures are perturbed")
         report["pass"] = not problems
-        report["verdict"] = "; ".join(problems) if problems else (
-            f"stored ratio {report['ratio_stored']:.3f} ≥ {args.target} with no failed requests")
+        report["verdict"] = (
+            "; ".join(problems)
+            if problems
+            else (f"stored ratio {report['ratio_stored']:.3f} ≥ {args.target} with no failed requests")
+        )
         if args.json:
             print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         elif collector and baseline:

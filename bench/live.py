@@ -88,6 +88,7 @@ BATCH = 100  # events per load batch
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 from benchlib import HOST, basic, five_stage_project, free_port, log, pct, run_and_report  # noqa: E402 - the sibling, then
+
 sys.path.remove(str(_HERE))  # ... off the path again, before anything imports the `query` package
 
 TARGETS = {"acked_ratio": 0.95, "kpi_freshness_p95_s": 1.0, "journey_freshness_p95_s": 0.5, "kpi_p50_ms": 200.0}
@@ -98,10 +99,6 @@ PROBE_STAGE = "purchase"  # Order Completed / web is the map's order-online touc
 # --------------------------------------------------------------------------------------------------------
 # Helpers (as bench/query.py)
 # --------------------------------------------------------------------------------------------------------
-
-
-
-
 
 
 def iso_now_z() -> str:
@@ -124,17 +121,27 @@ _KINDS: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = [
     (28, {"type": "track", "event": "Product Viewed", "channel": "web"}, _PRODUCTS),
     (12, {"type": "page", "name": "Home", "channel": "web"}, [{"path": "/", "url": "https://shop.example.com/"}]),
     (8, {"type": "track", "event": "Email Clicked", "channel": "email"}, _CAMPAIGNS),
-    (6, {"type": "track", "event": "Order Completed", "channel": "web"},
-     [{"order_number": 1, "revenue": r} for r in (19.9, 49.9, 120.0)]),
+    (
+        6,
+        {"type": "track", "event": "Order Completed", "channel": "web"},
+        [{"order_number": 1, "revenue": r} for r in (19.9, 49.9, 120.0)],
+    ),
     (3, {"type": "track", "event": "Store Purchase", "channel": "store"}, [{"order_number": 1, "revenue": 80.0}]),
     (4, {"type": "track", "event": "Review Submitted", "channel": "web"}, [{"rating": r} for r in range(1, 6)]),
-    (5, {"type": "track", "event": "Call Started", "channel": "call_centre"},
-     [{"topic": t} for t in ("product", "pricing", "availability")]
-     + [{"topic": t, "satisfaction": s} for t in ("support", "complaint") for s in (1, 3, 5)]),
+    (
+        5,
+        {"type": "track", "event": "Call Started", "channel": "call_centre"},
+        [{"topic": t} for t in ("product", "pricing", "availability")]
+        + [{"topic": t, "satisfaction": s} for t in ("support", "complaint") for s in (1, 3, 5)],
+    ),
     # matching no touchpoint (~30 %)
     (10, {"type": "track", "event": "App Opened", "channel": "app"}, [{}]),
     (8, {"type": "track", "event": "Email Delivered", "channel": "email"}, _CAMPAIGNS),
-    (8, {"type": "page", "name": "Pricing", "channel": "web"}, [{"path": "/pricing", "url": "https://shop.example.com/pricing"}]),
+    (
+        8,
+        {"type": "page", "name": "Pricing", "channel": "web"},
+        [{"path": "/pricing", "url": "https://shop.example.com/pricing"}],
+    ),
     (4, {"type": "track", "event": "Push Opened", "channel": "push"}, [{}]),
 ]
 
@@ -258,7 +265,9 @@ async def _load(conn: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=cfg["request_timeout_s"])
     connector = aiohttp.TCPConnector(limit=cfg["connections"], limit_per_host=cfg["connections"])
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        tasks = [asyncio.create_task(producer())] + [asyncio.create_task(sender(http)) for _ in range(cfg["connections"])]
+        tasks = [asyncio.create_task(producer())] + [
+            asyncio.create_task(sender(http)) for _ in range(cfg["connections"])
+        ]
         while True:  # until told to stop, the parent is gone, or far past the measured seconds
             if await asyncio.to_thread(conn.poll, 0.2):
                 conn.recv()
@@ -277,7 +286,11 @@ async def _load(conn: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "window": {k: v for k, v in dataclasses.asdict(window).items() if k != "latencies_ms"},
         "total": {k: v for k, v in dataclasses.asdict(total).items() if k != "latencies_ms"},
-        "ack_latency_ms": {"p50": finite(pct(lat, 50), 1), "p99": finite(pct(lat, 99), 1), "max": finite(max(lat) if lat else None, 1)},
+        "ack_latency_ms": {
+            "p50": finite(pct(lat, 50), 1),
+            "p99": finite(pct(lat, 99), 1),
+            "max": finite(max(lat) if lat else None, 1),
+        },
         "acked_per_second": per_second[: int(measure_to - measure_from)],
         "cpu_s": round(cpu_s, 2),
         "ran_s": round(time.monotonic() - start, 2),
@@ -289,7 +302,9 @@ async def _load(conn: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 
-async def timed_get(http: aiohttp.ClientSession, url: str, params: dict[str, str] | None, key: str | None) -> tuple[float, int, Any]:
+async def timed_get(
+    http: aiohttp.ClientSession, url: str, params: dict[str, str] | None, key: str | None
+) -> tuple[float, int, Any]:
     began = time.perf_counter()
     async with http.get(url, params=params, headers=basic(key) if key else None) as r:
         body = await r.read()
@@ -359,8 +374,10 @@ class Probes:
         self.sent = 0
         self.kpi_polls = self.journey_polls = 0
         self._done = asyncio.Event()
-        self._pollers = [asyncio.create_task(self._poll(self.kpi_waiting, self._counted_in_kpis, "kpi")),
-                         asyncio.create_task(self._poll(self.journey_waiting, self._in_journey, "journey"))]
+        self._pollers = [
+            asyncio.create_task(self._poll(self.kpi_waiting, self._counted_in_kpis, "kpi")),
+            asyncio.create_task(self._poll(self.journey_waiting, self._in_journey, "journey")),
+        ]
 
     def launch(self) -> None:
         self.posts.append(asyncio.create_task(self._post(self.sent, self.index)))
@@ -383,11 +400,19 @@ class Probes:
         day = PROBE_DAY0 + timedelta(days=index)
         customer = f"probe-{self.rate}-{n}"
         message_id = f"probe-{self.rate}-{n}-{time.time_ns()}"
-        event = {"type": "track", "event": "Order Completed", "channel": "web", "userId": customer,
-                 "messageId": message_id, "timestamp": f"{day.isoformat()}T00:{n % 60:02d}:00.000Z",
-                 "properties": {"order_number": 1, "revenue": 10.0}}
+        event = {
+            "type": "track",
+            "event": "Order Completed",
+            "channel": "web",
+            "userId": customer,
+            "messageId": message_id,
+            "timestamp": f"{day.isoformat()}T00:{n % 60:02d}:00.000Z",
+            "properties": {"order_number": 1, "revenue": 10.0},
+        }
         try:
-            async with self.http.post(f"{self.svc.curl}/v1/batch", json={"batch": [event]}, headers=basic(self.svc.write_key)) as r:
+            async with self.http.post(
+                f"{self.svc.curl}/v1/batch", json={"batch": [event]}, headers=basic(self.svc.write_key)
+            ) as r:
                 await r.read()
                 status = r.status
         except Exception as exc:  # noqa: BLE001
@@ -436,13 +461,22 @@ class Probes:
             await asyncio.sleep(self.POLL_SLEEP_S)
 
 
-async def measure_rate(ctx: Any, http: aiohttp.ClientSession, svc: Service, rate: int, probe_index: int,
-                       args: argparse.Namespace) -> dict[str, Any]:
+async def measure_rate(
+    ctx: Any, http: aiohttp.ClientSession, svc: Service, rate: int, probe_index: int, args: argparse.Namespace
+) -> dict[str, Any]:
     """One offered rate: the generator process, and probes, KPI calls and the gauge from here."""
     parent_conn, child_conn = ctx.Pipe()
-    cfg = {"rate": rate, "url": f"{svc.curl}/v1/batch", "write_key": svc.write_key, "customers": args.customers,
-           "seed": args.seed + rate, "tag": f"l{os.getpid()}-{rate}-{time.time_ns() % 10**9}", "connections": args.connections,
-           "request_timeout_s": 30.0, "max_tail_s": args.probe_timeout + 30}
+    cfg = {
+        "rate": rate,
+        "url": f"{svc.curl}/v1/batch",
+        "write_key": svc.write_key,
+        "customers": args.customers,
+        "seed": args.seed + rate,
+        "tag": f"l{os.getpid()}-{rate}-{time.time_ns() % 10**9}",
+        "connections": args.connections,
+        "request_timeout_s": 30.0,
+        "max_tail_s": args.probe_timeout + 30,
+    }
     proc = ctx.Process(target=load_process, args=(child_conn, cfg), name=f"live-load-{rate}", daemon=True)
     proc.start()
     child_conn.close()
@@ -534,24 +568,52 @@ async def measure_rate(ctx: Any, http: aiohttp.ClientSession, svc: Service, rate
         "acked_per_s": round(acked_per_s),
         "acked_ratio": round(acked_per_s / rate, 3),
         "load": {
-            "acked_batches": w["acked_batches"], "non_200": w["statuses"], "exceptions": w["exceptions"],
-            "queued_batches": w["queued"], "unsent_batches": w["unsent"], "ack_latency_ms": load["ack_latency_ms"],
-            "acked_per_second": load["acked_per_second"], "whole_run": load["total"],
+            "acked_batches": w["acked_batches"],
+            "non_200": w["statuses"],
+            "exceptions": w["exceptions"],
+            "queued_batches": w["queued"],
+            "unsent_batches": w["unsent"],
+            "ack_latency_ms": load["ack_latency_ms"],
+            "acked_per_second": load["acked_per_second"],
+            "whole_run": load["total"],
             "generator_cpu_cores": round(load["cpu_s"] / load["ran_s"], 2) if load["ran_s"] else None,
         },
-        "kpi_freshness_s": {"p50": finite(pct(probes.kpi_s, 50)), "p95": finite(pct(probes.kpi_s, 95)),
-                            "max": finite(max(probes.kpi_s) if probes.kpi_s else None), "missed": probes.kpi_missed},
-        "journey_freshness_s": {"p50": finite(pct(probes.journey_s, 50)), "p95": finite(pct(probes.journey_s, 95)),
-                                "max": finite(max(probes.journey_s) if probes.journey_s else None), "missed": probes.journey_missed},
-        "probes": {"sent": probes.sent, "post_failed": probes.post_failed, "kpi_polls": probes.kpi_polls,
-                   "journey_polls": probes.journey_polls, "awaited_after_window_s": round(probes_tail_s, 1),
-                   "kpi_missed": probes.kpi_missed, "journey_missed": probes.journey_missed,
-                   "first_day": (PROBE_DAY0 + timedelta(days=probe_index)).isoformat()},
-        "kpi_call_ms": {"p50": finite(pct(kpi_ms, 50), 1), "p95": finite(pct(kpi_ms, 95), 1),
-                        "max": finite(max(kpi_ms) if kpi_ms else None, 1), "calls": len(kpi_ms), "errors": kpi_errors},
-        "freshness_gauge_s": {"end": finite(gauge_end, 2), "max": finite(max(gauge) if gauge else None, 2),
-                              "p50": finite(pct(gauge, 50), 2), "samples": len(gauge),
-                              "series": [(t, round(v, 2)) for t, v in gauge_series]},
+        "kpi_freshness_s": {
+            "p50": finite(pct(probes.kpi_s, 50)),
+            "p95": finite(pct(probes.kpi_s, 95)),
+            "max": finite(max(probes.kpi_s) if probes.kpi_s else None),
+            "missed": probes.kpi_missed,
+        },
+        "journey_freshness_s": {
+            "p50": finite(pct(probes.journey_s, 50)),
+            "p95": finite(pct(probes.journey_s, 95)),
+            "max": finite(max(probes.journey_s) if probes.journey_s else None),
+            "missed": probes.journey_missed,
+        },
+        "probes": {
+            "sent": probes.sent,
+            "post_failed": probes.post_failed,
+            "kpi_polls": probes.kpi_polls,
+            "journey_polls": probes.journey_polls,
+            "awaited_after_window_s": round(probes_tail_s, 1),
+            "kpi_missed": probes.kpi_missed,
+            "journey_missed": probes.journey_missed,
+            "first_day": (PROBE_DAY0 + timedelta(days=probe_index)).isoformat(),
+        },
+        "kpi_call_ms": {
+            "p50": finite(pct(kpi_ms, 50), 1),
+            "p95": finite(pct(kpi_ms, 95), 1),
+            "max": finite(max(kpi_ms) if kpi_ms else None, 1),
+            "calls": len(kpi_ms),
+            "errors": kpi_errors,
+        },
+        "freshness_gauge_s": {
+            "end": finite(gauge_end, 2),
+            "max": finite(max(gauge) if gauge else None, 2),
+            "p50": finite(pct(gauge, 50), 2),
+            "samples": len(gauge),
+            "series": [(t, round(v, 2)) for t, v in gauge_series],
+        },
         "service_cpu_cores": round(service_cpu / service_wall, 2) if service_wall else None,
     }
 
@@ -564,7 +626,8 @@ def verdict_of(row: dict[str, Any]) -> dict[str, bool]:
     return {
         "acked_ratio": row["acked_ratio"] >= TARGETS["acked_ratio"],
         "kpi_freshness_p95": probes_ok and at_most(row["kpi_freshness_s"]["p95"], TARGETS["kpi_freshness_p95_s"]),
-        "journey_freshness_p95": probes_ok and at_most(row["journey_freshness_s"]["p95"], TARGETS["journey_freshness_p95_s"]),
+        "journey_freshness_p95": probes_ok
+        and at_most(row["journey_freshness_s"]["p95"], TARGETS["journey_freshness_p95_s"]),
         "kpi_p50": at_most(row["kpi_call_ms"]["p50"], TARGETS["kpi_p50_ms"]),
     }
 
@@ -581,9 +644,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from journeys.stores import open_stores
     from query.app import create_app as create_query
 
-    report: dict[str, Any] = {"rates": args.rates, "seconds": args.seconds, "warmup_s": args.warmup,
-                              "customers": args.customers, "connections": args.connections,
-                              "machine": {"cpus": os.cpu_count()}, "date": date.today().isoformat()}
+    report: dict[str, Any] = {
+        "rates": args.rates,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "customers": args.customers,
+        "connections": args.connections,
+        "machine": {"cpus": os.cpu_count()},
+        "date": date.today().isoformat(),
+    }
     ctx = multiprocessing.get_context("spawn")
     settings = load_settings(data_dir=args.data_dir)
     async with open_stores(settings) as stores:
@@ -591,9 +660,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         query_runner = web.AppRunner(create_query(stores, Metrics()), access_log=None, handle_signals=False)
         collector_stores = dataclasses.replace(
-            stores, settings=stores.settings.model_copy(update={"spool_dir": stores.settings.resolved_data_dir / "bench-spool"})
+            stores,
+            settings=stores.settings.model_copy(
+                update={"spool_dir": stores.settings.resolved_data_dir / "bench-spool"}
+            ),
         )
-        collector_runner = web.AppRunner(create_collector(collector_stores, Metrics()), access_log=None, handle_signals=False)
+        collector_runner = web.AppRunner(
+            create_collector(collector_stores, Metrics()), access_log=None, handle_signals=False
+        )
         # As `journeys up` (journeys/cli.py _tune_gc): freeze startup objects, collect young ones less often.
         gc.collect()
         gc.freeze()
@@ -605,7 +679,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await collector_runner.setup()
             collector_port = free_port()
             await web.TCPSite(collector_runner, HOST, collector_port).start()
-            svc = Service(f"http://{HOST}:{collector_port}", f"http://{HOST}:{query_port}", project.write_key, project.read_key)
+            svc = Service(
+                f"http://{HOST}:{collector_port}", f"http://{HOST}:{query_port}", project.write_key, project.read_key
+            )
             connector = aiohttp.TCPConnector(limit=64)
             async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
                 began = time.perf_counter()
@@ -618,8 +694,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if time.perf_counter() - began > 120:
                         raise RuntimeError("KPIs still answer 503 after 120 s")
                     await asyncio.sleep(0.2)
-                log(f"collector {svc.curl}, query service {svc.qurl}: up, KPIs answer "
-                    f"({time.perf_counter() - began:.1f} s after start); data dir {args.data_dir}")
+                log(
+                    f"collector {svc.curl}, query service {svc.qurl}: up, KPIs answer "
+                    f"({time.perf_counter() - began:.1f} s after start); data dir {args.data_dir}"
+                )
 
                 rows: list[dict[str, Any]] = []
                 probe_index = 0
@@ -638,11 +716,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     probe_index += row["probes"]["sent"]
                     rows.append(row)
                     k, j = row["kpi_freshness_s"], row["journey_freshness_s"]
-                    log(f"{rate:,}/s: acked {row['acked_per_s']:,}/s ({row['acked_ratio']:.2f}); "
+                    log(
+                        f"{rate:,}/s: acked {row['acked_per_s']:,}/s ({row['acked_ratio']:.2f}); "
                         f"KPI freshness p50/p95 {k['p50'] or 'timeout'}/{k['p95'] or 'timeout'} s; "
                         f"journey freshness p50/p95 {j['p50'] or 'timeout'}/{j['p95'] or 'timeout'} s; "
                         f"/v1/kpis p50/p95 {row['kpi_call_ms']['p50']}/{row['kpi_call_ms']['p95']} ms; "
-                        f"gauge end {row['freshness_gauge_s']['end']} s")
+                        f"gauge end {row['freshness_gauge_s']['end']} s"
+                    )
         finally:
             await collector_runner.cleanup()
             await query_runner.cleanup()
@@ -659,7 +739,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     met_rates = [r["offered_per_s"] for r in rows if all(r["verdict"].values())]
     report["highest_rate_all_met"] = max(met_rates) if met_rates else None
-    report["all_met"] = all(all(r["verdict"].values()) for r in rows if r["offered_per_s"] in report["targets"]["rates"])
+    report["all_met"] = all(
+        all(r["verdict"].values()) for r in rows if r["offered_per_s"] in report["targets"]["rates"]
+    )
     return report
 
 
@@ -671,12 +753,20 @@ def render(r: dict[str, Any]) -> str:
         return "–" if value is None else f"{value:.1f}"
 
     lines = [
-        ("| offered/s | acked/s (ratio) | KPI freshness p50 / p95 / max s | journey freshness p50 / p95 / max s "
-         "| /v1/kpis p50 / p95 ms | probes missed (KPI, journey) of sent | freshness gauge end / max s |"),
+        (
+            "| offered/s | acked/s (ratio) | KPI freshness p50 / p95 / max s | journey freshness p50 / p95 / max s "
+            "| /v1/kpis p50 / p95 ms | probes missed (KPI, journey) of sent | freshness gauge end / max s |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["per_rate"]:
-        k, j, c, p, g = row["kpi_freshness_s"], row["journey_freshness_s"], row["kpi_call_ms"], row["probes"], row["freshness_gauge_s"]
+        k, j, c, p, g = (
+            row["kpi_freshness_s"],
+            row["journey_freshness_s"],
+            row["kpi_call_ms"],
+            row["probes"],
+            row["freshness_gauge_s"],
+        )
         lines.append(
             f"| {row['offered_per_s']:,} | {row['acked_per_s']:,} ({row['acked_ratio']:.2f}) "
             f"| {s(k['p50'])} / {s(k['p95'])} / {s(k['max'])} | {s(j['p50'])} / {s(j['p95'])} / {s(j['max'])} "
@@ -701,12 +791,15 @@ def render(r: dict[str, Any]) -> str:
         lines.append(
             f"{row['offered_per_s']:,}/s: batch ack p50/p99 {lat['p50']}/{lat['p99']} ms; "
             f"{row['kpi_call_ms']['calls']} KPI calls; CPU service {row['service_cpu_cores']} cores, "
-            f"generator {load['generator_cpu_cores']} cores"
-            + (f"; {'; '.join(extra)}" if extra else "")
+            f"generator {load['generator_cpu_cores']} cores" + (f"; {'; '.join(extra)}" if extra else "")
         )
     lines.append("")
     t = r["targets"]
-    where = "at the target rates" if t["at_target_rates"] else "no target rate (10k, 20k) was run: checked at every rate run"
+    where = (
+        "at the target rates"
+        if t["at_target_rates"]
+        else "no target rate (10k, 20k) was run: checked at every rate run"
+    )
     lines.append(f"targets ({where}):")
     names = {
         "acked_ratio": f"acked ≥ {TARGETS['acked_ratio']:.0%} of offered",
@@ -720,7 +813,9 @@ def render(r: dict[str, Any]) -> str:
         marks = "; ".join(f"{names[k]}: {'met' if ok else 'MISSED'}" for k, ok in row["verdict"].items())
         lines.append(f"  {row['offered_per_s']:,}/s offered: {marks}")
     best = r["highest_rate_all_met"]
-    lines.append(f"highest offered rate with every target met: {f'{best:,}/s' if best else 'none'} (of {', '.join(f'{x:,}' for x in r['rates'])})")
+    lines.append(
+        f"highest offered rate with every target met: {f'{best:,}/s' if best else 'none'} (of {', '.join(f'{x:,}' for x in r['rates'])})"
+    )
     return "\n".join(lines)
 
 
@@ -740,7 +835,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32, help="the generator's concurrent requests")
     p.add_argument("--probe-every", type=float, default=2.0, help="seconds between freshness probes")
     p.add_argument("--probe-timeout", type=float, default=30.0, help="a probe not counted after this is missed (s)")
-    p.add_argument("--settle-timeout", type=float, default=60.0, help="longest wait for the previous rate's backlog (s)")
+    p.add_argument(
+        "--settle-timeout", type=float, default=60.0, help="longest wait for the previous rate's backlog (s)"
+    )
     p.add_argument("--target-rates", type=rates, default=[10000, 20000], help="rates the targets are checked at")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--data-dir", type=Path, help="default: a temporary dir, removed afterwards")
@@ -756,6 +853,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     return run_and_report(parse_args(argv), run, render, lambda r: bool(r["all_met"]), "journeys-bench-live-")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,8 +44,13 @@ def batches(run: str, events: int, customers: int, links: int) -> list[list[dict
     out: list[dict[str, Any]] = []
     for i in range(events):
         visitor = i % customers
-        event: dict[str, Any] = {"type": "track", "event": "Viewed", "anonymousId": f"{run}-a{visitor}",
-                                 "messageId": f"{run}-{i}", "channel": "web"}
+        event: dict[str, Any] = {
+            "type": "track",
+            "event": "Viewed",
+            "anonymousId": f"{run}-a{visitor}",
+            "messageId": f"{run}-{i}",
+            "channel": "web",
+        }
         if visitor < links and i // customers == 0:
             event["userId"] = f"{run}-u{visitor}"  # the identify: both ids, one link
         out.append(event)
@@ -54,20 +59,34 @@ def batches(run: str, events: int, customers: int, links: int) -> list[list[dict
 
 async def count(ch: Any, table: str, project_id: str) -> int:
     column = "message_id" if table == "events" else "distinct_id"
-    _, rows = await ch.query(f"SELECT uniqExact({column}) FROM {table} WHERE project_id = {{p:String}}", {"p": project_id})
+    _, rows = await ch.query(
+        f"SELECT uniqExact({column}) FROM {table} WHERE project_id = {{p:String}}", {"p": project_id}
+    )
     return int(rows[0][0])
 
 
-async def round_trip(http: aiohttp.ClientSession, url: str, key: str, ch: Any, project_id: str, sent: list[list[dict[str, Any]]],
-                     links: int) -> dict[str, float]:
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(), "Content-Type": "application/json"}
+async def round_trip(
+    http: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    ch: Any,
+    project_id: str,
+    sent: list[list[dict[str, Any]]],
+    links: int,
+) -> dict[str, float]:
+    auth = {
+        "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+        "Content-Type": "application/json",
+    }
     began = time.perf_counter()
     for batch in sent:
         async with http.post(url + "/v1/batch", data=orjson.dumps({"batch": batch}), headers=auth) as resp:
             assert resp.status == 200, await resp.text()
     acked = time.perf_counter()
     total = sum(len(b) for b in sent)
-    while await count(ch, "events", project_id) < total or (links and await count(ch, "identities", project_id) < links):
+    while await count(ch, "events", project_id) < total or (
+        links and await count(ch, "identities", project_id) < links
+    ):
         await asyncio.sleep(0.01)
     visible = time.perf_counter()
     return {"send_s": acked - began, "visible_after_last_ack_ms": (visible - acked) * 1000}
@@ -98,10 +117,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         async with stores.pg.acquire() as conn:
                             project = await create_project(conn, f"bench-stitching-{uuid.uuid4().hex[:8]}")
                         sent = batches(uuid.uuid4().hex[:6], args.events, args.customers, links)
-                        figures = await round_trip(http, url, project.write_key, stores.clickhouse, project.id, sent, links)
+                        figures = await round_trip(
+                            http, url, project.write_key, stores.clickhouse, project.id, sent, links
+                        )
                         report[name] = figures
-                        log(f"{name:22} {args.events:,} events, {links:,} links: sent in {figures['send_s']:.2f} s, "
-                            f"all visible {figures['visible_after_last_ack_ms']:.0f} ms after the last 200")
+                        log(
+                            f"{name:22} {args.events:,} events, {links:,} links: sent in {figures['send_s']:.2f} s, "
+                            f"all visible {figures['visible_after_last_ack_ms']:.0f} ms after the last 200"
+                        )
             finally:
                 await runner.cleanup()
     extra = report["linked"]["visible_after_last_ack_ms"] - report["baseline (no links)"]["visible_after_last_ack_ms"]

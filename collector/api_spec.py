@@ -106,7 +106,9 @@ def _ingest(summary: str, schema: dict[str, Any], description: str) -> dict[str,
         body=_body(schema),
         responses={
             200: json_ok(ref("IngestResult"), "Accepted: every listed event is durable; bad ones are quarantined."),
-            503: error_response(503, "The spool is full or the disk refused the write: nothing was stored.", retry_after=True),
+            503: error_response(
+                503, "The spool is full or the disk refused the write: nothing was stored.", retry_after=True
+            ),
         },
         errors=(400, 401, 403, 413, 415, 429),
     )
@@ -125,18 +127,24 @@ def collector_openapi() -> dict[str, Any]:
     }
     for kind in EVENT_TYPES:
         paths[f"/v1/{kind}"] = {
-            "post": _ingest(f"Send one {kind} event", _SINGLE_EVENT_SCHEMA, f"Segment's /v1/{kind}: the body is the event.")
+            "post": _ingest(
+                f"Send one {kind} event", _SINGLE_EVENT_SCHEMA, f"Segment's /v1/{kind}: the body is the event."
+            )
         }
     from collector.app import BEACON_PATH, INGEST_PATHS, SEGMENT_SHORT_ROUTES
 
     paths["/v1/b"] = {
-        "post": _ingest("Send a batch of events (Segment's short route)", ref("Batch"), "The same as /v1/batch: "
-                        "analytics-next posts its batches here.")
+        "post": _ingest(
+            "Send a batch of events (Segment's short route)",
+            ref("Batch"),
+            "The same as /v1/batch: analytics-next posts its batches here.",
+        )
     }
     for short, kind in SEGMENT_SHORT_ROUTES.items():
         paths[f"/v1/{short}"] = {
             "post": _ingest(
-                f"Send one {kind} event (Segment's short route)", _SINGLE_EVENT_SCHEMA,
+                f"Send one {kind} event (Segment's short route)",
+                _SINGLE_EVENT_SCHEMA,
                 f"The same as /v1/{kind}: analytics.js and analytics-next post single events here.",
             )
         }
@@ -150,8 +158,13 @@ def collector_openapi() -> dict[str, Any]:
                 "refused 403.",
             ),
             "parameters": [
-                {"name": "writeKey", "in": "query", "required": True, "schema": {"type": "string"},
-                 "description": "A public key (jp_…)."},
+                {
+                    "name": "writeKey",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "A public key (jp_…).",
+                },
             ],
             "security": [],
         }

@@ -126,7 +126,7 @@ async def _spool_and_inserter(app: web.Application) -> AsyncIterator[None]:
         await spool.close()
 
 
-def _ingest_handler(route_type: str | None, *, key_in_query: bool = False):  # type: ignore[no-untyped-def]
+def _ingest_handler(route_type: str | None, *, key_in_query: bool = False):
     async def handler(request: web.Request) -> web.Response:
         app = request.app
         metrics = app[METRICS]
@@ -140,15 +140,21 @@ def _ingest_handler(route_type: str | None, *, key_in_query: bool = False):  # t
                 key = request.query.get("writeKey") or None
                 if key is None:
                     raise RequestProblem(
-                        401, [{"field": "writeKey", "reason": "required in the query string: a public key (jp_…)"}],
+                        401,
+                        [{"field": "writeKey", "reason": "required in the query string: a public key (jp_…)"}],
                         "unauthorized",
                     )
                 principal = await _authorize(request, key)
                 if principal.kind != "public":
                     raise RequestProblem(
                         403,
-                        [{"field": "writeKey", "reason": f"a {principal.kind} key must not be sent in a URL (URLs end up "
-                          "in logs and browser histories): use a public key (jp_…) in web pages"}],
+                        [
+                            {
+                                "field": "writeKey",
+                                "reason": f"a {principal.kind} key must not be sent in a URL (URLs end up "
+                                "in logs and browser histories): use a public key (jp_…) in web pages",
+                            }
+                        ],
                         "key_in_url",
                     )
             else:
@@ -201,7 +207,7 @@ def _ingest_handler(route_type: str | None, *, key_in_query: bool = False):  # t
     return handler
 
 
-async def _authorize(request: web.Request, key: str | None):  # type: ignore[no-untyped-def]
+async def _authorize(request: web.Request, key: str | None):
     """The key's principal, once it may write here: a write or public key, a public one from an origin its
     project lists (collector/cors.py), within its rate limit (collector/ratelimit.py, 429 otherwise)."""
     app = request.app

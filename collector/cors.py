@@ -57,6 +57,7 @@ def add_cors(app: web.Application, stores: Stores, paths: list[str]) -> None:
 
 def add_preflight(app: web.Application, path: str, methods: str) -> None:
     """Answer preflights on ``path`` (after :func:`add_cors`) for a route taking ``methods``, e.g. ``"GET"``."""
+
     async def preflight(request: web.Request) -> web.Response:
         return await _preflight(request, methods)
 
@@ -103,7 +104,12 @@ async def _preflight(request: web.Request, methods: str = ALLOW_METHODS) -> web.
     if origin is None or not await request.app[ORIGINS].known(origin):
         return error_response(
             403,
-            [{"field": "Origin", "reason": f"origin {header!r} is not allowed for any project (journeys project origins)"}],
+            [
+                {
+                    "field": "Origin",
+                    "reason": f"origin {header!r} is not allowed for any project (journeys project origins)",
+                }
+            ],
         )
     return web.Response(
         status=204,
@@ -138,8 +144,13 @@ def preflight_operation() -> dict[str, Any]:
         "the CORS allowances when some project lists the Origin; the POST is then checked against its own key's "
         "project. Without an Origin header: a plain OPTIONS, 204 with Allow.",
         parameters=[
-            {"name": "Origin", "in": "header", "required": False, "schema": {"type": "string"},
-             "description": "The page's origin, e.g. https://shop.example."},
+            {
+                "name": "Origin",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The page's origin, e.g. https://shop.example.",
+            },
         ],
         responses={
             204: {"description": "Allowed (or not a CORS request)."},

@@ -79,12 +79,16 @@ def email_openapi_paths() -> dict[str, Any]:
     from journeys.openapi import operation, path_param
 
     token = path_param(
-        "token", "project.payload.signature, signed with the project's email key (docs/email.md).", max_length=MAX_TOKEN_CHARS
+        "token",
+        "project.payload.signature, signed with the project's email key (docs/email.md).",
+        max_length=MAX_TOKEN_CHARS,
     )
-    no_store = {"Cache-Control": {"description": "no-store: every fetch is an open or a click.", "schema": {"type": "string"}}}
+    no_store = {
+        "Cache-Control": {"description": "no-store: every fetch is an open or a click.", "schema": {"type": "string"}}
+    }
     bad = "The token is malformed, edited, truncated, for another project, or of the other kind: no redirect."
     keys_down = "The project's keys cannot be read (PostgreSQL unreachable): the token cannot be trusted, no redirect."
-    common = {
+    common: dict[int | str, dict[str, Any]] = {
         400: error_spec(400, bad),
         503: error_spec(503, keys_down, retry_after=True),
     }
@@ -122,7 +126,10 @@ def email_openapi_paths() -> dict[str, Any]:
                         "description": "To the signed http(s) target, also when the event could not be stored (counted).",
                         "headers": {
                             **no_store,
-                            "Location": {"description": "Exactly the signed URL.", "schema": {"type": "string", "format": "uri"}},
+                            "Location": {
+                                "description": "Exactly the signed URL.",
+                                "schema": {"type": "string", "format": "uri"},
+                            },
                         },
                     },
                     **common,
@@ -163,7 +170,7 @@ class _Recorder:
         self.metrics = metrics
         self.spool_key = spool_key
 
-    def handler(self, kind: Kind):  # type: ignore[no-untyped-def]
+    def handler(self, kind: Kind):
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 claims = await self._verify(request.app[EMAIL_KEYS], request.match_info["token"], kind)
@@ -175,7 +182,8 @@ class _Recorder:
                 log.error("email %s: cannot read signing keys: %s", kind, exc)
                 self.metrics.email_bad_tokens.labels(kind, "keys_unavailable").inc()
                 return error_response(
-                    503, [{"field": "server", "reason": "cannot check the link now, retry shortly"}],
+                    503,
+                    [{"field": "server", "reason": "cannot check the link now, retry shortly"}],
                     {**_NO_STORE, "Retry-After": "5"},
                 )
             user_agent = request.headers.get("User-Agent", "")
@@ -230,7 +238,10 @@ class _Recorder:
         if reason is not None:
             self.metrics.email_unrecorded.labels(kind, reason).inc()
             log.error(
-                "email %s for project %s answered but not recorded: %s", kind, claims.project_id, reason,
+                "email %s for project %s answered but not recorded: %s",
+                kind,
+                claims.project_id,
+                reason,
                 extra={"project_id": claims.project_id, "reason": reason},
             )
             return

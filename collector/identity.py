@@ -84,7 +84,6 @@ class IdentityGraph:
             await self._write(project_id, pending)
         return len(pending)
 
-
     async def _load(self, project_id: str, ids: set[str]) -> None:
         missing = [i for i in ids if (project_id, i) not in self._cache]
         if not missing:

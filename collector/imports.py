@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +113,7 @@ class _TooLong:
 
 async def split_lines(
     pieces: AsyncIterator[bytes], content_encoding: str, *, max_line_bytes: int, max_total_bytes: int
-) -> AsyncIterator[list[bytes | _TooLong]]:
+) -> AsyncGenerator[list[bytes | _TooLong], None]:
     """The body's lines, a list per piece read (without their ``\\n``). Inflates at most ``_INFLATE_STEP``
     bytes at a time and never holds more than one line over ``max_line_bytes``: a longer line is skipped
     and handed out as :class:`_TooLong`. Raises :class:`StreamProblem` where the body stops making sense,
@@ -266,14 +266,15 @@ class _ImportRoute:
             if principal.kind != "write":
                 # Public keys sit in web pages for anyone to copy: they must not be able to rewrite history.
                 raise RequestProblem(
-                    403, [{"field": "Authorization", "reason": f"imports need a write key, not a {principal.kind} key"}],
+                    403,
+                    [{"field": "Authorization", "reason": f"imports need a write key, not a {principal.kind} key"}],
                     "forbidden",
                 )
             first_line = _first_line(request.headers.get(FIRST_LINE_HEADER))
             inflater_for(request.headers.get("Content-Encoding", ""))  # refuse an unknown encoding up front
-        except RequestProblem as problem:
-            self.metrics.events_rejected.labels(problem.reason).inc()
-            return error_response(problem.status, problem.errors, code=problem.reason)
+        except RequestProblem as refused:
+            self.metrics.events_rejected.labels(refused.reason).inc()
+            return error_response(refused.status, refused.errors, code=refused.reason)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding in ("", "identity") and (request.content_length or 0) > settings.max_import_bytes:
             return error_response(
@@ -305,7 +306,10 @@ class _ImportRoute:
                 problem = {"field": "body", "reason": "no events: expected NDJSON, one JSON event per line"}
         log.info(
             "import: lines %d-%d, %d accepted, %d rejected",
-            report.first_line, report.last_durable_line, report.accepted, report.rejected,
+            report.first_line,
+            report.last_durable_line,
+            report.accepted,
+            report.rejected,
         )
         return json_response(report.body(problem), status=status, headers=headers)
 
@@ -316,7 +320,8 @@ def _first_line(value: str | None) -> int:
     text = value.strip()
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10**12:
         raise RequestProblem(
-            400, [{"field": FIRST_LINE_HEADER, "reason": "must be a line number from 1 (where this upload starts)"}],
+            400,
+            [{"field": FIRST_LINE_HEADER, "reason": "must be a line number from 1 (where this upload starts)"}],
             "invalid_body",
         )
     return int(text)
@@ -477,7 +482,11 @@ def import_openapi_paths() -> dict[str, Any]:
         "type": "object",
         "required": ["field", "reason"],
         "properties": {
-            "line": {"type": "integer", "minimum": 1, "description": "The bad line; absent for the request's own problem."},
+            "line": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The bad line; absent for the request's own problem.",
+            },
             "field": {"type": "string"},
             "reason": {"type": "string"},
         },
@@ -531,9 +540,12 @@ def import_openapi_paths() -> dict[str, Any]:
                 responses={
                     200: json_ok(result, "Read to the end; accepted lines are durable, bad ones listed by number."),
                     400: error_spec(400, "No line accepted, or the body is corrupt; `errors` lists why, by line."),
-                    413: error_spec(413, "Over the import size limit; lines before it may be stored (last_durable_line)."),
+                    413: error_spec(
+                        413, "Over the import size limit; lines before it may be stored (last_durable_line)."
+                    ),
                     503: error_spec(
-                        503, "The spool stayed full: lines through last_durable_line are stored; resume after it.",
+                        503,
+                        "The spool stayed full: lines through last_durable_line are stored; resume after it.",
                         retry_after=True,
                     ),
                 },

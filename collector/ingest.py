@@ -166,7 +166,12 @@ def process_events(
                     ) from None
                 if len(line) > max_event_bytes:
                     raise EventProblem(
-                        [{"field": "(event)", "reason": f"{len(line)} bytes, over the {max_event_bytes}-byte event limit"}]
+                        [
+                            {
+                                "field": "(event)",
+                                "reason": f"{len(line)} bytes, over the {max_event_bytes}-byte event limit",
+                            }
+                        ]
                     )
             except EventProblem as problem:
                 errors = problem.errors
@@ -207,7 +212,9 @@ def _as_sent(event: Any, batch_context: dict[str, Any] | None, batch_sent_ms: in
     out = dict(event)
     if batch_sent_ms is not None and out.get("sentAt") in (None, ""):
         try:
-            out["sentAt"] = datetime.fromtimestamp(batch_sent_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+            out["sentAt"] = datetime.fromtimestamp(batch_sent_ms / 1000, timezone.utc).isoformat(
+                timespec="milliseconds"
+            )
         except (ValueError, OverflowError, OSError):  # a sentAt no datetime can hold: refused by to_row anyway
             pass
     if batch_context:

@@ -96,7 +96,11 @@ class QuarantineLog:
         self.logger.warning(
             "event quarantined in project %s: %s: %s%s; GET /v1/quarantine lists them, "
             "`journeys quarantine replay --project %s` takes in those that pass today",
-            project_id, field_name, reason, more, project_id,
+            project_id,
+            field_name,
+            reason,
+            more,
+            project_id,
             extra={"project_id": project_id, "field": field_name, "reason": reason, "suppressed": suppressed},
         )
         return True
@@ -216,8 +220,15 @@ async def replay(
     report = ReplayReport()
     replayed: set[str] = set()  # message keys taken in during this run
     failing: set[str] = set()
-    params: dict[str, Any] = {"project_id": project_id, "since_ms": since_ms, "page": page_rows, "first": 1,
-                              "after_ms": 0, "after_request": "", "after_index": 0}
+    params: dict[str, Any] = {
+        "project_id": project_id,
+        "since_ms": since_ms,
+        "page": page_rows,
+        "first": 1,
+        "after_ms": 0,
+        "after_request": "",
+        "after_index": 0,
+    }
     delete_sql = render_clickhouse_sql(_DELETE_SQL, cluster)
     while True:
         _, found = await clickhouse.query(_PAGE_SQL, params)
@@ -289,12 +300,19 @@ def _validate(
     """(the outcome, None) when the event passes today's rules, (None, its errors) when it does not."""
     if _CUT in row.raw:
         # Quarantined as "nested too deep" with its first levels only: what was cut off is gone.
-        return None, [{"field": "(event)", "reason": "kept only in part when quarantined (nested too deep): cannot be replayed"}]
+        return None, [
+            {"field": "(event)", "reason": "kept only in part when quarantined (nested too deep): cannot be replayed"}
+        ]
 
     def check(candidate: Any) -> Any:
         return process_events(
-            [candidate], {}, project_id=project_id, received_ms=row.received_ms, request_id=row.request_id,
-            max_event_bytes=max_event_bytes, max_future_ms=max_future_ms,
+            [candidate],
+            {},
+            project_id=project_id,
+            received_ms=row.received_ms,
+            request_id=row.request_id,
+            max_event_bytes=max_event_bytes,
+            max_future_ms=max_future_ms,
         )
 
     # The event as it was sent decides; only then does an id-less one get its deterministic id (a value
@@ -326,8 +344,6 @@ def record_bytes_for(spool: Spool) -> int:
     return min(RECORD_BYTES, spool.max_bytes // 8)
 
 
-
-
 # --------------------------------------------------------------------------------------------------------
 # POST /v1/quarantine/replay (admin key)
 # --------------------------------------------------------------------------------------------------------
@@ -357,27 +373,42 @@ class _ReplayRoute:
         async with self.lock:
             try:
                 report = await replay(
-                    self.stores.clickhouse, project_id, append, cluster=settings.clickhouse_cluster, since_ms=since_ms,
+                    self.stores.clickhouse,
+                    project_id,
+                    append,
+                    cluster=settings.clickhouse_cluster,
+                    since_ms=since_ms,
                     max_event_bytes=settings.max_event_bytes,
-                    max_future_ms=int(settings.max_clock_skew_future_s * 1000), record_bytes=record_bytes_for(spool),
+                    max_future_ms=int(settings.max_clock_skew_future_s * 1000),
+                    record_bytes=record_bytes_for(spool),
                 )
             except SpoolError as exc:
                 raise ApiError(
-                    503, [{"field": "server", "reason": f"spool: {exc}; events replayed so far are stored, run again"}],
+                    503,
+                    [{"field": "server", "reason": f"spool: {exc}; events replayed so far are stored, run again"}],
                     {"Retry-After": "5"},
                 ) from None
             except ClickHouseError as exc:
                 self.metrics.clickhouse_errors.labels("quarantine_replay").inc()
                 log.warning("quarantine replay for project %s stopped: ClickHouse: %s", project_id, exc)
                 raise ApiError(
-                    503, [{"field": "server", "reason": "ClickHouse is unavailable; events replayed so far are stored, run again"}],
+                    503,
+                    [
+                        {
+                            "field": "server",
+                            "reason": "ClickHouse is unavailable; events replayed so far are stored, run again",
+                        }
+                    ],
                     {"Retry-After": "5"},
                 ) from None
         for channel, n in report.channels.items():
             self.metrics.count_accepted(channel, n)
         log.info(
             "quarantine replay for project %s: %d replayed, %d quarantine rows removed, %d still failing",
-            project_id, report.replayed, report.removed_rows, report.still_failing,
+            project_id,
+            report.replayed,
+            report.removed_rows,
+            report.still_failing,
         )
         return json_response(report.body())
 
@@ -386,7 +417,7 @@ async def _admin_project(request: web.Request, stores: Stores) -> str:
     """The project of the request's admin key: 401 without a valid key, 403 for any other kind (ingest keys
     must not rewrite what was kept aside)."""
     principal = await authorized(request, stores.keys, ("admin",), needed="admin key", cannot="replay quarantine")
-    return principal.project_id  # type: ignore[no-any-return]
+    return principal.project_id
 
 
 def _since_of(body: bytes) -> int:
@@ -398,7 +429,9 @@ def _since_of(body: bytes) -> int:
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, [{"field": "body", "reason": f"invalid JSON: {exc}"}]) from None
     if not isinstance(document, dict):
-        raise ApiError(400, [{"field": "body", "reason": 'must be a JSON object, e.g. {"since": "2026-03-01T00:00:00Z"}'}])
+        raise ApiError(
+            400, [{"field": "body", "reason": 'must be a JSON object, e.g. {"since": "2026-03-01T00:00:00Z"}'}]
+        )
     if document.get("since") is None:
         return 0
     try:
@@ -415,15 +448,31 @@ def replay_openapi_paths() -> dict[str, Any]:
         "type": "object",
         "required": ["replayed", "removed_rows", "still_failing", "failing"],
         "properties": {
-            "replayed": {"type": "integer", "minimum": 0, "description": "Events that pass today's rules, now stored (each message once)."},
-            "removed_rows": {"type": "integer", "minimum": 0, "description": "Quarantine rows removed (copies included)."},
-            "still_failing": {"type": "integer", "minimum": 0, "description": "Events that still fail; they stay in quarantine."},
+            "replayed": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Events that pass today's rules, now stored (each message once).",
+            },
+            "removed_rows": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Quarantine rows removed (copies included).",
+            },
+            "still_failing": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Events that still fail; they stay in quarantine.",
+            },
             "failing": {
                 "type": "array",
                 "items": {
                     "type": "object",
                     "required": ["field", "reason", "count"],
-                    "properties": {"field": {"type": "string"}, "reason": {"type": "string"}, "count": {"type": "integer"}},
+                    "properties": {
+                        "field": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "count": {"type": "integer"},
+                    },
                 },
                 "description": "Still failing, by the field and reason of the first error (numbers read as N).",
             },
@@ -432,7 +481,11 @@ def replay_openapi_paths() -> dict[str, Any]:
     body = {
         "type": "object",
         "properties": {
-            "since": {"type": "string", "format": "date-time", "description": "Only events quarantined at or after this time."}
+            "since": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Only events quarantined at or after this time.",
+            }
         },
     }
     return {

@@ -52,7 +52,7 @@ async def run_quarantine_command(settings: Settings, args: argparse.Namespace, w
             print(f"error: --since {exc}", file=sys.stderr)
             return 2
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         from journeys.keys import add_key, revoke_key
 
         report = await replay_direct(settings, project_id, since_ms)
@@ -86,14 +86,20 @@ async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) 
     try:
         try:
             spool = await Spool(
-                settings.resolved_spool_dir, max_bytes=settings.spool_max_bytes, segment_bytes=settings.spool_segment_bytes
+                settings.resolved_spool_dir,
+                max_bytes=settings.spool_max_bytes,
+                segment_bytes=settings.spool_segment_bytes,
             ).open()
         except SpoolError as exc:
             if "in use by another process" in str(exc):
                 return None
             raise
         inserter = Inserter(
-            spool, clickhouse, Metrics(), max_bytes=settings.insert_max_bytes, linger_s=0.0,
+            spool,
+            clickhouse,
+            Metrics(),
+            max_bytes=settings.insert_max_bytes,
+            linger_s=0.0,
             identity=IdentityGraph(clickhouse),
         )
         inserter.start()
@@ -115,10 +121,15 @@ async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) 
 
         try:
             report = await replay(
-                clickhouse, project_id, append, cluster=settings.clickhouse_cluster, since_ms=since_ms,
+                clickhouse,
+                project_id,
+                append,
+                cluster=settings.clickhouse_cluster,
+                since_ms=since_ms,
                 max_event_bytes=settings.max_event_bytes,
                 max_future_ms=int(settings.max_clock_skew_future_s * 1000),
-                before_delete=in_clickhouse, record_bytes=record_bytes_for(spool),
+                before_delete=in_clickhouse,
+                record_bytes=record_bytes_for(spool),
             )
         finally:
             await inserter.stop(drain_timeout=30.0)

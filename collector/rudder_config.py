@@ -36,8 +36,12 @@ def add_rudder_config_route(app: web.Application, authorize: Authorize) -> None:
                 # Whatever the header says, a secret in the URL is one too many (logs, histories).
                 raise RequestProblem(
                     403,
-                    [{"field": "writeKey", "reason": "only a public key (jp_…) may be sent in a URL: "
-                      "use a public key in web pages"}],
+                    [
+                        {
+                            "field": "writeKey",
+                            "reason": "only a public key (jp_…) may be sent in a URL: use a public key in web pages",
+                        }
+                    ],
                     "key_in_url",
                 )
         except RequestProblem as problem:
@@ -73,8 +77,13 @@ def rudder_config_openapi_paths() -> dict[str, Any]:
         "`configUrl` load option at the collector. An enabled source without device-mode destinations. The key "
         "as HTTP Basic username or `writeKey` in the query (public keys only there).",
         parameters=[
-            {"name": "writeKey", "in": "query", "required": False, "schema": {"type": "string"},
-             "description": "A public key (jp_…), as the SDK sends it."},
+            {
+                "name": "writeKey",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "A public key (jp_…), as the SDK sends it.",
+            },
         ],
         responses={
             200: json_ok({"type": "object", "required": ["source"]}, "The source configuration."),

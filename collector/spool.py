@@ -291,16 +291,18 @@ class Spool:
         if self._fd is None or self._segment_size >= self.segment_bytes:
             self._start_segment(self._durable)  # raises OSError (a refused write) while it cannot open one
         before = self._segment_size
+        fd = self._fd
+        assert fd is not None  # _start_segment opened one or raised
         try:
-            written = os.write(self._fd, data)
+            written = os.write(fd, data)
             if written != len(data):
                 raise OSError(28, "short write (disk full?)")
-            os.fsync(self._fd)
+            os.fsync(fd)
         except OSError:
             # Leave no partial record: a torn middle would hide every later record from the reader.
             try:
-                os.ftruncate(self._fd, before)
-                os.fsync(self._fd)
+                os.ftruncate(fd, before)
+                os.fsync(fd)
             except OSError:
                 log.exception("spool: could not truncate after a failed write; starting a new segment")
                 self._start_segment(self._durable)

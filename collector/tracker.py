@@ -95,10 +95,13 @@ def tracker_openapi_paths() -> dict[str, Any]:
                 "The browser tracker (JavaScript)",
                 tags=["ingest"],
                 secured=False,
-                description="Include with <script async src=\"…/t.js\" data-key=\"jp_…\"></script>; see "
+                description='Include with <script async src="…/t.js" data-key="jp_…"></script>; see '
                 "docs/tracker.md. Cached for an hour, with an ETag; gzip'd when accepted.",
                 responses={
-                    200: {"description": "The tracker, minified.", "content": {"application/javascript": {"schema": {"type": "string"}}}},
+                    200: {
+                        "description": "The tracker, minified.",
+                        "content": {"application/javascript": {"schema": {"type": "string"}}},
+                    },
                     304: {"description": "Not modified (If-None-Match matched the ETag)."},
                 },
             )

@@ -66,7 +66,9 @@ async def watermark_ms(spool: Spool) -> int | None:
 
 
 class WatermarkPublisher:
-    def __init__(self, spool: Spool, pg: Any, *, every_s: float = PUBLISH_EVERY_S, expires_after_s: float = EXPIRES_AFTER_S):
+    def __init__(
+        self, spool: Spool, pg: Any, *, every_s: float = PUBLISH_EVERY_S, expires_after_s: float = EXPIRES_AFTER_S
+    ):
         self.spool = spool
         self.pg = pg
         self.collector_id = f"{socket.gethostname()}:{spool.directory.resolve()}"
@@ -124,7 +126,9 @@ class WatermarkPublisher:
                 pass
 
 
-def publisher(spool_key: web.AppKey[Spool], stores_key: web.AppKey[Stores]) -> Callable[[web.Application], AsyncIterator[None]]:
+def publisher(
+    spool_key: web.AppKey[Spool], stores_key: web.AppKey[Stores]
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context for the collector's app, after the one that opens the spool (so it stops first)."""
 
     async def watermark(app: web.Application) -> AsyncIterator[None]:

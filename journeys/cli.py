@@ -47,7 +47,9 @@ async def _serve(settings: Settings, services: Sequence[str]) -> None:
         # A registry per service, even in one process: each port's /metrics exports its own service's series
         # only, so a Prometheus scraping both ports counts nothing twice.
         if "collector" in services:
-            plan.append(("collector", create_collector(stores, Metrics()), settings.collector_host, settings.collector_port))
+            plan.append(
+                ("collector", create_collector(stores, Metrics()), settings.collector_host, settings.collector_port)
+            )
         if "query" in services:
             plan.append(("query", create_query(stores, Metrics()), settings.query_host, settings.query_port))
         _tune_gc()
@@ -94,7 +96,7 @@ async def _migrate(settings: Settings) -> None:
     print(f"ClickHouse: {', '.join(ch) or 'up to date'}")
 
 
-async def _with_postgres(settings: Settings, work):  # type: ignore[no-untyped-def]
+async def _with_postgres(settings: Settings, work):
     """Run ``work(conn)`` on a migrated PostgreSQL. PostgreSQL only: these commands must work beside a
     running `journeys up`, which owns the embedded ClickHouse."""
     from journeys.migrate import migrate_postgres
@@ -106,11 +108,11 @@ async def _with_postgres(settings: Settings, work):  # type: ignore[no-untyped-d
             return await work(conn)
 
 
-async def _with_project(settings: Settings, project: str, work):  # type: ignore[no-untyped-def]
+async def _with_project(settings: Settings, project: str, work):
     """Run ``work(conn, project_id)`` for the project named (by name or id)."""
     from journeys.keys import ProjectError, find_project
 
-    async def resolved(conn):  # type: ignore[no-untyped-def]
+    async def resolved(conn):
         project_id = await find_project(conn, project)
         if project_id is None:
             raise ProjectError(f"no project named {project!r} (journeys project create NAME makes one)")
@@ -122,7 +124,7 @@ async def _with_project(settings: Settings, project: str, work):  # type: ignore
 async def _project_create(settings: Settings, name: str, as_json: bool, as_env: bool = False) -> int:
     from journeys.keys import ProjectError, create_project
 
-    async def work(conn):  # type: ignore[no-untyped-def]
+    async def work(conn):
         try:
             return await create_project(conn, name)
         except ProjectError as exc:
@@ -142,7 +144,10 @@ async def _project_create(settings: Settings, name: str, as_json: bool, as_env: 
         # Keys are [A-Za-z0-9_-] only: nothing in them needs quoting for a shell.
         print(f"export WRITE_KEY={project.write_key}")
         print(f"export READ_KEY={project.read_key}")
-        print(f"# project {project.name} ({project.id}); keys are stored hashed and cannot be shown again", file=sys.stderr)
+        print(
+            f"# project {project.name} ({project.id}); keys are stored hashed and cannot be shown again",
+            file=sys.stderr,
+        )
     else:
         print(f"project   {project.name} ({project.id})")
         print(f"write key {project.write_key}   (ingest only: SDKs, collectors)")
@@ -151,7 +156,7 @@ async def _project_create(settings: Settings, name: str, as_json: bool, as_env: 
     return 0
 
 
-def _read_document(path: str):  # type: ignore[no-untyped-def]
+def _read_document(path: str):
     import yaml
 
     text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
@@ -168,14 +173,16 @@ def _read_document(path: str):  # type: ignore[no-untyped-def]
         raise ValueError(f"{where}: not valid YAML/JSON: {problem}" + (f" ({context})" if context else "")) from None
 
 
-def _summary(kind: str, body: dict) -> str:  # type: ignore[type-arg]
+def _summary(kind: str, body: dict) -> str:
     """What a newly created map or segment holds, in a line or two (its whole text is what the author wrote)."""
     if kind == "map":
         stages = body.get("stages") or []
         targets = sum(1 for s in stages if s.get("target"))
         names = " → ".join(str(s.get("name") or s.get("id")) for s in stages)
-        return (f"  {len(stages)} stages ({names}), {len(body.get('touchpoints') or [])} touchpoints, "
-                f"targets on {targets} stage{'' if targets == 1 else 's'}\n")
+        return (
+            f"  {len(stages)} stages ({names}), {len(body.get('touchpoints') or [])} touchpoints, "
+            f"targets on {targets} stage{'' if targets == 1 else 's'}\n"
+        )
     rules = body.get("rules") or []
     return f"  {len(rules)} rule{'' if len(rules) == 1 else 's'}, matching {body.get('match', 'all')} of them\n"
 
@@ -195,7 +202,7 @@ async def _definition_command(settings: Settings, args: argparse.Namespace) -> i
             return 1
         return 0
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         if args.action == "apply":
             document = _read_document(args.file)
             try:
@@ -221,7 +228,10 @@ async def _definition_command(settings: Settings, args: argparse.Namespace) -> i
         if args.action == "show":
             found = await definitions.get(conn, project_id, kind, args.name, args.version)
             if found is None:
-                print(f"error: no {kind} {args.name!r}" + (f" version {args.version}" if args.version else ""), file=sys.stderr)
+                print(
+                    f"error: no {kind} {args.name!r}" + (f" version {args.version}" if args.version else ""),
+                    file=sys.stderr,
+                )
                 return 1
             print(f"# {kind} {found.name} version {found.version}, {found.created_at:%Y-%m-%d %H:%M:%S %Z}")
             print(definitions.to_yaml(kind, found.body), end="")
@@ -236,11 +246,13 @@ async def _definition_command(settings: Settings, args: argparse.Namespace) -> i
 async def _key_create(settings: Settings, project: str, kind: str) -> int:
     from journeys.keys import add_key
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         print(await add_key(conn, project_id, kind))  # type: ignore[arg-type]
         if kind == "public":
-            print(f"A public key writes only from the project's origins: journeys project origins {project} --add https://…",
-                  file=sys.stderr)
+            print(
+                f"A public key writes only from the project's origins: journeys project origins {project} --add https://…",
+                file=sys.stderr,
+            )
         return 0
 
     return await _with_project(settings, project, work)
@@ -254,7 +266,7 @@ async def _customer_delete(settings: Settings, project: str, customer: str) -> i
     from journeys.keys import add_key, revoke_key
     from query.customers import forget
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         try:
             clickhouse = await ClickHouse.connect(settings.effective_clickhouse_url)
         except ClickHouseError as exc:
@@ -276,7 +288,7 @@ async def _customer_delete(settings: Settings, project: str, customer: str) -> i
     return await _with_project(settings, project, work)
 
 
-def _delete_via_service(settings: Settings, customer: str, secret: str) -> dict:  # type: ignore[type-arg]
+def _delete_via_service(settings: Settings, customer: str, secret: str) -> dict:
     import base64
     import json
     import urllib.error
@@ -303,9 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="journeys", description="Live customer-journey tracking.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the collector and the query service in one process")
-    up.add_argument(
-        "--only", choices=["collector", "query"], help="run just one service (for separate containers)"
-    )
+    up.add_argument("--only", choices=["collector", "query"], help="run just one service (for separate containers)")
     sub.add_parser("migrate", help="apply pending ClickHouse and PostgreSQL migrations (idempotent)")
     project = sub.add_parser("project", help="manage projects").add_subparsers(dest="project_command", required=True)
     create = project.add_parser("create", help="create a project and print its write and read keys")
@@ -313,7 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     shown = create.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print the project and keys as JSON")
     shown.add_argument(
-        "--env", action="store_true",
+        "--env",
+        action="store_true",
         help='print shell lines setting WRITE_KEY and READ_KEY: eval "$(journeys project create NAME --env)"',
     )
     from journeys.origins_cli import add_origins_command
@@ -324,7 +335,9 @@ def _parser() -> argparse.ArgumentParser:
     key_create = key.add_parser("create", help="make another key for a project and print it (once)")
     key_create.add_argument("--project", required=True, help="project name or id")
     key_create.add_argument(
-        "--kind", required=True, choices=["write", "read", "admin", "public"],
+        "--kind",
+        required=True,
+        choices=["write", "read", "admin", "public"],
         help="admin keys may change maps and segments over the API",
     )
     from journeys.keys_cli import add_key_commands

@@ -98,7 +98,9 @@ class ClickHouse:
                 raise ClickHouseError(str(exc)) from exc
         return list(result.column_names), result.result_rows
 
-    async def raw_query(self, sql: str, parameters: dict[str, Any] | None = None, fmt: str = "JSONCompactEachRow") -> bytes:
+    async def raw_query(
+        self, sql: str, parameters: dict[str, Any] | None = None, fmt: str = "JSONCompactEachRow"
+    ) -> bytes:
         """Run a SELECT and return its answer as bytes in ``fmt``: rows that go straight back into an insert
         (:meth:`insert_lines`) without being decoded in Python."""
         if self.embedded:

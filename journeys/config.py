@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024, description="Un-inserted spool above this → 503.")
     spool_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     insert_max_bytes: int = Field(
-        default=32 * 1024 * 1024, ge=1024, description="Most spooled bytes in one ClickHouse insert (a backlog is cut into these)."
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Most spooled bytes in one ClickHouse insert (a backlog is cut into these).",
     )
     insert_linger_ms: float = Field(
         default=250,

@@ -39,7 +39,12 @@ class Version:
     body: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "created_at": self.created_at.isoformat(), "definition": self.body}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+            "definition": self.body,
+        }
 
 
 def normalize(kind: Kind, document: Any) -> dict[str, Any]:

@@ -185,9 +185,12 @@ class DemoData:
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, timezone.utc).replace(microsecond=(ms % 1000) * 1000).isoformat(
-        timespec="milliseconds"
-    ).replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ms // 1000, timezone.utc)
+        .replace(microsecond=(ms % 1000) * 1000)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 _COUNTRIES = [  # country, locale, time zone, weight
@@ -198,13 +201,30 @@ _COUNTRIES = [  # country, locale, time zone, weight
     ("US", "en-US", "America/New_York", 20),
 ]
 _DESKTOP = [
-    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36", 1920, 1080),
-    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15", 1440, 900),
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+        1920,
+        1080,
+    ),
+    (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+        1440,
+        900,
+    ),
     ("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0", 2560, 1440),
 ]
 _MOBILE = [
-    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1", 390, 844),
-    ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36", 412, 915),
+    (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.4 Mobile/15E148 Safari/604.1",
+        390,
+        844,
+    ),
+    (
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+        412,
+        915,
+    ),
 ]
 _MAIL_CLIENTS = [
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
@@ -224,8 +244,14 @@ _PRODUCTS = [  # sku, name, category, price
     ("sku-1007", "Organic Cotton Tee", "basics", 29.0),
     ("sku-1008", "Wool Beanie", "accessories", 25.0),
 ]
-_STORES = [("s-001", "London Soho"), ("s-002", "Manchester"), ("s-003", "Berlin Mitte"), ("s-004", "Paris Marais"),
-           ("s-005", "Amsterdam"), ("s-006", "New York SoHo")]
+_STORES = [
+    ("s-001", "London Soho"),
+    ("s-002", "Manchester"),
+    ("s-003", "Berlin Mitte"),
+    ("s-004", "Paris Marais"),
+    ("s-005", "Amsterdam"),
+    ("s-006", "New York SoHo"),
+]
 _SEARCH = ["https://www.google.com/", "https://www.bing.com/", "https://duckduckgo.com/"]
 _NETWORKS = ["instagram", "tiktok", "facebook", "pinterest"]
 _AD_CAMPAIGNS = ["spring-sale", "new-arrivals", "brand-search"]
@@ -317,8 +343,14 @@ class _Person:
 
     def device(self, mobile: bool) -> _Device:
         ua, width, height = self.rng.choice(_MOBILE if mobile else _DESKTOP)
-        dev = _Device(str(uuid.uuid5(_NAMESPACE, f"{self.data.seed}/{self.uid}/device/{len(self.devices)}")),
-                      ua, width, height, self.locale, self.tz)
+        dev = _Device(
+            str(uuid.uuid5(_NAMESPACE, f"{self.data.seed}/{self.uid}/device/{len(self.devices)}")),
+            ua,
+            width,
+            height,
+            self.locale,
+            self.tz,
+        )
         self.devices.append(dev)
         return dev
 
@@ -344,8 +376,13 @@ class _Person:
             "screen": {"width": dev.width, "height": dev.height},
         }
         utm = {
-            {"utm_source": "source", "utm_medium": "medium", "utm_campaign": "name", "utm_term": "term",
-             "utm_content": "content"}[k]: v
+            {
+                "utm_source": "source",
+                "utm_medium": "medium",
+                "utm_campaign": "name",
+                "utm_term": "term",
+                "utm_content": "content",
+            }[k]: v
             for k, v in parse_qsl(parts.query)
             if k in ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
         }
@@ -382,7 +419,9 @@ class _Person:
     def traits(self) -> dict[str, Any]:
         return {"loyalty_tier": self.tier, "country": self.country, "email_opt_in": self.email_opt_in}
 
-    def visit(self, dev: _Device, paths: list[tuple[str, str]], landing_query: str = "", referrer: str | None = None) -> None:
+    def visit(
+        self, dev: _Device, paths: list[tuple[str, str]], landing_query: str = "", referrer: str | None = None
+    ) -> None:
         """Page views of one visit: the landing page (with its campaign tags), then the rest a little apart."""
         for i, (path, title) in enumerate(paths):
             if i:
@@ -393,8 +432,13 @@ class _Person:
 
     def identify_web(self, dev: _Device, why: str) -> None:
         dev.user_id = self.uid
-        self.tracker(dev, "identify", dev.last_url or f"{SHOP}/account", "Account — Demo Shop",
-                     traits={**self.traits(), "signup_source": why})
+        self.tracker(
+            dev,
+            "identify",
+            dev.last_url or f"{SHOP}/account",
+            "Account — Demo Shop",
+            traits={**self.traits(), "signup_source": why},
+        )
         self.identified_at = self.identified_at or self.t
 
     def product(self) -> tuple[str, str, str, float]:
@@ -403,30 +447,58 @@ class _Person:
     def view_product(self) -> None:
         sku, name, category, price = self.product()
         if self.app_device and self.chance(0.5):
-            self.sdk("screen", "app", user_id=self.uid_if_known(), anonymous_id=self.app_device, name="Product",
-                     properties={"sku": sku}, context=self.app_context())
+            self.sdk(
+                "screen",
+                "app",
+                user_id=self.uid_if_known(),
+                anonymous_id=self.app_device,
+                name="Product",
+                properties={"sku": sku},
+                context=self.app_context(),
+            )
             self.soon(5, 60)
-            self.sdk("track", "app", user_id=self.uid_if_known(), anonymous_id=self.app_device, event="Product Viewed",
-                     properties={"channel": "app", "sku": sku, "name": name, "category": category, "price": price},
-                     context=self.app_context())
+            self.sdk(
+                "track",
+                "app",
+                user_id=self.uid_if_known(),
+                anonymous_id=self.app_device,
+                event="Product Viewed",
+                properties={"channel": "app", "sku": sku, "name": name, "category": category, "price": price},
+                context=self.app_context(),
+            )
             return
         dev = self.web
         self.visit(dev, [(f"/products/{sku}", name)], referrer=dev.last_url)
         self.soon(5, 40)
-        self.tracker(dev, "track", f"{SHOP}/products/{sku}", f"{name} — Demo Shop", event="Product Viewed",
-                     properties={"sku": sku, "name": name, "category": category, "price": price, "currency": "EUR"})
+        self.tracker(
+            dev,
+            "track",
+            f"{SHOP}/products/{sku}",
+            f"{name} — Demo Shop",
+            event="Product Viewed",
+            properties={"sku": sku, "name": name, "category": category, "price": price, "currency": "EUR"},
+        )
 
     def uid_if_known(self) -> str | None:
         return self.uid if self.identified_at is not None else None
 
     def app_context(self) -> dict[str, Any]:
-        return {"app": {"name": "Demo Shop", "version": "4.2.0"}, "device": {"type": "ios" if self.chance(0.6) else "android"},
-                "locale": self.locale, "timezone": self.tz}
+        return {
+            "app": {"name": "Demo Shop", "version": "4.2.0"},
+            "device": {"type": "ios" if self.chance(0.6) else "android"},
+            "locale": self.locale,
+            "timezone": self.tz,
+        }
 
     def store_visit(self) -> None:
         store, city = self.rng.choice(_STORES)
-        self.sdk("track", "store", user_id=self.uid, event="Store Visit",
-                 properties={"channel": "store", "store": store, "city": city, "source": "loyalty-app check-in"})
+        self.sdk(
+            "track",
+            "store",
+            user_id=self.uid,
+            event="Store Visit",
+            properties={"channel": "store", "store": store, "city": city, "source": "loyalty-app check-in"},
+        )
         self.known("store")
 
     def known(self, where: str) -> None:
@@ -437,8 +509,14 @@ class _Person:
         self.soon(30, 180)
         self.identified_at = self.t
         if self.app_device:
-            self.sdk("identify", None, user_id=self.uid, anonymous_id=self.app_device,
-                     traits={**self.traits(), "signup_source": where}, context=self.app_context())
+            self.sdk(
+                "identify",
+                None,
+                user_id=self.uid,
+                anonymous_id=self.app_device,
+                traits={**self.traits(), "signup_source": where},
+                context=self.app_context(),
+            )
         for dev in self.devices:
             self.soon(30, 600)
             self.identify_web(dev, where)
@@ -463,9 +541,20 @@ class _Person:
             self.crm_id = f"crm-{self.uid[2:]}"
             user = self.crm_id
         queue = "pre-sales" if topic in ("product", "pricing", "availability") else "service"
-        self.sdk("touchpoint", "call_centre", user_id=user, channel="call_centre", action="Call", sentiment=sentiment,
-                 properties={"topic": topic, "satisfaction": satisfaction, "duration_s": self.rng.randint(90, 1500),
-                             "queue": queue})
+        self.sdk(
+            "touchpoint",
+            "call_centre",
+            user_id=user,
+            channel="call_centre",
+            action="Call",
+            sentiment=sentiment,
+            properties={
+                "topic": topic,
+                "satisfaction": satisfaction,
+                "duration_s": self.rng.randint(90, 1500),
+                "queue": queue,
+            },
+        )
         if user == self.crm_id:
             self.soon(60, 600)
             self.sdk("alias", None, previous_id=self.crm_id, user_id=self.uid)
@@ -479,25 +568,56 @@ class _Person:
         if channel == "store":
             store, city = self.rng.choice(_STORES)
             if self.t < self.data.csv_cutoff_ms:
-                self.data.store_rows.append({
-                    "message_id": self.mid(), "customer_no": self.uid, "sold_at": iso(self.t), "store": store,
-                    "receipt": f"{store}-{self.rng.randint(100000, 999999)}", "total": f"{total:.2f}",
-                    "items": str(items), "order_number": str(self.orders),
-                    "payment": self.rng.choice(["card", "card", "cash", "mobile"]),
-                })
+                self.data.store_rows.append(
+                    {
+                        "message_id": self.mid(),
+                        "customer_no": self.uid,
+                        "sold_at": iso(self.t),
+                        "store": store,
+                        "receipt": f"{store}-{self.rng.randint(100000, 999999)}",
+                        "total": f"{total:.2f}",
+                        "items": str(items),
+                        "order_number": str(self.orders),
+                        "payment": self.rng.choice(["card", "card", "cash", "mobile"]),
+                    }
+                )
                 self.channels.add("store")
             else:
-                self.sdk("track", "store", user_id=self.uid, event="Store Purchase",
-                         properties={"channel": "store", "store": store, "city": city, "total": total, "items": items,
-                                     "currency": "EUR", "order_number": self.orders})
+                self.sdk(
+                    "track",
+                    "store",
+                    user_id=self.uid,
+                    event="Store Purchase",
+                    properties={
+                        "channel": "store",
+                        "store": store,
+                        "city": city,
+                        "total": total,
+                        "items": items,
+                        "currency": "EUR",
+                        "order_number": self.orders,
+                    },
+                )
             self.known("store")
             return
         if channel == "app":
             self.ensure_app()
-            self.sdk("track", "app", user_id=self.uid, anonymous_id=self.app_device, event="Order Completed",
-                     properties={"channel": "app", "order_id": f"o-{self.uid[2:]}-{self.orders}", "total": total,
-                                 "items": items, "currency": "EUR", "order_number": self.orders},
-                     context=self.app_context())
+            self.sdk(
+                "track",
+                "app",
+                user_id=self.uid,
+                anonymous_id=self.app_device,
+                event="Order Completed",
+                properties={
+                    "channel": "app",
+                    "order_id": f"o-{self.uid[2:]}-{self.orders}",
+                    "total": total,
+                    "items": items,
+                    "currency": "EUR",
+                    "order_number": self.orders,
+                },
+                context=self.app_context(),
+            )
             return
         dev = self.web
         if dev.user_id is None:
@@ -506,28 +626,61 @@ class _Person:
         self.visit(dev, [("/checkout", "Checkout")], referrer=dev.last_url)
         self.soon(60, 300)
         # The order is confirmed server-side (payment captured): the shop's backend sends it with the SDK.
-        self.sdk("track", "web", user_id=self.uid, anonymous_id=dev.anonymous_id, event="Order Completed",
-                 properties={"channel": "web", "order_id": f"o-{self.uid[2:]}-{self.orders}", "total": total,
-                             "items": items, "currency": "EUR", "order_number": self.orders, "sku": sku})
+        self.sdk(
+            "track",
+            "web",
+            user_id=self.uid,
+            anonymous_id=dev.anonymous_id,
+            event="Order Completed",
+            properties={
+                "channel": "web",
+                "order_id": f"o-{self.uid[2:]}-{self.orders}",
+                "total": total,
+                "items": items,
+                "currency": "EUR",
+                "order_number": self.orders,
+                "sku": sku,
+            },
+        )
         self.soon(2, 10)
         self.visit(dev, [("/checkout/thank-you", "Thank you")], referrer=f"{SHOP}/checkout")
 
     def ensure_app(self) -> None:
         if self.app_device is None:
             self.app_device = str(uuid.uuid5(_NAMESPACE, f"{self.data.seed}/{self.uid}/app"))
-            self.sdk("track", "app", user_id=self.uid_if_known(), anonymous_id=self.app_device, event="App Installed",
-                     properties={"channel": "app", "store": "app-store"}, context=self.app_context())
+            self.sdk(
+                "track",
+                "app",
+                user_id=self.uid_if_known(),
+                anonymous_id=self.app_device,
+                event="App Installed",
+                properties={"channel": "app", "store": "app-store"},
+                context=self.app_context(),
+            )
             if self.identified_at is not None:
                 self.soon(30, 300)
-                self.sdk("identify", None, user_id=self.uid, anonymous_id=self.app_device, traits=self.traits(),
-                         context=self.app_context())
+                self.sdk(
+                    "identify",
+                    None,
+                    user_id=self.uid,
+                    anonymous_id=self.app_device,
+                    traits=self.traits(),
+                    context=self.app_context(),
+                )
 
     def review(self) -> None:
         sku, name, _, _ = self.product()
         rating = self.rng.choice([1, 1, 2, 3, 4] if self.complained else [2, 3, 3, 4, 4, 5, 5, 5])
         if self.app_device and self.chance(0.4):
-            self.sdk("track", "app", user_id=self.uid, anonymous_id=self.app_device, event="Review Submitted",
-                     properties={"channel": "app", "sku": sku, "rating": rating}, context=self.app_context())
+            self.sdk(
+                "track",
+                "app",
+                user_id=self.uid,
+                anonymous_id=self.app_device,
+                event="Review Submitted",
+                properties={"channel": "app", "sku": sku, "rating": rating},
+                context=self.app_context(),
+            )
             return
         dev = self.web
         if dev.user_id is None:
@@ -535,12 +688,23 @@ class _Person:
             self.soon()
         self.visit(dev, [(f"/products/{sku}/review", f"Review {name}")], referrer=dev.last_url)
         self.soon(60, 400)
-        self.tracker(dev, "track", f"{SHOP}/products/{sku}/review", f"Review {name} — Demo Shop",
-                     event="Review Submitted", properties={"sku": sku, "rating": rating, "words": self.rng.randint(8, 160)})
+        self.tracker(
+            dev,
+            "track",
+            f"{SHOP}/products/{sku}/review",
+            f"Review {name} — Demo Shop",
+            event="Review Submitted",
+            properties={"sku": sku, "rating": rating, "words": self.rng.randint(8, 160)},
+        )
 
     def referral(self) -> None:
-        self.sdk("track", "web", user_id=self.uid, event="Referral Sent",
-                 properties={"channel": "web", "program": "give-10-get-10", "invitees": self.rng.randint(1, 3)})
+        self.sdk(
+            "track",
+            "web",
+            user_id=self.uid,
+            event="Referral Sent",
+            properties={"channel": "web", "program": "give-10-get-10", "invitees": self.rng.randint(1, 3)},
+        )
 
     # -- the journey ----------------------------------------------------------------------------------
 
@@ -568,10 +732,19 @@ class _Person:
         if acquisition == "ads":
             source, medium = ("google", "cpc") if self.chance(0.6) else (self.rng.choice(_NETWORKS[:2]), "paid_social")
             tags = {"source": source, "medium": medium, "name": campaign}
-            self.sdk("touchpoint", "ads", anonymous_id=dev.anonymous_id, channel="ads", action="Ad Clicked",
-                     properties={"platform": "google-ads" if source == "google" else f"{source}-ads", "campaign": campaign,
-                                 "cost": round(self.rng.uniform(0.2, 2.5), 2)},
-                     context={"campaign": tags})
+            self.sdk(
+                "touchpoint",
+                "ads",
+                anonymous_id=dev.anonymous_id,
+                channel="ads",
+                action="Ad Clicked",
+                properties={
+                    "platform": "google-ads" if source == "google" else f"{source}-ads",
+                    "campaign": campaign,
+                    "cost": round(self.rng.uniform(0.2, 2.5), 2),
+                },
+                context={"campaign": tags},
+            )
             self.soon(2, 8)
             query = urlencode({"utm_source": source, "utm_medium": medium, "utm_campaign": campaign})
             referrer = "https://www.google.com/" if source == "google" else f"https://www.{source}.com/"
@@ -580,26 +753,48 @@ class _Person:
             network = self.rng.choice(_NETWORKS)
             post = f"post-{self.rng.randint(100, 999)}"
             tags = {"source": network, "medium": "social", "name": "lookbook"}
-            self.sdk("touchpoint", "social", anonymous_id=dev.anonymous_id, channel="social", action="Post Clicked",
-                     properties={"network": network, "post": post}, context={"campaign": tags})
+            self.sdk(
+                "touchpoint",
+                "social",
+                anonymous_id=dev.anonymous_id,
+                channel="social",
+                action="Post Clicked",
+                properties={"network": network, "post": post},
+                context={"campaign": tags},
+            )
             self.soon(2, 8)
             query = urlencode({"utm_source": network, "utm_medium": "social", "utm_campaign": "lookbook"})
-            self.visit(dev, [("/", "Home")] + self.browse(), landing_query=query, referrer=f"https://www.{network}.com/")
+            self.visit(
+                dev, [("/", "Home")] + self.browse(), landing_query=query, referrer=f"https://www.{network}.com/"
+            )
         else:
             referrer = self.rng.choice(_SEARCH + [""])
             self.visit(dev, [("/", "Home")] + self.browse(), referrer=referrer)
         if self.chance(0.18):
             self.soon(30, 200)
-            self.tracker(dev, "track", dev.last_url or f"{SHOP}/", "Home — Demo Shop", event="Newsletter Subscribed",
-                         properties={"list": "weekly"})
+            self.tracker(
+                dev,
+                "track",
+                dev.last_url or f"{SHOP}/",
+                "Home — Demo Shop",
+                event="Newsletter Subscribed",
+                properties={"list": "weekly"},
+            )
             self.soon(2, 10)
             self.identify_web(dev, "newsletter")
         moves = self.chance({"ads": 0.5, "social": 0.55, "organic": 0.6}[acquisition])
         if self.chance(0.35):  # another touch in the same stage: a repeat visit or a retargeting ad
             self.days(1.5)
             if acquisition == "ads":
-                self.sdk("touchpoint", "ads", anonymous_id=dev.anonymous_id, user_id=dev.user_id, channel="ads",
-                         action="Ad Impression", properties={"platform": "display", "campaign": "retargeting"})
+                self.sdk(
+                    "touchpoint",
+                    "ads",
+                    anonymous_id=dev.anonymous_id,
+                    user_id=dev.user_id,
+                    channel="ads",
+                    action="Ad Impression",
+                    properties={"platform": "display", "campaign": "retargeting"},
+                )
             else:
                 self.visit(dev, [("/", "Home")], referrer=self.rng.choice(_SEARCH))
         if not moves:
@@ -608,8 +803,13 @@ class _Person:
         return True
 
     def browse(self) -> list[tuple[str, str]]:
-        pages = [("/collections/new-in", "New in"), ("/collections/sale", "Sale"), ("/about", "About us"),
-                 ("/stores", "Our stores"), ("/collections/knitwear", "Knitwear")]
+        pages = [
+            ("/collections/new-in", "New in"),
+            ("/collections/sale", "Sale"),
+            ("/about", "About us"),
+            ("/stores", "Our stores"),
+            ("/collections/knitwear", "Knitwear"),
+        ]
         return self.rng.sample(pages, self.rng.choice([0, 1, 1, 2, 3]))
 
     def consideration(self, acquisition: str) -> None:
@@ -628,13 +828,27 @@ class _Person:
         elif acquisition == "email":
             # An existing subscriber from the CRM: a past campaign's click starts their journey.
             campaign = f"newsletter-{iso(self.t)[:10]}"
-            self.sdk("track", "email", user_id=self.uid, event="Email Opened",
-                     properties={"channel": "email", "touchpoint": "email-open", "campaign": campaign})
+            self.sdk(
+                "track",
+                "email",
+                user_id=self.uid,
+                event="Email Opened",
+                properties={"channel": "email", "touchpoint": "email-open", "campaign": campaign},
+            )
             self.known("crm")
             self.soon(20, 600)
-            self.sdk("track", "email", user_id=self.uid, event="Email Clicked",
-                     properties={"channel": "email", "touchpoint": "email-click", "campaign": campaign,
-                                 "url": f"{SHOP}/collections/new-in"})
+            self.sdk(
+                "track",
+                "email",
+                user_id=self.uid,
+                event="Email Clicked",
+                properties={
+                    "channel": "email",
+                    "touchpoint": "email-click",
+                    "campaign": campaign,
+                    "url": f"{SHOP}/collections/new-in",
+                },
+            )
             self.soon(2, 10)
             query = urlencode({"utm_source": "newsletter", "utm_medium": "email", "utm_campaign": campaign})
             self.visit(self.web, [("/collections/new-in", "New in")], landing_query=query, referrer="")
@@ -647,8 +861,14 @@ class _Person:
             if self.chance(0.7):
                 self.soon(60, 900)
                 self.identified_at = self.t
-                self.sdk("identify", None, user_id=self.uid, anonymous_id=self.app_device,
-                         traits={**self.traits(), "signup_source": "app"}, context=self.app_context())
+                self.sdk(
+                    "identify",
+                    None,
+                    user_id=self.uid,
+                    anonymous_id=self.app_device,
+                    traits={**self.traits(), "signup_source": "app"},
+                    context=self.app_context(),
+                )
         else:
             self.view_product()
         # More looking around: product pages, a store, a question on the phone.
@@ -672,8 +892,14 @@ class _Person:
                 dev = self.web
                 self.visit(dev, [("/collections/knitwear", "Knitwear")], referrer=dev.last_url)
                 self.soon(3, 20)
-                self.tracker(dev, "track", dev.last_url, "Knitwear — Demo Shop", event="Product List Viewed",
-                             properties={"category": "knitwear"})
+                self.tracker(
+                    dev,
+                    "track",
+                    dev.last_url,
+                    "Knitwear — Demo Shop",
+                    event="Product List Viewed",
+                    properties={"category": "knitwear"},
+                )
             if self.identified_at is None and self.devices and self.chance(0.35):
                 self.soon()
                 self.identify_web(self.web, "account")
@@ -685,7 +911,9 @@ class _Person:
                 self.view_product()
             return
         self.days(4.5, 0.7)
-        channel = {"store": "store", "app": "app"}.get(acquisition) or self.rng.choices(["web", "store", "app"], [70, 20, 10])[0]
+        channel = {"store": "store", "app": "app"}.get(acquisition) or self.rng.choices(
+            ["web", "store", "app"], [70, 20, 10]
+        )[0]
         self.purchase(channel)
 
     def purchase(self, channel: str) -> None:
@@ -736,8 +964,14 @@ class _Person:
         if self.chance(0.15):  # a friend's post brings them back round: a regression to awareness
             self.days(10)
             self.nonlinear += 1
-            self.sdk("touchpoint", "social", user_id=self.uid, channel="social", action="Post Liked",
-                     properties={"network": self.rng.choice(_NETWORKS), "post": f"post-{self.rng.randint(100, 999)}"})
+            self.sdk(
+                "touchpoint",
+                "social",
+                user_id=self.uid,
+                channel="social",
+                action="Post Liked",
+                properties={"network": self.rng.choice(_NETWORKS), "post": f"post-{self.rng.randint(100, 999)}"},
+            )
 
     def email_history(self) -> None:
         """Past campaigns to opted-in customers, as the email service's webhook reported opens and clicks."""
@@ -750,6 +984,7 @@ class _Person:
 
     def _email_history(self) -> None:
         for sent_at in self.gen.campaigns:
+            assert self.identified_at is not None  # email_history only runs for identified customers
             if sent_at <= self.identified_at or sent_at > self.end:
                 continue
             campaign = f"newsletter-{iso(sent_at)[:10]}"
@@ -758,16 +993,26 @@ class _Person:
             self.t = sent_at + self.rng.randint(10, 36 * 60) * _MINUTE
             if self.t > self.end:
                 continue
-            self.sdk("track", "email", user_id=self.uid, event="Email Opened",
-                     properties={"channel": "email", "touchpoint": "email-open", "campaign": campaign})
+            self.sdk(
+                "track",
+                "email",
+                user_id=self.uid,
+                event="Email Opened",
+                properties={"channel": "email", "touchpoint": "email-open", "campaign": campaign},
+            )
             if not self.chance(0.22):
                 continue
             self.t += self.rng.randint(5, 300) * 1000
             if self.t > self.end:
                 continue
             url = f"{SHOP}/collections/new-in"
-            self.sdk("track", "email", user_id=self.uid, event="Email Clicked",
-                     properties={"channel": "email", "touchpoint": "email-click", "campaign": campaign, "url": url})
+            self.sdk(
+                "track",
+                "email",
+                user_id=self.uid,
+                event="Email Clicked",
+                properties={"channel": "email", "touchpoint": "email-click", "campaign": campaign, "url": url},
+            )
             if self.devices:
                 self.soon(2, 5)
                 query = urlencode({"utm_source": "newsletter", "utm_medium": "email", "utm_campaign": campaign})
@@ -801,13 +1046,18 @@ class _Generator:
         # A newsletter every ten days, counted back from the end (never from the calendar: how many events
         # the demo has must not depend on the time of day it is anchored at).
         self.campaigns = sorted(
-            self.end_ms - k * 10 * _DAY + 5 * _HOUR for k in range(1, data.days // 10 + 1)
+            self.end_ms - k * 10 * _DAY + 5 * _HOUR
+            for k in range(1, data.days // 10 + 1)
             if self.end_ms - k * 10 * _DAY >= start
         )
 
 
-def generate(seed: int = DEFAULT_SEED, customers: int = DEFAULT_CUSTOMERS, days: int = DEFAULT_DAYS,
-             anchor: datetime | None = None) -> DemoData:
+def generate(
+    seed: int = DEFAULT_SEED,
+    customers: int = DEFAULT_CUSTOMERS,
+    days: int = DEFAULT_DAYS,
+    anchor: datetime | None = None,
+) -> DemoData:
     """The demo's events for ``customers`` people over the ``days`` before ``anchor`` (default: now).
 
     Deterministic: the same arguments give the same events with the same ids. Customer ``i``'s events
@@ -874,8 +1124,10 @@ class Progress:
         self.last_drawn = now
         fraction = min(self.done / self.total, 1.0)
         filled = int(fraction * 30)
-        text = (f"demo [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:3.0f}%  "
-                f"{self.done:,}/{self.total:,} events  {self.phase}")
+        text = (
+            f"demo [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:3.0f}%  "
+            f"{self.done:,}/{self.total:,} events  {self.phase}"
+        )
         if self.tty:
             self.stream.write("\r" + text[:79].ljust(79))
         else:
@@ -940,8 +1192,14 @@ async def _send_sdk(data: DemoData, collector: str, write_key: str, progress: Pr
 
     n = len(data.sdk)
     client = sdk.Client(
-        write_key, host=collector, on_error=on_error, upload_size=500, upload_interval=0.05,
-        max_queue_size=max(n + 1, 100_000), max_queue_bytes=max(64 * 1024 * 1024, 4096 * n), retry_budget=120.0,
+        write_key,
+        host=collector,
+        on_error=on_error,
+        upload_size=500,
+        upload_interval=0.05,
+        max_queue_size=max(n + 1, 100_000),
+        max_queue_bytes=max(64 * 1024 * 1024, 4096 * n),
+        retry_budget=120.0,
     )
     base = progress.done
     try:
@@ -999,7 +1257,12 @@ async def _send_store_csv(
 
 
 async def _send_tracker(
-    data: DemoData, session: Any, collector: str, public_key: str, wait_for_origin_s: float, progress: Progress,
+    data: DemoData,
+    session: Any,
+    collector: str,
+    public_key: str,
+    wait_for_origin_s: float,
+    progress: Progress,
     last: _LastSend,
 ) -> None:
     """The tracker's requests: POST /v1/batch, the public key in a text/plain JSON body, from the shop's
@@ -1023,7 +1286,15 @@ async def _send_tracker(
         pause = 0.5
         while True:
             sent_at = orjson.dumps(iso(int(time.time() * 1000)))
-            body = b'{"batch":[' + b",".join(batch) + b'],"sentAt":' + sent_at + b',"writeKey":' + orjson.dumps(public_key) + b"}"
+            body = (
+                b'{"batch":['
+                + b",".join(batch)
+                + b'],"sentAt":'
+                + sent_at
+                + b',"writeKey":'
+                + orjson.dumps(public_key)
+                + b"}"
+            )
             headers = {"Content-Type": "text/plain;charset=UTF-8", "Origin": SHOP, "User-Agent": _DESKTOP[0][0]}
             last.mark()
             async with session.post(f"{collector}/v1/batch", data=body, headers=headers) as resp:
@@ -1039,7 +1310,9 @@ async def _send_tracker(
             if status == 403 and "Origin" in fields and time.monotonic() < origin_deadline:
                 # Collectors reload the allowed origins every JOURNEYS_KEY_CACHE_TTL_S seconds.
                 if not told:
-                    progress.note(f"waiting for the collector to pick up the origin {SHOP} (up to {wait_for_origin_s:.0f} s)")
+                    progress.note(
+                        f"waiting for the collector to pick up the origin {SHOP} (up to {wait_for_origin_s:.0f} s)"
+                    )
                     told = True
                 await asyncio.sleep(1.0)
                 continue
@@ -1071,8 +1344,11 @@ async def _live_emails_to_send(
 
     async def missing(user: str, planned: list[LiveEmail]) -> list[LiveEmail]:
         async with gate:
-            async with session.get(f"{query}/v1/customers/{user}/events", params={"limit": "10000"},
-                                   headers={"Authorization": _basic(read_key)}) as resp:
+            async with session.get(
+                f"{query}/v1/customers/{user}/events",
+                params={"limit": "10000"},
+                headers={"Authorization": _basic(read_key)},
+            ) as resp:
                 if resp.status != 200:
                     raise DemoFailed(f"cannot read customer {user}'s events ({resp.status}): {await resp.text()}")
                 answer = await resp.json()
@@ -1099,7 +1375,12 @@ async def _live_emails_to_send(
 
 
 async def _send_live_emails(
-    emails: list[LiveEmail], session: Any, collector: str, project_id: str, signing_key: str, progress: Progress,
+    emails: list[LiveEmail],
+    session: Any,
+    collector: str,
+    project_id: str,
+    signing_key: str,
+    progress: Progress,
     last: _LastSend,
 ) -> None:
     """Fetch the signed open-pixel and click URLs, as mail clients (and Apple's privacy relay) do."""
@@ -1186,19 +1467,41 @@ def add_demo_command(sub: Any) -> None:
             "sends the same events again, which every read counts once."
         ),
     )
-    cmd.add_argument("--project", default=DEFAULT_PROJECT, metavar="NAME",
-                     help=f"project name (default {DEFAULT_PROJECT}; reused if it exists, with new keys)")
-    cmd.add_argument("--customers", type=int, default=DEFAULT_CUSTOMERS, metavar="N",
-                     help=f"people to simulate, 1-100000 (default {DEFAULT_CUSTOMERS})")
-    cmd.add_argument("--days", type=int, default=DEFAULT_DAYS, metavar="N",
-                     help=f"days of history, 7-730, up to when the project was created: now, for a new one "
-                     f"(default {DEFAULT_DAYS})")
-    cmd.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N",
-                     help=f"random seed: the same seed sends the same events (default {DEFAULT_SEED})")
-    cmd.add_argument("--collector", metavar="URL",
-                     help="the collector (default: this machine's, from JOURNEYS_COLLECTOR_HOST/_PORT)")
-    cmd.add_argument("--query", metavar="URL",
-                     help="the query service and dashboard (default: this machine's, from JOURNEYS_QUERY_HOST/_PORT)")
+    cmd.add_argument(
+        "--project",
+        default=DEFAULT_PROJECT,
+        metavar="NAME",
+        help=f"project name (default {DEFAULT_PROJECT}; reused if it exists, with new keys)",
+    )
+    cmd.add_argument(
+        "--customers",
+        type=int,
+        default=DEFAULT_CUSTOMERS,
+        metavar="N",
+        help=f"people to simulate, 1-100000 (default {DEFAULT_CUSTOMERS})",
+    )
+    cmd.add_argument(
+        "--days",
+        type=int,
+        default=DEFAULT_DAYS,
+        metavar="N",
+        help=f"days of history, 7-730, up to when the project was created: now, for a new one (default {DEFAULT_DAYS})",
+    )
+    cmd.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        metavar="N",
+        help=f"random seed: the same seed sends the same events (default {DEFAULT_SEED})",
+    )
+    cmd.add_argument(
+        "--collector", metavar="URL", help="the collector (default: this machine's, from JOURNEYS_COLLECTOR_HOST/_PORT)"
+    )
+    cmd.add_argument(
+        "--query",
+        metavar="URL",
+        help="the query service and dashboard (default: this machine's, from JOURNEYS_QUERY_HOST/_PORT)",
+    )
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     cmd.add_argument("--json", action="store_true", help="print the project, keys and counts as one JSON object")
 
@@ -1223,8 +1526,10 @@ async def run_demo(settings: Settings, args: argparse.Namespace, with_postgres: 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for url, what in ((collector, "collector"), (query, "query service")):
             if not await _answers(session, url):
-                print(f"error: nothing answers at {url} (the {what}): run `journeys up` first, in another terminal",
-                      file=sys.stderr)
+                print(
+                    f"error: nothing answers at {url} (the {what}): run `journeys up` first, in another terminal",
+                    file=sys.stderr,
+                )
                 return 1
         try:
             return await _demo(settings, args, with_postgres, session, collector, query)
@@ -1253,10 +1558,10 @@ async def _prepare(settings: Settings, name: str, with_postgres: WithPostgres) -
     from journeys.keys import ProjectError, add_key, create_project, find_project
     from journeys.origins import change_origins
 
-    async def work(conn):  # type: ignore[no-untyped-def]
+    async def work(conn):
         project_id = await find_project(conn, name)
         created = project_id is None
-        if created:
+        if project_id is None:
             try:
                 project = await create_project(conn, name)
             except ProjectError as exc:
@@ -1270,7 +1575,9 @@ async def _prepare(settings: Settings, name: str, with_postgres: WithPostgres) -
         signing_key = await current_key(conn, project_id)
         created_at = await conn.fetchval("SELECT created_at FROM projects WHERE id = $1", project_id)
         applied = []
-        for kind, document in [("map", demo_map())] + [("segment", s) for s in DEMO_SEGMENTS]:
+        documents: list[tuple[definitions.Kind, Any]] = [("map", demo_map())]
+        documents += [("segment", s) for s in DEMO_SEGMENTS]
+        for kind, document in documents:
             done = await definitions.apply(conn, project_id, kind, document)
             state = f"version {done.version}" + ("" if done.changed else ", unchanged")
             applied.append(f"{kind} {done.name} ({state})")
@@ -1285,8 +1592,11 @@ async def _demo(
     began = time.monotonic()
     setup = await _prepare(settings, args.project, with_postgres)
     # The keys were just made in PostgreSQL: a collector that does not know them shares no database with us.
-    async with session.post(f"{collector}/v1/batch", data=b'{"batch":[]}',
-                            headers={"Authorization": _basic(setup.write_key), "Content-Type": "application/json"}) as resp:
+    async with session.post(
+        f"{collector}/v1/batch",
+        data=b'{"batch":[]}',
+        headers={"Authorization": _basic(setup.write_key), "Content-Type": "application/json"},
+    ) as resp:
         if resp.status in (401, 403):
             raise DemoFailed(
                 f"the collector at {collector} does not know the keys just made for project {args.project!r}: is "
@@ -1351,16 +1661,23 @@ async def _demo(
     if args.json:
         print(orjson.dumps(summary).decode())
         return 0
-    print(f"demo project {args.project} ({setup.project_id}): {data.total_events:,} events, {args.customers:,} people, "
-          f"{args.days} days; stored and counted once each ({elapsed:.0f} s)")
+    print(
+        f"demo project {args.project} ({setup.project_id}): {data.total_events:,} events, {args.customers:,} people, "
+        f"{args.days} days; stored and counted once each ({elapsed:.0f} s)"
+    )
     print(f"write key  {setup.write_key}   (ingest only: SDKs, collectors)")
     print(f"read key   {setup.read_key}   (query only: journeys, KPIs, dashboard)")
     print(f"public key {setup.public_key}   (browser tracker, from {SHOP})")
-    print(f"dashboard  {dashboard}   (sign in with the read key; map {MAP_NAME}, segments "
-          f"{', '.join(s['name'] for s in DEMO_SEGMENTS)})")
+    print(
+        f"dashboard  {dashboard}   (sign in with the read key; map {MAP_NAME}, segments "
+        f"{', '.join(s['name'] for s in DEMO_SEGMENTS)})"
+    )
     if stages:
         marks = ", ".join(f"{s['id']} {s['status'].replace('_', ' ')}" for s in stages if s["status"] != "no_target")
-        print(f"stages     {marks}" + (f"; bottleneck: {bottleneck['stage']} ({bottleneck['metric']})" if bottleneck else ""))
+        print(
+            f"stages     {marks}"
+            + (f"; bottleneck: {bottleneck['stage']} ({bottleneck['metric']})" if bottleneck else "")
+        )
         print(f"           KPIs from {window[0]} to {window[1]}: set these dates in the dashboard to see all of it")
     print(f"customer   {data.sample_customer}   (a stitched journey across channels: look it up in the Customer view)")
     print("Keys are stored hashed and cannot be shown again; each run makes new ones.")

@@ -33,8 +33,17 @@ def add_email_commands(sub: Any) -> None:
     )
     key = email.add_parser("key", help="print the project's email signing key (made on first use)")
     key.add_argument("--project", required=True, help="project name or id")
-    key.add_argument("--rotate", action="store_true", help="replace the key; links signed with the old one keep working for --grace-days")
-    key.add_argument("--grace-days", type=float, default=30.0, help="how long a rotated-out key still verifies (default 30; 0 = stop now)")
+    key.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the key; links signed with the old one keep working for --grace-days",
+    )
+    key.add_argument(
+        "--grace-days",
+        type=float,
+        default=30.0,
+        help="how long a rotated-out key still verifies (default 30; 0 = stop now)",
+    )
     key.add_argument("--json", action="store_true", help="print the project id and key(s) as JSON")
 
     link = email.add_parser("link", help="sign a click link or open pixel; --csv for a whole send list")
@@ -44,7 +53,11 @@ def add_email_commands(sub: Any) -> None:
     link.add_argument("--url", help="target of the click link (http/https); without it, the open-pixel URL is printed")
     link.add_argument("--csv", metavar="FILE", help="CSV with a header: user_id,url[,campaign]; - for stdin")
     link.add_argument(
-        "--prop", action="append", default=[], metavar="KEY=VALUE", help="an extra property carried by the link (repeatable)"
+        "--prop",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra property carried by the link (repeatable)",
     )
     link.add_argument(
         "--base-url",
@@ -65,7 +78,7 @@ async def _key(settings: Settings, args: argparse.Namespace, with_project: WithP
         print("error: --grace-days must be 0 or more", file=sys.stderr)
         return 2
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         if args.rotate:
             await rotate_key(conn, project_id, timedelta(days=args.grace_days))
         else:
@@ -107,7 +120,9 @@ def _base_url(settings: Settings, given: str | None) -> str:
         return given
     host = "127.0.0.1" if settings.collector_host in ("0.0.0.0", "::") else settings.collector_host
     base = f"http://{host}:{settings.collector_port}"
-    print(f"note: links point to {base}; pass --base-url with the collector's public URL for real mail", file=sys.stderr)
+    print(
+        f"note: links point to {base}; pass --base-url with the collector's public URL for real mail", file=sys.stderr
+    )
     return base
 
 
@@ -136,14 +151,16 @@ async def _link(settings: Settings, args: argparse.Namespace, with_project: With
         return 2
     base = base.rstrip("/")
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         return project_id, await current_key(conn, project_id)
 
     project_id, key = await with_project(settings, args.project, work)
     signer = _Signer(key, project_id, base, props)
     if args.user:
         try:
-            print(signer.click(args.user, args.campaign, args.url) if args.url else signer.open(args.user, args.campaign))
+            print(
+                signer.click(args.user, args.campaign, args.url) if args.url else signer.open(args.user, args.campaign)
+            )
         except TokenError as exc:
             print(f"error: {exc.field}: {exc.reason}", file=sys.stderr)
             return 1

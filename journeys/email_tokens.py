@@ -188,7 +188,9 @@ def sign(
     encoded = b64url(json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
     token = f"{project_id}.{encoded}.{signature(key, project_id, encoded)}"
     if len(token) > MAX_TOKEN_CHARS:
-        raise TokenError(f"token would be {len(token)} characters, over {MAX_TOKEN_CHARS}: shorten the URL or properties")
+        raise TokenError(
+            f"token would be {len(token)} characters, over {MAX_TOKEN_CHARS}: shorten the URL or properties"
+        )
     return token
 
 
@@ -258,5 +260,7 @@ def verify(token: str, keys: Iterable[str]) -> Claims:
     that already holds the keys (the collector looks them up between :func:`split` and the rest)."""
     parsed = split(token)
     if not signed_by(parsed, keys):
-        raise TokenError("the link's signature does not verify (edited, truncated, or for another project)", code="signature")
+        raise TokenError(
+            "the link's signature does not verify (edited, truncated, or for another project)", code="signature"
+        )
     return claims_of(parsed)

@@ -63,6 +63,7 @@ def identity_link(row: list[Any]) -> tuple[str, str, str] | None:
         return ("identify", row[_ANON], row[_USER])
     return None
 
+
 QUARANTINE_COLUMNS: tuple[str, ...] = (
     "project_id",
     "received_at",
@@ -113,6 +114,8 @@ def _from_rudderstack(ctx: dict[str, Any]) -> bool:
     library = ctx.get("library")
     name = library.get("name") if isinstance(library, dict) else None
     return isinstance(name, str) and "rudder" in name.lower()
+
+
 _DEFAULT_CHANNEL = {"page": "web", "screen": "app"}
 _DEFAULT_TOUCHPOINT = {"page": "page_view", "screen": "screen_view"}
 

@@ -40,9 +40,7 @@ class ApiError(Exception):
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
-    )
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
 
 
 # A short code per status for errors that name none of their own.
@@ -160,9 +158,19 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
         if access_log.isEnabledFor(level):
             duration_ms = round(elapsed * 1000, 3)
             access_log.log(
-                level, "%s %s %s %.1fms", request.method, name, response.status, duration_ms,
-                extra={"service": service, "method": request.method, "route": name,
-                       "status": response.status, "duration_ms": duration_ms},
+                level,
+                "%s %s %s %.1fms",
+                request.method,
+                name,
+                response.status,
+                duration_ms,
+                extra={
+                    "service": service,
+                    "method": request.method,
+                    "route": name,
+                    "status": response.status,
+                    "duration_ms": duration_ms,
+                },
             )
         return response
 
@@ -199,7 +207,10 @@ def post_to_service(url: str, body: Any, key: str, timeout_s: float = 3600.0) ->
         url,
         data=orjson.dumps(body),
         method="POST",
-        headers={"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(), "Content-Type": "application/json"},
+        headers={
+            "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+            "Content-Type": "application/json",
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -77,7 +77,9 @@ async def members_of(ch: ClickHouse, project_id: str, customers: list[str]) -> d
     """Every id that belongs to each of ``customers`` now, each customer's own id included."""
     found: dict[str, set[str]] = {c: {c} for c in customers}
     for start in range(0, len(customers), ID_CHUNK):
-        _, rows = await ch.query(MEMBERS_SQL, {"project_id": project_id, "customers": customers[start : start + ID_CHUNK]})
+        _, rows = await ch.query(
+            MEMBERS_SQL, {"project_id": project_id, "customers": customers[start : start + ID_CHUNK]}
+        )
         for distinct_id, customer in rows:
             found[customer].add(distinct_id)
     return found

@@ -609,7 +609,10 @@ def add_import_command(sub: Any) -> None:
     cmd.add_argument("--collector", help="collector URL (default: this machine's collector from the settings)")
     cmd.add_argument("--format", choices=["csv", "ndjson"], help="default: from the file name")
     cmd.add_argument(
-        "--map", action="append", default=[], metavar="FIELD=COLUMN",
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
         help="fill an event field from a column, or from a constant with FIELD=:text (repeatable), e.g. "
         "--map userId=customer_no --map event=:Store Purchase; FIELD may be properties.NAME etc.",
     )
@@ -617,10 +620,19 @@ def add_import_command(sub: Any) -> None:
     cmd.add_argument("--delimiter", default=None, help="CSV delimiter (default , or tab for .tsv; 'tab' works)")
     cmd.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default utf-8, BOM or not)")
     cmd.add_argument("--start-line", type=int, default=1, metavar="N", help="skip the file's lines before N (resuming)")
-    cmd.add_argument("--gzip", action=argparse.BooleanOptionalAction, default=None,
-                     help="compress requests (default: only to a collector on another machine)")
-    cmd.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
-                     help="keep retrying a busy or unreachable collector this long per chunk (default 300)")
+    cmd.add_argument(
+        "--gzip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compress requests (default: only to a collector on another machine)",
+    )
+    cmd.add_argument(
+        "--retry-for",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="keep retrying a busy or unreachable collector this long per chunk (default 300)",
+    )
     cmd.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -644,7 +656,7 @@ async def run_import(settings: Settings, args: argparse.Namespace, with_project:
     if args.write_key:
         return await _import(args, fmt, maps, collector, args.write_key)
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         from journeys.keys import add_key, revoke_key
 
         secret = await add_key(conn, project_id, "write")
@@ -734,12 +746,22 @@ def _last_line(chunk: Chunk) -> int:
 def _summary(args: argparse.Namespace, totals: Totals, elapsed: float, failure: str | None) -> None:
     rate = totals.rows / elapsed if elapsed > 0 else 0.0
     if args.json:
-        print(orjson.dumps({
-            "file": args.file, "rows": totals.rows, "accepted": totals.accepted, "rejected": totals.rejected,
-            "seconds": round(elapsed, 3), "rows_per_second": round(rate), "errors": totals.errors,
-            "errors_total": totals.errors_total, "completed": failure is None,
-            **({"error": failure, "resume_from_line": totals.last_line + 1} if failure else {}),
-        }).decode())
+        print(
+            orjson.dumps(
+                {
+                    "file": args.file,
+                    "rows": totals.rows,
+                    "accepted": totals.accepted,
+                    "rejected": totals.rejected,
+                    "seconds": round(elapsed, 3),
+                    "rows_per_second": round(rate),
+                    "errors": totals.errors,
+                    "errors_total": totals.errors_total,
+                    "completed": failure is None,
+                    **({"error": failure, "resume_from_line": totals.last_line + 1} if failure else {}),
+                }
+            ).decode()
+        )
     else:
         print(
             f"imported {args.file}: {totals.rows:,} rows read, {totals.accepted:,} accepted, "
@@ -757,7 +779,9 @@ def _summary(args: argparse.Namespace, totals: Totals, elapsed: float, failure: 
             for error in totals.errors:
                 print(f"  line {error['line']}: {error['field']}: {error['reason']}")
             if totals.errors_total > len(totals.errors):
-                print(f"  … and {totals.errors_total - len(totals.errors):,} more (the first {len(totals.errors):,} are listed)")
+                print(
+                    f"  … and {totals.errors_total - len(totals.errors):,} more (the first {len(totals.errors):,} are listed)"
+                )
     if failure:
         print(
             f"error: {failure}\nEvery row through line {totals.last_line} is stored or listed above; "
@@ -769,10 +793,14 @@ def _summary(args: argparse.Namespace, totals: Totals, elapsed: float, failure: 
 def _likely_fix(args: argparse.Namespace, field_name: str) -> str:
     """What usually makes every row fail on ``field_name``: columns not mapped to the event's fields."""
     if getattr(args, "map", None):
-        return (f"check the --map option that should fill {field_name!r} (FIELD=COLUMN names a column of the "
-                "file; FIELD=:value a constant); docs/import.md")
-    return (f"the file's columns are not mapped to event fields: name the one for {field_name!r} with "
-            f"--map {field_name}=COLUMN (and e.g. --map userId=COLUMN --map timestamp=COLUMN); docs/import.md")
+        return (
+            f"check the --map option that should fill {field_name!r} (FIELD=COLUMN names a column of the "
+            "file; FIELD=:value a constant); docs/import.md"
+        )
+    return (
+        f"the file's columns are not mapped to event fields: name the one for {field_name!r} with "
+        f"--map {field_name}=COLUMN (and e.g. --map userId=COLUMN --map timestamp=COLUMN); docs/import.md"
+    )
 
 
 class _Reader:
@@ -814,7 +842,7 @@ class _Reader:
             return None
         if isinstance(item, BaseException):
             raise item
-        return item  # type: ignore[no-any-return]
+        return item
 
     def stop(self) -> None:
         self._stopping.set()

@@ -149,8 +149,10 @@ class KeyInfo:
         """One line naming the key for a person (its prefix, kind, project and dates)."""
         used = f"last used {self.last_used_at:%Y-%m-%d %H:%M} UTC" if self.last_used_at else "never used"
         revoked = f", revoked {self.revoked_at:%Y-%m-%d %H:%M} UTC" if self.revoked_at else ""
-        return (f"{self.prefix}  {self.kind} key of {self.project_name}, created {self.created_at:%Y-%m-%d %H:%M} UTC, "
-                f"{used}{revoked}")
+        return (
+            f"{self.prefix}  {self.kind} key of {self.project_name}, created {self.created_at:%Y-%m-%d %H:%M} UTC, "
+            f"{used}{revoked}"
+        )
 
 
 class KeyNotFound(ProjectError):
@@ -184,8 +186,15 @@ _KEY_COLUMNS = """k.id, k.project_id, p.name AS project_name, k.kind, k.prefix, 
 
 def _key_info(row: asyncpg.Record) -> KeyInfo:
     return KeyInfo(
-        row["project_id"], row["project_name"], row["kind"], row["prefix"], row["created_at"], row["last_used_at"],
-        row["revoked_at"], row["id"], bytes(row["key_hash"]),
+        row["project_id"],
+        row["project_name"],
+        row["kind"],
+        row["prefix"],
+        row["created_at"],
+        row["last_used_at"],
+        row["revoked_at"],
+        row["id"],
+        bytes(row["key_hash"]),
     )
 
 
@@ -215,7 +224,10 @@ async def create_key(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, k
     row = await conn.fetchrow(
         f"""WITH k AS (INSERT INTO api_keys (project_id, kind, prefix, key_hash) VALUES ($1, $2, $3, $4) RETURNING *)
             SELECT {_KEY_COLUMNS} FROM k JOIN projects p ON p.id = k.project_id""",
-        project_id, kind, secret[:PREFIX_CHARS], hash_key(secret),
+        project_id,
+        kind,
+        secret[:PREFIX_CHARS],
+        hash_key(secret),
     )
     assert row is not None
     return secret, _key_info(row)
@@ -247,7 +259,8 @@ async def revoke(
     if is_whole_key(text):
         rows = await conn.fetch(
             f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.key_hash = $1{scope}",
-            hash_key(text), *args,
+            hash_key(text),
+            *args,
         )
         what = f"no such key{where} (it may belong to another data directory or database)"
     elif not text or len(text) > PREFIX_CHARS or "\x00" in text:
@@ -260,7 +273,8 @@ async def revoke(
         rows = await conn.fetch(
             f"""SELECT {_KEY_COLUMNS} FROM api_keys k JOIN projects p ON p.id = k.project_id
                 WHERE {match}{scope} ORDER BY k.created_at, k.id""",
-            text, *args,
+            text,
+            *args,
         )
         what = f"no key{where} starts with {text!r}"
     if not rows:

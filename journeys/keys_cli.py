@@ -36,8 +36,9 @@ def add_key_commands(project_commands: Any, key_commands: Any) -> None:
     keys.add_argument("--json", action="store_true", help="print the keys as JSON")
 
     revoke = key_commands.add_parser(
-        "revoke", help="revoke a key, given whole or by a prefix that matches one key (services stop accepting "
-        "it within JOURNEYS_KEY_CACHE_TTL_S)"
+        "revoke",
+        help="revoke a key, given whole or by a prefix that matches one key (services stop accepting "
+        "it within JOURNEYS_KEY_CACHE_TTL_S)",
     )
     revoke.add_argument("key", metavar="KEY_OR_PREFIX", help="the whole key, or its prefix as `key list` shows it")
     revoke.add_argument("--project", help="only look in this project (name or id)")
@@ -79,15 +80,19 @@ async def _project_list(settings: Settings, args: argparse.Namespace, with_postg
     elif not projects:
         print("no projects yet: journeys project create NAME makes one", file=sys.stderr)
     else:
-        print(_table(["NAME", "ID", "CREATED (UTC)", "ACTIVE KEYS"],
-                     [[p.name, p.id, _when(p.created_at), str(p.active_keys)] for p in projects]))
+        print(
+            _table(
+                ["NAME", "ID", "CREATED (UTC)", "ACTIVE KEYS"],
+                [[p.name, p.id, _when(p.created_at), str(p.active_keys)] for p in projects],
+            )
+        )
     return 0
 
 
 async def _key_list(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
     from journeys.keys import list_keys
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         return project_id, await list_keys(conn, project_id)
 
     project_id, keys = await with_project(settings, args.project, work)
@@ -96,13 +101,20 @@ async def _key_list(settings: Settings, args: argparse.Namespace, with_project: 
     if args.json:
         print(orjson.dumps({"project": project_id, "keys": [k.as_json() for k in keys]}).decode())
     elif not keys:
-        print(f"no {'active ' if args.active else ''}keys in {args.project} (journeys key create makes one)", file=sys.stderr)
+        print(
+            f"no {'active ' if args.active else ''}keys in {args.project} (journeys key create makes one)",
+            file=sys.stderr,
+        )
     else:
-        print(_table(
-            ["PREFIX", "KIND", "CREATED (UTC)", "LAST USED", "REVOKED"],
-            [[k.prefix, k.kind, _when(k.created_at), _when(k.last_used_at, "never"), _when(k.revoked_at, "no")]
-             for k in keys],
-        ))
+        print(
+            _table(
+                ["PREFIX", "KIND", "CREATED (UTC)", "LAST USED", "REVOKED"],
+                [
+                    [k.prefix, k.kind, _when(k.created_at), _when(k.last_used_at, "never"), _when(k.revoked_at, "no")]
+                    for k in keys
+                ],
+            )
+        )
     return 0
 
 
@@ -111,7 +123,7 @@ async def _key_revoke(
 ) -> int:
     from journeys.keys import KeyAmbiguous, KeyNotFound, revoke
 
-    async def work(conn, project_id=None):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id=None):
         try:
             return await revoke(conn, args.key, project_id)
         except KeyAmbiguous as exc:
@@ -128,21 +140,31 @@ async def _key_revoke(
         return 1
     if isinstance(outcome, KeyAmbiguous):
         if args.json:
-            print(orjson.dumps({"error": str(outcome), "candidates": [_with_project_name(k) for k in outcome.candidates]}).decode())
+            print(
+                orjson.dumps(
+                    {"error": str(outcome), "candidates": [_with_project_name(k) for k in outcome.candidates]}
+                ).decode()
+            )
         print(f"error: {outcome}; nothing was revoked. Candidates:", file=sys.stderr)
         for key in outcome.candidates:
             print(f"  {key.describe()}", file=sys.stderr)
         return 1
     ttl = settings.key_cache_ttl_s
     if args.json:
-        print(orjson.dumps({"revoked": [_with_project_name(k) for k in outcome.keys], "already_revoked": outcome.already}).decode())
+        print(
+            orjson.dumps(
+                {"revoked": [_with_project_name(k) for k in outcome.keys], "already_revoked": outcome.already}
+            ).decode()
+        )
     elif outcome.already:
         for key in outcome.keys:
             print(f"already revoked: {key.describe()}")
     else:
         (key,) = outcome.keys
         print(f"revoked {key.describe()}")
-        print(f"Services stop accepting it within the key cache's {ttl:g} s (JOURNEYS_KEY_CACHE_TTL_S).", file=sys.stderr)
+        print(
+            f"Services stop accepting it within the key cache's {ttl:g} s (JOURNEYS_KEY_CACHE_TTL_S).", file=sys.stderr
+        )
     return 0
 
 

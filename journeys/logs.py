@@ -29,7 +29,12 @@ _request_id: ContextVar[str | None] = ContextVar("journeys_request_id", default=
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "request_id", "rid", "fields", "taskName"
+    "message",
+    "asctime",
+    "request_id",
+    "rid",
+    "fields",
+    "taskName",
 }
 # Loggers that narrate routine work at INFO; only their problems matter to an operator. aiohttp's own
 # access log repeats ours (journeys.access) with the raw path, and paths carry customer ids.
@@ -77,9 +82,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            ),
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -110,11 +115,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", None) or _request_id.get()
         record.rid = f" [{request_id}]" if request_id else ""
-        fields = [
-            f"{k}={v}"
-            for k, v in record.__dict__.items()
-            if k not in _STANDARD and not k.startswith("_")
-        ]
+        fields = [f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")]
         record.fields = (" " + " ".join(fields)) if fields else ""
         return super().format(record)
 

@@ -197,7 +197,7 @@ def _shape(model: type[BaseModel], document: Any) -> tuple[Any, list[dict[str, s
     try:
         return model.model_validate(document), []
     except ValidationError as exc:
-        problems = []
+        problems: list[dict[str, str]] = []
         for err in exc.errors(include_url=False):
             # Each member of a union reports under its type's name (str, list[str], SentimentFromProperty…):
             # drop those from the path and keep the first reason per path.
@@ -219,11 +219,16 @@ def _models_in(annotation: Any) -> set[type[BaseModel]]:
 
 
 def _unknown_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """"unknown key 'evnt' — did you mean 'event'?": the keys allowed where it stands, the closest first."""
+    """ "unknown key 'evnt' — did you mean 'event'?": the keys allowed where it stands, the closest first."""
     models = {model}
     for part in loc[:-1]:
         if isinstance(part, str):
-            models = {m for owner in models if part in owner.model_fields for m in _models_in(owner.model_fields[part].annotation)}
+            models = {
+                m
+                for owner in models
+                if part in owner.model_fields
+                for m in _models_in(owner.model_fields[part].annotation)
+            }
     allowed = sorted({f.alias or name for m in models for name, f in m.model_fields.items()})
     key = str(loc[-1])
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
@@ -248,7 +253,7 @@ def _order_stages(stages: list[Stage]) -> tuple[list[str], list[dict[str, str]]]
         current = stage
         while current.after is not None:
             if current.after in seen:
-                cycle = " → ".join([*seen[seen.index(current.after):], current.after])
+                cycle = " → ".join([*seen[seen.index(current.after) :], current.after])
                 return [], [{"path": f"stages[{i}].after", "reason": f"ordering cycle: {cycle}"}]
             seen.append(current.after)
             current = stages[ids.index(current.after)]
@@ -298,22 +303,26 @@ def map_warnings(journey_map: JourneyMap) -> list[dict[str, str]]:
     for j, later in enumerate(rules):
         whole = first_cover(later.match, j)
         if whole is not None:
-            warnings.append({
-                "path": f"touchpoints[{j}]",
-                "reason": f"touchpoint {later.id!r} can never match: {whole.id!r} comes first and matches every "
-                f"event it would (the first matching rule wins); move {later.id!r} above it or narrow {whole.id!r}",
-            })
+            warnings.append(
+                {
+                    "path": f"touchpoints[{j}]",
+                    "reason": f"touchpoint {later.id!r} can never match: {whole.id!r} comes first and matches every "
+                    f"event it would (the first matching rule wins); move {later.id!r} above it or narrow {whole.id!r}",
+                }
+            )
             continue
         # Per event name: e.g. a repeat-order rule for [Order Completed, Store Purchase] below a rule taking
         # every Order Completed never sees a repeat online order.
         for name in sorted(_criterion(later.match.event) or ()):
             taker = first_cover(later.match.model_copy(update={"event": name}), j)
             if taker is not None:
-                warnings.append({
-                    "path": f"touchpoints[{j}].match.event",
-                    "reason": f"touchpoint {later.id!r} never matches {name!r} events: {taker.id!r} comes first "
-                    f"and takes every one it would (the first matching rule wins); move {later.id!r} above it",
-                })
+                warnings.append(
+                    {
+                        "path": f"touchpoints[{j}].match.event",
+                        "reason": f"touchpoint {later.id!r} never matches {name!r} events: {taker.id!r} comes first "
+                        f"and takes every one it would (the first matching rule wins); move {later.id!r} above it",
+                    }
+                )
     return warnings
 
 
@@ -351,9 +360,7 @@ def validate_map(document: Any) -> JourneyMap:
             problems.extend(_condition_problems(condition.op, condition.value, f"{path}.match.where[{j}]"))
         sentiment = touchpoint.sentiment
         if isinstance(sentiment, SentimentFromProperty) and sentiment.negative_at_most >= sentiment.positive_at_least:
-            problems.append(
-                {"path": f"{path}.sentiment", "reason": "negative_at_most must be below positive_at_least"}
-            )
+            problems.append({"path": f"{path}.sentiment", "reason": "negative_at_most must be below positive_at_least"})
     if problems:
         raise DefinitionError(problems)
     return journey_map
@@ -371,8 +378,10 @@ def validate_segment(document: Any) -> Segment:
         path = f"rules[{i}]"
         if not (rule.field.startswith("traits.") and len(rule.field) > 7) and rule.field not in SEGMENT_FIELDS:
             problems.append(
-                {"path": f"{path}.field", "reason": f"unknown field {rule.field!r}; use traits.<name> or one of "
-                 + ", ".join(SEGMENT_FIELDS)}
+                {
+                    "path": f"{path}.field",
+                    "reason": f"unknown field {rule.field!r}; use traits.<name> or one of " + ", ".join(SEGMENT_FIELDS),
+                }
             )
             continue
         if rule.field == "first_seen":
@@ -447,7 +456,9 @@ def rule_matches(rule: Rule, facts: dict[str, Any]) -> bool:
     """One segment rule against a customer's facts (``{"traits": {...}, "first_touch": {...}}``)."""
     expected = rule.value
     if rule.field == "first_seen" and rule.op not in UNARY_OPERATORS:
-        expected = [date.fromisoformat(v) for v in expected] if rule.op in LIST_OPERATORS else date.fromisoformat(expected)
+        expected = (
+            [date.fromisoformat(v) for v in expected] if rule.op in LIST_OPERATORS else date.fromisoformat(expected)
+        )
     return holds(rule.op, _rule_value(rule.field, facts), expected)
 
 

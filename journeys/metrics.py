@@ -23,7 +23,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
-            "journeys_http_requests", "HTTP requests by service, route and status.", ["service", "route", "status"], registry=r
+            "journeys_http_requests",
+            "HTTP requests by service, route and status.",
+            ["service", "route", "status"],
+            registry=r,
         )
         self.http_latency = Histogram(
             "journeys_http_request_duration_seconds",
@@ -39,7 +42,10 @@ class Metrics:
             "journeys_events_quarantined", "Events stored in quarantine, by field at fault.", ["reason"], registry=r
         )
         self.events_rejected = Counter(
-            "journeys_events_rejected", "Events in rejected requests (nothing stored), by reason.", ["reason"], registry=r
+            "journeys_events_rejected",
+            "Events in rejected requests (nothing stored), by reason.",
+            ["reason"],
+            registry=r,
         )
         self.request_batch_size = Histogram(
             "journeys_request_events", "Events per ingest request.", buckets=_SIZE_BUCKETS, registry=r
@@ -79,7 +85,10 @@ class Metrics:
         )
         # Email open pixels and tracked links (collector/email.py): "bot" is the automation kind, or "none".
         self.email_events = Counter(
-            "journeys_email_events", "Email opens and clicks recorded, by kind and bot flag.", ["kind", "bot"], registry=r
+            "journeys_email_events",
+            "Email opens and clicks recorded, by kind and bot flag.",
+            ["kind", "bot"],
+            registry=r,
         )
         self.email_unrecorded = Counter(
             "journeys_email_unrecorded",
@@ -88,7 +97,10 @@ class Metrics:
             registry=r,
         )
         self.email_bad_tokens = Counter(
-            "journeys_email_bad_tokens", "Email requests refused for a bad token, by reason.", ["kind", "reason"], registry=r
+            "journeys_email_bad_tokens",
+            "Email requests refused for a bad token, by reason.",
+            ["kind", "reason"],
+            registry=r,
         )
         # Ingest refused 429 by the per-key token buckets (collector/ratelimit.py), by key kind.
         self.rate_limited = Counter(
@@ -106,7 +118,9 @@ class Metrics:
             "journeys_stage_state_rows", "Stage-state rows written (customers × maps recomputed).", registry=r
         )
         self.stage_state_rebuilds = Counter(
-            "journeys_stage_state_rebuilds", "Full rebuilds of a project's stage state after definition changes.", registry=r
+            "journeys_stage_state_rebuilds",
+            "Full rebuilds of a project's stage state after definition changes.",
+            registry=r,
         )
 
     def count_accepted(self, channel: str, n: int = 1) -> None:

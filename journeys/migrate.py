@@ -99,7 +99,9 @@ def _files(kind: str) -> list[tuple[str, str]]:
 
 
 def clickhouse_migrations(cluster: str = "") -> list[Migration]:
-    return [Migration(name, split_statements(render_clickhouse_sql(sql, cluster))) for name, sql in _files("clickhouse")]
+    return [
+        Migration(name, split_statements(render_clickhouse_sql(sql, cluster))) for name, sql in _files("clickhouse")
+    ]
 
 
 def postgres_migrations() -> list[Migration]:

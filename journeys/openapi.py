@@ -29,8 +29,14 @@ ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["code", "message", "errors"],
     "properties": {
-        "code": {"type": "string", "description": "A short machine-readable code, e.g. `no_valid_events`, `unauthorized`."},
-        "message": {"type": "string", "description": "The errors below in one line, for logs and clients that read only this."},
+        "code": {
+            "type": "string",
+            "description": "A short machine-readable code, e.g. `no_valid_events`, `unauthorized`.",
+        },
+        "message": {
+            "type": "string",
+            "description": "The errors below in one line, for logs and clients that read only this.",
+        },
         "errors": {
             "type": "array",
             "minItems": 1,
@@ -43,7 +49,7 @@ ERROR_SCHEMA: dict[str, Any] = {
                     "index": {"type": "integer", "minimum": 0, "description": "Batch position of the event."},
                 },
             },
-        }
+        },
     },
 }
 
@@ -139,7 +145,9 @@ def ops_paths(service: str) -> dict[str, Any]:
                 "Liveness: the process serves HTTP",
                 tags=["operations"],
                 secured=False,
-                responses={200: json_ok({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})},
+                responses={
+                    200: json_ok({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})
+                },
             )
         },
         "/readyz": {
@@ -159,7 +167,12 @@ def ops_paths(service: str) -> dict[str, Any]:
                 "Prometheus metrics",
                 tags=["operations"],
                 secured=False,
-                responses={200: {"description": "Prometheus text exposition format.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                responses={
+                    200: {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
             )
         },
         "/openapi.json": {

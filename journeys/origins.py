@@ -40,7 +40,9 @@ def normalize_origin(text: str) -> str:
     if value.lower() == "null":
         raise OriginError("'null' is the origin of sandboxed frames and local files: any page can claim it")
     if "*" in value:
-        raise OriginError("wildcards are not supported: list each origin (e.g. https://example.com and https://www.example.com)")
+        raise OriginError(
+            "wildcards are not supported: list each origin (e.g. https://example.com and https://www.example.com)"
+        )
     try:
         parts = urlsplit(value)
         port = parts.port
@@ -84,7 +86,9 @@ async def change_origins(
     async with conn.transaction():
         if remove:
             await conn.execute(
-                "DELETE FROM project_origins WHERE project_id = $1 AND origin = ANY($2::text[])", project_id, list(remove)
+                "DELETE FROM project_origins WHERE project_id = $1 AND origin = ANY($2::text[])",
+                project_id,
+                list(remove),
             )
         if add:
             await conn.execute(

@@ -26,7 +26,9 @@ def add_origins_command(project_commands: Any) -> None:
         "origins", help="list, add or remove the web origins the project's public (browser) keys may send from"
     )
     origins.add_argument("name", help="project name or id")
-    origins.add_argument("--add", action="append", default=[], metavar="ORIGIN", help="e.g. https://shop.example (repeatable)")
+    origins.add_argument(
+        "--add", action="append", default=[], metavar="ORIGIN", help="e.g. https://shop.example (repeatable)"
+    )
     origins.add_argument("--remove", action="append", default=[], metavar="ORIGIN", help="repeatable")
     origins.add_argument("--json", action="store_true", help="print the project id and its origins as JSON")
 
@@ -48,7 +50,7 @@ async def run_origins_command(settings: Settings, args: argparse.Namespace, with
             print(f"error: {problem}", file=sys.stderr)
         return 2
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         return project_id, await change_origins(conn, project_id, add, remove)
 
     project_id, origins = await with_project(settings, args.name, work)

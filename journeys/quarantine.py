@@ -22,8 +22,7 @@ from journeys.events import MAX_STORABLE_MS
 
 #: ClickHouse: distinct quarantined events among the rows aggregated (see the module docstring).
 DISTINCT_EVENTS_SQL = (
-    "uniqExactIf(message_id, message_id != '') "
-    "+ uniqExactIf((request_id, batch_index, received_at), message_id = '')"
+    "uniqExactIf(message_id, message_id != '') + uniqExactIf((request_id, batch_index, received_at), message_id = '')"
 )
 #: ClickHouse: the field and the normalized reason of a row's first error (:func:`problem_kind`).
 FIELD_SQL = "JSONExtractString(reason, 1, 'field')"

@@ -19,9 +19,23 @@ STORED_EVENT: dict[str, Any] = {
         **{
             name: {"type": "string"}
             for name in (
-                "message_id", "type", "event", "channel", "touchpoint", "sentiment", "user_id", "anonymous_id",
-                "group_id", "previous_id", "page_url", "referrer", "utm_source", "utm_medium", "utm_campaign",
-                "utm_term", "utm_content",
+                "message_id",
+                "type",
+                "event",
+                "channel",
+                "touchpoint",
+                "sentiment",
+                "user_id",
+                "anonymous_id",
+                "group_id",
+                "previous_id",
+                "page_url",
+                "referrer",
+                "utm_source",
+                "utm_medium",
+                "utm_campaign",
+                "utm_term",
+                "utm_content",
             )
         },
         "timestamp": {"type": "string", "format": "date-time"},
@@ -86,10 +100,17 @@ STATS: dict[str, Any] = {
     "required": ["events", "customers", "ids", "quarantined", "newest_received_at", "newest_event_at"],
     "properties": {
         "events": {"type": "integer", "minimum": 0, "description": "Distinct events (each messageId once)."},
-        "customers": {"type": "integer", "minimum": 0,
-                      "description": "People: each id counted as the customer it is stitched to now."},
+        "customers": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "People: each id counted as the customer it is stitched to now.",
+        },
         "ids": {"type": "integer", "minimum": 0, "description": "Distinct ids (anonymous and user ids) with events."},
-        "quarantined": {"type": "integer", "minimum": 0, "description": "Distinct quarantined events (a resent bad event once)."},
+        "quarantined": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Distinct quarantined events (a resent bad event once).",
+        },
         "newest_received_at": _NULLABLE_TIME,
         "newest_event_at": _NULLABLE_TIME,
     },
@@ -103,7 +124,11 @@ QUARANTINE_SAMPLE: dict[str, Any] = {
         "request_id": {"type": "string", "description": "The X-Request-Id of the request that carried it."},
         "batch_index": {"type": "integer", "minimum": 0},
         "received_at": {"type": "string", "format": "date-time"},
-        "errors": {"type": "array", "items": {"type": "object"}, "description": "Every problem found, as answered then."},
+        "errors": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "Every problem found, as answered then.",
+        },
         "raw": {"description": "The event as sent (any JSON value)."},
     },
 }
@@ -113,7 +138,11 @@ QUARANTINE: dict[str, Any] = {
     "required": ["since", "quarantined", "reasons", "truncated"],
     "properties": {
         "since": _NULLABLE_TIME,
-        "quarantined": {"type": "integer", "minimum": 0, "description": "Distinct events in quarantine (since `since`)."},
+        "quarantined": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Distinct events in quarantine (since `since`).",
+        },
         "reasons": {
             "type": "array",
             "description": "By the field and reason of each event's first error (numbers read as N), most events first.",
@@ -126,7 +155,12 @@ QUARANTINE: dict[str, Any] = {
                     "count": {"type": "integer", "minimum": 1, "description": "Events, each message once."},
                     "first_seen": {"type": "string", "format": "date-time"},
                     "last_seen": {"type": "string", "format": "date-time"},
-                    "samples": {"type": "array", "maxItems": 3, "items": ref("QuarantineSample"), "description": "The newest distinct events."},
+                    "samples": {
+                        "type": "array",
+                        "maxItems": 3,
+                        "items": ref("QuarantineSample"),
+                        "description": "The newest distinct events.",
+                    },
                 },
             },
         },
@@ -142,10 +176,16 @@ API_KEY: dict[str, Any] = {
     "description": "A key as listed: its prefix, never its secret (docs/keys.md).",
     "required": ["prefix", "kind", "created_at", "last_used_at", "revoked", "revoked_at"],
     "properties": {
-        "prefix": {"type": "string", "description": "The first 6 characters (kind and 3 more): all that is kept in clear."},
+        "prefix": {
+            "type": "string",
+            "description": "The first 6 characters (kind and 3 more): all that is kept in clear.",
+        },
         "kind": {"type": "string", "enum": _KEY_KINDS},
         "created_at": _TIME,
-        "last_used_at": {**_NULLABLE_TIME, "description": "To within about a minute (plus the key-cache TTL); null: never used."},
+        "last_used_at": {
+            **_NULLABLE_TIME,
+            "description": "To within about a minute (plus the key-cache TTL); null: never used.",
+        },
         "revoked": {"type": "boolean"},
         "revoked_at": _NULLABLE_TIME,
         "current": {"type": "boolean", "description": "GET /v1/keys: the key making the request."},
@@ -169,7 +209,11 @@ REVOKED_API_KEYS: dict[str, Any] = {
     "type": "object",
     "required": ["revoked", "already_revoked"],
     "properties": {
-        "revoked": {"type": "array", "items": ref("ApiKey"), "description": "The key (every match if all were revoked already)."},
+        "revoked": {
+            "type": "array",
+            "items": ref("ApiKey"),
+            "description": "The key (every match if all were revoked already).",
+        },
         "already_revoked": {"type": "boolean", "description": "Nothing changed: it was revoked before."},
     },
 }
@@ -203,8 +247,11 @@ APPLIED: dict[str, Any] = {
         "warnings": {
             "type": "array",
             "description": "Valid but almost certainly not meant, e.g. a touchpoint rule an earlier one always shadows.",
-            "items": {"type": "object", "required": ["path", "reason"],
-                      "properties": {"path": {"type": "string"}, "reason": {"type": "string"}}},
+            "items": {
+                "type": "object",
+                "required": ["path", "reason"],
+                "properties": {"path": {"type": "string"}, "reason": {"type": "string"}},
+            },
         },
     },
 }
@@ -212,7 +259,9 @@ APPLIED: dict[str, Any] = {
 _CUSTOMER_ID = path_param(
     "customer_id", "Any of the customer's ids (user id, anonymous id, alias); may contain '/'.", max_length=MAX_ID_CHARS
 )
-_VERSION = query_param("version", {"type": "integer", "minimum": 1, "maximum": 1_000_000}, "A given version; default the latest.")
+_VERSION = query_param(
+    "version", {"type": "integer", "minimum": 1, "maximum": 1_000_000}, "A given version; default the latest."
+)
 _READ = (400, 401, 403)
 
 
@@ -223,7 +272,15 @@ def _definition_paths(kind: str, plural: str, schema_name: str) -> dict[str, Any
             "get": operation(
                 f"Every {kind}, latest version",
                 tags=["definitions"],
-                responses={200: json_ok({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": ref("DefinitionVersion")}}})},
+                responses={
+                    200: json_ok(
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": ref("DefinitionVersion")}},
+                        }
+                    )
+                },
                 errors=(401, 403),
             )
         },
@@ -248,7 +305,10 @@ def _definition_paths(kind: str, plural: str, schema_name: str) -> dict[str, Any
                         "application/yaml": {"schema": ref(schema_name)},
                     },
                 },
-                responses={200: json_ok(ref("Applied"), "Applied (a new version, or unchanged)."), 201: json_ok(ref("Applied"), "Created.")},
+                responses={
+                    200: json_ok(ref("Applied"), "Applied (a new version, or unchanged)."),
+                    201: json_ok(ref("Applied"), "Created."),
+                },
                 errors=(400, 401, 403, 413),
             ),
         },
@@ -268,7 +328,10 @@ def _definition_paths(kind: str, plural: str, schema_name: str) -> dict[str, Any
                                     "type": "array",
                                     "items": {
                                         "type": "object",
-                                        "properties": {"version": {"type": "integer"}, "created_at": {"type": "string"}},
+                                        "properties": {
+                                            "version": {"type": "integer"},
+                                            "created_at": {"type": "string"},
+                                        },
                                     },
                                 },
                             },
@@ -300,12 +363,16 @@ def _key_paths() -> dict[str, Any]:
                 "SHA-256 is stored.",
                 body={
                     "required": True,
-                    "content": {"application/json": {"schema": {
-                        "type": "object",
-                        "required": ["kind"],
-                        "additionalProperties": False,
-                        "properties": {"kind": {"type": "string", "enum": _KEY_KINDS}},
-                    }}},
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["kind"],
+                                "additionalProperties": False,
+                                "properties": {"kind": {"type": "string", "enum": _KEY_KINDS}},
+                            }
+                        }
+                    },
                 },
                 responses={201: json_ok(ref("NewApiKey"), "Made; the secret is in `key`.")},
                 errors=(400, 401, 403, 413),
@@ -319,7 +386,9 @@ def _key_paths() -> dict[str, Any]:
                 "400). Services stop accepting the key within JOURNEYS_KEY_CACHE_TTL_S. A key already revoked "
                 "answers 200 with `already_revoked`. 409 when two live keys share the prefix (revoke it whole "
                 "with `journeys key revoke`) or when it is the key making the request (use another admin key).",
-                parameters=[path_param("prefix", "The key's prefix, as listed (6 characters, e.g. jw_AbC).", max_length=6)],
+                parameters=[
+                    path_param("prefix", "The key's prefix, as listed (6 characters, e.g. jw_AbC).", max_length=6)
+                ],
                 responses={
                     200: json_ok(ref("RevokedApiKeys")),
                     409: error_response(409, "Two live keys have this prefix, or it is the key making the request."),
@@ -356,8 +425,14 @@ def _kpi_paths() -> dict[str, Any]:
     day = {"type": "string", "format": "date"}
     parameters = [
         query_param("map", {"type": "string", "minLength": 1}, "The journey map (its latest version).", required=True),
-        query_param("version", {"type": "integer", "minimum": 1}, "Must be the version KPIs are kept for (the latest, once computed) if given."),
-        query_param("segment", {"type": "string"}, "A segment name, `*` for every segment side by side; default all customers."),
+        query_param(
+            "version",
+            {"type": "integer", "minimum": 1},
+            "Must be the version KPIs are kept for (the latest, once computed) if given.",
+        ),
+        query_param(
+            "segment", {"type": "string"}, "A segment name, `*` for every segment side by side; default all customers."
+        ),
         query_param("from", day, "First UTC day, included (default: 29 days before `to`)."),
         query_param("to", day, "Last UTC day, included (default: today)."),
         query_param("format", {"type": "string", "enum": ["json", "csv"]}, "json (default) or csv."),
@@ -386,7 +461,11 @@ def _kpi_paths() -> dict[str, Any]:
                         "text/csv": {"schema": {"type": "string"}},
                     },
                 },
-                503: error_response(503, "KPIs for this map, version or segment are being computed for the first time.", retry_after=True),
+                503: error_response(
+                    503,
+                    "KPIs for this map, version or segment are being computed for the first time.",
+                    retry_after=True,
+                ),
             },
             errors=(400, 401, 403, 404),
         )
@@ -394,16 +473,26 @@ def _kpi_paths() -> dict[str, Any]:
     preview = operation(
         "The stage KPIs a draft map (and segment) would give over all data; publishes nothing",
         tags=["kpis"],
-        description="Body: `{\"map\": {…}, \"segment\": {…}}` in the map and segment formats (`segment` optional: it "
+        description='Body: `{"map": {…}, "segment": {…}}` in the map and segment formats (`segment` optional: it '
         "joins the project's segments or replaces its namesake), or a bare map; JSON, or YAML with a YAML "
         "Content-Type. The answer is what `GET /v1/kpis` gives once the draft is applied and computed, with "
-        "`preview: true` and `map.version: null` (docs/kpis.md, \"Preview a draft\").",
+        '`preview: true` and `map.version: null` (docs/kpis.md, "Preview a draft").',
         parameters=[p for p in parameters if p["name"] not in ("map", "version")],
-        body={"required": True, "content": {"application/json": {"schema": {"type": "object"}},
-                                            "application/yaml": {"schema": {"type": "string"}}}},
+        body={
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        },
         responses={
-            200: {"description": "The draft's KPIs, as JSON or (format=csv) as CSV.",
-                  "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}},
+            200: {
+                "description": "The draft's KPIs, as JSON or (format=csv) as CSV.",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            },
         },
         errors=(400, 401, 403, 404, 413),
     )
@@ -418,44 +507,92 @@ _LAST_TOUCH: dict[str, Any] = {
     "type": ["object", "null"],
     "description": "The customer's latest event (over every stitched id, each message once): its `touchpoint` and "
     "`channel` columns and its time; null without events.",
-    "properties": {"touchpoint": {"type": "string"}, "channel": {"type": "string"}, "at": {"type": "string", "format": "date-time"}},
+    "properties": {
+        "touchpoint": {"type": "string"},
+        "channel": {"type": "string"},
+        "at": {"type": "string", "format": "date-time"},
+    },
 }
 
 KPI_CUSTOMERS: dict[str, Any] = {
     "type": "object",
-    "required": ["map", "window", "as_of", "rebuilding", "includes", "segment", "stage", "outcome", "total", "customers", "next_cursor"],
+    "required": [
+        "map",
+        "window",
+        "as_of",
+        "rebuilding",
+        "includes",
+        "segment",
+        "stage",
+        "outcome",
+        "total",
+        "customers",
+        "next_cursor",
+    ],
     "properties": {
         "map": {"type": "object"},
         "window": {"type": "object"},
-        "as_of": {"type": "string", "format": "date-time", "description": "Now, for dropped vs in progress; fixed by the cursor for every later page."},
+        "as_of": {
+            "type": "string",
+            "format": "date-time",
+            "description": "Now, for dropped vs in progress; fixed by the cursor for every later page.",
+        },
         "rebuilding": {"type": ["object", "null"]},
         "includes": {"type": "object"},
         "segment": {"type": ["string", "null"]},
         "stage": {"type": "object"},
         "outcome": {"type": "string", "enum": ["reached", "entered", "converted", "dropped", "in_progress"]},
-        "total": {"type": "integer", "minimum": 0, "description": "Customers in the whole list: the KPI count (same as_of)."},
+        "total": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Customers in the whole list: the KPI count (same as_of).",
+        },
         "customers": {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["customer_id", "entered_at", "outcome", "moved_on_at", "brought_in_by", "current_stage", "last_touch"],
+                "required": [
+                    "customer_id",
+                    "entered_at",
+                    "outcome",
+                    "moved_on_at",
+                    "brought_in_by",
+                    "current_stage",
+                    "last_touch",
+                ],
                 "properties": {
                     "customer_id": {"type": "string"},
                     "entered_at": {"type": "string", "format": "date-time", "description": "entered(S)."},
-                    "outcome": {"type": ["string", "null"], "enum": ["converted", "dropped", "in_progress", None],
-                                "description": "At this stage as of `as_of` (null at the last stage)."},
+                    "outcome": {
+                        "type": ["string", "null"],
+                        "enum": ["converted", "dropped", "in_progress", None],
+                        "description": "At this stage as of `as_of` (null at the last stage).",
+                    },
                     "moved_on_at": _NULLABLE_TIME,
-                    "brought_in_by": {"type": "object", "description": "The touchpoint rule and channel of their entry."},
-                    "current_stage": {"type": ["string", "null"], "description": "The stage of their latest transition."},
+                    "brought_in_by": {
+                        "type": "object",
+                        "description": "The touchpoint rule and channel of their entry.",
+                    },
+                    "current_stage": {
+                        "type": ["string", "null"],
+                        "description": "The stage of their latest transition.",
+                    },
                     "last_touch": _LAST_TOUCH,
                 },
             },
         },
-        "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last."},
+        "next_cursor": {
+            "type": ["string", "null"],
+            "description": "Pass as `cursor` for the next page; null on the last.",
+        },
     },
 }
 
-_RANKED = {"type": "array", "items": {"type": "object"}, "description": "Most customers first (ties by name), at most 10."}
+_RANKED = {
+    "type": "array",
+    "items": {"type": "object"},
+    "description": "Most customers first (ties by name), at most 10.",
+}
 DROPPED_SUMMARY: dict[str, Any] = {
     "type": "object",
     "required": ["stage", "dropped", "last_touchpoints", "last_channels", "after_entry"],
@@ -496,7 +633,9 @@ def _kpi_customer_paths() -> dict[str, Any]:
     common = [
         query_param("map", {"type": "string", "minLength": 1}, "The journey map (its latest version).", required=True),
         query_param("stage", {"type": "string", "minLength": 1}, "The stage's id.", required=True),
-        query_param("segment", {"type": "string"}, "A segment name; default all customers (`*` is refused: one list at a time)."),
+        query_param(
+            "segment", {"type": "string"}, "A segment name; default all customers (`*` is refused: one list at a time)."
+        ),
         query_param("from", day, "First UTC day, included (default: 29 days before `to`)."),
         query_param("to", day, "Last UTC day, included (default: today)."),
         query_param("version", {"type": "integer", "minimum": 1}, "Must be the version KPIs are kept for, if given."),
@@ -507,20 +646,37 @@ def _kpi_customer_paths() -> dict[str, Any]:
                 "The customers behind a stage count",
                 tags=["kpis"],
                 description="Exactly the customers `/v1/kpis` counts as `outcome` at `stage` (same facts, window and "
-                "now; docs/kpis.md, \"The customers behind a count\"), newest entry first, paged by `cursor`. "
+                'now; docs/kpis.md, "The customers behind a count"), newest entry first, paged by `cursor`. '
                 "`format=csv` streams every page.",
                 parameters=[
                     *common,
-                    query_param("outcome", {"type": "string", "enum": ["reached", "entered", "converted", "dropped", "in_progress"]},
-                                "Which count.", required=True),
-                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Customers per page (default 100)."),
+                    query_param(
+                        "outcome",
+                        {"type": "string", "enum": ["reached", "entered", "converted", "dropped", "in_progress"]},
+                        "Which count.",
+                        required=True,
+                    ),
+                    query_param(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Customers per page (default 100)."
+                    ),
                     query_param("cursor", {"type": "string"}, "`next_cursor` of the previous page."),
-                    query_param("format", {"type": "string", "enum": ["json", "csv"]}, "json (default) or csv (every page)."),
+                    query_param(
+                        "format", {"type": "string", "enum": ["json", "csv"]}, "json (default) or csv (every page)."
+                    ),
                 ],
                 responses={
-                    200: {"description": "One page (JSON), or the whole list (CSV).",
-                          "content": {"application/json": {"schema": ref("KpiCustomers")}, "text/csv": {"schema": {"type": "string"}}}},
-                    503: error_response(503, "KPIs for this map, version or segment are being computed for the first time.", retry_after=True),
+                    200: {
+                        "description": "One page (JSON), or the whole list (CSV).",
+                        "content": {
+                            "application/json": {"schema": ref("KpiCustomers")},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    503: error_response(
+                        503,
+                        "KPIs for this map, version or segment are being computed for the first time.",
+                        retry_after=True,
+                    ),
                 },
                 errors=(400, 401, 403, 404),
             )
@@ -530,11 +686,15 @@ def _kpi_customer_paths() -> dict[str, Any]:
                 "What the customers who dropped at a stage did",
                 tags=["kpis"],
                 description="Their most frequent last touchpoints and channels, and their touchpoints between entering "
-                "the stage and the end of its conversion window (docs/kpis.md, \"After drop-off\").",
+                'the stage and the end of its conversion window (docs/kpis.md, "After drop-off").',
                 parameters=common,
                 responses={
                     200: json_ok(ref("DroppedSummary")),
-                    503: error_response(503, "KPIs for this map, version or segment are being computed for the first time.", retry_after=True),
+                    503: error_response(
+                        503,
+                        "KPIs for this map, version or segment are being computed for the first time.",
+                        retry_after=True,
+                    ),
                 },
                 errors=(400, 401, 403, 404),
             )
@@ -552,9 +712,17 @@ def query_openapi() -> dict[str, Any]:
                 "`recent=1`: the customers with the latest events (of the last 30 days; all time when fewer). One of "
                 "the two is required (docs/identity.md).",
                 parameters=[
-                    query_param("prefix", {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}, "Start of any of the customer's ids."),
-                    query_param("recent", {"type": "string", "enum": ["1", "true"]}, "The most recently active customers."),
-                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "At most this many (default 20)."),
+                    query_param(
+                        "prefix",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+                        "Start of any of the customer's ids.",
+                    ),
+                    query_param(
+                        "recent", {"type": "string", "enum": ["1", "true"]}, "The most recently active customers."
+                    ),
+                    query_param(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 100}, "At most this many (default 20)."
+                    ),
                 ],
                 responses={200: json_ok(ref("CustomerSearch"))},
                 errors=_READ,
@@ -564,8 +732,18 @@ def query_openapi() -> dict[str, Any]:
             "get": operation(
                 "A customer's events, every id stitched, each event once, in time order",
                 tags=["customers"],
-                parameters=[_CUSTOMER_ID, query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "At most this many (default 1000).")],
-                responses={200: json_ok(ref("CustomerEvents")), 404: error_response(404, "No customer with this id (no event of any of their ids).")},
+                parameters=[
+                    _CUSTOMER_ID,
+                    query_param(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                        "At most this many (default 1000).",
+                    ),
+                ],
+                responses={
+                    200: json_ok(ref("CustomerEvents")),
+                    404: error_response(404, "No customer with this id (no event of any of their ids)."),
+                },
                 errors=_READ,
             )
         },
@@ -573,8 +751,16 @@ def query_openapi() -> dict[str, Any]:
             "get": operation(
                 "A customer's journey through a map",
                 tags=["customers"],
-                parameters=[_CUSTOMER_ID, query_param("map", {"type": "string", "minLength": 1}, "The journey map.", required=True), _VERSION],
-                responses={200: json_ok(ref("Journey"), "The journey; empty for a known customer with no touchpoint of the map.")},
+                parameters=[
+                    _CUSTOMER_ID,
+                    query_param("map", {"type": "string", "minLength": 1}, "The journey map.", required=True),
+                    _VERSION,
+                ],
+                responses={
+                    200: json_ok(
+                        ref("Journey"), "The journey; empty for a known customer with no touchpoint of the map."
+                    )
+                },
                 errors=(*_READ, 404),
             )
         },
@@ -583,7 +769,10 @@ def query_openapi() -> dict[str, Any]:
                 "A customer: ids, latest traits, first touch, segments",
                 tags=["customers"],
                 parameters=[_CUSTOMER_ID],
-                responses={200: json_ok(ref("Customer")), 404: error_response(404, "No customer with this id (no event of any of their ids).")},
+                responses={
+                    200: json_ok(ref("Customer")),
+                    404: error_response(404, "No customer with this id (no event of any of their ids)."),
+                },
                 errors=_READ,
             ),
             "delete": operation(
@@ -611,8 +800,16 @@ def query_openapi() -> dict[str, Any]:
                 "reason of their first error; each message counted once. Replay those that pass today's rules with "
                 "`journeys quarantine replay` (the collector's POST /v1/quarantine/replay). See docs/quarantine.md.",
                 parameters=[
-                    query_param("since", {"type": "string", "format": "date-time"}, "Only what was quarantined at or after this time."),
-                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many reasons (default 100)."),
+                    query_param(
+                        "since",
+                        {"type": "string", "format": "date-time"},
+                        "Only what was quarantined at or after this time.",
+                    ),
+                    query_param(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "At most this many reasons (default 100).",
+                    ),
                 ],
                 responses={200: json_ok(ref("Quarantine"))},
                 errors=_READ,
@@ -672,4 +869,3 @@ def query_openapi() -> dict[str, Any]:
             {"name": "dashboard", "description": "The marketer dashboard page and its assets."},
         ],
     )
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 from collections.abc import AsyncIterator
 
@@ -67,7 +69,7 @@ async def _stage_state_updater(app: web.Application) -> AsyncIterator[None]:
 async def principal_of(request: web.Request, kinds: tuple[str, ...] = ("read",)) -> Principal:
     """The project a key belongs to; 401 without a valid key, 403 for a key of another kind."""
     cannot = "change this" if kinds == ("admin",) else "read"
-    return await authorized(request, request.app[STORES].keys, kinds, needed="read key", cannot=cannot)  # type: ignore[no-any-return]
+    return await authorized(request, request.app[STORES].keys, kinds, needed="read key", cannot=cannot)
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -161,7 +163,10 @@ async def _find_customers(request: web.Request) -> web.Response:
             raise ApiError(400, [{"field": "recent", "reason": "must be 1 (or true)"}])
         return json_response(await customers.recent(ch, principal.project_id, limit))
     if not prefix or len(prefix) > MAX_ID_CHARS:
-        raise ApiError(400, [{"field": "prefix", "reason": f"required (or recent=1): 1-{MAX_ID_CHARS} characters an id starts with"}])
+        raise ApiError(
+            400,
+            [{"field": "prefix", "reason": f"required (or recent=1): 1-{MAX_ID_CHARS} characters an id starts with"}],
+        )
     return json_response(await customers.search(ch, principal.project_id, prefix, limit))
 
 
@@ -185,7 +190,7 @@ async def _healthz(_: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     stores = request.app[STORES]
-    checks = {"clickhouse": {"ok": await stores.clickhouse.ping()}}
+    checks: dict[str, dict[str, Any]] = {"clickhouse": {"ok": await stores.clickhouse.ping()}}
     try:
         await stores.pg.fetchval("SELECT 1")
         checks["postgres"] = {"ok": True}

@@ -120,7 +120,10 @@ async def search(ch: ClickHouse, project_id: str, prefix: str, limit: int) -> di
     found = await _found(ch, project_id, ids[: limit * IDS_PER_CUSTOMER])
     customers = sorted(found)[:limit]
     truncated = len(found) > limit or len(ids) > limit * IDS_PER_CUSTOMER
-    return {"customers": await _with_last_touch(ch, project_id, {c: found[c] for c in customers}), "truncated": truncated}
+    return {
+        "customers": await _with_last_touch(ch, project_id, {c: found[c] for c in customers}),
+        "truncated": truncated,
+    }
 
 
 async def recent(ch: ClickHouse, project_id: str, limit: int, now: datetime | None = None) -> dict[str, Any]:

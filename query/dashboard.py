@@ -12,6 +12,7 @@ the plotly version, so an upgrade is picked up at the next revalidation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -50,14 +51,17 @@ def plotly_asset() -> Asset:
     return Asset(body, "application/javascript; charset=utf-8", PLOTLY_CACHE, f'"plotly-{plotly.__version__}"')
 
 
+def _constant(asset: Asset) -> Callable[[], Asset]:
+    return lambda: asset
+
+
 def add_dashboard_routes(app: web.Application) -> None:
     """``/`` and ``/static/…``. Our own files are read now (a missing file stops the start, not a page)."""
     page = _own("index.html", "text/html; charset=utf-8")
     page_headers = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
     app.router.add_get("/", serve(lambda: page, page_headers))
     for path, (name, content_type) in _OWN_ASSETS.items():
-        asset = _own(name, content_type)
-        app.router.add_get(path, serve(lambda asset=asset: asset))
+        app.router.add_get(path, serve(_constant(_own(name, content_type))))
     plotly: list[Asset] = []
 
     def plotly_once() -> Asset:
@@ -84,10 +88,16 @@ def dashboard_openapi_paths() -> dict[str, Any]:
         }
 
     return {
-        "/": page("The marketer dashboard (HTML)", "text/html", "Sign in with the project's read key; see docs/dashboard.md."),
-        "/static/dashboard.js": page("The dashboard's script", "application/javascript", "Revalidated on every load (ETag)."),
+        "/": page(
+            "The marketer dashboard (HTML)", "text/html", "Sign in with the project's read key; see docs/dashboard.md."
+        ),
+        "/static/dashboard.js": page(
+            "The dashboard's script", "application/javascript", "Revalidated on every load (ETag)."
+        ),
         "/static/dashboard.css": page("The dashboard's styles", "text/css", "Revalidated on every load (ETag)."),
         "/static/plotly.min.js": page(
-            "plotly.js, from the plotly Python package", "application/javascript", "Cached for a week; gzip'd when accepted."
+            "plotly.js, from the plotly Python package",
+            "application/javascript",
+            "Cached for a week; gzip'd when accepted.",
         ),
     }

@@ -60,7 +60,8 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
                 document.setdefault("name", name)
                 if document["name"] != name:
                     return error_response(
-                        400, [{"field": "name", "reason": f"the document is named {document['name']!r}, the URL {name!r}"}]
+                        400,
+                        [{"field": "name", "reason": f"the document is named {document['name']!r}, the URL {name!r}"}],
                     )
             try:
                 async with request.app[stores_key].pg.acquire() as conn:
@@ -135,11 +136,12 @@ def _check_shape(document: Any, kind: str) -> None:
         value, depth = stack.pop()
         seen += 1
         if seen > MAX_VALUES:
-            raise ApiError(400, [{"field": "body", "reason": f"{kind} has over {MAX_VALUES} values (aliases expanded)"}])
+            raise ApiError(
+                400, [{"field": "body", "reason": f"{kind} has over {MAX_VALUES} values (aliases expanded)"}]
+            )
         if depth > MAX_DEPTH:
             raise ApiError(400, [{"field": "body", "reason": f"{kind} nested deeper than {MAX_DEPTH} levels"}])
         if isinstance(value, dict):
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value)
-

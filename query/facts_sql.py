@@ -170,7 +170,9 @@ LEFT JOIN (
 ) AS o ON o.customer_id = n.customer
 """
 
-_INPUT_COLUMNS = "project_id, build, customer_id, generation, staged, touch, traits, prev_staged, prev_touch, prev_traits"
+_INPUT_COLUMNS = (
+    "project_id, build, customer_id, generation, staged, touch, traits, prev_staged, prev_touch, prev_traits"
+)
 _INSERT_INPUTS = f"""
 INSERT INTO stage_inputs ({_INPUT_COLUMNS})
 SELECT {{{{project_id:String}}}}, {{{{build:UInt64}}}}, customer, {{{{generation:UInt64}}}}, staged, touch, traits, {{prev}}
@@ -234,8 +236,11 @@ _TOUCH_DAY = 10
 
 def _held(in_build: str) -> str:
     return f"""
-SELECT {FACT_IDENTITY.replace("fact,", "toString(fact),").replace("move_kind,", "toString(move_kind),").replace(
-    ", sentiment", ", toString(sentiment)")}, -sum(n) AS held
+SELECT {
+        FACT_IDENTITY.replace("fact,", "toString(fact),")
+        .replace("move_kind,", "toString(move_kind),")
+        .replace(", sentiment", ", toString(sentiment)")
+    }, -sum(n) AS held
 FROM stage_facts
 WHERE project_id = {{project_id:String}} {in_build} AND customer_id IN {{customers:Array(String)}}
 GROUP BY ALL
@@ -276,7 +281,9 @@ class FactsSql:
         stages = _literal([[mv.compiled.index[r.touchpoint.stage] for r in mv.compiled.rules] for mv in maps])
         self._stages = f"CAST({stages}, 'Array(Array(UInt16))')"
         self._windows = f"CAST({_literal([list(mv.windows_ms) for mv in maps])}, 'Array(Array(UInt64))')"
-        self._touchpoints = p.bind([[r.touchpoint.id for r in mv.compiled.rules] for mv in maps], "Array(Array(String))")
+        self._touchpoints = p.bind(
+            [[r.touchpoint.id for r in mv.compiled.rules] for mv in maps], "Array(Array(String))"
+        )
         self._map_names = p.bind([mv.name for mv in maps], "Array(String)")
         self._segments = _SegmentKeys(p, definitions.segments)
         self.params = p.values
@@ -295,14 +302,22 @@ class FactsSql:
             rule_columns=self._rule_columns, sentiment_columns=self._sentiment_columns, row_filter=row_filter
         )
         return _AGGREGATES.format(
-            customer=customer, touch=self._segments.touch, traits=self._segments.traits, event_rows=event_rows,
+            customer=customer,
+            touch=self._segments.touch,
+            traits=self._segments.traits,
+            event_rows=event_rows,
             owners=owners,
         )
 
     def _rows(self, customers: str) -> str:
         per_customer = _PER_CUSTOMER.format(
-            customers=customers, maps=len(self.definitions.maps), stages=self._stages, windows=self._windows,
-            touchpoints=self._touchpoints, fact=FACT_TUPLE, sentiments=_literal(list(SENTIMENTS)),
+            customers=customers,
+            maps=len(self.definitions.maps),
+            stages=self._stages,
+            windows=self._windows,
+            touchpoints=self._touchpoints,
+            fact=FACT_TUPLE,
+            sentiments=_literal(list(SENTIMENTS)),
         )
         return _ROWS.format(map_names=self._map_names, per_customer=per_customer)
 
@@ -479,7 +494,9 @@ def _text_rule(p: SqlParams, value: str, rule: Rule) -> str:
         found = f"({present} AND ({' OR '.join(same(e) for e in expected) or '0'}))"
         return found if op == "in" else f"NOT {found}"
     if op == "contains":
-        return f"({present} AND position({value}, {p.bind(expected, 'String')}) > 0)" if isinstance(expected, str) else "0"
+        return (
+            f"({present} AND position({value}, {p.bind(expected, 'String')}) > 0)" if isinstance(expected, str) else "0"
+        )
     return "0"  # a number never compares with text
 
 

@@ -202,9 +202,7 @@ class Entry:
     channel: str
 
 
-async def entries_page(
-    ch: ClickHouse, request: ListRequest, limit: int, after: tuple[int, str] | None
-) -> list[Entry]:
+async def entries_page(ch: ClickHouse, request: ListRequest, limit: int, after: tuple[int, str] | None) -> list[Entry]:
     """Up to ``limit`` customers of the list after ``after`` (entered ms, customer id), newest entry first."""
     params = {**request.params(), "limit": limit}
     after_sql = ""
@@ -304,9 +302,13 @@ def _outcome_of(request: ListRequest, entry: Entry) -> str | None:
     return "dropped" if entry.at_ms <= _ms(request.kpi.now) - request.window_ms else "in_progress"
 
 
-async def _rows(ch: ClickHouse, request: ListRequest, entries: list[Entry], stages: dict[str, int]) -> list[dict[str, Any]]:
+async def _rows(
+    ch: ClickHouse, request: ListRequest, entries: list[Entry], stages: dict[str, int]
+) -> list[dict[str, Any]]:
     customers = [e.customer_id for e in entries]
-    touches = await last_touches(ch, request.kpi.project_id, await identities.members_of(ch, request.kpi.project_id, customers))
+    touches = await last_touches(
+        ch, request.kpi.project_id, await identities.members_of(ch, request.kpi.project_id, customers)
+    )
     order = request.kpi.order
     return [
         {
@@ -331,8 +333,12 @@ def _header(request: ListRequest) -> dict[str, Any]:
         "as_of": iso(kpi.now),
         "rebuilding": kpi.rebuilding,
         "segment": request.segment or None,
-        "stage": {"id": stage.id, "name": stage.name, "index": request.stage,
-                  "conversion_window_days": stage.conversion_window_days},
+        "stage": {
+            "id": stage.id,
+            "name": stage.name,
+            "index": request.stage,
+            "conversion_window_days": stage.conversion_window_days,
+        },
     }
 
 
@@ -341,8 +347,19 @@ def _header(request: ListRequest) -> dict[str, Any]:
 
 def _cursor(request: ListRequest, after: tuple[int, str]) -> str:
     kpi = request.kpi
-    raw = [CURSOR_VERSION, kpi.build, _ms(kpi.now), kpi.first_day.isoformat(), kpi.last_day.isoformat(),
-           kpi.journey_map.name, request.stage_id, request.outcome, request.segment, after[0], after[1]]
+    raw = [
+        CURSOR_VERSION,
+        kpi.build,
+        _ms(kpi.now),
+        kpi.first_day.isoformat(),
+        kpi.last_day.isoformat(),
+        kpi.journey_map.name,
+        request.stage_id,
+        request.outcome,
+        request.segment,
+        after[0],
+        after[1],
+    ]
     return base64.urlsafe_b64encode(orjson.dumps(raw)).decode().rstrip("=")
 
 
@@ -355,9 +372,13 @@ def _read_cursor(text: str) -> list[Any]:
         raise _bad_cursor()
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        ok = (isinstance(raw, list) and len(raw) == 11 and raw[0] == CURSOR_VERSION
-              and all(isinstance(raw[i], int) and not isinstance(raw[i], bool) for i in (1, 2, 9))
-              and all(isinstance(raw[i], str) for i in (3, 4, 5, 6, 7, 8, 10)))
+        ok = (
+            isinstance(raw, list)
+            and len(raw) == 11
+            and raw[0] == CURSOR_VERSION
+            and all(isinstance(raw[i], int) and not isinstance(raw[i], bool) for i in (1, 2, 9))
+            and all(isinstance(raw[i], str) for i in (3, 4, 5, 6, 7, 8, 10))
+        )
         if ok:  # in the ranges the API accepts (ClickHouse's DateTime64 ends in 2299)
             days = date.fromisoformat(raw[3]), date.fromisoformat(raw[4])
             ok = all(FIRST_DAY <= d <= LAST_DAY for d in days) and all(
@@ -405,7 +426,9 @@ async def _list_request(
     if list_request.last and outcome in ("converted", "dropped", "in_progress"):
         if not outcome_required:  # /v1/kpis/dropped: the stage is what is wrong
             raise ApiError(400, [{"field": "stage", "reason": "the last stage has no next stage: nobody drops there"}])
-        raise ApiError(400, [{"field": "outcome", "reason": "the last stage has no next stage: only reached or entered"}])
+        raise ApiError(
+            400, [{"field": "outcome", "reason": "the last stage has no next stage: only reached or entered"}]
+        )
     if cursor is not None:
         _, build, now_ms, first, last, map_name, c_stage, c_outcome, c_segment, _, _ = cursor
         if (map_name, c_stage, c_outcome, c_segment) != (kpi.journey_map.name, stage_id, outcome, segment):
@@ -414,10 +437,14 @@ async def _list_request(
             if query.get(name) and query[name] != value:
                 raise _bad_cursor(f"belongs to another window (`{name}` was {value})")
         if build != kpi.build:
-            raise _bad_cursor("the KPIs were recomputed for new map or segment versions since the first page: start again")
+            raise _bad_cursor(
+                "the KPIs were recomputed for new map or segment versions since the first page: start again"
+            )
         kpi = dataclasses.replace(
-            kpi, now=datetime.fromtimestamp(now_ms / 1000, timezone.utc),
-            first_day=date.fromisoformat(first), last_day=date.fromisoformat(last),
+            kpi,
+            now=datetime.fromtimestamp(now_ms / 1000, timezone.utc),
+            first_day=date.fromisoformat(first),
+            last_day=date.fromisoformat(last),
         )
         list_request = dataclasses.replace(list_request, kpi=kpi)
     return list_request, csv_wanted, cursor
@@ -426,8 +453,16 @@ async def _list_request(
 # ---------- HTTP ----------
 
 CSV_COLUMNS = (
-    "customer_id", "entered_at", "outcome", "moved_on_at", "current_stage", "last_touchpoint", "last_channel",
-    "last_touch_at", "brought_in_by_touchpoint", "brought_in_by_channel",
+    "customer_id",
+    "entered_at",
+    "outcome",
+    "moved_on_at",
+    "current_stage",
+    "last_touchpoint",
+    "last_channel",
+    "last_touch_at",
+    "brought_in_by_touchpoint",
+    "brought_in_by_channel",
 )
 
 
@@ -442,19 +477,32 @@ def _csv_lines(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     for row in rows:
         touch = row["last_touch"] or {}
-        writer.writerow([_csv_cell(v) for v in (
-            row["customer_id"], row["entered_at"], row["outcome"], row["moved_on_at"], row["current_stage"],
-            touch.get("touchpoint"), touch.get("channel"), touch.get("at"),
-            row["brought_in_by"]["touchpoint"], row["brought_in_by"]["channel"],
-        )])
+        writer.writerow(
+            [
+                _csv_cell(v)
+                for v in (
+                    row["customer_id"],
+                    row["entered_at"],
+                    row["outcome"],
+                    row["moved_on_at"],
+                    row["current_stage"],
+                    touch.get("touchpoint"),
+                    touch.get("channel"),
+                    touch.get("at"),
+                    row["brought_in_by"]["touchpoint"],
+                    row["brought_in_by"]["channel"],
+                )
+            ]
+        )
     return out.getvalue()
 
 
 def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
     """``GET /v1/kpis/customers`` and ``GET /v1/kpis/dropped`` (read key)."""
 
-    async def read_page(ch: ClickHouse, request: ListRequest, limit: int, after: tuple[int, str] | None,
-                        with_total: bool) -> tuple[list[Entry], dict[str, int], int | None]:
+    async def read_page(
+        ch: ClickHouse, request: ListRequest, limit: int, after: tuple[int, str] | None, with_total: bool
+    ) -> tuple[list[Entry], dict[str, int], int | None]:
         """One page of the list (``limit`` + 1 entries: one more says there is more) and its customers' current
         stages; call under :func:`consistent_facts`, so that it is one state of the facts."""
         entries, total = await asyncio.gather(
@@ -477,7 +525,9 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
             size = CSV_PAGE if csv_wanted else limit
             entries, stages, total = await read_page(ch, list_request, size, after, not csv_wanted)
         if csv_wanted:
-            return await stream_csv(request, stores, principal.project_id, list_request, acknowledged_before, entries, stages)
+            return await stream_csv(
+                request, stores, principal.project_id, list_request, acknowledged_before, entries, stages
+            )
         more = len(entries) > limit
         entries = entries[:limit]
         body = {
@@ -491,8 +541,15 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
         headers = {INCLUDES_HEADER: result["includes"]["acknowledged_before"]} if acknowledged_before else {}
         return json_response(result, headers=headers)
 
-    async def stream_csv(request: web.Request, stores: Stores, project_id: str, list_request: ListRequest,
-                         acknowledged_before: datetime | None, entries: list[Entry], stages: dict[str, int]) -> web.StreamResponse:
+    async def stream_csv(
+        request: web.Request,
+        stores: Stores,
+        project_id: str,
+        list_request: ListRequest,
+        acknowledged_before: datetime | None,
+        entries: list[Entry],
+        stages: dict[str, int],
+    ) -> web.StreamResponse:
         """Every page, CSV_PAGE customers at a time, each page from one state of the facts (the lock is not held
         while the client reads: a slow download must not hold up the facts writer)."""
         name = f"customers-{list_request.kpi.journey_map.name}-{list_request.stage_id}-{list_request.outcome}"

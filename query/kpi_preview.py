@@ -37,7 +37,7 @@ from query.stage_state import Definitions, StateWriter, drop_build, preview_buil
 def draft_of(document: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(map document, segment document or None) from a preview body; 400 naming the field otherwise."""
     if not isinstance(document, dict):
-        raise ApiError(400, [{"field": "body", "reason": "must be an object: {\"map\": {…}, \"segment\": {…}} or a map"}])
+        raise ApiError(400, [{"field": "body", "reason": 'must be an object: {"map": {…}, "segment": {…}} or a map'}])
     if "map" not in document:
         return document, None  # a bare map
     unknown = sorted(set(document) - {"map", "segment"})
@@ -51,7 +51,9 @@ def draft_of(document: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return document["map"], segment
 
 
-async def draft_definitions(pg: Any, project_id: str, map_doc: dict[str, Any], segment_doc: dict[str, Any] | None) -> Definitions:
+async def draft_definitions(
+    pg: Any, project_id: str, map_doc: dict[str, Any], segment_doc: dict[str, Any] | None
+) -> Definitions:
     """The draft map with the project's segments (the draft segment added or in place of its namesake)."""
     problems = []
     journey_map = segment = None
@@ -87,18 +89,35 @@ def segments_asked(raw: str | None, defs: Definitions) -> list[str] | None:
 
 
 async def preview_kpis(
-    ch: ClickHouse, pg: Any, cluster: str | None, project_id: str, defs: Definitions, segments: list[str] | None,
-    first_day: date, last_day: date, now: datetime,
+    ch: ClickHouse,
+    pg: Any,
+    cluster: str | None,
+    project_id: str,
+    defs: Definitions,
+    segments: list[str] | None,
+    first_day: date,
+    last_day: date,
+    now: datetime,
 ) -> dict[str, Any]:
     """The KPIs of the draft ``defs`` (one map), computed over all data into a preview build, then deleted."""
     build = preview_build(int(time.time() * 1000))
     mv = defs.maps[0]
     try:
         await StateWriter(ch).build_all(project_id, defs, build, inputs=False)  # never refreshed
-        result = await stage_kpis(ch, KpiRequest(
-            project_id=project_id, journey_map=mv.compiled.map, map_version=0, build=build, order=mv.compiled.order,
-            segments=segments, first_day=first_day, last_day=last_day, now=now,
-        ))
+        result = await stage_kpis(
+            ch,
+            KpiRequest(
+                project_id=project_id,
+                journey_map=mv.compiled.map,
+                map_version=0,
+                build=build,
+                order=mv.compiled.order,
+                segments=segments,
+                first_day=first_day,
+                last_day=last_day,
+                now=now,
+            ),
+        )
     finally:
         await drop_build(ch, cluster or "", project_id, build)
     result["map"]["version"] = None  # not a version: nothing was published
@@ -117,13 +136,21 @@ def add_route(app: web.Application, principal_of: Any, stores_key: web.AppKey[St
         segments = segments_asked(request.query.get("segment"), defs)
         async with one_at_a_time:
             result = await preview_kpis(
-                stores.clickhouse, stores.pg, stores.settings.clickhouse_cluster, principal.project_id, defs, segments,
-                first_day, last_day, now,
+                stores.clickhouse,
+                stores.pg,
+                stores.settings.clickhouse_cluster,
+                principal.project_id,
+                defs,
+                segments,
+                first_day,
+                last_day,
+                now,
             )
         if not csv:
             return json_response(result)
         return web.Response(
-            text=to_csv(result), content_type="text/csv",
+            text=to_csv(result),
+            content_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="kpis-preview-{defs.maps[0].name}.csv"'},
         )
 

@@ -188,7 +188,9 @@ def _params(request: KpiRequest) -> dict[str, Any]:
 
 async def _open_entries(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[tuple[str, int, date], int]:
     """(segment, stage, d) → open entries of the stage's boundary day still inside their window."""
-    ranges = " OR ".join(_OPEN_RANGE.format(i=k.removeprefix("open_stage_")) for k in params if k.startswith("open_stage_"))
+    ranges = " OR ".join(
+        _OPEN_RANGE.format(i=k.removeprefix("open_stage_")) for k in params if k.startswith("open_stage_")
+    )
     if not ranges:  # no stage's boundary day falls in the window
         return {}
     _, rows = await ch.query(_OPEN_SQL.format(day=day, ranges=ranges), params)
@@ -215,7 +217,11 @@ def _locate(histogram: list[tuple[int, int]], rank: int) -> tuple[int, int]:
 
 
 async def _pick(
-    ch: ClickHouse, day: str, params: dict[str, Any], histograms: dict[Key, list[tuple[int, int]]], ranks: dict[Key, list[int]]
+    ch: ClickHouse,
+    day: str,
+    params: dict[str, Any],
+    histograms: dict[Key, list[tuple[int, int]]],
+    ranks: dict[Key, list[int]],
 ) -> dict[tuple[Key, int], int]:
     """The exact ``rank``-th smallest wait of each key, for every rank asked: ((segment, stage, d), rank) → ms."""
     asked: dict[tuple[str, int, date, int], list[int]] = {}
@@ -232,7 +238,12 @@ async def _pick(
         return {}
     _, rows = await ch.query(
         _QUANTILE_PICK_SQL.format(day=day),
-        {**params, "bins": list(asked), "ranks": list(asked.values()), "bin_keys": sorted({(k[0], k[1], k[3]) for k in asked})},
+        {
+            **params,
+            "bins": list(asked),
+            "ranks": list(asked.values()),
+            "bin_keys": sorted({(k[0], k[1], k[3]) for k in asked}),
+        },
     )
     # A bin's waits come back for every day that has some (daily series); `asked` is empty on the others.
     picked = {(seg, stage, d, b, r): v for seg, stage, d, b, inside, values in rows for r, v in zip(inside, values)}
@@ -262,7 +273,9 @@ async def _collect(
     day = "day" if daily else "toDate(0)"
     queries = [_ENTRIES_SQL, _MOVES_SQL, _FEELINGS_SQL] + ([] if daily else [_SOURCES_SQL])
     results = await asyncio.gather(
-        _wait_histograms(ch, day, params), _open_entries(ch, day, params), *(ch.query(sql.format(day=day), params) for sql in queries)
+        _wait_histograms(ch, day, params),
+        _open_entries(ch, day, params),
+        *(ch.query(sql.format(day=day), params) for sql in queries),
     )
     histograms, still_open, (_, entry_rows), (_, transitions), (_, sentiments) = results[:5]
     sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
@@ -295,7 +308,9 @@ async def _collect(
     for entry in entries:
         key = (entry["seg"], entry["stage"], entry["d"])
         ranks = wanted.get(key)
-        entry["median_ms"], entry["p90_ms"] = (picked[(key, ranks[0])], picked[(key, ranks[1])]) if ranks else (None, None)
+        entry["median_ms"], entry["p90_ms"] = (
+            (picked[(key, ranks[0])], picked[(key, ranks[1])]) if ranks else (None, None)
+        )
         n = waits.get(key, 0)
         if daily or n + entry["in_progress"] == 0:
             entry["median_bounds_ms"] = None  # the daily series carries no targets
@@ -355,7 +370,9 @@ def _exact(target: float) -> Fraction:
     return Fraction(str(target))
 
 
-def _outcome(goal: Fraction, lowest: Fraction, highest: Fraction, higher_is_better: bool) -> tuple[str, Fraction | None]:
+def _outcome(
+    goal: Fraction, lowest: Fraction, highest: Fraction, higher_is_better: bool
+) -> tuple[str, Fraction | None]:
     """Judge a metric whose final value lies in [lowest, highest] once every undecided customer is decided:
     ``met`` when even the worst case meets the goal, ``below_target`` when even the best case misses it,
     ``undecided`` otherwise; with the shortfall that is certain (relative to the goal, from the best case)."""
@@ -385,8 +402,13 @@ def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dic
         else:
             lowest, highest = Fraction(converted, entered), Fraction(converted + in_progress, entered)
             status, short = _outcome(_exact(target.conversion_rate), lowest, highest, higher_is_better=True)
-            check.update(actual=_ratio(converted, converted + dropped), lowest=float(lowest), highest=float(highest),
-                         shortfall=None if short is None else float(short), status=status)
+            check.update(
+                actual=_ratio(converted, converted + dropped),
+                lowest=float(lowest),
+                highest=float(highest),
+                shortfall=None if short is None else float(short),
+                status=status,
+            )
         checks.append(check)
     if target.median_days_to_convert is not None:
         check = {"metric": "median_days_to_convert", "target": target.median_days_to_convert}
@@ -401,8 +423,13 @@ def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dic
             lowest, highest = Fraction(bounds[0], DAY_MS), Fraction(bounds[1], DAY_MS)
             status, short = _outcome(_exact(target.median_days_to_convert), lowest, highest, higher_is_better=False)
             actual = None if raw["median_ms"] is None else float(Fraction(raw["median_ms"], DAY_MS))
-            check.update(actual=actual, lowest=float(lowest), highest=float(highest),
-                         shortfall=None if short is None else float(short), status=status)
+            check.update(
+                actual=actual,
+                lowest=float(lowest),
+                highest=float(highest),
+                shortfall=None if short is None else float(short),
+                status=status,
+            )
         checks.append(check)
     statuses = {c["status"] for c in checks}
     for status in ("below_target", "undecided", "met"):
@@ -458,11 +485,14 @@ def _bottleneck(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     for stage in stages:
         for check in stage["targets"]:
             if check["shortfall"] and (worst is None or check["shortfall"] > worst["shortfall"]):
-                worst = {"stage": stage["id"], **{k: check[k] for k in ("metric", "target", "actual", "lowest", "highest", "shortfall")}}
+                worst = {
+                    "stage": stage["id"],
+                    **{k: check[k] for k in ("metric", "target", "actual", "lowest", "highest", "shortfall")},
+                }
     return worst
 
 
-def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=None) -> dict[Any, list[dict[str, Any]]]:  # type: ignore[no-untyped-def]
+def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=None) -> dict[Any, list[dict[str, Any]]]:
     """Raw rows → per key (segment, or segment and day) a list of raw stage dicts; stage-to-stage move
     counts per key go into ``flows`` when given."""
     flows = {} if flows is None else flows
@@ -551,7 +581,15 @@ async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
                 reached[i] += raws[i]["entered"]
                 raws[i]["reached"] = reached[i]
                 shaped = _shape_stage(stage, i, i == n - 1, raws[i])
-                for noise in ("name", "index", "target", "targets", "top_touchpoints", "top_channels", "conversion_window_days"):
+                for noise in (
+                    "name",
+                    "index",
+                    "target",
+                    "targets",
+                    "top_touchpoints",
+                    "top_channels",
+                    "conversion_window_days",
+                ):
                     shaped.pop(noise)
                 stages.append(shaped)
             series.append({"date": day.isoformat(), "stages": stages})
@@ -560,19 +598,49 @@ async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
 
 
 CSV_COLUMNS = (
-    "segment", "stage", "reached", "entered", "converted", "dropped", "in_progress", "conversion_rate",
-    "converted_of_entered", "drop_off_rate", "median_seconds_to_next", "p90_seconds_to_next", "regressions_into",
-    "skips_over", "repeats", "sentiment_positive", "sentiment_neutral", "sentiment_negative", "status",
+    "segment",
+    "stage",
+    "reached",
+    "entered",
+    "converted",
+    "dropped",
+    "in_progress",
+    "conversion_rate",
+    "converted_of_entered",
+    "drop_off_rate",
+    "median_seconds_to_next",
+    "p90_seconds_to_next",
+    "regressions_into",
+    "skips_over",
+    "repeats",
+    "sentiment_positive",
+    "sentiment_neutral",
+    "sentiment_negative",
+    "status",
 )
 
 
 def _csv_cells(segment: str | None, stage: dict[str, Any]) -> list[Any]:
     return [
-        segment or "(all customers)", stage["id"], stage["reached"], stage["entered"], stage["converted"],
-        stage["dropped"], stage["in_progress"], stage["conversion_rate"], stage["converted_of_entered"],
-        stage["drop_off_rate"], stage["time_to_next_seconds"]["median"], stage["time_to_next_seconds"]["p90"],
-        stage["regressions_into"], stage["skips_over"], stage["repeats"], stage["sentiment"]["positive"],
-        stage["sentiment"]["neutral"], stage["sentiment"]["negative"], stage.get("status", ""),
+        segment or "(all customers)",
+        stage["id"],
+        stage["reached"],
+        stage["entered"],
+        stage["converted"],
+        stage["dropped"],
+        stage["in_progress"],
+        stage["conversion_rate"],
+        stage["converted_of_entered"],
+        stage["drop_off_rate"],
+        stage["time_to_next_seconds"]["median"],
+        stage["time_to_next_seconds"]["p90"],
+        stage["regressions_into"],
+        stage["skips_over"],
+        stage["repeats"],
+        stage["sentiment"]["positive"],
+        stage["sentiment"]["neutral"],
+        stage["sentiment"]["negative"],
+        stage.get("status", ""),
     ]
 
 

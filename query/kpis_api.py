@@ -36,7 +36,9 @@ PrincipalOf = Callable[[web.Request], Awaitable[Principal]]
 
 
 def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
-    async def answer(request: web.Request, compute: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[KpiRequest, bool, dict[str, Any]]:
+    async def answer(
+        request: web.Request, compute: Callable[..., Awaitable[dict[str, Any]]]
+    ) -> tuple[KpiRequest, bool, dict[str, Any]]:
         """One answer from one state of the facts: the serving build is read, and every KPI query run, while
         no facts write (nor a switch to a new build and the old one's deletion) can become visible."""
         stores = request.app[stores_key]
@@ -137,13 +139,19 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
     latest, build = await asyncio.gather(
         current_definitions(stores.pg, principal.project_id), serving_build(stores.pg, principal.project_id)
     )
-    served = latest if build.fingerprint == latest.fingerprint else await _built_for(stores, principal.project_id, build)
+    served = (
+        latest if build.fingerprint == latest.fingerprint else await _built_for(stores, principal.project_id, build)
+    )
     rebuilding = None
     if served is not latest:
         rebuilding = {"since": None if build.rebuilding_since is None else iso(build.rebuilding_since)}
 
     def computing(field: str, what: str) -> ApiError:
-        return ApiError(503, [{"field": field, "reason": f"KPIs for {what} are being computed; retry shortly"}], {"Retry-After": "2"})
+        return ApiError(
+            503,
+            [{"field": field, "reason": f"KPIs for {what} are being computed; retry shortly"}],
+            {"Retry-After": "2"},
+        )
 
     # What the project has (404/400 otherwise), then what the serving build has (503 until it has it).
     newest = next((m for m in latest.maps if m.name == map_name), None)
@@ -168,8 +176,13 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
             raise computing("version", f"map {map_name!r} version {raw_version}")
         raise ApiError(
             400,
-            [{"field": "version", "reason": f"KPIs are kept for the latest version of a map ({newest.version}); "
-              "read older versions' journeys per customer"}],
+            [
+                {
+                    "field": "version",
+                    "reason": f"KPIs are kept for the latest version of a map ({newest.version}); "
+                    "read older versions' journeys per customer",
+                }
+            ],
         )
     names = [s.name for s in served.segments]
     if raw_segment is None or raw_segment == "":

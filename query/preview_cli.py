@@ -33,7 +33,7 @@ async def run_preview(settings: Settings, args: argparse.Namespace, with_project
     segment_doc = read_document(args.segment_file) if args.segment_file else None
     params = {k: v for k, v in (("segment", args.segment), ("from", args.first), ("to", args.last)) if v}
 
-    async def work(conn, project_id):  # type: ignore[no-untyped-def]
+    async def work(conn, project_id):
         from journeys.http import ApiError
         from journeys.keys import add_key, revoke_key
 
@@ -56,7 +56,9 @@ async def run_preview(settings: Settings, args: argparse.Namespace, with_project
     return await with_project(settings, args.project, work)
 
 
-async def _direct(settings: Settings, conn: Any, project_id: str, map_doc: Any, segment_doc: Any, params: dict[str, str]) -> dict[str, Any] | None:
+async def _direct(
+    settings: Settings, conn: Any, project_id: str, map_doc: Any, segment_doc: Any, params: dict[str, str]
+) -> dict[str, Any] | None:
     """The preview in this process; ``None`` when the embedded ClickHouse is another process's."""
     from journeys.clickhouse import ClickHouse, ClickHouseError
     from query.kpi_preview import draft_definitions, draft_of, preview_kpis, segments_asked
@@ -83,7 +85,9 @@ def _via_service(settings: Settings, body: dict[str, Any], params: dict[str, str
 
     host = "127.0.0.1" if settings.query_host in ("0.0.0.0", "::") else settings.query_host
     try:
-        return post_to_service(f"http://{host}:{settings.query_port}/v1/kpis/preview?{urllib.parse.urlencode(params)}", body, secret)
+        return post_to_service(
+            f"http://{host}:{settings.query_port}/v1/kpis/preview?{urllib.parse.urlencode(params)}", body, secret
+        )
     except ServiceRefused as exc:
         raise ApiError(exc.status, exc.errors) from None
 
@@ -94,17 +98,25 @@ def _rate(value: Any) -> str:
 
 def render(result: dict[str, Any]) -> str:
     """Per segment, per stage: the counts, the rate against its target, and the bottleneck."""
-    lines = [f"preview of map {result['map']['name']} ({result['window']['from']} to {result['window']['to']}): nothing published"]
+    lines = [
+        f"preview of map {result['map']['name']} ({result['window']['from']} to {result['window']['to']}): nothing published"
+    ]
     for segment in result["segments"]:
         lines.append(f"\nsegment {segment['segment'] or 'all customers'}")
-        lines.append(f"  {'stage':<20} {'reached':>8} {'entered':>8} {'converted':>9} {'dropped':>8} {'in prog.':>8} {'conv. rate':>10}  status")
+        lines.append(
+            f"  {'stage':<20} {'reached':>8} {'entered':>8} {'converted':>9} {'dropped':>8} {'in prog.':>8} {'conv. rate':>10}  status"
+        )
         for stage in segment["stages"]:
+            converted, dropped, in_progress = (
+                "-" if stage[k] is None else stage[k] for k in ("converted", "dropped", "in_progress")
+            )
             lines.append(
-                f"  {stage['name'][:20]:<20} {stage['reached']:>8} {stage['entered']:>8} {stage['converted'] if stage['converted'] is not None else '-':>9} "
-                f"{stage['dropped'] if stage['dropped'] is not None else '-':>8} {stage['in_progress'] if stage['in_progress'] is not None else '-':>8} "
-                f"{_rate(stage['conversion_rate']):>10}  {stage['status'] or ''}"
+                f"  {stage['name'][:20]:<20} {stage['reached']:>8} {stage['entered']:>8} {converted:>9} {dropped:>8} "
+                f"{in_progress:>8} {_rate(stage['conversion_rate']):>10}  {stage['status'] or ''}"
             )
         bottleneck = segment.get("bottleneck")
         if bottleneck:
-            lines.append(f"  bottleneck: {bottleneck['stage']} ({bottleneck['metric']} {bottleneck['actual']} against {bottleneck['target']})")
+            lines.append(
+                f"  bottleneck: {bottleneck['stage']} ({bottleneck['metric']} {bottleneck['actual']} against {bottleneck['target']})"
+            )
     return "\n".join(lines)

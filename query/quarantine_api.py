@@ -73,7 +73,15 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
         principal = await principal_of(request, ("read", "admin"))
         if principal.kind != "admin":
             # Samples are raw events (customer data, sometimes secrets sent by mistake): admins only.
-            raise ApiError(403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot list quarantined events (admin key)"}])
+            raise ApiError(
+                403,
+                [
+                    {
+                        "field": "Authorization",
+                        "reason": f"a {principal.kind} key cannot list quarantined events (admin key)",
+                    }
+                ],
+            )
         since_ms, limit = _params(request)
         listing = await quarantined(request.app[stores_key].clickhouse, principal.project_id, since_ms, limit)
         return json_response(listing)
@@ -95,7 +103,10 @@ def _params(request: web.Request) -> tuple[int, int]:
         text = raw_limit.strip()
         limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
         if not 1 <= limit <= MAX_LIMIT:
-            raise ApiError(400, [{"field": "limit", "reason": f"must be an integer from 1 to {MAX_LIMIT} (kinds of problem listed)"}])
+            raise ApiError(
+                400,
+                [{"field": "limit", "reason": f"must be an integer from 1 to {MAX_LIMIT} (kinds of problem listed)"}],
+            )
     return since_ms, limit
 
 
@@ -120,7 +131,7 @@ async def quarantined(ch: Any, project_id: str, since_ms: int = 0, limit: int = 
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {kind: [] for kind in listed}
     if kinds:
         _, keys = await ch.query(SAMPLE_KEYS_SQL, params)
-        order = {}  # row key → (kind, position among the kind's samples)
+        order: dict[str, tuple[tuple[str, str], int]] = {}  # row key → (kind, position among the kind's samples)
         for f, r, at_ms, request_id, batch_index in keys:
             if (f, r) in listed:
                 order[f"{request_id}:{batch_index}:{at_ms}"] = ((f, r), len(order))
@@ -137,9 +148,9 @@ async def quarantined(ch: Any, project_id: str, since_ms: int = 0, limit: int = 
                     "errors": _json(reason),
                     "raw": _json(raw),
                 }
-            for key, (kind, _) in sorted(order.items(), key=lambda item: item[1][1]):
-                if key in found:
-                    samples[kind].append(found[key])
+            for row_key, (kind, _) in sorted(order.items(), key=lambda item: item[1][1]):
+                if row_key in found:
+                    samples[kind].append(found[row_key])
     return {
         "since": _at(since_ms) if since_ms else None,
         "quarantined": int(total[0][0]),

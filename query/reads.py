@@ -241,7 +241,9 @@ async def facts_of(ch: ClickHouse, project_id: str, members: dict[str, list[str]
     folded = CustomerFactsFold(members)
     for start in range(0, len(all_ids), ID_CHUNK):
         params = {"project_id": project_id, "ids": all_ids[start : start + ID_CHUNK]}
-        (_, trait_rows), (_, touch_rows) = await asyncio.gather(ch.query(TRAITS_SQL, params), ch.query(FIRST_TOUCH_SQL, params))
+        (_, trait_rows), (_, touch_rows) = await asyncio.gather(
+            ch.query(TRAITS_SQL, params), ch.query(FIRST_TOUCH_SQL, params)
+        )
         folded.add(owner, trait_rows, touch_rows)
     return folded.result()
 

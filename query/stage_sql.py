@@ -49,7 +49,9 @@ def _typed_equals(p: SqlParams, doc: str, args: str, expected: Any) -> str:
     return "0"  # validation only lets scalars through for these operators
 
 
-def holds_sql(p: SqlParams, op: str, args: str, expected: Any, doc: str = "properties", present: str | None = None) -> str:
+def holds_sql(
+    p: SqlParams, op: str, args: str, expected: Any, doc: str = "properties", present: str | None = None
+) -> str:
     """``op`` holds for the JSON value at ``doc[args]`` (``present``: whether there is one; default: the path
     exists in ``doc``)."""
     present = present or f"JSONHas({doc}{args})"

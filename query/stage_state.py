@@ -9,6 +9,7 @@ project into a new build (:meth:`StateWriter.build_all`), or the customers whose
 (:meth:`StateWriter.refresh`), writing only the difference from what the build holds for them. The query
 service's :class:`~query.state_updater.StageStateUpdater` decides which customers those are.
 """
+
 from __future__ import annotations
 
 import random
@@ -150,7 +151,7 @@ async def facts_lock(pg: Any, project_id: str) -> AsyncIterator[None]:
     if pg is None:
         yield
         return
-    async with (pg.acquire() if hasattr(pg, "acquire") else nullcontext(pg)) as conn:
+    async with pg.acquire() if hasattr(pg, "acquire") else nullcontext(pg) as conn:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _FACTS_LOCK, project_id)
             yield
@@ -181,7 +182,7 @@ async def _facts_view(pg: Any, project_id: str, mode: str) -> AsyncIterator[None
     # A pool here is Stores.pg_locks: its connections hold this lock and nothing else, so whoever holds one can
     # still take other connections for its reads (a pool shared with those reads ran dry under 9 concurrent
     # answers and hung the service for good). The timeout turns a stall into an error instead of a hang.
-    async with (pg.acquire(timeout=LOCK_WAIT_S) if hasattr(pg, "acquire") else nullcontext(pg)) as conn:
+    async with pg.acquire(timeout=LOCK_WAIT_S) if hasattr(pg, "acquire") else nullcontext(pg) as conn:
         async with conn.transaction():  # on a caller's connection, a savepoint: held to its transaction's end
             await conn.execute(f"SELECT {function}($1, hashtext($2))", _FACTS_VIEW_LOCK, project_id)
             yield
@@ -199,7 +200,9 @@ def consistent_facts(pg: Any, project_id: str) -> Any:
     return _facts_view(pg, project_id, "read")
 
 
-_BUILDS_SQL = "SELECT DISTINCT build FROM stage_facts WHERE project_id = {project_id:String} AND build < {previews:UInt64}"
+_BUILDS_SQL = (
+    "SELECT DISTINCT build FROM stage_facts WHERE project_id = {project_id:String} AND build < {previews:UInt64}"
+)
 
 
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
@@ -272,7 +275,13 @@ class StateWriter:
         await self.ch.command(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
 
     async def refresh(
-        self, project_id: str, definitions: Definitions, build: int, touched: set[str], *, serving: bool = True,
+        self,
+        project_id: str,
+        definitions: Definitions,
+        build: int,
+        touched: set[str],
+        *,
+        serving: bool = True,
         still_kept: Callable[[], bool] | None = None,
     ) -> int:
         """Rewrite the facts and inputs in ``build`` of every customer that ``touched`` ids belong to, from all
@@ -284,21 +293,36 @@ class StateWriter:
         return await self._chunks(project_id, definitions, build, touched, serving, still_kept, self._refresh_locked)
 
     async def append(
-        self, project_id: str, definitions: Definitions, build: int, touched: set[str], since_ms: int, *,
-        serving: bool = True, still_kept: Callable[[], bool] | None = None,
+        self,
+        project_id: str,
+        definitions: Definitions,
+        build: int,
+        touched: set[str],
+        since_ms: int,
+        *,
+        serving: bool = True,
+        still_kept: Callable[[], bool] | None = None,
     ) -> int:
         """Merge the rows of ``touched`` ids stamped after ``since_ms`` onto their customers' inputs in ``build``
         and write the facts that changes. The caller vouches that every other row of theirs is merged already
         and that their customers did not change (else :meth:`refresh`); merging a row twice changes nothing."""
 
-        async def locked(project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool) -> int:
+        async def locked(
+            project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool
+        ) -> int:
             return await self._append_locked(project_id, definitions, build, touched, since_ms, serving)
 
         return await self._chunks(project_id, definitions, build, touched, serving, still_kept, locked)
 
     async def _chunks(
-        self, project_id: str, definitions: Definitions, build: int, touched: set[str], serving: bool,
-        still_kept: Callable[[], bool] | None, locked: Callable[..., Any],
+        self,
+        project_id: str,
+        definitions: Definitions,
+        build: int,
+        touched: set[str],
+        serving: bool,
+        still_kept: Callable[[], bool] | None,
+        locked: Callable[..., Any],
     ) -> int:
         if not definitions.maps or not touched:
             return 0
@@ -308,7 +332,9 @@ class StateWriter:
             async with facts_lock(self.pg, project_id):
                 if still_kept is not None and not still_kept():
                     break
-                written += await locked(project_id, definitions, build, touched_list[start : start + REFRESH_CHUNK], serving)
+                written += await locked(
+                    project_id, definitions, build, touched_list[start : start + REFRESH_CHUNK], serving
+                )
         return written
 
     async def _refresh_locked(
@@ -324,8 +350,13 @@ class StateWriter:
         owned = [(i, c) for c, ids in members.items() for i in ids]
         sql = self.statements(project_id, definitions)
         params = {
-            **sql.params, "project_id": project_id, "build": build, "generation": self._next_generation(),
-            "ids": [i for i, _ in owned], "owners": [c for _, c in owned], "retired": retired,
+            **sql.params,
+            "project_id": project_id,
+            "build": build,
+            "generation": self._next_generation(),
+            "ids": [i for i, _ in owned],
+            "owners": [c for _, c in owned],
+            "retired": retired,
             "customers": sorted(set(customers) | set(retired)),
         }
         await self.ch.execute(sql.insert_inputs("ids"), params)
@@ -337,8 +368,13 @@ class StateWriter:
         current = await identities.current_customers(self.ch, project_id, touched)
         sql = self.statements(project_id, definitions)
         params = {
-            **sql.params, "project_id": project_id, "build": build, "generation": self._next_generation(),
-            "ids": touched, "owners": [current[i] for i in touched], "since": _at(since_ms),
+            **sql.params,
+            "project_id": project_id,
+            "build": build,
+            "generation": self._next_generation(),
+            "ids": touched,
+            "owners": [current[i] for i in touched],
+            "since": _at(since_ms),
             "customers": sorted(set(current.values())),
         }
         await self.ch.execute(sql.insert_merged(), params)

@@ -122,7 +122,9 @@ def _at(ms: int) -> datetime:
 async def current_definitions(pg: Any, project_id: str) -> Definitions:
     """The latest version of each of a project's maps and segments."""
     maps = [(validate_map(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "map")]
-    segments = [(validate_segment(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "segment")]
+    segments = [
+        (validate_segment(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "segment")
+    ]
     return Definitions.of(maps, segments)
 
 
@@ -300,7 +302,9 @@ class StageStateUpdater:
     async def _project_definitions(self) -> dict[str, Definitions]:
         if time.monotonic() - self._definitions_at >= self.definitions_every_s:
             rows = await self.stores.pg.fetch("SELECT DISTINCT project_id FROM definitions WHERE kind = 'map'")
-            self._definitions = {r["project_id"]: await current_definitions(self.stores.pg, r["project_id"]) for r in rows}
+            self._definitions = {
+                r["project_id"]: await current_definitions(self.stores.pg, r["project_id"]) for r in rows
+            }
             self._definitions_at = time.monotonic()
         return self._definitions
 
@@ -311,7 +315,11 @@ class StageStateUpdater:
             build = await serving_build(pg, project_id)
             known = self._serving.get(project_id)
             if build.number and (known is None or known[0] != build.number):
-                built = defs if build.fingerprint == defs.fingerprint else await definitions_of_build(pg, project_id, build.fingerprint)
+                built = (
+                    defs
+                    if build.fingerprint == defs.fingerprint
+                    else await definitions_of_build(pg, project_id, build.fingerprint)
+                )
                 if built is not None:  # None: its definitions are gone, so it stays as it is until replaced
                     self._serving[project_id] = (build.number, built)
             running = self._rebuilds.get(project_id)
@@ -319,7 +327,9 @@ class StageStateUpdater:
                 continue
             if time.monotonic() < self._rebuild_after.get(project_id, 0.0):
                 continue
-            self._rebuilds[project_id] = asyncio.create_task(self._rebuild_task(project_id, defs), name=f"rebuild-{project_id}")
+            self._rebuilds[project_id] = asyncio.create_task(
+                self._rebuild_task(project_id, defs), name=f"rebuild-{project_id}"
+            )
 
     async def _rebuild_task(self, project_id: str, defs: Definitions) -> None:
         try:
@@ -352,7 +362,9 @@ class StageStateUpdater:
         # From here on every poll refreshes this build too; what changed while ClickHouse read the events
         # (rows visible since a margin before the read began) is refreshed into it once.
         self._pending[project_id] = (number, defs)
-        _, rows = await ch.query(CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(read_from_ms - self.margin_ms)})
+        _, rows = await ch.query(
+            CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(read_from_ms - self.margin_ms)}
+        )
         caught_up = await self.writer.refresh(project_id, defs, number, {r[0] for r in rows}, serving=False)
         # Under the writers' lock: a poll's refresh of the old build either ends before the switch (and its rows
         # go with the partition) or finds the build retired (StateWriter.refresh, still_kept).
@@ -369,7 +381,8 @@ class StageStateUpdater:
             # After every answer still reading the old build (they read the serving build under the shared
             # lock): its rows may go then, without any answer seeing half of them.
             _, others = await ch.query(
-                OTHER_BUILDS_SQL, {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))}
+                OTHER_BUILDS_SQL,
+                {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))},
             )
             async with facts_change(lock_pool(self.stores), project_id):
                 for (other,) in others:
@@ -378,12 +391,20 @@ class StageStateUpdater:
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
             "stage facts of project %s rebuilt for %s in %.1f s (%.1f s computing every customer; %d ids changed "
-            "meanwhile, %d rows)", project_id, defs.fingerprint, time.monotonic() - began, built_s, len(rows), caught_up,
+            "meanwhile, %d rows)",
+            project_id,
+            defs.fingerprint,
+            time.monotonic() - began,
+            built_s,
+            len(rows),
+            caught_up,
         )
 
     def _kept(self, project_id: str, build: int) -> bool:
         """Whether ``build`` is still one the polls keep current: the serving one or the one being built."""
-        return any(t is not None and t[0] == build for t in (self._serving.get(project_id), self._pending.get(project_id)))
+        return any(
+            t is not None and t[0] == build for t in (self._serving.get(project_id), self._pending.get(project_id))
+        )
 
     async def _apply_changes(self, since_ms: int, next_ms: int) -> None:
         """Recompute every customer with a row that became visible since the last poll (module docstring:
@@ -406,7 +427,9 @@ class StageStateUpdater:
         for project_id, source, distinct_id, count, digest, next_count, next_digest in rows:
             key = (project_id, source, distinct_id)
             if known.pop(key, (0, 0)) != (count, digest):
-                (appended if source == 0 and not self._merge_unknown else full).setdefault(project_id, set()).add(distinct_id)
+                (appended if source == 0 and not self._merge_unknown else full).setdefault(project_id, set()).add(
+                    distinct_id
+                )
             if next_count:
                 following[key] = (next_count, next_digest)
         for project_id, _, distinct_id in known:  # every row of it left the window: deleted, so recompute too
@@ -421,7 +444,12 @@ class StageStateUpdater:
                     project_id, built_for, number, full.get(project_id, set()), serving=serving, still_kept=kept
                 )
                 written += await self.writer.append(
-                    project_id, built_for, number, appended.get(project_id, set()), since_ms, serving=serving,
+                    project_id,
+                    built_for,
+                    number,
+                    appended.get(project_id, set()),
+                    since_ms,
+                    serving=serving,
                     still_kept=kept,
                 )
                 self.metrics.stage_state_rows.inc(written)

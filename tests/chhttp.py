@@ -158,9 +158,39 @@ _ERROR_NAMES = {
 }
 
 _STATUS_401 = {194}  # REQUIRED_PASSWORD
-_STATUS_403 = {192, 193, 516, 512, 497}  # UNKNOWN_USER, WRONG_PASSWORD, AUTHENTICATION_FAILED, SET_NON_GRANTED_ROLE, ACCESS_DENIED
+_STATUS_403 = {
+    192,
+    193,
+    516,
+    512,
+    497,
+}  # UNKNOWN_USER, WRONG_PASSWORD, AUTHENTICATION_FAILED, SET_NON_GRANTED_ROLE, ACCESS_DENIED
 _STATUS_400 = {
-    36, 427, 6, 25, 26, 38, 41, 72, 441, 675, 676, 27, 376, 15, 44, 37, 123, 8, 167, 168, 223, 62, 117, 53, 321,
+    36,
+    427,
+    6,
+    25,
+    26,
+    38,
+    41,
+    72,
+    441,
+    675,
+    676,
+    27,
+    376,
+    15,
+    44,
+    37,
+    123,
+    8,
+    167,
+    168,
+    223,
+    62,
+    117,
+    53,
+    321,
 }
 _STATUS_404 = {60, 46, 47, 50, 56, 81, 115, 152, 63, 73, 336, 78, 511}
 _STATUS_OTHER = {229: 413, 48: 501, 209: 503, 76: 503, 381: 411, 159: 408, 439: 503, 779: 415}
@@ -727,7 +757,11 @@ class Server:
         headers["X-ClickHouse-Exception-Code"] = str(err.code)
         self.log(f"error {err.code}: {err.message[:300]}")
         return web.Response(
-            status=http_status_for(err.code), body=body.encode(), headers=headers, content_type="text/plain", charset="UTF-8"
+            status=http_status_for(err.code),
+            body=body.encode(),
+            headers=headers,
+            content_type="text/plain",
+            charset="UTF-8",
         )
 
     def authenticate(self, request, params: dict[str, str]) -> None:
@@ -786,7 +820,10 @@ class Server:
             if not body and "query" not in params and request.method in ("GET", "HEAD"):
                 return web.Response(text="Ok.\n")
             if params.get("compress") == "1" or params.get("decompress") == "1":
-                raise CHError.new(NOT_IMPLEMENTED, "ClickHouse block compression (compress/decompress=1) is not supported by this test server")
+                raise CHError.new(
+                    NOT_IMPLEMENTED,
+                    "ClickHouse block compression (compress/decompress=1) is not supported by this test server",
+                )
             encoding = request.headers.get("Content-Encoding", "")
             loop = asyncio.get_running_loop()
             if body and encoding:
@@ -797,7 +834,9 @@ class Server:
             req = Request(
                 sql=sql,
                 database=params.get("database") or request.headers.get("X-ClickHouse-Database") or None,
-                default_format=params.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated",
+                default_format=params.get("default_format")
+                or request.headers.get("X-ClickHouse-Format")
+                or "TabSeparated",
                 session_id=session_id,
                 session_check=params.get("session_check") == "1",
                 readonly=request.method == "GET",
@@ -877,7 +916,11 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await site.start()
-        print(f"chhttp: listening on http://{HOST}:{args.port} data={data} chdb={engine.version}", file=sys.stderr, flush=True)
+        print(
+            f"chhttp: listening on http://{HOST}:{args.port} data={data} chdb={engine.version}",
+            file=sys.stderr,
+            flush=True,
+        )
 
         async def housekeeping():
             while not stop.is_set():
@@ -907,7 +950,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body", type=int, default=1 << 30, help="largest request body, bytes")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer our parent")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
-    parser.add_argument("--delay-file", default="", help="a file holding seconds to stall every INSERT (slow-server mode)")
+    parser.add_argument(
+        "--delay-file", default="", help="a file holding seconds to stall every INSERT (slow-server mode)"
+    )
     args = parser.parse_args(argv)
     asyncio.run(serve(args))
 
@@ -1044,7 +1089,9 @@ class ClickHouseHTTP:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"chhttp exited with {self.proc.returncode} on port {self.port}:\n{self.log()[-4000:]}")
+                raise RuntimeError(
+                    f"chhttp exited with {self.proc.returncode} on port {self.port}:\n{self.log()[-4000:]}"
+                )
             if self.ping(timeout=0.5):
                 return self
             time.sleep(0.02)

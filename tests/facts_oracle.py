@@ -62,7 +62,6 @@ async def current_facts(
     return out
 
 
-
 async def write_differences(
     ch: ClickHouse, project_id: str, desired: Counter[Fact], current: dict[Fact, int], pg: Any = None
 ) -> int:
@@ -151,8 +150,17 @@ def facts_of(
         wait = next_at - entered
         converted = next_at > 0 and wait <= windows[stage]
         tail = (
-            "entry", stage, entered, int(converted), wait if converted else 0,
-            state["entry_touchpoint"][stage], state["entry_channel"][stage], -1, "none", 0, "none",
+            "entry",
+            stage,
+            entered,
+            int(converted),
+            wait if converted else 0,
+            state["entry_touchpoint"][stage],
+            state["entry_channel"][stage],
+            -1,
+            "none",
+            0,
+            "none",
         )
         for key in keys:
             out[(*head, key, *tail)] += 1

@@ -46,17 +46,25 @@ def oracle_kpis(
     windows = {s.id: int(round(s.conversion_window_days * DAY_MS)) for s in journey_map.stages}
     w_from = int(datetime(first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc).timestamp() * 1000)
     w_to = w_from + ((last_day - first_day).days + 1) * DAY_MS
-    member_of = {
-        c: {""} | {s.name for s in segments if segment_matches(s, facts[c])} for c in customers
-    }
+    member_of = {c: {""} | {s.name for s in segments if segment_matches(s, facts[c])} for c in customers}
     out: dict[str, list[dict[str, Any]]] = {}
     for seg in wanted:
         stages = []
         for i, stage in enumerate(order):
             k = {
-                "id": stage, "reached": 0, "entered": 0, "converted": 0, "dropped": 0, "in_progress": 0,
-                "waits": [], "regressions_into": 0, "skips_over": 0, "repeats": 0,
-                "sentiment": {"positive": 0, "neutral": 0, "negative": 0}, "touchpoints": {}, "channels": {},
+                "id": stage,
+                "reached": 0,
+                "entered": 0,
+                "converted": 0,
+                "dropped": 0,
+                "in_progress": 0,
+                "waits": [],
+                "regressions_into": 0,
+                "skips_over": 0,
+                "repeats": 0,
+                "sentiment": {"positive": 0, "neutral": 0, "negative": 0},
+                "touchpoints": {},
+                "channels": {},
             }
             for customer, events in customers.items():
                 if seg not in member_of[customer]:
@@ -104,8 +112,12 @@ def oracle_kpis(
             median, p90 = _nearest_rank(k["waits"], 1, 2), _nearest_rank(k["waits"], 9, 10)
             k["median_seconds"] = None if median is None else median / 1000
             k["p90_seconds"] = None if p90 is None else p90 / 1000
-            k["judged"] = _judged(journey_map.stages[[s.id for s in journey_map.stages].index(stage)], k,
-                                  windows[stage], last=i == len(order) - 1)
+            k["judged"] = _judged(
+                journey_map.stages[[s.id for s in journey_map.stages].index(stage)],
+                k,
+                windows[stage],
+                last=i == len(order) - 1,
+            )
             del k["waits"]
             stages.append(k)
         out[seg] = stages
@@ -159,10 +171,15 @@ def api_view(result_segment: dict[str, Any]) -> list[dict[str, Any]]:
         last = s["converted"] is None
         view.append(
             {
-                "id": s["id"], "reached": s["reached"], "entered": s["entered"],
-                "converted": 0 if last else s["converted"], "dropped": 0 if last else s["dropped"],
+                "id": s["id"],
+                "reached": s["reached"],
+                "entered": s["entered"],
+                "converted": 0 if last else s["converted"],
+                "dropped": 0 if last else s["dropped"],
                 "in_progress": 0 if last else s["in_progress"],
-                "regressions_into": s["regressions_into"], "skips_over": s["skips_over"], "repeats": s["repeats"],
+                "regressions_into": s["regressions_into"],
+                "skips_over": s["skips_over"],
+                "repeats": s["repeats"],
                 "sentiment": s["sentiment"],
                 "touchpoints": {t["touchpoint"]: t["customers"] for t in s["top_touchpoints"]},
                 "channels": {t["channel"]: t["customers"] for t in s["top_channels"]},
@@ -179,7 +196,6 @@ def api_view(result_segment: dict[str, Any]) -> list[dict[str, Any]]:
 
 def top(counts: dict[str, int], n: int = 5) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
-
 
 
 def oracle_transitions(

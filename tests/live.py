@@ -42,8 +42,14 @@ class Reply:
         return self.json()["errors"]
 
 
-def call(base: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 60.0) -> Reply:
+def call(
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Reply:
     """One request on a fresh connection; ``path`` is sent byte-for-byte (already percent-encoded)."""
     host, _, port = base.removeprefix("http://").partition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
@@ -107,7 +113,9 @@ class Live:
             time.sleep(0.1)
 
     def alive(self) -> bool:
-        return call(self.collector, "GET", "/healthz").status == 200 and call(self.query, "GET", "/healthz").status == 200
+        return (
+            call(self.collector, "GET", "/healthz").status == 200 and call(self.query, "GET", "/healthz").status == 200
+        )
 
     def log(self) -> str:
         return self.service.log.read_text(errors="replace")

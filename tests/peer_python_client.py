@@ -64,8 +64,14 @@ def main() -> int:
         sent[label] = message_id
 
     # Before identify: only the anonymous id (the clients send "userId": null).
-    call("page", "page", anonymous_id=anon, category="Docs", name="Pricing",
-         properties={"url": f"https://shop.example/pricing?utm_source=news&utm_campaign=spring-{run}"})
+    call(
+        "page",
+        "page",
+        anonymous_id=anon,
+        category="Docs",
+        name="Pricing",
+        properties={"url": f"https://shop.example/pricing?utm_source=news&utm_campaign=spring-{run}"},
+    )
     call("track_anon", "track", anonymous_id=anon, event="Viewed Product", properties={"sku": "S1"})
     call("identify", "identify", user_id=user, anonymous_id=anon, traits={"plan": "pro", "country": "DE"})
     # After: only the user id (the clients send "anonymousId": null).

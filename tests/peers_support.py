@@ -68,13 +68,22 @@ class Peers:
     install_s: float  # time npm ci took in this session (0.0: node_modules was current)
     bundle_s: float
 
-    async def run_node(self, script: str, plan: dict[str, Any], offset_ms: int, timeout: float = 40.0) -> dict[str, Any]:
+    async def run_node(
+        self, script: str, plan: dict[str, Any], offset_ms: int, timeout: float = 40.0
+    ) -> dict[str, Any]:
         """Run ``node -r clock-shift.js SCRIPT PLAN`` with the clock ``offset_ms`` off; its last stdout line
         (JSON) is the result. Async: the collector under test runs on this event loop."""
         env = {**os.environ, "PEER_CLOCK_OFFSET_MS": str(offset_ms), "NODE_NO_WARNINGS": "1"}
         proc = await asyncio.create_subprocess_exec(
-            self.node, "-r", str(CLOCK_SHIFT), str(self.dir / script), orjson.dumps(plan).decode(),
-            cwd=self.dir, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            self.node,
+            "-r",
+            str(CLOCK_SHIFT),
+            str(self.dir / script),
+            orjson.dumps(plan).decode(),
+            cwd=self.dir,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -97,7 +106,9 @@ class Peers:
 def _run(cmd: list[str], timeout: float, what: str) -> None:
     done = subprocess.run(cmd, cwd=PEERS_DIR, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        pytest.fail(f"{what} failed (exit {done.returncode}): {' '.join(cmd)}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        pytest.fail(
+            f"{what} failed (exit {done.returncode}): {' '.join(cmd)}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
 
 
 def _lock_digest(node: str) -> str:
@@ -117,7 +128,9 @@ def _prepare() -> Peers | str:
         missing = " and ".join(name for name, path in (("node", node), ("npm", npm)) if path is None)
         return f"PEER CLIENT TESTS NOT RUN: {missing} not found on PATH (install Node.js 20+ with npm)"
     wanted = _lock_digest(node)
-    lock_path = Path(tempfile.gettempdir()) / f"journeys-peers-{hashlib.sha256(str(PEERS_DIR).encode()).hexdigest()[:12]}.lock"
+    lock_path = (
+        Path(tempfile.gettempdir()) / f"journeys-peers-{hashlib.sha256(str(PEERS_DIR).encode()).hexdigest()[:12]}.lock"
+    )
     install_s = 0.0
     with open(lock_path, "w") as lock:  # two test runs at once must not both rewrite node_modules
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -204,8 +217,17 @@ class WatchedCollector:
 
 
 _SHOWN_HEADERS = (
-    "Content-Type", "Content-Encoding", "Authorization", "AnonymousId", "SentAt", "X-Retry-Count", "Origin",
-    "Sec-Fetch-Mode", "User-Agent", "Access-Control-Request-Method", "Access-Control-Request-Headers",
+    "Content-Type",
+    "Content-Encoding",
+    "Authorization",
+    "AnonymousId",
+    "SentAt",
+    "X-Retry-Count",
+    "Origin",
+    "Sec-Fetch-Mode",
+    "User-Agent",
+    "Access-Control-Request-Method",
+    "Access-Control-Request-Headers",
 )
 
 
@@ -233,7 +255,9 @@ def describe(s: Sent) -> str:
                 except ValueError:
                     pass
             headers[name] = value
-    line = f"{s.method} {s.path}{'?' + '&'.join(f'{k}={v}' for k, v in s.query.items()) if s.query else ''} → {s.status}"
+    line = (
+        f"{s.method} {s.path}{'?' + '&'.join(f'{k}={v}' for k, v in s.query.items()) if s.query else ''} → {s.status}"
+    )
     line += f"\n    headers: {headers}"
     body = s.body
     if isinstance(body, dict):
@@ -265,12 +289,21 @@ async def watched_collector(stores: Stores, tmp_path: Path) -> AsyncIterator[Cal
     started: list[TestServer] = []
 
     async def make(**settings: object) -> WatchedCollector:
-        app = create_collector(with_settings(stores, spool_dir=tmp_path / f"spool{len(started)}", **settings), Metrics())
+        app = create_collector(
+            with_settings(stores, spool_dir=tmp_path / f"spool{len(started)}", **settings), Metrics()
+        )
         watched = WatchedCollector(TestServer(app, host="127.0.0.1"))
 
         @web.middleware
         async def note(request: web.Request, handler):  # type: ignore[no-untyped-def]
-            sent = Sent(request.method, request.path, dict(request.query), dict(request.headers), await request.read(), time.time())
+            sent = Sent(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                await request.read(),
+                time.time(),
+            )
             watched.seen.append(sent)
             try:
                 response = await handler(request)
@@ -278,7 +311,9 @@ async def watched_collector(stores: Stores, tmp_path: Path) -> AsyncIterator[Cal
                 sent.status, sent.answer = exc.status, (exc.text or "").encode()
                 raise
             sent.status = response.status
-            sent.answer = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else b""
+            sent.answer = (
+                response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else b""
+            )
             return response
 
         app.middlewares.insert(0, note)  # outermost: the request as it came, the answer as it left
@@ -297,7 +332,9 @@ async def watched_collector(stores: Stores, tmp_path: Path) -> AsyncIterator[Cal
 async def customer_events(http, query, read_key: str, customer_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     from urllib.parse import quote
 
-    async with http.get(query.make_url(f"/v1/customers/{quote(customer_id, safe='')}/events"), headers=basic(read_key)) as r:
+    async with http.get(
+        query.make_url(f"/v1/customers/{quote(customer_id, safe='')}/events"), headers=basic(read_key)
+    ) as r:
         if r.status == 404:  # no event of theirs stored (yet)
             return {"customer_id": customer_id, "ids": [], "count": 0, "events": []}
         assert r.status == 200, await r.text()

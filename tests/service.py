@@ -21,7 +21,11 @@ def free_port() -> int:
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_") and k not in ("CLICKHOUSE_URL", "DATABASE_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JOURNEYS_") and k not in ("CLICKHOUSE_URL", "DATABASE_URL")
+    }
     env["JOURNEYS_DATA_DIR"] = str(data_dir)
     env.update(extra)
     return env
@@ -69,7 +73,9 @@ class Service:
 
     def start(self, timeout: float = 60) -> "Service":
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "journeys.cli", "up"], env=self.env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "journeys.cli", "up"], env=self.env, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -91,8 +91,12 @@ async def test_lookup_is_by_digest_the_secret_never_reaches_postgres(stores, pro
     found = await resolver.resolve(project.read_key)
     assert found is not None and (found.project_id, found.kind) == (project.id, "read")
     # Same length, one character off; a prefix; a longer key: all unknown.
-    for wrong in (project.read_key[:-1] + ("A" if project.read_key[-1] != "A" else "B"), project.read_key[:-1],
-                  project.read_key + "x", project.read_key.upper()):
+    for wrong in (
+        project.read_key[:-1] + ("A" if project.read_key[-1] != "A" else "B"),
+        project.read_key[:-1],
+        project.read_key + "x",
+        project.read_key.upper(),
+    ):
         assert await resolver.resolve(wrong) is None
     assert await resolver.resolve("x" * 201) is None  # over the length cap: not even looked up
     assert len(pool.sent) == 5
@@ -129,8 +133,9 @@ async def test_a_revoked_key_stops_working(http, stores, project, tmp_path) -> N
 
 async def _status(http, server, method: str, path: str, key: str | None, body: bytes = b"{}") -> int:  # type: ignore[no-untyped-def]
     headers = {"Content-Type": "application/json", **(basic(key) if key else {})}
-    async with http.request(method, server.make_url(path), data=body if method in ("POST", "PUT") else None,
-                            headers=headers) as resp:
+    async with http.request(
+        method, server.make_url(path), data=body if method in ("POST", "PUT") else None, headers=headers
+    ) as resp:
         if resp.status >= 400:
             assert (await resp.json())["errors"][0]["reason"]
         return resp.status
@@ -149,7 +154,10 @@ async def test_only_read_and_admin_keys_reach_the_query_service(http, query, key
             assert await _status(http, query, method, url, keys[kind]) == 403, (kind, method, path)
         assert await _status(http, query, method, url, None) == 401, (method, path)
         assert await _status(http, query, method, url, "jr_" + "x" * 43) == 401, (method, path)
-        changes = (method in ("PUT", "DELETE", "POST") and (method, path) not in _POSTED_READS) or (method, path) in _ADMIN_READS
+        changes = (method in ("PUT", "DELETE", "POST") and (method, path) not in _POSTED_READS) or (
+            method,
+            path,
+        ) in _ADMIN_READS
         read_status = await _status(http, query, method, url, keys["read"])
         assert (read_status == 403) == changes, (method, path, read_status)  # read keys read, never change
         if changes:
@@ -157,8 +165,11 @@ async def test_only_read_and_admin_keys_reach_the_query_service(http, query, key
 
 
 async def test_only_write_and_public_keys_reach_ingest(http, collector, stores, project, keys) -> None:  # type: ignore[no-untyped-def]
-    ingest = [(m, p) for m, p in _guarded(collector.app)
-              if p.startswith("/v1/") and m == "POST" and "{" not in p and (m, p) not in _COLLECTOR_ADMIN]
+    ingest = [
+        (m, p)
+        for m, p in _guarded(collector.app)
+        if p.startswith("/v1/") and m == "POST" and "{" not in p and (m, p) not in _COLLECTOR_ADMIN
+    ]
     assert len(ingest) >= 7
     event = {"type": "track", "userId": "u", "event": "E", "previousId": "p", "groupId": "g"}  # valid on every route
     for method, path in ingest:
@@ -200,36 +211,71 @@ async def test_project_a_never_sees_or_writes_project_b(http, collector, query, 
         other = await create_project(conn, f"b-{project.id}")
         other_admin = await add_key(conn, other.id, "admin")
     # B's data: a customer, a map, a segment.
-    async with http.post(collector.make_url("/v1/batch"), headers=basic(other.write_key), data=orjson.dumps(
-        {"batch": [{"type": "identify", "userId": "b-cust", "traits": {"plan": "secret"}},
-                   {"type": "track", "userId": "b-cust", "event": "B only"}]})) as r:
+    async with http.post(
+        collector.make_url("/v1/batch"),
+        headers=basic(other.write_key),
+        data=orjson.dumps(
+            {
+                "batch": [
+                    {"type": "identify", "userId": "b-cust", "traits": {"plan": "secret"}},
+                    {"type": "track", "userId": "b-cust", "event": "B only"},
+                ]
+            }
+        ),
+    ) as r:
         assert r.status == 200
-    for kind, doc in (("maps", {"stages": [{"id": "a", "name": "A"}]}), ("segments", {"rules": [{"field": "traits.plan", "op": "exists"}]})):
-        async with http.put(query.make_url(f"/v1/{kind}/b-{kind}"), headers=basic(other_admin), data=orjson.dumps(doc)) as r:
+    for kind, doc in (
+        ("maps", {"stages": [{"id": "a", "name": "A"}]}),
+        ("segments", {"rules": [{"field": "traits.plan", "op": "exists"}]}),
+    ):
+        async with http.put(
+            query.make_url(f"/v1/{kind}/b-{kind}"), headers=basic(other_admin), data=orjson.dumps(doc)
+        ) as r:
             assert r.status == 201, await r.text()
     # A writes with crafted fields naming B: project ids in the body, B's write key in the body while
     # A's key is in the header, A's key in the password slot with B's as the user…
     crafted = [
-        ({"type": "track", "userId": "b-cust", "event": "A forged", "projectId": other.id, "project_id": other.id,
-          "context": {"projectId": other.id}}, basic(project.write_key)),
-        ({"type": "track", "userId": "b-cust", "event": "A with B writeKey", "writeKey": other.write_key}, basic(project.write_key)),
+        (
+            {
+                "type": "track",
+                "userId": "b-cust",
+                "event": "A forged",
+                "projectId": other.id,
+                "project_id": other.id,
+                "context": {"projectId": other.id},
+            },
+            basic(project.write_key),
+        ),
+        (
+            {"type": "track", "userId": "b-cust", "event": "A with B writeKey", "writeKey": other.write_key},
+            basic(project.write_key),
+        ),
     ]
     for event, headers in crafted:
-        async with http.post(collector.make_url("/v1/batch"), headers=headers, data=orjson.dumps({"batch": [event]})) as r:
+        async with http.post(
+            collector.make_url("/v1/batch"), headers=headers, data=orjson.dumps({"batch": [event]})
+        ) as r:
             assert r.status == 200
     await wait_drained(collector)
     _, rows = await stores.clickhouse.query(
         "SELECT project_id, event FROM events WHERE user_id = 'b-cust' AND project_id IN {p:Array(String)} ORDER BY event",
         {"p": [project.id, other.id]},
     )
-    assert sorted(rows) == sorted([(other.id, ""), (other.id, "B only"), (project.id, "A forged"), (project.id, "A with B writeKey")])
+    assert sorted(rows) == sorted(
+        [(other.id, ""), (other.id, "B only"), (project.id, "A forged"), (project.id, "A with B writeKey")]
+    )
 
     read = basic(project.read_key)
     async with http.get(query.make_url("/v1/customers/b-cust/events"), headers=read) as r:
         assert {e["event"] for e in (await r.json())["events"]} == {"A forged", "A with B writeKey"}
     async with http.get(query.make_url("/v1/customers/b-cust"), headers=read) as r:
         assert (await r.json())["traits"] == {}
-    for path in ("/v1/maps/b-maps", "/v1/segments/b-segments", "/v1/maps/b-maps/versions", "/v1/customers/b-cust/journey?map=b-maps"):
+    for path in (
+        "/v1/maps/b-maps",
+        "/v1/segments/b-segments",
+        "/v1/maps/b-maps/versions",
+        "/v1/customers/b-cust/journey?map=b-maps",
+    ):
         assert await _status(http, query, "GET", path, project.read_key) == 404, path
     for kind in ("maps", "segments"):
         async with http.get(query.make_url(f"/v1/{kind}"), headers=read) as r:
@@ -269,7 +315,13 @@ def test_no_key_in_the_service_log(tmp_path) -> None:  # type: ignore[no-untyped
             call(live.collector, "POST", "/v1/track", b"{}", {"Authorization": f"Basic {key}\x01"})
             call(live.collector, "POST", "/v1/track", b"{}", {"Authorization": f"Bearer {key}", "X-Bad": "\x7f" + key})
             # Quarantined and refused events carrying the key as data.
-            call(live.collector, "POST", "/v1/batch", orjson.dumps({"batch": [{"type": "track", "event": key}]}), basic(keys.write))
+            call(
+                live.collector,
+                "POST",
+                "/v1/batch",
+                orjson.dumps({"batch": [{"type": "track", "event": key}]}),
+                basic(keys.write),
+            )
         assert live.alive()
     finally:
         assert live.stop() == 0

@@ -63,7 +63,12 @@ async def client(server: ClickHouseHTTP) -> AsyncIterator[AsyncClient]:
 
 
 def _http(
-    server: ClickHouseHTTP, method: str = "POST", body: bytes | None = None, auth: bool = True, headers: dict | None = None, **params: str
+    server: ClickHouseHTTP,
+    method: str = "POST",
+    body: bytes | None = None,
+    auth: bool = True,
+    headers: dict | None = None,
+    **params: str,
 ):
     """A bare HTTP request (no clickhouse-connect): returns (status, headers, body)."""
     headers = dict(headers or {})
@@ -91,7 +96,13 @@ async def test_async_connect_and_insert(server: ClickHouseHTTP, client: AsyncCli
         "SELECT count(), countIf(done IS NULL), min(ts), max(ts), uniqExact(kind), toTypeName(kind), sum(n) FROM chhttp.events"
     )
     count, nulls, min_ts, max_ts, kinds, kind_type, total = result.result_rows[0]
-    assert (count, nulls, kinds, kind_type, total) == (ROWS, ROWS // 2, 3, "LowCardinality(String)", ROWS * (ROWS - 1) // 2)
+    assert (count, nulls, kinds, kind_type, total) == (
+        ROWS,
+        ROWS // 2,
+        3,
+        "LowCardinality(String)",
+        ROWS * (ROWS - 1) // 2,
+    )
     # clickhouse-connect hands back UTC values as naive datetimes by default
     min_ts, max_ts = (v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v for v in (min_ts, max_ts))
     assert int(min_ts.timestamp() * 1000) == BASE_MS and int(max_ts.timestamp() * 1000) == BASE_MS + ROWS - 1
@@ -104,7 +115,9 @@ async def test_async_bound_parameters(client: AsyncClient) -> None:
     await client.command("CREATE TABLE IF NOT EXISTS chhttp.strings (s String) ENGINE = MergeTree ORDER BY s")
     await client.insert("chhttp.strings", [tricky], column_names=["s"], column_oriented=True)
     for value in tricky:
-        got = await client.query("SELECT {v:String} AS v, count() FROM chhttp.strings WHERE s = {v:String}", parameters={"v": value})
+        got = await client.query(
+            "SELECT {v:String} AS v, count() FROM chhttp.strings WHERE s = {v:String}", parameters={"v": value}
+        )
         assert got.result_rows == [(value, 1)]
     got = await client.query(
         "SELECT s FROM chhttp.strings WHERE s IN {vals:Array(String)} AND length(s) > {min:UInt32} ORDER BY s",
@@ -113,7 +126,10 @@ async def test_async_bound_parameters(client: AsyncClient) -> None:
     assert sorted(r[0] for r in got.result_rows) == sorted(v for v in tricky[:4] if len(v) > 3)
     # parameters too long for the URL travel as a multipart form
     long_value = "{'x'}" * 4000
-    got = await client.query("SELECT length({v:String}), {v:String} = repeat({unit:String}, 4000)", parameters={"v": long_value, "unit": "{'x'}"})
+    got = await client.query(
+        "SELECT length({v:String}), {v:String} = repeat({unit:String}, 4000)",
+        parameters={"v": long_value, "unit": "{'x'}"},
+    )
     assert got.result_rows == [(len(long_value), True)]
 
 
@@ -169,7 +185,12 @@ async def test_async_compression_variants(server: ClickHouseHTTP, client: AsyncC
         table = f"chhttp.comp_{compress or 'none'}"
         await c.command(f"CREATE TABLE IF NOT EXISTS {table} (s String, n UInt32) ENGINE = MergeTree ORDER BY n")
         await c.command(f"TRUNCATE TABLE {table}")
-        await c.insert(table, [["x" * (i % 50) for i in range(2000)], list(range(2000))], column_names=["s", "n"], column_oriented=True)
+        await c.insert(
+            table,
+            [["x" * (i % 50) for i in range(2000)], list(range(2000))],
+            column_names=["s", "n"],
+            column_oriented=True,
+        )
         got = await c.query(f"SELECT s, n FROM {table} ORDER BY n")
         assert len(got.result_rows) == 2000 and got.result_rows[51] == ("x", 51)
     finally:
@@ -178,7 +199,10 @@ async def test_async_compression_variants(server: ClickHouseHTTP, client: AsyncC
 
 async def test_async_concurrent_queries(client: AsyncClient) -> None:
     results = await asyncio.gather(
-        *(client.query("SELECT count() FROM chhttp.events WHERE n % 10 = {r:UInt32}", parameters={"r": r}) for r in range(10))
+        *(
+            client.query("SELECT count() FROM chhttp.events WHERE n % 10 = {r:UInt32}", parameters={"r": r})
+            for r in range(10)
+        )
     )
     assert [res.result_rows[0][0] for res in results] == [ROWS // 10] * 10
 
@@ -242,7 +266,10 @@ def test_bare_http_interface(server: ClickHouseHTTP, client: AsyncClient) -> Non
     assert body.startswith(b'{"count()":')
     # compressed request bodies and responses
     status, headers, body = _http(
-        server, body=gzip.compress(b"SELECT 'zipped'"), enable_http_compression="1", headers={"Content-Encoding": "gzip", "Accept-Encoding": "zstd, gzip"}
+        server,
+        body=gzip.compress(b"SELECT 'zipped'"),
+        enable_http_compression="1",
+        headers={"Content-Encoding": "gzip", "Accept-Encoding": "zstd, gzip"},
     )
     assert (status, headers["Content-Encoding"], gzip.decompress(body)) == (200, "gzip", b"zipped\n")
 

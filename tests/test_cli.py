@@ -97,8 +97,9 @@ def test_the_data_directory_is_found_from_below_and_never_made_anew_elsewhere(tm
     del env["JOURNEYS_DATA_DIR"]
 
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "journeys.cli", *args], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "journeys.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        )
 
     try:
         created = run(home / "src" / "deep", "project", "create", "found", "--env")
@@ -108,7 +109,11 @@ def test_the_data_directory_is_found_from_below_and_never_made_anew_elsewhere(tm
         listed = run(home / "src", "map", "list", "--project", "found")
         assert listed.returncode == 0, listed.stderr
         refused = run(elsewhere, "map", "list", "--project", "found")
-        assert refused.returncode == 2 and "no journeys data directory" in refused.stderr and "JOURNEYS_DATA_DIR" in refused.stderr
+        assert (
+            refused.returncode == 2
+            and "no journeys data directory" in refused.stderr
+            and "JOURNEYS_DATA_DIR" in refused.stderr
+        )
         assert os.listdir(elsewhere) == []
         assert run(elsewhere, "map", "template", "five-stage").returncode == 0  # needs no store
         # An import by key needs no store: it gets as far as the (missing) file.

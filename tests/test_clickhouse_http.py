@@ -67,13 +67,23 @@ async def _project(stores: Stores):  # type: ignore[no-untyped-def]
 async def test_ingest_and_read_back_over_http_clickhouse(http_stores, services) -> None:  # type: ignore[no-untyped-def]
     collector, query = services
     project = await _project(http_stores)
-    batch = [{"type": "track", "userId": "h1", "event": f"E{i}", "messageId": f"h-{i}",
-              "timestamp": f"2026-05-0{i + 1}T10:00:00Z", "channel": "email"} for i in range(5)]
+    batch = [
+        {
+            "type": "track",
+            "userId": "h1",
+            "event": f"E{i}",
+            "messageId": f"h-{i}",
+            "timestamp": f"2026-05-0{i + 1}T10:00:00Z",
+            "channel": "email",
+        }
+        for i in range(5)
+    ]
     batch.append({"type": "track", "userId": "h1"})  # quarantined
     async with aiohttp.ClientSession() as http:
         for _ in range(2):  # a retry: counted once
-            async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
-                                 headers=basic(project.write_key)) as resp:
+            async with http.post(
+                collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}), headers=basic(project.write_key)
+            ) as resp:
                 assert resp.status == 200 and (await resp.json())["accepted"] == 5
 
         async def visible():  # type: ignore[no-untyped-def]
@@ -96,10 +106,13 @@ async def test_clickhouse_outage_is_absorbed_by_the_spool_then_drained(http_stor
 
     async def send(http: aiohttp.ClientSession, tag: str, batches: int) -> None:
         for b in range(batches):
-            batch = [{"type": "track", "userId": f"o{i % 13}", "event": "Tick", "messageId": f"{tag}-{b}-{i}"}
-                     for i in range(20)]
-            async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
-                                 headers=basic(project.write_key)) as resp:
+            batch = [
+                {"type": "track", "userId": f"o{i % 13}", "event": "Tick", "messageId": f"{tag}-{b}-{i}"}
+                for i in range(20)
+            ]
+            async with http.post(
+                collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}), headers=basic(project.write_key)
+            ) as resp:
                 if resp.status == 200:
                     acked.extend(e["messageId"] for e in batch)
                 else:
@@ -130,8 +143,9 @@ async def test_clickhouse_outage_is_absorbed_by_the_spool_then_drained(http_stor
         await wait_until(ready_again, timeout=15)
         seen: list[str] = []
         for c in range(13):
-            async with http.get(query.make_url(f"/v1/customers/o{c}/events?limit=10000"),
-                                headers=basic(project.read_key)) as resp:
+            async with http.get(
+                query.make_url(f"/v1/customers/o{c}/events?limit=10000"), headers=basic(project.read_key)
+            ) as resp:
                 seen.extend(e["message_id"] for e in (await resp.json())["events"])
     assert errors == []
     assert len(acked) == 2400
@@ -142,7 +156,9 @@ async def _drained(spool) -> bool:  # type: ignore[no-untyped-def]
     return spool.pending_bytes == 0
 
 
-async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_drop(http_stores, server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_drop(
+    http_stores, server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """Each INSERT takes a second and carries at most 16 KiB: the spool (capped at 1 MiB) fills under load,
     the door answers 503 + Retry-After — never a 500, never a 200 for something it then drops — and once
     ClickHouse is fast again everything acknowledged is stored once and nothing refused is."""
@@ -162,10 +178,21 @@ async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_
     try:
         async with aiohttp.ClientSession() as http:
             for b in range(400):
-                batch = [{"type": "track", "userId": f"s{i % 7}", "event": "Slow", "messageId": f"slow-{b}-{i}",
-                          "properties": {"pad": "p" * 300}} for i in range(40)]
-                async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
-                                     headers=basic(project.write_key)) as resp:
+                batch = [
+                    {
+                        "type": "track",
+                        "userId": f"s{i % 7}",
+                        "event": "Slow",
+                        "messageId": f"slow-{b}-{i}",
+                        "properties": {"pad": "p" * 300},
+                    }
+                    for i in range(40)
+                ]
+                async with http.post(
+                    collector.make_url("/v1/batch"),
+                    data=orjson.dumps({"batch": batch}),
+                    headers=basic(project.write_key),
+                ) as resp:
                     statuses.append(resp.status)
                     if resp.status == 200:
                         acked.extend(e["messageId"] for e in batch)
@@ -202,18 +229,45 @@ async def test_stage_facts_of_20k_customers_at_once_over_http(http_stores) -> No
 
     pid = "p_http20k"
     definitions = Definitions.of(
-        [(validate_map({"name": "m", "stages": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
-                        "touchpoints": [{"id": "ta", "stage": "a", "match": {"event": "A"}},
-                                        {"id": "tb", "stage": "b", "match": {"event": "B"}}]}), 1)], []
+        [
+            (
+                validate_map(
+                    {
+                        "name": "m",
+                        "stages": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
+                        "touchpoints": [
+                            {"id": "ta", "stage": "a", "match": {"event": "A"}},
+                            {"id": "tb", "stage": "b", "match": {"event": "B"}},
+                        ],
+                    }
+                ),
+                1,
+            )
+        ],
+        [],
     )
     ids = [f"customer-{n:06d}-{'x' * 24}" for n in range(REFRESH_CHUNK)]
 
     def rows(event: str, minute: int) -> bytes:
-        values = {"project_id": pid, "type": "track", "event": event, "channel": "web", "touchpoint": "",
-                  "sentiment": "", "user_id": "", "anonymous_id": "", "group_id": "", "previous_id": "",
-                  "timestamp": f"2026-03-01 10:{minute:02d}:00.000", "original_timestamp": "2026-03-01 10:00:00.000",
-                  "sent_at": None, "received_at": "2026-03-01 11:00:00.000", "properties": "{}", "traits": "{}",
-                  "context": "{}"}
+        values = {
+            "project_id": pid,
+            "type": "track",
+            "event": event,
+            "channel": "web",
+            "touchpoint": "",
+            "sentiment": "",
+            "user_id": "",
+            "anonymous_id": "",
+            "group_id": "",
+            "previous_id": "",
+            "timestamp": f"2026-03-01 10:{minute:02d}:00.000",
+            "original_timestamp": "2026-03-01 10:00:00.000",
+            "sent_at": None,
+            "received_at": "2026-03-01 11:00:00.000",
+            "properties": "{}",
+            "traits": "{}",
+            "context": "{}",
+        }
         return b"".join(
             orjson.dumps([{**values, "message_id": f"{event}-{i}", "distinct_id": i}[c] for c in EVENT_COLUMNS]) + b"\n"
             for i in ids

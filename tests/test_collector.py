@@ -41,15 +41,21 @@ async def _rows(stores, project_id, sql_where="1", **params):  # type: ignore[no
     [
         ("/v1/track", {"userId": "u", "event": "Order Completed"}, {"type": "track", "event": "Order Completed"}),
         ("/v1/identify", {"userId": "u", "traits": {"plan": "b2b"}}, {"type": "identify", "touchpoint": "identify"}),
-        ("/v1/page", {"anonymousId": "a", "name": "Home"}, {"type": "page", "channel": "web", "touchpoint": "page_view"}),
-        ("/v1/screen", {"userId": "u", "name": "Cart"}, {"type": "screen", "channel": "app", "touchpoint": "screen_view"}),
+        (
+            "/v1/page",
+            {"anonymousId": "a", "name": "Home"},
+            {"type": "page", "channel": "web", "touchpoint": "page_view"},
+        ),
+        (
+            "/v1/screen",
+            {"userId": "u", "name": "Cart"},
+            {"type": "screen", "channel": "app", "touchpoint": "screen_view"},
+        ),
         ("/v1/group", {"userId": "u", "groupId": "acme"}, {"type": "group", "group_id": "acme"}),
         ("/v1/alias", {"userId": "u", "previousId": "a"}, {"type": "alias", "previous_id": "a"}),
     ],
 )
-async def test_each_single_event_endpoint_stores_its_type(
-    http, collector, stores, project, path, event, expect
-):  # type: ignore[no-untyped-def]
+async def test_each_single_event_endpoint_stores_its_type(http, collector, stores, project, path, event, expect):  # type: ignore[no-untyped-def]
     status, body, headers = await _post(http, collector, path, event, project.write_key)
     assert status == 200, body
     assert body == {"success": True, "accepted": 1, "quarantined": []}
@@ -64,23 +70,51 @@ async def test_each_single_event_endpoint_stores_its_type(
 
 async def test_batch_with_touchpoint_fields_and_utm(http, collector, stores, project):  # type: ignore[no-untyped-def]
     batch = [
-        {"type": "track", "userId": "c1", "event": "Purchase", "channel": "store", "touchpoint": "pos_purchase",
-         "sentiment": "positive", "messageId": "m1"},
-        {"type": "track", "userId": "c1", "event": "Email Clicked", "properties": {"channel": "Email", "action": "click"},
-         "messageId": "m2"},
-        {"type": "page", "anonymousId": "anon", "messageId": "m3",
-         "context": {"page": {"url": "https://shop.test/p?utm_source=news&utm_medium=email&utm_campaign=spring",
-                              "referrer": "https://mail.test/"}}},
+        {
+            "type": "track",
+            "userId": "c1",
+            "event": "Purchase",
+            "channel": "store",
+            "touchpoint": "pos_purchase",
+            "sentiment": "positive",
+            "messageId": "m1",
+        },
+        {
+            "type": "track",
+            "userId": "c1",
+            "event": "Email Clicked",
+            "properties": {"channel": "Email", "action": "click"},
+            "messageId": "m2",
+        },
+        {
+            "type": "page",
+            "anonymousId": "anon",
+            "messageId": "m3",
+            "context": {
+                "page": {
+                    "url": "https://shop.test/p?utm_source=news&utm_medium=email&utm_campaign=spring",
+                    "referrer": "https://mail.test/",
+                }
+            },
+        },
         {"type": "track", "userId": "c1", "event": "Call", "context": {"channel": "call-center"}, "messageId": "m4"},
     ]
     status, body, _ = await _post(http, collector, "/v1/batch", {"batch": batch}, project.write_key)
     assert (status, body["accepted"]) == (200, 4), body
     await wait_stored(stores, project.id, 4)
     rows = {r["message_id"]: r for r in await _rows(stores, project.id)}
-    assert (rows["m1"]["channel"], rows["m1"]["touchpoint"], rows["m1"]["sentiment"]) == ("store", "pos_purchase", "positive")
+    assert (rows["m1"]["channel"], rows["m1"]["touchpoint"], rows["m1"]["sentiment"]) == (
+        "store",
+        "pos_purchase",
+        "positive",
+    )
     assert (rows["m2"]["channel"], rows["m2"]["touchpoint"]) == ("email", "click")
     assert rows["m3"]["page_url"].startswith("https://shop.test/p")
-    assert (rows["m3"]["utm_source"], rows["m3"]["utm_medium"], rows["m3"]["utm_campaign"]) == ("news", "email", "spring")
+    assert (rows["m3"]["utm_source"], rows["m3"]["utm_medium"], rows["m3"]["utm_campaign"]) == (
+        "news",
+        "email",
+        "spring",
+    )
     assert rows["m3"]["referrer"] == "https://mail.test/"
     assert rows["m4"]["channel"] == "call_centre"
     assert rows["m3"]["distinct_id"] == "anon" and rows["m1"]["distinct_id"] == "c1"
@@ -151,7 +185,10 @@ async def test_bad_events_quarantined_good_ones_accepted(http, collector, stores
 
 async def test_all_invalid_request_is_refused_and_nothing_stored(http, collector, stores, project):  # type: ignore[no-untyped-def]
     status, body, _ = await _post(
-        http, collector, "/v1/batch", {"batch": [{"type": "track", "userId": "u"}, {"type": "alias", "userId": "u"}]},
+        http,
+        collector,
+        "/v1/batch",
+        {"batch": [{"type": "track", "userId": "u"}, {"type": "alias", "userId": "u"}]},
         project.write_key,
     )
     assert status == 400
@@ -196,10 +233,14 @@ async def test_size_limits(http, collector, stores, project):  # type: ignore[no
     # A gzip bomb: tiny on the wire, far over the limit once inflated. Refused without inflating it all.
     bomb = gzip.compress(b'{"batch": [' + b" " * 50_000_000 + b"]}")
     assert len(bomb) < 100_000
-    status, payload, _ = await _post(http, collector, "/v1/batch", bomb, project.write_key, {"Content-Encoding": "gzip"})
+    status, payload, _ = await _post(
+        http, collector, "/v1/batch", bomb, project.write_key, {"Content-Encoding": "gzip"}
+    )
     assert status == 413 and "decompressed" in payload["errors"][0]["reason"]
     deflated = zlib.compress(orjson.dumps({"batch": [{"type": "track", "userId": "u", "event": "Deflated"}]}))
-    status, payload, _ = await _post(http, collector, "/v1/batch", deflated, project.write_key, {"Content-Encoding": "deflate"})
+    status, payload, _ = await _post(
+        http, collector, "/v1/batch", deflated, project.write_key, {"Content-Encoding": "deflate"}
+    )
     assert status == 200, payload
     await wait_stored(stores, project.id, 1)
 
@@ -216,11 +257,13 @@ async def test_limits_are_configurable(http, stores, project, tmp_path):  # type
     await server.start_server()
     try:
         event = {"type": "track", "userId": "u", "event": "E", "properties": {"p": "x" * 400}}
-        status, payload, _ = await _post(http, server, "/v1/batch", {"batch": [event, {**event, "properties": {}}]},
-                                         project.write_key)
+        status, payload, _ = await _post(
+            http, server, "/v1/batch", {"batch": [event, {**event, "properties": {}}]}, project.write_key
+        )
         assert status == 200 and payload["quarantined"][0]["index"] == 0
-        status, payload, _ = await _post(http, server, "/v1/batch", {"batch": [{**event, "properties": {}}] * 60},
-                                         project.write_key)
+        status, payload, _ = await _post(
+            http, server, "/v1/batch", {"batch": [{**event, "properties": {}}] * 60}, project.write_key
+        )
         assert status == 413
     finally:
         await server.close()
@@ -244,10 +287,16 @@ async def test_auth(http, collector, stores, project):  # type: ignore[no-untype
 async def test_clock_skew_corrected_against_receive_time(http, collector, stores, project):  # type: ignore[no-untyped-def]
     # The device clock is 2 hours behind: it stamped the event 10 s before it sent it.
     device_now = datetime.now(timezone.utc) - timedelta(hours=2)
-    event = {"type": "track", "userId": "skew", "event": "E", "messageId": "skewed",
-             "timestamp": _iso(device_now - timedelta(seconds=10))}
-    status, _, _ = await _post(http, collector, "/v1/batch", {"batch": [event], "sentAt": _iso(device_now)},
-                               project.write_key)
+    event = {
+        "type": "track",
+        "userId": "skew",
+        "event": "E",
+        "messageId": "skewed",
+        "timestamp": _iso(device_now - timedelta(seconds=10)),
+    }
+    status, _, _ = await _post(
+        http, collector, "/v1/batch", {"batch": [event], "sentAt": _iso(device_now)}, project.write_key
+    )
     assert status == 200
     await wait_stored(stores, project.id, 1)
     [row] = await _rows(stores, project.id)
@@ -255,8 +304,13 @@ async def test_clock_skew_corrected_against_receive_time(http, collector, stores
     assert 9.9 <= lag <= 10.1, lag
     assert abs((row["received_at"] - row["original_timestamp"]).total_seconds() - 7210) < 5
     # Without sentAt the client's timestamp is kept as sent (historical imports rely on it).
-    await _post(http, collector, "/v1/track",
-                {"userId": "skew", "event": "Old", "timestamp": "2024-03-01T10:00:00Z"}, project.write_key)
+    await _post(
+        http,
+        collector,
+        "/v1/track",
+        {"userId": "skew", "event": "Old", "timestamp": "2024-03-01T10:00:00Z"},
+        project.write_key,
+    )
     await wait_stored(stores, project.id, 2)
     old = [r for r in await _rows(stores, project.id) if r["event"] == "Old"][0]
     assert old["timestamp"] == datetime(2024, 3, 1, 10, 0)
@@ -285,9 +339,13 @@ async def test_health_ready_and_metrics(http, collector, project):  # type: igno
         ready = await resp.json()
     assert resp.status == 200 and ready["ready"] is True
     assert set(ready["checks"]) == {"clickhouse", "postgres", "spool"}
-    await _post(http, collector, "/v1/batch",
-                {"batch": [{"type": "track", "userId": "m", "event": "E", "channel": "email"}, {"type": "track"}]},
-                project.write_key)
+    await _post(
+        http,
+        collector,
+        "/v1/batch",
+        {"batch": [{"type": "track", "userId": "m", "event": "E", "channel": "email"}, {"type": "track"}]},
+        project.write_key,
+    )
     await _post(http, collector, "/v1/batch", b"{bad", project.write_key)
     await wait_drained(collector)
     text = await _metric_text(http, collector, "")
@@ -330,15 +388,25 @@ async def test_spool_over_cap_answers_503_with_retry_after_and_loses_nothing(htt
     from journeys.metrics import Metrics
 
     # The inserter lingers for an hour: nothing leaves the spool, so it fills like during an outage.
-    stalled = with_settings(stores, spool_dir=tmp_path / "spool", spool_max_bytes=1024 * 1024, insert_linger_ms=3_600_000)
+    stalled = with_settings(
+        stores, spool_dir=tmp_path / "spool", spool_max_bytes=1024 * 1024, insert_linger_ms=3_600_000
+    )
     server = TestServer(create_app(stalled, Metrics()), host="127.0.0.1")
     await server.start_server()
     acked: list[str] = []
     try:
         refused = None
         for b in range(200):
-            batch = [{"type": "track", "userId": f"s{i}", "event": "E", "messageId": f"full-{b}-{i}",
-                      "properties": {"pad": "p" * 200}} for i in range(50)]
+            batch = [
+                {
+                    "type": "track",
+                    "userId": f"s{i}",
+                    "event": "E",
+                    "messageId": f"full-{b}-{i}",
+                    "properties": {"pad": "p" * 200},
+                }
+                for i in range(50)
+            ]
             status, payload, headers = await _post(http, server, "/v1/batch", {"batch": batch}, project.write_key)
             if status == 503:
                 refused = (payload, headers)
@@ -366,7 +434,9 @@ async def test_an_unknown_spool_record_is_skipped_not_a_stall(http, collector, s
     from collector.app import SPOOL
 
     await collector.app[SPOOL].append(b"Xwritten by some other version\n")
-    status, _, _ = await _post(http, collector, "/v1/track", {"userId": "after-x", "event": "Still flows"}, project.write_key)
+    status, _, _ = await _post(
+        http, collector, "/v1/track", {"userId": "after-x", "event": "Still flows"}, project.write_key
+    )
     assert status == 200
     await wait_drained(collector)
     assert [r["event"] for r in await _rows(stores, project.id)] == ["Still flows"]

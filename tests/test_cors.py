@@ -71,9 +71,7 @@ async def test_public_key_from_another_origin_is_refused_naming_origin_and_nothi
     status, body, _ = await post(http, collector, beacon_body(key, "Allowed"), SHOP)
     assert status == 200, body
     await wait_drained(collector)
-    _, rows = await stores.clickhouse.query(
-        "SELECT event FROM events WHERE project_id = {p:String}", {"p": project.id}
-    )
+    _, rows = await stores.clickhouse.query("SELECT event FROM events WHERE project_id = {p:String}", {"p": project.id})
     assert rows == [("Allowed",)]
 
 
@@ -121,14 +119,19 @@ async def test_preflight_answers_origins_some_project_lists_and_the_post_checks_
             assert {"authorization", "content-type", "content-encoding"} <= allowed
             assert int(resp.headers["Access-Control-Max-Age"]) > 0
             assert "Origin" in resp.headers.getall("Vary")
-    async with http.options(collector.make_url("/v1/batch"), headers={"Origin": "https://unknown.example", **asks}) as resp:
+    async with http.options(
+        collector.make_url("/v1/batch"), headers={"Origin": "https://unknown.example", **asks}
+    ) as resp:
         assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
         assert (await resp.json())["errors"][0]["field"] == "Origin"
     async with http.options(collector.make_url("/v1/batch")) as resp:  # not CORS at all
         assert resp.status == 204 and "POST" in resp.headers["Allow"]
     # The preflight let OTHER through (another project lists it); this key's project does not.
     status, body, headers = await post(
-        http, collector, orjson.dumps({"event": "x", "anonymousId": "a"}), OTHER,
+        http,
+        collector,
+        orjson.dumps({"event": "x", "anonymousId": "a"}),
+        OTHER,
         {**basic(key), "Content-Type": "application/json"},
     )
     assert status == 403 and body["errors"][0]["field"] == "Origin"
@@ -193,14 +196,20 @@ def test_cli_creates_public_keys_and_edits_origins(cli_dir: Path) -> None:
     assert made.returncode == 0 and made.stdout.startswith("jp_") and "project origins" in made.stderr
     empty = journeys(cli_dir, "project", "origins", "web")
     assert empty.returncode == 0 and empty.stdout == "" and "cannot send events from any web page" in empty.stderr
-    added = journeys(cli_dir, "project", "origins", "web", "--add", "https://Shop.example/", "--add", "http://127.0.0.1:3000")
+    added = journeys(
+        cli_dir, "project", "origins", "web", "--add", "https://Shop.example/", "--add", "http://127.0.0.1:3000"
+    )
     assert added.returncode == 0, added.stderr
     assert added.stdout.split() == ["http://127.0.0.1:3000", "https://shop.example"]
-    bad = journeys(cli_dir, "project", "origins", "web", "--add", "https://ok.example", "--add", "https://x.example/path")
+    bad = journeys(
+        cli_dir, "project", "origins", "web", "--add", "https://ok.example", "--add", "https://x.example/path"
+    )
     assert bad.returncode == 2 and "https://x.example/path" in bad.stderr and "no path" in bad.stderr
     after = journeys(cli_dir, "project", "origins", "web", "--remove", "http://127.0.0.1:3000", "--json")
     assert after.returncode == 0, after.stderr
     listed = orjson.loads(after.stdout)
-    assert listed["origins"] == ["https://shop.example"] and listed["project"].startswith("p_")  # bad run changed nothing
+    assert listed["origins"] == ["https://shop.example"] and listed["project"].startswith(
+        "p_"
+    )  # bad run changed nothing
     missing = journeys(cli_dir, "project", "origins", "nope", "--add", "https://a.example")
     assert missing.returncode == 1 and "no project named" in missing.stderr

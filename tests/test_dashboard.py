@@ -36,15 +36,23 @@ MAP = {
     "name": "funnel",
     "stages": [
         {"id": "aware", "name": "Aware", "conversion_window_days": 1, "target": {"conversion_rate": 0.9}},
-        {"id": "consider", "name": "Consider", "conversion_window_days": 5,
-         "target": {"conversion_rate": 0.3, "median_days_to_convert": 1}},
+        {
+            "id": "consider",
+            "name": "Consider",
+            "conversion_window_days": 5,
+            "target": {"conversion_rate": 0.3, "median_days_to_convert": 1},
+        },
         {"id": "buy", "name": "Buy", "conversion_window_days": 10},
         {"id": "loyal", "name": "Loyal"},
     ],
     "touchpoints": [
         {"id": "ad", "stage": "aware", "match": {"event": "A"}},
-        {"id": "rated", "stage": "consider", "match": {"event": "B"},
-         "sentiment": {"property": "score", "positive_at_least": 4, "negative_at_most": 2}},
+        {
+            "id": "rated",
+            "stage": "consider",
+            "match": {"event": "B"},
+            "sentiment": {"property": "score", "positive_at_least": 4, "negative_at_most": 2},
+        },
         {"id": "purchase", "stage": "buy", "match": {"event": "C"}, "sentiment": "positive"},
         {"id": "repeat-buy", "stage": "loyal", "match": {"event": "D"}},
     ],
@@ -52,8 +60,14 @@ MAP = {
 SEGMENTS = [{"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "vip"}]}]
 # (events, channel, vip): forward, skips (A→C), a regression with a repeat (A B A B), drop-offs (A alone).
 CUSTOMERS = [
-    ("ABCD", "web", True), ("ABC", "web", True), ("AC", "email", True), ("ABAB", "web", True),
-    ("A", "store", False), ("AB", "store", False), ("A", "email", False), ("ACD", "store", False),
+    ("ABCD", "web", True),
+    ("ABC", "web", True),
+    ("AC", "email", True),
+    ("ABAB", "web", True),
+    ("A", "store", False),
+    ("AB", "store", False),
+    ("A", "email", False),
+    ("ACD", "store", False),
 ]
 _names = itertools.count()
 
@@ -73,12 +87,28 @@ def _events(tag: str) -> list[dict[str, Any]]:
     for k, (kinds, channel, vip) in enumerate(CUSTOMERS):
         user = f"{tag}-c{k}"
         if vip:
-            out.append({"type": "identify", "userId": user, "channel": channel, "traits": {"plan": "vip"},
-                        "timestamp": _iso(BASE - timedelta(hours=1)), "messageId": f"{tag}-{k}-identify"})
+            out.append(
+                {
+                    "type": "identify",
+                    "userId": user,
+                    "channel": channel,
+                    "traits": {"plan": "vip"},
+                    "timestamp": _iso(BASE - timedelta(hours=1)),
+                    "messageId": f"{tag}-{k}-identify",
+                }
+            )
         for n, kind in enumerate(kinds):
-            out.append({"type": "track", "event": kind, "userId": user, "channel": channel,
-                        "properties": {"score": 5 if k % 2 else 1}, "timestamp": _iso(BASE + timedelta(hours=2 * n + k)),
-                        "messageId": f"{tag}-{k}-{n}"})
+            out.append(
+                {
+                    "type": "track",
+                    "event": kind,
+                    "userId": user,
+                    "channel": channel,
+                    "properties": {"score": 5 if k % 2 else 1},
+                    "timestamp": _iso(BASE + timedelta(hours=2 * n + k)),
+                    "messageId": f"{tag}-{k}-{n}",
+                }
+            )
     return out
 
 
@@ -105,7 +135,9 @@ async def _kpis_when(http, query, key: str, reached: int, **params: str) -> dict
                 return None
             assert r.status == 200, await r.text()
             body = await r.json()
-            return body if body["rebuilding"] is None and body["segments"][0]["stages"][0]["reached"] == reached else None
+            return (
+                body if body["rebuilding"] is None and body["segments"][0]["stages"][0]["reached"] == reached else None
+            )
 
     return await wait_until(ready, timeout=60, interval=0.2)
 
@@ -195,7 +227,10 @@ async def test_dashboard_views_show_the_api_numbers(browser, http, collector, qu
     await _sign_in(page, key)
     assert key not in page.url
     assert await page.evaluate("sessionStorage.getItem('journeys.readKey')") == key
-    window = {"from": await page.get_by_test_id("from-input").input_value(), "to": await page.get_by_test_id("to-input").input_value()}
+    window = {
+        "from": await page.get_by_test_id("from-input").input_value(),
+        "to": await page.get_by_test_id("to-input").input_value(),
+    }
 
     # Journey map, all customers: every stage's numbers equal the API's, status colours and the bottleneck.
     overall = await _api(http, query, key, "/v1/kpis", map="funnel", **window)
@@ -210,12 +245,16 @@ async def test_dashboard_views_show_the_api_numbers(browser, http, collector, qu
     await expect(page.get_by_test_id("bottleneck")).to_have_attribute("data-stage", bottleneck["stage"])
     await expect(page.get_by_test_id(f"stage-{bottleneck['stage']}").get_by_test_id("bottleneck-flag")).to_be_visible()
     top = stages[0]["top_touchpoints"][0]
-    await expect(page.get_by_test_id("stage-aware-touchpoints")).to_contain_text(f"{top['touchpoint']} · {top['customers']}")
+    await expect(page.get_by_test_id("stage-aware-touchpoints")).to_contain_text(
+        f"{top['touchpoint']} · {top['customers']}"
+    )
     sent = stages[1]["sentiment"]
     await expect(page.get_by_test_id("stage-consider-sentiment")).to_contain_text(f"positive {sent['positive']}")
     await expect(page.get_by_test_id("freshness")).to_contain_text("Newest event")
     await page.locator("#daily-chart .main-svg").first.wait_for()
-    assert await _download(page, "download-kpis") == await _api(http, query, key, "/v1/kpis", map="funnel", format="csv", **window)
+    assert await _download(page, "download-kpis") == await _api(
+        http, query, key, "/v1/kpis", map="funnel", format="csv", **window
+    )
     await _screenshot(page, "journey-all-1280x800")
 
     # Switching segment changes the numbers, to the API's numbers for that segment.
@@ -235,16 +274,27 @@ async def test_dashboard_views_show_the_api_numbers(browser, http, collector, qu
         assert await page.evaluate(f"document.getElementById('{chart}').data[0].type") == kind
     funnel = await page.evaluate("document.getElementById('funnel-chart').data[0].x")
     assert funnel == [s["entered"] for s in vip]  # one group: the customers who entered each stage in the range
-    flow_fields = {"reached": lambda s: s["reached"], "converted": lambda s: s["converted"], "dropped": lambda s: s["dropped"],
-                   "regressions": lambda s: s["regressions_into"], "skips": lambda s: s["skips_over"], "repeats": lambda s: s["repeats"]}
+    flow_fields = {
+        "reached": lambda s: s["reached"],
+        "converted": lambda s: s["converted"],
+        "dropped": lambda s: s["dropped"],
+        "regressions": lambda s: s["regressions_into"],
+        "skips": lambda s: s["skips_over"],
+        "repeats": lambda s: s["repeats"],
+    }
     await _cells_equal(page, vip, flow_fields, "flow-")
     # The sankey carries the non-linear moves between the exact stage pairs of the API's transitions.
     links = await page.evaluate("document.getElementById('flow-chart').data[0].link")
     index = {s["id"]: i for i, s in enumerate(vip)}
     for kind, prefix in (("regression", "back from"), ("skip", "skipped from")):
-        drawn = sorted((a, b, v) for a, b, v, label in zip(links["source"], links["target"], links["value"], links["label"])
-                       if label.startswith(prefix))
-        expected = sorted((index[t["from"]], index[t["to"]], t["count"]) for t in vip_segment["transitions"] if t["kind"] == kind)
+        drawn = sorted(
+            (a, b, v)
+            for a, b, v, label in zip(links["source"], links["target"], links["value"], links["label"])
+            if label.startswith(prefix)
+        )
+        expected = sorted(
+            (index[t["from"]], index[t["to"]], t["count"]) for t in vip_segment["transitions"] if t["kind"] == kind
+        )
         assert drawn == expected and expected, kind
     await _screenshot(page, "flow-vip-1280x800")
 
@@ -254,7 +304,12 @@ async def test_dashboard_views_show_the_api_numbers(browser, http, collector, qu
     await page.locator("#compare-chart .main-svg").first.wait_for()
     for seg in both["segments"]:
         name = "all" if seg["segment"] is None else seg["segment"]
-        await _cells_equal(page, seg["stages"], {"reached": lambda s: s["reached"], "conversion": lambda s: s["conversion_rate"]}, f"cmp-{name}-")
+        await _cells_equal(
+            page,
+            seg["stages"],
+            {"reached": lambda s: s["reached"], "conversion": lambda s: s["conversion_rate"]},
+            f"cmp-{name}-",
+        )
     assert await _download(page, "download-compare") == await _api(
         http, query, key, "/v1/kpis", map="funnel", segment="*", format="csv", **window
     )
@@ -286,8 +341,14 @@ async def test_dashboard_views_show_the_api_numbers(browser, http, collector, qu
     await page.get_by_label("Segment").select_option("")
     await expect(page.get_by_test_id("stage-aware-reached")).to_have_text("8")
     await page.evaluate("window.__marker = 'same page'")
-    live = {"type": "track", "event": "A", "userId": f"{tag}-live", "channel": "web",
-            "timestamp": _iso(datetime.now(timezone.utc) - timedelta(minutes=1)), "messageId": f"{tag}-live"}
+    live = {
+        "type": "track",
+        "event": "A",
+        "userId": f"{tag}-live",
+        "channel": "web",
+        "timestamp": _iso(datetime.now(timezone.utc) - timedelta(minutes=1)),
+        "messageId": f"{tag}-live",
+    }
     await _send(http, collector, project.write_key, [live])
     await expect(page.get_by_test_id("stage-aware-reached")).to_have_text("9", timeout=60_000)
     assert await page.evaluate("window.__marker") == "same page"

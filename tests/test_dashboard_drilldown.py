@@ -18,7 +18,13 @@ from journeys.keys import create_project
 from test_dashboard import MAP, SEGMENTS, _api, _kpis_when, _page, _screenshot, _send, _sign_in, browser, seeded  # noqa: F401
 
 NAMES = iter(range(10**6))
-COUNTS = {"reached": "reached", "entered": "entered", "converted": "converted", "dropped": "dropped", "in-progress": "in_progress"}
+COUNTS = {
+    "reached": "reached",
+    "entered": "entered",
+    "converted": "converted",
+    "dropped": "dropped",
+    "in-progress": "in_progress",
+}
 
 
 def _iso(at: datetime) -> str:
@@ -30,7 +36,9 @@ async def _list_ids(http, query, key: str, **params: str) -> list[str]:  # type:
     ids: list[str] = []
     cursor = None
     while True:
-        page = await _api(http, query, key, "/v1/kpis/customers", limit="1000", **params, **({"cursor": cursor} if cursor else {}))
+        page = await _api(
+            http, query, key, "/v1/kpis/customers", limit="1000", **params, **({"cursor": cursor} if cursor else {})
+        )
         ids += [c["customer_id"] for c in page["customers"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -63,10 +71,27 @@ async def test_undecided_data_never_reads_met(browser, http, collector, query, s
         for segment in SEGMENTS:
             await definitions.apply(conn, project.id, "segment", segment)
     recent = datetime.now(timezone.utc) - timedelta(hours=3)
-    events = [{"type": "track", "event": "A", "userId": f"u{k}", "channel": "web", "timestamp": _iso(recent), "messageId": f"u{k}-a"}
-              for k in range(5)]
-    events.append({"type": "track", "event": "B", "userId": "u0", "channel": "web",
-                   "timestamp": _iso(recent + timedelta(minutes=30)), "messageId": "u0-b"})
+    events = [
+        {
+            "type": "track",
+            "event": "A",
+            "userId": f"u{k}",
+            "channel": "web",
+            "timestamp": _iso(recent),
+            "messageId": f"u{k}-a",
+        }
+        for k in range(5)
+    ]
+    events.append(
+        {
+            "type": "track",
+            "event": "B",
+            "userId": "u0",
+            "channel": "web",
+            "timestamp": _iso(recent + timedelta(minutes=30)),
+            "messageId": "u0-b",
+        }
+    )
     await _send(http, collector, project.write_key, events)
     kpis = await _kpis_when(http, query, project.read_key, 5)
     stages = kpis["segments"][0]["stages"]
@@ -115,7 +140,10 @@ async def test_every_stage_count_opens_its_customers(browser, http, query, seede
     key = project.read_key
     context, page, problems = await _page(browser, query)
     await _sign_in(page, key)
-    window = {"from": await page.get_by_test_id("from-input").input_value(), "to": await page.get_by_test_id("to-input").input_value()}
+    window = {
+        "from": await page.get_by_test_id("from-input").input_value(),
+        "to": await page.get_by_test_id("to-input").input_value(),
+    }
     stages = (await _api(http, query, key, "/v1/kpis", map="funnel", **window))["segments"][0]["stages"]
     opened = 0
     for stage in stages:
@@ -138,7 +166,9 @@ async def test_every_stage_count_opens_its_customers(browser, http, query, seede
     summary = await _api(http, query, key, "/v1/kpis/dropped", map="funnel", stage="aware", **window)
     await expect(page.get_by_test_id("drill-dropped")).to_be_visible()
     first = summary["last_touchpoints"][0]
-    await expect(page.get_by_test_id("dropped-last-touchpoints")).to_contain_text(f"{first['touchpoint']} · {first['customers']}")
+    await expect(page.get_by_test_id("dropped-last-touchpoints")).to_contain_text(
+        f"{first['touchpoint']} · {first['customers']}"
+    )
     await _screenshot(page, "drill-dropped-1280x800")
 
     # The flow table's cells, for a segment.
@@ -148,7 +178,9 @@ async def test_every_stage_count_opens_its_customers(browser, http, query, seede
     consider = vip[1]
     await expect(page.get_by_test_id("flow-consider-entered")).to_have_attribute("data-value", str(consider["entered"]))
     await _open_and_count(page, page.get_by_test_id("flow-consider-entered"), consider["entered"])
-    assert await _drill_ids(page) == await _list_ids(http, query, key, map="funnel", stage="consider", outcome="entered", segment="vip", **window)
+    assert await _drill_ids(page) == await _list_ids(
+        http, query, key, map="funnel", stage="consider", outcome="entered", segment="vip", **window
+    )
     await expect(page.get_by_test_id("flow-links")).to_contain_text("skipped from Aware to Buy: 1")
 
     # The comparison: a segment's table cell, and a segment's bar in the chart.
@@ -190,7 +222,8 @@ async def test_a_list_row_opens_the_timeline_and_customers_are_findable(browser,
     await expect(page.locator("[data-testid^=timeline-row-]")).to_have_count(len(journey["touchpoints"]))
     profile = await _api(http, query, key, f"/v1/customers/{customer}")
     await expect(page.get_by_test_id("profile-traits")).to_have_text(
-        "".join(f"{k}: {v}" for k, v in profile["traits"].items()) or "none")
+        "".join(f"{k}: {v}" for k, v in profile["traits"].items()) or "none"
+    )
     await expect(page.get_by_test_id("profile-segments")).to_have_text(", ".join(profile["segments"]) or "none")
     await page.locator("#timeline-chart .main-svg").first.wait_for()
     await _screenshot(page, "customer-from-list-1280x800")

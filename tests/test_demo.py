@@ -36,8 +36,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 def _demo(service: Service, *args: str) -> tuple[dict[str, Any], str]:
     done = journeys(
-        service.data_dir, "demo", *args, "--json",
-        JOURNEYS_COLLECTOR_PORT=str(service.collector_port), JOURNEYS_QUERY_PORT=str(service.query_port),
+        service.data_dir,
+        "demo",
+        *args,
+        "--json",
+        JOURNEYS_COLLECTOR_PORT=str(service.collector_port),
+        JOURNEYS_QUERY_PORT=str(service.query_port),
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout), done.stderr
@@ -117,8 +121,12 @@ def test_demo_sends_a_whole_project_through_the_running_service_and_a_rerun_coun
 
     # The printed write and public keys write (the public one from the demo shop's origin only).
     event = {"userId": "probe", "event": "Probe", "messageId": "probe-write"}
-    status, _ = _call(service.collector + "/v1/track", second["write_key"], json.dumps(event).encode(),
-                      {"Content-Type": "application/json"})
+    status, _ = _call(
+        service.collector + "/v1/track",
+        second["write_key"],
+        json.dumps(event).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 200
     batch = {"batch": [{**event, "type": "track", "messageId": "probe-public"}], "writeKey": second["public_key"]}
     body = json.dumps(batch).encode()
@@ -139,22 +147,30 @@ def test_demo_without_a_running_service_says_so_in_one_line(tmp_path: Path) -> N
 
 def test_the_data_set_is_the_same_for_a_seed_and_has_every_kind_of_journey() -> None:
     a = generate(seed=7, customers=80, days=60, anchor=datetime(2026, 3, 1, 8, 15, tzinfo=timezone.utc))
-    b = generate(seed=7, customers=80, days=60, anchor=datetime(2026, 3, 1, 8, 15, tzinfo=timezone.utc) + timedelta(hours=13))
+    b = generate(
+        seed=7, customers=80, days=60, anchor=datetime(2026, 3, 1, 8, 15, tzinfo=timezone.utc) + timedelta(hours=13)
+    )
     c = generate(seed=8, customers=80, days=60, anchor=datetime(2026, 3, 1, 8, 15, tzinfo=timezone.utc))
 
     def ids(data: Any) -> list[str]:
-        return [k["message_id"] for _, k in data.sdk] + [e["messageId"] for e in data.tracker] + [
-            r["message_id"] for r in data.store_rows
-        ]
+        return (
+            [k["message_id"] for _, k in data.sdk]
+            + [e["messageId"] for e in data.tracker]
+            + [r["message_id"] for r in data.store_rows]
+        )
 
     assert ids(a) == ids(b) and len(set(ids(a))) == len(ids(a))  # deterministic, unique, anchor-independent
     assert not set(ids(a)) & set(ids(c))
     assert a.channels == CHANNELS
     end = a.anchor_ms
-    times = [k["timestamp"] for _, k in a.sdk] + [e["timestamp"] for e in a.tracker] + [r["sold_at"] for r in a.store_rows]
+    times = (
+        [k["timestamp"] for _, k in a.sdk] + [e["timestamp"] for e in a.tracker] + [r["sold_at"] for r in a.store_rows]
+    )
     assert all(end - 60 * 86_400_000 - 3_600_000 <= _ms(t) < end for t in times)  # history, never the future
     assert a.store_rows and a.live_emails and any(m == "alias" for m, _ in a.sdk)
-    assert any(k.get("sentiment") == "negative" for _, k in a.sdk) and any(k.get("sentiment") == "positive" for _, k in a.sdk)
+    assert any(k.get("sentiment") == "negative" for _, k in a.sdk) and any(
+        k.get("sentiment") == "positive" for _, k in a.sdk
+    )
 
 
 def _ms(iso: str) -> int:

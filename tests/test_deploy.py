@@ -131,11 +131,16 @@ def test_prometheus_scrapes_every_journeys_service_on_its_port(name: str) -> Non
     prometheus = yaml.safe_load(_mounted(name, "prometheus", "/etc/prometheus/prometheus.yml").read_text())
     assert _pinned(services["prometheus"]["image"]) and "9090:9090" in services["prometheus"]["ports"]
 
-    jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in prometheus["scrape_configs"]}
+    jobs = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in prometheus["scrape_configs"]
+    }
     assert set(JOURNEYS_JOBS) <= set(jobs), jobs
     for job, role in JOURNEYS_JOBS.items():
         expected = {
-            f"{svc}:{_service_port(spec, role)}" for svc, spec in services.items() if _journeys_role(spec) in (role, "both")
+            f"{svc}:{_service_port(spec, role)}"
+            for svc, spec in services.items()
+            if _journeys_role(spec) in (role, "both")
         }
         assert expected and set(jobs[job]) == expected, (job, jobs[job], expected)
     for job, targets in jobs.items():
@@ -199,16 +204,26 @@ def test_quarantine_is_alerted_and_charted_naming_how_to_see_and_replay_it() -> 
     """Quarantined events are not lost but unseen: the alert and the dashboard say where to look and how to
     take them back in (docs/quarantine.md)."""
     [rule] = [r for r in _alert_rules() if "journeys_events_quarantined_total" in r["expr"]]
-    assert re.search(r"\brate\(journeys_events_quarantined_total\{[^}]*\}\[\d+m\]\)\)\s*>\s*0\s*$", rule["expr"].strip()), rule
+    assert re.search(
+        r"\brate\(journeys_events_quarantined_total\{[^}]*\}\[\d+m\]\)\)\s*>\s*0\s*$", rule["expr"].strip()
+    ), rule
     assert _minutes(str(rule["for"])) >= 10  # a sender that keeps failing, not one bad event
     assert "journeys quarantine replay" in rule["annotations"]["summary"]
     assert "/v1/quarantine" in rule["annotations"]["summary"] + rule["annotations"]["description"]
     ingest = _dashboards()["journeys-ingest.json"]
-    charted = [p for p in _panels(ingest) if any("journeys_events_quarantined_total" in t["expr"] for t in p.get("targets", []))]
-    assert any(p["type"] == "stat" and "increase(" in p["targets"][0]["expr"] for p in charted), "no quarantine count panel"
+    charted = [
+        p
+        for p in _panels(ingest)
+        if any("journeys_events_quarantined_total" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert any(p["type"] == "stat" and "increase(" in p["targets"][0]["expr"] for p in charted), (
+        "no quarantine count panel"
+    )
     for panel in charted:
         if panel["type"] == "stat" or "by (reason)" in panel["targets"][0]["expr"]:
-            assert "journeys quarantine replay" in panel["description"] and "/v1/quarantine" in panel["description"], panel["title"]
+            assert "journeys quarantine replay" in panel["description"] and "/v1/quarantine" in panel["description"], (
+                panel["title"]
+            )
 
 
 def _dashboards() -> dict[str, dict]:
@@ -272,7 +287,8 @@ def test_dashboards_cover_what_ops_watch() -> None:
         "spool size": r"journeys_spool_bytes",
         "oldest spooled event age": r"journeys_spool_oldest_event_age_seconds",
         "end-to-end freshness": r"journeys_newest_event_age_seconds",
-        "query latency by endpoint": r"histogram_quantile\(0\.99, sum by \(le, route\) \(rate\(journeys_http_request_duration_seconds_bucket\{job=\"journeys-query\"",
+        "query latency by endpoint": r"histogram_quantile\(0\.99, sum by \(le, route\) "
+        r"\(rate\(journeys_http_request_duration_seconds_bucket\{job=\"journeys-query\"",
     }
     for what, pattern in wanted.items():
         assert any(re.search(pattern, e) for e in exprs), f"no panel for {what}"
@@ -298,7 +314,11 @@ def _remote_servers() -> tuple[str, list[list[tuple[str, int]]], list[bool]]:
 
 
 def _clickhouse_nodes() -> list[str]:
-    return [s for s, spec in _load("cluster")["services"].items() if spec.get("image", "").startswith("clickhouse/clickhouse-server:")]
+    return [
+        s
+        for s, spec in _load("cluster")["services"].items()
+        if spec.get("image", "").startswith("clickhouse/clickhouse-server:")
+    ]
 
 
 def test_cluster_is_two_shards_of_two_replicas() -> None:
@@ -323,7 +343,10 @@ def test_each_node_macros_match_its_place_in_the_cluster() -> None:
             assert root.findtext("macros/replica") == host
             assert root.findtext("macros/cluster") == name
             assert root.findtext("interserver_http_host") == host
-            assert _mounted("cluster", host, "/etc/clickhouse-server/config.d/cluster.xml") == CLUSTER / "clickhouse/config.d/cluster.xml"
+            assert (
+                _mounted("cluster", host, "/etc/clickhouse-server/config.d/cluster.xml")
+                == CLUSTER / "clickhouse/config.d/cluster.xml"
+            )
             users = _mounted("cluster", host, "/etc/clickhouse-server/users.d/journeys.xml")
             profile = ET.parse(users).getroot().find("profiles/default")
             assert profile.findtext("distributed_foreground_insert") == "1"  # type: ignore[union-attr]
@@ -335,10 +358,15 @@ def test_each_node_macros_match_its_place_in_the_cluster() -> None:
 
 def test_keeper_ensemble_is_consistent() -> None:
     services = _load("cluster")["services"]
-    keepers = {s: spec for s, spec in services.items() if spec.get("image", "").startswith("clickhouse/clickhouse-keeper:")}
+    keepers = {
+        s: spec for s, spec in services.items() if spec.get("image", "").startswith("clickhouse/clickhouse-keeper:")
+    }
     assert len(keepers) == 3
     config = ET.parse(CLUSTER / "keeper/keeper.xml").getroot()
-    raft = {int(s.findtext("id")): (s.findtext("hostname"), s.findtext("port")) for s in config.findall("keeper_server/raft_configuration/server")}  # type: ignore[arg-type]
+    raft = {
+        int(s.findtext("id")): (s.findtext("hostname"), s.findtext("port"))
+        for s in config.findall("keeper_server/raft_configuration/server")
+    }  # type: ignore[arg-type]
     assert sorted(raft) == [1, 2, 3]
     tcp_port = config.findtext("keeper_server/tcp_port")
     assert config.find("keeper_server/server_id").get("from_env") == "KEEPER_SERVER_ID"  # type: ignore[union-attr]
@@ -381,7 +409,9 @@ def _nginx_parse(text: str) -> list:
 def _nginx(path: Path) -> tuple[dict[str, list[str]], list[int]]:
     """(upstream name → its servers, ports listened on); every proxy_pass names a defined upstream."""
     [(_, _, http)] = [d for d in _nginx_parse(path.read_text()) if d[0] == "http"]
-    upstreams = {args[0]: [c[1][0] for c in body if c[0] == "server"] for name, args, body in http if name == "upstream"}
+    upstreams = {
+        args[0]: [c[1][0] for c in body if c[0] == "server"] for name, args, body in http if name == "upstream"
+    }
     servers = [body for name, _, body in http if name == "server"]
     listens = [int(c[1][0]) for body in servers for c in body if c[0] == "listen"]
 
@@ -434,7 +464,9 @@ def test_cluster_services_run_the_cluster_schema(monkeypatch: pytest.MonkeyPatch
         env = spec["environment"]
         assert env["JOURNEYS_CLICKHOUSE_CLUSTER"] == cluster_name, service
         with monkeypatch.context() as m:  # the whole environment is a valid configuration
-            for variable in [v for v in os.environ if v.startswith("JOURNEYS_") or v in ("CLICKHOUSE_URL", "DATABASE_URL")]:
+            for variable in [
+                v for v in os.environ if v.startswith("JOURNEYS_") or v in ("CLICKHOUSE_URL", "DATABASE_URL")
+            ]:
                 m.delenv(variable)
             for variable, value in env.items():
                 m.setenv(variable, str(value))
@@ -471,8 +503,14 @@ async def test_cluster_schema_parses_with_clickhouse(stores) -> None:  # type: i
     statements = split_statements((CLUSTER / "schema.sql").read_text())
     expected = [s for m in clickhouse_migrations(_render_schema_module().CLUSTER) for s in m.statements]
     assert statements == expected
-    assert any("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}'" in s for s in statements)
-    assert any("Distributed('journeys', currentDatabase(), events_local, cityHash64(project_id, distinct_id))" in s for s in statements)
+    assert any(
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}'" in s
+        for s in statements
+    )
+    assert any(
+        "Distributed('journeys', currentDatabase(), events_local, cityHash64(project_id, distinct_id))" in s
+        for s in statements
+    )
     for statement in statements:
         _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}")
         assert rows, statement
@@ -481,7 +519,11 @@ async def test_cluster_schema_parses_with_clickhouse(stores) -> None:  # type: i
 def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     sources = [s for line in dockerfile.splitlines() if line.startswith("COPY ") for s in line.split()[1:-1]]
-    allowed = {line[1:].rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
     assert set(sources) <= allowed, set(sources) - allowed
 
 
@@ -498,17 +540,32 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     from query.stage_state import FACT_COLUMNS, Definitions
 
     template = yaml.safe_load((ROOT / "journeys/templates/five-stage.yaml").read_text())
-    segments = [{"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro"]}]},
-                {"name": "web", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]}]
+    segments = [
+        {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro"]}]},
+        {"name": "web", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},
+    ]
     facts = FactsSql(Definitions.of([(validate_map(template), 1)], [(validate_segment(s), 1) for s in segments]))
     statements = (
-        facts.insert_all(", ".join(FACT_COLUMNS)), facts.insert_all_from_inputs(", ".join(FACT_COLUMNS)),
-        facts.insert_inputs("project"), facts.insert_inputs("ids"),
-        facts.insert_merged(), facts.difference(held=True), facts.difference(held=False),
+        facts.insert_all(", ".join(FACT_COLUMNS)),
+        facts.insert_all_from_inputs(", ".join(FACT_COLUMNS)),
+        facts.insert_inputs("project"),
+        facts.insert_inputs("ids"),
+        facts.insert_merged(),
+        facts.difference(held=True),
+        facts.difference(held=False),
     )
     for statement in statements:
         assert "distributed_product_mode = 'global'" in statement
-        params = {**facts.params, "project_id": "p", "build": 1, "ids": ["a"], "owners": ["a"], "customers": ["a"],
-                  "retired": [], "generation": 1, "since": "2026-01-01 00:00:00"}
+        params = {
+            **facts.params,
+            "project_id": "p",
+            "build": 1,
+            "ids": ["a"],
+            "owners": ["a"],
+            "customers": ["a"],
+            "retired": [],
+            "generation": 1,
+            "since": "2026-01-01 00:00:00",
+        }
         _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}", params)
         assert rows, statement

@@ -27,7 +27,9 @@ from journeys_sdk.links import EmailLinks, InvalidLinkError
 from support import basic, stored_rows, wait_drained, wait_stored, with_settings
 
 # A person's browser and mail clients; what the collector must *not* flag.
-BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15"
+BROWSER = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15"
+)
 OUTLOOK_DESKTOP = "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17328; Pro)"
 TARGET = "https://shop.example.com/sale/spring?utm_source=newsletter&utm_campaign=spring-26&q=a%20b#top"
 
@@ -116,7 +118,12 @@ async def test_pixel_is_a_transparent_gif_and_records_the_open(http, collector, 
     assert (width, height, len(pixels)) == (1, 1, 1) and pixels[0] == transparent
     await wait_stored(stores, project.id, 1)
     [row] = await _email_rows(stores, project.id)
-    assert (row["event"], row["channel"], row["touchpoint"], row["user_id"]) == ("Email Opened", "email", "email-open", "c-42")
+    assert (row["event"], row["channel"], row["touchpoint"], row["user_id"]) == (
+        "Email Opened",
+        "email",
+        "email-open",
+        "c-42",
+    )
     assert row["properties"] == {"variant": "B", "step": 2, "campaign": "spring-26"}
     assert row["context"] == {"userAgent": BROWSER}
 
@@ -130,7 +137,9 @@ async def test_each_open_is_its_own_event(http, collector, stores, project, link
     assert len({r["message_id"] for r in rows}) == 3  # re-reading the mail is another open, not a retry
 
 
-async def test_click_redirects_to_exactly_the_signed_url_once_the_event_is_durable(http, collector, stores, project, links) -> None:  # type: ignore[no-untyped-def]
+async def test_click_redirects_to_exactly_the_signed_url_once_the_event_is_durable(
+    http, collector, stores, project, links
+) -> None:  # type: ignore[no-untyped-def]
     spool = collector.app[SPOOL]
     before = spool.durable_position
     status, headers, _ = await _get(http, links.click("c-42", "spring-26", TARGET))
@@ -150,9 +159,13 @@ def _tampered(token: str, other_key: str) -> dict[str, str]:
     project_id, payload, sig = token.split(".")
     flip = lambda text, i: text[:i] + ("A" if text[i] != "A" else "B") + text[i + 1 :]  # noqa: E731
     document = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    swapped = base64.urlsafe_b64encode(
-        json.dumps({**document, "url": "https://evil.example/phish"}, separators=(",", ":")).encode()
-    ).rstrip(b"=").decode()
+    swapped = (
+        base64.urlsafe_b64encode(
+            json.dumps({**document, "url": "https://evil.example/phish"}, separators=(",", ":")).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
     return {
         "payload byte flipped": f"{project_id}.{flip(payload, 10)}.{sig}",
         "signature byte flipped": f"{project_id}.{payload}.{flip(sig, 3)}",
@@ -167,7 +180,9 @@ def _tampered(token: str, other_key: str) -> dict[str, str]:
     }
 
 
-async def test_tampered_foreign_and_garbage_tokens_get_400_and_never_a_redirect(http, collector, stores, project, links) -> None:  # type: ignore[no-untyped-def]
+async def test_tampered_foreign_and_garbage_tokens_get_400_and_never_a_redirect(
+    http, collector, stores, project, links
+) -> None:  # type: ignore[no-untyped-def]
     async with stores.pg.acquire() as conn:
         other = await create_project(conn, f"other-{project.id}")
         other_key = await current_key(conn, other.id)
@@ -206,18 +221,33 @@ async def test_a_validly_signed_non_http_target_is_still_refused(http, collector
     """Defence in depth: a signer that skipped the URL check (another SDK, an old version) still cannot
     make the collector redirect to javascript: or data: URLs."""
     for target in ("javascript:alert(1)", "data:text/html,<b>x</b>", "//evil.example/", "https:///nohost"):
-        payload = base64.urlsafe_b64encode(
-            json.dumps({"v": 1, "k": "c", "u": "c-1", "c": "x", "url": target}).encode()
-        ).rstrip(b"=").decode()
+        payload = (
+            base64.urlsafe_b64encode(json.dumps({"v": 1, "k": "c", "u": "c-1", "c": "x", "url": target}).encode())
+            .rstrip(b"=")
+            .decode()
+        )
         mac = hmac.new(signing_key.encode(), f"{project.id}.{payload}".encode(), hashlib.sha256).digest()[:16]
         token = f"{project.id}.{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
         status, headers, _ = await _get(http, str(collector.make_url("/v1/email/click/" + token)))
         assert status == 400 and "Location" not in headers, target
 
 
-@pytest.mark.parametrize("target", ["javascript:alert(document.cookie)", "JavaScript:alert(1)", "data:text/html,x",
-                                    "vbscript:x", "/relative", "//evil.example/", "ftp://files.example/", "https://",
-                                    "https://exa mple.com/", "https://example.com/\\evil", "https://bücher.example/"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "javascript:alert(document.cookie)",
+        "JavaScript:alert(1)",
+        "data:text/html,x",
+        "vbscript:x",
+        "/relative",
+        "//evil.example/",
+        "ftp://files.example/",
+        "https://",
+        "https://exa mple.com/",
+        "https://example.com/\\evil",
+        "https://bücher.example/",
+    ],
+)
 def test_only_absolute_http_urls_can_be_signed(target: str) -> None:
     with pytest.raises(InvalidLinkError, match="url"):
         EmailLinks("p_1", "je_k", "https://c.example").click("u", "c", target)
@@ -229,16 +259,32 @@ def test_only_absolute_http_urls_can_be_signed(target: str) -> None:
     "user_agent,method,kind,expected",
     [
         ("Mozilla/5.0", "GET", "open", ("Apple Mail Privacy Protection", "prefetch")),
-        ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)", "GET", "open",
-         ("Google Image Proxy", "proxy")),
-        ("YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html", "GET", "open", ("Yahoo Mail Proxy", "proxy")),
+        (
+            "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+            "GET",
+            "open",
+            ("Google Image Proxy", "proxy"),
+        ),
+        (
+            "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html",
+            "GET",
+            "open",
+            ("Yahoo Mail Proxy", "proxy"),
+        ),
         (BROWSER, "HEAD", "click", ("HEAD request", "scanner")),
-        ("Mozilla/4.0 (compatible; ms-office; MSOffice 16)", "GET", "click", ("Microsoft Office link check", "scanner")),
+        (
+            "Mozilla/4.0 (compatible; ms-office; MSOffice 16)",
+            "GET",
+            "click",
+            ("Microsoft Office link check", "scanner"),
+        ),
         ("Mozilla/5.0 (compatible; Mimecast URL Protect)", "GET", "click", ("Mimecast", "scanner")),
         ("", "GET", "click", ("no User-Agent", "bot")),
     ],
 )
-async def test_prefetchers_and_scanners_are_recorded_but_flagged(http, collector, stores, project, links, user_agent, method, kind, expected) -> None:  # type: ignore[no-untyped-def]
+async def test_prefetchers_and_scanners_are_recorded_but_flagged(
+    http, collector, stores, project, links, user_agent, method, kind, expected
+) -> None:  # type: ignore[no-untyped-def]
     url = links.open_pixel("c-9", "weekly") if kind == "open" else links.click("c-9", "weekly", TARGET)
     status, headers, _ = await _get(http, url, user_agent, method)
     # Flagged or not, the answer is the same: a scanner that gets no redirect would mark the link unsafe.
@@ -252,36 +298,57 @@ async def test_prefetchers_and_scanners_are_recorded_but_flagged(http, collector
     assert row["context"]["bot"] == {"name": name, "kind": bot_kind}
 
 
-async def test_a_journey_map_leaves_flagged_opens_and_clicks_out(http, collector, query, stores, project, links) -> None:  # type: ignore[no-untyped-def]
+async def test_a_journey_map_leaves_flagged_opens_and_clicks_out(
+    http, collector, query, stores, project, links
+) -> None:  # type: ignore[no-untyped-def]
     """The query-side rule docs/email.md recommends: ``where: bot not_exists``."""
     human = [{"property": "bot", "op": "not_exists"}]
     journey_map = {
         "name": "newsletter",
         "stages": [{"id": "reached", "name": "Reached"}, {"id": "engaged", "name": "Engaged"}],
         "touchpoints": [
-            {"id": "opened", "stage": "reached", "match": {"event": "Email Opened", "channel": "email", "where": human}},
-            {"id": "clicked", "stage": "engaged", "match": {"event": "Email Clicked", "channel": "email", "where": human}},
+            {
+                "id": "opened",
+                "stage": "reached",
+                "match": {"event": "Email Opened", "channel": "email", "where": human},
+            },
+            {
+                "id": "clicked",
+                "stage": "engaged",
+                "match": {"event": "Email Clicked", "channel": "email", "where": human},
+            },
         ],
     }
     async with stores.pg.acquire() as conn:
         admin = await add_key(conn, project.id, "admin")
-    async with http.put(query.make_url("/v1/maps/newsletter"), data=orjson.dumps(journey_map), headers=basic(admin)) as r:
+    async with http.put(
+        query.make_url("/v1/maps/newsletter"), data=orjson.dumps(journey_map), headers=basic(admin)
+    ) as r:
         assert r.status == 201, await r.text()
     await _get(http, links.open_pixel("c-5", "weekly"), "Mozilla/5.0")  # Apple MPP prefetch
     await _get(http, links.click("c-5", "weekly", TARGET), BROWSER, "HEAD")  # link checker
     await _get(http, links.open_pixel("c-5", "weekly"), OUTLOOK_DESKTOP)  # the person, in Outlook
     await _get(http, links.click("c-5", "weekly", TARGET), BROWSER)  # the person, clicking
     await wait_drained(collector)
-    async with http.get(query.make_url("/v1/customers/c-5/journey?map=newsletter"), headers=basic(project.read_key)) as resp:
+    async with http.get(
+        query.make_url("/v1/customers/c-5/journey?map=newsletter"), headers=basic(project.read_key)
+    ) as resp:
         journey = await resp.json()
     assert resp.status == 200, journey
     assert Counter((t["event"], t["touchpoint"]) for t in journey["touchpoints"]) == Counter(
-        {("Email Opened", None): 1, ("Email Clicked", None): 1, ("Email Opened", "opened"): 1, ("Email Clicked", "clicked"): 1}
+        {
+            ("Email Opened", None): 1,
+            ("Email Clicked", None): 1,
+            ("Email Opened", "opened"): 1,
+            ("Email Clicked", "clicked"): 1,
+        }
     )
     assert journey["current_stage"] == "engaged"
 
 
-async def test_a_full_spool_still_serves_the_pixel_and_the_redirect_and_counts_the_loss(http, stores, project, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_spool_still_serves_the_pixel_and_the_redirect_and_counts_the_loss(
+    http, stores, project, signing_key, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     full = with_settings(stores, spool_dir=tmp_path / "spool", spool_max_bytes=64)  # smaller than any record
     server = TestServer(create_app(full, Metrics()), host="127.0.0.1")
     await server.start_server()
@@ -300,7 +367,9 @@ async def test_a_full_spool_still_serves_the_pixel_and_the_redirect_and_counts_t
         await server.close()
 
 
-async def test_rotation_keeps_old_links_working_for_the_grace_period_only(http, stores, project, signing_key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_rotation_keeps_old_links_working_for_the_grace_period_only(
+    http, stores, project, signing_key, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     uncached = with_settings(stores, spool_dir=tmp_path / "spool", key_cache_ttl_s=0)
     server = TestServer(create_app(uncached, Metrics()), host="127.0.0.1")
     await server.start_server()
@@ -360,26 +429,79 @@ async def test_cli_signs_a_send_list_that_round_trips_through_the_collector(tmp_
                 "c-2,https://shop.example.com/b,autumn\n"
                 "c-3,,\n"  # no link for this one: pixel only
             )
-            done = journeys(tmp_path, "email", "link", "--project", "mailer", "--campaign", "spring-26",
-                            "--csv", str(send_list), "--base-url", service.collector, "--prop", "variant=B")
+            done = journeys(
+                tmp_path,
+                "email",
+                "link",
+                "--project",
+                "mailer",
+                "--campaign",
+                "spring-26",
+                "--csv",
+                str(send_list),
+                "--base-url",
+                service.collector,
+                "--prop",
+                "variant=B",
+            )
             assert done.returncode == 0, done.stderr
             rows = list(csv.DictReader(io.StringIO(done.stdout)))
             assert [(r["user_id"], r["campaign"], r["url"]) for r in rows] == [
-                ("c-1", "spring-26", TARGET), ("c-2", "autumn", "https://shop.example.com/b"), ("c-3", "spring-26", "")]
+                ("c-1", "spring-26", TARGET),
+                ("c-2", "autumn", "https://shop.example.com/b"),
+                ("c-3", "spring-26", ""),
+            ]
             assert rows[2]["click_url"] == ""
             # The CLI signs what the SDK signs, byte for byte.
             sdk = EmailLinks(keys["id"], key["key"], service.collector)
             assert rows[0]["click_url"] == sdk.click("c-1", "spring-26", TARGET, {"variant": "B"})
 
-            one = journeys(tmp_path, "email", "link", "--project", "mailer", "--campaign", "solo",
-                           "--user", "c-4", "--url", "https://shop.example.com/solo", "--base-url", service.collector)
+            one = journeys(
+                tmp_path,
+                "email",
+                "link",
+                "--project",
+                "mailer",
+                "--campaign",
+                "solo",
+                "--user",
+                "c-4",
+                "--url",
+                "https://shop.example.com/solo",
+                "--base-url",
+                service.collector,
+            )
             assert one.returncode == 0, one.stderr
-            bad = journeys(tmp_path, "email", "link", "--project", "mailer", "--campaign", "x",
-                           "--user", "c-4", "--url", "javascript:alert(1)", "--base-url", service.collector)
+            bad = journeys(
+                tmp_path,
+                "email",
+                "link",
+                "--project",
+                "mailer",
+                "--campaign",
+                "x",
+                "--user",
+                "c-4",
+                "--url",
+                "javascript:alert(1)",
+                "--base-url",
+                service.collector,
+            )
             assert bad.returncode == 1 and "only http and https" in bad.stderr and bad.stdout == ""
             send_list.write_text(f"user_id,url\nc-1,{TARGET}\n,https://ok.example/\nc-3,data:text/html,x\n")
-            partial = journeys(tmp_path, "email", "link", "--project", "mailer", "--campaign", "c",
-                               "--csv", str(send_list), "--base-url", service.collector)
+            partial = journeys(
+                tmp_path,
+                "email",
+                "link",
+                "--project",
+                "mailer",
+                "--campaign",
+                "c",
+                "--csv",
+                str(send_list),
+                "--base-url",
+                service.collector,
+            )
             assert partial.returncode == 1 and partial.stdout == ""  # one bad row: nothing signed
             assert "line 3: user_id" in partial.stderr and "line 4: url" in partial.stderr
 
@@ -393,7 +515,9 @@ async def test_cli_signs_a_send_list_that_round_trips_through_the_collector(tmp_
                 assert status == 302 and headers["Location"] == "https://shop.example.com/solo"
 
                 async def events_of(customer: str) -> list:
-                    async with http.get(f"{service.query}/v1/customers/{customer}/events", headers=basic(keys["read_key"])) as r:
+                    async with http.get(
+                        f"{service.query}/v1/customers/{customer}/events", headers=basic(keys["read_key"])
+                    ) as r:
                         return [] if r.status == 404 else (await r.json())["events"]  # 404: no such customer (yet)
 
                 async def all_landed() -> dict:
@@ -434,8 +558,11 @@ def test_people_are_not_flagged(user_agent: str, kind: str) -> None:
 @pytest.mark.parametrize(
     "user_agent,name",
     [
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 "
-         "Safari/537.36 Edge/12.246 Mozilla/5.0", "Gmail prefetch"),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/42.0.2311.135 "
+            "Safari/537.36 Edge/12.246 Mozilla/5.0",
+            "Gmail prefetch",
+        ),
         ("Mozilla/5.0 (compatible; Proofpoint URL Defense)", "Proofpoint"),
         ("Barracuda Sentinel (EE)", "Barracuda"),
         ("Mozilla/5.0 (Windows NT 10.0) Microsoft-URLAnalyzer", "Microsoft Defender Safe Links"),
@@ -445,8 +572,10 @@ def test_people_are_not_flagged(user_agent: str, kind: str) -> None:
         ("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", "Link preview"),
         ("python-requests/2.31.0", "HTTP library"),
         ("curl/8.5.0", "HTTP library"),
-        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/124.0 Safari/537.36",
-         "Headless browser"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/124.0 Safari/537.36",
+            "Headless browser",
+        ),
         ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Crawler"),
     ],
 )

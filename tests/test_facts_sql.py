@@ -39,10 +39,21 @@ MAPS = [
         ],
         "touchpoints": [
             {"id": "ad", "stage": "aware", "match": {"event": "A"}},
-            {"id": "rated", "stage": "consider", "match": {"event": "B"},
-             "sentiment": {"property": "review.score", "positive_at_least": 4, "negative_at_most": 2}},
-            {"id": "buy-web", "stage": "buy", "match": {"event": "C", "channel": ["web", "store"],
-                                                        "where": [{"property": "order.total", "op": ">", "value": 0}]}},
+            {
+                "id": "rated",
+                "stage": "consider",
+                "match": {"event": "B"},
+                "sentiment": {"property": "review.score", "positive_at_least": 4, "negative_at_most": 2},
+            },
+            {
+                "id": "buy-web",
+                "stage": "buy",
+                "match": {
+                    "event": "C",
+                    "channel": ["web", "store"],
+                    "where": [{"property": "order.total", "op": ">", "value": 0}],
+                },
+            },
             {"id": "buy-other", "stage": "buy", "match": {"event": "C"}, "sentiment": "positive"},
             {"id": "loyal", "stage": "loyal", "match": {"event": ["D", "E"]}, "sentiment": "negative"},
             {"id": "page", "stage": "aware", "match": {"type": "page"}},
@@ -57,9 +68,17 @@ MAPS = [
         ],
         "touchpoints": [
             {"id": "call", "stage": "contact", "match": {"channel": "phone"}},
-            {"id": "fixed", "stage": "solved", "match": {"event": "E"},
-             "sentiment": {"property": "score", "positive_at_least": 4.5, "negative_at_most": 1}},
-            {"id": "praise", "stage": "advocate", "match": {"event": "D", "where": [{"property": "score", "op": "exists"}]}},
+            {
+                "id": "fixed",
+                "stage": "solved",
+                "match": {"event": "E"},
+                "sentiment": {"property": "score", "positive_at_least": 4.5, "negative_at_most": 1},
+            },
+            {
+                "id": "praise",
+                "stage": "advocate",
+                "match": {"event": "D", "where": [{"property": "score", "op": "exists"}]},
+            },
         ],
     },
     {"name": "draft", "stages": [{"id": "only", "name": "Only"}], "touchpoints": []},  # stages, no rules yet
@@ -68,39 +87,58 @@ SEGMENTS = [
     {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "vip"}]},
     {"name": "big", "rules": [{"field": "traits.seats", "op": ">=", "value": 10}]},
     {"name": "not-basic", "rules": [{"field": "traits.plan", "op": "not_in", "value": ["basic", 3]}]},
-    {"name": "tagged", "match": "any", "rules": [{"field": "traits.tags", "op": "contains", "value": "x"},
-                                                 {"field": "traits.flag", "op": "equals", "value": True}]},
+    {
+        "name": "tagged",
+        "match": "any",
+        "rules": [
+            {"field": "traits.tags", "op": "contains", "value": "x"},
+            {"field": "traits.flag", "op": "equals", "value": True},
+        ],
+    },
     {"name": "no-plan", "rules": [{"field": "traits.plan", "op": "not_exists"}]},
-    {"name": "web-first", "rules": [{"field": "first_channel", "op": "equals", "value": "web"},
-                                    {"field": "first_utm_source", "op": "not_equals", "value": "spam"}]},
+    {
+        "name": "web-first",
+        "rules": [
+            {"field": "first_channel", "op": "equals", "value": "web"},
+            {"field": "first_utm_source", "op": "not_equals", "value": "spam"},
+        ],
+    },
     {"name": "campaign", "rules": [{"field": "first_utm_campaign", "op": "contains", "value": "sum"}]},
     {"name": "early", "rules": [{"field": "first_seen", "op": "<=", "value": "2026-03-02"}]},
 ]
 BASE = datetime(2026, 3, 1, 23, 0, tzinfo=timezone.utc)
 
 trait_value = st.one_of(
-    st.sampled_from(["vip", "basic", "pro", "", "summer-x"]), st.integers(-2, 20), st.sampled_from([3, 10.0, 9.5]),
-    st.booleans(), st.none(), st.lists(st.sampled_from(["x", "y", 1]), max_size=3),
+    st.sampled_from(["vip", "basic", "pro", "", "summer-x"]),
+    st.integers(-2, 20),
+    st.sampled_from([3, 10.0, 9.5]),
+    st.booleans(),
+    st.none(),
+    st.lists(st.sampled_from(["x", "y", 1]), max_size=3),
 )
-event_st = st.fixed_dictionaries({
-    "id": st.integers(0, 2),
-    "kind": st.sampled_from(["A", "B", "C", "C", "D", "E", "X", "page", "identify", "identify"]),
-    "channel": st.sampled_from(["web", "store", "email", "phone"]),
-    "minute": st.integers(0, 12),  # few distinct minutes: equal times are common
-    "received": st.integers(0, 3),  # ... and equal receipts
-    "score": st.one_of(st.none(), st.integers(0, 5), st.just(4.5), st.just("5"), st.just(True)),
-    "where": st.sampled_from(["nested", "dotted", "both"]),
-    "total": st.sampled_from([None, 0, 5, "5"]),
-    "sentiment": st.sampled_from(["", "positive", "neutral", "negative", "angry"]),
-    "traits": st.dictionaries(st.sampled_from(["plan", "seats", "tags", "flag"]), trait_value, max_size=3),
-    "campaign": st.sampled_from([None, ("ads", "summer"), ("spam", "winter")]),
-    "copies": st.sampled_from([1, 1, 1, 2]),
-})
-customer_st = st.fixed_dictionaries({
-    "events": st.lists(event_st, min_size=1, max_size=9),
-    # how the ids are linked: 0 own customer, 1 to id 0, 2 linked then the link deleted
-    "links": st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 2])),
-})
+event_st = st.fixed_dictionaries(
+    {
+        "id": st.integers(0, 2),
+        "kind": st.sampled_from(["A", "B", "C", "C", "D", "E", "X", "page", "identify", "identify"]),
+        "channel": st.sampled_from(["web", "store", "email", "phone"]),
+        "minute": st.integers(0, 12),  # few distinct minutes: equal times are common
+        "received": st.integers(0, 3),  # ... and equal receipts
+        "score": st.one_of(st.none(), st.integers(0, 5), st.just(4.5), st.just("5"), st.just(True)),
+        "where": st.sampled_from(["nested", "dotted", "both"]),
+        "total": st.sampled_from([None, 0, 5, "5"]),
+        "sentiment": st.sampled_from(["", "positive", "neutral", "negative", "angry"]),
+        "traits": st.dictionaries(st.sampled_from(["plan", "seats", "tags", "flag"]), trait_value, max_size=3),
+        "campaign": st.sampled_from([None, ("ads", "summer"), ("spam", "winter")]),
+        "copies": st.sampled_from([1, 1, 1, 2]),
+    }
+)
+customer_st = st.fixed_dictionaries(
+    {
+        "events": st.lists(event_st, min_size=1, max_size=9),
+        # how the ids are linked: 0 own customer, 1 to id 0, 2 linked then the link deleted
+        "links": st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 2])),
+    }
+)
 _count = iter(range(10**9))
 
 
@@ -127,13 +165,23 @@ def _rows(pid: str, k: int, customer: dict[str, Any]) -> tuple[list[bytes], list
         context = {"campaign": {"source": e["campaign"][0], "name": e["campaign"][1]}} if e["campaign"] else {}
         for copy in range(e["copies"]):
             values = {
-                "project_id": pid, "message_id": f"m{k}-{n}", "type": "page" if kind == "page" else
-                "identify" if kind == "identify" else "track", "event": "" if kind in ("page", "identify") else kind,
-                "channel": e["channel"], "touchpoint": "", "sentiment": e["sentiment"], "distinct_id": ids[e["id"]],
-                "user_id": ids[e["id"]], "anonymous_id": "", "group_id": "", "previous_id": "",
+                "project_id": pid,
+                "message_id": f"m{k}-{n}",
+                "type": "page" if kind == "page" else "identify" if kind == "identify" else "track",
+                "event": "" if kind in ("page", "identify") else kind,
+                "channel": e["channel"],
+                "touchpoint": "",
+                "sentiment": e["sentiment"],
+                "distinct_id": ids[e["id"]],
+                "user_id": ids[e["id"]],
+                "anonymous_id": "",
+                "group_id": "",
+                "previous_id": "",
                 # a retried copy: received later, its time skew-corrected a little differently
-                "timestamp": _ts(e["minute"] + copy * 0.001 * (n % 3 - 1)), "original_timestamp": _ts(e["minute"]),
-                "sent_at": None, "received_at": _ts(50 + e["received"] + copy * (n % 2)),
+                "timestamp": _ts(e["minute"] + copy * 0.001 * (n % 3 - 1)),
+                "original_timestamp": _ts(e["minute"]),
+                "sent_at": None,
+                "received_at": _ts(50 + e["received"] + copy * (n % 2)),
                 "properties": orjson.dumps(properties).decode(),
                 "traits": orjson.dumps(e["traits"] if kind == "identify" else {}).decode(),
                 "context": orjson.dumps(context).decode(),
@@ -156,7 +204,9 @@ async def _load(stores, pid: str, customers: list[dict[str, Any]]) -> list[str]:
         links += li
     if links:
         await stores.clickhouse.insert_lines(
-            "identities_by_customer", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), b"".join(links)
+            "identities_by_customer",
+            ("project_id", "distinct_id", "customer_id", "version", "is_deleted"),
+            b"".join(links),
         )
         await stores.clickhouse.insert_lines(
             "identities", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), b"".join(links)
@@ -186,8 +236,11 @@ async def _sql_facts(stores, pid: str, facts: FactsSql, scope: str, ids: list[st
     return Counter({tuple(row[:-1]): row[-1] for row in rows})
 
 
-@settings(max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(customers=st.lists(customer_st, min_size=1, max_size=6))
 async def test_sql_facts_equal_the_python_fold(stores, project, customers) -> None:  # type: ignore[no-untyped-def]
     pid = f"{project.id}-{next(_count)}"  # a fresh project per example: hypothesis reuses the fixture
@@ -209,8 +262,12 @@ async def _held(stores, pid: str, ids: list[str]) -> Counter:  # type: ignore[no
     return Counter({(*fact[:6], int(fact[6]), *fact[7:]): n for fact, n in net.items() if n})
 
 
-@settings(max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")), deadline=None, phases=[Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")),
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(customers=st.lists(customer_st, min_size=1, max_size=5), seed=st.integers(0, 2**32 - 1))
 async def test_merging_new_rows_onto_stored_inputs_equals_the_python_fold(stores, project, customers, seed) -> None:  # type: ignore[no-untyped-def]
     """The live path (StateWriter.append): a build made from some of the rows, then the rest arriving in
@@ -246,7 +303,9 @@ async def test_merging_new_rows_onto_stored_inputs_equals_the_python_fold(stores
     assert await writer.append(pid, definitions, 7, set(ids), 0) == 0
 
 
-async def _load_in_batches(stores, pid: str, definitions: Definitions, writer: StateWriter, batches: list[list[bytes]]) -> None:  # type: ignore[no-untyped-def]
+async def _load_in_batches(
+    stores, pid: str, definitions: Definitions, writer: StateWriter, batches: list[list[bytes]]
+) -> None:  # type: ignore[no-untyped-def]
     """The first batch, then a build; then each other batch, merged onto the build's inputs."""
     for line in batches[0]:  # one insert per row: retried copies never share one (ReplacingMergeTree folds them)
         await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, line)
@@ -266,11 +325,39 @@ async def test_refresh_writes_the_difference_and_converges(stores, project) -> N
     pid = project.id
     definitions = _definitions()
     writer = StateWriter(stores.clickhouse, stores.pg)
-    first = {"events": [{"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None,
-                         "where": "nested", "total": None, "sentiment": "", "traits": {}, "campaign": None, "copies": 1},
-                        {"id": 1, "kind": "B", "channel": "web", "minute": 2, "received": 0, "score": 5,
-                         "where": "nested", "total": None, "sentiment": "", "traits": {}, "campaign": None, "copies": 2}],
-             "links": (0, 0)}
+    first = {
+        "events": [
+            {
+                "id": 0,
+                "kind": "A",
+                "channel": "web",
+                "minute": 1,
+                "received": 0,
+                "score": None,
+                "where": "nested",
+                "total": None,
+                "sentiment": "",
+                "traits": {},
+                "campaign": None,
+                "copies": 1,
+            },
+            {
+                "id": 1,
+                "kind": "B",
+                "channel": "web",
+                "minute": 2,
+                "received": 0,
+                "score": 5,
+                "where": "nested",
+                "total": None,
+                "sentiment": "",
+                "traits": {},
+                "campaign": None,
+                "copies": 2,
+            },
+        ],
+        "links": (0, 0),
+    }
     ids = await _load(stores, pid, [first])
 
     async def held() -> Counter:  # type: ignore[type-arg]
@@ -281,8 +368,12 @@ async def test_refresh_writes_the_difference_and_converges(stores, project) -> N
     assert await held() == await python_facts(stores.clickhouse, pid, definitions, 7, ids)
     # c0-id1 joins c0-id0's customer: c0-id1's own customer is retired, its facts withdrawn
     link = orjson.dumps([pid, "c0-id1", "c0-id0", 1, 0]) + b"\n"
-    await stores.clickhouse.insert_lines("identities_by_customer", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), link)
-    await stores.clickhouse.insert_lines("identities", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), link)
+    await stores.clickhouse.insert_lines(
+        "identities_by_customer", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), link
+    )
+    await stores.clickhouse.insert_lines(
+        "identities", ("project_id", "distinct_id", "customer_id", "version", "is_deleted"), link
+    )
     assert await writer.refresh(pid, definitions, 7, {"c0-id1"}) > 0
     after = await held()
     assert after == await python_facts(stores.clickhouse, pid, definitions, 7, ids)

@@ -35,7 +35,9 @@ async def _unique_raw_and_read(stores, project_id: str) -> tuple[int, int, int]:
     return rows[0][0], rows[0][1], deduped[0][0]
 
 
-async def test_sdk_retries_answers_lost_at_the_tcp_level_and_each_event_counts_once(collector, query, stores, project) -> None:  # type: ignore[no-untyped-def]
+async def test_sdk_retries_answers_lost_at_the_tcp_level_and_each_event_counts_once(
+    collector, query, stores, project
+) -> None:  # type: ignore[no-untyped-def]
     # Every third answer is dropped after the collector sent it in full: the batch is durable, the SDK
     # sees its connection reset with no response, and sends the batch again.
     proxy = await CuttingProxy("127.0.0.1", collector.port, cut=lambda n: n % 3 == 0).start()
@@ -74,10 +76,19 @@ async def test_spool_disk_full_answers_503_then_recovers_and_loses_nothing(http,
     refused: list[str] = []
 
     async def send(tag: str) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
-        batch = [{"type": "track", "userId": f"d{i % 5}", "event": "E", "messageId": f"{tag}-{i}",
-                  "properties": {"pad": "p" * 400}} for i in range(40)]
-        async with http.post(server.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
-                             headers=basic(project.write_key)) as resp:
+        batch = [
+            {
+                "type": "track",
+                "userId": f"d{i % 5}",
+                "event": "E",
+                "messageId": f"{tag}-{i}",
+                "properties": {"pad": "p" * 400},
+            }
+            for i in range(40)
+        ]
+        async with http.post(
+            server.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}), headers=basic(project.write_key)
+        ) as resp:
             body = await resp.json()
             assert resp.status in (200, 503), (resp.status, body)
             (acked if resp.status == 200 else refused).extend(e["messageId"] for e in batch)
@@ -120,7 +131,9 @@ async def test_spool_disk_full_answers_503_then_recovers_and_loses_nothing(http,
     assert stored == set(acked) and not stored & set(refused)
 
 
-async def test_a_checkpoint_the_full_disk_refuses_is_written_again_not_the_rows(http, stores, project, tiny_disk) -> None:  # type: ignore[no-untyped-def]
+async def test_a_checkpoint_the_full_disk_refuses_is_written_again_not_the_rows(
+    http, stores, project, tiny_disk
+) -> None:  # type: ignore[no-untyped-def]
     """The rows reach ClickHouse, then the spool cannot write its checkpoint (disk full): the inserter must
     retry the checkpoint, not insert the same rows again (each retry would be another physical copy)."""
     settings = with_settings(stores, spool_dir=tiny_disk / "spool", insert_linger_ms=1500.0)
@@ -129,8 +142,9 @@ async def test_a_checkpoint_the_full_disk_refuses_is_written_again_not_the_rows(
     filler = tiny_disk / "filler"
     try:
         batch = [{"type": "track", "userId": f"k{i}", "event": "E", "messageId": f"ck-{i}"} for i in range(50)]
-        async with http.post(server.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}),
-                             headers=basic(project.write_key)) as resp:
+        async with http.post(
+            server.make_url("/v1/batch"), data=orjson.dumps({"batch": batch}), headers=basic(project.write_key)
+        ) as resp:
             assert resp.status == 200
         # Durable in the spool; the inserter lingers 1.5 s. Fill what is left of the disk meanwhile.
         with open(filler, "wb") as fh:

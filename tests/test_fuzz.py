@@ -80,8 +80,13 @@ def _assert_clear_4xx(reply: Reply, what: object) -> None:
 
 
 def _post(live: Live, path: str, body: bytes, key: str | None, headers: dict[str, str] | None = None) -> Reply:
-    return call(live.collector, "POST", path, body,
-                {"Content-Type": "application/json", **(basic(key) if key else {}), **(headers or {})})
+    return call(
+        live.collector,
+        "POST",
+        path,
+        body,
+        {"Content-Type": "application/json", **(basic(key) if key else {}), **(headers or {})},
+    )
 
 
 def _deep(depth: int, leaf: bytes = b"1") -> bytes:
@@ -112,7 +117,11 @@ HOSTILE_COLLECTOR: list[tuple[str, bytes, dict[str, str]]] = [
     ("300-deep properties", _batch(_with_raw_properties(_event(), _deep(300))), {}),
     ("1000-deep properties", _batch(_with_raw_properties(_event(), _deep(1000))), {}),
     ("300-deep context", _batch(json.dumps(_event(context="@@C@@")).encode().replace(b'"@@C@@"', _deep(300))), {}),
-    ("invalid UTF-8 in a string", _batch(json.dumps(_event(event="X")).encode().replace(b'"X"', b'"\xff\xfe\xfd"')), {}),
+    (
+        "invalid UTF-8 in a string",
+        _batch(json.dumps(_event(event="X")).encode().replace(b'"X"', b'"\xff\xfe\xfd"')),
+        {},
+    ),
     ("overlong UTF-8 encoding", _batch(json.dumps(_event(event="X")).encode().replace(b'"X"', b'"\xc0\xaf"')), {}),
     ("lone surrogate escape", _batch(json.dumps(_event(event="X")).encode().replace(b'"X"', b'"\\ud800"')), {}),
     ("raw NUL byte in a string", _batch(json.dumps(_event(event="X")).encode().replace(b'"X"', b'"a\x00b"')), {}),
@@ -125,7 +134,11 @@ HOSTILE_COLLECTOR: list[tuple[str, bytes, dict[str, str]]] = [
     ("absurd timestamp: a number", _batch(json.dumps(_event(timestamp=1e300)).encode()), {}),
     ("absurd sentAt on the batch", b'{"sentAt":"9999-99-99","batch":[' + json.dumps(_event()).encode() + b"]}", {}),
     ("absurd sentAt: year 1", _batch(json.dumps(_event(sentAt="0001-01-01T00:00:00+14:00")).encode()), {}),
-    ("absurd originalTimestamp", _batch(json.dumps(_event(originalTimestamp="9999-12-31T23:59:59.999-14:00")).encode()), {}),
+    (
+        "absurd originalTimestamp",
+        _batch(json.dumps(_event(originalTimestamp="9999-12-31T23:59:59.999-14:00")).encode()),
+        {},
+    ),
     ("huge integer id", _batch(json.dumps(_event(userId=10**40)).encode()), {}),
     ("gzip bomb", gzip.compress(b'{"batch":[' + b" " * 60_000_000 + b"]}"), {"Content-Encoding": "gzip"}),
     ("deflate bomb", zlib.compress(b" " * 60_000_000), {"Content-Encoding": "deflate"}),
@@ -140,7 +153,9 @@ HOSTILE_COLLECTOR: list[tuple[str, bytes, dict[str, str]]] = [
 
 
 @pytest.mark.parametrize("name,body,headers", HOSTILE_COLLECTOR, ids=[c[0] for c in HOSTILE_COLLECTOR])
-def test_hostile_requests_get_a_clear_4xx(live: Live, refused: Keys, name: str, body: bytes, headers: dict[str, str]) -> None:
+def test_hostile_requests_get_a_clear_4xx(
+    live: Live, refused: Keys, name: str, body: bytes, headers: dict[str, str]
+) -> None:
     _count("collector named")
     for path in ("/v1/batch", "/v1/track"):
         reply = _post(live, path, body, refused.write, headers)
@@ -176,28 +191,72 @@ def _wait_settled(live: Live) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 json_leaves = (
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
 )
 json_values = st.recursive(
-    json_leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 hostile_text = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["", " ", "\x00", "a\x00b", "'; DROP TABLE events; --", "{project_id:String}", "\\", "\u202e",
-                     "x" * 300, "😀" * 100, "\ufeff"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "a\x00b",
+            "'; DROP TABLE events; --",
+            "{project_id:String}",
+            "\\",
+            "\u202e",
+            "x" * 300,
+            "😀" * 100,
+            "\ufeff",
+        ]
+    ),
 )
 timestamps = st.one_of(
     st.datetimes().map(lambda d: d.isoformat() + "Z"),
     st.datetimes().map(lambda d: d.isoformat()),
-    st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999-14:00", "2026-02-30T00:00:00Z",
-                     "2026-01-01T25:00:00Z", "", "Z", "1e10", "2026-01-01T00:00:00+99:00"]),
+    st.sampled_from(
+        [
+            "0001-01-01T00:00:00+14:00",
+            "9999-12-31T23:59:59.999-14:00",
+            "2026-02-30T00:00:00Z",
+            "2026-01-01T25:00:00Z",
+            "",
+            "Z",
+            "1e10",
+            "2026-01-01T00:00:00+99:00",
+        ]
+    ),
     hostile_text,
 )
 # Mutations that may or may not make an event invalid: the collector decides, the test only counts.
-FIELDS = ["type", "userId", "anonymousId", "event", "timestamp", "sentAt", "originalTimestamp", "properties",
-          "context", "traits", "channel", "touchpoint", "sentiment", "groupId", "previousId", "name", "integrations"]
+FIELDS = [
+    "type",
+    "userId",
+    "anonymousId",
+    "event",
+    "timestamp",
+    "sentAt",
+    "originalTimestamp",
+    "properties",
+    "context",
+    "traits",
+    "channel",
+    "touchpoint",
+    "sentiment",
+    "groupId",
+    "previousId",
+    "name",
+    "integrations",
+]
 
 
 @st.composite
@@ -207,7 +266,8 @@ def fuzzed_event(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
         "type": draw(st.sampled_from(["track", "identify", "page", "screen", "group", "alias"])),
         "userId": draw(st.one_of(hostile_text, st.integers())),
         "event": draw(hostile_text),
-        "groupId": "g", "previousId": "p",
+        "groupId": "g",
+        "previousId": "p",
     }
     for field in draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True)):
         event[field] = draw(st.one_of(json_values, hostile_text, timestamps))
@@ -236,7 +296,7 @@ def _build(request: Request) -> tuple[bytes, dict[str, str]]:
     if kind == "truncate":
         body = body[: at % len(body)]
     elif kind == "flip":
-        body = body[: at % len(body)] + bytes([byte]) + body[at % len(body) + 1:]
+        body = body[: at % len(body)] + bytes([byte]) + body[at % len(body) + 1 :]
     elif kind == "sentAt":
         body = b'{"sentAt":' + json.dumps(sent_at).encode() + b"," + body[1:]
     elif kind == "gzip":
@@ -287,9 +347,13 @@ def test_fuzzed_single_events_never_5xx(live: Live, refused: Keys, document: Any
 
 
 @FUZZ
-@given(header=st.one_of(st.text(max_size=60).map(lambda t: t.encode().decode("latin-1")),
-                        st.binary(max_size=60).map(lambda b: b.decode("latin-1"))),
-       scheme=st.sampled_from(["Basic ", "Bearer ", "", "basic  ", "Digest "]))
+@given(
+    header=st.one_of(
+        st.text(max_size=60).map(lambda t: t.encode().decode("latin-1")),
+        st.binary(max_size=60).map(lambda b: b.decode("latin-1")),
+    ),
+    scheme=st.sampled_from(["Basic ", "Bearer ", "", "basic  ", "Digest "]),
+)
 def test_fuzzed_authorization_headers_are_401_never_5xx(live: Live, refused: Keys, header: str, scheme: str) -> None:
     _count("auth headers (hypothesis)")
     value = (scheme + header).replace("\r", "").replace("\n", "")
@@ -311,24 +375,50 @@ def _encode_segment(raw: str | bytes) -> str:
 
 
 HOSTILE_SEGMENTS: list[bytes | str] = [
-    "\x00", "a\x00b", b"\xff\xfe", b"\xed\xa0\x80", b"\xc0\xaf", "x" * 5000, "..", ".", "%", "%00",
-    "'", "\\", "{id:String}", "😀", "\u202e", " ",
+    "\x00",
+    "a\x00b",
+    b"\xff\xfe",
+    b"\xed\xa0\x80",
+    b"\xc0\xaf",
+    "x" * 5000,
+    "..",
+    ".",
+    "%",
+    "%00",
+    "'",
+    "\\",
+    "{id:String}",
+    "😀",
+    "\u202e",
+    " ",
 ]
 
 
 @pytest.mark.parametrize("segment", HOSTILE_SEGMENTS, ids=[repr(s)[:20] for s in HOSTILE_SEGMENTS])
 def test_hostile_path_segments_on_every_read(live: Live, mixed: Keys, segment: str | bytes) -> None:
     encoded = _encode_segment(segment)
-    for template in ("/v1/customers/{}/events", "/v1/customers/{}/journey?map=m", "/v1/customers/{}",
-                     "/v1/maps/{}", "/v1/maps/{}/versions", "/v1/segments/{}", "/v1/segments/{}/versions"):
+    for template in (
+        "/v1/customers/{}/events",
+        "/v1/customers/{}/journey?map=m",
+        "/v1/customers/{}",
+        "/v1/maps/{}",
+        "/v1/maps/{}/versions",
+        "/v1/segments/{}",
+        "/v1/segments/{}/versions",
+    ):
         _count("query named paths")
         reply = call(live.query, "GET", template.format(encoded), headers=basic(mixed.read))
         assert reply.status < 500, (template, segment, reply.body[:300])
         if reply.status >= 400:
             _assert_clear_4xx(reply, (template, segment))
     for template in ("/v1/maps/{}", "/v1/segments/{}"):
-        reply = call(live.query, "PUT", template.format(encoded), b'{"stages": []}',
-                     {**basic(mixed.admin), "Content-Type": "application/json"})
+        reply = call(
+            live.query,
+            "PUT",
+            template.format(encoded),
+            b'{"stages": []}',
+            {**basic(mixed.admin), "Content-Type": "application/json"},
+        )
         _assert_clear_4xx(reply, (template, segment))
     reply = call(live.query, "DELETE", f"/v1/customers/{encoded}", headers=basic(mixed.admin))
     assert reply.status < 500, (segment, reply.body[:300])
@@ -339,26 +429,68 @@ def test_hostile_path_segments_on_every_read(live: Live, mixed: Keys, segment: s
     segment=st.one_of(st.text(min_size=1, max_size=300), st.binary(min_size=1, max_size=40)),
     param=st.sampled_from(["limit", "map", "version"]),
     value=st.one_of(st.text(max_size=30), st.integers().map(str), st.sampled_from(["", "1e3", "-0", "0x10", "１"])),
-    template=st.sampled_from(["/v1/customers/{}/events", "/v1/customers/{}/journey", "/v1/customers/{}",
-                              "/v1/maps/{}", "/v1/segments/{}", "/v1/maps/{}/versions", "/v1/stats#{}"]),
+    template=st.sampled_from(
+        [
+            "/v1/customers/{}/events",
+            "/v1/customers/{}/journey",
+            "/v1/customers/{}",
+            "/v1/maps/{}",
+            "/v1/segments/{}",
+            "/v1/maps/{}/versions",
+            "/v1/stats#{}",
+        ]
+    ),
 )
-def test_fuzzed_reads_never_5xx(live: Live, mixed: Keys, segment: str | bytes, param: str, value: str, template: str) -> None:
+def test_fuzzed_reads_never_5xx(
+    live: Live, mixed: Keys, segment: str | bytes, param: str, value: str, template: str
+) -> None:
     _count("query reads (hypothesis)")
-    path = template.split("#")[0].format(_encode_segment(segment)) + f"?{param}={quote(value.encode('utf-8', 'surrogatepass'), safe='')}"
+    path = (
+        template.split("#")[0].format(_encode_segment(segment))
+        + f"?{param}={quote(value.encode('utf-8', 'surrogatepass'), safe='')}"
+    )
     reply = call(live.query, "GET", path, headers=basic(mixed.read))
     assert reply.status < 500, (path, reply.body[:300])
     if reply.status >= 400:
         _assert_clear_4xx(reply, path)
 
 
-HOSTILE_VALUES = ["\u00b2", "9" * 5000, "\x00", "-1", "0", "1e3", "'", "\\", "{x:String}", "", "\u0967\u0968", " 1", "+1",
-                  "0x1", "2026-13-01", "2026-01-01T00:00:00", "9999-12-31", "0001-01-01", "*", "a b", "\ud800"]
+HOSTILE_VALUES = [
+    "\u00b2",
+    "9" * 5000,
+    "\x00",
+    "-1",
+    "0",
+    "1e3",
+    "'",
+    "\\",
+    "{x:String}",
+    "",
+    "\u0967\u0968",
+    " 1",
+    "+1",
+    "0x1",
+    "2026-13-01",
+    "2026-01-01T00:00:00",
+    "9999-12-31",
+    "0001-01-01",
+    "*",
+    "a b",
+    "\ud800",
+]
 PARAMETER_PATHS = [
-    "/v1/customers/c/events?limit={}", "/v1/customers/c/journey?map={}", "/v1/customers/c/journey?map=m&version={}",
-    "/v1/maps/m?version={}", "/v1/segments/s?version={}",
-    *(f"{route}?map=m&{name}={{}}" for route in ("/v1/kpis", "/v1/kpis/daily")
-      for name in ("version", "segment", "from", "to", "format")),
-    "/v1/kpis?map={}", "/v1/kpis/daily?map={}",
+    "/v1/customers/c/events?limit={}",
+    "/v1/customers/c/journey?map={}",
+    "/v1/customers/c/journey?map=m&version={}",
+    "/v1/maps/m?version={}",
+    "/v1/segments/s?version={}",
+    *(
+        f"{route}?map=m&{name}={{}}"
+        for route in ("/v1/kpis", "/v1/kpis/daily")
+        for name in ("version", "segment", "from", "to", "format")
+    ),
+    "/v1/kpis?map={}",
+    "/v1/kpis/daily?map={}",
 ]
 
 
@@ -376,7 +508,10 @@ def test_hostile_query_parameters_on_every_read(live: Live, with_a_map: Keys, va
         _count("query named parameters")
         path = template.format(_encode_segment(value))
         reply = call(live.query, "GET", path, headers=basic(with_a_map.read))
-        assert reply.status < 500 or (reply.status == 503 and "being computed" in reply.body.decode()), (path, reply.body[:300])
+        assert reply.status < 500 or (reply.status == 503 and "being computed" in reply.body.decode()), (
+            path,
+            reply.body[:300],
+        )
         if reply.status >= 400:
             _assert_clear_4xx(reply, path) if reply.status < 500 else None
 
@@ -385,10 +520,18 @@ HOSTILE_DOCUMENTS: list[tuple[str, bytes, str]] = [
     ("10 000-deep JSON", b"[" * 10_000 + b"]" * 10_000, "application/json"),
     ("10 000-deep YAML flow", b"[" * 10_000 + b"]" * 10_000, "application/yaml"),
     ("10 000-deep YAML block", "".join("  " * i + "- \n" for i in range(3000)).encode(), "application/yaml"),
-    ("300-deep JSON in a condition", b'{"name":"m","stages":[{"id":"a","name":"A"}],"touchpoints":[{"id":"t","stage":"a",'
-     b'"match":{"where":[{"property":"p","op":"in","value":[' + _deep(300) + b"]}]}}]}", "application/json"),
-    ("YAML alias bomb", b"a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
-     b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n", "application/yaml"),
+    (
+        "300-deep JSON in a condition",
+        b'{"name":"m","stages":[{"id":"a","name":"A"}],"touchpoints":[{"id":"t","stage":"a",'
+        b'"match":{"where":[{"property":"p","op":"in","value":[' + _deep(300) + b"]}]}}]}",
+        "application/json",
+    ),
+    (
+        "YAML alias bomb",
+        b"a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+        "application/yaml",
+    ),
     ("YAML python tag", b"!!python/object/apply:os.system ['true']", "application/yaml"),
     ("invalid UTF-8", b'{"name":"\xff"}', "application/json"),
     ("NUL in a name", b'{"name":"a\\u0000b","stages":[{"id":"a","name":"A"}]}', "application/json"),
@@ -401,7 +544,9 @@ HOSTILE_DOCUMENTS: list[tuple[str, bytes, str]] = [
 
 
 @pytest.mark.parametrize("name,body,content_type", HOSTILE_DOCUMENTS, ids=[d[0] for d in HOSTILE_DOCUMENTS])
-def test_hostile_definition_documents_get_a_clear_4xx(live: Live, mixed: Keys, name: str, body: bytes, content_type: str) -> None:
+def test_hostile_definition_documents_get_a_clear_4xx(
+    live: Live, mixed: Keys, name: str, body: bytes, content_type: str
+) -> None:
     for kind in ("maps", "segments"):
         _count("definition documents named")
         reply = call(live.query, "PUT", f"/v1/{kind}/fz", body, {**basic(mixed.admin), "Content-Type": content_type})
@@ -409,16 +554,27 @@ def test_hostile_definition_documents_get_a_clear_4xx(live: Live, mixed: Keys, n
 
 
 @FUZZ
-@given(document=json_values, kind=st.sampled_from(["maps", "segments"]), as_yaml=st.booleans(),
-       name=st.text(min_size=1, max_size=70))
-def test_fuzzed_definition_documents_never_5xx(live: Live, mixed: Keys, document: Any, kind: str, as_yaml: bool, name: str) -> None:
+@given(
+    document=json_values,
+    kind=st.sampled_from(["maps", "segments"]),
+    as_yaml=st.booleans(),
+    name=st.text(min_size=1, max_size=70),
+)
+def test_fuzzed_definition_documents_never_5xx(
+    live: Live, mixed: Keys, document: Any, kind: str, as_yaml: bool, name: str
+) -> None:
     _count("definition documents (hypothesis)")
     import yaml
 
     body = yaml.safe_dump(document).encode() if as_yaml else json.dumps(document).encode()
     content_type = "application/yaml" if as_yaml else "application/json"
-    reply = call(live.query, "PUT", f"/v1/{kind}/{_encode_segment(name)}", body,
-                 {**basic(mixed.admin), "Content-Type": content_type})
+    reply = call(
+        live.query,
+        "PUT",
+        f"/v1/{kind}/{_encode_segment(name)}",
+        body,
+        {**basic(mixed.admin), "Content-Type": content_type},
+    )
     assert reply.status < 500, (document, reply.body[:300])
     if reply.status >= 400:
         _assert_clear_4xx(reply, document)
@@ -476,7 +632,9 @@ def test_schemathesis(live: Live, mixed: Keys, service: str, mode: str) -> None:
     assert not failures
 
 
-async def test_a_too_deep_event_in_a_good_batch_is_quarantined_with_its_first_levels(http, collector, stores, project) -> None:  # type: ignore[no-untyped-def]
+async def test_a_too_deep_event_in_a_good_batch_is_quarantined_with_its_first_levels(
+    http, collector, stores, project
+) -> None:  # type: ignore[no-untyped-def]
     """The fix for the 500 the fuzzer found: an event nested past what orjson writes is quarantined, and its
     raw JSON is kept down to 64 levels with a marker where it was cut."""
     from support import wait_drained
@@ -487,7 +645,9 @@ async def test_a_too_deep_event_in_a_good_batch_is_quarantined_with_its_first_le
         assert resp.status == 200
         result = await resp.json()
     assert result["accepted"] == 1
-    assert result["quarantined"] == [{"index": 1, "errors": [{"field": "(event)", "reason": "nested deeper than 254 levels"}]}]
+    assert result["quarantined"] == [
+        {"index": 1, "errors": [{"field": "(event)", "reason": "nested deeper than 254 levels"}]}
+    ]
     await wait_drained(collector)
     _, rows = await stores.clickhouse.query(
         "SELECT message_id, raw FROM quarantine WHERE project_id = {p:String}", {"p": project.id}

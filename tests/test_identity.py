@@ -9,7 +9,9 @@ from support import basic, wait_drained
 
 
 async def _send(http, collector, key, *events):  # type: ignore[no-untyped-def]
-    async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": list(events)}), headers=basic(key)) as r:
+    async with http.post(
+        collector.make_url("/v1/batch"), data=orjson.dumps({"batch": list(events)}), headers=basic(key)
+    ) as r:
         assert r.status == 200, await r.text()
     await wait_drained(collector)
 
@@ -27,22 +29,44 @@ def _ev(kind, at, mid, **fields):  # type: ignore[no-untyped-def]
 async def test_cross_channel_story_is_one_customer(http, collector, query, stores, project) -> None:  # type: ignore[no-untyped-def]
     key = project.write_key
     # Device 1, anonymous: two web visits from a newsletter campaign, then an email click, same anonymous id.
-    await _send(http, collector, key,
-                _ev("page", "01T09:00:00", "w1", anonymousId="dev1", name="Home",
-                    properties={"url": "https://shop.test/?utm_source=newsletter&utm_campaign=spring"}),
-                _ev("page", "01T09:05:00", "w2", anonymousId="dev1", name="Pricing"),
-                _ev("track", "02T08:00:00", "e1", anonymousId="dev1", event="Email Clicked", channel="email"))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev(
+            "page",
+            "01T09:00:00",
+            "w1",
+            anonymousId="dev1",
+            name="Home",
+            properties={"url": "https://shop.test/?utm_source=newsletter&utm_campaign=spring"},
+        ),
+        _ev("page", "01T09:05:00", "w2", anonymousId="dev1", name="Pricing"),
+        _ev("track", "02T08:00:00", "e1", anonymousId="dev1", event="Email Clicked", channel="email"),
+    )
     # Signs up: identify links the anonymous past to the user.
-    await _send(http, collector, key,
-                _ev("identify", "02T08:01:00", "i1", anonymousId="dev1", userId="ada", traits={"plan": "b2c", "country": "DE"}))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev("identify", "02T08:01:00", "i1", anonymousId="dev1", userId="ada", traits={"plan": "b2c", "country": "DE"}),
+    )
     # Buys in a store under the user id; then a second device, anonymous first, then logged in.
-    await _send(http, collector, key,
-                _ev("track", "03T12:00:00", "s1", userId="ada", event="Store Purchase", channel="store"),
-                _ev("screen", "04T07:00:00", "a1", anonymousId="dev2", name="Cart"),
-                _ev("track", "04T07:02:00", "a2", anonymousId="dev2", userId="ada", event="Logged In", channel="app"))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev("track", "03T12:00:00", "s1", userId="ada", event="Store Purchase", channel="store"),
+        _ev("screen", "04T07:00:00", "a1", anonymousId="dev2", name="Cart"),
+        _ev("track", "04T07:02:00", "a2", anonymousId="dev2", userId="ada", event="Logged In", channel="app"),
+    )
     # The call centre knew her under an old CRM id; an alias merges it.
-    await _send(http, collector, key,
-                _ev("track", "05T10:00:00", "c1", userId="crm-77", event="Support Call", channel="call_centre"))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev("track", "05T10:00:00", "c1", userId="crm-77", event="Support Call", channel="call_centre"),
+    )
     await _send(http, collector, key, _ev("alias", "05T10:30:00", "al1", previousId="crm-77", userId="ada"))
 
     stats = await _get(http, query, "/v1/stats", project.read_key)
@@ -60,20 +84,31 @@ async def test_cross_channel_story_is_one_customer(http, collector, query, store
     profile = await _get(http, query, "/v1/customers/dev2", project.read_key)
     assert profile["traits"] == {"plan": "b2c", "country": "DE"}
     assert profile["first_touch"] == {
-        "first_seen": "2026-04-01T09:00:00.000Z", "first_channel": "web",
-        "first_utm_source": "newsletter", "first_utm_medium": "", "first_utm_campaign": "spring",
+        "first_seen": "2026-04-01T09:00:00.000Z",
+        "first_channel": "web",
+        "first_utm_source": "newsletter",
+        "first_utm_medium": "",
+        "first_utm_campaign": "spring",
     }
 
 
 async def test_shared_device_is_not_a_merge_but_alias_merges_known_customers(http, collector, query, project) -> None:  # type: ignore[no-untyped-def]
     key = project.write_key
-    await _send(http, collector, key,
-                _ev("page", "01T09:00:00", "p1", anonymousId="kiosk"),
-                _ev("identify", "01T09:01:00", "p2", anonymousId="kiosk", userId="ben"))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev("page", "01T09:00:00", "p1", anonymousId="kiosk"),
+        _ev("identify", "01T09:01:00", "p2", anonymousId="kiosk", userId="ben"),
+    )
     # Someone else logs in on the same device later: the kiosk's past stays Ben's.
-    await _send(http, collector, key,
-                _ev("identify", "02T09:00:00", "p3", anonymousId="kiosk", userId="cleo"),
-                _ev("track", "02T09:05:00", "p4", userId="cleo", event="Order Completed"))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev("identify", "02T09:00:00", "p3", anonymousId="kiosk", userId="cleo"),
+        _ev("track", "02T09:05:00", "p4", userId="cleo", event="Order Completed"),
+    )
     ben = await _get(http, query, "/v1/customers/ben/events", project.read_key)
     cleo = await _get(http, query, "/v1/customers/cleo/events", project.read_key)
     assert ben["ids"] == ["ben", "kiosk"] and [e["message_id"] for e in ben["events"]] == ["p1", "p2"]
@@ -85,21 +120,32 @@ async def test_shared_device_is_not_a_merge_but_alias_merges_known_customers(htt
     assert [e["message_id"] for e in merged["events"]] == ["p1", "p2", "p3", "p4", "p5"]
 
 
-async def test_newest_identify_wins_per_trait_even_when_it_arrives_first(http, collector, query, stores, project) -> None:  # type: ignore[no-untyped-def]
+async def test_newest_identify_wins_per_trait_even_when_it_arrives_first(
+    http, collector, query, stores, project
+) -> None:  # type: ignore[no-untyped-def]
     key = project.write_key
-    await _send(http, collector, key,
-                _ev("identify", "10T00:00:00", "t2", userId="dana", traits={"plan": "b2b", "seats": 12}))
-    await _send(http, collector, key,  # older, late-arriving: must not overwrite plan; adds email
-                _ev("identify", "01T00:00:00", "t1", userId="dana", traits={"plan": "trial", "email": "d@x.test"}))
+    await _send(
+        http, collector, key, _ev("identify", "10T00:00:00", "t2", userId="dana", traits={"plan": "b2b", "seats": 12})
+    )
+    await _send(
+        http,
+        collector,
+        key,  # older, late-arriving: must not overwrite plan; adds email
+        _ev("identify", "01T00:00:00", "t1", userId="dana", traits={"plan": "trial", "email": "d@x.test"}),
+    )
     profile = await _get(http, query, "/v1/customers/dana", project.read_key)
     assert profile["traits"] == {"plan": "b2b", "seats": 12, "email": "d@x.test"}
 
     async with stores.pg.acquire() as conn:
         admin = await add_key(conn, project.id, "admin")
-    for name, rules in (("b2b", [{"field": "traits.plan", "op": "equals", "value": "b2b"}]),
-                        ("big", [{"field": "traits.seats", "op": ">=", "value": 50}]),
-                        ("april", [{"field": "first_seen", "op": ">=", "value": "2026-04-01"}])):
-        async with http.put(query.make_url(f"/v1/segments/{name}"), data=orjson.dumps({"rules": rules}), headers=basic(admin)) as r:
+    for name, rules in (
+        ("b2b", [{"field": "traits.plan", "op": "equals", "value": "b2b"}]),
+        ("big", [{"field": "traits.seats", "op": ">=", "value": 50}]),
+        ("april", [{"field": "first_seen", "op": ">=", "value": "2026-04-01"}]),
+    ):
+        async with http.put(
+            query.make_url(f"/v1/segments/{name}"), data=orjson.dumps({"rules": rules}), headers=basic(admin)
+        ) as r:
             assert r.status == 201
     profile = await _get(http, query, "/v1/customers/dana", project.read_key)
     assert profile["segments"] == ["april", "b2b"]
@@ -107,11 +153,15 @@ async def test_newest_identify_wins_per_trait_even_when_it_arrives_first(http, c
 
 async def test_forgetting_a_customer_removes_everything(http, collector, query, stores, project) -> None:  # type: ignore[no-untyped-def]
     key = project.write_key
-    await _send(http, collector, key,
-                _ev("page", "01T09:00:00", "f1", anonymousId="anon-f"),
-                _ev("identify", "01T09:01:00", "f2", anonymousId="anon-f", userId="eve", traits={"email": "eve@x.test"}),
-                _ev("track", "01T09:02:00", "f3", userId="eve", event="Order Completed"),
-                _ev("track", "01T09:03:00", "other", userId="frank", event="Order Completed"))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev("page", "01T09:00:00", "f1", anonymousId="anon-f"),
+        _ev("identify", "01T09:01:00", "f2", anonymousId="anon-f", userId="eve", traits={"email": "eve@x.test"}),
+        _ev("track", "01T09:02:00", "f3", userId="eve", event="Order Completed"),
+        _ev("track", "01T09:03:00", "other", userId="frank", event="Order Completed"),
+    )
     async with stores.pg.acquire() as conn:
         admin = await add_key(conn, project.id, "admin")
     async with http.delete(query.make_url("/v1/customers/anon-f"), headers=basic(project.read_key)) as resp:
@@ -142,21 +192,35 @@ async def test_cli_forgets_a_customer_while_the_service_runs(tmp_path) -> None: 
         service = Service(tmp_path, JOURNEYS_INSERT_LINGER_MS="5").start()
         try:
             async with aiohttp.ClientSession() as http:
-                batch = [_ev("page", "01T09:00:00", "g1", anonymousId="anon-g"),
-                         _ev("identify", "01T09:01:00", "g2", anonymousId="anon-g", userId="gina")]
-                async with http.post(f"{service.collector}/v1/batch", data=orjson.dumps({"batch": batch}),
-                                     headers=basic(keys["write_key"])) as resp:
+                batch = [
+                    _ev("page", "01T09:00:00", "g1", anonymousId="anon-g"),
+                    _ev("identify", "01T09:01:00", "g2", anonymousId="anon-g", userId="gina"),
+                ]
+                async with http.post(
+                    f"{service.collector}/v1/batch",
+                    data=orjson.dumps({"batch": batch}),
+                    headers=basic(keys["write_key"]),
+                ) as resp:
                     assert resp.status == 200
 
                 async def events_of(customer: str) -> list:
-                    async with http.get(f"{service.query}/v1/customers/{customer}/events", headers=basic(keys["read_key"])) as r:
+                    async with http.get(
+                        f"{service.query}/v1/customers/{customer}/events", headers=basic(keys["read_key"])
+                    ) as r:
                         return [] if r.status == 404 else (await r.json())["events"]  # 404: no such customer (yet)
 
                 from support import wait_until
 
                 await wait_until(lambda: _count_is(events_of, "anon-g", 2))
-                done = journeys(tmp_path, "customer", "delete", "anon-g", "--project", "gdpr",
-                                JOURNEYS_QUERY_PORT=str(service.query_port))
+                done = journeys(
+                    tmp_path,
+                    "customer",
+                    "delete",
+                    "anon-g",
+                    "--project",
+                    "gdpr",
+                    JOURNEYS_QUERY_PORT=str(service.query_port),
+                )
                 assert done.returncode == 0, done.stderr
                 assert "forgot customer gina: ids anon-g, gina" in done.stdout
                 assert await events_of("gina") == [] and await events_of("anon-g") == []
@@ -173,16 +237,23 @@ async def _count_is(fetch, customer, n):  # type: ignore[no-untyped-def]
     return len(await fetch(customer)) == n
 
 
-async def test_a_reverse_index_row_without_its_forward_row_is_not_a_member(http, collector, query, stores, project) -> None:  # type: ignore[no-untyped-def]
+async def test_a_reverse_index_row_without_its_forward_row_is_not_a_member(
+    http, collector, query, stores, project
+) -> None:  # type: ignore[no-untyped-def]
     """IdentityGraph writes the reverse index first: between its two inserts (or after a crash between
     them) ``identities_by_customer`` names an id that does not belong to the customer yet. Reads asked by
     the customer's own id must leave that id's events out, in every endpoint that reads them."""
     key = project.write_key
-    await _send(http, collector, key,
-                _ev("track", "01T09:00:00", "g1", userId="gil", event="A", channel="web"),
-                _ev("track", "01T09:05:00", "x1", anonymousId="half-linked", event="A", channel="web"))
+    await _send(
+        http,
+        collector,
+        key,
+        _ev("track", "01T09:00:00", "g1", userId="gil", event="A", channel="web"),
+        _ev("track", "01T09:05:00", "x1", anonymousId="half-linked", event="A", channel="web"),
+    )
     await stores.clickhouse.insert_lines(
-        "identities_by_customer", ("project_id", "customer_id", "distinct_id", "version", "is_deleted"),
+        "identities_by_customer",
+        ("project_id", "customer_id", "distinct_id", "version", "is_deleted"),
         orjson.dumps([project.id, "gil", "half-linked", 1, 0]) + b"\n",
     )
     body = await _get(http, query, "/v1/customers/gil/events", project.read_key)

@@ -160,7 +160,8 @@ async def test_gzip_import_and_reimport_counts_each_event_once(http, collector, 
     assert 3000 <= await stored_rows(stores, project.id) <= 6000
     # Key order and spacing do not change the derived id: the same event re-exported by another tool.
     reordered = b"\n".join(
-        orjson.dumps(dict(reversed(list(e.items()))), option=orjson.OPT_INDENT_2).replace(b"\n", b" ") for e in events[:50]
+        orjson.dumps(dict(reversed(list(e.items()))), option=orjson.OPT_INDENT_2).replace(b"\n", b" ")
+        for e in events[:50]
     )
     status, report, _ = await _import(http, collector, reordered, project.write_key)
     assert (status, report["accepted"]) == (200, 50)
@@ -232,7 +233,9 @@ async def test_truncated_gzip_keeps_what_came_before_and_says_where(http, collec
 
 
 async def test_size_and_line_limits(http, collector_stores, stores, project):  # type: ignore[no-untyped-def]
-    async with _collector(collector_stores, max_request_bytes=4096, max_event_bytes=2048, max_import_bytes=60_000) as server:
+    async with _collector(
+        collector_stores, max_request_bytes=4096, max_event_bytes=2048, max_import_bytes=60_000
+    ) as server:
         huge = {**_track(2), "properties": {"blob": "x" * 10_000}}
         status, report, _ = await _import(http, server, _ndjson(_track(1), huge, _track(3)), project.write_key)
         assert status == 200 and report["accepted"] == 2
@@ -274,7 +277,11 @@ async def test_full_spool_is_waited_out_or_answered_503_with_the_resume_line(htt
                 http, server, rest, project.write_key, {"X-Import-First-Line": str(durable + 1)}
             )
             assert status == 200, report["errors"][:3]
-            assert (report["first_line"], report["last_durable_line"], report["accepted"]) == (durable + 1, 8000, 8000 - durable)
+            assert (report["first_line"], report["last_durable_line"], report["accepted"]) == (
+                durable + 1,
+                8000,
+                8000 - durable,
+            )
             await wait_drained(server)
     assert await _events(stores, project.id) == 8000
 
@@ -333,9 +340,14 @@ def test_derived_ids_are_uuid5_of_project_and_canonical_json() -> None:
 async def _cli(data_dir: Path, *args: str, timeout: float = 600) -> tuple[int, str, str]:
     """``journeys import …`` in a child process, without blocking this event loop (it serves the collector)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "journeys.cli", "import", *args,
+        sys.executable,
+        "-m",
+        "journeys.cli",
+        "import",
+        *args,
         env=cli_env(data_dir, JOURNEYS_LOG_LEVEL="WARNING"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -358,9 +370,25 @@ async def test_cli_csv_with_mapping_constants_numbers_and_bad_rows(collector, st
         out.writerow(["c-5", "1709285400"])  # line 7: too few fields
         out.writerow(["", "1709285400", "7", "5", "1", "", "x"])  # line 8: no user id (the collector says so)
     code, out_text, err = await _cli(
-        settings.data_dir, str(path), "--write-key", project.write_key, "--collector", str(collector.make_url("")),
-        "--map", "userId=customer_no", "--map", "timestamp=sold_at", "--map", "event=:Store Purchase",
-        "--map", "channel=:store", "--map", "properties.store_id=store", "--drop", "internal", "--json",
+        settings.data_dir,
+        str(path),
+        "--write-key",
+        project.write_key,
+        "--collector",
+        str(collector.make_url("")),
+        "--map",
+        "userId=customer_no",
+        "--map",
+        "timestamp=sold_at",
+        "--map",
+        "event=:Store Purchase",
+        "--map",
+        "channel=:store",
+        "--map",
+        "properties.store_id=store",
+        "--drop",
+        "internal",
+        "--json",
     )
     assert code == 1, err  # some rows were rejected
     summary = json.loads(out_text)
@@ -372,18 +400,39 @@ async def test_cli_csv_with_mapping_constants_numbers_and_bad_rows(collector, st
     assert sorted(rows) == ["c-1", "c-2", "c-4"]
     first = rows["c-1"]
     assert (first["event"], first["channel"], first["type"]) == ("Store Purchase", "store", "track")
-    assert json.loads(first["properties"]) == {"store_id": "0042", "total": 129.9, "items": 3, "note": "multi\nline note"}
+    assert json.loads(first["properties"]) == {
+        "store_id": "0042",
+        "total": 129.9,
+        "items": 3,
+        "note": "multi\nline note",
+    }
     assert first["timestamp"].replace(tzinfo=timezone.utc) == datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
-    assert rows["c-4"]["timestamp"].replace(tzinfo=timezone.utc) == datetime(2024, 3, 1, 9, 30, 0, 123000, tzinfo=timezone.utc)
+    assert rows["c-4"]["timestamp"].replace(tzinfo=timezone.utc) == datetime(
+        2024, 3, 1, 9, 30, 0, 123000, tzinfo=timezone.utc
+    )
     assert json.loads(rows["c-4"]["properties"])["total"] == -25.0
 
     # Human output: the summary, then the bad rows by line of the original file.
     code, human, _ = await _cli(
-        settings.data_dir, str(path), "--write-key", project.write_key, "--collector", str(collector.make_url("")),
-        "--map", "userId=customer_no", "--map", "timestamp=sold_at", "--map", "event=:Store Purchase", "--no-progress",
+        settings.data_dir,
+        str(path),
+        "--write-key",
+        project.write_key,
+        "--collector",
+        str(collector.make_url("")),
+        "--map",
+        "userId=customer_no",
+        "--map",
+        "timestamp=sold_at",
+        "--map",
+        "event=:Store Purchase",
+        "--no-progress",
     )
     assert code == 1 and "6 rows read, 3 accepted, 3 rejected" in human
-    assert "  line 5: timestamp: unreadable timestamp" in human and "  line 7: (row): 2 fields where the header has 7" in human
+    assert (
+        "  line 5: timestamp: unreadable timestamp" in human
+        and "  line 7: (row): 2 fields where the header has 7" in human
+    )
 
 
 async def test_cli_ndjson_refuses_bad_options_and_a_dead_collector_clearly(project, tmp_path, settings):  # type: ignore[no-untyped-def]
@@ -394,7 +443,14 @@ async def test_cli_ndjson_refuses_bad_options_and_a_dead_collector_clearly(proje
     code, _, err = await _cli(settings.data_dir, str(tmp_path / "x.txt"), "--write-key", "jw_x")
     assert code == 2 and "--format" in err
     code, _, err = await _cli(
-        settings.data_dir, str(path), "--write-key", "jw_x", "--collector", "http://127.0.0.1:9", "--retry-for", "1",
+        settings.data_dir,
+        str(path),
+        "--write-key",
+        "jw_x",
+        "--collector",
+        "http://127.0.0.1:9",
+        "--retry-for",
+        "1",
         "--no-progress",
     )
     assert code == 1 and "cannot reach" in err and "resume with --start-line 1" in err
@@ -408,7 +464,9 @@ async def test_cli_ndjson_with_project_name_and_unknown_key(collector, stores, p
     path = tmp_path / "events.jsonl"
     path.write_bytes(_ndjson(_track(1), b"", b"{broken", _track(4)))
     url = str(collector.make_url(""))
-    code, out_text, err = await _cli(settings.data_dir, str(path), "--project", project.name, "--collector", url, "--json")
+    code, out_text, err = await _cli(
+        settings.data_dir, str(path), "--project", project.name, "--collector", url, "--json"
+    )
     assert code == 1, err
     summary = json.loads(out_text)
     assert (summary["rows"], summary["accepted"], summary["rejected"]) == (3, 2, 1)
@@ -417,7 +475,9 @@ async def test_cli_ndjson_with_project_name_and_unknown_key(collector, stores, p
     async with stores.pg.acquire() as conn:
         keys = await conn.fetch("SELECT revoked_at FROM api_keys WHERE project_id = $1 AND kind = 'write'", project.id)
     assert sorted(k["revoked_at"] is None for k in keys) == [False, True]  # the project's own key stays
-    code, _, err = await _cli(settings.data_dir, str(path), "--write-key", "jw_nope", "--collector", url, "--no-progress")
+    code, _, err = await _cli(
+        settings.data_dir, str(path), "--write-key", "jw_nope", "--collector", url, "--no-progress"
+    )
     assert code == 1 and "401" in err and "unknown or revoked key" in err
 
 
@@ -430,8 +490,21 @@ async def test_cli_mapped_ndjson_gz_and_start_line(collector, stores, project, t
         {"customer": "c-4", "at": 1709285400000, "type": "identify", "tier": "gold"},  # line 4
     ]
     path.write_bytes(gzip.compress(_ndjson(*flat)))
-    base = ("--write-key", project.write_key, "--collector", str(collector.make_url("")), "--json",
-            "--map", "userId=customer", "--map", "timestamp=at", "--map", "event=:Order", "--drop", "user_id")
+    base = (
+        "--write-key",
+        project.write_key,
+        "--collector",
+        str(collector.make_url("")),
+        "--json",
+        "--map",
+        "userId=customer",
+        "--map",
+        "timestamp=at",
+        "--map",
+        "event=:Order",
+        "--drop",
+        "user_id",
+    )
     code, out_text, err = await _cli(settings.data_dir, str(path), *base)
     summary = json.loads(out_text)
     assert code == 1 and (summary["rows"], summary["accepted"], summary["rejected"]) == (4, 3, 1), err
@@ -448,7 +521,9 @@ async def test_cli_mapped_ndjson_gz_and_start_line(collector, stores, project, t
     assert await _events(stores, project.id) == 3
 
 
-async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line(collector_stores, stores, project, tmp_path, settings):  # type: ignore[no-untyped-def]
+async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line(
+    collector_stores, stores, project, tmp_path, settings
+):  # type: ignore[no-untyped-def]
     path = tmp_path / "padded.csv"
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
@@ -457,10 +532,23 @@ async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line
             out.writerow(["" if i == 5000 else f"c-{i}", 1709285400 + i, "p" * 250])
     async with _collector(collector_stores, spool_max_bytes=1024 * 1024, import_spool_wait_s=0.3) as server:
         await server.app[INSERTER].stop(drain_timeout=0)
-        cli = asyncio.ensure_future(_cli(
-            settings.data_dir, str(path), "--write-key", project.write_key, "--collector", str(server.make_url("")),
-            "--map", "userId=customer", "--map", "timestamp=at", "--map", "event=:Visit", "--json",
-        ))
+        cli = asyncio.ensure_future(
+            _cli(
+                settings.data_dir,
+                str(path),
+                "--write-key",
+                project.write_key,
+                "--collector",
+                str(server.make_url("")),
+                "--map",
+                "userId=customer",
+                "--map",
+                "timestamp=at",
+                "--map",
+                "event=:Visit",
+                "--json",
+            )
+        )
         spool = server.app[SPOOL]
         await wait_until(lambda: _true(spool.pending_bytes > 768 * 1024))
         await asyncio.sleep(1.0)  # long enough for the collector to give up on this attempt (503)
@@ -481,7 +569,9 @@ async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line
 ROWS = int(os.environ.get("IMPORT_ROWS", "1000000"))
 
 
-async def test_cli_imports_a_million_row_csv_once_even_when_imported_twice(collector, stores, project, tmp_path, settings):  # type: ignore[no-untyped-def]
+async def test_cli_imports_a_million_row_csv_once_even_when_imported_twice(
+    collector, stores, project, tmp_path, settings
+):  # type: ignore[no-untyped-def]
     """1 M rows through `journeys import` (a subprocess, --project: a temporary write key) into the collector
     on a port, counted in ClickHouse; imported again, still counted once. Prints the throughput."""
     path = tmp_path / "million.csv"
@@ -494,9 +584,20 @@ async def test_cli_imports_a_million_row_csv_once_even_when_imported_twice(colle
         )
     print(f"\nwrote {ROWS:,} rows ({path.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - began:.1f} s")
     args = (
-        str(path), "--project", project.name, "--collector", str(collector.make_url("")),
-        "--map", "userId=customer_no", "--map", "timestamp=sold_at",
-        "--map", "event=:Store Purchase", "--map", "channel=:store", "--json",
+        str(path),
+        "--project",
+        project.name,
+        "--collector",
+        str(collector.make_url("")),
+        "--map",
+        "userId=customer_no",
+        "--map",
+        "timestamp=sold_at",
+        "--map",
+        "event=:Store Purchase",
+        "--map",
+        "channel=:store",
+        "--json",
     )
     for attempt in ("first", "again"):
         began = time.monotonic()
@@ -522,7 +623,12 @@ async def test_cli_rows_that_all_fail_alike_are_one_problem_with_the_likely_fix(
     path = tmp_path / "sales.csv"
     path.write_text("customer_no,sold_at\n" + "".join(f"c-{i},2024-03-01T09:30:00Z\n" for i in range(40)))
     code, human, _ = await _cli(
-        settings.data_dir, str(path), "--write-key", project.write_key, "--collector", str(collector.make_url("")),
+        settings.data_dir,
+        str(path),
+        "--write-key",
+        project.write_key,
+        "--collector",
+        str(collector.make_url("")),
         "--no-progress",
     )
     assert code == 1

@@ -81,7 +81,10 @@ def test_projects_and_keys_listed_used_and_revoked_through_the_cli(service: Serv
     keys = json.loads(_ok(journeys(data, "key", "list", "--project", "demo", "--json")).stdout)
     assert keys["project"] == demo["id"]
     assert [(k["prefix"], k["kind"], k["last_used_at"], k["revoked"]) for k in keys["keys"]] == [
-        (write[:6], "write", None, False), (read[:6], "read", None, False), (admin[:6], "admin", None, False)]
+        (write[:6], "write", None, False),
+        (read[:6], "read", None, False),
+        (admin[:6], "admin", None, False),
+    ]
 
     # Used keys get a "last used" time (recorded when a service looks the key up); the admin key was not used.
     assert _track(service.collector, write) == 200
@@ -99,15 +102,22 @@ def test_projects_and_keys_listed_used_and_revoked_through_the_cli(service: Serv
     assert revoked["already_revoked"] is False
     assert [(k["prefix"], k["kind"], k["revoked"]) for k in revoked["revoked"]] == [(write[:6], "write", True)]
     assert _refused_within(lambda: _track(service.collector, write), TTL + SLACK) <= TTL + SLACK
-    reply = call(service.collector, "POST", "/v1/track", orjson.dumps({"userId": "u", "event": "E"}),
-                 {"Content-Type": "application/json", **basic(write)})
+    reply = call(
+        service.collector,
+        "POST",
+        "/v1/track",
+        orjson.dumps({"userId": "u", "event": "E"}),
+        {"Content-Type": "application/json", **basic(write)},
+    )
     assert reply.status == 401 and "unknown or revoked key" in reply.errors()[0]["reason"]
 
     # And the read key, given whole (as a leaked key is found), with no --project: the query service too.
     done = _ok(journeys(data, "key", "revoke", read))
     assert done.stdout.startswith(f"revoked {read[:6]}  read key of demo")
-    assert _refused_within(lambda: call(service.query, "GET", "/v1/stats", headers=basic(read)).status,
-                           TTL + SLACK) <= TTL + SLACK
+    assert (
+        _refused_within(lambda: call(service.query, "GET", "/v1/stats", headers=basic(read)).status, TTL + SLACK)
+        <= TTL + SLACK
+    )
 
     # Revoking again says so and changes nothing.
     again = _ok(journeys(data, "key", "revoke", write))
@@ -120,7 +130,10 @@ def test_projects_and_keys_listed_used_and_revoked_through_the_cli(service: Serv
     ambiguous = journeys(data, "key", "revoke", "j", "--project", "demo")
     assert ambiguous.returncode == 1
     assert "matches 2 keys that are not revoked" in ambiguous.stderr and "nothing was revoked" in ambiguous.stderr
-    assert f"{admin[:6]}  admin key of demo" in ambiguous.stderr and f"{public[:6]}  public key of demo" in ambiguous.stderr
+    assert (
+        f"{admin[:6]}  admin key of demo" in ambiguous.stderr
+        and f"{public[:6]}  public key of demo" in ambiguous.stderr
+    )
     as_json = journeys(data, "key", "revoke", "j", "--project", "demo", "--json")
     assert as_json.returncode == 1
     assert sorted(k["prefix"] for k in json.loads(as_json.stdout)["candidates"]) == sorted([admin[:6], public[:6]])
@@ -169,7 +182,9 @@ async def short_ttl(stores, tmp_path):  # type: ignore[no-untyped-def]
     from query.app import create_app as create_query
 
     fresh = dataclasses.replace(stores, keys=KeyResolver(stores.pg, ttl=TTL))
-    collector = TestServer(create_collector(with_settings(fresh, spool_dir=tmp_path / "spool"), Metrics()), host="127.0.0.1")
+    collector = TestServer(
+        create_collector(with_settings(fresh, spool_dir=tmp_path / "spool"), Metrics()), host="127.0.0.1"
+    )
     query = TestServer(create_query(fresh, Metrics()), host="127.0.0.1")
     await collector.start_server()
     await query.start_server()
@@ -196,8 +211,10 @@ async def test_keys_over_the_admin_api(http, stores, project, short_ttl) -> None
     status, listing, _ = await _json(http, "GET", url, admin)
     assert status == 200 and listing["project"] == project.id
     assert [(k["prefix"], k["kind"], k["current"], k["revoked"]) for k in listing["keys"]] == [
-        (project.write_key[:6], "write", False, False), (project.read_key[:6], "read", False, False),
-        (admin[:6], "admin", True, False)]
+        (project.write_key[:6], "write", False, False),
+        (project.read_key[:6], "read", False, False),
+        (admin[:6], "admin", True, False),
+    ]
 
     status, made, headers = await _json(http, "POST", url, admin, {"kind": "write"})
     assert status == 201 and headers["Cache-Control"] == "no-store"
@@ -230,8 +247,10 @@ async def test_keys_over_the_admin_api(http, stores, project, short_ttl) -> None
 
     # Two live keys with the same prefix: 409 naming both; nothing revoked.
     async with stores.pg.acquire() as conn:
-        twins = [await add_key(conn, project.id, "read", "jr_Twn" + made_secret[6:]) for made_secret in
-                 (project.read_key, project.write_key)]
+        twins = [
+            await add_key(conn, project.id, "read", "jr_Twn" + made_secret[6:])
+            for made_secret in (project.read_key, project.write_key)
+        ]
     status, body, _ = await _json(http, "DELETE", query.make_url("/v1/keys/jr_Twn"), admin)
     assert status == 409 and "2 live keys" in body["errors"][0]["reason"]
     for twin in twins:
@@ -249,8 +268,13 @@ async def test_keys_over_the_admin_api(http, stores, project, short_ttl) -> None
         assert resp.status == 200  # untouched
 
     # Bodies other than {"kind": …} are refused, naming the field.
-    for body, field in (({}, "kind"), ({"kind": "root"}, "kind"), ({"kind": "write", "x": 1}, "x"),
-                        (b"not json", "body"), ([1], "body")):
+    for body, field in (
+        ({}, "kind"),
+        ({"kind": "root"}, "kind"),
+        ({"kind": "write", "x": 1}, "x"),
+        (b"not json", "body"),
+        ([1], "body"),
+    ):
         status, answer, _ = await _json(http, "POST", url, admin, body)
         assert status == 400 and answer["errors"][0]["field"] == field, (body, answer)
 
@@ -284,8 +308,11 @@ async def test_last_used_is_written_at_most_once_a_minute_per_key(stores, projec
     assert (after["last_used_at"], after["version"]) == (first["last_used_at"], first["version"])  # no new row version
 
     # Over a minute later the next lookup records the use again (once).
-    await stores.pg.execute("UPDATE api_keys SET last_used_at = now() - interval '61 seconds' WHERE prefix = $1 "
-                            "AND project_id = $2", project.write_key[:6], project.id)
+    await stores.pg.execute(
+        "UPDATE api_keys SET last_used_at = now() - interval '61 seconds' WHERE prefix = $1 AND project_id = $2",
+        project.write_key[:6],
+        project.id,
+    )
     stale = await stores.pg.fetchrow(row_sql, project.write_key[:6], project.id)
     await resolver.resolve(project.write_key)
     fresh = await stores.pg.fetchrow(row_sql, project.write_key[:6], project.id)

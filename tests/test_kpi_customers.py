@@ -69,7 +69,9 @@ def oracle_outcomes(journeys, facts, segment: str, first_day: date, last_day: da
             out[stage]["entered"].add(customer)
             if i == len(compiled.order) - 1:
                 continue
-            moved = next((_ms(t["time"]) for t in touches[entry + 1 :] if t["stage"] and compiled.index[t["stage"]] > i), None)
+            moved = next(
+                (_ms(t["time"]) for t in touches[entry + 1 :] if t["stage"] and compiled.index[t["stage"]] > i), None
+            )
             if moved is not None and moved - entered <= windows[stage]:
                 out[stage]["converted"].add(customer)
             elif entered + windows[stage] <= now_ms:
@@ -129,12 +131,15 @@ async def _get(http, query, key: str, path: str, **params: str) -> tuple[int, An
         return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
 
 
-async def _whole_list(http, query, key: str, limit: int = 3, **params: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # type: ignore[no-untyped-def]
+async def _whole_list(
+    http, query, key: str, limit: int = 3, **params: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # type: ignore[no-untyped-def]
     """Every page of a list, following the cursors: (customers, pages)."""
     pages, customers, cursor = [], [], None
     while True:
-        status, page = await _get(http, query, key, "/v1/kpis/customers", limit=str(limit),
-                                  **params, **({"cursor": cursor} if cursor else {}))
+        status, page = await _get(
+            http, query, key, "/v1/kpis/customers", limit=str(limit), **params, **({"cursor": cursor} if cursor else {})
+        )
         assert status == 200, page
         pages.append(page)
         customers += page["customers"]
@@ -144,10 +149,18 @@ async def _whole_list(http, query, key: str, limit: int = 3, **params: str) -> t
             return customers, pages
 
 
-@settings(max_examples=int(os.environ.get("KPI_EXAMPLES", "4")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(customers=st.lists(customer_st, min_size=4, max_size=10), window=st.sampled_from([(-5, 0), (-15, -10), (-19, -19), (-20, 0)]))
-async def test_every_list_is_its_count_and_the_brute_force_customers(http, collector, query, stores, customers, window) -> None:  # type: ignore[no-untyped-def]
+@settings(
+    max_examples=int(os.environ.get("KPI_EXAMPLES", "4")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    customers=st.lists(customer_st, min_size=4, max_size=10),
+    window=st.sampled_from([(-5, 0), (-15, -10), (-19, -19), (-20, 0)]),
+)
+async def test_every_list_is_its_count_and_the_brute_force_customers(
+    http, collector, query, stores, customers, window
+) -> None:  # type: ignore[no-untyped-def]
     """For every segment, stage and outcome: the customers listed (all pages, 3 at a time) are exactly those
     the brute force counts at the list's `as_of`, and as many as the KPI count (when no customer crossed a
     boundary between the two answers' `as_of`); the drop-off summary equals its brute force."""
@@ -166,13 +179,20 @@ async def test_every_list_is_its_count_and_the_brute_force_customers(http, colle
         for i, stage in enumerate(seg["stages"]):
             outcomes = OUTCOMES[:2] if i == len(order) - 1 else OUTCOMES
             for outcome in outcomes:
-                params = {"map": "funnel", "stage": stage["id"], "outcome": outcome, **span,
-                          **({"segment": segment} if segment else {})}
+                params = {
+                    "map": "funnel",
+                    "stage": stage["id"],
+                    "outcome": outcome,
+                    **span,
+                    **({"segment": segment} if segment else {}),
+                }
                 listed, pages = await _whole_list(http, query, key, **params)
                 ids = [c["customer_id"] for c in listed]
                 assert len(ids) == len(set(ids)), ids
                 assert all(p["as_of"] == pages[0]["as_of"] and p["total"] == len(ids) for p in pages)
-                expected, entered_at = oracle_outcomes(journeys, facts, segment, first_day, last_day, _as_of_ms(pages[0]))
+                expected, entered_at = oracle_outcomes(
+                    journeys, facts, segment, first_day, last_day, _as_of_ms(pages[0])
+                )
                 assert set(ids) == expected[stage["id"]][outcome], (segment, stage["id"], outcome)
                 if expected[stage["id"]][outcome] == at_kpis[stage["id"]][outcome]:  # nobody crossed in between
                     assert len(ids) == stage[outcome], (segment, stage["id"], outcome)
@@ -180,17 +200,30 @@ async def test_every_list_is_its_count_and_the_brute_force_customers(http, colle
                     assert _ms(c["entered_at"]) == entered_at[(c["customer_id"], stage["id"])]
                     events = journeys[c["customer_id"]]
                     latest = max(events, key=lambda e: (_ms(e["timestamp"]), e["message_id"]))
-                    assert c["last_touch"] == {"touchpoint": _stored_touchpoint(latest), "channel": latest["channel"],
-                                               "at": latest["timestamp"]}
+                    assert c["last_touch"] == {
+                        "touchpoint": _stored_touchpoint(latest),
+                        "channel": latest["channel"],
+                        "at": latest["timestamp"],
+                    }
                     journey = build_journey(events, CompiledMap(validate_map(MAP), 1))
                     assert c["current_stage"] == journey["current_stage"]
                     if outcome in ("converted", "dropped", "in_progress"):
                         assert c["outcome"] == outcome
             if i < len(order) - 1:
-                status, summary = await _get(http, query, key, "/v1/kpis/dropped", map="funnel", stage=stage["id"],
-                                             **span, **({"segment": segment} if segment else {}))
+                status, summary = await _get(
+                    http,
+                    query,
+                    key,
+                    "/v1/kpis/dropped",
+                    map="funnel",
+                    stage=stage["id"],
+                    **span,
+                    **({"segment": segment} if segment else {}),
+                )
                 assert status == 200, summary
-                expected, entered_at = oracle_outcomes(journeys, facts, segment, first_day, last_day, _as_of_ms(summary))
+                expected, entered_at = oracle_outcomes(
+                    journeys, facts, segment, first_day, last_day, _as_of_ms(summary)
+                )
                 want = oracle_dropped(journeys, expected[stage["id"]]["dropped"], entered_at, stage["id"])
                 got = {k: summary[k] for k in ("dropped", "last_touchpoints", "last_channels", "after_entry")}
                 assert got == want, (segment, stage["id"])
@@ -205,12 +238,40 @@ async def _one_project(http, collector, query, stores):  # type: ignore[no-untyp
 
     events = [
         {"type": "track", "userId": "ann", "event": "A", "channel": "web", "timestamp": at(1), "messageId": "ann-1"},
-        {"type": "track", "userId": "ann", "event": "B", "channel": "email", "timestamp": at(1.5), "messageId": "ann-2"},
+        {
+            "type": "track",
+            "userId": "ann",
+            "event": "B",
+            "channel": "email",
+            "timestamp": at(1.5),
+            "messageId": "ann-2",
+        },
         {"type": "track", "userId": "bob", "event": "A", "channel": "web", "timestamp": at(1), "messageId": "bob-1"},
-        {"type": "page", "userId": "bob", "name": "Pricing", "channel": "web", "timestamp": at(1.2), "messageId": "bob-2"},
+        {
+            "type": "page",
+            "userId": "bob",
+            "name": "Pricing",
+            "channel": "web",
+            "timestamp": at(1.2),
+            "messageId": "bob-2",
+        },
         {"type": "track", "userId": "=cmd", "event": "A", "channel": "store", "timestamp": at(2), "messageId": "cmd-1"},
-        {"type": "track", "userId": "=cmd", "event": "Newsletter", "channel": "email", "timestamp": at(2.5), "messageId": "cmd-2"},
-        {"type": "identify", "userId": "carl", "traits": {"plan": "vip"}, "channel": "web", "timestamp": at(3), "messageId": "carl-0"},
+        {
+            "type": "track",
+            "userId": "=cmd",
+            "event": "Newsletter",
+            "channel": "email",
+            "timestamp": at(2.5),
+            "messageId": "cmd-2",
+        },
+        {
+            "type": "identify",
+            "userId": "carl",
+            "traits": {"plan": "vip"},
+            "channel": "web",
+            "timestamp": at(3),
+            "messageId": "carl-0",
+        },
     ]
     await _send(http, collector, project.write_key, events)
     await _caught_up(query)
@@ -257,8 +318,14 @@ async def test_lists_and_summaries_check_their_parameters(http, collector, query
     span = {"from": BASE.date().isoformat(), "to": TODAY.date().isoformat()}
     status, page = await _get(http, query, key, "/v1/kpis/customers", **base, **span, limit="1")
     assert status == 200 and page["next_cursor"], page
-    for other in ({"outcome": "reached"}, {"stage": "consider"}, {"from": (BASE - timedelta(days=1)).date().isoformat()}):
-        status, body = await _get(http, query, key, "/v1/kpis/customers", **{**base, **span, **other}, cursor=page["next_cursor"])
+    for other in (
+        {"outcome": "reached"},
+        {"stage": "consider"},
+        {"from": (BASE - timedelta(days=1)).date().isoformat()},
+    ):
+        status, body = await _get(
+            http, query, key, "/v1/kpis/customers", **{**base, **span, **other}, cursor=page["next_cursor"]
+        )
         assert status == 400 and body["errors"][0]["field"] == "cursor", (other, body)
     async with http.get(query.make_url("/v1/kpis/customers"), params=base, headers=basic(project.write_key)) as r:
         assert r.status == 403
@@ -272,25 +339,51 @@ async def test_a_list_as_csv_streams_every_page(http, collector, query, stores, 
     project = await _one_project(http, collector, query, stores)
     monkeypatch.setattr(kpi_customers, "CSV_PAGE", 2)
     params = {"map": "funnel", "stage": "aware", "outcome": "reached", "from": BASE.date().isoformat()}
-    async with http.get(query.make_url("/v1/kpis/customers"), params={**params, "format": "csv"}, headers=basic(project.read_key)) as r:
+    async with http.get(
+        query.make_url("/v1/kpis/customers"), params={**params, "format": "csv"}, headers=basic(project.read_key)
+    ) as r:
         assert r.status == 200 and r.content_type == "text/csv", await r.text()
         assert "attachment" in r.headers["Content-Disposition"] and r.headers["X-Journeys-Acknowledged-Before"]
         rows = list(csv.DictReader(io.StringIO(await r.text())))
     listed, _ = await _whole_list(http, query, project.read_key, limit=1, **params)
-    assert [r["customer_id"] for r in rows] == [("'" if c["customer_id"].startswith("=") else "") + c["customer_id"] for c in listed]
+    assert [r["customer_id"] for r in rows] == [
+        ("'" if c["customer_id"].startswith("=") else "") + c["customer_id"] for c in listed
+    ]
     assert {r["customer_id"] for r in rows} == {"ann", "bob", "'=cmd"}
     by_id = {r["customer_id"]: r for r in rows}
-    assert (by_id["ann"]["outcome"], by_id["ann"]["current_stage"], by_id["ann"]["last_touchpoint"]) == ("converted", "consider", "B")
-    assert (by_id["bob"]["outcome"], by_id["bob"]["last_touchpoint"], by_id["bob"]["last_channel"]) == ("dropped", "page_view", "web")
-    status, summary = await _get(http, query, project.read_key, "/v1/kpis/dropped", map="funnel", stage="aware",
-                                 **{"from": BASE.date().isoformat()})
+    assert (by_id["ann"]["outcome"], by_id["ann"]["current_stage"], by_id["ann"]["last_touchpoint"]) == (
+        "converted",
+        "consider",
+        "B",
+    )
+    assert (by_id["bob"]["outcome"], by_id["bob"]["last_touchpoint"], by_id["bob"]["last_channel"]) == (
+        "dropped",
+        "page_view",
+        "web",
+    )
+    status, summary = await _get(
+        http,
+        query,
+        project.read_key,
+        "/v1/kpis/dropped",
+        map="funnel",
+        stage="aware",
+        **{"from": BASE.date().isoformat()},
+    )
     assert summary["dropped"] == 2
-    assert summary["last_touchpoints"] == [{"touchpoint": "Newsletter", "customers": 1}, {"touchpoint": "page_view", "customers": 1}]
+    assert summary["last_touchpoints"] == [
+        {"touchpoint": "Newsletter", "customers": 1},
+        {"touchpoint": "page_view", "customers": 1},
+    ]
     assert summary["after_entry"]["touchpoints"] == [
-        {"touchpoint": "Newsletter", "customers": 1, "events": 1}, {"touchpoint": "page_view", "customers": 1, "events": 1}]
+        {"touchpoint": "Newsletter", "customers": 1, "events": 1},
+        {"touchpoint": "page_view", "customers": 1, "events": 1},
+    ]
 
 
-async def test_an_unknown_customer_is_a_404_and_a_known_one_without_this_map_is_not(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+async def test_an_unknown_customer_is_a_404_and_a_known_one_without_this_map_is_not(
+    http, collector, query, stores
+) -> None:  # type: ignore[no-untyped-def]
     from journeys.keys import add_key
 
     project = await _one_project(http, collector, query, stores)
@@ -319,12 +412,30 @@ async def test_customers_are_found_by_id_prefix_and_by_recent_activity(http, col
     key = project.read_key
     now = datetime.now(timezone.utc)
     recent = [
-        {"type": "page", "anonymousId": "anon-zed", "name": "Home", "channel": "web", "messageId": "z-1",
-         "timestamp": (now - timedelta(minutes=5)).isoformat(timespec="milliseconds").replace("+00:00", "Z")},
-        {"type": "identify", "anonymousId": "anon-zed", "userId": "zed", "channel": "web", "messageId": "z-2",
-         "timestamp": (now - timedelta(minutes=4)).isoformat(timespec="milliseconds").replace("+00:00", "Z")},
-        {"type": "track", "userId": "bobby", "event": "A", "channel": "email", "messageId": "bobby-1",
-         "timestamp": (now - timedelta(minutes=10)).isoformat(timespec="milliseconds").replace("+00:00", "Z")},
+        {
+            "type": "page",
+            "anonymousId": "anon-zed",
+            "name": "Home",
+            "channel": "web",
+            "messageId": "z-1",
+            "timestamp": (now - timedelta(minutes=5)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        },
+        {
+            "type": "identify",
+            "anonymousId": "anon-zed",
+            "userId": "zed",
+            "channel": "web",
+            "messageId": "z-2",
+            "timestamp": (now - timedelta(minutes=4)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        },
+        {
+            "type": "track",
+            "userId": "bobby",
+            "event": "A",
+            "channel": "email",
+            "messageId": "bobby-1",
+            "timestamp": (now - timedelta(minutes=10)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        },
     ]
     await _send(http, collector, project.write_key, recent)
 
@@ -338,8 +449,13 @@ async def test_customers_are_found_by_id_prefix_and_by_recent_activity(http, col
         return body if body["customers"] and body["customers"][0]["customer_id"] == "zed" else None
 
     body = await wait_until(stitched, timeout=30)  # the anonymous id is found as the customer it joined
-    assert body["customers"] == [{"customer_id": "zed", "matched_ids": ["anon-zed"],
-                                  "last_touch": {"touchpoint": "identify", "channel": "web", "at": recent[1]["timestamp"]}}]
+    assert body["customers"] == [
+        {
+            "customer_id": "zed",
+            "matched_ids": ["anon-zed"],
+            "last_touch": {"touchpoint": "identify", "channel": "web", "at": recent[1]["timestamp"]},
+        }
+    ]
     body = await found(prefix="bo")
     assert [c["customer_id"] for c in body["customers"]] == ["bob", "bobby"] and body["truncated"] is False
     body = await found(prefix="bo", limit="1")
@@ -350,9 +466,15 @@ async def test_customers_are_found_by_id_prefix_and_by_recent_activity(http, col
     body = await found(recent="1")
     assert [c["customer_id"] for c in body["customers"]][:2] == ["zed", "bobby"]
     assert {c["customer_id"] for c in body["customers"]} == {"zed", "bobby", "ann", "bob", "=cmd", "carl"}
-    for params, field in (({}, "prefix"), ({"prefix": ""}, "prefix"), ({"prefix": "x" * 256}, "prefix"),
-                          ({"recent": "yes"}, "recent"), ({"prefix": "a", "recent": "1"}, "recent"),
-                          ({"prefix": "a", "limit": "0"}, "limit"), ({"recent": "1", "limit": "101"}, "limit")):
+    for params, field in (
+        ({}, "prefix"),
+        ({"prefix": ""}, "prefix"),
+        ({"prefix": "x" * 256}, "prefix"),
+        ({"recent": "yes"}, "recent"),
+        ({"prefix": "a", "recent": "1"}, "recent"),
+        ({"prefix": "a", "limit": "0"}, "limit"),
+        ({"recent": "1", "limit": "101"}, "limit"),
+    ):
         status, body = await _get(http, query, key, "/v1/customers", **params)
         assert status == 400 and body["errors"][0]["field"] == field, (params, body)
     other = await _new_project(stores)

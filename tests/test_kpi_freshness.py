@@ -54,8 +54,9 @@ class Reader:
     async def send(self, collector, user: str) -> float:  # type: ignore[no-untyped-def]
         at = (BASE + timedelta(hours=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         event = {"type": "track", "userId": user, "event": "A", "channel": "web", "timestamp": at}
-        async with self.http.post(collector.make_url("/v1/batch"), json={"batch": [event]},
-                                  headers=basic(self.project.write_key)) as r:
+        async with self.http.post(
+            collector.make_url("/v1/batch"), json={"batch": [event]}, headers=basic(self.project.write_key)
+        ) as r:
             assert r.status == 200, await r.text()
         acked = time.time()  # the collector acknowledged it before this
         self.acknowledged.append((acked, len(self.acknowledged) + 1))
@@ -65,7 +66,9 @@ class Reader:
         """(includes.acknowledged_before in s, reached), from /v1/kpis (``None`` before the map's first
         computation and the updater's first poll); the response header says the same."""
         params = {"map": "funnel", "from": BASE.date().isoformat()}
-        async with self.http.get(self.query.make_url("/v1/kpis"), params=params, headers=basic(self.project.read_key)) as r:
+        async with self.http.get(
+            self.query.make_url("/v1/kpis"), params=params, headers=basic(self.project.read_key)
+        ) as r:
             if r.status == 503:  # the map's first computation
                 return None, 0
             assert r.status == 200, await r.text()
@@ -86,7 +89,9 @@ class Reader:
 
     async def daily_header(self) -> float:
         params = {"map": "funnel", "from": BASE.date().isoformat(), "format": "csv"}
-        async with self.http.get(self.query.make_url("/v1/kpis/daily"), params=params, headers=basic(self.project.read_key)) as r:
+        async with self.http.get(
+            self.query.make_url("/v1/kpis/daily"), params=params, headers=basic(self.project.read_key)
+        ) as r:
             assert r.status == 200 and r.content_type == "text/csv"
             return _seconds(r.headers["X-Journeys-Acknowledged-Before"])
 
@@ -141,7 +146,9 @@ async def test_freshness_holds_back_while_the_updater_is_held_and_catches_up(htt
     await wait_until(lambda: reader.fallen_below(highest), timeout=30)  # the next polls start after the hold
 
 
-async def test_freshness_holds_back_while_the_collector_holds_acknowledged_events(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+async def test_freshness_holds_back_while_the_collector_holds_acknowledged_events(
+    http, collector, query, stores
+) -> None:  # type: ignore[no-untyped-def]
     """The issue's case: the collector acknowledged an event but has not got it into ClickHouse (here its
     insert waits at a gate; a backlog in the spool, stitching or an outage do the same). The updater is
     caught up with ClickHouse, yet the answers must not claim the event, and the gauge rises."""

@@ -22,15 +22,39 @@ def _events() -> list[dict[str, Any]]:
     out = []
     for n in range(12):
         user, at = f"p-{n}", BASE + timedelta(hours=n)
-        out.append({"type": "identify", "userId": user, "traits": {"plan": ["vip", "basic", "pro"][n % 3]},
-                    "channel": "web", "timestamp": _stamp(at)})
-        out.append({"type": "track", "userId": user, "event": "X" if n % 2 else "A", "channel": "web", "timestamp": _stamp(at)})
+        out.append(
+            {
+                "type": "identify",
+                "userId": user,
+                "traits": {"plan": ["vip", "basic", "pro"][n % 3]},
+                "channel": "web",
+                "timestamp": _stamp(at),
+            }
+        )
+        out.append(
+            {"type": "track", "userId": user, "event": "X" if n % 2 else "A", "channel": "web", "timestamp": _stamp(at)}
+        )
         if n % 3:
-            out.append({"type": "track", "userId": user, "event": "B", "channel": "email",
-                        "properties": {"score": n % 5}, "timestamp": _stamp(at + timedelta(hours=n))})
+            out.append(
+                {
+                    "type": "track",
+                    "userId": user,
+                    "event": "B",
+                    "channel": "email",
+                    "properties": {"score": n % 5},
+                    "timestamp": _stamp(at + timedelta(hours=n)),
+                }
+            )
         if n % 4 == 0:
-            out.append({"type": "track", "userId": user, "event": "C", "channel": "store",
-                        "timestamp": _stamp(at + timedelta(days=1))})
+            out.append(
+                {
+                    "type": "track",
+                    "userId": user,
+                    "event": "C",
+                    "channel": "store",
+                    "timestamp": _stamp(at + timedelta(days=1)),
+                }
+            )
     return out
 
 
@@ -54,7 +78,8 @@ async def test_preview_equals_the_kpis_once_the_draft_is_applied(http, collector
         assert [v.version for v in await definitions.latest_of_each(conn, project.id, "map")] == [1]
     _, rows = await stores.clickhouse.query(
         "SELECT count() FROM stage_facts WHERE project_id = {p:String} AND build >= {b:UInt64} "
-        "SETTINGS apply_mutations_on_fly = 1", {"p": project.id, "b": PREVIEW_BUILDS},
+        "SETTINGS apply_mutations_on_fly = 1",
+        {"p": project.id, "b": PREVIEW_BUILDS},
     )
     assert rows == [(0,)]
 
@@ -69,8 +94,12 @@ async def test_preview_equals_the_kpis_once_the_draft_is_applied(http, collector
     after = await wait_until(applied, timeout=60)
     assert preview["segments"] == after["segments"]
     # a bare map is a draft too; CSV like GET /v1/kpis
-    async with http.post(query.make_url("/v1/kpis/preview"), params={**window, "format": "csv"}, json=DRAFT,
-                         headers=basic(project.read_key)) as r:
+    async with http.post(
+        query.make_url("/v1/kpis/preview"),
+        params={**window, "format": "csv"},
+        json=DRAFT,
+        headers=basic(project.read_key),
+    ) as r:
         assert r.status == 200 and r.content_type == "text/csv"
         lines = (await r.text()).splitlines()
         assert lines[0].startswith("segment,") and len(lines) == 1 + 4 * 3  # a row per segment (all, 2) and stage
@@ -96,7 +125,9 @@ async def test_a_bad_draft_is_refused_naming_the_field(http, query, stores) -> N
         assert r.status == 401
 
 
-async def test_cli_previews_through_the_running_query_service(http, collector, query, stores, data_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_cli_previews_through_the_running_query_service(
+    http, collector, query, stores, data_dir, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """This test process holds the embedded ClickHouse, as a running `journeys up` does: `journeys map preview`
     asks the query service, with a read key it revokes afterwards, and prints what the endpoint answers."""
     import asyncio
@@ -116,7 +147,9 @@ async def test_cli_previews_through_the_running_query_service(http, collector, q
     assert done.returncode == 0, done.stderr
     status, expected = await _preview(http, query, project.read_key, DRAFT, **window)
     assert status == 200 and json.loads(done.stdout)["segments"] == expected["segments"]
-    revoked = await stores.pg.fetch("SELECT revoked_at FROM api_keys WHERE project_id = $1 AND kind = 'read'", project.id)
+    revoked = await stores.pg.fetch(
+        "SELECT revoked_at FROM api_keys WHERE project_id = $1 AND kind = 'read'", project.id
+    )
     assert len(revoked) == 2 and sum(r["revoked_at"] is not None for r in revoked) == 1  # its own key, then revoked
     table = await asyncio.to_thread(journeys, data_dir, *args, **env)
     assert table.returncode == 0 and "Aware" in table.stdout and "nothing published" in table.stdout, table.stdout

@@ -32,15 +32,23 @@ MAP = {
     "name": "funnel",
     "stages": [
         {"id": "aware", "name": "Aware", "conversion_window_days": 2, "target": {"conversion_rate": 0.5}},
-        {"id": "consider", "name": "Consider", "conversion_window_days": 5,
-         "target": {"conversion_rate": 0.4, "median_days_to_convert": 0.5}},
+        {
+            "id": "consider",
+            "name": "Consider",
+            "conversion_window_days": 5,
+            "target": {"conversion_rate": 0.4, "median_days_to_convert": 0.5},
+        },
         {"id": "buy", "name": "Buy", "conversion_window_days": 10},
         {"id": "loyal", "name": "Loyal"},
     ],
     "touchpoints": [
         {"id": "ad", "stage": "aware", "match": {"event": "A"}},
-        {"id": "rated", "stage": "consider", "match": {"event": "B"},
-         "sentiment": {"property": "score", "positive_at_least": 4, "negative_at_most": 2}},
+        {
+            "id": "rated",
+            "stage": "consider",
+            "match": {"event": "B"},
+            "sentiment": {"property": "score", "positive_at_least": 4, "negative_at_most": 2},
+        },
         {"id": "buy-web", "stage": "buy", "match": {"event": "C", "channel": ["web", "store"]}},
         {"id": "buy-other", "stage": "buy", "match": {"event": "C"}, "sentiment": "positive"},
         {"id": "loyal", "stage": "loyal", "match": {"event": "D"}},
@@ -66,9 +74,9 @@ customer_st = st.fixed_dictionaries(
     {
         "events": st.lists(event_st, min_size=2, max_size=8),
         # Dense journeys (minutes to a day apart) so conversion windows are often met, sometimes missed.
-        "offsets": st.tuples(st.integers(0, 10 * 24 * 60), st.lists(st.integers(1, 24 * 60), min_size=9, max_size=9)).map(
-            lambda sg: [sg[0] + sum(sg[1][: i + 1]) for i in range(9)]
-        ),
+        "offsets": st.tuples(
+            st.integers(0, 10 * 24 * 60), st.lists(st.integers(1, 24 * 60), min_size=9, max_size=9)
+        ).map(lambda sg: [sg[0] + sum(sg[1][: i + 1]) for i in range(9)]),
         "link": st.sampled_from(["none", "identify", "alias"]),
         "plan": st.sampled_from([None, "vip", "basic"]),
     }
@@ -104,15 +112,27 @@ def _generate(project_tag: str, customers: list[dict[str, Any]]):  # type: ignor
             sent.append((owner, wire, wire))
         link_time = _iso(c["offsets"][8])
         if c["link"] == "identify" or c["plan"]:
-            identify = {"type": "identify", "userId": user, "channel": "web", "timestamp": link_time,
-                        "messageId": f"{project_tag}-{k}-identify", "traits": {"plan": c["plan"]} if c["plan"] else {}}
+            identify = {
+                "type": "identify",
+                "userId": user,
+                "channel": "web",
+                "timestamp": link_time,
+                "messageId": f"{project_tag}-{k}-identify",
+                "traits": {"plan": c["plan"]} if c["plan"] else {},
+            }
             if c["link"] == "identify":
                 identify["anonymousId"] = anon
             late.append(identify)  # identity arrives late too: stitching must re-shape earlier journeys
             sent.append((user, identify, identify))
         if c["link"] == "alias":
-            alias = {"type": "alias", "userId": user, "previousId": anon, "channel": "web", "timestamp": link_time,
-                     "messageId": f"{project_tag}-{k}-alias"}
+            alias = {
+                "type": "alias",
+                "userId": user,
+                "previousId": anon,
+                "channel": "web",
+                "timestamp": link_time,
+                "messageId": f"{project_tag}-{k}-alias",
+            }
             late.append(alias)
             sent.append((user, alias, alias))
         for owner, wire, _ in sent:
@@ -125,9 +145,15 @@ def _generate(project_tag: str, customers: list[dict[str, Any]]):  # type: ignor
             }
     journeys = {
         owner: [
-            {"timestamp": w["timestamp"], "message_id": w["messageId"], "type": w["type"],
-             "event": w.get("event") or w.get("name") or "", "channel": w.get("channel", ""),
-             "properties": w.get("properties", {}), "sentiment": w.get("sentiment", "")}
+            {
+                "timestamp": w["timestamp"],
+                "message_id": w["messageId"],
+                "type": w["type"],
+                "event": w.get("event") or w.get("name") or "",
+                "channel": w.get("channel", ""),
+                "properties": w.get("properties", {}),
+                "sentiment": w.get("sentiment", ""),
+            }
             for w in sorted(events, key=lambda w: (w["timestamp"], w["messageId"]))
         ]
         for owner, events in truth_events.items()
@@ -181,11 +207,21 @@ async def _send(http, collector, key: str, events: list[dict[str, Any]]) -> None
     await wait_drained(collector)
 
 
-def _compare(result: dict[str, Any], journeys, facts, first_day: date, last_day: date, journey_map: dict[str, Any] = MAP) -> None:  # type: ignore[no-untyped-def]
+def _compare(
+    result: dict[str, Any], journeys, facts, first_day: date, last_day: date, journey_map: dict[str, Any] = MAP
+) -> None:  # type: ignore[no-untyped-def]
     now_ms = int(datetime.fromisoformat(result["as_of"].replace("Z", "+00:00")).timestamp() * 1000)
     wanted = [s["segment"] or "" for s in result["segments"]]
     expected = oracle_kpis(
-        journeys, facts, validate_map(journey_map), 1, [validate_segment(s) for s in SEGMENTS], wanted, first_day, last_day, now_ms
+        journeys,
+        facts,
+        validate_map(journey_map),
+        1,
+        [validate_segment(s) for s in SEGMENTS],
+        wanted,
+        first_day,
+        last_day,
+        now_ms,
     )
     moves = oracle_transitions(
         journeys, facts, validate_map(journey_map), [validate_segment(s) for s in SEGMENTS], wanted, first_day, last_day
@@ -198,9 +234,14 @@ def _compare(result: dict[str, Any], journeys, facts, first_day: date, last_day:
         assert api_view(seg) == want, f"segment {seg['segment']!r}"
 
 
-@settings(max_examples=int(os.environ.get("KPI_EXAMPLES", "6")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(customers=st.lists(customer_st, min_size=4, max_size=10), window=st.sampled_from([(-5, 0), (-15, -10), (-19, -19)]))
+@settings(
+    max_examples=int(os.environ.get("KPI_EXAMPLES", "6")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    customers=st.lists(customer_st, min_size=4, max_size=10), window=st.sampled_from([(-5, 0), (-15, -10), (-19, -19)])
+)
 async def test_kpis_equal_brute_force_for_every_segment(http, collector, query, stores, customers, window) -> None:  # type: ignore[no-untyped-def]
     project = await _new_project(stores)
     tag = project.id[:8]
@@ -264,10 +305,24 @@ async def test_kpi_csv_daily_and_isolation(http, collector, query, stores) -> No
     other = await _new_project(stores)
     tag = project.id[:8]
     customers = [
-        {"events": [{"kind": k, "channel": "web", "score": 5, "sentiment": None, "anon": False, "late": False}
-                    for k in "ABCB"], "offsets": [0, 60, 24 * 60, 30 * 60, 5, 6, 7, 8, 9], "link": "none", "plan": "vip"},
-        {"events": [{"kind": k, "channel": "store", "score": 1, "sentiment": None, "anon": False, "late": False}
-                    for k in "AC"], "offsets": [10, 3 * 24 * 60, 2, 3, 4, 5, 6, 7, 8], "link": "none", "plan": None},
+        {
+            "events": [
+                {"kind": k, "channel": "web", "score": 5, "sentiment": None, "anon": False, "late": False}
+                for k in "ABCB"
+            ],
+            "offsets": [0, 60, 24 * 60, 30 * 60, 5, 6, 7, 8, 9],
+            "link": "none",
+            "plan": "vip",
+        },
+        {
+            "events": [
+                {"kind": k, "channel": "store", "score": 1, "sentiment": None, "anon": False, "late": False}
+                for k in "AC"
+            ],
+            "offsets": [10, 3 * 24 * 60, 2, 3, 4, 5, 6, 7, 8],
+            "link": "none",
+            "plan": None,
+        },
     ]
     first, late, journeys, facts = _generate(tag, customers)
     await _send(http, collector, project.write_key, first + late)
@@ -287,7 +342,9 @@ async def test_kpi_csv_daily_and_isolation(http, collector, query, stores) -> No
     assert bottleneck["stage"] == "consider" and bottleneck["metric"] == "median_days_to_convert"
     assert bottleneck["shortfall"] == pytest.approx((23 / 24 - 0.5) / 0.5, abs=1e-6)
 
-    async with http.get(query.make_url("/v1/kpis"), params={**params, "format": "csv"}, headers=basic(project.read_key)) as r:
+    async with http.get(
+        query.make_url("/v1/kpis"), params={**params, "format": "csv"}, headers=basic(project.read_key)
+    ) as r:
         assert r.status == 200 and r.content_type == "text/csv"
         rows = list(csv.DictReader(io.StringIO(await r.text())))
     assert len(rows) == 3 * 4  # all customers + two segments, four stages each
@@ -305,7 +362,9 @@ async def test_kpi_csv_daily_and_isolation(http, collector, query, stores) -> No
         for feeling in ("positive", "neutral", "negative"):
             assert sum(d["stages"][i]["sentiment"][feeling] for d in days) == overall[i]["sentiment"][feeling]
         assert days[-1]["stages"][i]["reached"] == overall[i]["reached"]
-    async with http.get(query.make_url("/v1/kpis/daily"), params={**params, "format": "csv"}, headers=basic(project.read_key)) as r:
+    async with http.get(
+        query.make_url("/v1/kpis/daily"), params={**params, "format": "csv"}, headers=basic(project.read_key)
+    ) as r:
         assert r.status == 200
         assert len(list(csv.DictReader(io.StringIO(await r.text())))) == 3 * 4 * len(days)
 
@@ -320,13 +379,21 @@ async def test_conversion_window_boundaries_are_exact(http, collector, query, st
     t0 = BASE + timedelta(days=1)
 
     def track(user: str, event: str, at: datetime, n: int) -> dict[str, Any]:
-        return {"type": "track", "userId": user, "event": event, "channel": "web", "messageId": f"{user}-{n}",
-                "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        return {
+            "type": "track",
+            "userId": user,
+            "event": event,
+            "channel": "web",
+            "messageId": f"{user}-{n}",
+            "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
 
     window = timedelta(days=2)  # aware's conversion window
     events = [
-        track("on-time", "A", t0, 1), track("on-time", "B", t0 + window, 2),
-        track("late", "A", t0, 1), track("late", "B", t0 + window + timedelta(milliseconds=1), 2),
+        track("on-time", "A", t0, 1),
+        track("on-time", "B", t0 + window, 2),
+        track("late", "A", t0, 1),
+        track("late", "B", t0 + window + timedelta(milliseconds=1), 2),
     ]
     await _send(http, collector, project.write_key, events)
     await _caught_up(query)
@@ -352,13 +419,22 @@ async def test_targets_are_judged_on_exact_values_not_rounded_ones(http, collect
     t0 = BASE + timedelta(days=1)
 
     def track(user: str, event: str, at: datetime, n: int) -> dict[str, Any]:
-        return {"type": "track", "userId": user, "event": event, "channel": "web", "messageId": f"{user}-{n}",
-                "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        return {
+            "type": "track",
+            "userId": user,
+            "event": event,
+            "channel": "web",
+            "messageId": f"{user}-{n}",
+            "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
 
     day = timedelta(days=1)
     events = [
-        track("slow", "A", t0, 1), track("slow", "B", t0 + day, 2), track("slow", "C", t0 + 2 * day + timedelta(milliseconds=40), 3),
-        track("gone-1", "A", t0, 1), track("gone-2", "A", t0, 1),
+        track("slow", "A", t0, 1),
+        track("slow", "B", t0 + day, 2),
+        track("slow", "C", t0 + 2 * day + timedelta(milliseconds=40), 3),
+        track("gone-1", "A", t0, 1),
+        track("gone-2", "A", t0, 1),
     ]
     await _send(http, collector, project.write_key, events)
     await _caught_up(query)
@@ -374,8 +450,10 @@ async def test_targets_are_judged_on_exact_values_not_rounded_ones(http, collect
     # Aware misses by (0.333334 - 1/3) / 0.333334 ≈ 2.0e-6, consider by 4.6e-7: both decided, aware the worse.
     assert bottleneck["stage"] == "aware" and bottleneck["metric"] == "conversion_rate"
 
-    with_met = {**journey_map, "stages": [{**journey_map["stages"][0], "target": {"conversion_rate": 0.333333}},
-                                          *journey_map["stages"][1:]]}
+    with_met = {
+        **journey_map,
+        "stages": [{**journey_map["stages"][0], "target": {"conversion_rate": 0.333333}}, *journey_map["stages"][1:]],
+    }
     async with stores.pg.acquire() as conn:
         await definitions.apply(conn, project.id, "map", with_met)
     result = await _kpis(http, query, project.read_key, map="funnel", version="2", **{"from": BASE.date().isoformat()})
@@ -401,8 +479,14 @@ async def test_dropped_or_in_progress_is_decided_to_the_millisecond_of_now(http,
         "day-after": day_end + timedelta(hours=1),
     }
     events = [
-        {"type": "track", "userId": user, "event": "A", "channel": "web", "messageId": f"{user}-1",
-         "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        {
+            "type": "track",
+            "userId": user,
+            "event": "A",
+            "channel": "web",
+            "messageId": f"{user}-1",
+            "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
         for user, at in times.items()
     ]
     await _send(http, collector, project.write_key, events)
@@ -428,11 +512,24 @@ async def test_same_named_maps_of_two_projects_keep_their_own_rules(http, collec
     """Each project's state is computed with its own map, even when names and versions coincide."""
     # Same names, versions and stages; the rules match other events (A is loyal here, D is aware).
     swapped = {"A": "D", "D": "A", "B": "C", "C": "B"}
-    reversed_map = {**MAP, "touchpoints": [{**t, "match": {**t["match"], "event": swapped[t["match"]["event"]]}}
-                                           for t in MAP["touchpoints"]]}
+    reversed_map = {
+        **MAP,
+        "touchpoints": [
+            {**t, "match": {**t["match"], "event": swapped[t["match"]["event"]]}} for t in MAP["touchpoints"]
+        ],
+    }
     one, two = await _new_project(stores), await _new_project(stores, reversed_map)
-    customers = [{"events": [{"kind": k, "channel": "web", "score": 3, "sentiment": None, "anon": False, "late": False}
-                             for k in "ABCD"], "offsets": [0, 60, 120, 180, 4, 5, 6, 7, 8], "link": "none", "plan": None}]
+    customers = [
+        {
+            "events": [
+                {"kind": k, "channel": "web", "score": 3, "sentiment": None, "anon": False, "late": False}
+                for k in "ABCD"
+            ],
+            "offsets": [0, 60, 120, 180, 4, 5, 6, 7, 8],
+            "link": "none",
+            "plan": None,
+        }
+    ]
     params = {"map": "funnel", "from": BASE.date().isoformat()}
     for project, journey_map in ((one, MAP), (two, reversed_map)):
         first, late, journeys, facts = _generate(project.id[:8], customers)
@@ -455,8 +552,16 @@ async def test_median_and_p90_are_nearest_rank(http, collector, query, stores) -
     events = []
     for k in range(1, 11):
         for n, (event, at) in enumerate((("A", t0), ("B", t0 + timedelta(hours=k)))):
-            events.append({"type": "track", "userId": f"q{k}", "event": event, "channel": "web",
-                           "messageId": f"q{k}-{n}", "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")})
+            events.append(
+                {
+                    "type": "track",
+                    "userId": f"q{k}",
+                    "event": event,
+                    "channel": "web",
+                    "messageId": f"q{k}-{n}",
+                    "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                }
+            )
     await _send(http, collector, project.write_key, events)
     await _caught_up(query)
     result = await _kpis(http, query, project.read_key, map="funnel", **{"from": BASE.date().isoformat()})
@@ -493,8 +598,12 @@ async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, 
     writer.ch = FailingOnce()
     try:
         at = (BASE + timedelta(days=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        await _send(http, collector, project.write_key,
-                    [{"type": "track", "userId": "retry-me", "event": "A", "channel": "web", "timestamp": at}])
+        await _send(
+            http,
+            collector,
+            project.write_key,
+            [{"type": "track", "userId": "retry-me", "event": "A", "channel": "web", "timestamp": at}],
+        )
         await wait_until(lambda: _true(bool(failures)), timeout=30)
         await _caught_up(query)
 
@@ -535,8 +644,12 @@ async def test_a_write_whose_answer_was_lost_is_not_counted_twice(http, collecto
 
     writer.ch = AnswerLostOnce()
     try:
-        await _send(http, collector, project.write_key,
-                    [{"type": "track", "userId": "twice", "event": "A", "channel": "web", "timestamp": at(2)}])
+        await _send(
+            http,
+            collector,
+            project.write_key,
+            [{"type": "track", "userId": "twice", "event": "A", "channel": "web", "timestamp": at(2)}],
+        )
         await wait_until(lambda: _true(bool(landed)), timeout=30)
         await _caught_up(query)
         window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=10)).date().isoformat()}
@@ -549,8 +662,12 @@ async def test_a_write_whose_answer_was_lost_is_not_counted_twice(http, collecto
         first = await stage0()
         assert (first["reached"], first["entered"]) == (1, 1)
         # A late event one day earlier: the entry moves to day 1, still one customer.
-        await _send(http, collector, project.write_key,
-                    [{"type": "track", "userId": "twice", "event": "A", "channel": "email", "timestamp": at(1)}])
+        await _send(
+            http,
+            collector,
+            project.write_key,
+            [{"type": "track", "userId": "twice", "event": "A", "channel": "email", "timestamp": at(1)}],
+        )
 
         async def moved() -> bool:
             stage = await stage0()
@@ -575,12 +692,17 @@ async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, que
     def at(days: float) -> str:
         return (BASE + timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    await _send(http, collector, project.write_key, [
-        {"type": "track", "userId": "stays", "event": "A", "channel": "web", "timestamp": at(1)},
-        {"type": "track", "userId": "goes", "event": "A", "channel": "web", "timestamp": at(1)},
-        {"type": "track", "anonymousId": "anon-goes", "event": "B", "channel": "email", "timestamp": at(2)},
-        {"type": "identify", "anonymousId": "anon-goes", "userId": "goes", "timestamp": at(2.5)},
-    ])
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [
+            {"type": "track", "userId": "stays", "event": "A", "channel": "web", "timestamp": at(1)},
+            {"type": "track", "userId": "goes", "event": "A", "channel": "web", "timestamp": at(1)},
+            {"type": "track", "anonymousId": "anon-goes", "event": "B", "channel": "email", "timestamp": at(2)},
+            {"type": "identify", "anonymousId": "anon-goes", "userId": "goes", "timestamp": at(2.5)},
+        ],
+    )
     window = {"map": "funnel", "from": BASE.date().isoformat(), "to": (BASE + timedelta(days=10)).date().isoformat()}
 
     async def reached() -> list[int]:
@@ -607,7 +729,9 @@ async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, que
     assert await reached() == [1, 0]
 
 
-async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are_computed(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are_computed(
+    http, collector, query, stores
+) -> None:  # type: ignore[no-untyped-def]
     """A segment edit is recomputed for every customer (minutes at a million); meanwhile KPIs answer from
     the previous, complete build and say so, a brand-new segment answers 503 until it is computed, and
     afterwards the new definitions' numbers replace the old at once."""
@@ -617,14 +741,47 @@ async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are
     from query.state_updater import serving_build
 
     project = await _new_project(stores)
-    await _send(http, collector, project.write_key, [
-        {"type": "identify", "userId": "vip-1", "traits": {"plan": "vip"}, "channel": "web", "timestamp": _stamp(BASE)},
-        {"type": "track", "userId": "vip-1", "event": "A", "channel": "web", "timestamp": _stamp(BASE + timedelta(hours=1))},
-        *({"type": "identify", "userId": f"pro-{n}", "traits": {"plan": "pro"}, "channel": "web", "timestamp": _stamp(BASE)}
-          for n in (1, 2)),
-        *({"type": "track", "userId": f"pro-{n}", "event": "A", "channel": "web", "timestamp": _stamp(BASE + timedelta(hours=1))}
-          for n in (1, 2)),
-    ])
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [
+            {
+                "type": "identify",
+                "userId": "vip-1",
+                "traits": {"plan": "vip"},
+                "channel": "web",
+                "timestamp": _stamp(BASE),
+            },
+            {
+                "type": "track",
+                "userId": "vip-1",
+                "event": "A",
+                "channel": "web",
+                "timestamp": _stamp(BASE + timedelta(hours=1)),
+            },
+            *(
+                {
+                    "type": "identify",
+                    "userId": f"pro-{n}",
+                    "traits": {"plan": "pro"},
+                    "channel": "web",
+                    "timestamp": _stamp(BASE),
+                }
+                for n in (1, 2)
+            ),
+            *(
+                {
+                    "type": "track",
+                    "userId": f"pro-{n}",
+                    "event": "A",
+                    "channel": "web",
+                    "timestamp": _stamp(BASE + timedelta(hours=1)),
+                }
+                for n in (1, 2)
+            ),
+        ],
+    )
     window = {"map": "funnel", "from": BASE.date().isoformat()}
     await _caught_up(query)  # the first build may have run before the events were in: wait for the refresh
 
@@ -647,16 +804,30 @@ async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are
     writer.refresh = held
     try:
         async with stores.pg.acquire() as conn:  # vip now means "pro"; and a segment that did not exist
-            await definitions.apply(conn, project.id, "segment", {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "pro"}]})
-            await definitions.apply(conn, project.id, "segment", {"name": "newbie", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]})
+            await definitions.apply(
+                conn,
+                project.id,
+                "segment",
+                {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "pro"}]},
+            )
+            await definitions.apply(
+                conn,
+                project.id,
+                "segment",
+                {"name": "newbie", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},
+            )
         await asyncio.wait_for(rebuilding.wait(), 30)
-        async with http.get(query.make_url("/v1/kpis"), params={**window, "segment": "vip"}, headers=basic(project.read_key)) as r:
+        async with http.get(
+            query.make_url("/v1/kpis"), params={**window, "segment": "vip"}, headers=basic(project.read_key)
+        ) as r:
             assert r.status == 200, await r.text()
             during = await r.json()
         assert during["rebuilding"]["since"].endswith("Z") and during["map"]["version"] == 1
         assert await vip_reached(during) == 1  # the previous definition's vip, complete
         assert during["segments"][0]["stages"] == before["segments"][0]["stages"]
-        async with http.get(query.make_url("/v1/kpis"), params={**window, "segment": "newbie"}, headers=basic(project.read_key)) as r:
+        async with http.get(
+            query.make_url("/v1/kpis"), params={**window, "segment": "newbie"}, headers=basic(project.read_key)
+        ) as r:
             assert r.status == 503 and r.headers["Retry-After"]
             assert (await r.json())["errors"][0]["field"] == "segment"
     finally:
@@ -691,11 +862,22 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
 
     project = await _new_project(stores)
     t0 = BASE + timedelta(days=2)
-    await _send(http, collector, project.write_key, [
-        {"type": "track", "userId": "real", "event": e, "channel": "web", "messageId": f"real-{e}",
-         "timestamp": (t0 + timedelta(hours=i)).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
-        for i, e in enumerate("ABC")
-    ])
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [
+            {
+                "type": "track",
+                "userId": "real",
+                "event": e,
+                "channel": "web",
+                "messageId": f"real-{e}",
+                "timestamp": (t0 + timedelta(hours=i)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            }
+            for i, e in enumerate("ABC")
+        ],
+    )
     await _caught_up(query)
     await _kpis(http, query, project.read_key, map="funnel")
     build = (await serving_build(stores.pg, project.id)).number
@@ -708,8 +890,25 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
         for i, customer in enumerate(synthetic):
             converted, wait = [(1, 3_600_000 + i), (1, 40 * 3_600_000 + i), (0, 0)][k % 3]
             for segment in ("", "vip"):
-                out[("funnel", build, customer, segment, "entry", 0, at_ms + i, converted, wait,
-                     "ad", "web", -1, "none", 0, "none")] += 1
+                out[
+                    (
+                        "funnel",
+                        build,
+                        customer,
+                        segment,
+                        "entry",
+                        0,
+                        at_ms + i,
+                        converted,
+                        wait,
+                        "ad",
+                        "web",
+                        -1,
+                        "none",
+                        0,
+                        "none",
+                    )
+                ] += 1
         return out
 
     writes = 0
@@ -774,8 +973,14 @@ async def test_undecided_customers_bound_the_outcome_instead_of_flattering_it(ht
     old = BASE + timedelta(hours=1)
 
     def track(user: str, event: str, at: datetime, n: int) -> dict[str, Any]:
-        return {"type": "track", "userId": user, "event": event, "channel": "web", "messageId": f"{user}-{n}",
-                "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        return {
+            "type": "track",
+            "userId": user,
+            "event": event,
+            "channel": "web",
+            "messageId": f"{user}-{n}",
+            "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
 
     recent = now - timedelta(hours=20)
     events = [track("fast", "A", recent, 1), track("fast", "B", recent + timedelta(hours=1), 2)]
@@ -786,8 +991,13 @@ async def test_undecided_customers_bound_the_outcome_instead_of_flattering_it(ht
     await _caught_up(query)
 
     today = TODAY.date()
-    result = await _kpis(http, query, project.read_key, map="funnel",
-                         **{"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat()})
+    result = await _kpis(
+        http,
+        query,
+        project.read_key,
+        map="funnel",
+        **{"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat()},
+    )
     aware, consider = result["segments"][0]["stages"][:2]
     assert (aware["converted"], aware["dropped"], aware["in_progress"]) == (1, 0, 3)
     assert aware["conversion_rate"] == 1.0  # the decided alone: the flattering number
@@ -804,8 +1014,13 @@ async def test_undecided_customers_bound_the_outcome_instead_of_flattering_it(ht
 
     # Twenty days back everything is decided: 1 of 4 converted against 0.5 is below target for certain.
     first = BASE.date()
-    decided = await _kpis(http, query, project.read_key, map="funnel",
-                          **{"from": first.isoformat(), "to": (first + timedelta(days=1)).isoformat()})
+    decided = await _kpis(
+        http,
+        query,
+        project.read_key,
+        map="funnel",
+        **{"from": first.isoformat(), "to": (first + timedelta(days=1)).isoformat()},
+    )
     aware = decided["segments"][0]["stages"][0]
     assert (aware["converted"], aware["dropped"], aware["in_progress"], aware["decided_share"]) == (1, 3, 0, 1.0)
     assert aware["conversion_rate_bounds"] == {"lowest": 0.25, "highest": 0.25}
@@ -815,22 +1030,36 @@ async def test_undecided_customers_bound_the_outcome_instead_of_flattering_it(ht
     assert (bottleneck["stage"], bottleneck["metric"], bottleneck["shortfall"]) == ("consider", "conversion_rate", 1.0)
 
 
-async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_needs(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_needs(
+    http, collector, query, stores
+) -> None:  # type: ignore[no-untyped-def]
     """Each answer holds a connection for the facts lock while its own reads take more: on one pool, 9 answers
     at once held all 10 and waited for an 11th for ever (the dashboard sends two every 5 s per tab)."""
     import asyncio
 
     project = await _new_project(stores)
-    await _send(http, collector, project.write_key, [
-        {"type": "track", "userId": "u", "event": "A", "channel": "web", "messageId": "burst-1",
-         "timestamp": (BASE + timedelta(days=1)).isoformat().replace("+00:00", "Z")},
-    ])
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "A",
+                "channel": "web",
+                "messageId": "burst-1",
+                "timestamp": (BASE + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+            },
+        ],
+    )
     await _caught_up(query)
     await _kpis(http, query, project.read_key, map="funnel")
 
     async def answer(path: str) -> int:
-        async with http.get(query.make_url(path), params={"map": "funnel", "segment": "*"},
-                            headers=basic(project.read_key)) as r:
+        async with http.get(
+            query.make_url(path), params={"map": "funnel", "segment": "*"}, headers=basic(project.read_key)
+        ) as r:
             await r.read()
             return r.status
 
@@ -870,12 +1099,20 @@ async def test_a_rebuild_stalls_no_live_update_of_any_project(http, collector, q
         return body["segments"][0]["stages"][0]["reached"]
 
     def event(user: str) -> dict[str, Any]:
-        return {"type": "track", "userId": user, "event": "A", "channel": "web", "timestamp": _stamp(BASE + timedelta(days=1))}
+        return {
+            "type": "track",
+            "userId": user,
+            "event": "A",
+            "channel": "web",
+            "timestamp": _stamp(BASE + timedelta(days=1)),
+        }
 
     writer.build_all = held
     try:
         async with stores.pg.acquire() as conn:
-            await definitions.apply(conn, rebuilding.id, "segment", {"name": "late", "rules": [{"field": "traits.plan", "op": "exists"}]})
+            await definitions.apply(
+                conn, rebuilding.id, "segment", {"name": "late", "rules": [{"field": "traits.plan", "op": "exists"}]}
+            )
         await asyncio.wait_for(holding.wait(), 30)
         await _send(http, collector, other.write_key, [event("o-1")])
         await _send(http, collector, rebuilding.write_key, [event("r-1")])

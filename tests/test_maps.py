@@ -24,8 +24,12 @@ GOOD_MAP = {
     ],
     "touchpoints": [
         {"id": "ad", "stage": "aware", "match": {"channel": "ads"}},
-        {"id": "pos", "stage": "buy", "match": {"event": ["Store Purchase"], "where": [{"property": "total", "op": ">", "value": 0}]},
-         "sentiment": {"property": "rating", "positive_at_least": 4, "negative_at_most": 2}},
+        {
+            "id": "pos",
+            "stage": "buy",
+            "match": {"event": ["Store Purchase"], "where": [{"property": "total", "op": ">", "value": 0}]},
+            "sentiment": {"property": "rating", "positive_at_least": 4, "negative_at_most": 2},
+        },
     ],
 }
 
@@ -52,30 +56,100 @@ def test_a_good_map_validates_and_orders_its_stages() -> None:
     "document,path,reason_part",
     [
         (_with(stages=[]), "stages", "at least one stage"),
-        (_with(stages=[{"id": "a", "name": "A"}, {"id": "a", "name": "B"}], touchpoints=[]), "stages[1].id", "duplicate stage id 'a'"),
+        (
+            _with(stages=[{"id": "a", "name": "A"}, {"id": "a", "name": "B"}], touchpoints=[]),
+            "stages[1].id",
+            "duplicate stage id 'a'",
+        ),
         (_with(stages=[{"id": "Not A Slug", "name": "A"}], touchpoints=[]), "stages[0].id", "lowercase"),
-        (_with(touchpoints=[{"id": "t", "stage": "nope", "match": {"channel": "web"}}]), "touchpoints[0].stage", "unknown stage 'nope'"),
-        (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": "like", "value": 1}]}}]),
-         "touchpoints[0].match.where[0].op", "unknown operator 'like'"),
-        (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": "in", "value": "a"}]}}]),
-         "touchpoints[0].match.where[0].value", "non-empty list"),
-        (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": ">=", "value": "4"}]}}]),
-         "touchpoints[0].match.where[0].value", "must be a number"),
-        (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": "exists", "value": 1}]}}]),
-         "touchpoints[0].match.where[0].value", "takes no value"),
+        (
+            _with(touchpoints=[{"id": "t", "stage": "nope", "match": {"channel": "web"}}]),
+            "touchpoints[0].stage",
+            "unknown stage 'nope'",
+        ),
+        (
+            _with(
+                touchpoints=[
+                    {"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": "like", "value": 1}]}}
+                ]
+            ),
+            "touchpoints[0].match.where[0].op",
+            "unknown operator 'like'",
+        ),
+        (
+            _with(
+                touchpoints=[
+                    {"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": "in", "value": "a"}]}}
+                ]
+            ),
+            "touchpoints[0].match.where[0].value",
+            "non-empty list",
+        ),
+        (
+            _with(
+                touchpoints=[
+                    {"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": ">=", "value": "4"}]}}
+                ]
+            ),
+            "touchpoints[0].match.where[0].value",
+            "must be a number",
+        ),
+        (
+            _with(
+                touchpoints=[
+                    {"id": "t", "stage": "aware", "match": {"where": [{"property": "x", "op": "exists", "value": 1}]}}
+                ]
+            ),
+            "touchpoints[0].match.where[0].value",
+            "takes no value",
+        ),
         (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {}}]), "touchpoints[0].match", "at least one of"),
-        (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {"channel": "web"}},
-                            {"id": "t", "stage": "aware", "match": {"channel": "web"}}]), "touchpoints[1].id", "duplicate touchpoint"),
-        (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {"channel": "web"},
-                             "sentiment": {"property": "r", "positive_at_least": 2, "negative_at_most": 3}}]),
-         "touchpoints[0].sentiment", "below positive_at_least"),
-        (_with(touchpoints=[{"id": "t", "stage": "aware", "match": {"channel": "web"}, "sentiment": "ecstatic"}]),
-         "touchpoints[0].sentiment", "positive"),
-        (_with(stages=[{"id": "a", "name": "A", "after": "b"}, {"id": "b", "name": "B", "after": "a"}], touchpoints=[]),
-         "stages[0].after", "ordering cycle: a → b → a"),
-        (_with(stages=[{"id": "a", "name": "A", "after": "zz"}], touchpoints=[]), "stages[0].after", "unknown stage 'zz'"),
-        (_with(stages=[{"id": "a", "name": "A", "target": {"conversion_rate": 1.5}}], touchpoints=[]),
-         "stages[0].target.conversion_rate", "less than or equal to 1"),
+        (
+            _with(
+                touchpoints=[
+                    {"id": "t", "stage": "aware", "match": {"channel": "web"}},
+                    {"id": "t", "stage": "aware", "match": {"channel": "web"}},
+                ]
+            ),
+            "touchpoints[1].id",
+            "duplicate touchpoint",
+        ),
+        (
+            _with(
+                touchpoints=[
+                    {
+                        "id": "t",
+                        "stage": "aware",
+                        "match": {"channel": "web"},
+                        "sentiment": {"property": "r", "positive_at_least": 2, "negative_at_most": 3},
+                    }
+                ]
+            ),
+            "touchpoints[0].sentiment",
+            "below positive_at_least",
+        ),
+        (
+            _with(touchpoints=[{"id": "t", "stage": "aware", "match": {"channel": "web"}, "sentiment": "ecstatic"}]),
+            "touchpoints[0].sentiment",
+            "positive",
+        ),
+        (
+            _with(
+                stages=[{"id": "a", "name": "A", "after": "b"}, {"id": "b", "name": "B", "after": "a"}], touchpoints=[]
+            ),
+            "stages[0].after",
+            "ordering cycle: a → b → a",
+        ),
+        (
+            _with(stages=[{"id": "a", "name": "A", "after": "zz"}], touchpoints=[]),
+            "stages[0].after",
+            "unknown stage 'zz'",
+        ),
+        (
+            _with(stages=[{"id": "a", "name": "A", "target": {"conversion_rate": 1.5}}], touchpoints=[]),
+            "stages[0].target.conversion_rate",
+            "less than or equal to 1",
+        ),
         (_with(colour="blue"), "colour", "unknown key 'colour'"),
         (_with(name="Bad Name"), "name", "lowercase"),
         ([1, 2], "(document)", "must be a mapping"),
@@ -87,16 +161,24 @@ def test_every_map_problem_is_named_with_its_path(document, path, reason_part) -
 
 
 def test_all_problems_are_reported_at_once() -> None:
-    problems = _problems(_with(
-        stages=[{"id": "a", "name": "A"}, {"id": "a", "name": "B"}],
-        touchpoints=[{"id": "t", "stage": "x", "match": {}}],
-    ))
+    problems = _problems(
+        _with(
+            stages=[{"id": "a", "name": "A"}, {"id": "a", "name": "B"}],
+            touchpoints=[{"id": "t", "stage": "x", "match": {}}],
+        )
+    )
     assert {p for p, _ in problems} == {"stages[1].id", "touchpoints[0].stage", "touchpoints[0].match"}
 
 
 def test_explicit_ordering_rearranges_stages() -> None:
-    doc = _with(stages=[{"id": "c", "name": "C", "after": "b"}, {"id": "a", "name": "A"}, {"id": "b", "name": "B", "after": "a"}],
-                touchpoints=[])
+    doc = _with(
+        stages=[
+            {"id": "c", "name": "C", "after": "b"},
+            {"id": "a", "name": "A"},
+            {"id": "b", "name": "B", "after": "a"},
+        ],
+        touchpoints=[],
+    )
     assert validate_map(doc).ordered_stage_ids() == ["a", "b", "c"]
 
 
@@ -117,24 +199,48 @@ def test_every_segment_problem_is_named(rules, path, reason_part) -> None:  # ty
 
 
 def test_segment_names_all_and_star_are_reserved() -> None:
-    assert any("reserved" in r for _, r in _problems({"name": "all", "rules": [{"field": "first_channel", "op": "exists"}]}, validate_segment))
+    assert any(
+        "reserved" in r
+        for _, r in _problems({"name": "all", "rules": [{"field": "first_channel", "op": "exists"}]}, validate_segment)
+    )
 
 
 def test_good_segments_validate() -> None:
-    segment = validate_segment({"name": "b2b-dach", "rules": [
-        {"field": "traits.plan", "op": "equals", "value": "b2b"},
-        {"field": "traits.country", "op": "in", "value": ["DE", "AT", "CH"]},
-        {"field": "first_channel", "op": "equals", "value": "store"},
-        {"field": "first_seen", "op": ">=", "value": "2026-01-01"},
-    ]})
+    segment = validate_segment(
+        {
+            "name": "b2b-dach",
+            "rules": [
+                {"field": "traits.plan", "op": "equals", "value": "b2b"},
+                {"field": "traits.country", "op": "in", "value": ["DE", "AT", "CH"]},
+                {"field": "first_channel", "op": "equals", "value": "store"},
+                {"field": "first_seen", "op": ">=", "value": "2026-01-01"},
+            ],
+        }
+    )
     assert segment.match == "all" and len(segment.rules) == 4
 
 
-@pytest.mark.parametrize("name,stages", [
-    ("five-stage", ["awareness", "consideration", "purchase", "retention", "advocacy"]),
-    ("5a", ["aware", "appeal", "ask", "act", "advocate"]),
-    ("b2b", ["awareness", "interest", "evaluation", "trial", "negotiation", "purchase", "onboarding", "expansion", "advocacy"]),
-])
+@pytest.mark.parametrize(
+    "name,stages",
+    [
+        ("five-stage", ["awareness", "consideration", "purchase", "retention", "advocacy"]),
+        ("5a", ["aware", "appeal", "ask", "act", "advocate"]),
+        (
+            "b2b",
+            [
+                "awareness",
+                "interest",
+                "evaluation",
+                "trial",
+                "negotiation",
+                "purchase",
+                "onboarding",
+                "expansion",
+                "advocacy",
+            ],
+        ),
+    ],
+)
 def test_templates_load_and_validate(name: str, stages: list[str]) -> None:
     text = resources.files("journeys").joinpath("templates", f"{name}.yaml").read_text()
     journey_map = validate_map(yaml.safe_load(text))
@@ -151,22 +257,42 @@ def test_a_rule_an_earlier_one_always_shadows_is_warned_about_not_refused() -> N
     """The first matching rule wins: the five-stage template's repeat-order rule used to sit below the
     first-order rules and could not see a repeat order placed on web, app or in a store."""
     stages = [{"id": "buy", "name": "Buy"}, {"id": "again", "name": "Again"}]
-    repeat = {"id": "repeat", "stage": "again",
-              "match": {"event": ["Order Completed", "Store Purchase"], "where": [{"property": "n", "op": ">=", "value": 2}]}}
-    journey_map = validate_map({"name": "m", "stages": stages, "touchpoints": [
-        {"id": "order", "stage": "buy", "match": {"event": "Order Completed"}},
-        repeat,
-        {"id": "web-order", "stage": "buy", "match": {"event": "Order Completed", "channel": "web"}},
-        {"id": "narrower", "stage": "buy", "match": {"event": "Order Completed", "where": [{"property": "x", "op": "exists"}]}},
-        {"id": "unrelated", "stage": "again", "match": {"event": "Review"}},
-    ]})
+    repeat = {
+        "id": "repeat",
+        "stage": "again",
+        "match": {"event": ["Order Completed", "Store Purchase"], "where": [{"property": "n", "op": ">=", "value": 2}]},
+    }
+    journey_map = validate_map(
+        {
+            "name": "m",
+            "stages": stages,
+            "touchpoints": [
+                {"id": "order", "stage": "buy", "match": {"event": "Order Completed"}},
+                repeat,
+                {"id": "web-order", "stage": "buy", "match": {"event": "Order Completed", "channel": "web"}},
+                {
+                    "id": "narrower",
+                    "stage": "buy",
+                    "match": {"event": "Order Completed", "where": [{"property": "x", "op": "exists"}]},
+                },
+                {"id": "unrelated", "stage": "again", "match": {"event": "Review"}},
+            ],
+        }
+    )
     warnings = {w["path"]: w["reason"] for w in map_warnings(journey_map)}
     assert set(warnings) == {"touchpoints[1].match.event", "touchpoints[2]", "touchpoints[3]"}, warnings
-    assert "'repeat' never matches 'Order Completed' events: 'order' comes first" in warnings["touchpoints[1].match.event"]
+    assert (
+        "'repeat' never matches 'Order Completed' events: 'order' comes first" in warnings["touchpoints[1].match.event"]
+    )
     assert "'web-order' can never match: 'order' comes first" in warnings["touchpoints[2]"]
     # Moving the narrower rule first is what the warning says to do: then nothing is shadowed.
-    fixed = validate_map({"name": "m", "stages": stages, "touchpoints": [repeat, {"id": "order", "stage": "buy",
-                                                                                 "match": {"event": "Order Completed"}}]})
+    fixed = validate_map(
+        {
+            "name": "m",
+            "stages": stages,
+            "touchpoints": [repeat, {"id": "order", "stage": "buy", "match": {"event": "Order Completed"}}],
+        }
+    )
     assert map_warnings(fixed) == []
 
 
@@ -204,16 +330,26 @@ async def test_rest_read_with_read_key_write_with_admin_key(http, query, stores,
         created = await resp.json()
         assert resp.status == 201 and created["version"] == 1 and created["warnings"] == []
     shadowed = {**GOOD_MAP, "touchpoints": [*GOOD_MAP["touchpoints"], {**GOOD_MAP["touchpoints"][0], "id": "again"}]}
-    async with http.put(url("/v1/maps/shadowed"), data=orjson.dumps({**shadowed, "name": "shadowed"}), headers=basic(admin)) as resp:
+    async with http.put(
+        url("/v1/maps/shadowed"), data=orjson.dumps({**shadowed, "name": "shadowed"}), headers=basic(admin)
+    ) as resp:
         answer = await resp.json()
-        assert resp.status == 201 and [w["path"] for w in answer["warnings"]] == [f"touchpoints[{len(GOOD_MAP['touchpoints'])}]"]
+        assert resp.status == 201 and [w["path"] for w in answer["warnings"]] == [
+            f"touchpoints[{len(GOOD_MAP['touchpoints'])}]"
+        ]
     yaml_doc = yaml.safe_dump(_with(description="now with a description"))
-    async with http.put(url("/v1/maps/retail"), data=yaml_doc,
-                        headers={**basic(admin), "Content-Type": "application/yaml"}) as resp:
+    async with http.put(
+        url("/v1/maps/retail"), data=yaml_doc, headers={**basic(admin), "Content-Type": "application/yaml"}
+    ) as resp:
         applied = await resp.json()
-        assert resp.status == 200 and applied["version"] == 2 and "+description: now with a description" in applied["diff"]
-    async with http.put(url("/v1/maps/retail"), data=orjson.dumps(_with(touchpoints=[{"id": "t", "stage": "x", "match": {}}])),
-                        headers=basic(admin)) as resp:
+        assert (
+            resp.status == 200 and applied["version"] == 2 and "+description: now with a description" in applied["diff"]
+        )
+    async with http.put(
+        url("/v1/maps/retail"),
+        data=orjson.dumps(_with(touchpoints=[{"id": "t", "stage": "x", "match": {}}])),
+        headers=basic(admin),
+    ) as resp:
         errors = (await resp.json())["errors"]
         assert resp.status == 400 and {e["field"] for e in errors} == {"touchpoints[0].stage", "touchpoints[0].match"}
     async with http.put(url("/v1/maps/other-name"), data=body, headers=basic(admin)) as resp:
@@ -223,7 +359,9 @@ async def test_rest_read_with_read_key_write_with_admin_key(http, query, stores,
 
     async with http.get(url("/v1/maps/retail"), headers=basic(project.read_key)) as resp:
         got = await resp.json()
-        assert resp.status == 200 and got["version"] == 2 and got["definition"]["description"] == "now with a description"
+        assert (
+            resp.status == 200 and got["version"] == 2 and got["definition"]["description"] == "now with a description"
+        )
     async with http.get(url("/v1/maps/retail?version=1"), headers=basic(project.read_key)) as resp:
         assert (await resp.json())["definition"]["description"] == ""
     async with http.get(url("/v1/maps/retail?version=x"), headers=basic(project.read_key)) as resp:
@@ -275,7 +413,11 @@ def test_cli_template_apply_show_list(cli_dir: Path) -> None:
     )
     path.write_text(shadow)
     warned = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
-    assert warned.returncode == 0 and "warning:" in warned.stderr and "'late-ad' can never match: 'ad-view'" in warned.stderr
+    assert (
+        warned.returncode == 0
+        and "warning:" in warned.stderr
+        and "'late-ad' can never match: 'ad-view'" in warned.stderr
+    )
     path.write_text("name: broken\nstages: []\n")
     bad = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
     assert bad.returncode == 1 and "stages: a map needs at least one stage" in bad.stderr
@@ -284,7 +426,9 @@ def test_cli_template_apply_show_list(cli_dir: Path) -> None:
     assert typo.returncode == 1 and "nmae: unknown key 'nmae': did you mean 'name'?" in typo.stderr, typo.stderr
     path.write_text("name: broken\nstages:\n  - id: a\n   name: A\n")  # a bad indent on line 4
     unparsable = journeys(cli_dir, "map", "apply", str(path), "--project", "shop")
-    assert unparsable.returncode == 1 and f"{path}:4:" in unparsable.stderr and "unicode string" not in unparsable.stderr
+    assert (
+        unparsable.returncode == 1 and f"{path}:4:" in unparsable.stderr and "unicode string" not in unparsable.stderr
+    )
     missing = journeys(cli_dir, "map", "list", "--project", "nope")
     assert missing.returncode == 1 and "no project named 'nope'" in missing.stderr
     admin = journeys(cli_dir, "key", "create", "--project", "shop", "--kind", "admin")

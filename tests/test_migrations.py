@@ -26,8 +26,12 @@ def test_cluster_rendering_replicates_and_shards_by_customer() -> None:
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', received_at)"
         in events_local
     )
-    assert "Distributed('journeys', currentDatabase(), events_local, cityHash64(project_id, distinct_id))" in events_dist
-    assert any("ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')" in s for s in statements)
+    assert (
+        "Distributed('journeys', currentDatabase(), events_local, cityHash64(project_id, distinct_id))" in events_dist
+    )
+    assert any(
+        "ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')" in s for s in statements
+    )
 
 
 @pytest.mark.parametrize("cluster", ["", "journeys"])

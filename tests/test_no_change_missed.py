@@ -52,8 +52,13 @@ MAP = {
     ],
 }
 # The issue's case: a country from a late, older identify; the plan from a newer one.
-DE_VIP = {"name": "de-vip", "rules": [{"field": "traits.country", "op": "equals", "value": "de"},
-                                      {"field": "traits.plan", "op": "equals", "value": "vip"}]}
+DE_VIP = {
+    "name": "de-vip",
+    "rules": [
+        {"field": "traits.country", "op": "equals", "value": "de"},
+        {"field": "traits.plan", "op": "equals", "value": "vip"},
+    ],
+}
 WEB_FIRST = {"name": "web-first", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]}
 _names = itertools.count()
 
@@ -117,7 +122,9 @@ async def own_collector(collector_stores) -> AsyncIterator[TestServer]:  # type:
     """A collector with a ClickHouse connection of its own, as in production (its own process): its inserts
     do not queue on the query service's writer thread, so a held insert holds back only itself."""
     ch = await ClickHouse.connect(collector_stores.clickhouse.url)
-    server = TestServer(create_collector(dataclasses.replace(collector_stores, clickhouse=ch), Metrics()), host="127.0.0.1")
+    server = TestServer(
+        create_collector(dataclasses.replace(collector_stores, clickhouse=ch), Metrics()), host="127.0.0.1"
+    )
     await server.start_server()
     try:
         yield server
@@ -154,23 +161,35 @@ class SlowTraitsView:
         await self.ch.command(f"ALTER TABLE customer_traits_mv MODIFY QUERY {self.original}")
 
 
-async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counted(http, own_collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counted(
+    http, own_collector, query, stores
+) -> None:  # type: ignore[no-untyped-def]
     """The issue's case: the customer's only change is a late, older identify carrying the trait that makes
     them a segment member. A refresh runs while the identify's event is visible and its trait row is not
     yet; the segment must count the customer all the same, and go on counting them."""
     project = await _project(stores)
-    await _send(http, own_collector, project.write_key, [
-        {"type": "track", "userId": "late-vip", "event": "A", "channel": "web", "timestamp": _at(1)},
-        {"type": "identify", "userId": "late-vip", "traits": {"plan": "vip"}, "timestamp": _at(3)},
-    ])
+    await _send(
+        http,
+        own_collector,
+        project.write_key,
+        [
+            {"type": "track", "userId": "late-vip", "event": "A", "channel": "web", "timestamp": _at(1)},
+            {"type": "identify", "userId": "late-vip", "traits": {"plan": "vip"}, "timestamp": _at(3)},
+        ],
+    )
     await wait_drained(own_collector)
     await _full_poll(query)
     assert await _reached(http, query, project.read_key) == [1, 0, 0]
     assert await _reached(http, query, project.read_key, "de-vip") == [0, 0, 0]
 
     async with SlowTraitsView(stores, project.id):
-        late = {"type": "identify", "userId": "late-vip", "traits": {"country": "de"}, "timestamp": _at(2),
-                "messageId": f"{project.id}-late-identify"}
+        late = {
+            "type": "identify",
+            "userId": "late-vip",
+            "traits": {"country": "de"},
+            "timestamp": _at(2),
+            "messageId": f"{project.id}-late-identify",
+        }
         await _send(http, own_collector, project.write_key, [late])
         mine = f"message_id = '{late['messageId']}'"
 
@@ -190,36 +209,50 @@ async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counte
     assert await _reached(http, query, project.read_key) == [1, 0, 0]  # counted once, not twice
 
 
-async def test_a_row_stamped_earlier_but_visible_later_than_a_handled_one_is_counted(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+async def test_a_row_stamped_earlier_but_visible_later_than_a_handled_one_is_counted(
+    http, collector, query, stores
+) -> None:  # type: ignore[no-untyped-def]
     """An insert that takes long (or another collector's, at the same time) is stamped when it begins and
     visible when it ends: here after a newer event of the same customer was polled and handled. Its event
     must be counted all the same."""
     project = await _project(stores)
-    await _send(http, collector, project.write_key, [
-        {"type": "track", "userId": "slow", "event": "A", "channel": "web", "timestamp": _at(1)},
-    ])
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [
+            {"type": "track", "userId": "slow", "event": "A", "channel": "web", "timestamp": _at(1)},
+        ],
+    )
     await wait_drained(collector)
     await _full_poll(query)
     assert await _reached(http, query, project.read_key) == [1, 0, 0]
 
     message = f"{project.id}-long-insert"
-    long_insert = asyncio.create_task(stores.clickhouse.command(
-        "INSERT INTO events (project_id, message_id, type, event, channel, distinct_id, user_id, timestamp, "
-        "original_timestamp, received_at, properties, traits, context) "
-        "SELECT {p:String}, {m:String}, 'track', 'B', 'web', 'slow', 'slow', {t:DateTime64(3, 'UTC')}, "
-        "{t:DateTime64(3, 'UTC')}, now64(3), '{}', '{}', '{}' FROM numbers(1) WHERE sleepEachRow(3) = 0",
-        {"p": project.id, "m": message, "t": BASE + timedelta(hours=2)},
-    ))
+    long_insert = asyncio.create_task(
+        stores.clickhouse.command(
+            "INSERT INTO events (project_id, message_id, type, event, channel, distinct_id, user_id, timestamp, "
+            "original_timestamp, received_at, properties, traits, context) "
+            "SELECT {p:String}, {m:String}, 'track', 'B', 'web', 'slow', 'slow', {t:DateTime64(3, 'UTC')}, "
+            "{t:DateTime64(3, 'UTC')}, now64(3), '{}', '{}', '{}' FROM numbers(1) WHERE sleepEachRow(3) = 0",
+            {"p": project.id, "m": message, "t": BASE + timedelta(hours=2)},
+        )
+    )
     try:
         await asyncio.sleep(0.3)  # the long insert has begun (and stamped its row)
-        await _send(http, collector, project.write_key, [
-            {"type": "page", "userId": "slow", "name": "Home", "channel": "web", "timestamp": _at(4)},
-        ])
+        await _send(
+            http,
+            collector,
+            project.write_key,
+            [
+                {"type": "page", "userId": "slow", "name": "Home", "channel": "web", "timestamp": _at(4)},
+            ],
+        )
         await wait_drained(collector)
         await _full_poll(query)  # the page view's row, stamped later, was polled and its customer refreshed
-        assert not long_insert.done() and await _count(stores, "events", project.id, f"message_id = '{message}'") == 0, (
-            "interleaving not forced"
-        )
+        assert (
+            not long_insert.done() and await _count(stores, "events", project.id, f"message_id = '{message}'") == 0
+        ), "interleaving not forced"
     finally:
         await long_insert
     _, rows = await stores.clickhouse.query(
@@ -238,24 +271,48 @@ async def test_segment_facts_off_events_equal_the_profiles(http, collector, quer
     GET /v1/customers/{id} reads off the views' tables, for stitched customers with several ids, late and
     older identifies, and first touches from another id."""
     project = await _project(stores)
-    await _send(http, collector, project.write_key, [
-        {"type": "page", "anonymousId": "anon-1", "name": "Home", "channel": "social", "timestamp": _at(1),
-         "context": {"campaign": {"source": "fb", "medium": "cpc", "name": "spring"}}},
-        {"type": "identify", "anonymousId": "anon-1", "userId": "u-1", "traits": {"plan": "vip", "country": "fr"},
-         "timestamp": _at(5)},
-        {"type": "identify", "userId": "u-1", "traits": {"country": "de", "n": [1, {"a": None}]}, "timestamp": _at(6)},
-        {"type": "identify", "userId": "u-1", "traits": {"plan": "basic"}, "timestamp": _at(2)},  # older: loses
-        {"type": "track", "userId": "u-1", "event": "A", "channel": "email", "timestamp": _at(3)},
-        {"type": "track", "userId": "u-2", "event": "A", "channel": "web", "timestamp": _at(2)},
-        {"type": "identify", "userId": "u-2", "traits": {"plan": "vip"}, "timestamp": _at(2.5)},
-        {"type": "alias", "previousId": "u-3", "userId": "u-2", "timestamp": _at(7)},
-        {"type": "track", "userId": "u-3", "event": "B", "channel": "store", "timestamp": _at(0.5)},
-        {"type": "identify", "userId": "u-3", "traits": {"country": "de"}, "timestamp": _at(8)},
-    ])
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [
+            {
+                "type": "page",
+                "anonymousId": "anon-1",
+                "name": "Home",
+                "channel": "social",
+                "timestamp": _at(1),
+                "context": {"campaign": {"source": "fb", "medium": "cpc", "name": "spring"}},
+            },
+            {
+                "type": "identify",
+                "anonymousId": "anon-1",
+                "userId": "u-1",
+                "traits": {"plan": "vip", "country": "fr"},
+                "timestamp": _at(5),
+            },
+            {
+                "type": "identify",
+                "userId": "u-1",
+                "traits": {"country": "de", "n": [1, {"a": None}]},
+                "timestamp": _at(6),
+            },
+            {"type": "identify", "userId": "u-1", "traits": {"plan": "basic"}, "timestamp": _at(2)},  # older: loses
+            {"type": "track", "userId": "u-1", "event": "A", "channel": "email", "timestamp": _at(3)},
+            {"type": "track", "userId": "u-2", "event": "A", "channel": "web", "timestamp": _at(2)},
+            {"type": "identify", "userId": "u-2", "traits": {"plan": "vip"}, "timestamp": _at(2.5)},
+            {"type": "alias", "previousId": "u-3", "userId": "u-2", "timestamp": _at(7)},
+            {"type": "track", "userId": "u-3", "event": "B", "channel": "store", "timestamp": _at(0.5)},
+            {"type": "identify", "userId": "u-3", "traits": {"country": "de"}, "timestamp": _at(8)},
+        ],
+    )
     await wait_drained(collector)
     members = {"u-1": ["anon-1", "u-1"], "u-2": ["u-2", "u-3"], "nobody": ["nobody"]}
-    segments = [validate_segment(DE_VIP), validate_segment(WEB_FIRST),
-                validate_segment({"name": "n", "rules": [{"field": "traits.n", "op": "exists"}]})]
+    segments = [
+        validate_segment(DE_VIP),
+        validate_segment(WEB_FIRST),
+        validate_segment({"name": "n", "rules": [{"field": "traits.n", "op": "exists"}]}),
+    ]
     ours = await segment_facts(stores.clickhouse, project.id, members, segments)
     theirs = await facts_of(stores.clickhouse, project.id, members)
     for customer in members:

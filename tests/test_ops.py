@@ -146,7 +146,10 @@ async def test_every_record_of_a_request_carries_its_id(root_logging, http) -> N
     error = next(line for line in lines if line["level"] == "ERROR")
     assert error["request_id"] == minted and "RuntimeError: kaput" in error["exception"]
     access = [line for line in lines if line["logger"] == "journeys.access"]
-    assert [(a["request_id"], a["route"], a["status"]) for a in access] == [("given-1", "/fine", 200), (minted, "/broken", 500)]
+    assert [(a["request_id"], a["route"], a["status"]) for a in access] == [
+        ("given-1", "/fine", 200),
+        (minted, "/broken", 500),
+    ]
 
 
 async def test_access_log_line_per_request_without_secrets(root_logging, http, collector, query, project) -> None:  # type: ignore[no-untyped-def]
@@ -170,19 +173,28 @@ async def test_access_log_line_per_request_without_secrets(root_logging, http, c
     access = {line["request_id"]: line for line in _lines(buffer) if line["logger"] == "journeys.access"}
     ingest = access["ingest-42"]
     assert (ingest["level"], ingest["service"], ingest["method"], ingest["route"], ingest["status"]) == (
-        "INFO", "collector", "POST", "/v1/track", 200,
+        "INFO",
+        "collector",
+        "POST",
+        "/v1/track",
+        200,
     )
     assert isinstance(ingest["duration_ms"], float) and ingest["duration_ms"] >= 0
     read = access[query_id]
     assert (read["service"], read["method"], read["route"], read["status"]) == (
-        "query", "GET", "/v1/customers/{customer_id}/events", 200,
+        "query",
+        "GET",
+        "/v1/customers/{customer_id}/events",
+        200,
     )
     text = buffer.getvalue()
     for secret in (project.write_key, project.read_key, "Basic ", "Bearer ", "Authorization", customer):
         assert secret not in text, secret
 
 
-async def test_probes_scrapes_and_dashboard_refreshes_are_logged_at_debug_only(root_logging, http, collector, query, project) -> None:  # type: ignore[no-untyped-def]
+async def test_probes_scrapes_and_dashboard_refreshes_are_logged_at_debug_only(
+    root_logging, http, collector, query, project
+) -> None:  # type: ignore[no-untyped-def]
     """`journeys up` logged every 5-second dashboard poll at INFO (474 lines in 6 minutes): probes, scrapes and
     the dashboard's refreshes (X-Journeys-Poll: 1) go to DEBUG, unless they fail."""
     buffer = io.StringIO()
@@ -214,16 +226,82 @@ async def test_probes_scrapes_and_dashboard_refreshes_are_logged_at_debug_only(r
 PROMETHEUS_BUILTINS = {"up"}  # synthesized by Prometheus per target, not exported by anyone
 PROMQL_WORDS = {
     # functions
-    "abs", "absent", "absent_over_time", "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min",
-    "count_over_time", "day_of_month", "day_of_week", "delta", "deriv", "exp", "floor", "histogram_quantile",
-    "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace", "last_over_time", "ln",
-    "log2", "log10", "max_over_time", "min_over_time", "minute", "month", "predict_linear",
-    "present_over_time", "quantile_over_time", "rate", "resets", "round", "scalar", "sgn", "sort", "sort_desc",
-    "sqrt", "stddev_over_time", "stdvar_over_time", "sum_over_time", "time", "timestamp", "vector", "year",
+    "abs",
+    "absent",
+    "absent_over_time",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count_over_time",
+    "day_of_month",
+    "day_of_week",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "holt_winters",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log2",
+    "log10",
+    "max_over_time",
+    "min_over_time",
+    "minute",
+    "month",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
     # aggregations and keywords
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-    "quantile", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-    "offset", "inf", "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
 }
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _SELECTOR = re.compile(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}")
@@ -250,7 +328,9 @@ def _expressions() -> dict[str, list[str]]:
         for panel in panels:
             for target in panel.get("targets", []):
                 out.setdefault(f"{path.name}: {panel['title']}", []).append(target["expr"])
-    for rule in (r for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"] for r in g["rules"]):
+    for rule in (
+        r for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"] for r in g["rules"]
+    ):
         out.setdefault(f"alerts.yml: {rule['alert']}", []).append(rule["expr"])
     return out
 
@@ -264,7 +344,7 @@ def _jobs() -> set[str]:
 
 def test_metric_names_are_parsed_out_of_promql() -> None:
     expr = (
-        'histogram_quantile(0.99, sum by (le, route) (rate(journeys_http_request_duration_seconds_bucket'
+        "histogram_quantile(0.99, sum by (le, route) (rate(journeys_http_request_duration_seconds_bucket"
         '{job="journeys-query", route=~"/v1/.*"}[$__rate_interval]))) > 1e3 and on (instance) up == 0 '
         "or sum(rate(a_total[5m] offset 1h)) / ignoring(x) b"
     )
@@ -278,8 +358,13 @@ class Scrape:
         self.samples: dict[str, list[dict[str, str]]] = {}
         self.declared: set[str] = set()
         self.families: set[str] = set()
-        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                    "gauge": ("",), "summary": ("_sum", "_count", "_created"), "untyped": ("",)}
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "gauge": ("",),
+            "summary": ("_sum", "_count", "_created"),
+            "untyped": ("",),
+        }
         for family in text_string_to_metric_families(text):
             self.families.add(family.name)
             self.declared |= {family.name + s for s in suffixes.get(family.type, ("",))}
@@ -287,7 +372,9 @@ class Scrape:
                 self.samples.setdefault(sample.name, []).append(sample.labels)
         # prometheus-client's text format exposes each counter's and histogram's creation time as a gauge
         # family of its own (NAME_created): a timestamp, not something to chart.
-        self.families = {f for f in self.families if not (f.endswith("_created") and f.removesuffix("_created") in self.families)}
+        self.families = {
+            f for f in self.families if not (f.endswith("_created") and f.removesuffix("_created") in self.families)
+        }
 
 
 def _declared_labels() -> dict[str, set[str]]:
@@ -316,9 +403,13 @@ async def scraped(http, collector, query, project) -> dict[str, Scrape]:  # type
         {"type": "track", "userId": "m1", "event": "Bought", "channel": "store"},
         {"type": "track", "userId": "m1"},  # no event name: quarantined
     ]
-    async with http.post(collector.make_url("/v1/batch"), json={"batch": batch}, headers=basic(project.write_key)) as resp:
+    async with http.post(
+        collector.make_url("/v1/batch"), json={"batch": batch}, headers=basic(project.write_key)
+    ) as resp:
         assert resp.status == 200 and (await resp.json())["accepted"] == 2
-    async with http.post(collector.make_url("/v1/track"), json={"userId": "x", "event": "E"}, headers=basic("jw_nope")) as resp:
+    async with http.post(
+        collector.make_url("/v1/track"), json={"userId": "x", "event": "E"}, headers=basic("jw_nope")
+    ) as resp:
         assert resp.status == 401  # rejected
     await wait_drained(collector)  # the inserter has run: insert latency and rows observed
     async with http.get(query.make_url("/v1/stats"), headers=basic(project.read_key)) as resp:
@@ -363,7 +454,9 @@ async def test_every_metric_deploy_references_is_exported(scraped) -> None:  # t
                         continue
                     if label not in declared_labels.get(name, set()):
                         problems.append(f"{where}: {name} has no label {label!r}")
-                    elif op == "=" and not any(s.get(label) == value for sc in scraped.values() for s in sc.samples.get(name, [])):
+                    elif op == "=" and not any(
+                        s.get(label) == value for sc in scraped.values() for s in sc.samples.get(name, [])
+                    ):
                         problems.append(f"{where}: no {name} series with {label}={value!r}")
             # Grouping labels exist on at least one metric of the expression (or are target labels).
             labels = {"instance", "job"}.union(*(declared_labels.get(n, set()) for n in names))
@@ -388,21 +481,32 @@ async def test_every_exported_metric_is_on_a_dashboard(scraped) -> None:  # type
         for expr in exprs:
             used |= metric_names(expr)
     unused = {
-        f for f in families
-        if not any(n == f or n.startswith(f + "_") and n[len(f):] in ("_total", "_bucket", "_sum", "_count") for n in used)
+        f
+        for f in families
+        if not any(
+            n == f or n.startswith(f + "_") and n[len(f) :] in ("_total", "_bucket", "_sum", "_count") for n in used
+        )
     }
-    assert unused == set(NOT_ON_DASHBOARDS), f"exported but on no dashboard panel: {sorted(unused - set(NOT_ON_DASHBOARDS))}"
+    assert unused == set(NOT_ON_DASHBOARDS), (
+        f"exported but on no dashboard panel: {sorted(unused - set(NOT_ON_DASHBOARDS))}"
+    )
 
 
 async def test_key_metrics_have_live_series_after_traffic(scraped) -> None:  # type: ignore[no-untyped-def]
     collector, query = scraped["journeys-collector"], scraped["journeys-query"]
     channels = {s["channel"] for s in collector.samples["journeys_events_accepted_total"]}
     assert {"web", "store"} <= channels
-    assert collector.samples["journeys_events_quarantined_total"] and collector.samples["journeys_events_rejected_total"]
+    assert (
+        collector.samples["journeys_events_quarantined_total"] and collector.samples["journeys_events_rejected_total"]
+    )
     for name in (
-        "journeys_group_commit_requests_count", "journeys_request_events_count", "journeys_clickhouse_insert_rows_count",
-        "journeys_clickhouse_insert_duration_seconds_count", "journeys_spool_bytes",
-        "journeys_spool_oldest_event_age_seconds", "journeys_newest_event_age_seconds",
+        "journeys_group_commit_requests_count",
+        "journeys_request_events_count",
+        "journeys_clickhouse_insert_rows_count",
+        "journeys_clickhouse_insert_duration_seconds_count",
+        "journeys_spool_bytes",
+        "journeys_spool_oldest_event_age_seconds",
+        "journeys_newest_event_age_seconds",
     ):
         assert collector.samples.get(name), name
     routes = {s["route"] for s in query.samples["journeys_http_request_duration_seconds_count"]}
@@ -424,7 +528,8 @@ def test_one_process_exports_each_series_on_one_port_only(tmp_path) -> None:  # 
         service.start()
         key = create_project(tmp_path, "metrics-once")["write_key"]
         request = urllib.request.Request(
-            f"{service.collector}/v1/track", data=json.dumps({"userId": "u", "event": "E"}).encode(),
+            f"{service.collector}/v1/track",
+            data=json.dumps({"userId": "u", "event": "E"}).encode(),
             headers={"Content-Type": "application/json", **basic(key)},
         )
         with urllib.request.urlopen(request, timeout=10) as resp:

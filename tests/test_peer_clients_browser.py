@@ -188,7 +188,12 @@ async def browse(browser, peers, stores, project, public_key):  # type: ignore[n
         page = await context.new_page()
         browsing = Browsing(site, refuser, page)
         page.on("request", lambda request: browsing.requests.append(request.url))
-        page.on("console", lambda msg: browsing.console.append(f"{msg.type}: {msg.text}") if msg.type in ("error", "warning") else None)
+        page.on(
+            "console",
+            lambda msg: (
+                browsing.console.append(f"{msg.type}: {msg.text}") if msg.type in ("error", "warning") else None
+            ),
+        )
         page.on("pageerror", lambda exc: browsing.console.append(f"pageerror: {exc}"))
         return browsing
 
@@ -204,7 +209,9 @@ async def send_crm_event(http, collector: WatchedCollector, write_key: str, crm:
     alias(user, crm) must bring it into the user's journey. Not noted as the browser client's traffic."""
     message_id = f"crm-{uuid.uuid4().hex[:12]}"
     event = {"userId": crm, "event": "Store Purchase", "properties": {"channel": "store"}, "messageId": message_id}
-    async with http.post(collector.server.make_url("/v1/track"), data=orjson.dumps(event), headers=basic(write_key)) as r:
+    async with http.post(
+        collector.server.make_url("/v1/track"), data=orjson.dumps(event), headers=basic(write_key)
+    ) as r:
         assert r.status == 200, await r.text()
     collector.seen.clear()
     return message_id
@@ -311,13 +318,20 @@ async def visit(browse, watched_collector, http, project, client: str, offset_ms
         args = {"writeKey": browsing.site.write_key, "apiHost": f"127.0.0.1:{collector.server.port}/v1", **options}
         done = await browsing.page.evaluate(SEGMENT_CALLS, {**args, "user": user, "crm": crm, "group": group})
     else:
-        args = {"writeKey": browsing.site.write_key, "dataPlaneUrl": collector.base, "siteOrigin": browsing.site.origin, **options}
+        args = {
+            "writeKey": browsing.site.write_key,
+            "dataPlaneUrl": collector.base,
+            "siteOrigin": browsing.site.origin,
+            **options,
+        }
         done = await browsing.page.evaluate(RUDDER_CALLS, {**args, "user": user, "crm": crm, "group": group})
     after = time.time()
     assert done["anonymousId"], done
     shown = parse_time(done["clock"]) - time.time()
     assert abs(shown - offset_ms / 1000) < 60, f"the page's clock is {shown:.0f}s off, not {offset_ms / 1000:.0f}s"
-    return Visit(done["anonymousId"], user, crm, group, crm_message_id, page_url, before, after, offset_ms, collector, browsing)
+    return Visit(
+        done["anonymousId"], user, crm, group, crm_message_id, page_url, before, after, offset_ms, collector, browsing
+    )
 
 
 async def read_back(http, query, project, v: Visit, calls: list[tuple[str, str]]) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -341,7 +355,10 @@ async def read_back(http, query, project, v: Visit, calls: list[tuple[str, str]]
     # Exactly once each: the stored message ids are those on the wire (and the CRM's), one per call.
     wire_ids = {e.get("messageId") for _, e in v.collector.wire_events()}
     assert len(wire_ids) == len(calls) and None not in wire_ids, (wire_ids, v.report())
-    assert body["count"] == n and {e["message_id"] for e in events} == wire_ids | {v.crm_message_id}, (summary, v.report())
+    assert body["count"] == n and {e["message_id"] for e in events} == wire_ids | {v.crm_message_id}, (
+        summary,
+        v.report(),
+    )
     assert sorted(named) == sorted([*calls, ("track", "Store Purchase")]), (summary, v.report())
     assert all(len(same) == 1 for same in named.values()), summary
 
@@ -393,12 +410,23 @@ async def _answered(collector: WatchedCollector) -> bool:
 # ---- the tests ----------------------------------------------------------------------------------------
 
 SEGMENT_EXPECTED = [
-    ("page", ""), ("screen", "Home"), ("track", "Email Clicked"), ("group", ""), ("identify", ""),
-    ("track", "Order Completed"), ("page", "Account"), ("alias", ""),
+    ("page", ""),
+    ("screen", "Home"),
+    ("track", "Email Clicked"),
+    ("group", ""),
+    ("identify", ""),
+    ("track", "Order Completed"),
+    ("page", "Account"),
+    ("alias", ""),
 ]
 RUDDER_EXPECTED = [
-    ("page", ""), ("track", "Email Clicked"), ("group", ""), ("identify", ""),
-    ("track", "Order Completed"), ("page", "Account"), ("alias", ""),
+    ("page", ""),
+    ("track", "Email Clicked"),
+    ("group", ""),
+    ("identify", ""),
+    ("track", "Order Completed"),
+    ("page", "Account"),
+    ("alias", ""),
 ]
 
 
@@ -407,7 +435,13 @@ RUDDER_EXPECTED = [
     ("delivery", "offset_ms"), [("standard", -3 * HOURS), ("batching", 3 * HOURS)], ids=["fetch-per-event", "batching"]
 )
 async def test_segment_analytics_next_in_chromium(
-    browse, watched_collector, http, query, project, delivery, offset_ms  # type: ignore[no-untyped-def]
+    browse,
+    watched_collector,
+    http,
+    query,
+    project,
+    delivery,
+    offset_ms,  # type: ignore[no-untyped-def]
 ) -> None:
     v = await visit(browse, watched_collector, http, project, "segment", offset_ms, batching=delivery == "batching")
     events = await read_back(http, query, project, v, SEGMENT_EXPECTED)
@@ -433,7 +467,14 @@ async def test_segment_analytics_next_in_chromium(
     ("transport", "offset_ms"), [("xhr", 3 * HOURS), ("beacon", -3 * HOURS)], ids=["xhr", "use-beacon"]
 )
 async def test_rudderstack_analytics_js_v3_in_chromium(
-    browse, watched_collector, http, query, project, public_key, transport, offset_ms  # type: ignore[no-untyped-def]
+    browse,
+    watched_collector,
+    http,
+    query,
+    project,
+    public_key,
+    transport,
+    offset_ms,  # type: ignore[no-untyped-def]
 ) -> None:
     v = await visit(browse, watched_collector, http, project, "rudder", offset_ms, useBeacon=transport == "beacon")
     await read_back(http, query, project, v, RUDDER_EXPECTED)
@@ -447,7 +488,9 @@ async def test_rudderstack_analytics_js_v3_in_chromium(
 
     posts = v.collector.posts()
     if transport == "xhr":  # one request per event, /v1/<type>, JSON with its custom headers → preflights
-        assert {s.path for s in posts} == {"/v1/page", "/v1/track", "/v1/group", "/v1/identify", "/v1/alias"}, v.report()
+        assert {s.path for s in posts} == {"/v1/page", "/v1/track", "/v1/group", "/v1/identify", "/v1/alias"}, (
+            v.report()
+        )
         assert all(s.headers.get("AnonymousId") and s.headers.get("SentAt") for s in posts), v.report()
         preflights = [s for s in v.collector.seen if s.method == "OPTIONS"]
         assert preflights and all(s.status == 204 for s in preflights), v.report()

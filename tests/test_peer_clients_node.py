@@ -44,14 +44,26 @@ TEN_MINUTES_S = 600.0
     ids=["segment-analytics-node-3.1.0", "rudder-sdk-node-3.1.1"],
 )
 async def test_node_client_calls_are_stored_once_stitched_at_real_time_with_their_channels(
-    peers, watched_collector, query, http, project, client, offset_ms  # type: ignore[no-untyped-def]
+    peers,
+    watched_collector,
+    query,
+    http,
+    project,
+    client,
+    offset_ms,  # type: ignore[no-untyped-def]
 ) -> None:
     collector = await watched_collector()
     run = uuid.uuid4().hex[:8]
     anonymous, user, crm, group = f"anon-{run}", f"user-{run}", f"crm-{run}", f"group-{run}"
     plan = {
-        "client": client, "host": collector.base, "writeKey": project.write_key,
-        "anonymousId": anonymous, "userId": user, "crmId": crm, "groupId": group, "url": UTM_URL,
+        "client": client,
+        "host": collector.base,
+        "writeKey": project.write_key,
+        "anonymousId": anonymous,
+        "userId": user,
+        "crmId": crm,
+        "groupId": group,
+        "url": UTM_URL,
     }
     before = time.time()
     result = await peers.run_node("node-client.mjs", plan, offset_ms)
@@ -77,8 +89,16 @@ async def test_node_client_calls_are_stored_once_stitched_at_real_time_with_thei
     assert len(wire_ids) == 8 and None not in wire_ids, wire
     assert body["count"] == 8 and {e["message_id"] for e in events} == wire_ids, (summary, wire)
     assert sorted(named) == sorted(
-        [("page", "Pricing"), ("screen", "Home"), ("track", "Email Clicked"), ("group", ""), ("identify", ""),
-         ("track", "Order Completed"), ("track", "Store Purchase"), ("alias", "")]
+        [
+            ("page", "Pricing"),
+            ("screen", "Home"),
+            ("track", "Email Clicked"),
+            ("group", ""),
+            ("identify", ""),
+            ("track", "Order Completed"),
+            ("track", "Store Purchase"),
+            ("alias", ""),
+        ]
     ), summary
     assert all(len(v) == 1 for v in named.values()), summary
 
@@ -98,11 +118,14 @@ async def test_node_client_calls_are_stored_once_stitched_at_real_time_with_thei
     # Times: the real time of the call despite a clock hours off — and the till's event ten minutes before.
     for event in events:
         at = parse_time(event["timestamp"])
-        expected = (before - TEN_MINUTES_S, after - TEN_MINUTES_S) if event["event"] == "Store Purchase" else (before, after)
+        expected = (
+            (before - TEN_MINUTES_S, after - TEN_MINUTES_S) if event["event"] == "Store Purchase" else (before, after)
+        )
         assert expected[0] - TIME_SLACK_S <= at <= expected[1] + TIME_SLACK_S, (
             f"{event['type']}/{event['event']} stored at {event['timestamp']}, real time of the call was "
             f"{time.strftime('%H:%M:%S', time.gmtime(expected[0]))}–{time.strftime('%H:%M:%S', time.gmtime(expected[1]))} UTC"
-            f" (client clock {offset_ms / HOURS:+.0f} h)", summary,
+            f" (client clock {offset_ms / HOURS:+.0f} h)",
+            summary,
         )
 
     # Channels: the touchpoint given in properties wins; a page is web, a screen app; and RudderStack's
@@ -120,15 +143,28 @@ async def test_node_client_calls_are_stored_once_stitched_at_real_time_with_thei
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("client", ["segment", "rudderstack"], ids=["segment-analytics-node-3.1.0", "rudder-sdk-node-3.1.1"])
+@pytest.mark.parametrize(
+    "client", ["segment", "rudderstack"], ids=["segment-analytics-node-3.1.0", "rudder-sdk-node-3.1.1"]
+)
 async def test_node_client_with_a_wrong_key_is_told_so_once_per_batch_and_stores_nothing(
-    peers, watched_collector, query, http, project, client  # type: ignore[no-untyped-def]
+    peers,
+    watched_collector,
+    query,
+    http,
+    project,
+    client,  # type: ignore[no-untyped-def]
 ) -> None:
     collector = await watched_collector()
     run = uuid.uuid4().hex[:8]
     plan = {
-        "client": client, "host": collector.base, "writeKey": f"jw_not_a_key_{run}",
-        "anonymousId": f"anon-{run}", "userId": f"user-{run}", "crmId": f"crm-{run}", "groupId": f"group-{run}", "url": UTM_URL,
+        "client": client,
+        "host": collector.base,
+        "writeKey": f"jw_not_a_key_{run}",
+        "anonymousId": f"anon-{run}",
+        "userId": f"user-{run}",
+        "crmId": f"crm-{run}",
+        "groupId": f"group-{run}",
+        "url": UTM_URL,
     }
     result = await peers.run_node("node-client.mjs", plan, 0)
     wire = collector.report()

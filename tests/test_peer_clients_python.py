@@ -34,7 +34,9 @@ async def _drive(which: str, host: str, key: str, shift_s: float) -> tuple[str, 
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, str(DRIVER), which, host, key, str(shift_s), run],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -56,7 +58,12 @@ def _at(iso: str) -> float:
 @pytest.mark.parametrize("which", ["segment", "rudderstack"])
 @pytest.mark.parametrize("shift_s", [SHIFT_S, -SHIFT_S])
 async def test_every_call_arrives_once_at_the_real_time_and_stitched(
-    which, shift_s, collector, query, project, http  # type: ignore[no-untyped-def]
+    which,
+    shift_s,
+    collector,
+    query,
+    project,
+    http,  # type: ignore[no-untyped-def]
 ) -> None:
     host = str(collector.make_url("")).rstrip("/")
     began = time.time()
@@ -95,7 +102,8 @@ async def test_every_call_arrives_once_at_the_real_time_and_stitched(
 
 @pytest.mark.parametrize("which", ["segment", "rudderstack"])
 async def test_a_refusal_is_an_error_the_client_reports_not_a_retry_loop(
-    which, collector  # type: ignore[no-untyped-def]
+    which,
+    collector,  # type: ignore[no-untyped-def]
 ) -> None:
     """A 400 (here: a read key cannot write) carries ``code`` and ``message``: the clients read those two,
     and RudderStack's crashed on a body without them and retried a request that can never succeed."""

@@ -35,10 +35,24 @@ async def _stored(stores, project_id: str, n: int) -> dict[str, dict[str, object
 async def test_null_and_empty_optional_fields_are_absent(http, collector, stores, project) -> None:  # type: ignore[no-untyped-def]
     batch = [
         # analytics-python / rudder-sdk-python before identify, and after it.
-        {"type": "track", "messageId": "m1", "event": "Viewed", "userId": None, "anonymousId": "a-1",
-         "properties": None, "context": {"page": None, "traits": None, "channel": None}, "integrations": None},
-        {"type": "identify", "messageId": "m2", "userId": "u-1", "anonymousId": None, "traits": None,
-         "timestamp": None},
+        {
+            "type": "track",
+            "messageId": "m1",
+            "event": "Viewed",
+            "userId": None,
+            "anonymousId": "a-1",
+            "properties": None,
+            "context": {"page": None, "traits": None, "channel": None},
+            "integrations": None,
+        },
+        {
+            "type": "identify",
+            "messageId": "m2",
+            "userId": "u-1",
+            "anonymousId": None,
+            "traits": None,
+            "timestamp": None,
+        },
         # RudderStack's browser SDK: "userId": "" before identify; unnamed pages.
         {"type": "page", "messageId": "m3", "userId": "", "anonymousId": "a-1", "name": None, "category": ""},
         {"type": "group", "messageId": "m4", "userId": "u-1", "groupId": "g", "traits": None, "sentAt": ""},
@@ -108,13 +122,16 @@ async def test_beacon_route_takes_a_public_key_from_the_query_and_refuses_a_writ
     batch = {"batch": [{"type": "track", "event": "Left", "anonymousId": "a", "messageId": "b1"}]}
     # sendBeacon: text/plain, no Authorization header, the page's Origin.
     headers = {"Origin": SHOP, "Content-Type": "text/plain;charset=UTF-8"}
-    async with http.post(collector.make_url(f"/beacon/v1/batch?writeKey={key}"), data=orjson.dumps(batch),
-                         headers=headers) as resp:
+    async with http.post(
+        collector.make_url(f"/beacon/v1/batch?writeKey={key}"), data=orjson.dumps(batch), headers=headers
+    ) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Access-Control-Allow-Origin"] == SHOP
     assert (await _stored(stores, project.id, 1))["b1"]["event"] == "Left"
     secret = f"/beacon/v1/batch?writeKey={project.write_key}"
-    status, body = await _post(http, collector, secret, {"batch": [{"type": "track", "event": "x", "anonymousId": "b"}]})
+    status, body = await _post(
+        http, collector, secret, {"batch": [{"type": "track", "event": "x", "anonymousId": "b"}]}
+    )
     assert status == 403 and body["errors"][0]["field"] == "writeKey" and "URL" in body["errors"][0]["reason"]
     status, body = await _post(http, collector, "/beacon/v1/batch", batch)
     assert status == 401 and body["errors"][0]["field"] == "writeKey"
@@ -124,8 +141,11 @@ async def test_preflight_allows_the_headers_the_browser_sdks_send(http, collecto
     await public_key(stores, project, SHOP)
     wanted = {"authorization", "content-type", "anonymousid", "sentat", "x-retry-count"}
     for path in ("/v1/t", "/v1/b", "/v1/track", "/v1/batch", "/beacon/v1/batch"):
-        asks = {"Origin": SHOP, "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": ",".join(sorted(wanted))}
+        asks = {
+            "Origin": SHOP,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": ",".join(sorted(wanted)),
+        }
         async with http.options(collector.make_url(path), headers=asks) as resp:
             assert resp.status == 204, path
             allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
@@ -144,12 +164,33 @@ RUDDER_IOS = {"library": {"name": "rudder-ios-library", "version": "1.0"}}
         ({"type": "track", "event": "Paid", "channel": "server"}, "unknown"),
         ({"type": "page", "name": "Home", "channel": "server"}, "web"),
         ({"type": "track", "event": "Clicked", "channel": "server", "properties": {"channel": "email"}}, "email"),
-        ({"type": "track", "event": "Called", "channel": "sources", "context": {"channel": "call_centre"}}, "call_centre"),
+        (
+            {"type": "track", "event": "Called", "channel": "sources", "context": {"channel": "call_centre"}},
+            "call_centre",
+        ),
         # analytics-js: "web"; RudderStack's mobile SDKs: "mobile" (an app) — below a channel in properties.
         ({"type": "track", "event": "Clicked", "channel": "web", "context": RUDDER_JS}, "web"),
-        ({"type": "track", "event": "Clicked", "channel": "web", "context": RUDDER_JS, "properties": {"channel": "email"}}, "email"),
+        (
+            {
+                "type": "track",
+                "event": "Clicked",
+                "channel": "web",
+                "context": RUDDER_JS,
+                "properties": {"channel": "email"},
+            },
+            "email",
+        ),
         ({"type": "track", "event": "Tapped", "channel": "mobile", "context": RUDDER_IOS}, "app"),
-        ({"type": "track", "event": "Tapped", "channel": "mobile", "context": RUDDER_IOS, "properties": {"channel": "store"}}, "store"),
+        (
+            {
+                "type": "track",
+                "event": "Tapped",
+                "channel": "mobile",
+                "context": RUDDER_IOS,
+                "properties": {"channel": "store"},
+            },
+            "store",
+        ),
         # Our own SDK's and tracker's top-level channel is the touchpoint's, "web" included, and a bad one in
         # properties does not refuse the event.
         ({"type": "track", "event": "Bought", "channel": "store", "properties": {"channel": "email"}}, "store"),
@@ -186,5 +227,7 @@ async def test_rudderstack_source_config_is_served_for_a_public_key_from_its_ori
     assert source["enabled"] is True and source["destinations"] == [] and source["writeKey"] == key
     async with http.get(collector.make_url(f"/sourceConfig?writeKey={project.write_key}")) as resp:
         assert resp.status == 403 and (await resp.json())["errors"][0]["field"] == "writeKey"
-    async with http.get(collector.make_url(f"/sourceConfig?writeKey={key}"), headers={"Origin": "https://evil.example"}) as resp:
+    async with http.get(
+        collector.make_url(f"/sourceConfig?writeKey={key}"), headers={"Origin": "https://evil.example"}
+    ) as resp:
         assert resp.status == 403 and (await resp.json())["errors"][0]["field"] == "Origin"

@@ -45,13 +45,32 @@ def _iso(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _row(project_id: str, received: datetime, request_id: str, index: int, raw: Any, errors: list[dict[str, str]],
-         message_id: str | None = None) -> bytes:
+def _row(
+    project_id: str,
+    received: datetime,
+    request_id: str,
+    index: int,
+    raw: Any,
+    errors: list[dict[str, str]],
+    message_id: str | None = None,
+) -> bytes:
     """A quarantine row as the collector writes it (collector/ingest.py)."""
     if message_id is None:
         message_id = raw.get("messageId", "") if isinstance(raw, dict) else ""
-    return orjson.dumps([project_id, received.timestamp(), request_id, index, message_id,
-                         orjson.dumps(errors).decode(), orjson.dumps(raw).decode()]) + b"\n"
+    return (
+        orjson.dumps(
+            [
+                project_id,
+                received.timestamp(),
+                request_id,
+                index,
+                message_id,
+                orjson.dumps(errors).decode(),
+                orjson.dumps(raw).decode(),
+            ]
+        )
+        + b"\n"
+    )
 
 
 async def _insert_quarantine(stores, rows: list[bytes]) -> None:  # type: ignore[no-untyped-def]
@@ -65,8 +84,9 @@ async def _get(http, server, path, key=None):  # type: ignore[no-untyped-def]
 
 async def _post(http, server, path, body, key=None):  # type: ignore[no-untyped-def]
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with http.post(server.make_url(path), data=data,
-                         headers={"Content-Type": "application/json", **(basic(key) if key else {})}) as resp:
+    async with http.post(
+        server.make_url(path), data=data, headers={"Content-Type": "application/json", **(basic(key) if key else {})}
+    ) as resp:
         return resp.status, await resp.json(), resp.headers
 
 
@@ -75,7 +95,9 @@ async def _post(http, server, path, body, key=None):  # type: ignore[no-untyped-
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_listing_groups_by_reason_counts_each_message_once_with_samples(http, collector, query, stores, project, admin):  # type: ignore[no-untyped-def]
+async def test_listing_groups_by_reason_counts_each_message_once_with_samples(
+    http, collector, query, stores, project, admin
+):  # type: ignore[no-untyped-def]
     good = {"type": "track", "userId": "q-ok", "event": "Fine"}
     resent = {"type": "track", "userId": "q-1", "messageId": "q-bad-1", "properties": {"n": 1}}  # no event name
     anonymous = {"type": "track", "userId": "q-2"}  # no event name, no messageId
@@ -121,7 +143,10 @@ async def test_listing_groups_by_reason_counts_each_message_once_with_samples(ht
         assert status == 400 and body["errors"][0]["field"] == "limit", (bad, body)
     for bad in ("yesterday", "2026-13-01", "", "2026-01-01T00:00:00 01:00"):
         status, body = await _get(http, query, f"/v1/quarantine?since={bad}", admin)
-        assert status == 400 and body["errors"][0]["field"] == "since" and "ISO-8601" in body["errors"][0]["reason"], (bad, body)
+        assert status == 400 and body["errors"][0]["field"] == "since" and "ISO-8601" in body["errors"][0]["reason"], (
+            bad,
+            body,
+        )
     future = _iso(datetime.now(timezone.utc) + timedelta(hours=1)).replace("+", "%2B")
     status, later = await _get(http, query, f"/v1/quarantine?since={future}", admin)
     assert status == 200 and later["quarantined"] == 0 and later["reasons"] == [] and later["since"]
@@ -130,14 +155,22 @@ async def test_listing_groups_by_reason_counts_each_message_once_with_samples(ht
     # Only what came from `since` on: the second delivery alone.
     status, recent = await _get(http, query, f"/v1/quarantine?since={no_name['last_seen']}", admin)
     assert status == 200 and recent["quarantined"] == 1
-    assert [(r["field"], r["count"], r["first_seen"]) for r in recent["reasons"]] == [("event", 1, no_name["last_seen"])]
+    assert [(r["field"], r["count"], r["first_seen"]) for r in recent["reasons"]] == [
+        ("event", 1, no_name["last_seen"])
+    ]
 
 
 async def test_numbers_in_a_reason_make_one_kind_not_one_per_event(http, query, stores, project, admin):  # type: ignore[no-untyped-def]
     now = _now()
     rows = [
-        _row(project.id, now - timedelta(seconds=i), f"size-{i}", 0, {"type": "track", "messageId": f"big-{i}"},
-             [{"field": "(event)", "reason": f"{40000 + i} bytes, over the 32768-byte event limit"}])
+        _row(
+            project.id,
+            now - timedelta(seconds=i),
+            f"size-{i}",
+            0,
+            {"type": "track", "messageId": f"big-{i}"},
+            [{"field": "(event)", "reason": f"{40000 + i} bytes, over the 32768-byte event limit"}],
+        )
         for i in range(4)
     ]
     await _insert_quarantine(stores, rows)
@@ -147,7 +180,9 @@ async def test_numbers_in_a_reason_make_one_kind_not_one_per_event(http, query, 
     assert (kind["field"], kind["reason"], kind["count"]) == ("(event)", "N bytes, over the N-byte event limit", 4)
     assert len(kind["samples"]) == 3  # at most three, the newest
     assert [s["message_id"] for s in kind["samples"]] == ["big-0", "big-1", "big-2"]
-    assert kind["samples"][0]["errors"][0]["reason"] == "40000 bytes, over the 32768-byte event limit"  # exact text kept
+    assert (
+        kind["samples"][0]["errors"][0]["reason"] == "40000 bytes, over the 32768-byte event limit"
+    )  # exact text kept
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -157,8 +192,10 @@ async def test_numbers_in_a_reason_make_one_kind_not_one_per_event(http, query, 
 
 async def test_stats_count_a_resent_bad_event_once(http, collector, query, stores, project):  # type: ignore[no-untyped-def]
     bad = {"type": "track", "userId": "s-1", "messageId": "s-bad"}
-    for batch in ([{"type": "track", "userId": "s-1", "event": "Ok"}, bad, {"type": "track", "userId": "s-2"}],
-                  [{"type": "track", "userId": "s-1", "event": "Ok again"}, bad]):
+    for batch in (
+        [{"type": "track", "userId": "s-1", "event": "Ok"}, bad, {"type": "track", "userId": "s-2"}],
+        [{"type": "track", "userId": "s-1", "event": "Ok again"}, bad],
+    ):
         status, body, _ = await _post(http, collector, "/v1/batch", {"batch": batch}, project.write_key)
         assert status == 200 and body["accepted"] == 1, body
     await wait_drained(collector)
@@ -177,20 +214,43 @@ def _replay_rows(project_id: str, user: str, now: datetime) -> tuple[list[bytes]
     id-less page valid today, one still invalid, and one quarantined cut short (never replayable)."""
     first = now - timedelta(minutes=10)
     device = first - timedelta(hours=2)  # the device clock was 2 h behind; it stamped the event 10 s before sending
-    valid = {"type": "track", "userId": user, "anonymousId": f"{user}-anon", "event": "Replayed", "messageId": f"{user}-m1",
-             "timestamp": _iso(device - timedelta(seconds=10)), "sentAt": _iso(device)}
-    page = {"type": "page", "anonymousId": f"{user}-anon", "name": "Home", "timestamp": _iso(first - timedelta(minutes=1))}
+    valid = {
+        "type": "track",
+        "userId": user,
+        "anonymousId": f"{user}-anon",
+        "event": "Replayed",
+        "messageId": f"{user}-m1",
+        "timestamp": _iso(device - timedelta(seconds=10)),
+        "sentAt": _iso(device),
+    }
+    page = {
+        "type": "page",
+        "anonymousId": f"{user}-anon",
+        "name": "Home",
+        "timestamp": _iso(first - timedelta(minutes=1)),
+    }
     invalid = {"type": "track", "userId": user, "messageId": f"{user}-bad"}
-    cut = {"type": "track", "userId": user, "event": "Deep", "messageId": f"{user}-cut",
-           "properties": {"p": "(nested too deep: cut here)"}}
+    cut = {
+        "type": "track",
+        "userId": user,
+        "event": "Deep",
+        "messageId": f"{user}-cut",
+        "properties": {"p": "(nested too deep: cut here)"},
+    }
     older_rule = [{"field": "anonymousId", "reason": "an older rule, since relaxed"}]
     rows = [
         _row(project_id, first, f"{user}-req-1", 0, valid, older_rule),
         _row(project_id, first + timedelta(minutes=1), f"{user}-req-2", 3, valid, older_rule),  # resent
         _row(project_id, first + timedelta(minutes=2), f"{user}-req-3", 1, page, older_rule),
         _row(project_id, first + timedelta(minutes=3), f"{user}-req-4", 0, invalid, NO_NAME),
-        _row(project_id, first + timedelta(minutes=4), f"{user}-req-5", 2, cut,
-             [{"field": "(event)", "reason": "nested deeper than 254 levels"}]),
+        _row(
+            project_id,
+            first + timedelta(minutes=4),
+            f"{user}-req-5",
+            2,
+            cut,
+            [{"field": "(event)", "reason": "nested deeper than 254 levels"}],
+        ),
     ]
     return rows, {"first": first, "valid": valid, "page": page, "invalid": invalid}
 
@@ -214,7 +274,8 @@ async def test_replay_takes_in_what_passes_today_exactly_once(http, collector, q
     assert report["replayed"] == 2 and report["removed_rows"] == 3, report  # the valid event (2 copies) and the page
     assert report["still_failing"] == 2
     assert {(f["field"], f["reason"], f["count"]) for f in report["failing"]} == {
-        ("event", "Field required", 1), ("(event)", "kept only in part when quarantined (nested too deep): cannot be replayed", 1),
+        ("event", "Field required", 1),
+        ("(event)", "kept only in part when quarantined (nested too deep): cannot be replayed", 1),
     }
     await wait_drained(collector)
 
@@ -250,10 +311,20 @@ async def test_a_quarantined_event_keeps_what_it_inherited_from_its_batch(http, 
     """Segment's Python client puts ``sentAt`` (and a library may put ``context``) on the batch, not the
     event: the quarantined raw event carries them, so a replay corrects the clock as the first delivery would."""
     sent_at = "2026-01-01T12:00:00.000+00:00"
-    batch = {"batch": [{"type": "track", "userId": "ok", "event": "Fine"},
-                       {"type": "track", "userId": "q", "messageId": "inherits", "timestamp": "2026-01-01T11:59:50.000Z",
-                        "context": {"ip": "1"}}],
-             "sentAt": sent_at, "context": {"library": {"name": "analytics-python"}, "ip": "0"}}
+    batch = {
+        "batch": [
+            {"type": "track", "userId": "ok", "event": "Fine"},
+            {
+                "type": "track",
+                "userId": "q",
+                "messageId": "inherits",
+                "timestamp": "2026-01-01T11:59:50.000Z",
+                "context": {"ip": "1"},
+            },
+        ],
+        "sentAt": sent_at,
+        "context": {"library": {"name": "analytics-python"}, "ip": "0"},
+    }
     status, body, _ = await _post(http, collector, "/v1/batch", batch, project.write_key)
     assert status == 200 and body["quarantined"][0]["index"] == 1, body
     await wait_stored(stores, project.id, 1, table="quarantine")
@@ -265,8 +336,10 @@ async def test_a_quarantined_event_keeps_what_it_inherited_from_its_batch(http, 
     assert raw["context"] == {"library": {"name": "analytics-python"}, "ip": "1"}  # the event's own wins
     assert "event" not in raw  # still the event as sent otherwise
     # A batch sentAt no datetime can hold (found by the fuzz tests: a 500) is simply not carried over.
-    odd = {"batch": [{"type": "track", "userId": "ok", "event": "Fine"}, {"type": "track", "userId": "q"}],
-           "sentAt": "0001-01-01T00:00:00+14:00"}
+    odd = {
+        "batch": [{"type": "track", "userId": "ok", "event": "Fine"}, {"type": "track", "userId": "q"}],
+        "sentAt": "0001-01-01T00:00:00+14:00",
+    }
     status, body, _ = await _post(http, collector, "/v1/batch", odd, project.write_key)
     assert status in (200, 400), body
 
@@ -274,11 +347,16 @@ async def test_a_quarantined_event_keeps_what_it_inherited_from_its_batch(http, 
 async def test_replay_since_leaves_older_events_alone(http, collector, query, stores, project, admin):  # type: ignore[no-untyped-def]
     now = _now()
     event = {"type": "track", "userId": "since-u", "event": "E"}
-    await _insert_quarantine(stores, [
-        _row(project.id, now - timedelta(days=2), "since-old", 0, {**event, "messageId": "old"}, NO_NAME),
-        _row(project.id, now - timedelta(hours=1), "since-new", 0, {**event, "messageId": "new"}, NO_NAME),
-    ])
-    status, report, _ = await _post(http, collector, "/v1/quarantine/replay", {"since": _iso(now - timedelta(days=1))}, admin)
+    await _insert_quarantine(
+        stores,
+        [
+            _row(project.id, now - timedelta(days=2), "since-old", 0, {**event, "messageId": "old"}, NO_NAME),
+            _row(project.id, now - timedelta(hours=1), "since-new", 0, {**event, "messageId": "new"}, NO_NAME),
+        ],
+    )
+    status, report, _ = await _post(
+        http, collector, "/v1/quarantine/replay", {"since": _iso(now - timedelta(days=1))}, admin
+    )
     assert status == 200 and (report["replayed"], report["removed_rows"]) == (1, 1), report
     await wait_drained(collector)
     status, body = await _get(http, query, "/v1/customers/since-u/events", project.read_key)
@@ -287,17 +365,30 @@ async def test_replay_since_leaves_older_events_alone(http, collector, query, st
     assert listing["quarantined"] == 1 and listing["reasons"][0]["samples"][0]["message_id"] == "old"
 
 
-async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_once(http, collector, query, stores, project):  # type: ignore[no-untyped-def]
+async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_once(
+    http, collector, query, stores, project
+):  # type: ignore[no-untyped-def]
     from collector.app import SPOOL
     from collector.quarantine import replay
 
     now = _now()
     track = {"type": "track", "userId": "pg-u", "event": "Paged"}
-    raws = [{**track, "messageId": "pg-a"}, track, {**track, "messageId": "pg-b"}, {"type": "track", "userId": "pg-u", "messageId": "pg-bad"},
-            track, {**track, "messageId": "pg-a"}, {"type": "track", "userId": "pg-u", "messageId": "pg-bad"}]
-    await _insert_quarantine(stores, [
-        _row(project.id, now - timedelta(minutes=10 - i), f"pg-req-{i}", i, raw, NO_NAME) for i, raw in enumerate(raws)
-    ])
+    raws = [
+        {**track, "messageId": "pg-a"},
+        track,
+        {**track, "messageId": "pg-b"},
+        {"type": "track", "userId": "pg-u", "messageId": "pg-bad"},
+        track,
+        {**track, "messageId": "pg-a"},
+        {"type": "track", "userId": "pg-u", "messageId": "pg-bad"},
+    ]
+    await _insert_quarantine(
+        stores,
+        [
+            _row(project.id, now - timedelta(minutes=10 - i), f"pg-req-{i}", i, raw, NO_NAME)
+            for i, raw in enumerate(raws)
+        ],
+    )
     spool = collector.app[SPOOL]
     appended: list[list[bytes]] = []
 
@@ -306,8 +397,15 @@ async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_
         await spool.append(*records)
 
     async def run():  # type: ignore[no-untyped-def]
-        return await replay(stores.clickhouse, project.id, append, max_event_bytes=32768, max_future_ms=86_400_000,
-                            page_rows=2, record_bytes=100)  # pages of 2 rows; one event per spool record
+        return await replay(
+            stores.clickhouse,
+            project.id,
+            append,
+            max_event_bytes=32768,
+            max_future_ms=86_400_000,
+            page_rows=2,
+            record_bytes=100,
+        )  # pages of 2 rows; one event per spool record
 
     report = await run()
     assert (report.replayed, report.removed_rows, report.still_failing) == (4, 5, 1), report
@@ -328,33 +426,53 @@ async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_cli_replays_through_the_running_collector_with_a_one_time_key(http, collector, query, stores, project, data_dir):  # type: ignore[no-untyped-def]
+async def test_cli_replays_through_the_running_collector_with_a_one_time_key(
+    http, collector, query, stores, project, data_dir
+):  # type: ignore[no-untyped-def]
     """This test process holds the embedded ClickHouse, as a running `journeys up` does: the CLI must go
     through the collector, with an admin key it revokes afterwards."""
     now = _now()
-    await _insert_quarantine(stores, [
-        _row(project.id, now - timedelta(minutes=5), "cli-req-1", 0, {"type": "track", "userId": "cli-u", "event": "Back"}, NO_NAME),
-        _row(project.id, now - timedelta(minutes=4), "cli-req-2", 1, {"type": "track", "userId": "cli-u"}, NO_NAME),
-    ])
+    await _insert_quarantine(
+        stores,
+        [
+            _row(
+                project.id,
+                now - timedelta(minutes=5),
+                "cli-req-1",
+                0,
+                {"type": "track", "userId": "cli-u", "event": "Back"},
+                NO_NAME,
+            ),
+            _row(project.id, now - timedelta(minutes=4), "cli-req-2", 1, {"type": "track", "userId": "cli-u"}, NO_NAME),
+        ],
+    )
     env = {"JOURNEYS_COLLECTOR_HOST": "127.0.0.1", "JOURNEYS_COLLECTOR_PORT": str(collector.port)}
     done = await asyncio.to_thread(journeys, data_dir, "quarantine", "replay", "--project", project.id, **env)
     assert done.returncode == 0, done.stderr
     assert "replayed 1 (quarantine rows removed: 1)" in done.stdout, done.stdout
     assert "still failing 1" in done.stdout and "event: Field required" in done.stdout
-    revoked = await stores.pg.fetch("SELECT revoked_at FROM api_keys WHERE project_id = $1 AND kind = 'admin'", project.id)
+    revoked = await stores.pg.fetch(
+        "SELECT revoked_at FROM api_keys WHERE project_id = $1 AND kind = 'admin'", project.id
+    )
     assert len(revoked) == 1 and revoked[0]["revoked_at"] is not None  # made for this replay, then revoked
 
     await wait_drained(collector)
     status, body = await _get(http, query, "/v1/customers/cli-u/events", project.read_key)
     assert [e["message_id"] for e in body["events"]] == [replay_message_id(project.id, "cli-req-1", 0)]
 
-    again = await asyncio.to_thread(journeys, data_dir, "quarantine", "replay", "--project", project.id, "--json", **env)
+    again = await asyncio.to_thread(
+        journeys, data_dir, "quarantine", "replay", "--project", project.id, "--json", **env
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == {
-        "replayed": 0, "removed_rows": 0, "still_failing": 1,
+        "replayed": 0,
+        "removed_rows": 0,
+        "still_failing": 1,
         "failing": [{"field": "event", "reason": "Field required", "count": 1}],
     }
-    bad = await asyncio.to_thread(journeys, data_dir, "quarantine", "replay", "--project", project.id, "--since", "soon", **env)
+    bad = await asyncio.to_thread(
+        journeys, data_dir, "quarantine", "replay", "--project", project.id, "--since", "soon", **env
+    )
     assert bad.returncode == 2 and "--since must be an ISO-8601" in bad.stderr
 
 
@@ -380,8 +498,13 @@ asyncio.run(main())
 
 def _chdb(data_dir: Path, action: str, stdin: bytes) -> str:
     """Another process on a chDB data directory (a process hosts one: this test process has its own)."""
-    done = subprocess.run([sys.executable, "-c", _CHDB, f"chdb://{data_dir.resolve()}/clickhouse", action], input=stdin,
-                          env=cli_env(data_dir), capture_output=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHDB, f"chdb://{data_dir.resolve()}/clickhouse", action],
+        input=stdin,
+        env=cli_env(data_dir),
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
 
@@ -398,24 +521,45 @@ def test_cli_replays_directly_when_the_service_is_stopped(tmp_path: Path) -> Non
 
         done = journeys(tmp_path, "quarantine", "replay", "--project", "direct")
         assert done.returncode == 0, done.stderr
-        assert "replayed 2 (quarantine rows removed: 3)" in done.stdout and "still failing 2" in done.stdout, done.stdout
+        assert "replayed 2 (quarantine rows removed: 3)" in done.stdout and "still failing 2" in done.stdout, (
+            done.stdout
+        )
         again = journeys(tmp_path, "quarantine", "replay", "--project", "direct", "--json")
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["replayed"] == 0
 
         # In ClickHouse once each (the CLI waited for its own inserter), identity link applied, no key made.
-        stored = json.loads(_chdb(tmp_path, "query", (
-            f"SELECT message_id, count(), toUnixTimestamp64Milli(any(received_at)) FROM events "
-            f"WHERE project_id = '{project_id}' GROUP BY message_id ORDER BY message_id").encode()))
+        stored = json.loads(
+            _chdb(
+                tmp_path,
+                "query",
+                (
+                    f"SELECT message_id, count(), toUnixTimestamp64Milli(any(received_at)) FROM events "
+                    f"WHERE project_id = '{project_id}' GROUP BY message_id ORDER BY message_id"
+                ).encode(),
+            )
+        )
         page_id = replay_message_id(project_id, "dr-req-3", 1)
         assert sorted(r[0] for r in stored) == sorted(["dr-m1", page_id]) and all(r[1] == 1 for r in stored), stored
         assert {r[0]: r[2] for r in stored}["dr-m1"] == int(case["first"].timestamp() * 1000)
-        linked = json.loads(_chdb(tmp_path, "query", (
-            f"SELECT distinct_id, argMax(customer_id, version) FROM identities WHERE project_id = '{project_id}' "
-            "GROUP BY distinct_id").encode()))
+        linked = json.loads(
+            _chdb(
+                tmp_path,
+                "query",
+                (
+                    f"SELECT distinct_id, argMax(customer_id, version) FROM identities WHERE project_id = '{project_id}' "
+                    "GROUP BY distinct_id"
+                ).encode(),
+            )
+        )
         assert ["dr-anon", "dr"] in linked, linked
-        quarantined = json.loads(_chdb(tmp_path, "query", (
-            f"SELECT message_id FROM quarantine WHERE project_id = '{project_id}' ORDER BY message_id").encode()))
+        quarantined = json.loads(
+            _chdb(
+                tmp_path,
+                "query",
+                (f"SELECT message_id FROM quarantine WHERE project_id = '{project_id}' ORDER BY message_id").encode(),
+            )
+        )
         assert quarantined == [["dr-bad"], ["dr-cut"]]
     finally:
         stop_leftover_postgres(tmp_path)
@@ -456,13 +600,20 @@ def test_log_line_at_most_once_a_minute_per_kind_with_a_count_of_the_rest(caplog
 
 async def test_the_collector_logs_quarantined_events_rate_limited(http, collector, project, caplog):  # type: ignore[no-untyped-def]
     caplog.set_level(logging.WARNING, logger="collector.quarantine")
-    batch = [{"type": "track", "userId": "l-1", "event": "Ok"}, {"type": "track", "userId": "l-1"},
-             {"type": "track", "userId": "l-2"}, {"type": "track", "userId": "l-3", "event": "E", "sentiment": "meh"}]
+    batch = [
+        {"type": "track", "userId": "l-1", "event": "Ok"},
+        {"type": "track", "userId": "l-1"},
+        {"type": "track", "userId": "l-2"},
+        {"type": "track", "userId": "l-3", "event": "E", "sentiment": "meh"},
+    ]
     for _ in range(3):
         status, body, _ = await _post(http, collector, "/v1/batch", {"batch": batch}, project.write_key)
         assert status == 200 and len(body["quarantined"]) == 3
-    ours = [r for r in caplog.records if r.name == "collector.quarantine" and getattr(r, "project_id", None) == project.id]
+    ours = [
+        r for r in caplog.records if r.name == "collector.quarantine" and getattr(r, "project_id", None) == project.id
+    ]
     assert sorted((r.levelname, r.field, r.reason) for r in ours) == [
-        ("WARNING", "event", "Field required"), ("WARNING", "sentiment", "must be one of positive, neutral, negative"),
+        ("WARNING", "event", "Field required"),
+        ("WARNING", "sentiment", "must be one of positive, neutral, negative"),
     ]
     assert all(project.write_key not in r.getMessage() for r in caplog.records)

@@ -20,11 +20,24 @@ async def _get(http, query, path, headers=None):  # type: ignore[no-untyped-def]
 
 async def test_customer_events_in_time_order_across_channels(http, collector, query, project):  # type: ignore[no-untyped-def]
     batch = [
-        {"type": "track", "userId": "c-9", "event": "Store Purchase", "channel": "store", "messageId": "3",
-         "timestamp": "2026-03-03T12:00:00Z"},
+        {
+            "type": "track",
+            "userId": "c-9",
+            "event": "Store Purchase",
+            "channel": "store",
+            "messageId": "3",
+            "timestamp": "2026-03-03T12:00:00Z",
+        },
         {"type": "page", "userId": "c-9", "name": "Pricing", "messageId": "1", "timestamp": "2026-03-01T09:00:00Z"},
-        {"type": "track", "userId": "c-9", "event": "Email Clicked", "channel": "email", "messageId": "2",
-         "timestamp": "2026-03-02T08:30:00.250Z", "properties": {"campaign": "spring"}},
+        {
+            "type": "track",
+            "userId": "c-9",
+            "event": "Email Clicked",
+            "channel": "email",
+            "messageId": "2",
+            "timestamp": "2026-03-02T08:30:00.250Z",
+            "properties": {"campaign": "spring"},
+        },
         {"type": "track", "userId": "someone-else", "event": "Noise", "messageId": "4"},
     ]
     await _send(http, collector, project.write_key, batch)
@@ -39,7 +52,9 @@ async def test_customer_events_in_time_order_across_channels(http, collector, qu
     ]
     assert body["events"][1]["properties"] == {"campaign": "spring"}
     # Bearer works as well as Basic.
-    status, bearer = await _get(http, query, "/v1/customers/c-9/events", {"Authorization": f"Bearer {project.read_key}"})
+    status, bearer = await _get(
+        http, query, "/v1/customers/c-9/events", {"Authorization": f"Bearer {project.read_key}"}
+    )
     assert status == 200 and bearer == body
     status, limited = await _get(http, query, "/v1/customers/c-9/events?limit=2", basic(project.read_key))
     assert [e["message_id"] for e in limited["events"]] == ["1", "2"]
@@ -77,10 +92,15 @@ async def test_bad_parameters_are_400_naming_the_parameter(http, query, project,
 
 async def test_hostile_customer_ids_are_just_ids(http, collector, query, project):  # type: ignore[no-untyped-def]
     hostile = "x' OR 1=1 --"
-    await _send(http, collector, project.write_key, [
-        {"type": "track", "userId": hostile, "event": "Quoted"},
-        {"type": "track", "userId": "innocent", "event": "Other"},
-    ])
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [
+            {"type": "track", "userId": hostile, "event": "Quoted"},
+            {"type": "track", "userId": "innocent", "event": "Other"},
+        ],
+    )
     await wait_drained(collector)
     from urllib.parse import quote
 
@@ -88,7 +108,9 @@ async def test_hostile_customer_ids_are_just_ids(http, collector, query, project
     assert status == 200 and [e["event"] for e in body["events"]] == ["Quoted"]
     status, body = await _get(http, query, "/v1/customers/%7Bproject_id%3AString%7D/events", basic(project.read_key))
     assert status == 404 and body["errors"][0]["field"] == "customer_id"  # an id like any other: nobody
-    await _send(http, collector, project.write_key, [{"type": "track", "userId": "https://id.test/u/7", "event": "Slashy"}])
+    await _send(
+        http, collector, project.write_key, [{"type": "track", "userId": "https://id.test/u/7", "event": "Slashy"}]
+    )
     await wait_drained(collector)
     status, body = await _get(http, query, "/v1/customers/https:%2F%2Fid.test%2Fu%2F7/events", basic(project.read_key))
     assert status == 200 and [e["event"] for e in body["events"]] == ["Slashy"]

@@ -110,7 +110,9 @@ async def test_over_the_limit_is_429_with_retry_after_and_counted_by_kind(http, 
     retry_after = int(last_headers["Retry-After"])
     assert 90 <= retry_after <= 100  # one token at 0.01/s is ~100 s away
     [error] = last_body["errors"]
-    assert error["field"] == "Authorization" and "rate limit" in error["reason"] and f"{retry_after} s" in error["reason"]
+    assert (
+        error["field"] == "Authorization" and "rate limit" in error["reason"] and f"{retry_after} s" in error["reason"]
+    )
     assert metrics.rate_limited.labels("write")._value.get() == 1
     async with http.get(server.make_url("/metrics")) as resp:
         assert 'journeys_rate_limited_total{kind="write"} 1.0' in await resp.text()
@@ -155,7 +157,9 @@ async def test_zero_rate_means_no_limit(http, stores, project, tmp_path) -> None
     await server.start_server()
     try:
         for i in range(5):
-            async with http.post(server.make_url("/v1/batch"), data=_batch(f"e{i}"), headers=basic(project.write_key)) as resp:
+            async with http.post(
+                server.make_url("/v1/batch"), data=_batch(f"e{i}"), headers=basic(project.write_key)
+            ) as resp:
                 assert resp.status == 200
     finally:
         await server.close()

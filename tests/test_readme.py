@@ -51,8 +51,9 @@ def test_the_quickstart_commands_run_as_written(tmp_path: Path) -> None:
         script = "set -euo pipefail\n" + "\n".join(blocks)
         script = script.replace("127.0.0.1:8080", f"127.0.0.1:{service.collector_port}")
         script = script.replace("127.0.0.1:8081", f"127.0.0.1:{service.query_port}")
-        done = subprocess.run(["bash", "-c", script + "\necho\n"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            ["bash", "-c", script + "\necho\n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
         answers, decoder, at = [], json.JSONDecoder(), 0  # curl prints no newline: JSON bodies run together
         while (at := done.stdout.find('{"', at)) != -1:

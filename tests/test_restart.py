@@ -37,8 +37,9 @@ async def test_sigkill_with_non_empty_spool_then_restart_replays_everything_once
                     {"type": "track", "userId": f"c{i % 7}", "event": "Visit", "messageId": f"m-{b}-{i}"}
                     for i in range(50)
                 ]
-                async with http.post(f"{first.collector}/v1/batch", data=orjson.dumps({"batch": batch}),
-                                     headers=basic(keys["write_key"])) as resp:
+                async with http.post(
+                    f"{first.collector}/v1/batch", data=orjson.dumps({"batch": batch}), headers=basic(keys["write_key"])
+                ) as resp:
                     assert resp.status == 200, await resp.text()
                 sent.extend(e["messageId"] for e in batch)
             assert (await _stats(http, first, keys["read_key"]))["events"] == 0, "inserted before the crash"
@@ -48,6 +49,7 @@ async def test_sigkill_with_non_empty_spool_then_restart_replays_everything_once
 
         second = Service(data_dir).start()
         try:
+
             async def all_there() -> dict:
                 stats = await _stats(http, second, keys["read_key"])
                 return stats if stats["events"] >= len(sent) else {}
@@ -56,8 +58,9 @@ async def test_sigkill_with_non_empty_spool_then_restart_replays_everything_once
             assert stats["events"] == len(sent) == 1000
             seen: list[str] = []
             for c in range(7):
-                async with http.get(f"{second.query}/v1/customers/c{c}/events?limit=10000",
-                                    headers=basic(keys["read_key"])) as resp:
+                async with http.get(
+                    f"{second.query}/v1/customers/c{c}/events?limit=10000", headers=basic(keys["read_key"])
+                ) as resp:
                     seen.extend(e["message_id"] for e in (await resp.json())["events"])
             assert sorted(seen) == sorted(sent)
             async with http.get(f"{second.collector}/readyz") as resp:
@@ -72,8 +75,9 @@ async def test_sigterm_drains_the_spool_before_exit(data_dir: Path) -> None:
     service = Service(data_dir, JOURNEYS_INSERT_LINGER_MS="1000").start()
     async with aiohttp.ClientSession() as http:
         batch = [{"type": "track", "userId": "d", "event": "E", "messageId": f"d-{i}"} for i in range(100)]
-        async with http.post(f"{service.collector}/v1/batch", data=orjson.dumps({"batch": batch}),
-                             headers=basic(keys["write_key"])) as resp:
+        async with http.post(
+            f"{service.collector}/v1/batch", data=orjson.dumps({"batch": batch}), headers=basic(keys["write_key"])
+        ) as resp:
             assert resp.status == 200
     began = time.monotonic()
     assert service.stop() == 0
@@ -99,12 +103,15 @@ async def test_sigkill_mid_load_every_acknowledged_event_is_stored_exactly_once(
     async def sender(http: aiohttp.ClientSession, worker: int) -> None:
         nonlocal sent
         for b in range(10_000):
-            batch = [{"type": "track", "userId": f"k{i % 9}", "event": "Load", "messageId": f"k-{worker}-{b}-{i}"}
-                     for i in range(25)]
+            batch = [
+                {"type": "track", "userId": f"k{i % 9}", "event": "Load", "messageId": f"k-{worker}-{b}-{i}"}
+                for i in range(25)
+            ]
             sent += len(batch)
             try:
-                async with http.post(f"{first.collector}/v1/batch", data=orjson.dumps({"batch": batch}),
-                                     headers=basic(keys["write_key"])) as resp:
+                async with http.post(
+                    f"{first.collector}/v1/batch", data=orjson.dumps({"batch": batch}), headers=basic(keys["write_key"])
+                ) as resp:
                     assert resp.status == 200, await resp.text()
                     acked.extend(e["messageId"] for e in batch)
             except aiohttp.ClientError:
@@ -114,6 +121,7 @@ async def test_sigkill_mid_load_every_acknowledged_event_is_stored_exactly_once(
     async with aiohttp.ClientSession() as http:
         senders = [asyncio.create_task(sender(http, w)) for w in range(6)]
         try:
+
             async def under_load() -> bool:
                 return len(acked) >= 3000
 
@@ -129,6 +137,7 @@ async def test_sigkill_mid_load_every_acknowledged_event_is_stored_exactly_once(
 
         second = Service(data_dir).start()
         try:
+
             async def caught_up() -> dict:
                 stats = await _stats(http, second, keys["read_key"])
                 return stats if stats["events"] >= len(acked) else {}
@@ -136,8 +145,9 @@ async def test_sigkill_mid_load_every_acknowledged_event_is_stored_exactly_once(
             await wait_until(caught_up, timeout=60)
             seen: list[str] = []
             for c in range(9):
-                async with http.get(f"{second.query}/v1/customers/k{c}/events?limit=10000",
-                                    headers=basic(keys["read_key"])) as resp:
+                async with http.get(
+                    f"{second.query}/v1/customers/k{c}/events?limit=10000", headers=basic(keys["read_key"])
+                ) as resp:
                     seen.extend(e["message_id"] for e in (await resp.json())["events"])
         finally:
             assert second.stop() == 0

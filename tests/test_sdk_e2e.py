@@ -27,7 +27,9 @@ async def test_every_kind_of_call_arrives_once(collector, stores, project) -> No
         for i in range(2000):
             user = f"cust-{i % 50}"
             results.append(client.track(user, "Viewed Product", {"sku": f"S{i}"}))
-            results.append(client.touchpoint(user_id=user, channel="store", action="pos_purchase", sentiment="positive"))
+            results.append(
+                client.touchpoint(user_id=user, channel="store", action="pos_purchase", sentiment="positive")
+            )
         results.append(client.identify("cust-1", {"plan": "b2b", "country": "DE"}))
         results.append(client.page("cust-1", name="Pricing", properties={"url": "https://x.test/?utm_source=news"}))
         results.append(client.screen("cust-1", name="Cart"))
@@ -61,7 +63,9 @@ async def lossy_proxy(collector) -> AsyncIterator[tuple[str, list[int]]]:  # typ
 
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type", "Content-Encoding")}
+        headers = {
+            k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type", "Content-Encoding")
+        }
         async with aiohttp.ClientSession() as session:
             async with session.post(upstream + request.path, data=body, headers=headers) as resp:
                 payload, status = await resp.read(), resp.status
@@ -127,8 +131,12 @@ async def test_flush_is_truthy_only_when_the_collector_took_everything(collector
 
 async def test_flush_is_falsy_after_a_401_for_a_wrong_key(collector) -> None:  # type: ignore[no-untyped-def]
     errors: list = []
-    client = Client("jw_" + "x" * 43, host=str(collector.make_url("")).rstrip("/"), upload_interval=0.05,
-                    on_error=lambda exc, events: errors.append(exc))
+    client = Client(
+        "jw_" + "x" * 43,
+        host=str(collector.make_url("")).rstrip("/"),
+        upload_interval=0.05,
+        on_error=lambda exc, events: errors.append(exc),
+    )
     try:
         client.track("u", "Refused")
         client.track("u", "Refused too")
@@ -149,8 +157,14 @@ async def test_flush_is_falsy_after_giving_up_on_a_collector_that_is_down(collec
 
     server = TestServer(create_app(collector_stores, Metrics()), host="127.0.0.1")
     await server.start_server()
-    client = Client(project.write_key, host=str(server.make_url("")).rstrip("/"), upload_interval=0.05,
-                    retry_budget=0.5, backoff_base=0.02, max_backoff=0.1)
+    client = Client(
+        project.write_key,
+        host=str(server.make_url("")).rstrip("/"),
+        upload_interval=0.05,
+        retry_budget=0.5,
+        backoff_base=0.02,
+        max_backoff=0.1,
+    )
     try:
         client.track("u", "While up")
         up = await client.aflush(timeout=30)

@@ -39,7 +39,7 @@ PAYLOADS = [
     "\u02bc OR 1=1 --",  # modifier apostrophe
     "\uff07 OR 1=1 --",  # fullwidth apostrophe
     "\u2019; DROP TABLE events; --",
-    "\" OR \"\"=\"",
+    '" OR ""="',
     "`events`",
     "a/b/../../c",
     "ü\u0301ñí©ødé 😀",
@@ -57,11 +57,17 @@ async def seeded(http, collector, stores, project):  # type: ignore[no-untyped-d
     async with stores.pg.acquire() as conn:
         admin = await add_key(conn, project.id, "admin")
         other = await create_project(conn, f"other-{project.id}")
-    batch = [{"type": "track", "userId": p, "event": f"Hit {i}", "messageId": f"inj-{i}"} for i, p in enumerate(PAYLOADS)]
+    batch = [
+        {"type": "track", "userId": p, "event": f"Hit {i}", "messageId": f"inj-{i}"} for i, p in enumerate(PAYLOADS)
+    ]
     batch.append({"type": "track", "userId": "victim", "event": "Private", "messageId": "victim-1"})
-    for key, events in ((project.write_key, batch),
-                        (other.write_key, [{"type": "track", "userId": "victim", "event": "Other project"}])):
-        async with http.post(collector.make_url("/v1/batch"), data=orjson.dumps({"batch": events}), headers=basic(key)) as r:
+    for key, events in (
+        (project.write_key, batch),
+        (other.write_key, [{"type": "track", "userId": "victim", "event": "Other project"}]),
+    ):
+        async with http.post(
+            collector.make_url("/v1/batch"), data=orjson.dumps({"batch": events}), headers=basic(key)
+        ) as r:
             assert r.status == 200, await r.text()
     await wait_drained(collector)
     return admin, other
@@ -84,9 +90,16 @@ async def _counts(stores, project_ids: list[str]) -> dict[str, object]:  # type:
 
 async def test_payloads_in_customer_paths_are_just_ids(http, query, stores, project, seeded) -> None:  # type: ignore[no-untyped-def]
     admin, other = seeded
-    async with http.put(query.make_url("/v1/maps/m"), headers={**basic(admin), "Content-Type": "application/json"},
-                        data=orjson.dumps({"stages": [{"id": "a", "name": "A"}],
-                                           "touchpoints": [{"id": "t", "stage": "a", "match": {"event": "Private"}}]})) as r:
+    async with http.put(
+        query.make_url("/v1/maps/m"),
+        headers={**basic(admin), "Content-Type": "application/json"},
+        data=orjson.dumps(
+            {
+                "stages": [{"id": "a", "name": "A"}],
+                "touchpoints": [{"id": "t", "stage": "a", "match": {"event": "Private"}}],
+            }
+        ),
+    ) as r:
         assert r.status == 201, await r.text()
     before = await _counts(stores, [project.id, other.id])
     read = basic(project.read_key)
@@ -117,12 +130,19 @@ async def test_payloads_in_every_query_parameter_are_refused_or_harmless(http, q
         "/v1/customers/victim/events?limit={}",
         "/v1/customers/victim/journey?map={}",
         "/v1/customers/victim/journey?map=m&version={}",
-        "/v1/maps/{}", "/v1/maps/{}/versions", "/v1/maps/m?version={}",
-        "/v1/segments/{}", "/v1/segments/{}/versions", "/v1/segments/s?version={}",
+        "/v1/maps/{}",
+        "/v1/maps/{}/versions",
+        "/v1/maps/m?version={}",
+        "/v1/segments/{}",
+        "/v1/segments/{}/versions",
+        "/v1/segments/s?version={}",
         "/v1/stats?{}=1",
         *(f"{route}?map={{}}" for route in ("/v1/kpis", "/v1/kpis/daily")),
-        *(f"{route}?map=m&{name}={{}}" for route in ("/v1/kpis", "/v1/kpis/daily")
-          for name in ("version", "segment", "from", "to", "format")),
+        *(
+            f"{route}?map=m&{name}={{}}"
+            for route in ("/v1/kpis", "/v1/kpis/daily")
+            for name in ("version", "segment", "from", "to", "format")
+        ),
     ]
     for payload in PAYLOADS:
         for template in templates:
@@ -147,8 +167,11 @@ async def test_payloads_in_deletes_and_writes_touch_only_that_literal(http, quer
         async with http.delete(query.make_url(f"/v1/customers/{_q(payload)}"), headers=basic(admin)) as r:
             assert r.status == 200, (payload, await r.text())
             assert (await r.json())["forgotten_ids"] == [payload]
-        async with http.put(query.make_url(f"/v1/maps/{_q(payload)}"), headers=basic(admin),
-                            data=orjson.dumps({"stages": [{"id": "a", "name": payload}]})) as r:
+        async with http.put(
+            query.make_url(f"/v1/maps/{_q(payload)}"),
+            headers=basic(admin),
+            data=orjson.dumps({"stages": [{"id": "a", "name": payload}]}),
+        ) as r:
             # 400 naming the field; 404 where the router's {name} (no '/', '{', '}') cannot match at all.
             assert r.status in (400, 404) and (await r.json())["errors"][0]["field"] in ("name", "path"), payload
     # Every payload customer is gone; the victim (this project and the other) is untouched.

@@ -13,7 +13,9 @@ from query.stage_sql import rule_index_sql
 
 # Small pools that collide on purpose ("1" vs 1 vs 1.0 vs true): the cases where JSON equality and a
 # sloppy SQL translation disagree.
-_text = st.one_of(st.sampled_from(["1", "1.0", "true", "null", "", "a", "a.b"]), st.text(alphabet="ab.1é'\"{}", max_size=4))
+_text = st.one_of(
+    st.sampled_from(["1", "1.0", "true", "null", "", "a", "a.b"]), st.text(alphabet="ab.1é'\"{}", max_size=4)
+)
 _number = st.one_of(
     st.sampled_from([0, 1, 1.0, -1, 2.5, 10]),
     st.integers(min_value=-(2**53), max_value=2**53),
@@ -23,14 +25,20 @@ _scalar = st.one_of(_text, _number, st.booleans())
 _json = st.one_of(_scalar, st.none(), st.lists(_scalar, max_size=3))
 _KEYS = ["a", "b", "a.b", "n", "tags"]
 _properties = st.dictionaries(
-    st.sampled_from(_KEYS), st.one_of(_json, st.dictionaries(st.sampled_from(["b", "c"]), _json, max_size=2)), max_size=4
+    st.sampled_from(_KEYS),
+    st.one_of(_json, st.dictionaries(st.sampled_from(["b", "c"]), _json, max_size=2)),
+    max_size=4,
 )
 
 
 @st.composite
 def _condition(draw):  # type: ignore[no-untyped-def]
     prop = draw(st.sampled_from(_KEYS + ["a.c", "missing", "a.b.c"]))
-    op = draw(st.sampled_from(["equals", "not_equals", "in", "not_in", "exists", "not_exists", "contains", ">", ">=", "<", "<="]))
+    op = draw(
+        st.sampled_from(
+            ["equals", "not_equals", "in", "not_in", "exists", "not_exists", "contains", ">", ">=", "<", "<="]
+        )
+    )
     if op in ("exists", "not_exists"):
         return {"property": prop, "op": op}
     if op in ("in", "not_in"):
@@ -58,12 +66,24 @@ def _touchpoint(draw, i: int):  # type: ignore[no-untyped-def]
 @st.composite
 def _case(draw):  # type: ignore[no-untyped-def]
     touchpoints = [draw(_touchpoint(i)) for i in range(draw(st.integers(1, 4)))]
-    events = draw(st.lists(st.tuples(st.sampled_from(["Buy", "View", "Other"]), st.sampled_from(["web", "store", "email"]),
-                                     st.sampled_from(["track", "page"]), _properties), min_size=1, max_size=12))
+    events = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["Buy", "View", "Other"]),
+                st.sampled_from(["web", "store", "email"]),
+                st.sampled_from(["track", "page"]),
+                _properties,
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
     return {"name": "m", "stages": [{"id": "s", "name": "S"}], "touchpoints": touchpoints}, events
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(case=_case())
 def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> None:  # type: ignore[no-untyped-def]
     document, events = case
@@ -81,8 +101,13 @@ def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> Non
             "  SELECT i, {n:Array(String)}[i] AS event, {c:Array(String)}[i] AS channel,"
             "         {t:Array(String)}[i] AS type, {p:Array(String)}[i] AS properties"
             "  FROM (SELECT arrayJoin(range(1, length({n:Array(String)}) + 1)) AS i)) ORDER BY i",
-            parameters={**params, "n": [e[0] for e in events], "c": [e[1] for e in events], "t": [e[2] for e in events],
-                        "p": [orjson.dumps(e[3]).decode() for e in events]},
+            parameters={
+                **params,
+                "n": [e[0] for e in events],
+                "c": [e[1] for e in events],
+                "t": [e[2] for e in events],
+                "p": [orjson.dumps(e[3]).decode() for e in events],
+            },
         ).result_rows
     finally:
         client.close()
@@ -110,15 +135,24 @@ def _condition_case(draw):  # type: ignore[no-untyped-def]
     return condition, events
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(case=_condition_case())
 def test_every_operator_means_the_same_in_sql(stores, case) -> None:  # type: ignore[no-untyped-def]
     """One condition at a time, on properties that mostly contain its path: the operators' semantics."""
     condition, events = case
-    journey_map = validate_map({"name": "m", "stages": [{"id": "s", "name": "S"}],
-                                "touchpoints": [{"id": "t", "stage": "s", "match": {"where": [condition]}}]})
+    journey_map = validate_map(
+        {
+            "name": "m",
+            "stages": [{"id": "s", "name": "S"}],
+            "touchpoints": [{"id": "t", "stage": "s", "match": {"where": [condition]}}],
+        }
+    )
     compiled = CompiledMap(journey_map, 1)
-    expected = [int(compiled.assign({"event": "", "channel": "", "type": "", "properties": p})[0] is not None) for p in events]
+    expected = [
+        int(compiled.assign({"event": "", "channel": "", "type": "", "properties": p})[0] is not None) for p in events
+    ]
     expression, params = rule_index_sql(journey_map)
     client = clickhouse_connect.get_client(dsn=stores.settings.effective_clickhouse_url)
     try:

@@ -23,10 +23,26 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _row(project_id: str, distinct_id: str, message_id: str, at: str, **fields: str) -> bytes:
     values = {
-        "project_id": project_id, "message_id": message_id, "type": "track", "event": "Viewed", "channel": "web",
-        "touchpoint": "", "sentiment": "", "distinct_id": distinct_id, "user_id": distinct_id, "anonymous_id": "",
-        "group_id": "", "previous_id": "", "timestamp": at, "original_timestamp": at, "sent_at": None,
-        "received_at": at, "properties": "{}", "traits": "{}", "context": "{}", **fields,
+        "project_id": project_id,
+        "message_id": message_id,
+        "type": "track",
+        "event": "Viewed",
+        "channel": "web",
+        "touchpoint": "",
+        "sentiment": "",
+        "distinct_id": distinct_id,
+        "user_id": distinct_id,
+        "anonymous_id": "",
+        "group_id": "",
+        "previous_id": "",
+        "timestamp": at,
+        "original_timestamp": at,
+        "sent_at": None,
+        "received_at": at,
+        "properties": "{}",
+        "traits": "{}",
+        "context": "{}",
+        **fields,
     }
     return orjson.dumps([values[c] for c in EVENT_COLUMNS]) + b"\n"
 
@@ -46,19 +62,39 @@ async def _off_events(stores, project_id: str, ids: list[str], limit: int) -> li
 async def test_timeline_reads_equal_the_events_table_across_inserts_retries_and_odd_values(stores, project) -> None:  # type: ignore[no-untyped-def]
     pid = project.id
     odd = {"q": 'say "hi"\\ \n', "ü": ["ß", 1.5, None, True], "nested": {"deep": {"x": -1}}}
-    await _insert(stores, [
-        _row(pid, "ann", "m2", "2026-04-02 10:00:00.500", properties=orjson.dumps(odd).decode()),
-        _row(pid, "ann", "m1", "2026-04-01 09:00:00.000", event='Clicked "Buy"', channel="email", sentiment="positive"),
-        _row(pid, "anon-ann", "m0", "2026-03-31 08:00:00.000", type="page", event="", properties=""),
-        _row(pid, "bob", "b1", "2026-04-01 09:00:00.000"),
-    ])
+    await _insert(
+        stores,
+        [
+            _row(pid, "ann", "m2", "2026-04-02 10:00:00.500", properties=orjson.dumps(odd).decode()),
+            _row(
+                pid,
+                "ann",
+                "m1",
+                "2026-04-01 09:00:00.000",
+                event='Clicked "Buy"',
+                channel="email",
+                sentiment="positive",
+            ),
+            _row(pid, "anon-ann", "m0", "2026-03-31 08:00:00.000", type="page", event="", properties=""),
+            _row(pid, "bob", "b1", "2026-04-01 09:00:00.000"),
+        ],
+    )
     # A retry of m2 in a later insert, stamped earlier (clock skew): both copies are stored, in two timeline
     # rows; the earliest copy wins, as on the events table. m3 ties with m1 on time: message_id breaks it.
-    await _insert(stores, [
-        _row(pid, "ann", "m2", "2026-04-01 23:59:59.999", received_at="2026-04-03 00:00:00.000",
-             properties='{"copy": 2}'),
-        _row(pid, "ann", "m3", "2026-04-01 09:00:00.000"),
-    ])
+    await _insert(
+        stores,
+        [
+            _row(
+                pid,
+                "ann",
+                "m2",
+                "2026-04-01 23:59:59.999",
+                received_at="2026-04-03 00:00:00.000",
+                properties='{"copy": 2}',
+            ),
+            _row(pid, "ann", "m3", "2026-04-01 09:00:00.000"),
+        ],
+    )
     _, rows = await stores.clickhouse.query(
         "SELECT distinct_id, count() FROM timelines WHERE project_id = {p:String} GROUP BY distinct_id ORDER BY 1",
         {"p": pid},
@@ -68,8 +104,11 @@ async def test_timeline_reads_equal_the_events_table_across_inserts_retries_and_
     journey = await customer_events(stores.clickhouse, pid, ids, 100, for_journey=True)
     assert journey == await _off_events(stores, pid, ids, 100)
     assert [(e["message_id"], e["timestamp"]) for e in journey] == [
-        ("m0", "2026-03-31T08:00:00.000Z"), ("m1", "2026-04-01T09:00:00.000Z"), ("m3", "2026-04-01T09:00:00.000Z"),
-        ("m2", "2026-04-01T23:59:59.999Z")]
+        ("m0", "2026-03-31T08:00:00.000Z"),
+        ("m1", "2026-04-01T09:00:00.000Z"),
+        ("m3", "2026-04-01T09:00:00.000Z"),
+        ("m2", "2026-04-01T23:59:59.999Z"),
+    ]
     assert journey[0]["properties"] == {} and journey[3]["properties"] == {"copy": 2}
     assert journey[1]["event"] == 'Clicked "Buy"' and journey[1]["sentiment"] == "positive"
     # Another project's key never reaches these rows.
@@ -86,7 +125,10 @@ async def test_past_the_limit_the_earliest_events_are_read_off_the_events_table(
 
 async def test_a_customer_with_thousands_of_events_reads_the_same_either_way(stores, project) -> None:  # type: ignore[no-untyped-def]
     pid = project.id
-    rows = [_row(pid, "bot", f"x{i:05d}", f"2026-06-01 00:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:03d}") for i in range(2500)]
+    rows = [
+        _row(pid, "bot", f"x{i:05d}", f"2026-06-01 00:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:03d}")
+        for i in range(2500)
+    ]
     await _insert(stores, rows[:1500])
     await _insert(stores, rows[1000:])  # 500 retried
     for limit in (10_000, 2_500, 2_000):  # off timelines; 3 000 rows for 2 500 events: off events; off events
@@ -110,7 +152,9 @@ async def test_journeys_read_timelines_and_only_past_the_limit_events(stores, pr
         sent.clear()
         journey = await customer_events(stores.clickhouse, pid, ["pat"], limit, for_journey=True)
         assert [e["message_id"] for e in journey] == [f"p{i}" for i in range(limit)]
-        assert [("FROM timelines" in sql and "timelines") or ("FROM events" in sql and "events") for sql in sent] == tables
+        assert [
+            ("FROM timelines" in sql and "timelines") or ("FROM events" in sql and "events") for sql in sent
+        ] == tables
 
 
 _UPGRADE = textwrap.dedent("""
@@ -143,7 +187,11 @@ def test_upgrading_fills_timelines_with_the_events_stored_before(tmp_path: Path)
     # chDB hosts one engine per process and the session's stores hold theirs: upgrade in a process of its own.
     done = subprocess.run(
         [sys.executable, "-c", _UPGRADE, str(tmp_path / "clickhouse")],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -166,19 +214,53 @@ async def test_no_read_changes_when_clickhouse_merges_a_retry_away(stores, proje
     from test_journey import MAP
 
     pid = project.id
-    await _insert(stores, [
-        _row(pid, "rita", "late", "2026-08-01 10:00:00.000", received_at="2026-08-01 10:00:01.000",
-             event="Email Clicked", channel="email"),
-        _row(pid, "rita", "early", "2026-08-02 10:00:00.000", received_at="2026-08-02 10:00:01.000",
-             event="Ad Viewed", channel="ads"),
-    ])
+    await _insert(
+        stores,
+        [
+            _row(
+                pid,
+                "rita",
+                "late",
+                "2026-08-01 10:00:00.000",
+                received_at="2026-08-01 10:00:01.000",
+                event="Email Clicked",
+                channel="email",
+            ),
+            _row(
+                pid,
+                "rita",
+                "early",
+                "2026-08-02 10:00:00.000",
+                received_at="2026-08-02 10:00:01.000",
+                event="Ad Viewed",
+                channel="ads",
+            ),
+        ],
+    )
     # The retries, received later: one stamped later, one stamped earlier than its first copy.
-    await _insert(stores, [
-        _row(pid, "rita", "late", "2026-08-01 10:00:00.004", received_at="2026-08-03 09:00:00.000",
-             event="Email Clicked", channel="email"),
-        _row(pid, "rita", "early", "2026-08-02 09:59:59.996", received_at="2026-08-03 09:00:00.000",
-             event="Ad Viewed", channel="ads"),
-    ])
+    await _insert(
+        stores,
+        [
+            _row(
+                pid,
+                "rita",
+                "late",
+                "2026-08-01 10:00:00.004",
+                received_at="2026-08-03 09:00:00.000",
+                event="Email Clicked",
+                channel="email",
+            ),
+            _row(
+                pid,
+                "rita",
+                "early",
+                "2026-08-02 09:59:59.996",
+                received_at="2026-08-03 09:00:00.000",
+                event="Ad Viewed",
+                channel="ads",
+            ),
+        ],
+    )
     facts = FactsSql(Definitions.of([(validate_map(MAP), 1)], []))
 
     async def answers() -> tuple:  # type: ignore[type-arg]
@@ -194,9 +276,12 @@ async def test_no_read_changes_when_clickhouse_merges_a_retry_away(stores, proje
 
     before = await answers()
     assert [(e["message_id"], e["timestamp"]) for e in before[0]] == [
-        ("late", "2026-08-01T10:00:00.004Z"), ("early", "2026-08-02T09:59:59.996Z")]
+        ("late", "2026-08-01T10:00:00.004Z"),
+        ("early", "2026-08-02T09:59:59.996Z"),
+    ]
     assert [(e["message_id"], e["timestamp"]) for e in before[1]] == [
-        (e["message_id"], e["timestamp"]) for e in before[0]]
+        (e["message_id"], e["timestamp"]) for e in before[0]
+    ]
     assert before[2] == [(1785578400004, "first"), (1785664799996, "regression")]
     # OPTIMIZE … FINAL does nothing (silently) while a background merge holds one of the parts, which the
     # rest of the suite's inserts make likely: ask again until the merge has happened.

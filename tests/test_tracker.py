@@ -79,15 +79,21 @@ async def make_collector(stores: Stores, tmp_path: Path) -> AsyncIterator[Callab
     started: list[TestServer] = []
 
     async def make(**settings: object) -> Collector:
-        app = create_collector(with_settings(stores, spool_dir=tmp_path / f"spool{len(started)}", **settings), Metrics())
+        app = create_collector(
+            with_settings(stores, spool_dir=tmp_path / f"spool{len(started)}", **settings), Metrics()
+        )
         watched = Collector(TestServer(app, host="127.0.0.1"), app[METRICS])
 
         @web.middleware
         async def watch(request: web.Request, handler):  # type: ignore[no-untyped-def]
             body = await request.read()
             seen = Seen(
-                request.method, request.path, request.headers.get("Sec-Fetch-Mode", ""),
-                request.headers.get("Content-Type", ""), request.headers.get("Origin", ""), body,
+                request.method,
+                request.path,
+                request.headers.get("Sec-Fetch-Mode", ""),
+                request.headers.get("Content-Type", ""),
+                request.headers.get("Origin", ""),
+                body,
             )
             watched.seen.append(seen)
             response = await handler(request)
@@ -427,7 +433,8 @@ async def test_a_page_on_an_origin_the_project_does_not_list_stores_nothing(
     finally:
         await context.close()
     assert [(e["type"], e["event"], e["page_url"]) for e in stored] == [
-        ("page", "", listed.url("/b")), ("track", "Clicked Buy", listed.url("/b"))
+        ("page", "", listed.url("/b")),
+        ("track", "Clicked Buy", listed.url("/b")),
     ]
     refusals = [s for s in collector.batches() if s.origin == unlisted.origin]
     assert {s.status for s in refusals} == {403} and {s.mode for s in refusals} == {"cors", "no-cors"}
@@ -474,7 +481,9 @@ def test_the_minifier_keeps_the_program_and_refuses_what_it_cannot_keep() -> Non
     for bad in ("var a = `x`;", "var a = 1; // trailing", "var s = 'a\\\n b';", "/* a */ var x;", "/* open"):
         with pytest.raises(MinifyError):
             minify(bad)
-    assert minify("f(a,\n  b);\n// c\n/* d\n e */\nreturn\nx") == "f(a,b);return\nx\n"  # joined after ; but never after return
+    assert (
+        minify("f(a,\n  b);\n// c\n/* d\n e */\nreturn\nx") == "f(a,b);return\nx\n"
+    )  # joined after ; but never after return
 
 
 async def test_t_js_is_served_minified_cached_and_gzipped(http, collector) -> None:  # type: ignore[no-untyped-def]
@@ -486,4 +495,6 @@ async def test_t_js_is_served_minified_cached_and_gzipped(http, collector) -> No
         etag = resp.headers["ETag"]
     async with http.get(collector.make_url("/t.js"), headers={"If-None-Match": etag}) as resp:
         assert resp.status == 304
-    print(f"\ntracker: source {len(tracker_source().encode())} B, minified {len(script.body)} B, gzip {len(await script.gzipped())} B")
+    print(
+        f"\ntracker: source {len(tracker_source().encode())} B, minified {len(script.body)} B, gzip {len(await script.gzipped())} B"
+    )

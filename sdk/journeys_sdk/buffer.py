@@ -281,7 +281,9 @@ class EventBuffer:
         self.notify()
         return ticket
 
-    def end_flush(self, ticket: FlushTicket, pending_error: Exception | None = None, report: bool = True) -> FlushResult:
+    def end_flush(
+        self, ticket: FlushTicket, pending_error: Exception | None = None, report: bool = True
+    ) -> FlushResult:
         """What became of the ticket's events by now.  ``pending_error`` is the last failed attempt
         to deliver, for events still pending.  ``report`` (the result reaches a caller) moves the
         start of the next flush's window past what this one reported as finished."""

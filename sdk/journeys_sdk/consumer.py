@@ -154,7 +154,9 @@ class Consumer(threading.Thread):
             log.error("journeys-sdk: unreadable overflow segment %s (%s); skipping it", seg.path, exc)
             overflow.remove(seg)
             self._stats.add(failed=seg.count)
-            self._buffer.settle(seg.count, delivered=0, error=DeliveryError(f"unreadable overflow segment {seg.path}: {exc}"))
+            self._buffer.settle(
+                seg.count, delivered=0, error=DeliveryError(f"unreadable overflow segment {seg.path}: {exc}")
+            )
             return Batch()
         return Batch.from_segment(seg, events)
 

@@ -136,7 +136,9 @@ class EmailLinks:
         self.base_url = base_url.rstrip("/")
         self._key = signing_key.encode("utf-8")
 
-    def _token(self, code: str, user_id: str | int, campaign: str, url: str | None, props: Mapping[str, Any] | None) -> str:
+    def _token(
+        self, code: str, user_id: str | int, campaign: str, url: str | None, props: Mapping[str, Any] | None
+    ) -> str:
         payload: dict[str, Any] = {
             "v": TOKEN_VERSION,
             "k": code,
@@ -148,12 +150,16 @@ class EmailLinks:
         extra = _check_props(props)
         if extra:
             payload["x"] = extra
-        encoded = _b64url(json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
+        encoded = _b64url(
+            json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        )
         signed = f"{self.project_id}.{encoded}".encode("ascii")
         sig = _b64url(hmac.new(self._key, signed, hashlib.sha256).digest()[:SIGNATURE_BYTES])
         token = f"{self.project_id}.{encoded}.{sig}"
         if len(token) > MAX_TOKEN_CHARS:
-            raise InvalidLinkError(f"token would be {len(token)} characters, over {MAX_TOKEN_CHARS}: shorten the URL or properties")
+            raise InvalidLinkError(
+                f"token would be {len(token)} characters, over {MAX_TOKEN_CHARS}: shorten the URL or properties"
+            )
         return token
 
     def open_token(self, user_id: str | int, campaign: str, properties: Mapping[str, Any] | None = None) -> str:

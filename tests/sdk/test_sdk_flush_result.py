@@ -28,8 +28,14 @@ def test_everything_delivered_is_truthy_with_counts(collector: FakeCollector, ma
     flushed = client.flush(timeout=5)
     assert isinstance(flushed, FlushResult)
     assert flushed and flushed.ok and flushed.settled
-    assert (flushed.queued, flushed.delivered, flushed.quarantined, flushed.failed, flushed.pending, flushed.dropped) == (
-        12, 12, 0, 0, 0, 0)
+    assert (
+        flushed.queued,
+        flushed.delivered,
+        flushed.quarantined,
+        flushed.failed,
+        flushed.pending,
+        flushed.dropped,
+    ) == (12, 12, 0, 0, 0, 0)
     assert flushed.last_error is None
     assert flushed == True  # noqa: E712 -- code written for the old bool keeps working
     assert "ok=True" in repr(flushed) and "delivered=12" in repr(flushed)

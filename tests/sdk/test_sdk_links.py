@@ -34,7 +34,10 @@ def _payload(token: str) -> dict:  # type: ignore[type-arg]
 
 def test_tokens_match_the_documented_test_vector(links: EmailLinks) -> None:
     assert links.open_token("c-42", "spring-26") == VECTOR_OPEN
-    assert links.click_token("c-42", "spring-26", "https://shop.example.com/sale?utm_source=email", {"variant": "B"}) == VECTOR_CLICK
+    assert (
+        links.click_token("c-42", "spring-26", "https://shop.example.com/sale?utm_source=email", {"variant": "B"})
+        == VECTOR_CLICK
+    )
 
 
 def test_the_collector_signer_and_verifier_agree_with_the_sdk(links: EmailLinks) -> None:
@@ -42,7 +45,9 @@ def test_the_collector_signer_and_verifier_agree_with_the_sdk(links: EmailLinks)
 
     props = {"variant": "Ü", "n": 3, "ratio": 0.25, "vip": True, "none": None}
     token = links.click_token(42, "spring-26", "https://shop.example.com/x?a=1&b=%20", props)
-    assert token == sign(VECTOR_KEY, VECTOR_PROJECT, "click", 42, "spring-26", "https://shop.example.com/x?a=1&b=%20", props)
+    assert token == sign(
+        VECTOR_KEY, VECTOR_PROJECT, "click", 42, "spring-26", "https://shop.example.com/x?a=1&b=%20", props
+    )
     claims = verify(token, ["je_some-other-key", VECTOR_KEY])
     assert (claims.kind, claims.user_id, claims.campaign, claims.props) == ("click", "42", "spring-26", props)
 
@@ -58,31 +63,40 @@ def test_urls_point_at_the_collector_routes(links: EmailLinks) -> None:
 def test_payload_carries_exactly_the_documented_fields(links: EmailLinks) -> None:
     assert _payload(links.open_token("c-1", "c")) == {"v": 1, "k": "o", "u": "c-1", "c": "c"}
     assert _payload(links.click_token("c-1", "c", "http://a.example/", {"p": 1})) == {
-        "v": 1, "k": "c", "u": "c-1", "c": "c", "url": "http://a.example/", "x": {"p": 1}}
+        "v": 1,
+        "k": "c",
+        "u": "c-1",
+        "c": "c",
+        "url": "http://a.example/",
+        "x": {"p": 1},
+    }
 
 
 def test_pixel_tag_is_escaped_html(links: EmailLinks) -> None:
     tag = links.pixel_tag("c-42", "spring-26")
-    assert tag.startswith('<img src="https://collector.example.com/v1/email/open/') and 'width="1" height="1" alt=""' in tag
+    assert (
+        tag.startswith('<img src="https://collector.example.com/v1/email/open/')
+        and 'width="1" height="1" alt=""' in tag
+    )
 
 
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda l: l.click("u", "c", "javascript:alert(1)"), "only http and https"),
-        (lambda l: l.click("u", "c", "mailto:a@example.com"), "only http and https"),
-        (lambda l: l.click("u", "c", "https://example.com/" + "a" * 2100), "2048"),
-        (lambda l: l.click("u", "c", 'https://example.com/"onmouseover="x'), "percent-encode"),
-        (lambda l: l.open_pixel("", "c"), "user_id"),
-        (lambda l: l.open_pixel("u" * 256, "c"), "user_id"),
-        (lambda l: l.open_pixel("u", ""), "campaign"),
-        (lambda l: l.open_pixel(True, "c"), "user_id"),
-        (lambda l: l.open_pixel("u", "c", {"campaign": "other"}), "set by the collector"),
-        (lambda l: l.open_pixel("u", "c", {"bot": "none"}), "set by the collector"),
-        (lambda l: l.open_pixel("u", "c", {"nested": {"a": 1}}), "values must be"),
-        (lambda l: l.open_pixel("u", "c", {"x": float("nan")}), "finite"),
-        (lambda l: l.open_pixel("u", "c", {f"k{i}": i for i in range(17)}), "at most 16"),
-        (lambda l: l.open_pixel("u", "c", {"long": "v" * 256}), "255"),
+        (lambda links: links.click("u", "c", "javascript:alert(1)"), "only http and https"),
+        (lambda links: links.click("u", "c", "mailto:a@example.com"), "only http and https"),
+        (lambda links: links.click("u", "c", "https://example.com/" + "a" * 2100), "2048"),
+        (lambda links: links.click("u", "c", 'https://example.com/"onmouseover="x'), "percent-encode"),
+        (lambda links: links.open_pixel("", "c"), "user_id"),
+        (lambda links: links.open_pixel("u" * 256, "c"), "user_id"),
+        (lambda links: links.open_pixel("u", ""), "campaign"),
+        (lambda links: links.open_pixel(True, "c"), "user_id"),
+        (lambda links: links.open_pixel("u", "c", {"campaign": "other"}), "set by the collector"),
+        (lambda links: links.open_pixel("u", "c", {"bot": "none"}), "set by the collector"),
+        (lambda links: links.open_pixel("u", "c", {"nested": {"a": 1}}), "values must be"),
+        (lambda links: links.open_pixel("u", "c", {"x": float("nan")}), "finite"),
+        (lambda links: links.open_pixel("u", "c", {f"k{i}": i for i in range(17)}), "at most 16"),
+        (lambda links: links.open_pixel("u", "c", {"long": "v" * 256}), "255"),
     ],
 )
 def test_what_cannot_be_signed_raises_invalid_link_error(links: EmailLinks, call, match: str) -> None:  # type: ignore[no-untyped-def]
