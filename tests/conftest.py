@@ -28,6 +28,17 @@ from query.app import create_app as create_query
 _names = itertools.count()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from what a test uses: ``browser`` for a test that takes a browser, ``needs_root`` for one
+    that takes the ``tiny_disk`` (``slow`` is set on each test by hand)."""
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        if "browser" in used:
+            item.add_marker(pytest.mark.browser)
+        if "tiny_disk" in used:
+            item.add_marker(pytest.mark.needs_root)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("journeys-data")

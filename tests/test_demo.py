@@ -72,6 +72,7 @@ def _stats_until(service: Service, key: str, events: int, timeout: float = 15.0)
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_demo_sends_a_whole_project_through_the_running_service_and_a_rerun_counts_nothing_twice(
     service: Service,
 ) -> None:

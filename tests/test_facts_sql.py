@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -236,6 +237,7 @@ async def _sql_facts(stores, pid: str, facts: FactsSql, scope: str, ids: list[st
     return Counter({tuple(row[:-1]): row[-1] for row in rows})
 
 
+@pytest.mark.slow
 @settings(
     max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")),
     deadline=None,
@@ -262,10 +264,13 @@ async def _held(stores, pid: str, ids: list[str]) -> Counter:  # type: ignore[no
     return Counter({(*fact[:6], int(fact[6]), *fact[7:]): n for fact, n in net.items() if n})
 
 
+@pytest.mark.slow
 @settings(
     max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")),
     deadline=None,
-    phases=[Phase.generate],
+    # No shrinking: an example is a build and three merges, and shrinking one took over five minutes; a
+    # failure is reported as generated (its customers and seed).
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(customers=st.lists(customer_st, min_size=1, max_size=5), seed=st.integers(0, 2**32 - 1))

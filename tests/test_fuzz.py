@@ -585,6 +585,7 @@ def test_fuzzed_definition_documents_never_5xx(
 # --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("service", ["collector", "query"])
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_schemathesis(live: Live, mixed: Keys, service: str, mode: str) -> None:

@@ -521,6 +521,7 @@ async def test_cli_mapped_ndjson_gz_and_start_line(collector, stores, project, t
     assert await _events(stores, project.id) == 3
 
 
+@pytest.mark.slow
 async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line(
     collector_stores, stores, project, tmp_path, settings
 ):  # type: ignore[no-untyped-def]
@@ -569,6 +570,7 @@ async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line
 ROWS = int(os.environ.get("IMPORT_ROWS", "1000000"))
 
 
+@pytest.mark.slow
 async def test_cli_imports_a_million_row_csv_once_even_when_imported_twice(
     collector, stores, project, tmp_path, settings
 ):  # type: ignore[no-untyped-def]

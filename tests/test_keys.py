@@ -63,6 +63,7 @@ def service(tmp_path: Path):  # type: ignore[no-untyped-def]
         stop_leftover_postgres(tmp_path)
 
 
+@pytest.mark.slow
 def test_projects_and_keys_listed_used_and_revoked_through_the_cli(service: Service) -> None:
     data = service.data_dir
     demo = json.loads(_ok(journeys(data, "project", "create", "demo", "--json")).stdout)

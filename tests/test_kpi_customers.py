@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -149,6 +150,7 @@ async def _whole_list(
             return customers, pages
 
 
+@pytest.mark.slow
 @settings(
     max_examples=int(os.environ.get("KPI_EXAMPLES", "4")),
     deadline=None,

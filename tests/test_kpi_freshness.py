@@ -17,6 +17,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
+
 from journeys import definitions
 from journeys.keys import create_project
 from support import basic, wait_drained, wait_until
@@ -124,6 +126,7 @@ async def _held(reader: Reader, acked: float, reached: int) -> float:
     return fresh
 
 
+@pytest.mark.slow
 async def test_freshness_holds_back_while_the_updater_is_held_and_catches_up(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """Holding the updater's facts lock in PostgreSQL (as a long write of it would) keeps an acknowledged and
     inserted event out of the KPIs: the position and the gauge say so; released, both catch up."""

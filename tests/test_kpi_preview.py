@@ -7,6 +7,8 @@ import copy
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from journeys import definitions
 from query.stage_state import PREVIEW_BUILDS
 from support import basic, wait_until
@@ -159,6 +161,7 @@ async def test_cli_previews_through_the_running_query_service(
     assert bad.returncode == 1 and "error: map." in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_previews_directly_when_the_stores_are_free_with_the_endpoints_checks(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """No service running: `journeys map preview` computes in its own process, and takes its window exactly
     as the endpoint does (the same parameter names and reasons)."""

@@ -234,6 +234,7 @@ def _compare(
         assert api_view(seg) == want, f"segment {seg['segment']!r}"
 
 
+@pytest.mark.slow
 @settings(
     max_examples=int(os.environ.get("KPI_EXAMPLES", "6")),
     deadline=None,
@@ -850,6 +851,7 @@ def _stamp(at: datetime) -> str:
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@pytest.mark.slow
 async def test_answers_are_whole_while_facts_are_written(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """Facts written without pause while both endpoints are hammered: every answer is a 200 computed from one
     state. Before, a write between a KPI answer's reads made the quantile pick miss a bin (500, KeyError) or

@@ -388,6 +388,7 @@ def cli_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
     stop_leftover_postgres(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_template_apply_show_list(cli_dir: Path) -> None:
     assert journeys(cli_dir, "project", "create", "shop").returncode == 0
     template = journeys(cli_dir, "map", "template", "five-stage")

@@ -161,6 +161,7 @@ class SlowTraitsView:
         await self.ch.command(f"ALTER TABLE customer_traits_mv MODIFY QUERY {self.original}")
 
 
+@pytest.mark.slow
 async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counted(
     http, own_collector, query, stores
 ) -> None:  # type: ignore[no-untyped-def]
@@ -209,6 +210,7 @@ async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counte
     assert await _reached(http, query, project.read_key) == [1, 0, 0]  # counted once, not twice
 
 
+@pytest.mark.slow
 async def test_a_row_stamped_earlier_but_visible_later_than_a_handled_one_is_counted(
     http, collector, query, stores
 ) -> None:  # type: ignore[no-untyped-def]

@@ -509,6 +509,7 @@ def _chdb(data_dir: Path, action: str, stdin: bytes) -> str:
     return done.stdout.decode()
 
 
+@pytest.mark.slow
 def test_cli_replays_directly_when_the_service_is_stopped(tmp_path: Path) -> None:
     try:
         created = journeys(tmp_path, "project", "create", "direct", "--json")

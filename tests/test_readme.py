@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,6 +30,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test_command in ci.splitlines()
 
 
+@pytest.mark.slow
 def test_the_quickstart_commands_run_as_written(tmp_path: Path) -> None:
     """The second terminal's commands, verbatim but for the ports (the test's service has free ones), run by
     bash from the folder where `journeys up` runs: no JOURNEYS_DATA_DIR, so the data directory is found as
