@@ -184,8 +184,8 @@ SELECT {{project_id:String}}, {{build:UInt64}}, customer, {{generation:UInt64}},
        {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
 FROM (SELECT arrayJoin({{IDS:Array(String)}}) AS customer)
 """
-_RETIRED_INPUTS = _EMPTY_INPUTS.replace("IDS", "retired")
-#: Forgotten customers' inputs in one build: empty, as a retired customer's.
+#: Empty inputs for ``customers`` in one build: forgotten ones, and every customer (retired ones too: merged
+#: into another) of a full refresh before its inputs are stored, so those left without events keep these.
 FORGET_INPUTS_SQL = f"INSERT INTO stage_inputs ({_INPUT_COLUMNS}) " + _EMPTY_INPUTS.replace("IDS", "customers")
 
 # The stored inputs written by one write (``generation``) of the given customers, as customers to fold: what
@@ -203,12 +203,16 @@ FROM (
     ARRAY JOIN both AS s
 )
 """
-# Every customer's stored inputs in a build just written by a rebuild (one row each), as customers to fold.
+# Every customer's stored inputs in a build just written by a rebuild, as customers to fold: the newest of
+# each (a forget while the rebuild runs empties some).
 _BUILT = """
 SELECT customer_id AS customer, toInt8(1) AS sign, {keys} AS keys, staged
 FROM (
-    SELECT customer_id, staged, touch, traits FROM stage_inputs
+    SELECT customer_id, argMax(staged, generation) AS staged, argMax(touch, generation) AS touch,
+           argMax(traits, generation) AS traits
+    FROM stage_inputs
     WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}}
+    GROUP BY customer_id
 )
 """
 
@@ -347,12 +351,9 @@ class FactsSql:
 
     def insert_inputs(self, scope: str) -> str:
         """``INSERT`` of the inputs of every customer of the project (``"project"``) or of the given ids'
-        customers (``"ids"``: also ``retired``, the customers merged into others, whose inputs empty), read from
-        all their events, into ``stage_inputs`` under ``generation``."""
+        customers (``"ids"``), read from all their events, into ``stage_inputs`` under ``generation``."""
         inputs = _INPUTS.format(aggregates=self._aggregates(scope), carried="")
         sql = _INSERT_INPUTS.format(prev=f"{_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}", inputs=inputs)
-        if scope == "ids":
-            sql += f"UNION ALL {_RETIRED_INPUTS}"
         return f"{sql} SETTINGS {CLUSTER_SETTINGS}"
 
     def insert_merged(self) -> str:

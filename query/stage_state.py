@@ -93,9 +93,13 @@ async def drop_build(ch: ClickHouse, cluster: str, project_id: str, build: int) 
         await ch.command(render_clickhouse_sql(sql.replace("{name}", table), cluster))
 
 
-def next_generation(last: int = 0) -> int:
-    """A write's generation in ``stage_inputs``: later writes have greater ones (microseconds, and past ``last``)."""
-    return max(last + 1, time.time_ns() // 1000)
+async def next_generation(pg: Any) -> int:
+    """A write's generation in ``stage_inputs``, taken under the project's facts lock: a later write gets a
+    greater one, whichever process makes it (a PostgreSQL sequence, migration 0009; ``pg``: a pool or a
+    connection). Without PostgreSQL (``None``: a writer that knows it is alone, as in tests), microseconds."""
+    if pg is None:
+        return time.time_ns() // 1000
+    return int(await pg.fetchval("SELECT nextval('stage_inputs_generation')"))
 
 
 def conversion_window_ms(stage: Stage) -> int:
@@ -200,9 +204,12 @@ def consistent_facts(pg: Any, project_id: str) -> Any:
     return _facts_view(pg, project_id, "read")
 
 
-_BUILDS_SQL = (
-    "SELECT DISTINCT build FROM stage_facts WHERE project_id = {project_id:String} AND build < {previews:UInt64}"
-)
+# Every build of a project: those being built too (their inputs are written before their facts).
+_BUILDS_SQL = """
+SELECT DISTINCT build FROM stage_facts WHERE project_id = {project_id:String} AND build < {previews:UInt64}
+UNION DISTINCT
+SELECT DISTINCT build FROM stage_inputs WHERE project_id = {project_id:String} AND build < {previews:UInt64}
+"""
 
 
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
@@ -214,7 +221,12 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
         for (build,) in builds:
             await ch.execute(
                 FORGET_INPUTS_SQL,
-                {"project_id": project_id, "build": build, "customers": customers, "generation": next_generation()},
+                {
+                    "project_id": project_id,
+                    "build": build,
+                    "customers": customers,
+                    "generation": await next_generation(pg),
+                },
             )
         rows = await ch.raw_query(WITHDRAW_SQL, {"project_id": project_id, "customers": customers})
         if rows:  # rows in the insert's own format, as a refresh's difference
@@ -245,7 +257,6 @@ class StateWriter:
         self.pg = pg
         self.locks = locks or pg  # where the facts view lock is taken (Stores.pg_locks)
         self._sql: dict[tuple[str, str], FactsSql] = {}  # (project, fingerprint) → its statements
-        self._generation = 0
 
     def statements(self, project_id: str, definitions: Definitions) -> FactsSql:
         key = (project_id, definitions.fingerprint)  # two projects may have same-named maps with other rules
@@ -254,10 +265,6 @@ class StateWriter:
             found = FactsSql(definitions)
             self._sql = {**dict(list(self._sql.items())[-7:]), key: found}  # a few projects' at a time
         return found
-
-    def _next_generation(self) -> int:
-        self._generation = next_generation(self._generation)
-        return self._generation
 
     async def build_all(self, project_id: str, definitions: Definitions, build: int, *, inputs: bool = True) -> None:
         """Compute every customer's facts into ``build``, which no answer reads yet and nobody else writes:
@@ -268,11 +275,11 @@ class StateWriter:
         sql = self.statements(project_id, definitions)
         params = {**sql.params, "project_id": project_id, "build": build}
         if not inputs:
-            await self.ch.command(sql.insert_all(", ".join(FACT_COLUMNS)), params)
+            await self.ch.execute(sql.insert_all(", ".join(FACT_COLUMNS)), params)
             return
         # Two statements, the events read once: every customer's inputs, then their facts folded from those.
-        await self.ch.command(sql.insert_inputs("project"), {**params, "generation": self._next_generation()})
-        await self.ch.command(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
+        await self.ch.execute(sql.insert_inputs("project"), {**params, "generation": await next_generation(self.pg)})
+        await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
 
     async def refresh(
         self,
@@ -349,15 +356,18 @@ class StateWriter:
         members = await identities.members_of(self.ch, project_id, customers)
         owned = [(i, c) for c, ids in members.items() for i in ids]
         sql = self.statements(project_id, definitions)
+        everyone = sorted(set(customers) | set(retired))
+        # Empty inputs first, for every customer and retired id; then, with a greater generation, the inputs of
+        # those who still have events. So a customer whose every event is gone (or who no longer exists) keeps
+        # empty inputs, not its last ones, and no customer has two rows of one generation.
+        emptied = {"project_id": project_id, "build": build, "customers": everyone}
+        await self.ch.execute(FORGET_INPUTS_SQL, {**emptied, "generation": await next_generation(self.pg)})
         params = {
             **sql.params,
-            "project_id": project_id,
-            "build": build,
-            "generation": self._next_generation(),
+            **emptied,
+            "generation": await next_generation(self.pg),
             "ids": [i for i, _ in owned],
             "owners": [c for _, c in owned],
-            "retired": retired,
-            "customers": sorted(set(customers) | set(retired)),
         }
         await self.ch.execute(sql.insert_inputs("ids"), params)
         return await self._write_difference(project_id, sql.difference(held=True), params, serving)
@@ -371,7 +381,7 @@ class StateWriter:
             **sql.params,
             "project_id": project_id,
             "build": build,
-            "generation": self._next_generation(),
+            "generation": await next_generation(self.pg),
             "ids": touched,
             "owners": [current[i] for i in touched],
             "since": _at(since_ms),

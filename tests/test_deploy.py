@@ -563,7 +563,6 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
             "ids": ["a"],
             "owners": ["a"],
             "customers": ["a"],
-            "retired": [],
             "generation": 1,
             "since": "2026-01-01 00:00:00",
         }

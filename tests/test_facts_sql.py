@@ -384,3 +384,29 @@ async def test_refresh_writes_the_difference_and_converges(stores, project) -> N
     assert after == await python_facts(stores.clickhouse, pid, definitions, 7, ids)
     assert {fact[2] for fact in after} == {"c0-id0"}
     assert await writer.refresh(pid, definitions, 7, set(ids)) == 0
+
+
+async def test_a_customer_refreshed_without_events_keeps_empty_inputs(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """A full refresh of a customer whose every event is gone (deleted between a forget's two steps, say)
+    withdraws their facts and empties their stored inputs: a later event of theirs is merged onto nothing,
+    so only it counts, never the events that were deleted."""
+    pid = project.id
+    definitions = _definitions()
+    writer = StateWriter(stores.clickhouse, stores.pg)
+    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
+             "total": None, "sentiment": "negative", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
+    old, _, _ = _rows(pid, 0, {"events": [event, {**event, "kind": "C", "minute": 2}], "links": (0, 0)})
+    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(old))
+    await writer.build_all(pid, definitions, 7)
+    assert await _held(stores, pid, ["c0-id0"])
+    await stores.clickhouse.command(
+        "DELETE FROM events WHERE project_id = {p:String} AND distinct_id = 'c0-id0'", {"p": pid}
+    )
+    await writer.refresh(pid, definitions, 7, {"c0-id0"})
+    assert await _held(stores, pid, ["c0-id0"]) == Counter()
+    since = await _server_ms(stores) - 1
+    new, _, _ = _rows(pid, 0, {"events": [{**event, "kind": "D", "minute": 5}], "links": (0, 0)})
+    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, new[0].replace(b'"m0-0"', b'"m0-new"'))
+    await writer.append(pid, definitions, 7, {"c0-id0"}, since)
+    expected = await python_facts(stores.clickhouse, pid, definitions, 7, ["c0-id0"])
+    assert expected and await _held(stores, pid, ["c0-id0"]) == expected
