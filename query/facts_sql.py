@@ -204,15 +204,13 @@ FROM (
 )
 """
 # Every customer's stored inputs in a build just written by a rebuild, as customers to fold: the newest of
-# each (a forget while the rebuild runs empties some).
+# each (a forget while the rebuild runs empties some). FINAL, not argMax: the rows come sorted by customer,
+# and aggregating every customer's arrays cost a third more (10 M events: 28.7 s against 21.1 s).
 _BUILT = """
 SELECT customer_id AS customer, toInt8(1) AS sign, {keys} AS keys, staged
 FROM (
-    SELECT customer_id, argMax(staged, generation) AS staged, argMax(touch, generation) AS touch,
-           argMax(traits, generation) AS traits
-    FROM stage_inputs
+    SELECT customer_id, staged, touch, traits FROM stage_inputs FINAL
     WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}}
-    GROUP BY customer_id
 )
 """
 

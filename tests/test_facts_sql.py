@@ -26,8 +26,8 @@ from facts_oracle import current_facts, python_facts
 from journeys import identities
 from journeys.events import EVENT_COLUMNS
 from journeys.maps import validate_map, validate_segment
-from query.facts_sql import FactsSql
-from query.stage_state import Definitions, StateWriter
+from query.facts_sql import FORGET_INPUTS_SQL, FactsSql
+from query.stage_state import FACT_COLUMNS, Definitions, StateWriter
 
 MAPS = [
     {
@@ -410,3 +410,25 @@ async def test_a_customer_refreshed_without_events_keeps_empty_inputs(stores, pr
     await writer.append(pid, definitions, 7, {"c0-id0"}, since)
     expected = await python_facts(stores.clickhouse, pid, definitions, 7, ["c0-id0"])
     assert expected and await _held(stores, pid, ["c0-id0"]) == expected
+
+
+async def test_a_rebuild_folds_each_customers_newest_inputs(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """A forget that lands between a rebuild's two statements (inputs stored, facts not yet folded) empties the
+    new build's inputs of that customer: the facts folded next leave the customer out."""
+    pid = project.id
+    definitions = _definitions()
+    writer = StateWriter(stores.clickhouse, stores.pg)
+    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
+             "total": None, "sentiment": "negative", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
+    lines: list[bytes] = []
+    for k in range(2):
+        rows, _, _ = _rows(pid, k, {"events": [event, {**event, "kind": "C", "minute": 2}], "links": (0, 0)})
+        lines += rows
+    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(lines))
+    sql = writer.statements(pid, definitions)
+    params = {**sql.params, "project_id": pid, "build": 9}
+    await stores.clickhouse.execute(sql.insert_inputs("project"), {**params, "generation": 1})
+    await stores.clickhouse.execute(FORGET_INPUTS_SQL, {**params, "customers": ["c0-id0"], "generation": 2})
+    await stores.clickhouse.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
+    net = await current_facts(stores.clickhouse, pid, ["c0-id0", "c1-id0"], 9)
+    assert {fact[2] for fact, n in net.items() if n} == {"c1-id0"}
