@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -239,6 +239,25 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
 # fall in, which a few thousand random ids already spread over most of the table: fewer, larger statements
 # cost hardly more each (clickhouse-connect sends large parameters in the request body, not the URL).
 REFRESH_CHUNK = 20_000
+# Over HTTP each bound parameter is one form field, which ClickHouse caps (http_max_field_value_size, 128 KiB
+# by default): there a chunk's ids take at most this many bytes, so they and the customers and members they
+# expand to fit.
+HTTP_CHUNK_BYTES = 32 * 1024
+
+
+def refresh_chunks(ids: list[str], embedded: bool) -> Iterator[list[str]]:
+    """``ids`` in the chunks one refresh statement takes (:data:`REFRESH_CHUNK`, :data:`HTTP_CHUNK_BYTES`)."""
+    chunk: list[str] = []
+    size = 0
+    for i in ids:
+        cost = len(i.encode()) + 4  # quoted, escaped at most a little, and a comma
+        if chunk and (len(chunk) >= REFRESH_CHUNK or (not embedded and size + cost > HTTP_CHUNK_BYTES)):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 class StateWriter:
@@ -334,14 +353,11 @@ class StateWriter:
         if not definitions.maps or not touched:
             return 0
         written = 0
-        touched_list = sorted(touched)
-        for start in range(0, len(touched_list), REFRESH_CHUNK):
+        for chunk in refresh_chunks(sorted(touched), self.ch.embedded):
             async with facts_lock(self.pg, project_id):
                 if still_kept is not None and not still_kept():
                     break
-                written += await locked(
-                    project_id, definitions, build, touched_list[start : start + REFRESH_CHUNK], serving
-                )
+                written += await locked(project_id, definitions, build, chunk, serving)
         return written
 
     async def _refresh_locked(

@@ -144,6 +144,7 @@ SESSION_NOT_FOUND = 372
 SESSION_IS_LOCKED = 373
 CANNOT_DECOMPRESS = 271
 BAD_ARGUMENTS = 36
+HTTP_MAX_FIELD_VALUE_SIZE = 128 * 1024  # ClickHouse's default http_max_field_value_size
 SYNTAX_ERROR = 62
 
 _ERROR_NAMES = {
@@ -814,7 +815,11 @@ class Server:
                 async for part in reader:
                     if part.filename:
                         raise CHError.new(NOT_IMPLEMENTED, "External data is not supported by this test server")
-                    params[part.name] = (await part.read()).decode()
+                    value = (await part.read()).decode()
+                    # ClickHouse's http_max_field_value_size (default 128 KiB) caps each field, as here.
+                    if len(value) > HTTP_MAX_FIELD_VALUE_SIZE:
+                        raise CHError.new(BAD_ARGUMENTS, f"Field value too long: {part.name}")
+                    params[part.name] = value
             elif request.method != "GET" or request.can_read_body:
                 body = await request.read()
             if not body and "query" not in params and request.method in ("GET", "HEAD"):

@@ -220,9 +220,10 @@ async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_
 
 
 async def test_stage_facts_of_20k_customers_at_once_over_http(http_stores) -> None:  # type: ignore[no-untyped-def]
-    """A refresh statement carries a chunk of 20 000 ids, their customers and keys as bound parameters: over
-    HTTP they go in the request body (a URL that long is refused), for the statements that answer rows and
-    for the INSERT … SELECTs that store the customers' inputs alike."""
+    """A refresh of 20 000 ids over HTTP: the ids, their customers and owners are bound parameters, which go in
+    the request body (a URL that long is refused), for the statements that answer rows and for the
+    INSERT … SELECTs that store the customers' inputs alike, in chunks whose fields ClickHouse takes
+    (http_max_field_value_size: tests/chhttp.py refuses a longer field as ClickHouse does)."""
     from journeys.events import EVENT_COLUMNS
     from journeys.maps import validate_map
     from query.stage_state import REFRESH_CHUNK, Definitions, StateWriter
