@@ -178,15 +178,14 @@ INSERT INTO stage_inputs ({_INPUT_COLUMNS})
 SELECT {{{{project_id:String}}}}, {{{{build:UInt64}}}}, customer, {{{{generation:UInt64}}}}, staged, touch, traits, {{prev}}
 FROM ({{inputs}})
 """
-# Customers that no longer exist (merged into another): empty inputs, so nothing is merged onto theirs.
-_EMPTY_INPUTS = f"""
-SELECT {{project_id:String}}, {{build:UInt64}}, customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS},
-       {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
-FROM (SELECT arrayJoin({{IDS:Array(String)}}) AS customer)
-"""
 #: Empty inputs for ``customers`` in one build: forgotten ones, and every customer (retired ones too: merged
 #: into another) of a full refresh before its inputs are stored, so those left without events keep these.
-FORGET_INPUTS_SQL = f"INSERT INTO stage_inputs ({_INPUT_COLUMNS}) " + _EMPTY_INPUTS.replace("IDS", "customers")
+EMPTY_INPUTS_SQL = f"""
+INSERT INTO stage_inputs ({_INPUT_COLUMNS})
+SELECT {{project_id:String}}, {{build:UInt64}}, customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS},
+       {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
+FROM (SELECT arrayJoin({{customers:Array(String)}}) AS customer)
+"""
 
 # The stored inputs written by one write (``generation``) of the given customers, as customers to fold: what
 # they hold now (sign 1) and what they held before (sign -1).

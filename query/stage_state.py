@@ -27,7 +27,7 @@ from journeys import identities
 from journeys.clickhouse import ClickHouse
 from journeys.maps import JourneyMap, Segment, Stage
 from journeys.migrate import render_clickhouse_sql
-from query.facts_sql import FORGET_INPUTS_SQL, WITHDRAW_SQL, FactsSql
+from query.facts_sql import EMPTY_INPUTS_SQL, WITHDRAW_SQL, FactsSql
 from query.journey import CompiledMap
 
 DAY_MS = 86_400_000
@@ -220,7 +220,7 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
         _, builds = await ch.query(_BUILDS_SQL, {"project_id": project_id, "previews": PREVIEW_BUILDS})
         for (build,) in builds:
             await ch.execute(
-                FORGET_INPUTS_SQL,
+                EMPTY_INPUTS_SQL,
                 {
                     "project_id": project_id,
                     "build": build,
@@ -377,7 +377,7 @@ class StateWriter:
         # those who still have events. So a customer whose every event is gone (or who no longer exists) keeps
         # empty inputs, not its last ones, and no customer has two rows of one generation.
         emptied = {"project_id": project_id, "build": build, "customers": everyone}
-        await self.ch.execute(FORGET_INPUTS_SQL, {**emptied, "generation": await next_generation(self.pg)})
+        await self.ch.execute(EMPTY_INPUTS_SQL, {**emptied, "generation": await next_generation(self.pg)})
         params = {
             **sql.params,
             **emptied,

@@ -26,7 +26,7 @@ from facts_oracle import current_facts, python_facts
 from journeys import identities
 from journeys.events import EVENT_COLUMNS
 from journeys.maps import validate_map, validate_segment
-from query.facts_sql import FORGET_INPUTS_SQL, FactsSql
+from query.facts_sql import EMPTY_INPUTS_SQL, FactsSql
 from query.stage_state import FACT_COLUMNS, Definitions, StateWriter
 
 MAPS = [
@@ -428,7 +428,7 @@ async def test_a_rebuild_folds_each_customers_newest_inputs(stores, project) -> 
     sql = writer.statements(pid, definitions)
     params = {**sql.params, "project_id": pid, "build": 9}
     await stores.clickhouse.execute(sql.insert_inputs("project"), {**params, "generation": 1})
-    await stores.clickhouse.execute(FORGET_INPUTS_SQL, {**params, "customers": ["c0-id0"], "generation": 2})
+    await stores.clickhouse.execute(EMPTY_INPUTS_SQL, {**params, "customers": ["c0-id0"], "generation": 2})
     await stores.clickhouse.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
     net = await current_facts(stores.clickhouse, pid, ["c0-id0", "c1-id0"], 9)
     assert {fact[2] for fact, n in net.items() if n} == {"c1-id0"}
