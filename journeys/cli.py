@@ -366,6 +366,9 @@ def _parser() -> argparse.ArgumentParser:
             from query.preview_cli import add_preview_arguments
 
             add_preview_arguments(actions)
+    from journeys.alert_cli import add_alert_commands
+
+    add_alert_commands(sub)  # alert apply|show|list|history|secret: docs/alerts.md
     from journeys.email_cli import add_email_commands
 
     add_email_commands(sub)
@@ -434,6 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from query.preview_cli import run_preview
 
             return asyncio.run(run_preview(settings, args, _with_project, _read_document))
+        if args.command == "alert":
+            from journeys.alert_cli import run_alert_command
+
+            return asyncio.run(run_alert_command(settings, args, _with_project, _read_document))
         if args.command in ("map", "segment"):
             return asyncio.run(_definition_command(settings, args))
         if args.command == "email":

@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         description="Behind a proxy: the header whose last entry is the client address (e.g. X-Forwarded-For). "
         "Empty: the TCP peer.",
     )
+    alert_every_s: float = Field(
+        default=10, gt=0, le=3600, description="Every rule is judged this often too (time alone decides customers)."
+    )
+    alert_retry_max_s: float = Field(
+        default=300, ge=1, description="Longest wait between two attempts to deliver an alert notification."
+    )
+    alert_give_up_after_s: float = Field(
+        default=3 * 86400,
+        ge=60,
+        description="An alert notification not delivered this long after it was queued is given up.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="json lines for machines, text for people.")
 

@@ -15,10 +15,11 @@ from typing import Any, Literal
 import asyncpg
 import yaml
 
+from journeys.alert_rules import check_against, validate_alert_rule
 from journeys.maps import validate_map, validate_segment
 
-Kind = Literal["map", "segment"]
-_VALIDATORS = {"map": validate_map, "segment": validate_segment}
+Kind = Literal["map", "segment", "alert"]
+_VALIDATORS = {"map": validate_map, "segment": validate_segment, "alert": validate_alert_rule}
 
 
 @dataclass(frozen=True)
@@ -167,3 +168,13 @@ async def latest_of_each(conn: asyncpg.Connection | asyncpg.Pool, project_id: st
         kind,
     )
     return [Version(r["name"], r["version"], r["created_at"], _body(r["body"])) for r in rows]
+
+
+async def apply_alert_rule(conn: asyncpg.Connection, project_id: str, document: Any) -> Applied:
+    """Apply an alert rule, refusing (:class:`~journeys.maps.DefinitionError`) one that names a map, stage,
+    target or segment the project does not have now: a rule that could never fire is a silent one."""
+    rule = validate_alert_rule(document)
+    maps = {v.name: validate_map(v.body) for v in await latest_of_each(conn, project_id, "map")}
+    segments = {v.name: validate_segment(v.body) for v in await latest_of_each(conn, project_id, "segment")}
+    check_against(rule, maps, segments)
+    return await apply(conn, project_id, "alert", document)

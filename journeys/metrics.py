@@ -123,6 +123,26 @@ class Metrics:
             registry=r,
         )
 
+        # Alerts (query/alerts.py, query/alert_delivery.py): docs/alerts.md.
+        self.alert_firing = Gauge(
+            "journeys_alert_firing",
+            "1 while an alert rule fires for a segment ('*all*': all customers), 0 while it is ok.",
+            ["project", "rule", "segment"],
+            registry=r,
+        )
+        self.alert_evaluation_errors = Counter(
+            "journeys_alert_evaluation_errors", "Failed evaluations of a project's alert rules.", registry=r
+        )
+        self.alert_deliveries = Counter(
+            "journeys_alert_deliveries",
+            "Webhook delivery attempts by result: delivered, failed (retried later) or gave_up.",
+            ["result"],
+            registry=r,
+        )
+        self.alert_outbox = Gauge(
+            "journeys_alert_outbox_pending", "Alert notifications not yet delivered (nor given up).", registry=r
+        )
+
     def count_accepted(self, channel: str, n: int = 1) -> None:
         self.events_accepted.labels(channel if channel in KNOWN_CHANNELS else "other").inc(n)
 

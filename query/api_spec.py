@@ -344,6 +344,45 @@ def _definition_paths(kind: str, plural: str, schema_name: str) -> dict[str, Any
     }
 
 
+def _alert_paths() -> dict[str, Any]:
+    """``/v1/alerts`` and the signing secret (query/alerts_api.py, docs/alerts.md)."""
+    secret = json_ok({"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}})
+    return {
+        "/v1/alerts": {
+            "get": operation(
+                "Every alert rule's state per segment, and the history of transitions with their deliveries",
+                tags=["alerts"],
+                description="History newest first: fired and resolved, each with its webhook deliveries (delivered, "
+                "pending with its failed attempts, or given up). Webhook targets show scheme and host only.",
+                parameters=[
+                    query_param("rule", {"type": "string"}, "One rule only."),
+                    query_param(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Transitions at most (default 50)."
+                    ),
+                ],
+                responses={200: json_ok({"type": "object", "required": ["rules", "history"]})},
+                errors=_READ,
+            )
+        },
+        "/v1/alerts/signing-secret": {
+            "get": operation(
+                "The project's webhook signing secret (admin key)",
+                tags=["alerts"],
+                description="Made on first use. Receivers check X-Journeys-Signature with it (docs/alerts.md).",
+                responses={200: secret},
+                errors=(401, 403),
+            ),
+            "post": operation(
+                "Replace the webhook signing secret (admin key)",
+                tags=["alerts"],
+                description="Notifications sent from now on are signed with the new secret.",
+                responses={200: secret},
+                errors=(401, 403),
+            ),
+        },
+    }
+
+
 def _key_paths() -> dict[str, Any]:
     """``/v1/keys`` (query/keys_api.py, docs/keys.md)."""
     return {
@@ -820,6 +859,8 @@ def query_openapi() -> dict[str, Any]:
         **_kpi_customer_paths(),
         **_definition_paths("map", "maps", "MapDocument"),
         **_definition_paths("segment", "segments", "SegmentDocument"),
+        **_definition_paths("alert rule", "alerts/rules", "AlertRuleDocument"),
+        **_alert_paths(),
     }
     from query.dashboard import dashboard_openapi_paths
 
@@ -853,6 +894,11 @@ def query_openapi() -> dict[str, Any]:
                 "description": "A journey map: name, stages, touchpoints, targets (see docs/maps.md).",
                 "required": ["stages"],
             },
+            "AlertRuleDocument": {
+                "type": "object",
+                "description": "An alert rule: map, stage, metric, segments, window, threshold, webhooks (docs/alerts.md).",
+                "required": ["map", "stage", "metric"],
+            },
             "SegmentDocument": {
                 "type": "object",
                 "description": "A segment: name and rules over traits and first touch (see docs/maps.md).",
@@ -865,6 +911,7 @@ def query_openapi() -> dict[str, Any]:
             {"name": "kpis", "description": "Stage KPIs against the map's targets."},
             {"name": "quarantine", "description": "Events validation kept aside (admin key)."},
             {"name": "keys", "description": "The project's API keys (admin key)."},
+            {"name": "alerts", "description": "Alerts when a stage falls below its target (docs/alerts.md)."},
             {"name": "operations", "description": "Probes."},
             {"name": "dashboard", "description": "The marketer dashboard page and its assets."},
         ],

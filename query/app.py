@@ -17,7 +17,9 @@ from journeys.stores import Stores
 from journeys import definitions
 from journeys.maps import SLUG, SLUG_RULE, validate_map
 from query.journey import CompiledMap, build_journey
-from query import customers, definitions_api, keys_api, kpi_customers, kpi_preview, kpis_api, quarantine_api
+from query import alerts_api, customers, definitions_api, keys_api, kpi_customers, kpi_preview, kpis_api, quarantine_api
+from query.alert_delivery import AlertDeliverer
+from query.alerts import AlertEvaluator
 from query.dashboard import add_dashboard_routes
 from query.state_updater import StageStateUpdater
 from query.api_spec import query_openapi
@@ -26,6 +28,8 @@ from query.reads import project_stats, stitched_events
 STORES = web.AppKey("stores", Stores)
 METRICS = web.AppKey("metrics", Metrics)
 STATE_UPDATER = web.AppKey("state_updater", StageStateUpdater)
+ALERT_EVALUATOR = web.AppKey("alert_evaluator", AlertEvaluator)
+ALERT_DELIVERER = web.AppKey("alert_deliverer", AlertDeliverer)
 
 MAX_LIMIT = 10_000
 MAX_ID_CHARS = 255
@@ -48,8 +52,10 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     kpi_preview.add_route(app, principal_of, STORES)  # POST /v1/kpis/preview: a draft map's KPIs, docs/kpis.md
     quarantine_api.add_routes(app, principal_of, STORES)  # GET /v1/quarantine (admin): docs/quarantine.md
     keys_api.add_routes(app, principal_of, STORES)  # GET/POST /v1/keys, DELETE /v1/keys/{prefix} (admin): docs/keys.md
+    alerts_api.add_routes(app, principal_of, STORES)  # /v1/alerts, /v1/alerts/rules…: docs/alerts.md
     add_dashboard_routes(app)  # GET / and /static/…: the marketer dashboard (query/static/)
     app.cleanup_ctx.append(_stage_state_updater)
+    app.cleanup_ctx.append(_alerts)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", metrics_handler(metrics))
@@ -64,6 +70,21 @@ async def _stage_state_updater(app: web.Application) -> AsyncIterator[None]:
     updater.start()
     yield
     await updater.stop()
+
+
+async def _alerts(app: web.Application) -> AsyncIterator[None]:
+    """Judges alert rules as the facts change (where the updater leads) and delivers their notifications."""
+    stores = app[STORES]
+    deliverer = AlertDeliverer(stores, app[METRICS])
+    evaluator = AlertEvaluator(
+        stores, app[METRICS], app[STATE_UPDATER], every_s=stores.settings.alert_every_s, on_queued=deliverer.wake
+    )
+    app[ALERT_DELIVERER], app[ALERT_EVALUATOR] = deliverer, evaluator
+    deliverer.start()
+    evaluator.start()
+    yield
+    await evaluator.stop()
+    await deliverer.stop()
 
 
 async def principal_of(request: web.Request, kinds: tuple[str, ...] = ("read",)) -> Principal:

@@ -34,8 +34,8 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
 
         async def get_one(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("read", "admin"))
-            version = _version_param(request)
-            name = _name(request)
+            version = version_param(request)
+            name = name_param(request)
             found = await definitions.get(request.app[stores_key].pg, principal.project_id, kind, name, version)
             if found is None:
                 what = f"{kind} {name!r}" + (f" version {version}" if version else "")
@@ -44,7 +44,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
 
         async def get_versions(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("read", "admin"))
-            name = _name(request)
+            name = name_param(request)
             found = await definitions.versions(request.app[stores_key].pg, principal.project_id, kind, name)
             if not found:
                 return error_response(404, [{"field": "name", "reason": f"no {kind} {name!r} in this project"}])
@@ -54,7 +54,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
 
         async def put(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("admin",))
-            name = _name(request)
+            name = name_param(request)
             document = await read_document(request)
             if isinstance(document, dict):
                 document.setdefault("name", name)
@@ -92,7 +92,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
         app.router.add_get(f"/v1/{plural}/{{name}}/versions", get_versions)
 
 
-def _name(request: web.Request) -> str:
+def name_param(request: web.Request) -> str:
     """A map or segment name from the path; only slugs can exist, so anything else is a 400, not a lookup."""
     name = request.match_info["name"]
     if not SLUG.match(name):
@@ -100,7 +100,7 @@ def _name(request: web.Request) -> str:
     return name
 
 
-def _version_param(request: web.Request) -> int | None:
+def version_param(request: web.Request) -> int | None:
     raw = request.query.get("version")
     if raw is None:
         return None

@@ -370,9 +370,7 @@ def _exact(target: float) -> Fraction:
     return Fraction(str(target))
 
 
-def _outcome(
-    goal: Fraction, lowest: Fraction, highest: Fraction, higher_is_better: bool
-) -> tuple[str, Fraction | None]:
+def outcome(goal: Fraction, lowest: Fraction, highest: Fraction, higher_is_better: bool) -> tuple[str, Fraction | None]:
     """Judge a metric whose final value lies in [lowest, highest] once every undecided customer is decided:
     ``met`` when even the worst case meets the goal, ``below_target`` when even the best case misses it,
     ``undecided`` otherwise; with the shortfall that is certain (relative to the goal, from the best case)."""
@@ -401,7 +399,7 @@ def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dic
             check.update(actual=None, lowest=None, highest=None, shortfall=None, status="no_data")
         else:
             lowest, highest = Fraction(converted, entered), Fraction(converted + in_progress, entered)
-            status, short = _outcome(_exact(target.conversion_rate), lowest, highest, higher_is_better=True)
+            status, short = outcome(_exact(target.conversion_rate), lowest, highest, higher_is_better=True)
             check.update(
                 actual=_ratio(converted, converted + dropped),
                 lowest=float(lowest),
@@ -421,7 +419,7 @@ def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dic
             check.update(actual=None, lowest=None, highest=None, shortfall=None, status="no_data")
         else:
             lowest, highest = Fraction(bounds[0], DAY_MS), Fraction(bounds[1], DAY_MS)
-            status, short = _outcome(_exact(target.median_days_to_convert), lowest, highest, higher_is_better=False)
+            status, short = outcome(_exact(target.median_days_to_convert), lowest, highest, higher_is_better=False)
             actual = None if raw["median_ms"] is None else float(Fraction(raw["median_ms"], DAY_MS))
             check.update(
                 actual=actual,
@@ -553,6 +551,17 @@ async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
             {"segment": segment or None, "stages": stages, "transitions": moves, "bottleneck": _bottleneck(stages)}
         )
     return {**_header(request), "segments": results}
+
+
+async def raw_stages(ch: ClickHouse, request: KpiRequest) -> dict[str, list[dict[str, Any]]]:
+    """Each requested segment's stages over the whole window as counts, before shaping: what alert rules judge
+    (query/alerts.py), with the median's bounds in milliseconds whatever the map's targets."""
+    entries, transitions, sentiments = await _collect(ch, request, daily=False)
+    folded = _fold(
+        request, entries, transitions, sentiments, lambda row: row["seg"] if isinstance(row, dict) else row[0]
+    )
+    wanted = request.segments if request.segments is not None else [ALL]
+    return {s: folded.get(s) or [_empty_stage() for _ in request.order] for s in wanted}
 
 
 async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:

@@ -200,12 +200,26 @@ class StageStateUpdater:
         self._started = time.time()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Projects whose serving facts changed since the alert evaluator last took them (query/alerts.py), and
+        # the event that wakes it: alerts follow the facts, not a clock.
+        self.changed_projects: set[str] = set()
+        self.facts_changed = asyncio.Event()
         metrics.kpi_freshness.set_function(self.freshness_seconds)
 
     def freshness_seconds(self) -> float:
         """Now − :attr:`acknowledged_before` (since this process started while nothing is known yet)."""
         at = self.acknowledged_before
         return max(0.0, time.time() - (self._started if at is None else at.timestamp()))
+
+    def take_changes(self) -> set[str]:
+        """The projects whose serving facts changed since the last call (and clear them)."""
+        changed, self.changed_projects = self.changed_projects, set()
+        self.facts_changed.clear()
+        return changed
+
+    def _changed(self, project_id: str) -> None:
+        self.changed_projects.add(project_id)
+        self.facts_changed.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stage-state-updater")
@@ -378,6 +392,7 @@ class StageStateUpdater:
             )
             self._serving[project_id] = (number, defs)
             self._pending.pop(project_id, None)
+            self._changed(project_id)
             # After every answer still reading the old build (they read the serving build under the shared
             # lock): its rows may go then, without any answer seeing half of them.
             _, others = await ch.query(
@@ -453,6 +468,8 @@ class StageStateUpdater:
                     still_kept=kept,
                 )
                 self.metrics.stage_state_rows.inc(written)
+                if written and serving:
+                    self._changed(project_id)
         self._merge_unknown = False
         # Only now, every refresh written: after a failure the retry starts from nothing known (see _loop).
         self._known = following

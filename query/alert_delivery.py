@@ -1,0 +1,214 @@
+"""Webhook delivery of alert notifications from the outbox (``alert_deliveries``, queued by query/alerts.py).
+
+**At least once.** A notification stays in the outbox until a receiver answers 2xx. Each attempt is leased
+(``next_attempt_at`` moves past the attempt's timeout before it starts), so several query services share the
+outbox without sending one notification twice at the same time, and one that dies mid-attempt leaves it due
+again once the lease ends. A failed attempt (no answer, or any status but 2xx; redirects are not followed)
+is retried after 1, 2, 4 … s, ±20 %, up to ``alert_retry_max_s``; after ``alert_give_up_after_s`` it is
+given up and shown so. Every attempt is recorded (``GET /v1/alerts``).
+
+**Signed.** Every request carries ``X-Journeys-Signature: t=<unix seconds>,v1=<hex>``, where ``v1`` is
+HMAC-SHA256 with the project's signing secret over ``"<t>." + body``: the receiver recomputes it and refuses
+a ``t`` too far from its clock (a replayed request), and ``X-Journeys-Delivery`` (also the body's ``id``) is
+the idempotency key, the same on every attempt. docs/alerts.md shows a receiver.
+
+Webhook URLs carry secrets (Slack's path is its token), so logs and attempts show :func:`redact`'s form only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import aiohttp
+
+from journeys.alert_rules import redact
+from journeys.metrics import Metrics
+from journeys.stores import Stores
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Journeys-Signature"
+DELIVERY_HEADER = "X-Journeys-Delivery"
+EVENT_HEADER = "X-Journeys-Event"
+ATTEMPT_TIMEOUT_S = 10.0
+MAX_ERROR_CHARS = 300
+
+CLAIM_SQL = """
+UPDATE alert_deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+FROM alert_events e
+WHERE e.id = d.event_id AND d.id IN (
+    SELECT id FROM alert_deliveries
+    WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
+    ORDER BY next_attempt_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+RETURNING d.id, d.project_id, d.url, d.body, d.attempts, d.created_at, e.kind
+"""
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``X-Journeys-Signature`` value of ``body`` sent at ``timestamp`` (unix seconds)."""
+    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+async def signing_secret(pg: Any, project_id: str, *, rotate: bool = False) -> str:
+    """The project's signing secret, made on first use; ``rotate`` replaces it (receivers need the new one)."""
+    fresh = "whsec_" + secrets.token_urlsafe(32)
+    if rotate:
+        return await pg.fetchval(
+            "INSERT INTO alert_signing_secrets (project_id, secret) VALUES ($1, $2) ON CONFLICT (project_id) "
+            "DO UPDATE SET secret = EXCLUDED.secret, created_at = now() RETURNING secret",
+            project_id,
+            fresh,
+        )
+    await pg.execute(
+        "INSERT INTO alert_signing_secrets (project_id, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        project_id,
+        fresh,
+    )
+    return await pg.fetchval("SELECT secret FROM alert_signing_secrets WHERE project_id = $1", project_id)
+
+
+def _retry_in(attempts: int, longest_s: float) -> float:
+    return min(longest_s, 2.0 ** max(attempts - 1, 0)) * random.uniform(0.8, 1.2)
+
+
+class AlertDeliverer:
+    """Sends what the outbox holds; runs in every query service (the lease keeps them apart)."""
+
+    def __init__(
+        self,
+        stores: Stores,
+        metrics: Metrics,
+        *,
+        poll_s: float = 1.0,
+        batch: int = 20,
+        timeout_s: float = ATTEMPT_TIMEOUT_S,
+    ):
+        self.stores = stores
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.batch = batch
+        self.timeout_s = timeout_s
+        self.retry_max_s = stores.settings.alert_retry_max_s
+        self.give_up_after = timedelta(seconds=stores.settings.alert_give_up_after_s)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="alert-deliverer")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "journeys-alerts/1"}) as session:
+            while not self._stop.is_set():
+                try:
+                    sent = await self.deliver_due(session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - never dies; the outbox keeps what was not sent
+                    log.exception("alert delivery failed; retrying")
+                    sent = 0
+                if sent:
+                    continue  # more may be due
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def deliver_due(self, session: aiohttp.ClientSession) -> int:
+        """Attempt every notification due now (a batch at a time); how many were attempted."""
+        pg = self.stores.pg
+        due = await pg.fetch(CLAIM_SQL, self.batch, self.timeout_s + 5.0)
+        if due:
+            await asyncio.gather(*(self._attempt(session, row) for row in due))
+        self.metrics.alert_outbox.set(
+            await pg.fetchval("SELECT count(*) FROM alert_deliveries WHERE delivered_at IS NULL AND gave_up_at IS NULL")
+        )
+        return len(due)
+
+    async def _attempt(self, session: aiohttp.ClientSession, row: Any) -> None:
+        pg = self.stores.pg
+        body = bytes(row["body"])
+        secret = await signing_secret(pg, row["project_id"])
+        headers = {
+            "Content-Type": "application/json",
+            DELIVERY_HEADER: str(row["id"]),
+            EVENT_HEADER: f"alert.{row['kind']}",
+            "X-Journeys-Attempt": str(row["attempts"]),
+            SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+        }
+        status: int | None = None
+        error: str | None = None
+        began = time.monotonic()
+        try:
+            async with session.post(row["url"], data=body, headers=headers, allow_redirects=False) as response:
+                status = response.status
+                await response.content.read(64 * 1024)  # a receiver's answer is not ours to keep
+        except Exception as exc:  # noqa: BLE001 - any failure is an attempt to retry
+            error = _error_text(exc, row["url"])
+        took_ms = int((time.monotonic() - began) * 1000)
+        delivered = status is not None and 200 <= status < 300
+        if error is None and not delivered:
+            error = f"answered {status}"
+        now = datetime.now(timezone.utc)
+        give_up = not delivered and now - row["created_at"] >= self.give_up_after
+        async with pg.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO alert_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
+                    row["id"],
+                    now,
+                    status,
+                    error,
+                    took_ms,
+                )
+                if delivered:
+                    await conn.execute("UPDATE alert_deliveries SET delivered_at = $2 WHERE id = $1", row["id"], now)
+                elif give_up:
+                    await conn.execute("UPDATE alert_deliveries SET gave_up_at = $2 WHERE id = $1", row["id"], now)
+                else:
+                    await conn.execute(
+                        "UPDATE alert_deliveries SET next_attempt_at = $2 WHERE id = $1",
+                        row["id"],
+                        now + timedelta(seconds=_retry_in(row["attempts"], self.retry_max_s)),
+                    )
+        result = "delivered" if delivered else "gave_up" if give_up else "failed"
+        self.metrics.alert_deliveries.labels(result).inc()
+        if not delivered:
+            log.warning(
+                "alert notification %s to %s: attempt %d %s (%s)",
+                row["id"],
+                redact(row["url"]),
+                row["attempts"],
+                "given up" if give_up else "failed, will retry",
+                error,
+            )
+
+
+def _error_text(exc: BaseException, url: str) -> str:
+    """What went wrong, without the URL's secrets (aiohttp puts the URL in some messages)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError):
+        text = f"no answer within {ATTEMPT_TIMEOUT_S:g} s"
+    return text.replace(url, redact(url))[:MAX_ERROR_CHARS]

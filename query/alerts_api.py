@@ -1,0 +1,216 @@
+"""HTTP for alerts (docs/alerts.md).
+
+* ``GET /v1/alerts`` (read key): each rule's state per segment, and the history of transitions with their
+  deliveries (delivered, pending with its failed attempts, given up). ``rule=`` narrows it; ``limit=`` caps
+  the history (default 50, at most 1000).
+* ``/v1/alerts/rules[/{name}[/versions]]``: rules, versioned like maps; ``PUT`` takes an **admin key**. A read
+  key sees webhook URLs as scheme and host only: their paths and user info are secrets.
+* ``GET``/``POST /v1/alerts/signing-secret`` (admin key): the project's webhook signing secret; ``POST``
+  replaces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from journeys import definitions
+from journeys.alert_rules import redact
+from journeys.http import ApiError, error_response, json_response
+from journeys.keys import Principal
+from journeys.maps import SLUG, SLUG_RULE, DefinitionError
+from journeys.stores import Stores
+from query.alert_delivery import signing_secret
+from query.definitions_api import name_param, read_document, version_param
+from query.reads import iso
+
+PrincipalOf = Callable[..., Awaitable[Principal]]
+HISTORY_LIMIT = 50
+MAX_HISTORY = 1000
+
+_STATES_SQL = """
+SELECT rule, segment, state, since, rule_version, evaluated_at, last FROM alert_states
+WHERE project_id = $1 AND ($2::text IS NULL OR rule = $2) ORDER BY rule, segment
+"""
+_EVENTS_SQL = """
+SELECT id, rule, rule_version, segment, kind, at, details FROM alert_events
+WHERE project_id = $1 AND ($2::text IS NULL OR rule = $2) ORDER BY id DESC LIMIT $3
+"""
+_DELIVERIES_SQL = """
+SELECT d.id, d.event_id, d.url, d.format, d.attempts, d.next_attempt_at, d.delivered_at, d.gave_up_at,
+       coalesce(array_agg(a.at ORDER BY a.at) FILTER (WHERE a.at IS NOT NULL AND a.error IS NOT NULL), '{}') AS failed_at,
+       coalesce(array_agg(a.status ORDER BY a.at) FILTER (WHERE a.at IS NOT NULL AND a.error IS NOT NULL), '{}') AS failed_status,
+       coalesce(array_agg(a.error ORDER BY a.at) FILTER (WHERE a.at IS NOT NULL AND a.error IS NOT NULL), '{}') AS failed_error
+FROM alert_deliveries d LEFT JOIN alert_attempts a ON a.delivery_id = d.id
+WHERE d.project_id = $1 AND d.event_id = ANY($2::bigint[])
+GROUP BY d.id ORDER BY d.event_id, d.url
+"""
+
+
+def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
+    async def alerts(request: web.Request) -> web.Response:
+        principal = await principal_of(request, ("read", "admin"))
+        pg = request.app[stores_key].pg
+        rule = request.query.get("rule")
+        if rule is not None and not SLUG.match(rule):
+            raise ApiError(400, [{"field": "rule", "reason": SLUG_RULE}])
+        limit = _limit(request)
+        return json_response(await alerts_view(pg, principal.project_id, rule, limit))
+
+    async def list_rules(request: web.Request) -> web.Response:
+        principal = await principal_of(request, ("read", "admin"))
+        found = await definitions.latest_of_each(request.app[stores_key].pg, principal.project_id, "alert")
+        return json_response({"items": [_shown(v.as_json(), principal) for v in found]})
+
+    async def get_rule(request: web.Request) -> web.Response:
+        principal = await principal_of(request, ("read", "admin"))
+        name, version = name_param(request), version_param(request)
+        found = await definitions.get(request.app[stores_key].pg, principal.project_id, "alert", name, version)
+        if found is None:
+            what = f"alert rule {name!r}" + (f" version {version}" if version else "")
+            return error_response(404, [{"field": "name", "reason": f"no {what} in this project"}])
+        return json_response(_shown(found.as_json(), principal))
+
+    async def rule_versions(request: web.Request) -> web.Response:
+        principal = await principal_of(request, ("read", "admin"))
+        name = name_param(request)
+        found = await definitions.versions(request.app[stores_key].pg, principal.project_id, "alert", name)
+        if not found:
+            return error_response(404, [{"field": "name", "reason": f"no alert rule {name!r} in this project"}])
+        return json_response({"name": name, "versions": [{"version": v, "created_at": iso(at)} for v, at in found]})
+
+    async def put_rule(request: web.Request) -> web.Response:
+        principal = await principal_of(request, ("admin",))
+        name = name_param(request)
+        document = await read_document(request)
+        if isinstance(document, dict):
+            document.setdefault("name", name)
+            if document["name"] != name:
+                reason = f"the document is named {document['name']!r}, the URL {name!r}"
+                return error_response(400, [{"field": "name", "reason": reason}])
+        try:
+            async with request.app[stores_key].pg.acquire() as conn:
+                applied = await definitions.apply_alert_rule(conn, principal.project_id, document)
+        except DefinitionError as exc:
+            return error_response(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
+        except asyncpg.UntranslatableCharacterError:
+            return error_response(400, [{"field": "body", "reason": "text must not contain NUL (\\u0000)"}])
+        body = {
+            "name": applied.name,
+            "version": applied.version,
+            "previous_version": applied.previous_version,
+            "changed": applied.changed,
+            "diff": applied.diff,
+        }
+        return json_response(body, status=201 if applied.previous_version is None else 200)
+
+    async def get_secret(request: web.Request) -> web.Response:
+        principal = await principal_of(request, ("admin",))
+        return json_response({"secret": await signing_secret(request.app[stores_key].pg, principal.project_id)})
+
+    async def rotate_secret(request: web.Request) -> web.Response:
+        principal = await principal_of(request, ("admin",))
+        secret = await signing_secret(request.app[stores_key].pg, principal.project_id, rotate=True)
+        return json_response({"secret": secret})
+
+    app.router.add_get("/v1/alerts", alerts)
+    app.router.add_get("/v1/alerts/rules", list_rules)
+    app.router.add_get("/v1/alerts/rules/{name}", get_rule)
+    app.router.add_put("/v1/alerts/rules/{name}", put_rule)
+    app.router.add_get("/v1/alerts/rules/{name}/versions", rule_versions)
+    app.router.add_get("/v1/alerts/signing-secret", get_secret)
+    app.router.add_post("/v1/alerts/signing-secret", rotate_secret)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return HISTORY_LIMIT
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5) or not 1 <= int(raw) <= MAX_HISTORY:
+        raise ApiError(400, [{"field": "limit", "reason": f"must be an integer from 1 to {MAX_HISTORY}"}])
+    return int(raw)
+
+
+def _shown(version: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    """A rule as its reader may see it: webhook URLs whole for admin keys, scheme and host for read keys."""
+    if principal.kind == "admin":
+        return version
+    rule = dict(version["definition"])
+    rule["notify"] = [{**hook, "url": redact(hook["url"])} for hook in rule.get("notify", [])]
+    return {**version, "definition": rule}
+
+
+async def alerts_view(pg: Any, project_id: str, rule: str | None, limit: int) -> dict[str, Any]:
+    """What ``GET /v1/alerts`` answers (the CLI prints the same)."""
+    rules = [v for v in await definitions.latest_of_each(pg, project_id, "alert") if rule is None or v.name == rule]
+    states = await pg.fetch(_STATES_SQL, project_id, rule)
+    events = await pg.fetch(_EVENTS_SQL, project_id, rule, limit)
+    deliveries = await pg.fetch(_DELIVERIES_SQL, project_id, [e["id"] for e in events])
+    by_event: dict[int, list[dict[str, Any]]] = {}
+    for d in deliveries:
+        state = "delivered" if d["delivered_at"] else "gave_up" if d["gave_up_at"] else "pending"
+        by_event.setdefault(d["event_id"], []).append(
+            {
+                "id": str(d["id"]),
+                "target": redact(d["url"]),
+                "format": d["format"],
+                "state": state,
+                "attempts": d["attempts"],
+                "delivered_at": None if d["delivered_at"] is None else iso(d["delivered_at"]),
+                "gave_up_at": None if d["gave_up_at"] is None else iso(d["gave_up_at"]),
+                "next_attempt_at": iso(d["next_attempt_at"]) if state == "pending" else None,
+                "failed_attempts": [
+                    {"at": iso(at), "status": status, "error": error}
+                    for at, status, error in zip(d["failed_at"], d["failed_status"], d["failed_error"])
+                ],
+            }
+        )
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for s in states:
+        by_rule.setdefault(s["rule"], []).append(
+            {
+                "segment": s["segment"] or None,
+                "state": s["state"],
+                "since": iso(s["since"]),
+                "rule_version": s["rule_version"],
+                "evaluated_at": iso(s["evaluated_at"]),
+                "evaluation": _json(s["last"]),
+            }
+        )
+    return {
+        "rules": [
+            {
+                "name": v.name,
+                "version": v.version,
+                "enabled": v.body["enabled"],
+                "map": v.body["map"],
+                "stage": v.body["stage"],
+                "metric": v.body["metric"],
+                "firing": any(s["state"] == "firing" for s in by_rule.get(v.name, [])),
+                "states": by_rule.get(v.name, []),
+            }
+            for v in rules
+        ],
+        "history": [
+            {
+                "id": e["id"],
+                "rule": e["rule"],
+                "rule_version": e["rule_version"],
+                "segment": e["segment"] or None,
+                "kind": e["kind"],
+                "at": iso(e["at"]),
+                **_json(e["details"]),
+                "deliveries": by_event.get(e["id"], []),
+            }
+            for e in events
+        ],
+    }
+
+
+def _json(value: Any) -> Any:
+    import orjson
+
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value

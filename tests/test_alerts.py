@@ -1,0 +1,422 @@
+"""Alerts: real events through the real collector and updater, judged by the real evaluator, delivered over
+real HTTP to a webhook receiver on 127.0.0.1 whose signature check is written here from docs/alerts.md."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from journeys import definitions
+from journeys.alert_rules import redact, validate_alert_rule
+from journeys.keys import add_key, create_project
+from journeys.maps import DefinitionError
+from query.alerts import judge
+from service import free_port
+from support import basic, wait_drained, wait_until
+
+MAP = {
+    "name": "funnel",
+    "stages": [
+        {"id": "aware", "name": "Aware", "conversion_window_days": 1, "target": {"conversion_rate": 0.5}},
+        {"id": "consider", "name": "Consider", "conversion_window_days": 1},
+        {"id": "buy", "name": "Buy"},
+    ],
+    "touchpoints": [
+        {"id": "ad", "stage": "aware", "match": {"event": "A"}},
+        {"id": "look", "stage": "consider", "match": {"event": "B"}},
+        {"id": "order", "stage": "buy", "match": {"event": "C"}},
+    ],
+}
+SEGMENT = {"name": "pro", "rules": [{"field": "traits.plan", "op": "equals", "value": "pro"}]}
+_names = iter(range(1_000_000))
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records every request and answers ``answers`` first, then 200."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.requests: list[tuple[dict[str, str], bytes, int]] = []
+        self.answers: list[int] = []
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/t0ps3cret"
+
+    async def start(self) -> "Receiver":
+        app = web.Application()
+        app.router.add_post("/hooks/{token}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = self.answers.pop(0) if self.answers else 200
+        self.requests.append((dict(request.headers), body, status))
+        return web.Response(status=status)
+
+    def delivered(self) -> list[tuple[dict[str, str], dict[str, Any]]]:
+        return [(h, json.loads(b)) for h, b, s in self.requests if 200 <= s < 300]
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
+    """What docs/alerts.md tells a receiver to do, written independently of the service's signer."""
+    fields = dict(part.split("=", 1) for part in headers["X-Journeys-Signature"].split(","))
+    timestamp = int(fields["t"])
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"])
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def journeys_of(
+    prefix: str, converted: int, dropped: int, entered_at: datetime, plan: str = "free"
+) -> list[dict[str, Any]]:
+    """Customers who entered Aware at ``entered_at``: ``converted`` of them moved on an hour later."""
+    events = []
+    for i in range(converted + dropped):
+        user = f"{prefix}-{i}"
+        events.append({"type": "identify", "userId": user, "traits": {"plan": plan}, "messageId": f"{user}-id"})
+        events.append(
+            {"type": "track", "userId": user, "event": "A", "messageId": f"{user}-a", "timestamp": _iso(entered_at)}
+        )
+        if i < converted:
+            moved = entered_at + timedelta(hours=1)
+            events.append(
+                {"type": "track", "userId": user, "event": "B", "messageId": f"{user}-b", "timestamp": _iso(moved)}
+            )
+    return events
+
+
+async def new_project(stores) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+    async with stores.pg.acquire() as conn:
+        project = await create_project(conn, f"alerts-{os.getpid()}-{next(_names)}")
+        await definitions.apply(conn, project.id, "map", MAP)
+        await definitions.apply(conn, project.id, "segment", SEGMENT)
+        admin = await add_key(conn, project.id, "admin")
+    return project, admin
+
+
+async def send(http, collector, key: str, events: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
+    async with http.post(collector.make_url("/v1/batch"), json={"batch": events}, headers=basic(key)) as r:
+        assert r.status == 200, await r.text()
+    await wait_drained(collector)
+
+
+async def put_rule(http, query, key: str, rule: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    url = query.make_url(f"/v1/alerts/rules/{rule['name']}")
+    async with http.put(url, json=rule, headers=basic(key)) as r:
+        return r.status, await r.json()
+
+
+async def alerts(http, query, key: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    async with http.get(query.make_url("/v1/alerts"), headers=basic(key)) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def state_where(http, query, key: str, check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Wait for GET /v1/alerts to show the (only) rule's all-customers state passing ``check``."""
+
+    async def ready() -> dict[str, Any] | None:
+        view = await alerts(http, query, key)
+        states = view["rules"][0]["states"] if view["rules"] else []
+        return view if states and check(states[0]) else None
+
+    return await wait_until(ready, timeout=30)
+
+
+# --- the rule document -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "reason"),
+    [
+        ({"name": "r", "map": "funnel", "stage": "aware", "metric": "drop_off_rate"}, "threshold", "required"),
+        (
+            {"name": "r", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "threshold": 1.5},
+            "threshold",
+            "share",
+        ),
+        (
+            {
+                "name": "r",
+                "map": "funnel",
+                "stage": "aware",
+                "metric": "conversion_rate",
+                "threshold": 0.5,
+                "recover_at": 0.4,
+            },
+            "recover_at",
+            "at or above",
+        ),
+        (
+            {
+                "name": "r",
+                "map": "funnel",
+                "stage": "aware",
+                "metric": "conversion_rate",
+                "notify": [{"url": "ftp://x/y"}],
+            },
+            "notify[0].url",
+            "http",
+        ),
+        ({"name": "r", "map": "funnel", "stage": "aware", "metric": "speed"}, "metric", "conversion_rate"),
+        (
+            {"name": "r", "map": "funnel", "stage": "aware", "metric": "in_progress", "threshold": 2.5},
+            "threshold",
+            "whole",
+        ),
+        ({"name": "R!", "map": "funnel", "stage": "aware", "metric": "conversion_rate"}, "name", "lowercase"),
+    ],
+)
+def test_a_bad_rule_is_refused_naming_the_field(document: dict[str, Any], path: str, reason: str) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        validate_alert_rule(document)
+    assert any(p["path"] == path and reason in p["reason"] for p in caught.value.problems), caught.value.problems
+
+
+def _raw(converted: int, dropped: int, in_progress: int) -> dict[str, Any]:
+    return {
+        "converted": converted,
+        "dropped": dropped,
+        "in_progress": in_progress,
+        "median_ms": None,
+        "median_bounds_ms": None,
+    }
+
+
+def test_customers_in_progress_never_make_a_rule_fire() -> None:
+    """1 converted of 4 decided misses 0.5, but 30 customers still in progress could lift it to 31/34."""
+    rule = validate_alert_rule({"name": "r", "map": "m", "stage": "s", "metric": "conversion_rate", "min_decided": 4})
+    limits = (Fraction(1, 2), Fraction(21, 40))
+    undecided = judge(rule, _raw(1, 3, 30), limits)
+    assert (undecided.status, undecided.fire) == ("undecided", False)
+    decided = judge(rule, _raw(1, 3, 0), limits)
+    assert (decided.status, decided.fire) == ("below_target", True)
+    too_few = judge(rule, _raw(0, 3, 0), limits)
+    assert (too_few.status, too_few.fire) == ("too_few_decided", False)
+
+
+def test_a_stage_on_the_edge_does_not_flap() -> None:
+    """Exactly at the threshold it no longer fires, but it only recovers 5 % above it."""
+    rule = validate_alert_rule({"name": "r", "map": "m", "stage": "s", "metric": "conversion_rate", "min_decided": 4})
+    limits = (Fraction(1, 2), Fraction(21, 40))
+    edge = judge(rule, _raw(3, 3, 0), limits)
+    assert (edge.status, edge.fire, edge.recover) == ("met", False, False)
+    assert judge(rule, _raw(4, 3, 0), limits).recover
+    lower = validate_alert_rule(
+        {"name": "r", "map": "m", "stage": "s", "metric": "drop_off_rate", "threshold": 0.5, "min_decided": 1}
+    )
+    assert judge(lower, _raw(1, 3, 0), (Fraction(1, 2), Fraction(19, 40))).fire
+    assert not judge(lower, _raw(1, 3, 0), (Fraction(1, 2), Fraction(19, 40))).recover
+
+
+def test_webhook_urls_are_shown_without_their_secrets() -> None:
+    assert redact("https://user:pw@hooks.example.com:8443/services/T0/B0/XYZ?q=1") == "https://hooks.example.com:8443/…"
+    assert redact("http://[::1]/x") == "http://[::1]/…"
+
+
+# --- the service --------------------------------------------------------------------------------------------
+
+
+async def test_rules_are_checked_against_the_project_and_need_an_admin_key(http, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project, admin = await new_project(stores)
+    rule = {"name": "aware-rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate"}
+    status, body = await put_rule(http, query, project.read_key, rule)
+    assert status == 403, body
+    for bad, field in (
+        ({**rule, "map": "nope"}, "map"),
+        ({**rule, "stage": "nope"}, "stage"),
+        ({**rule, "stage": "buy"}, "stage"),  # the last stage: nobody converts from it
+        ({**rule, "stage": "consider"}, "threshold"),  # no conversion_rate target there, and none given
+        ({**rule, "segments": ["vip"]}, "segments[0]"),
+    ):
+        status, body = await put_rule(http, query, admin, bad)
+        assert status == 400 and body["errors"][0]["field"] == field, body
+    hooked = {**rule, "notify": [{"url": "https://hooks.example.com/services/T0/B0/SECRET", "format": "slack"}]}
+    status, body = await put_rule(http, query, admin, hooked)
+    assert (status, body["version"]) == (201, 1), body
+    async with http.get(query.make_url("/v1/alerts/rules/aware-rate"), headers=basic(project.read_key)) as r:
+        shown = await r.json()
+    assert shown["definition"]["notify"][0]["url"] == "https://hooks.example.com/…"
+    async with http.get(query.make_url("/v1/alerts/rules/aware-rate"), headers=basic(admin)) as r:
+        assert (await r.json())["definition"]["notify"][0]["url"].endswith("/SECRET")
+    status, body = await put_rule(http, query, admin, hooked)
+    assert (status, body["changed"]) == (200, False)
+
+
+async def test_a_stage_falling_below_target_fires_once_then_resolves_signed(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Fire from real events, hold at the edge, resolve past the recovery threshold: each transition delivered
+    once (after the receiver's two failures), signed with the project's secret."""
+    project, admin = await new_project(stores)
+    receiver = await Receiver().start()
+    receiver.answers = [503, 500]
+    try:
+        rule = {
+            "name": "aware-rate",
+            "map": "funnel",
+            "stage": "aware",
+            "metric": "conversion_rate",
+            "min_decided": 4,
+            "notify": [{"url": receiver.url}, {"url": receiver.url, "format": "slack"}],
+        }
+        assert (await put_rule(http, query, admin, rule))[0] == 201
+        entered = datetime.now(timezone.utc) - timedelta(days=3)  # every conversion window has closed
+        await send(http, collector, project.write_key, journeys_of("a", converted=1, dropped=3, entered_at=entered))
+        view = await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+        evaluation = view["rules"][0]["states"][0]["evaluation"]
+        assert (evaluation["status"], evaluation["actual"], evaluation["threshold"]) == ("below_target", 0.25, 0.5)
+        await wait_until(lambda: _true(len(receiver.delivered()) == 2), timeout=30)
+
+        # 3 of 6: the threshold is met, but not the recovery threshold (0.525): it stays firing.
+        await send(http, collector, project.write_key, journeys_of("b", converted=2, dropped=0, entered_at=entered))
+        await state_where(http, query, project.read_key, lambda s: s["evaluation"]["converted"] == 3)
+        view = await alerts(http, query, project.read_key)
+        assert view["rules"][0]["states"][0]["state"] == "firing"
+        assert view["rules"][0]["states"][0]["evaluation"]["status"] == "met"
+
+        await send(http, collector, project.write_key, journeys_of("c", converted=1, dropped=0, entered_at=entered))
+        await state_where(http, query, project.read_key, lambda s: s["state"] == "ok")
+        await wait_until(lambda: _true(len(receiver.delivered()) == 4), timeout=30)
+        await asyncio.sleep(1.5)  # nothing more arrives: each notification once
+
+        async with http.get(query.make_url("/v1/alerts/signing-secret"), headers=basic(admin)) as r:
+            secret = (await r.json())["secret"]
+        delivered = receiver.delivered()
+        assert len(delivered) == 4 and len({h["X-Journeys-Delivery"] for h, _ in delivered}) == 4
+        for headers, body in [(h, b) for h, b, s in receiver.requests]:
+            assert verify(secret, headers, body)
+            assert not verify(secret, headers, body + b" ")
+            assert not verify("whsec_other", headers, body)
+        fired = [b for h, b in delivered if "type" in b and b["type"] == "alert.fired"]
+        resolved = [b for h, b in delivered if "type" in b and b["type"] == "alert.resolved"]
+        assert len(fired) == 1 and len(resolved) == 1
+        assert fired[0]["id"] == [h for h, b in delivered if b is fired[0]][0]["X-Journeys-Delivery"]
+        assert (fired[0]["rule"]["stage"], fired[0]["segment"], fired[0]["evaluation"]["dropped"]) == ("aware", None, 3)
+        assert resolved[0]["evaluation"]["actual"] == 4 / 7 and resolved[0]["sequence"] > fired[0]["sequence"]
+        texts = [b["text"] for h, b in delivered if set(b) == {"text"}]
+        assert len(texts) == 2 and texts[0].startswith("Firing: aware-rate") and texts[1].startswith("Resolved")
+
+        history = (await alerts(http, query, project.read_key))["history"]
+        assert [e["kind"] for e in history] == ["resolved", "fired"]
+        fired_deliveries = history[1]["deliveries"]
+        assert {d["state"] for d in fired_deliveries} == {"delivered"}
+        assert sum(len(d["failed_attempts"]) for d in fired_deliveries) == 2  # the receiver's 503 and 500
+        assert all(d["target"] == f"http://127.0.0.1:{receiver.port}/…" for d in fired_deliveries)
+        assert "t0ps3cret" not in json.dumps(history)
+    finally:
+        await receiver.stop()
+
+
+async def test_a_rule_on_undecided_customers_does_not_fire(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Nobody converted, but everyone entered an hour ago with a day to go: nothing is decided, nothing fires."""
+    project, admin = await new_project(stores)
+    receiver = await Receiver().start()
+    try:
+        rule = {
+            "name": "aware-rate",
+            "map": "funnel",
+            "stage": "aware",
+            "metric": "conversion_rate",
+            "min_decided": 1,
+            "segments": "*",
+            "notify": [{"url": receiver.url}],
+        }
+        assert (await put_rule(http, query, admin, rule))[0] == 201
+        entered = datetime.now(timezone.utc) - timedelta(hours=1)
+        long_ago = datetime.now(timezone.utc) - timedelta(days=3)
+        events = journeys_of("u", 0, 5, entered, plan="pro") + journeys_of("gone", 0, 1, long_ago, plan="pro")
+        await send(http, collector, project.write_key, events)
+
+        def judged(view: dict[str, Any]) -> bool:
+            states = view["rules"][0]["states"]
+            return len(states) == 2 and all(s["evaluation"].get("in_progress") == 5 for s in states)
+
+        view = await wait_until(lambda: _when(alerts(http, query, project.read_key), judged), timeout=30)
+        for state in view["rules"][0]["states"]:
+            # 0 of 1 decided converted, against 0.5: below, were the five in progress not able to lift it to 5/6.
+            assert (state["state"], state["evaluation"]["status"]) == ("ok", "undecided")
+            assert (state["evaluation"]["lowest"], state["evaluation"]["highest"]) == (0.0, 5 / 6)
+        assert [s["segment"] for s in view["rules"][0]["states"]] == [None, "pro"]
+        await asyncio.sleep(1.0)
+        assert receiver.requests == [] and view["history"] == []
+    finally:
+        await receiver.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _when(view, check):  # type: ignore[no-untyped-def]
+    got = await view
+    return got if check(got) else None
+
+
+async def test_a_receiver_down_then_back_gets_each_notification_once(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project, admin = await new_project(stores)
+    receiver = Receiver()  # not listening yet: connections are refused
+    rule = {
+        "name": "aware-rate",
+        "map": "funnel",
+        "stage": "aware",
+        "metric": "conversion_rate",
+        "min_decided": 2,
+        "notify": [{"url": receiver.url}],
+    }
+    assert (await put_rule(http, query, admin, rule))[0] == 201
+    entered = datetime.now(timezone.utc) - timedelta(days=2)
+    await send(http, collector, project.write_key, journeys_of("d", converted=0, dropped=2, entered_at=entered))
+
+    async def failed_twice() -> bool:
+        history = (await alerts(http, query, project.read_key))["history"]
+        return bool(history) and len(history[0]["deliveries"][0]["failed_attempts"]) >= 2
+
+    await wait_until(failed_twice, timeout=30)
+    await receiver.start()
+    try:
+        await wait_until(lambda: _true(len(receiver.delivered()) == 1), timeout=30)
+        await asyncio.sleep(1.0)
+        assert len(receiver.requests) == 1
+        [delivery] = (await alerts(http, query, project.read_key))["history"][0]["deliveries"]
+        assert delivery["state"] == "delivered" and delivery["attempts"] == len(delivery["failed_attempts"]) + 1
+        assert "ClientConnectorError" in delivery["failed_attempts"][0]["error"]
+        assert "t0ps3cret" not in json.dumps(delivery)
+    finally:
+        await receiver.stop()
+
+
+async def test_the_signing_secret_rotates_with_an_admin_key(http, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project, admin = await new_project(stores)
+    url = query.make_url("/v1/alerts/signing-secret")
+    async with http.get(url, headers=basic(project.read_key)) as r:
+        assert r.status == 403
+    async with http.get(url, headers=basic(admin)) as r:
+        first = (await r.json())["secret"]
+    async with http.get(url, headers=basic(admin)) as r:
+        assert (await r.json())["secret"] == first
+    async with http.post(url, headers=basic(admin)) as r:
+        rotated = (await r.json())["secret"]
+    assert rotated != first and rotated.startswith("whsec_")
