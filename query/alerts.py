@@ -224,6 +224,8 @@ async def record(
     enabled = {rule.name for rule, _ in rules if rule.enabled}
     async with pg.acquire() as conn:
         async with conn.transaction():
+            # One judge of a project's rules at a time: a state's first row has nothing to lock yet.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"alerts/{project_id}")
             rows = await conn.fetch(
                 "SELECT rule, segment, state FROM alert_states WHERE project_id = $1 FOR UPDATE", project_id
             )

@@ -289,6 +289,9 @@ async def test_a_stage_falling_below_target_fires_once_then_resolves_signed(http
         evaluation = view["rules"][0]["states"][0]["evaluation"]
         assert (evaluation["status"], evaluation["actual"], evaluation["threshold"]) == ("below_target", 0.25, 0.5)
         await wait_until(lambda: _true(len(receiver.delivered()) == 2), timeout=30)
+        async with http.get(query.make_url("/metrics")) as r:
+            exposition = await r.text()
+        assert f'journeys_alert_firing{{project="{project.id}",rule="aware-rate",segment="*all*"}} 1.0' in exposition
 
         # 3 of 6: the threshold is met, but not the recovery threshold (0.525): it stays firing.
         await send(http, collector, project.write_key, journeys_of("b", converted=2, dropped=0, entered_at=entered))
@@ -420,3 +423,35 @@ async def test_the_signing_secret_rotates_with_an_admin_key(http, query, stores)
     async with http.post(url, headers=basic(admin)) as r:
         rotated = (await r.json())["secret"]
     assert rotated != first and rotated.startswith("whsec_")
+
+
+async def test_disabling_a_firing_rule_resolves_it(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project, admin = await new_project(stores)
+    receiver = await Receiver().start()
+    try:
+        rule = {
+            "name": "aware-rate",
+            "map": "funnel",
+            "stage": "aware",
+            "metric": "conversion_rate",
+            "min_decided": 2,
+            "notify": [{"url": receiver.url}],
+        }
+        assert (await put_rule(http, query, admin, rule))[0] == 201
+        entered = datetime.now(timezone.utc) - timedelta(days=2)
+        await send(http, collector, project.write_key, journeys_of("z", converted=0, dropped=2, entered_at=entered))
+        await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+        assert (await put_rule(http, query, admin, {**rule, "enabled": False}))[0] == 200
+
+        async def resolved() -> list[dict[str, Any]] | None:
+            history = (await alerts(http, query, project.read_key))["history"]
+            return history if history and history[0]["kind"] == "resolved" else None
+
+        history = await wait_until(resolved, timeout=30)
+        assert [(e["kind"], e["reason"]) for e in history] == [("resolved", "rule disabled"), ("fired", "below")]
+        view = await alerts(http, query, project.read_key)
+        assert view["rules"][0]["enabled"] is False and view["rules"][0]["states"] == []
+        await wait_until(lambda: _true(len(receiver.delivered()) == 2), timeout=30)
+        assert [b["type"] for _, b in receiver.delivered()] == ["alert.fired", "alert.resolved"]
+    finally:
+        await receiver.stop()
