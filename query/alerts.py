@@ -353,16 +353,24 @@ class AlertEvaluator:
                     projects = with_rules
                 else:
                     projects = changed & with_rules
-                for project_id in sorted(projects):
-                    await self.evaluate(project_id)
-                self.last_error = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - never dies: logged, counted, retried on the next change
-                log.exception("alert evaluation failed")
-                self.metrics.alert_evaluation_errors.inc()
-                self.last_error = f"{exc!r}"[:500]
+                self._failed("alert evaluation failed", exc)
                 await asyncio.sleep(1.0)
+                continue
+            for project_id in sorted(projects):
+                try:  # one project's failure (its store, a rule it cannot judge) holds no other project back
+                    await self.evaluate(project_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - retried on its next change, or the next round
+                    self._failed(f"alert evaluation of project {project_id} failed", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.exception(what)
+        self.metrics.alert_evaluation_errors.inc()
+        self.last_error = f"{exc!r}"[:500]
 
     async def evaluate(self, project_id: str) -> int:
         """Judge one project's rules now and record what changed; the notifications queued."""
