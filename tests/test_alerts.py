@@ -20,9 +20,13 @@ from journeys import definitions
 from journeys.alert_rules import redact, validate_alert_rule
 from journeys.keys import add_key, create_project
 from journeys.maps import DefinitionError
+from aiohttp.test_utils import TestServer
+
+from journeys.metrics import Metrics
 from query.alerts import judge
+from query.app import create_app as create_query
 from service import free_port
-from support import basic, wait_drained, wait_until
+from support import basic, wait_drained, wait_until, with_settings
 
 MAP = {
     "name": "funnel",
@@ -455,3 +459,32 @@ async def test_disabling_a_firing_rule_resolves_it(http, collector, query, store
         assert [b["type"] for _, b in receiver.delivered()] == ["alert.fired", "alert.resolved"]
     finally:
         await receiver.stop()
+
+
+async def test_a_project_whose_rules_cannot_be_judged_holds_no_other_back(http, collector, stores) -> None:  # type: ignore[no-untyped-def]
+    """A stored rule that no longer validates (written by a later version, or by hand) fails its own project's
+    evaluation, every round; the projects judged after it in the same round are still judged."""
+    broken = f"0-broken-{os.getpid()}-{next(_names)}"  # sorts before every generated project id
+    async with stores.pg.acquire() as conn:
+        await conn.execute("INSERT INTO projects (id, name) VALUES ($1, $1)", broken)
+        await conn.execute(
+            "INSERT INTO definitions (project_id, kind, name, version, body) VALUES ($1, 'alert', 'odd', 1, $2::jsonb)",
+            broken,
+            json.dumps({"name": "odd", "map": "funnel", "stage": "aware", "metric": "speed"}),
+        )
+    query = TestServer(create_query(with_settings(stores, alert_every_s=0.3), Metrics()), host="127.0.0.1")
+    await query.start_server()
+    try:
+        project, admin = await new_project(stores)
+        rule = {"name": "aware-rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "min_decided": 2}
+        assert (await put_rule(http, query, admin, rule))[0] == 201
+        entered = datetime.now(timezone.utc) - timedelta(days=2)
+        await send(http, collector, project.write_key, journeys_of("k", converted=0, dropped=2, entered_at=entered))
+        view = await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+        # No event since: only the rounds that judge every project (every 0.3 s here) judge it again.
+        judged_at = view["rules"][0]["states"][0]["evaluated_at"]
+        await state_where(http, query, project.read_key, lambda s: s["evaluated_at"] > judged_at)
+    finally:
+        await query.close()
+        async with stores.pg.acquire() as conn:
+            await conn.execute("DELETE FROM projects WHERE id = $1", broken)
