@@ -130,6 +130,9 @@ async def judge_project(
     segment_names = [] if served is None else [s.name for s in served.segments]
     judged: list[Judged] = []
     for rule, version in enabled:
+        newest = next((m for m in latest.maps if m.name == rule.map), None)
+        if newest is None or rule.stage not in newest.compiled.order[:-1]:
+            continue  # the map's latest version has no such stage to convert from: watched no more (resolved)
         watched = (
             [ALL] if rule.segments == [] else [ALL, *segment_names] if rule.segments == "*" else list(rule.segments)
         )

@@ -488,3 +488,27 @@ async def test_a_project_whose_rules_cannot_be_judged_holds_no_other_back(http, 
         await query.close()
         async with stores.pg.acquire() as conn:
             await conn.execute("DELETE FROM projects WHERE id = $1", broken)
+
+
+async def test_a_stage_removed_from_the_map_resolves_its_alert(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project, admin = await new_project(stores)
+    rule = {"name": "aware-rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "min_decided": 2}
+    assert (await put_rule(http, query, admin, rule))[0] == 201
+    entered = datetime.now(timezone.utc) - timedelta(days=2)
+    await send(http, collector, project.write_key, journeys_of("g", converted=0, dropped=2, entered_at=entered))
+    await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+    without_aware = {
+        **MAP,
+        "stages": MAP["stages"][1:],
+        "touchpoints": [t for t in MAP["touchpoints"] if t["stage"] != "aware"],
+    }
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", without_aware)
+
+    async def resolved() -> list[dict[str, Any]] | None:
+        history = (await alerts(http, query, project.read_key))["history"]
+        return history if history and history[0]["kind"] == "resolved" else None
+
+    history = await wait_until(resolved, timeout=30)
+    assert (history[0]["reason"], history[0]["segment"]) == ("no longer watched", None)
+    assert (await alerts(http, query, project.read_key))["rules"][0]["states"] == []
