@@ -121,6 +121,15 @@ async def judge_project(
     enabled = [(rule, version) for rule, version in rules if rule.enabled]
     if not enabled:
         return rules, []
+    # The serving build is read, and every rule's counts, while no facts write (nor a switch to a new build and
+    # the old one's deletion) can become visible: as for a KPI answer (query/kpis_api.py).
+    async with consistent_facts(lock_pool(stores), project_id):
+        return rules, await _judge_rules(stores, project_id, enabled, now)
+
+
+async def _judge_rules(
+    stores: Stores, project_id: str, enabled: list[tuple[AlertRule, int]], now: datetime
+) -> list[Judged]:
     latest, build = await asyncio.gather(
         current_definitions(stores.pg, project_id), serving_build(stores.pg, project_id)
     )
@@ -156,13 +165,12 @@ async def judge_project(
             last_day=now.date(),
             now=now,
         )
-        async with consistent_facts(lock_pool(stores), project_id):
-            raws = await raw_stages(stores.clickhouse, request)
+        raws = await raw_stages(stores.clickhouse, request)
         stage = mv.compiled.order.index(rule.stage)
         limits = thresholds(rule, mv.compiled.map)
         for segment in computed:
             judged.append(Judged(rule, version, segment, judge(rule, raws[segment][stage], limits)))
-    return rules, judged
+    return judged
 
 
 def _summary(kind: str, rule: AlertRule, segment: str, numbers: dict[str, Any], reason: str) -> str:
