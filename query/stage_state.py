@@ -12,6 +12,7 @@ service's :class:`~query.state_updater.StageStateUpdater` decides which customer
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
@@ -22,6 +23,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
+import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
@@ -146,6 +148,27 @@ class Definitions:
         return Definitions(
             tuple(MapVersion(CompiledMap(m, v)) for m, v in maps), tuple(s for s, _ in segments), fingerprint
         )
+
+    @cached_property
+    def facts_key(self) -> str:
+        """What the facts depend on, and nothing else: two definitions with one key have the same facts, so a
+        build computed for one serves the other as it is. Targets, names and descriptions are read from the map
+        when an answer is made, never stored in the facts: a target edit needs no recomputation."""
+        shown = {
+            "format": FACTS_FORMAT,
+            "maps": [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in self.maps],
+            "segments": [s.model_dump(mode="json", exclude={"description"}) for s in self.segments],
+        }
+        return hashlib.sha256(orjson.dumps(shown, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# The parts of a map the facts never read (query/facts_sql.py reads stage ids, order and conversion windows,
+# touchpoints, and the map's name).
+_NOT_IN_FACTS: Any = {
+    "description": True,
+    "stages": {"__all__": {"name", "description", "target"}},
+    "touchpoints": {"__all__": {"description"}},
+}
 
 
 @asynccontextmanager

@@ -339,11 +339,36 @@ class StageStateUpdater:
             running = self._rebuilds.get(project_id)
             if build.fingerprint == defs.fingerprint or (running is not None and not running.done()):
                 continue
+            serving = self._serving.get(project_id)
+            if serving is not None and serving[0] == build.number and serving[1].facts_key == defs.facts_key:
+                await self._relabel(project_id, build.number, build.fingerprint, defs)
+                continue
             if time.monotonic() < self._rebuild_after.get(project_id, 0.0):
                 continue
             self._rebuilds[project_id] = asyncio.create_task(
                 self._rebuild_task(project_id, defs), name=f"rebuild-{project_id}"
             )
+
+    async def _relabel(self, project_id: str, number: int, fingerprint: str, defs: Definitions) -> None:
+        """New versions whose facts are those the serving build holds (a target, a name or a description
+        changed): the build now serves them as it is, at once, instead of being recomputed."""
+        async with facts_lock(self.stores.pg, project_id):
+            relabelled = await self.stores.pg.fetchval(
+                "UPDATE stage_state_builds SET fingerprint = $4, rebuilding_since = NULL "
+                "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 RETURNING build",
+                project_id,
+                number,
+                fingerprint,
+                defs.fingerprint,
+            )
+            if relabelled is not None:
+                self._serving[project_id] = (number, defs)
+                self._changed(project_id)
+        log.info(
+            "stage facts of project %s serve %s as they are (no fact depends on what changed)",
+            project_id,
+            defs.fingerprint,
+        )
 
     async def _rebuild_task(self, project_id: str, defs: Definitions) -> None:
         try:

@@ -1130,3 +1130,57 @@ async def test_a_rebuild_stalls_no_live_update_of_any_project(http, collector, q
 
 async def _true_async(value: Any, wanted: int) -> bool:
     return await value == wanted
+
+
+async def test_a_target_edit_serves_at_once_without_recomputing_the_facts(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """Targets, names and descriptions are read from the map when an answer is made: a new version changing only
+    them is served by the facts already built (same build), while a touchpoint change is recomputed."""
+    import copy
+
+    project = await _new_project(stores)
+    events = [
+        {
+            "type": "track",
+            "userId": "t1",
+            "event": e,
+            "messageId": f"t1-{e}",
+            "timestamp": _stamp(BASE + timedelta(hours=h)),
+        }
+        for h, e in enumerate("AB")
+    ]
+    await _send(http, collector, project.write_key, events)
+    first = await _kpis(http, query, project.read_key, map="funnel")
+
+    async def builds() -> tuple[int, int]:
+        row = await stores.pg.fetchrow(
+            "SELECT build, last_build FROM stage_state_builds WHERE project_id = $1", project.id
+        )
+        return row["build"], row["last_build"]
+
+    before = await builds()
+    edited = copy.deepcopy(MAP)
+    edited["description"] = "tuned"
+    edited["stages"][0]["target"] = {"conversion_rate": 0.9}
+    edited["stages"][0]["name"] = "Awareness"
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", edited)
+    second = await wait_until(
+        lambda: _if(_kpis(http, query, project.read_key, map="funnel"), lambda r: r["map"]["version"] == 2)
+    )
+    aware = second["segments"][0]["stages"][0]
+    assert (aware["name"], aware["target"], aware["entered"]) == ("Awareness", {"conversion_rate": 0.9}, 1)
+    assert second["segments"][0]["stages"][1:] == first["segments"][0]["stages"][1:]
+    assert await builds() == before  # served as built: no new build was even started
+
+    edited["touchpoints"] = list(reversed(edited["touchpoints"]))
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", edited)
+    await wait_until(
+        lambda: _if(_kpis(http, query, project.read_key, map="funnel"), lambda r: r["map"]["version"] == 3)
+    )
+    assert (await builds())[0] > before[0]  # what decides the facts changed: recomputed
+
+
+async def _if(answer, check):  # type: ignore[no-untyped-def]
+    got = await answer
+    return got if check(got) else None
