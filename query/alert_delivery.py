@@ -22,12 +22,14 @@ import hashlib
 import hmac
 import logging
 import random
+import re
 import secrets
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
+import yarl
 
 from journeys.alert_rules import redact
 from journeys.metrics import Metrics
@@ -211,4 +213,9 @@ def _error_text(exc: BaseException, url: str) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, asyncio.TimeoutError):
         text = f"no answer within {ATTEMPT_TIMEOUT_S:g} s"
-    return text.replace(url, redact(url))[:MAX_ERROR_CHARS]
+    for form in {url, str(yarl.URL(url)), str(yarl.URL(url, encoded=True))}:
+        text = text.replace(form, redact(url))
+    return _USERINFO.sub("//", text)[:MAX_ERROR_CHARS]
+
+
+_USERINFO = re.compile(r"//[^/\s@]+@")  # user:password@ of any URL left in a message

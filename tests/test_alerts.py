@@ -13,7 +13,9 @@ from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
 
+import aiohttp
 import pytest
+import yarl
 from aiohttp import web
 
 from journeys import definitions
@@ -23,6 +25,7 @@ from journeys.maps import DefinitionError
 from aiohttp.test_utils import TestServer
 
 from journeys.metrics import Metrics
+from query.alert_delivery import _error_text
 from query.alerts import judge
 from query.app import create_app as create_query
 from service import free_port
@@ -240,6 +243,11 @@ def test_a_stage_on_the_edge_does_not_flap() -> None:
 def test_webhook_urls_are_shown_without_their_secrets() -> None:
     assert redact("https://user:pw@hooks.example.com:8443/services/T0/B0/XYZ?q=1") == "https://hooks.example.com:8443/…"
     assert redact("http://[::1]/x") == "http://[::1]/…"
+    # Errors an attempt records: the URL, in whatever form a library prints it, loses its path and user info.
+    url = "http://u:pw@hooks.example.com/x y/SECRET"
+    for exc in (aiohttp.InvalidURL(url), ValueError(f"bad {yarl.URL(url)}"), OSError("at //u:pw@elsewhere/")):
+        text = _error_text(exc, url)
+        assert "SECRET" not in text and "pw" not in text, text
 
 
 # --- the service --------------------------------------------------------------------------------------------
