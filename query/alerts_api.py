@@ -189,6 +189,7 @@ async def alerts_view(pg: Any, project_id: str, rule: str | None, limit: int) ->
                 "map": v.body["map"],
                 "stage": v.body["stage"],
                 "metric": v.body["metric"],
+                "window_days": v.body["window_days"],
                 "firing": any(s["state"] == "firing" for s in by_rule.get(v.name, [])),
                 "states": by_rule.get(v.name, []),
             }

@@ -5,13 +5,16 @@
 // * Every value from the API reaches the page through textContent or plotly, never innerHTML: ids,
 //   touchpoints and channels are whatever customers' events said.
 // * Each view refreshes itself every POLL_MS while the tab is visible; a refresh never overlaps another.
+// * Alerts (GET /v1/alerts) are read with every refresh, whatever the view: a firing rule marks its stage
+//   wherever the stage is shown for the rule's map and segment, and the Alerts view lists the history. When
+//   the alerts cannot be read, nothing is marked and the KPIs are shown as ever.
 "use strict";
 
 (function () {
   const KEY_SLOT = "journeys.readKey";
   const POLL_MS = 5000;
   const STALE_SECONDS = 15 * 60;
-  const VIEWS = ["journey", "flow", "compare", "customer"];
+  const VIEWS = ["journey", "flow", "compare", "customer", "alerts"];
   const COLORS = { forward: "rgba(36,87,197,0.45)", dropped: "rgba(198,40,40,0.45)", progress: "rgba(107,114,128,0.35)",
     regression: "rgba(245,158,11,0.7)", skip: "rgba(124,58,237,0.6)" };
   const SENTIMENT_COLORS = { positive: "#1a7f37", neutral: "#6b7280", negative: "#c62828", "": "#2457c5" };
@@ -20,7 +23,7 @@
   const $ = (id) => document.getElementById(id);
   const state = { key: null, view: "journey", maps: [], segments: [], customer: null, busy: false, again: false, timer: null,
     kpis: null, daily: null, compare: null, journey: null, rebuilding: null, polling: false,
-    list: null, listToken: 0, stageNames: {}, searchTimer: null, searchToken: 0 };
+    list: null, listToken: 0, stageNames: {}, searchTimer: null, searchToken: 0, alerts: null, alertsError: null };
   const LIST_LIMIT = 100;
   const UNDECIDED_BANNER_BELOW = 0.5; // decided share of the range's entries under which the banner shows
   const OUTCOME_TEXT = { reached: "Reached", entered: "Entered", converted: "Converted", dropped: "Dropped", in_progress: "Still in progress" };
@@ -108,6 +111,9 @@
     sessionStorage.removeItem(KEY_SLOT);
     state.key = null;
     if (state.timer !== null) { clearInterval(state.timer); state.timer = null; }
+    state.alerts = null;
+    state.alertsError = null;
+    renderAlerts();
     $("app").hidden = true;
     $("signout").hidden = true;
     $("signin").hidden = false;
@@ -143,10 +149,11 @@
     for (const a of document.querySelectorAll(".views a")) {
       if (a.dataset.view === state.view) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     }
-    // Comparison always shows every segment; the customer view needs no segment.
+    // Comparison always shows every segment; the customer view needs no segment; alerts need no filter at all.
     $("segment-label").hidden = state.view === "compare" || state.view === "customer";
-    $("drill").hidden = state.view === "customer" || !state.list;
-    if (state.view === "customer") $("undecided-banner").hidden = true;
+    $("filters").hidden = state.view === "alerts";
+    $("drill").hidden = state.view === "customer" || state.view === "alerts" || !state.list;
+    if (state.view === "customer" || state.view === "alerts") $("undecided-banner").hidden = true;
     refresh();
   }
 
@@ -156,7 +163,8 @@
     if (state.busy) { state.again = true; return; }
     state.busy = true;
     try {
-      await Promise.all([refreshFreshness(), refreshView()]);
+      const alerts = refreshAlerts();
+      await Promise.all([refreshFreshness(), alerts, refreshView(alerts)]);
     } finally {
       state.busy = false;
     }
@@ -177,8 +185,16 @@
     return kpis;
   }
 
-  async function refreshView() {
+  async function refreshView(alerts) {
     state.rebuilding = null;
+    if (state.view === "alerts") {
+      // Read by refreshAlerts (every view needs them for the stage marks); this view only says how that went.
+      await alerts;
+      if (!state.key) return;
+      if (state.alertsError) setStatus("Could not load alerts: " + state.alertsError, true);
+      else setStatus("Updated " + new Date().toLocaleTimeString("en-GB") + " · refreshes every " + POLL_MS / 1000 + " s", false);
+      return;
+    }
     if (!$("map").value && state.view !== "customer") {
       setStatus("This project has no journey map yet: apply one (docs/maps.md) and it shows here.", false);
       return;
@@ -227,7 +243,8 @@
     noteStages(seg.stages);
     renderBanner(seg, kpis);
     renderBottleneck(seg);
-    $("stages").replaceChildren(...seg.stages.map((s) => stageColumn(s, seg.bottleneck, seg.segment)));
+    $("stages").replaceChildren(...seg.stages.map((s) => stageColumn(s, seg.bottleneck, seg.segment, kpis.map.name)));
+    markStages();
     renderDaily(daily, seg.stages);
   }
 
@@ -300,7 +317,7 @@
       part("converted", s.converted), part("dropped", s.dropped), part("in_progress", s.in_progress));
   }
 
-  function stageColumn(s, bottleneck, segment) {
+  function stageColumn(s, bottleneck, segment, mapName) {
     const isBottleneck = bottleneck && bottleneck.stage === s.id;
     const id = s.id;
     const row = (label, field, value, text) =>
@@ -321,9 +338,11 @@
       : el("p", { class: "hint" }, "none"));
     const bounds = s.conversion_rate_bounds;
     const boundsText = !bounds ? "—" : bounds.lowest === bounds.highest ? pct(bounds.lowest) : pct(bounds.lowest) + " – " + pct(bounds.highest);
+    const label = s.name + ": " + STATUS_TEXT[s.status] + (isBottleneck ? ", bottleneck" : "");
     return el("article", { class: "stage " + s.status + (isBottleneck ? " is-bottleneck" : ""), testid: "stage-" + id,
-      "data-status": s.status, "aria-label": s.name + ": " + STATUS_TEXT[s.status] + (isBottleneck ? ", bottleneck" : "") },
+      "data-status": s.status, "aria-label": label, "data-label": label },
       el("h3", {}, el("span", {}, s.name), isBottleneck ? el("span", { class: "flag", testid: "bottleneck-flag" }, "Bottleneck") : null),
+      alertSlot("div", mapName, id, segment, "stage-" + id + "-alerts"),
       el("span", { class: "status-line", testid: "stage-" + id + "-status" }, STATUS_TEXT[s.status]),
       outcomeBar(s, segment),
       el("dl", {},
@@ -397,8 +416,9 @@
       ["regressions", s.regressions_into, num(s.regressions_into)], ["skips", s.skips_over, num(s.skips_over)], ["repeats", s.repeats, num(s.repeats)],
     ];
     $("flow-table").tBodies[0].replaceChildren(...stages.map((s) => el("tr", {},
-      el("th", { scope: "row" }, s.name),
+      el("th", { scope: "row" }, s.name, alertSlot("span", kpis.map.name, s.id, seg.segment, "flow-" + s.id + "-alerts")),
       cells(s).map(([field, v, shown]) => el("td", { class: "num", testid: "flow-" + s.id + "-" + field, "data-value": v === null ? "" : v }, shown)))));
+    markStages();
   }
 
   function sankey(stages, transitions) {
@@ -487,9 +507,161 @@
           cell("reached", s.reached, "reached"), cell("entered", s.entered, "entered"), cell("converted", s.converted, "converted"),
           cell("dropped", s.dropped, "dropped"), cell("in-progress", s.in_progress, "in_progress"),
           el("td", { class: "num " + s.status, testid: base + "-conversion", "data-value": s.conversion_rate === null ? "" : s.conversion_rate }, pct(s.conversion_rate) + range),
-          el("td", { class: s.status, testid: base + "-status" }, STATUS_TEXT[s.status] + (seg.bottleneck && seg.bottleneck.stage === s.id ? " · bottleneck" : "")),
+          el("td", { class: s.status, testid: base + "-status" }, STATUS_TEXT[s.status] + (seg.bottleneck && seg.bottleneck.stage === s.id ? " · bottleneck" : ""),
+            alertSlot("span", kpis.map.name, s.id, seg.segment, base + "-alerts")),
         ];
       }))));
+    markStages();
+  }
+
+  // ---------- alerts ----------
+  // Read with every refresh (never throws): a failure leaves nothing marked and is said on the Alerts link and
+  // in the Alerts view; the KPIs do not depend on it.
+  async function refreshAlerts() {
+    try {
+      const alerts = await api("/v1/alerts");
+      if (!state.key) return;
+      state.alerts = alerts;
+      state.alertsError = null;
+    } catch (err) {
+      if (!state.key) return;
+      state.alerts = null;
+      state.alertsError = err.message || String(err);
+    }
+    renderAlerts();
+    markStages();
+  }
+
+  const METRIC_TEXT = { conversion_rate: "conversion rate of the decided", drop_off_rate: "drop-off rate of the decided",
+    median_days_to_convert: "median time to convert", in_progress: "customers in progress" };
+  const metricText = (metric) => METRIC_TEXT[metric] || String(metric || "value").replace(/_/g, " ");
+  function metricValue(metric, x) {
+    if (x === null || x === undefined) return "—";
+    if (metric === "conversion_rate" || metric === "drop_off_rate") return pct(x);
+    if (metric === "median_days_to_convert") return Number(x).toFixed(2) + " d";
+    return num(x);
+  }
+  const utc = (t) => (t ? t.replace("T", " ").replace("Z", "").slice(0, 19) + " UTC" : "—");
+  const plural = (n, one, many) => num(n) + " " + (n === 1 ? one : many);
+  const VERDICT_TEXT = { undecided: "too early to tell", too_few_decided: "too few decided", no_data: "no data",
+    no_threshold: "no threshold", not_computed: "not computed yet", not_watched: "no longer watched" };
+
+  // "conversion rate of the decided 75.0% · threshold 90.0%": what the rule saw when it was judged; with the
+  // recovery threshold where it matters (a firing rule, a resolution).
+  function judgedText(metric, evaluation, withRecovery, named) {
+    const e = evaluation || {};
+    if (e.actual === undefined && e.threshold === undefined) return e.status ? VERDICT_TEXT[e.status] || e.status.replace(/_/g, " ") : "—";
+    return (named === false ? "" : metricText(metric) + " ") + metricValue(metric, e.actual) + " · threshold " + metricValue(metric, e.threshold) +
+      (withRecovery && e.recover_at !== undefined && e.recover_at !== e.threshold ? " (resolves at " + metricValue(metric, e.recover_at) + ")" : "");
+  }
+
+  // The rules firing for one stage of one map, for one segment ("" is all customers, as the API's null).
+  function firingFor(map, stage, segment) {
+    if (!state.alerts) return [];
+    const found = [];
+    for (const rule of state.alerts.rules) {
+      if (rule.map !== map || rule.stage !== stage) continue;
+      for (const st of rule.states) if (st.state === "firing" && (st.segment || "") === segment) found.push({ rule, st });
+    }
+    return found;
+  }
+
+  // Where a stage is shown, a slot its firing rules' badges go into (filled by markStages, now and after each
+  // read of the alerts).
+  function alertSlot(tag, map, stage, segment, testid) {
+    return el(tag, { class: "alert-badges", testid, "data-alert-map": map, "data-alert-stage": stage,
+      "data-alert-segment": segment === null || segment === undefined ? "" : segment });
+  }
+
+  function alertBadge(rule, st) {
+    const label = "alerting: " + rule.name + " — " + judgedText(rule.metric, st.evaluation, false) + " (" + segLabel(st.segment) +
+      ", firing since " + utc(st.since) + "; judged on the entries of the last " + rule.window_days + " days)";
+    return el("a", { href: "#alerts", class: "alert-badge", testid: "alert-badge", "data-rule": rule.name, title: label, "aria-label": label },
+      "alerting: " + rule.name);
+  }
+
+  function markStages() {
+    for (const slot of document.querySelectorAll("[data-alert-stage]")) {
+      const firing = firingFor(slot.dataset.alertMap, slot.dataset.alertStage, slot.dataset.alertSegment);
+      slot.replaceChildren(...firing.map(({ rule, st }) => alertBadge(rule, st)));
+      const card = slot.closest(".stage");
+      if (card) {
+        card.classList.toggle("alerting", firing.length > 0);
+        card.setAttribute("aria-label", card.dataset.label + (firing.length ? ", alerting: " + firing.map((f) => f.rule.name).join(", ") : ""));
+      }
+    }
+  }
+
+  function deliveryText(d) {
+    const failed = d.failed_attempts || [];
+    const last = failed.length ? failed[failed.length - 1] : null;
+    const why = last ? " (last: " + (last.error || "answered " + last.status) + ")" : "";
+    if (d.state === "delivered") {
+      return "delivered " + utc(d.delivered_at) + (failed.length ? " after " + plural(failed.length, "failed attempt", "failed attempts") : "");
+    }
+    if (d.state === "gave_up") return "gave up " + utc(d.gave_up_at) + " after " + plural(d.attempts, "attempt", "attempts") + why;
+    return "pending" + (failed.length ? " — " + plural(failed.length, "failed attempt", "failed attempts") + why : "") +
+      (d.next_attempt_at ? "; next try " + utc(d.next_attempt_at) : "");
+  }
+
+  function renderAlerts() {
+    const alerts = state.alerts;
+    const firing = alerts ? alerts.rules.reduce((n, r) => n + r.states.filter((s) => s.state === "firing").length, 0) : 0;
+    const pill = $("alerts-count");
+    pill.textContent = state.alertsError ? "!" : firing ? num(firing) + " firing" : "";
+    pill.title = state.alertsError ? "Alerts could not be loaded: " + state.alertsError : "";
+    pill.hidden = !state.alertsError && !firing;
+    const rulesBody = $("alerts-rules").tBodies[0];
+    const historyBody = $("alerts-history").tBodies[0];
+    if (!alerts) {
+      rulesBody.replaceChildren();
+      historyBody.replaceChildren();
+      for (const id of ["alerts-rules-box", "alerts-history-box", "alerts-rules-empty", "alerts-history-empty"]) $(id).hidden = true;
+      $("alerts-sub").textContent = state.alertsError ? "· could not be loaded" : "";
+      return;
+    }
+    $("alerts-sub").textContent = "· " + plural(alerts.rules.length, "rule", "rules") + " · " + (firing ? num(firing) + " firing" : "none firing");
+    const byName = Object.fromEntries(alerts.rules.map((r) => [r.name, r]));
+    const where = (rule) => (rule ? rule.map + " · " + rule.stage : "—");
+    const chip = (kind, text) => el("span", { class: "chip " + kind }, text);
+    rulesBody.replaceChildren(...alerts.rules.flatMap((rule) => {
+      const head = [el("th", { scope: "row" }, rule.name, rule.enabled ? null : el("span", { class: "sub" }, " (disabled)")),
+        el("td", {}, where(rule)), el("td", {}, metricText(rule.metric))];
+      if (!rule.states.length) {
+        return [el("tr", { testid: "alert-rule-" + rule.name, "data-rule": rule.name },
+          head, el("td", {}, "—"), el("td", {}, rule.enabled ? "not judged yet" : "disabled"), el("td", {}, "—"))];
+      }
+      return rule.states.map((st) => el("tr", { testid: "alert-rule-" + rule.name + "-" + (st.segment || "all"), "data-rule": rule.name,
+        "data-segment": st.segment || "", "data-state": st.state },
+        head.map((cell) => cell.cloneNode(true)), el("td", {}, segLabel(st.segment)),
+        el("td", {}, st.state === "firing" ? chip("firing", "firing since " + utc(st.since)) : chip("ok", "ok")),
+        el("td", {}, judgedText(rule.metric, st.evaluation, st.state === "firing", false),
+          st.evaluation && VERDICT_TEXT[st.evaluation.status] && (st.evaluation.actual !== undefined || st.evaluation.threshold !== undefined)
+            ? " (" + VERDICT_TEXT[st.evaluation.status] + ")" : null,
+          el("span", { class: "sub" }, " · " + utc(st.evaluated_at)))));
+    }));
+    $("alerts-rules-box").hidden = !alerts.rules.length;
+    $("alerts-rules-empty").hidden = alerts.rules.length > 0;
+    historyBody.replaceChildren(...alerts.history.map((e, i) => {
+      const rule = byName[e.rule];
+      const metric = rule ? rule.metric : null;
+      const resolved = e.kind === "resolved";
+      const reason = e.reason && e.reason !== "below" && e.reason !== "recovered" ? " (" + e.reason + ")" : "";
+      const deliveries = e.deliveries || [];
+      return el("tr", { testid: "alert-event-" + i, "data-rule": e.rule, "data-kind": e.kind, "data-segment": e.segment || "" },
+        el("td", {}, utc(e.at)),
+        el("td", {}, e.rule + " v" + e.rule_version),
+        el("td", {}, where(rule)),
+        el("td", {}, segLabel(e.segment)),
+        el("td", { testid: "alert-event-" + i + "-kind" }, chip(resolved ? "ok" : "firing", e.kind), reason),
+        el("td", { testid: "alert-event-" + i + "-value" }, judgedText(metric, e.evaluation, resolved)),
+        el("td", { testid: "alert-event-" + i + "-deliveries" }, deliveries.length
+          ? el("ul", { class: "deliveries" }, deliveries.map((d, k) => el("li", { class: "delivery " + d.state, "data-state": d.state,
+            testid: "alert-event-" + i + "-delivery-" + k }, d.target + " (" + d.format + "): " + deliveryText(d))))
+          : el("span", { class: "sub" }, "no webhooks")));
+    }));
+    $("alerts-history-box").hidden = !alerts.history.length;
+    $("alerts-history-empty").hidden = alerts.history.length > 0;
   }
 
   // ---------- the customers behind a number ----------
