@@ -8,10 +8,12 @@ and segments (the map, stage, target and segments exist) is checked by :func:`ch
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
+import yarl
 from pydantic import Field, field_validator
 
 from journeys.maps import SLUG, SLUG_RULE, DefinitionError, JourneyMap, Segment, _Doc, _shape
@@ -22,8 +24,8 @@ METRICS = ("conversion_rate", "median_days_to_convert", "drop_off_rate", "in_pro
 HIGHER_IS_BETTER = frozenset({"conversion_rate"})
 #: Metrics whose default threshold is the map's target of the same name.
 TARGET_METRICS = frozenset({"conversion_rate", "median_days_to_convert"})
-#: Without ``recover_at``, a firing rule resolves only once the metric is this much (relative) better than the
-#: threshold: a stage on the edge does not flap.
+#: Without ``recover_at``, a firing rule resolves only once the metric has come this share of the way from the
+#: threshold towards the ideal (a rate of 1; 0 for the others): a stage on the edge does not flap.
 DEFAULT_HYSTERESIS = Fraction(5, 100)
 MAX_WEBHOOKS = 10
 MAX_URL_CHARS = 2048
@@ -68,12 +70,16 @@ class AlertRule(_Doc):
 
 
 def url_problem(url: str) -> str | None:
-    """Why a webhook URL cannot be used, or ``None``: http or https, a host, nothing a request would drop."""
+    """Why a webhook URL cannot be used, or ``None``: http or https, a host, nothing a request would drop, and
+    parsed alike by the standard library (shown, redacted) and by yarl (what aiohttp sends to)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+        sent = yarl.URL(url)
     except ValueError as exc:
         return f"not a valid URL: {exc}"
+    if "\\" in url or sent.host != parts.hostname:
+        return "not a valid URL: its host is ambiguous (a backslash, or characters parsers read differently)"
     if parts.scheme not in ("http", "https"):
         return "must be an http:// or https:// URL"
     if not parts.hostname:
@@ -109,8 +115,8 @@ def thresholds(rule: AlertRule, journey_map: JourneyMap) -> tuple[Fraction, Frac
     goal = Fraction(str(threshold))
     if rule.recover_at is not None:
         return goal, Fraction(str(rule.recover_at))
-    if rule.metric in HIGHER_IS_BETTER:
-        return goal, min(goal * (1 + DEFAULT_HYSTERESIS), Fraction(1))
+    if rule.metric in HIGHER_IS_BETTER:  # a share: 0.5 recovers at 0.525, 0.96 at 0.962
+        return goal, goal + (1 - goal) * DEFAULT_HYSTERESIS
     return goal, goal * (1 - DEFAULT_HYSTERESIS)
 
 
@@ -125,7 +131,9 @@ def validate_alert_rule(document: Any) -> AlertRule:
         value = getattr(rule, field)
         if value is None:
             continue
-        if rate and not 0 < value <= 1:
+        if not math.isfinite(value):
+            problems.append({"path": field, "reason": "must be a finite number"})
+        elif rate and not 0 < value <= 1:
             problems.append({"path": field, "reason": f"{rule.metric} is a share: must be above 0 and at most 1"})
         elif rule.metric == "median_days_to_convert" and value <= 0:
             problems.append({"path": field, "reason": "days must be above 0"})

@@ -80,7 +80,8 @@ async def signing_secret(pg: Any, project_id: str, *, rotate: bool = False) -> s
 
 
 def _retry_in(attempts: int, longest_s: float) -> float:
-    return min(longest_s, 2.0 ** max(attempts - 1, 0)) * random.uniform(0.8, 1.2)
+    """1, 2, 4 … s after the first, second, third … attempt, at most ``longest_s`` (jitter ±20 % below that)."""
+    return min(longest_s, 2.0 ** min(max(attempts - 1, 0), 30) * random.uniform(0.8, 1.2))
 
 
 class AlertDeliverer:
@@ -143,16 +144,16 @@ class AlertDeliverer:
         pg = self.stores.pg
         due = await pg.fetch(CLAIM_SQL, self.batch, self.timeout_s + 5.0)
         if due:
-            await asyncio.gather(*(self._attempt(session, row) for row in due))
+            # The secrets first, in one read: each attempt then starts at once, well inside its lease.
+            secrets_of = {p: await signing_secret(pg, p) for p in {row["project_id"] for row in due}}
+            await asyncio.gather(*(self._attempt(session, row, secrets_of[row["project_id"]]) for row in due))
         self.metrics.alert_outbox.set(
             await pg.fetchval("SELECT count(*) FROM alert_deliveries WHERE delivered_at IS NULL AND gave_up_at IS NULL")
         )
         return len(due)
 
-    async def _attempt(self, session: aiohttp.ClientSession, row: Any) -> None:
-        pg = self.stores.pg
+    async def _attempt(self, session: aiohttp.ClientSession, row: Any, secret: str) -> None:
         body = bytes(row["body"])
-        secret = await signing_secret(pg, row["project_id"])
         headers = {
             "Content-Type": "application/json",
             DELIVERY_HEADER: str(row["id"]),
@@ -167,34 +168,39 @@ class AlertDeliverer:
             async with session.post(row["url"], data=body, headers=headers, allow_redirects=False) as response:
                 status = response.status
                 await response.content.read(64 * 1024)  # a receiver's answer is not ours to keep
-        except Exception as exc:  # noqa: BLE001 - any failure is an attempt to retry
-            error = _error_text(exc, row["url"])
+        except Exception as exc:  # noqa: BLE001 - any failure is an attempt to retry (and can reach give-up)
+            error = _error_text(exc, row["url"], self.timeout_s)
         took_ms = int((time.monotonic() - began) * 1000)
         delivered = status is not None and 200 <= status < 300
         if error is None and not delivered:
             error = f"answered {status}"
-        now = datetime.now(timezone.utc)
-        give_up = not delivered and now - row["created_at"] >= self.give_up_after
-        async with pg.acquire() as conn:
+        give_up = not delivered and datetime.now(timezone.utc) - row["created_at"] >= self.give_up_after
+        retry_in = _retry_in(row["attempts"], self.retry_max_s)
+        async with self.stores.pg.acquire() as conn:
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO alert_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO alert_attempts (delivery_id, at, status, error, duration_ms) "
+                    "VALUES ($1, now(), $2, $3, $4)",
                     row["id"],
-                    now,
                     status,
                     error,
                     took_ms,
                 )
-                if delivered:
-                    await conn.execute("UPDATE alert_deliveries SET delivered_at = $2 WHERE id = $1", row["id"], now)
-                elif give_up:
-                    await conn.execute("UPDATE alert_deliveries SET gave_up_at = $2 WHERE id = $1", row["id"], now)
-                else:
-                    await conn.execute(
-                        "UPDATE alert_deliveries SET next_attempt_at = $2 WHERE id = $1",
-                        row["id"],
-                        now + timedelta(seconds=_retry_in(row["attempts"], self.retry_max_s)),
-                    )
+                # Fenced on the attempt number: a replica that took the notification over after this attempt's
+                # lease ran out owns it now (this one was late), and nothing here may undo what it records.
+                await conn.execute(
+                    "UPDATE alert_deliveries SET "
+                    "delivered_at = CASE WHEN $3 THEN now() ELSE delivered_at END, "
+                    "gave_up_at = CASE WHEN $4 THEN now() ELSE gave_up_at END, "
+                    "next_attempt_at = CASE WHEN $3 OR $4 THEN next_attempt_at "
+                    "ELSE now() + make_interval(secs => $5) END "
+                    "WHERE id = $1 AND attempts = $2",
+                    row["id"],
+                    row["attempts"],
+                    delivered,
+                    give_up,
+                    retry_in,
+                )
         result = "delivered" if delivered else "gave_up" if give_up else "failed"
         self.metrics.alert_deliveries.labels(result).inc()
         if not delivered:
@@ -208,13 +214,22 @@ class AlertDeliverer:
             )
 
 
-def _error_text(exc: BaseException, url: str) -> str:
-    """What went wrong, without the URL's secrets (aiohttp puts the URL in some messages)."""
+def _error_text(exc: BaseException, url: str, timeout_s: float = ATTEMPT_TIMEOUT_S) -> str:
+    """What went wrong, without the URL's secrets (aiohttp puts the URL in some messages). Never raises."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, asyncio.TimeoutError):
-        text = f"no answer within {ATTEMPT_TIMEOUT_S:g} s"
-    for form in {url, str(yarl.URL(url)), str(yarl.URL(url, encoded=True))}:
-        text = text.replace(form, redact(url))
+        text = f"no answer within {timeout_s:g} s"
+    forms = {url}
+    try:
+        forms |= {str(yarl.URL(url)), str(yarl.URL(url, encoded=True))}
+    except Exception:  # noqa: BLE001 - a URL yarl refuses: its message may hold the URL, say only what failed
+        return f"{type(exc).__name__} (the URL could not be used)"
+    try:
+        shown = redact(url)
+    except ValueError:
+        shown = "the webhook URL"
+    for form in forms:
+        text = text.replace(form, shown)
     return _USERINFO.sub("//", text)[:MAX_ERROR_CHARS]
 
 

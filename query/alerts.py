@@ -1,21 +1,24 @@
 """Alerts: every rule judged as the stage facts change, each transition recorded with its notifications.
 
-**When a rule fires** (docs/alerts.md). A rule watches one stage's metric over the entries of its last
-``window_days`` UTC days, per segment. It is judged on what is decided: the customers in progress could still
-go either way, so the metric's final value lies between two bounds (docs/kpis.md, "Decided and undecided"),
-and the rule fires only when even the best bound misses the threshold, with at least ``min_decided``
-customers converted or dropped. It resolves only when even the worst bound meets ``recover_at`` (5 % better
-than the threshold unless the rule says): a stage on the edge does not flap.
+**What a rule judges** (docs/alerts.md). A rule watches one stage's metric, per segment, over the outcomes
+**decided** in its last ``window_days`` UTC days (today included): the customers who moved on from the stage
+in that time (converted: entered + wait), and those whose conversion window closed in it without moving on
+(dropped: entered + W). Customers still inside their conversion window are never counted as either, so a
+rule fires on nothing they could still change. (A window of *entries* would not do: with the default 30-day
+conversion window nobody who entered in the last 7 days can have dropped yet, and a rule on them could never
+fire.) It fires when the metric misses the threshold with at least ``min_decided`` customers decided, and it
+resolves only once the metric meets ``recover_at`` (5 % of the way from the threshold towards the ideal unless
+the rule says): a stage on the edge does not flap.
 
 **When it is judged.** The stage-state updater (query/state_updater.py) says which projects' serving facts
-changed; their rules are judged right after (seconds from an event to a webhook, not an hourly job), and
-every project's rules every ``every_s`` as well, because time alone decides customers (an entry whose
-conversion window closes becomes a drop). The evaluator works where the updater leads (one across replicas).
+changed; their rules are judged right after (at most once a second per project), and every project's rules
+every ``every_s`` as well, because time alone decides customers (an entry whose conversion window closes
+becomes a drop). The evaluator works where the updater leads (one across replicas).
 
 **Nothing is lost, nothing is sent twice for one transition.** A transition updates the rule's state, records
 the event and queues one notification per webhook in the outbox, in one PostgreSQL transaction, under the
-state row's lock: a crash leaves all of it or none, and two evaluators cannot both fire.
-query/alert_delivery.py delivers the outbox.
+project's alert lock: a crash leaves all of it or none, two evaluators cannot both fire, and a judgement older
+than the one stored is dropped. query/alert_delivery.py delivers the outbox.
 """
 
 from __future__ import annotations
@@ -35,21 +38,57 @@ from journeys import definitions
 from journeys.alert_rules import HIGHER_IS_BETTER, AlertRule, thresholds, validate_alert_rule
 from journeys.metrics import Metrics
 from journeys.stores import Stores
-from query.kpis import ALL, KpiRequest, outcome, raw_stages
+from query.kpis import ALL, outcome
 from query.reads import iso
-from query.stage_state import DAY_MS, Definitions, consistent_facts, lock_pool
+from query.stage_state import DAY_MS, Definitions, MapVersion, consistent_facts, lock_pool
 from query.state_updater import StageStateUpdater, current_definitions, definitions_of_build, serving_build
 
 log = logging.getLogger(__name__)
 
 PROJECTS_SQL = "SELECT DISTINCT project_id FROM definitions WHERE kind = 'alert'"
 
+# One stage's entries that can have been decided since `since_ms` (entered at or after since - W), per segment:
+# converted ones decided then (at + wait), dropped ones (conversion window closed by now: at <= now - W, so
+# closed at or after since), and those still in progress now. An open entry's wait_ms is 0 (migration 0006).
+# Signed facts: sum(n). apply_mutations_on_fly = 0 as for every KPI read (query/kpis.py).
+_WHERE = (
+    "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String} "
+    "AND fact = 'entry' AND segment IN {segments:Array(String)} AND stage = {stage:UInt16} "
+    "AND at >= fromUnixTimestamp64Milli({opened_ms:Int64}, 'UTC')"
+)
+DECIDED_SQL = f"""
+SELECT segment,
+       sumIf(n, converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {{since_ms:Int64}}) AS converted_n,
+       sumIf(n, converted = 0 AND at <= fromUnixTimestamp64Milli({{closed_ms:Int64}}, 'UTC')) AS dropped_n,
+       sumIf(n, converted = 0 AND at > fromUnixTimestamp64Milli({{closed_ms:Int64}}, 'UTC')) AS in_progress_n
+FROM stage_facts
+WHERE {_WHERE}
+GROUP BY segment
+SETTINGS apply_mutations_on_fly = 0
+"""
+# The nearest-rank median (rank ceil(n/2)) of the waits of the customers converted since `since_ms`.
+MEDIAN_SQL = f"""
+SELECT segment, waits[arrayFirstIndex(c -> c >= intDiv(total + 1, 2), arrayCumSum(counts))] AS median_ms
+FROM (
+    SELECT segment, arrayMap(x -> x.1, arraySort(groupArray((w, c)))) AS waits,
+           arrayMap(x -> x.2, arraySort(groupArray((w, c)))) AS counts, sum(c) AS total
+    FROM (
+        SELECT segment, wait_ms AS w, sum(n) AS c FROM stage_facts
+        WHERE {_WHERE} AND converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {{since_ms:Int64}}
+        GROUP BY segment, w
+        HAVING c > 0
+    )
+    GROUP BY segment
+)
+SETTINGS apply_mutations_on_fly = 0
+"""
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """A rule's metric for one segment, judged: ``status`` is the outcome at the threshold (``below_target``,
-    ``met``, ``undecided``) or why there is none (``no_data``, ``too_few_decided``, ``no_threshold``,
-    ``not_computed``); ``fire`` and ``recover`` say what a rule in each state should do."""
+    """A rule's metric for one segment, judged: ``status`` is ``below_target`` or ``met`` at the threshold, or
+    why there is no judgement (``no_data``, ``too_few_decided``, ``no_threshold``, ``not_computed``); ``fire``
+    and ``recover`` say what a rule in each state should do."""
 
     status: str
     fire: bool = False
@@ -60,44 +99,36 @@ class Verdict:
         return {"status": self.status, **self.numbers}
 
 
-def _float(value: Fraction | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def judge(rule: AlertRule, raw: dict[str, Any], limits: tuple[Fraction, Fraction] | None) -> Verdict:
-    """Judge one segment's raw stage counts (query/kpis.py ``raw_stages``) against the rule's limits."""
-    converted, dropped, in_progress = raw["converted"], raw["dropped"], raw["in_progress"]
-    decided, entered = converted + dropped, converted + dropped + in_progress
-    counts = {"entered": entered, "converted": converted, "dropped": dropped, "in_progress": in_progress}
+def judge(rule: AlertRule, counts: dict[str, Any], limits: tuple[Fraction, Fraction] | None) -> Verdict:
+    """Judge one segment's decided outcomes (``converted``, ``dropped``, ``in_progress``, ``median_ms``)."""
+    converted, dropped, in_progress = counts["converted"], counts["dropped"], counts["in_progress"]
+    decided = converted + dropped
+    numbers: dict[str, Any] = {"converted": converted, "dropped": dropped, "in_progress": in_progress}
+    if "window" in counts:
+        numbers["window"] = counts["window"]
     if limits is None:
-        return Verdict("no_threshold", numbers=counts)
+        return Verdict("no_threshold", numbers=numbers)
     goal, recover_at = limits
-    numbers: dict[str, Any] = {"threshold": float(goal), "recover_at": float(recover_at), **counts}
-    bounds: tuple[Fraction, Fraction] | None = None
-    actual: Fraction | None = None
-    if rule.metric == "conversion_rate" and entered:
-        bounds = Fraction(converted, entered), Fraction(converted + in_progress, entered)
-        actual = Fraction(converted, decided) if decided else None
-    elif rule.metric == "drop_off_rate" and entered:
-        bounds = Fraction(dropped, entered), Fraction(dropped + in_progress, entered)
-        actual = Fraction(dropped, decided) if decided else None
-    elif rule.metric == "median_days_to_convert" and raw["median_bounds_ms"] is not None:
-        low_ms, high_ms = raw["median_bounds_ms"]
-        bounds = Fraction(low_ms, DAY_MS), Fraction(high_ms, DAY_MS)
-        actual = None if raw["median_ms"] is None else Fraction(raw["median_ms"], DAY_MS)
+    numbers.update(threshold=float(goal), recover_at=float(recover_at))
+    value: Fraction | None = None
+    enough = decided >= rule.min_decided
+    if rule.metric == "conversion_rate" and decided:
+        value = Fraction(converted, decided)
+    elif rule.metric == "drop_off_rate" and decided:
+        value = Fraction(dropped, decided)
+    elif rule.metric == "median_days_to_convert" and counts.get("median_ms") is not None:
+        value = Fraction(counts["median_ms"], DAY_MS)
+        enough = converted >= rule.min_decided  # a median of the waits: only converted customers have one
     elif rule.metric == "in_progress":
-        bounds = Fraction(in_progress), Fraction(in_progress)
-        actual = Fraction(in_progress)
-    if bounds is None:
+        value, enough = Fraction(in_progress), True  # a count of now: nothing to wait for
+    if value is None:
         return Verdict("no_data", numbers=numbers)
-    numbers.update(actual=_float(actual), lowest=float(bounds[0]), highest=float(bounds[1]))
-    # In progress is a count of now, not an outcome: nothing to wait for. Every other metric needs enough
-    # decided customers, so a quiet hour (two drops out of two) pages nobody.
-    if rule.metric != "in_progress" and decided < rule.min_decided:
+    numbers["actual"] = float(value)
+    if not enough:  # a quiet hour (two drops out of two) pages nobody
         return Verdict("too_few_decided", numbers=numbers)
     higher = rule.metric in HIGHER_IS_BETTER
-    status, _ = outcome(goal, *bounds, higher_is_better=higher)
-    recovered, _ = outcome(recover_at, *bounds, higher_is_better=higher)
+    status, _ = outcome(goal, value, value, higher_is_better=higher)
+    recovered, _ = outcome(recover_at, value, value, higher_is_better=higher)
     return Verdict(status, fire=status == "below_target", recover=recovered == "met", numbers=numbers)
 
 
@@ -109,11 +140,18 @@ class Judged:
     verdict: Verdict
 
 
+def watching(rule: AlertRule) -> dict[str, Any]:
+    """What a rule's state is about: a new version changing it starts the state afresh (a firing alert of the
+    old one resolves, "rule changed"); a new threshold or webhook does not."""
+    return {"map": rule.map, "stage": rule.stage, "metric": rule.metric, "window_days": rule.window_days}
+
+
 async def judge_project(
     stores: Stores, project_id: str, now: datetime
-) -> tuple[list[tuple[AlertRule, int]], list[Judged]]:
-    """Every enabled rule of the project judged on the serving build of its facts (what ``/v1/kpis`` reads),
-    one consistent state of them per rule. Also returns every rule with its version."""
+) -> tuple[list[tuple[AlertRule, int]], list[Judged] | None]:
+    """Every enabled rule of the project judged on the serving build of its facts (what ``/v1/kpis`` reads).
+    Also returns every rule with its version. ``None`` instead of the judgements: the facts that serve cannot be
+    judged now (their definitions are gone until a rebuild ends); the stored states stay as they are."""
     rules = [
         (validate_alert_rule(v.body), v.version)
         for v in await definitions.latest_of_each(stores.pg, project_id, "alert")
@@ -129,13 +167,15 @@ async def judge_project(
 
 async def _judge_rules(
     stores: Stores, project_id: str, enabled: list[tuple[AlertRule, int]], now: datetime
-) -> list[Judged]:
+) -> list[Judged] | None:
     latest, build = await asyncio.gather(
         current_definitions(stores.pg, project_id), serving_build(stores.pg, project_id)
     )
     served: Definitions | None = latest
     if build.fingerprint != latest.fingerprint:
         served = None if build.number == 0 else await definitions_of_build(stores.pg, project_id, build.fingerprint)
+        if served is None and build.number:
+            return None
     segment_names = [] if served is None else [s.name for s in served.segments]
     judged: list[Judged] = []
     for rule, version in enabled:
@@ -154,23 +194,46 @@ async def _judge_rules(
                 judged.append(Judged(rule, version, segment, Verdict("not_computed")))
         if not computed or mv is None:
             continue
-        request = KpiRequest(
-            project_id=project_id,
-            journey_map=mv.compiled.map,
-            map_version=mv.version,
-            build=build.number,
-            order=mv.compiled.order,
-            segments=computed,
-            first_day=now.date() - timedelta(days=rule.window_days - 1),
-            last_day=now.date(),
-            now=now,
-        )
-        raws = await raw_stages(stores.clickhouse, request)
-        stage = mv.compiled.order.index(rule.stage)
+        counts = await decided_outcomes(stores, project_id, build.number, mv, rule, computed, now)
         limits = thresholds(rule, mv.compiled.map)
         for segment in computed:
-            judged.append(Judged(rule, version, segment, judge(rule, raws[segment][stage], limits)))
+            judged.append(Judged(rule, version, segment, judge(rule, counts[segment], limits)))
     return judged
+
+
+async def decided_outcomes(
+    stores: Stores, project_id: str, build: int, mv: MapVersion, rule: AlertRule, segments: list[str], now: datetime
+) -> dict[str, dict[str, Any]]:
+    """Per segment: the stage's outcomes decided since the window began, those in progress now, and (median
+    rules) the median wait of the converted."""
+    stage = mv.compiled.order.index(rule.stage)
+    window_ms = mv.windows_ms[stage]
+    since = datetime.combine(now.date() - timedelta(days=rule.window_days - 1), datetime.min.time(), timezone.utc)
+    since_ms, now_ms = int(since.timestamp() * 1000), int(now.timestamp() * 1000)
+    params = {
+        "project_id": project_id,
+        "build": build,
+        "map_name": rule.map,
+        "segments": segments,
+        "stage": stage,
+        "since_ms": since_ms,
+        "opened_ms": since_ms - window_ms,
+        "closed_ms": now_ms - window_ms,
+    }
+    queries = [stores.clickhouse.query(DECIDED_SQL, params)]
+    if rule.metric == "median_days_to_convert":
+        queries.append(stores.clickhouse.query(MEDIAN_SQL, params))
+    results = await asyncio.gather(*queries)
+    counts: dict[str, dict[str, Any]] = {
+        s: {"converted": 0, "dropped": 0, "in_progress": 0, "median_ms": None} for s in segments
+    }
+    for segment, converted, dropped, in_progress in results[0][1]:
+        counts[segment].update(converted=int(converted), dropped=int(dropped), in_progress=int(in_progress))
+    for segment, median_ms in results[1][1] if len(results) > 1 else ():
+        counts[segment]["median_ms"] = int(median_ms)
+    for found in counts.values():
+        found["window"] = {"from": iso(since), "to": iso(now)}
+    return counts
 
 
 def _summary(kind: str, rule: AlertRule, segment: str, numbers: dict[str, Any], reason: str) -> str:
@@ -238,23 +301,34 @@ async def record(
             # One judge of a project's rules at a time: a state's first row has nothing to lock yet.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"alerts/{project_id}")
             rows = await conn.fetch(
-                "SELECT rule, segment, state FROM alert_states WHERE project_id = $1 FOR UPDATE", project_id
+                "SELECT rule, segment, state, evaluated_at, watching FROM alert_states WHERE project_id = $1",
+                project_id,
             )
-            states = {(r["rule"], r["segment"]): r["state"] for r in rows}
+            states = {(r["rule"], r["segment"]): r for r in rows}
             for item in judged:
-                key = (item.rule.name, item.segment)
-                was = states.pop(key, "ok")
-                now_state = was
+                stored = states.pop((item.rule.name, item.segment), None)
+                if stored is not None and stored["evaluated_at"] > now:
+                    continue  # judged again since (another evaluator, during a handover): the newer one stands
+                was = "ok" if stored is None else stored["state"]
+                if was == "firing" and _json(stored["watching"]) != watching(item.rule):
+                    queued += await _transition(conn, project_id, item, "resolved", "rule changed", now)
+                    was = "ok"
+                now_state, reason = was, ""
                 if was == "ok" and item.verdict.fire:
-                    now_state = "firing"
+                    now_state, reason = "firing", "below"
                 elif was == "firing" and item.verdict.recover:
-                    now_state = "ok"
+                    now_state, reason = "ok", "recovered"
+                elif was == "firing" and item.verdict.status == "no_threshold":
+                    now_state, reason = "ok", "no threshold"  # the map lost the target the rule took
                 await conn.execute(
-                    "INSERT INTO alert_states (project_id, rule, segment, state, since, rule_version, evaluated_at, last) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $5, $7::jsonb) ON CONFLICT (project_id, rule, segment) DO UPDATE "
+                    "INSERT INTO alert_states "
+                    "(project_id, rule, segment, state, since, rule_version, evaluated_at, last, watching) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $5, $7::jsonb, $8::jsonb) "
+                    "ON CONFLICT (project_id, rule, segment) DO UPDATE "
                     "SET state = EXCLUDED.state, rule_version = EXCLUDED.rule_version, "
-                    "evaluated_at = EXCLUDED.evaluated_at, last = EXCLUDED.last, "
-                    "since = CASE WHEN alert_states.state = EXCLUDED.state THEN alert_states.since ELSE EXCLUDED.since END",
+                    "evaluated_at = EXCLUDED.evaluated_at, last = EXCLUDED.last, watching = EXCLUDED.watching, "
+                    "since = CASE WHEN alert_states.state = EXCLUDED.state AND $9 THEN alert_states.since "
+                    "ELSE EXCLUDED.since END",
                     project_id,
                     item.rule.name,
                     item.segment,
@@ -262,16 +336,18 @@ async def record(
                     now,
                     item.version,
                     orjson.dumps(item.verdict.as_json()).decode(),
+                    orjson.dumps(watching(item.rule)).decode(),
+                    now_state == was,
                 )
                 if now_state != was:
                     kind = "fired" if now_state == "firing" else "resolved"
-                    queued += await _transition(
-                        conn, project_id, item, kind, "recovered" if kind == "resolved" else "below", now
-                    )
-            # What is no longer watched (a rule disabled, a segment gone from it): resolved if it was firing.
+                    queued += await _transition(conn, project_id, item, kind, reason, now)
+            # What is no longer watched (a rule disabled, a stage gone from its map): resolved if it was firing.
             by_name = {rule.name: (rule, version) for rule, version in rules}
-            for (name, segment), state in states.items():
-                if state == "firing" and name in by_name:
+            for (name, segment), stored in states.items():
+                if stored["evaluated_at"] > now:
+                    continue
+                if stored["state"] == "firing" and name in by_name:
                     rule, version = by_name[name]
                     reason = "rule disabled" if name not in enabled else "no longer watched"
                     item = Judged(rule, version, segment, Verdict("not_watched"))
@@ -283,6 +359,15 @@ async def record(
                     segment,
                 )
     return queued
+
+
+# The webhooks the last "fired" of a rule and segment went to: its resolution goes there too, whatever the
+# rule's webhooks are now (a receiver told "firing" must hear "resolved").
+_FIRED_TO_SQL = """
+SELECT DISTINCT d.url, d.format FROM alert_deliveries d
+WHERE d.event_id = (SELECT max(id) FROM alert_events
+                    WHERE project_id = $1 AND rule = $2 AND segment = $3 AND kind = 'fired')
+"""
 
 
 async def _transition(conn: Any, project_id: str, item: Judged, kind: str, reason: str, now: datetime) -> int:
@@ -298,20 +383,29 @@ async def _transition(conn: Any, project_id: str, item: Judged, kind: str, reaso
         now,
         orjson.dumps(details).decode(),
     )
+    targets = [(hook.url, hook.format) for hook in item.rule.notify]
+    if kind == "resolved":
+        targets = [
+            (r["url"], r["format"]) for r in await conn.fetch(_FIRED_TO_SQL, project_id, item.rule.name, item.segment)
+        ]
     body, text = payloads(event_id, kind, project_id, item, now, reason)
-    for webhook in item.rule.notify:
+    for url, fmt in targets:
         delivery_id = str(uuid.uuid4())
         await conn.execute(
             "INSERT INTO alert_deliveries (id, event_id, project_id, url, format, body) VALUES ($1, $2, $3, $4, $5, $6)",
             uuid.UUID(delivery_id),
             event_id,
             project_id,
-            webhook.url,
-            webhook.format,
-            _encoded(webhook.format, delivery_id, body, text),
+            url,
+            fmt,
+            _encoded(fmt, delivery_id, body, text),
         )
     log.info("alert %s %s for project %s, segment %r (%s)", item.rule.name, kind, project_id, item.segment, reason)
-    return len(item.rule.notify)
+    return len(targets)
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 class AlertEvaluator:
@@ -335,6 +429,13 @@ class AlertEvaluator:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._shown: dict[str, set[tuple[str, str, str]]] = {}
+        self.min_round_s = 0.5
+
+    def _forget_gauges(self) -> None:
+        for shown in self._shown.values():
+            for labels in shown:
+                self.metrics.alert_firing.remove(*labels)
+        self._shown = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="alert-evaluator")
@@ -346,15 +447,20 @@ class AlertEvaluator:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        next_full = 0.0
+        next_full = last_round = 0.0
         while not self._stop.is_set():
             timeout = max(0.0, next_full - time.monotonic())
             try:
                 await asyncio.wait_for(self.updater.facts_changed.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
+            # Under ingest the facts change at every poll (0.2 s): a round at most every min_round_s, judging
+            # every project changed meanwhile, keeps the judging's reads off the KPIs' and the updater's back.
+            await asyncio.sleep(max(0.0, last_round + self.min_round_s - time.monotonic()))
+            last_round = time.monotonic()
             changed = self.updater.take_changes()
             if not self.updater.leader:  # the leader's evaluator judges; this one waits to take over
+                self._forget_gauges()  # the leader's are the ones that count
                 await asyncio.sleep(1.0)
                 continue
             try:
@@ -387,6 +493,8 @@ class AlertEvaluator:
         """Judge one project's rules now and record what changed; the notifications queued."""
         now = datetime.now(timezone.utc)
         rules, judged = await judge_project(self.stores, project_id, now)
+        if judged is None:
+            return 0
         queued = await record(self.stores.pg, project_id, rules, judged, now)
         # The gauge follows the stored states (a state no longer watched leaves it).
         states = await self.stores.pg.fetch(

@@ -29,6 +29,7 @@ from query.reads import iso
 
 PrincipalOf = Callable[..., Awaitable[Principal]]
 HISTORY_LIMIT = 50
+SHOWN_ATTEMPTS = 10
 MAX_HISTORY = 1000
 
 _STATES_SQL = """
@@ -162,10 +163,14 @@ async def alerts_view(pg: Any, project_id: str, rule: str | None, limit: int) ->
                 "delivered_at": None if d["delivered_at"] is None else iso(d["delivered_at"]),
                 "gave_up_at": None if d["gave_up_at"] is None else iso(d["gave_up_at"]),
                 "next_attempt_at": iso(d["next_attempt_at"]) if state == "pending" else None,
+                # The latest few: a receiver down for days leaves hundreds of attempts per notification.
                 "failed_attempts": [
                     {"at": iso(at), "status": status, "error": error}
-                    for at, status, error in zip(d["failed_at"], d["failed_status"], d["failed_error"])
+                    for at, status, error in list(zip(d["failed_at"], d["failed_status"], d["failed_error"]))[
+                        -SHOWN_ATTEMPTS:
+                    ]
                 ],
+                "failed_attempts_total": len(d["failed_at"]),
             }
         )
     by_rule: dict[str, list[dict[str, Any]]] = {}

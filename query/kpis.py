@@ -553,17 +553,6 @@ async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     return {**_header(request), "segments": results}
 
 
-async def raw_stages(ch: ClickHouse, request: KpiRequest) -> dict[str, list[dict[str, Any]]]:
-    """Each requested segment's stages over the whole window as counts, before shaping: what alert rules judge
-    (query/alerts.py), with the median's bounds in milliseconds whatever the map's targets."""
-    entries, transitions, sentiments = await _collect(ch, request, daily=False)
-    folded = _fold(
-        request, entries, transitions, sentiments, lambda row: row["seg"] if isinstance(row, dict) else row[0]
-    )
-    wanted = request.segments if request.segments is not None else [ALL]
-    return {s: folded.get(s) or [_empty_stage() for _ in request.order] for s in wanted}
-
-
 async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     """The same KPIs day by day (the day a customer entered the stage, or the day a move happened)."""
     entries, transitions, sentiments = await _collect(ch, request, daily=True)

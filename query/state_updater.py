@@ -361,14 +361,28 @@ class StageStateUpdater:
                 fingerprint,
                 defs.fingerprint,
             )
-            if relabelled is not None:
-                self._serving[project_id] = (number, defs)
-                self._changed(project_id)
+            if relabelled is None:
+                return
+            self._serving[project_id] = (number, defs)
+            self._changed(project_id)
+            await self._drop_other_builds(project_id, number)  # e.g. a rebuild that failed half-way before
         log.info(
             "stage facts of project %s serve %s as they are (no fact depends on what changed)",
             project_id,
             defs.fingerprint,
         )
+
+    async def _drop_other_builds(self, project_id: str, number: int) -> None:
+        """Drop every build of the project but ``number`` (previews being answered are spared), after every
+        answer still reading one of them: call it holding the writers' lock."""
+        ch = self.stores.clickhouse
+        _, others = await ch.query(
+            OTHER_BUILDS_SQL,
+            {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))},
+        )
+        async with facts_change(lock_pool(self.stores), project_id):
+            for (other,) in others:
+                await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
 
     async def _rebuild_task(self, project_id: str, defs: Definitions) -> None:
         try:
@@ -420,13 +434,7 @@ class StageStateUpdater:
             self._changed(project_id)
             # After every answer still reading the old build (they read the serving build under the shared
             # lock): its rows may go then, without any answer seeing half of them.
-            _, others = await ch.query(
-                OTHER_BUILDS_SQL,
-                {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))},
-            )
-            async with facts_change(lock_pool(self.stores), project_id):
-                for (other,) in others:
-                    await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
+            await self._drop_other_builds(project_id, number)
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(

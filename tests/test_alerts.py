@@ -19,9 +19,9 @@ import yarl
 from aiohttp import web
 
 from journeys import definitions
-from journeys.alert_rules import redact, validate_alert_rule
+from journeys.alert_rules import redact, thresholds, validate_alert_rule
 from journeys.keys import add_key, create_project
-from journeys.maps import DefinitionError
+from journeys.maps import DefinitionError, validate_map
 from aiohttp.test_utils import TestServer
 
 from journeys.metrics import Metrics
@@ -196,6 +196,22 @@ async def state_where(http, query, key: str, check) -> dict[str, Any]:  # type: 
             "whole",
         ),
         ({"name": "R!", "map": "funnel", "stage": "aware", "metric": "conversion_rate"}, "name", "lowercase"),
+        (
+            {"name": "r", "map": "funnel", "stage": "aware", "metric": "in_progress", "threshold": float("inf")},
+            "threshold",
+            "finite",
+        ),
+        (
+            {
+                "name": "r",
+                "map": "funnel",
+                "stage": "aware",
+                "metric": "conversion_rate",
+                "notify": [{"url": "https://h.example\\@x/SECRET"}],
+            },
+            "notify[0].url",
+            "not a valid URL",
+        ),
     ],
 )
 def test_a_bad_rule_is_refused_naming_the_field(document: dict[str, Any], path: str, reason: str) -> None:
@@ -204,40 +220,62 @@ def test_a_bad_rule_is_refused_naming_the_field(document: dict[str, Any], path: 
     assert any(p["path"] == path and reason in p["reason"] for p in caught.value.problems), caught.value.problems
 
 
-def _raw(converted: int, dropped: int, in_progress: int) -> dict[str, Any]:
-    return {
-        "converted": converted,
-        "dropped": dropped,
-        "in_progress": in_progress,
-        "median_ms": None,
-        "median_bounds_ms": None,
-    }
+def _counts(converted: int, dropped: int, in_progress: int, median_ms: int | None = None) -> dict[str, Any]:
+    return {"converted": converted, "dropped": dropped, "in_progress": in_progress, "median_ms": median_ms}
 
 
-def test_customers_in_progress_never_make_a_rule_fire() -> None:
-    """1 converted of 4 decided misses 0.5, but 30 customers still in progress could lift it to 31/34."""
-    rule = validate_alert_rule({"name": "r", "map": "m", "stage": "s", "metric": "conversion_rate", "min_decided": 4})
+def test_customers_in_progress_count_neither_way() -> None:
+    """3 converted and nobody dropped meets 0.5: the 30 still inside their conversion window are no drops (they
+    could still convert), and they alone decide nothing."""
+    rule = validate_alert_rule({"name": "r", "map": "m", "stage": "s", "metric": "conversion_rate", "min_decided": 3})
     limits = (Fraction(1, 2), Fraction(21, 40))
-    undecided = judge(rule, _raw(1, 3, 30), limits)
-    assert (undecided.status, undecided.fire) == ("undecided", False)
-    decided = judge(rule, _raw(1, 3, 0), limits)
-    assert (decided.status, decided.fire) == ("below_target", True)
-    too_few = judge(rule, _raw(0, 3, 0), limits)
+    assert (judge(rule, _counts(3, 0, 30), limits).status, judge(rule, _counts(3, 0, 30), limits).fire) == (
+        "met",
+        False,
+    )
+    assert judge(rule, _counts(0, 0, 30), limits).status == "no_data"
+    decided = judge(rule, _counts(1, 3, 30), limits)
+    assert (decided.status, decided.fire, decided.numbers["actual"]) == ("below_target", True, 0.25)
+    too_few = judge(rule, _counts(0, 2, 0), limits)
     assert (too_few.status, too_few.fire) == ("too_few_decided", False)
+    median = validate_alert_rule(
+        {"name": "r", "map": "m", "stage": "s", "metric": "median_days_to_convert", "threshold": 1, "min_decided": 2}
+    )
+    # One converted customer's wait is no median to page on, however many dropped beside it.
+    assert judge(median, _counts(1, 19, 0, median_ms=3 * 86_400_000), (Fraction(1), Fraction(19, 20))).status == (
+        "too_few_decided"
+    )
+    assert judge(median, _counts(2, 0, 0, median_ms=3 * 86_400_000), (Fraction(1), Fraction(19, 20))).fire
 
 
 def test_a_stage_on_the_edge_does_not_flap() -> None:
-    """Exactly at the threshold it no longer fires, but it only recovers 5 % above it."""
+    """Exactly at the threshold it no longer fires, but it only recovers 5 % of the way above it."""
     rule = validate_alert_rule({"name": "r", "map": "m", "stage": "s", "metric": "conversion_rate", "min_decided": 4})
     limits = (Fraction(1, 2), Fraction(21, 40))
-    edge = judge(rule, _raw(3, 3, 0), limits)
+    edge = judge(rule, _counts(3, 3, 0), limits)
     assert (edge.status, edge.fire, edge.recover) == ("met", False, False)
-    assert judge(rule, _raw(4, 3, 0), limits).recover
+    assert judge(rule, _counts(4, 3, 0), limits).recover
     lower = validate_alert_rule(
         {"name": "r", "map": "m", "stage": "s", "metric": "drop_off_rate", "threshold": 0.5, "min_decided": 1}
     )
-    assert judge(lower, _raw(1, 3, 0), (Fraction(1, 2), Fraction(19, 40))).fire
-    assert not judge(lower, _raw(1, 3, 0), (Fraction(1, 2), Fraction(19, 40))).recover
+    assert judge(lower, _counts(1, 3, 0), (Fraction(1, 2), Fraction(19, 40))).fire
+    assert not judge(lower, _counts(1, 3, 0), (Fraction(1, 2), Fraction(19, 40))).recover
+
+
+def test_default_recovery_thresholds_lie_between_the_threshold_and_the_ideal() -> None:
+    journey_map = validate_map(MAP)
+    for metric, threshold, recover_at in (
+        ("conversion_rate", 0.5, Fraction(21, 40)),
+        ("conversion_rate", 0.96, Fraction(962, 1000)),  # not 1.008 capped at 1: reachable short of perfection
+        ("drop_off_rate", 0.5, Fraction(19, 40)),
+        ("in_progress", 20, Fraction(19)),
+    ):
+        rule = validate_alert_rule(
+            {"name": "r", "map": "funnel", "stage": "aware", "metric": metric, "threshold": threshold}
+        )
+        assert thresholds(rule, journey_map) == (Fraction(str(threshold)), recover_at), metric
+    from_target = validate_alert_rule({"name": "r", "map": "funnel", "stage": "aware", "metric": "conversion_rate"})
+    assert thresholds(from_target, journey_map) == (Fraction(1, 2), Fraction(21, 40))
 
 
 def test_webhook_urls_are_shown_without_their_secrets() -> None:
@@ -346,7 +384,8 @@ async def test_a_stage_falling_below_target_fires_once_then_resolves_signed(http
 
 
 async def test_a_rule_on_undecided_customers_does_not_fire(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
-    """Nobody converted, but everyone entered an hour ago with a day to go: nothing is decided, nothing fires."""
+    """Customers who entered an hour ago with a day to go are undecided: alone they decide nothing, and beside
+    two converters they are no drops (counted as drops, 2 of 7 would fire against 0.5)."""
     project, admin = await new_project(stores)
     receiver = await Receiver().start()
     try:
@@ -361,24 +400,83 @@ async def test_a_rule_on_undecided_customers_does_not_fire(http, collector, quer
         }
         assert (await put_rule(http, query, admin, rule))[0] == 201
         entered = datetime.now(timezone.utc) - timedelta(hours=1)
+        await send(http, collector, project.write_key, journeys_of("u", 0, 5, entered, plan="pro"))
+
+        def judged(converted: int) -> Any:
+            def check(view: dict[str, Any]) -> bool:
+                states = view["rules"][0]["states"]
+                return len(states) == 2 and all(
+                    (s["evaluation"].get("in_progress"), s["evaluation"].get("converted")) == (5, converted)
+                    for s in states
+                )
+
+            return check
+
+        view = await wait_until(lambda: _when(alerts(http, query, project.read_key), judged(0)), timeout=30)
+        assert [(s["segment"], s["state"], s["evaluation"]["status"]) for s in view["rules"][0]["states"]] == [
+            (None, "ok", "no_data"),
+            ("pro", "ok", "no_data"),
+        ]
         long_ago = datetime.now(timezone.utc) - timedelta(days=3)
-        events = journeys_of("u", 0, 5, entered, plan="pro") + journeys_of("gone", 0, 1, long_ago, plan="pro")
-        await send(http, collector, project.write_key, events)
-
-        def judged(view: dict[str, Any]) -> bool:
-            states = view["rules"][0]["states"]
-            return len(states) == 2 and all(s["evaluation"].get("in_progress") == 5 for s in states)
-
-        view = await wait_until(lambda: _when(alerts(http, query, project.read_key), judged), timeout=30)
+        await send(http, collector, project.write_key, journeys_of("c", 2, 0, long_ago, plan="pro"))
+        view = await wait_until(lambda: _when(alerts(http, query, project.read_key), judged(2)), timeout=30)
         for state in view["rules"][0]["states"]:
-            # 0 of 1 decided converted, against 0.5: below, were the five in progress not able to lift it to 5/6.
-            assert (state["state"], state["evaluation"]["status"]) == ("ok", "undecided")
-            assert (state["evaluation"]["lowest"], state["evaluation"]["highest"]) == (0.0, 5 / 6)
-        assert [s["segment"] for s in view["rules"][0]["states"]] == [None, "pro"]
+            assert (state["state"], state["evaluation"]["status"], state["evaluation"]["actual"]) == ("ok", "met", 1.0)
+            assert state["evaluation"]["dropped"] == 0
         await asyncio.sleep(1.0)
         assert receiver.requests == [] and view["history"] == []
     finally:
         await receiver.stop()
+
+
+async def test_a_new_version_watching_something_else_resolves_the_old_alert_where_it_was_sent(
+    http, collector, query, stores
+) -> None:  # type: ignore[no-untyped-def]
+    """Firing on Aware, the rule is moved to Consider and to another webhook: "resolved (rule changed)" goes to
+    the receiver that was told "fired", and the state starts afresh on Consider."""
+    project, admin = await new_project(stores)
+    first, second = await Receiver().start(), await Receiver().start()
+    try:
+        rule = {
+            "name": "rate",
+            "map": "funnel",
+            "stage": "aware",
+            "metric": "conversion_rate",
+            "min_decided": 2,
+            "notify": [{"url": first.url}],
+        }
+        assert (await put_rule(http, query, admin, rule))[0] == 201
+        entered = datetime.now(timezone.utc) - timedelta(days=2)
+        await send(http, collector, project.write_key, journeys_of("m", converted=0, dropped=2, entered_at=entered))
+        await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+        moved = {**rule, "stage": "consider", "threshold": 0.5, "notify": [{"url": second.url}]}
+        assert (await put_rule(http, query, admin, moved))[0] == 200
+        await wait_until(lambda: _true(len(first.delivered()) == 2), timeout=30)
+        assert [(b["type"], b["reason"]) for _, b in first.delivered()] == [
+            ("alert.fired", "below"),
+            ("alert.resolved", "rule changed"),
+        ]
+        view = await state_where(http, query, project.read_key, lambda s: s["rule_version"] == 2)
+        assert view["rules"][0]["states"][0]["state"] == "ok"  # nobody entered Consider: nothing to judge
+        assert second.requests == []
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_firing_alert_whose_map_target_is_removed_resolves(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    project, admin = await new_project(stores)
+    rule = {"name": "rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "min_decided": 2}
+    assert (await put_rule(http, query, admin, rule))[0] == 201
+    entered = datetime.now(timezone.utc) - timedelta(days=2)
+    await send(http, collector, project.write_key, journeys_of("n", converted=0, dropped=2, entered_at=entered))
+    await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+    untargeted = {**MAP, "stages": [{k: v for k, v in MAP["stages"][0].items() if k != "target"}, *MAP["stages"][1:]]}
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", untargeted)
+    view = await state_where(http, query, project.read_key, lambda s: s["state"] == "ok")
+    assert view["rules"][0]["states"][0]["evaluation"]["status"] == "no_threshold"
+    assert [(e["kind"], e["reason"]) for e in view["history"]][:1] == [("resolved", "no threshold")]
 
 
 async def _true(value: bool) -> bool:

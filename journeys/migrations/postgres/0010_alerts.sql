@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS alert_states (
     rule_version  integer NOT NULL,
     evaluated_at  timestamptz NOT NULL,
     last          jsonb NOT NULL,
+    watching      jsonb NOT NULL,  -- what the state is about (map, stage, metric, window): a change starts it afresh
     PRIMARY KEY (project_id, rule, segment)
 );
 
