@@ -34,7 +34,7 @@ _PUBLIC_ASSETS = {"/", "/static/dashboard.js", "/static/dashboard.css", "/static
 # keys are for those who manage them (docs/keys.md).
 # Reads whose question is too large for a URL: a draft map to preview KPIs for (query/kpi_preview.py).
 _POSTED_READS = {("POST", "/v1/kpis/preview")}
-_ADMIN_READS = {("GET", "/v1/quarantine"), ("GET", "/v1/keys")}
+_ADMIN_READS = {("GET", "/v1/quarantine"), ("GET", "/v1/keys"), ("GET", "/v1/alerts/signing-secret")}
 # The collector's admin routes: not ingest, and no ingest key reaches them.
 _COLLECTOR_ADMIN = {("POST", "/v1/quarantine/replay")}
 
