@@ -179,6 +179,7 @@ class StageStateUpdater:
         self.definitions_every_s = definitions_every_s
         self.max_pause_s = 2.0
         self.writer = StateWriter(stores.clickhouse, stores.pg, lock_pool(stores))
+        self.writer.on_serving_write = self._changed
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
@@ -501,8 +502,6 @@ class StageStateUpdater:
                     still_kept=kept,
                 )
                 self.metrics.stage_state_rows.inc(written)
-                if written and serving:
-                    self._changed(project_id)
         self._merge_unknown = False
         # Only now, every refresh written: after a failure the retry starts from nothing known (see _loop).
         self._known = following
