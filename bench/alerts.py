@@ -693,15 +693,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in list(os.environ):  # the default embedded configuration, whatever the caller's shell says
         if name.startswith("JOURNEYS_") or name in ("CLICKHOUSE_URL", "DATABASE_URL"):
             del os.environ[name]
-    import gc
 
-    from collector.app import create_app as create_collector
     from journeys import definitions
     from journeys.config import load_settings
     from journeys.keys import add_key
-    from journeys.metrics import Metrics
     from journeys.stores import open_stores
-    from query.app import create_app as create_query
 
     report: dict[str, Any] = {
         "rate": args.rate,
@@ -741,33 +737,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with stores.pg.acquire() as conn:
                 await definitions.apply(conn, project.id, "map", ALERT_MAP)
                 admin_key = await add_key(conn, project.id, "admin")
-            query_runner = web.AppRunner(create_query(stores, Metrics()), access_log=None, handle_signals=False)
-            collector_stores = dataclasses.replace(
-                stores,
-                settings=stores.settings.model_copy(
-                    update={"spool_dir": stores.settings.resolved_data_dir / "bench-spool"}
-                ),
-            )
-            collector_runner = web.AppRunner(
-                create_collector(collector_stores, Metrics()), access_log=None, handle_signals=False
-            )
-            # As `journeys up` (journeys/cli.py _tune_gc): freeze startup objects, collect young ones less often.
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(50_000, 50, 100)
-            try:
-                await query_runner.setup()
-                query_port = free_port()
-                await web.TCPSite(query_runner, HOST, query_port).start()
-                await collector_runner.setup()
-                collector_port = free_port()
-                await web.TCPSite(collector_runner, HOST, collector_port).start()
-                svc = live.Service(
-                    f"http://{HOST}:{collector_port}",
-                    f"http://{HOST}:{query_port}",
-                    project.write_key,
-                    project.read_key,
-                )
+            async with live.serving(stores, project) as svc:
                 receiver_url = f"http://{HOST}:{receiver_port}/hooks/bench"
                 rule = {
                     "name": RULE_NAME,
@@ -810,9 +780,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         phases.append(await idle_phase(http, setup, ledger, args))
                     if "loaded" in args.phases:
                         phases.append(await loaded_phase(ctx, http, setup, ledger, args))
-            finally:
-                await collector_runner.cleanup()
-                await query_runner.cleanup()
     finally:
         control_w.send("stop")
         await asyncio.to_thread(receiver.join, 10)

@@ -67,7 +67,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import multiprocessing
 import os
 import random
@@ -75,6 +77,7 @@ import re
 import sys
 import time
 from datetime import date, datetime, timedelta, timezone
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -632,17 +635,47 @@ def verdict_of(row: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+@contextlib.asynccontextmanager
+async def serving(stores: Any, project: Any) -> AsyncIterator[Service]:
+    """The collector and the query service in this process on loopback, over ``stores``, as `journeys up` runs
+    them (its GC tuning included): the project's :class:`Service` while they run."""
+    from collector.app import create_app as create_collector
+    from journeys.metrics import Metrics
+    from query.app import create_app as create_query
+
+    query_runner = web.AppRunner(create_query(stores, Metrics()), access_log=None, handle_signals=False)
+    collector_stores = dataclasses.replace(
+        stores,
+        settings=stores.settings.model_copy(update={"spool_dir": stores.settings.resolved_data_dir / "bench-spool"}),
+    )
+    collector_runner = web.AppRunner(
+        create_collector(collector_stores, Metrics()), access_log=None, handle_signals=False
+    )
+    # As `journeys up` (journeys/cli.py _tune_gc): freeze startup objects, collect young ones less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    try:
+        await query_runner.setup()
+        query_port = free_port()
+        await web.TCPSite(query_runner, HOST, query_port).start()
+        await collector_runner.setup()
+        collector_port = free_port()
+        await web.TCPSite(collector_runner, HOST, collector_port).start()
+        yield Service(
+            f"http://{HOST}:{collector_port}", f"http://{HOST}:{query_port}", project.write_key, project.read_key
+        )
+    finally:
+        await collector_runner.cleanup()
+        await query_runner.cleanup()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in list(os.environ):  # the default embedded configuration, whatever the caller's shell says
         if name.startswith("JOURNEYS_") or name in ("CLICKHOUSE_URL", "DATABASE_URL"):
             del os.environ[name]
-    import gc
-
-    from collector.app import create_app as create_collector
     from journeys.config import load_settings
-    from journeys.metrics import Metrics
     from journeys.stores import open_stores
-    from query.app import create_app as create_query
 
     report: dict[str, Any] = {
         "rates": args.rates,
@@ -658,30 +691,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with open_stores(settings) as stores:
         project, map_doc = await five_stage_project(stores, "bench-live")
 
-        query_runner = web.AppRunner(create_query(stores, Metrics()), access_log=None, handle_signals=False)
-        collector_stores = dataclasses.replace(
-            stores,
-            settings=stores.settings.model_copy(
-                update={"spool_dir": stores.settings.resolved_data_dir / "bench-spool"}
-            ),
-        )
-        collector_runner = web.AppRunner(
-            create_collector(collector_stores, Metrics()), access_log=None, handle_signals=False
-        )
-        # As `journeys up` (journeys/cli.py _tune_gc): freeze startup objects, collect young ones less often.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
-        try:
-            await query_runner.setup()
-            query_port = free_port()
-            await web.TCPSite(query_runner, HOST, query_port).start()
-            await collector_runner.setup()
-            collector_port = free_port()
-            await web.TCPSite(collector_runner, HOST, collector_port).start()
-            svc = Service(
-                f"http://{HOST}:{collector_port}", f"http://{HOST}:{query_port}", project.write_key, project.read_key
-            )
+        async with serving(stores, project) as svc:
             connector = aiohttp.TCPConnector(limit=64)
             async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
                 began = time.perf_counter()
@@ -723,9 +733,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"/v1/kpis p50/p95 {row['kpi_call_ms']['p50']}/{row['kpi_call_ms']['p95']} ms; "
                         f"gauge end {row['freshness_gauge_s']['end']} s"
                     )
-        finally:
-            await collector_runner.cleanup()
-            await query_runner.cleanup()
 
     for row in rows:
         row["verdict"] = verdict_of(row)

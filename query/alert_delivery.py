@@ -34,6 +34,7 @@ import yarl
 from journeys.alert_rules import redact
 from journeys.metrics import Metrics
 from journeys.stores import Stores
+from query.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ def _retry_in(attempts: int, longest_s: float) -> float:
     return min(longest_s, 2.0 ** min(max(attempts - 1, 0), 30) * random.uniform(0.8, 1.2))
 
 
-class AlertDeliverer:
+class AlertDeliverer(Background):
     """Sends what the outbox holds; runs in every query service (the lease keeps them apart)."""
+
+    name = "alert-deliverer"
 
     def __init__(
         self,
@@ -96,6 +99,7 @@ class AlertDeliverer:
         batch: int = 20,
         timeout_s: float = ATTEMPT_TIMEOUT_S,
     ):
+        super().__init__()
         self.stores = stores
         self.metrics = metrics
         self.poll_s = poll_s
@@ -104,21 +108,10 @@ class AlertDeliverer:
         self.retry_max_s = stores.settings.alert_retry_max_s
         self.give_up_after = timedelta(seconds=stores.settings.alert_give_up_after_s)
         self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Something was queued: look now rather than at the next poll."""
         self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="alert-deliverer")
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)

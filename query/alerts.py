@@ -40,6 +40,7 @@ from journeys.metrics import Metrics
 from journeys.stores import Stores
 from query.kpis import ALL, outcome
 from query.reads import iso
+from query.background import Background
 from query.stage_state import DAY_MS, Definitions, MapVersion, consistent_facts, lock_pool
 from query.state_updater import StageStateUpdater, current_definitions, definitions_of_build, serving_build
 
@@ -408,8 +409,10 @@ def _json(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-class AlertEvaluator:
+class AlertEvaluator(Background):
     """Judges the rules of each project whose facts changed (and all of them every ``every_s``)."""
+
+    name = "alert-evaluator"
 
     def __init__(
         self,
@@ -420,14 +423,13 @@ class AlertEvaluator:
         every_s: float = 10.0,
         on_queued: Any = None,
     ):
+        super().__init__()
         self.stores = stores
         self.metrics = metrics
         self.updater = updater
         self.every_s = every_s
         self.on_queued = on_queued or (lambda: None)
         self.last_error: str | None = None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._shown: dict[str, set[tuple[str, str, str]]] = {}
         self.min_round_s = 0.5
 
@@ -436,15 +438,6 @@ class AlertEvaluator:
             for labels in shown:
                 self.metrics.alert_firing.remove(*labels)
         self._shown = {}
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="alert-evaluator")
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         next_full = last_round = 0.0

@@ -3,8 +3,7 @@
 * ``GET /v1/alerts`` (read key): each rule's state per segment, and the history of transitions with their
   deliveries (delivered, pending with its failed attempts, given up). ``rule=`` narrows it; ``limit=`` caps
   the history (default 50, at most 1000).
-* ``/v1/alerts/rules[/{name}[/versions]]``: rules, versioned like maps; ``PUT`` takes an **admin key**. A read
-  key sees webhook URLs as scheme and host only: their paths and user info are secrets.
+* ``/v1/alerts/rules[/{name}[/versions]]``: rules, versioned like maps (query/definitions_api.py).
 * ``GET``/``POST /v1/alerts/signing-secret`` (admin key): the project's webhook signing secret; ``POST``
   replaces it.
 """
@@ -14,17 +13,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from journeys import definitions
 from journeys.alert_rules import redact
-from journeys.http import ApiError, error_response, json_response
+from journeys.http import ApiError, json_response
 from journeys.keys import Principal
-from journeys.maps import SLUG, SLUG_RULE, DefinitionError
+from journeys.maps import SLUG, SLUG_RULE
 from journeys.stores import Stores
 from query.alert_delivery import signing_secret
-from query.definitions_api import name_param, read_document, version_param
 from query.reads import iso
 
 PrincipalOf = Callable[..., Awaitable[Principal]]
@@ -61,53 +58,6 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
         limit = _limit(request)
         return json_response(await alerts_view(pg, principal.project_id, rule, limit))
 
-    async def list_rules(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("read", "admin"))
-        found = await definitions.latest_of_each(request.app[stores_key].pg, principal.project_id, "alert")
-        return json_response({"items": [_shown(v.as_json(), principal) for v in found]})
-
-    async def get_rule(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("read", "admin"))
-        name, version = name_param(request), version_param(request)
-        found = await definitions.get(request.app[stores_key].pg, principal.project_id, "alert", name, version)
-        if found is None:
-            what = f"alert rule {name!r}" + (f" version {version}" if version else "")
-            return error_response(404, [{"field": "name", "reason": f"no {what} in this project"}])
-        return json_response(_shown(found.as_json(), principal))
-
-    async def rule_versions(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("read", "admin"))
-        name = name_param(request)
-        found = await definitions.versions(request.app[stores_key].pg, principal.project_id, "alert", name)
-        if not found:
-            return error_response(404, [{"field": "name", "reason": f"no alert rule {name!r} in this project"}])
-        return json_response({"name": name, "versions": [{"version": v, "created_at": iso(at)} for v, at in found]})
-
-    async def put_rule(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("admin",))
-        name = name_param(request)
-        document = await read_document(request)
-        if isinstance(document, dict):
-            document.setdefault("name", name)
-            if document["name"] != name:
-                reason = f"the document is named {document['name']!r}, the URL {name!r}"
-                return error_response(400, [{"field": "name", "reason": reason}])
-        try:
-            async with request.app[stores_key].pg.acquire() as conn:
-                applied = await definitions.apply_alert_rule(conn, principal.project_id, document)
-        except DefinitionError as exc:
-            return error_response(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
-        except asyncpg.UntranslatableCharacterError:
-            return error_response(400, [{"field": "body", "reason": "text must not contain NUL (\\u0000)"}])
-        body = {
-            "name": applied.name,
-            "version": applied.version,
-            "previous_version": applied.previous_version,
-            "changed": applied.changed,
-            "diff": applied.diff,
-        }
-        return json_response(body, status=201 if applied.previous_version is None else 200)
-
     async def get_secret(request: web.Request) -> web.Response:
         principal = await principal_of(request, ("admin",))
         return json_response({"secret": await signing_secret(request.app[stores_key].pg, principal.project_id)})
@@ -118,10 +68,6 @@ def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.
         return json_response({"secret": secret})
 
     app.router.add_get("/v1/alerts", alerts)
-    app.router.add_get("/v1/alerts/rules", list_rules)
-    app.router.add_get("/v1/alerts/rules/{name}", get_rule)
-    app.router.add_put("/v1/alerts/rules/{name}", put_rule)
-    app.router.add_get("/v1/alerts/rules/{name}/versions", rule_versions)
     app.router.add_get("/v1/alerts/signing-secret", get_secret)
     app.router.add_post("/v1/alerts/signing-secret", rotate_secret)
 
@@ -133,15 +79,6 @@ def _limit(request: web.Request) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 5) or not 1 <= int(raw) <= MAX_HISTORY:
         raise ApiError(400, [{"field": "limit", "reason": f"must be an integer from 1 to {MAX_HISTORY}"}])
     return int(raw)
-
-
-def _shown(version: dict[str, Any], principal: Principal) -> dict[str, Any]:
-    """A rule as its reader may see it: webhook URLs whole for admin keys, scheme and host for read keys."""
-    if principal.kind == "admin":
-        return version
-    rule = dict(version["definition"])
-    rule["notify"] = [{**hook, "url": redact(hook["url"])} for hook in rule.get("notify", [])]
-    return {**version, "definition": rule}
 
 
 async def alerts_view(pg: Any, project_id: str, rule: str | None, limit: int) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""REST for journey maps and segments: ``/v1/maps`` and ``/v1/segments``.
+"""REST for journey maps, segments and alert rules: ``/v1/maps``, ``/v1/segments``, ``/v1/alerts/rules``.
 
 Reading needs the project's read key (or an admin key); changing needs an **admin key** (``ja_…``, made
 with ``journeys key create --kind admin``). Read keys are handed to dashboards and analysts; the map that
-defines every KPI should not be editable by whoever holds one.
+defines every KPI should not be editable by whoever holds one. A read key sees an alert rule's webhook URLs as
+scheme and host only: their paths and user info are secrets (docs/alerts.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 from aiohttp import web
 
 from journeys import definitions
+from journeys.alert_rules import redact
 from journeys.http import ApiError, error_response, json_response
 from journeys.maps import SLUG, SLUG_RULE, DefinitionError, map_warnings, validate_map
 
@@ -30,7 +32,7 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
         async def list_all(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("read", "admin"))
             found = await definitions.latest_of_each(request.app[stores_key].pg, principal.project_id, kind)
-            return json_response({"items": [v.as_json() for v in found]})
+            return json_response({"items": [_shown(v.as_json(), principal) for v in found]})
 
         async def get_one(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("read", "admin"))
@@ -38,16 +40,16 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
             name = name_param(request)
             found = await definitions.get(request.app[stores_key].pg, principal.project_id, kind, name, version)
             if found is None:
-                what = f"{kind} {name!r}" + (f" version {version}" if version else "")
+                what = f"{_WHAT[kind]} {name!r}" + (f" version {version}" if version else "")
                 return error_response(404, [{"field": "name", "reason": f"no {what} in this project"}])
-            return json_response(found.as_json())
+            return json_response(_shown(found.as_json(), principal))
 
         async def get_versions(request: web.Request) -> web.Response:
             principal = await principal_of(request, ("read", "admin"))
             name = name_param(request)
             found = await definitions.versions(request.app[stores_key].pg, principal.project_id, kind, name)
             if not found:
-                return error_response(404, [{"field": "name", "reason": f"no {kind} {name!r} in this project"}])
+                return error_response(404, [{"field": "name", "reason": f"no {_WHAT[kind]} {name!r} in this project"}])
             return json_response(
                 {"name": name, "versions": [{"version": v, "created_at": at.isoformat()} for v, at in found]}
             )
@@ -65,7 +67,10 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
                     )
             try:
                 async with request.app[stores_key].pg.acquire() as conn:
-                    applied = await definitions.apply(conn, principal.project_id, kind, document)
+                    if kind == "alert":  # checked against the project's maps and segments too
+                        applied = await definitions.apply_alert_rule(conn, principal.project_id, document)
+                    else:
+                        applied = await definitions.apply(conn, principal.project_id, kind, document)
             except DefinitionError as exc:
                 return error_response(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
             except asyncpg.UntranslatableCharacterError:
@@ -84,12 +89,24 @@ def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None
 
         return list_all, get_one, get_versions, put
 
-    for kind, plural in (("map", "maps"), ("segment", "segments")):
+    for kind, plural in (("map", "maps"), ("segment", "segments"), ("alert", "alerts/rules")):
         list_all, get_one, get_versions, put = handlers(kind)  # type: ignore[arg-type]
         app.router.add_get(f"/v1/{plural}", list_all)
         app.router.add_get(f"/v1/{plural}/{{name}}", get_one)
         app.router.add_put(f"/v1/{plural}/{{name}}", put)
         app.router.add_get(f"/v1/{plural}/{{name}}/versions", get_versions)
+
+
+_WHAT = {"map": "map", "segment": "segment", "alert": "alert rule"}
+
+
+def _shown(version: dict[str, Any], principal: Any) -> dict[str, Any]:
+    """A definition as its reader may see it: an alert rule's webhook URLs whole for admin keys only."""
+    if principal.kind == "admin" or "notify" not in version["definition"]:
+        return version
+    rule = dict(version["definition"])
+    rule["notify"] = [{**hook, "url": redact(hook["url"])} for hook in rule["notify"]]
+    return {**version, "definition": rule}
 
 
 def name_param(request: web.Request) -> str:
