@@ -154,6 +154,32 @@ async def state_where(http, query, key: str, check) -> dict[str, Any]:  # type: 
     return await wait_until(ready, timeout=30)
 
 
+def rate_rule(*receivers: Receiver, **changes: Any) -> dict[str, Any]:
+    """Aware's conversion rate against the map's 0.5, from two decided customers, to these receivers."""
+    rule = {"name": "aware-rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "min_decided": 2}
+    return {**rule, "notify": [{"url": r.url} for r in receivers], **changes}
+
+
+async def firing(http, collector, query, stores, rule: dict[str, Any], prefix: str) -> tuple[Any, str]:  # type: ignore[no-untyped-def]
+    """A new project whose ``rule`` fires: two customers who entered Aware two days ago and dropped."""
+    project, admin = await new_project(stores)
+    assert (await put_rule(http, query, admin, rule))[0] == 201
+    entered = datetime.now(timezone.utc) - timedelta(days=2)
+    await send(http, collector, project.write_key, journeys_of(prefix, converted=0, dropped=2, entered_at=entered))
+    await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+    return project, admin
+
+
+async def resolved_history(http, query, key: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Once the newest transition is a resolution: the history."""
+
+    async def resolved() -> list[dict[str, Any]] | None:
+        history = (await alerts(http, query, key))["history"]
+        return history if history and history[0]["kind"] == "resolved" else None
+
+    return await wait_until(resolved, timeout=30)
+
+
 # --- the rule document -------------------------------------------------------------------------------------
 
 
@@ -434,21 +460,10 @@ async def test_a_new_version_watching_something_else_resolves_the_old_alert_wher
 ) -> None:  # type: ignore[no-untyped-def]
     """Firing on Aware, the rule is moved to Consider and to another webhook: "resolved (rule changed)" goes to
     the receiver that was told "fired", and the state starts afresh on Consider."""
-    project, admin = await new_project(stores)
     first, second = await Receiver().start(), await Receiver().start()
     try:
-        rule = {
-            "name": "rate",
-            "map": "funnel",
-            "stage": "aware",
-            "metric": "conversion_rate",
-            "min_decided": 2,
-            "notify": [{"url": first.url}],
-        }
-        assert (await put_rule(http, query, admin, rule))[0] == 201
-        entered = datetime.now(timezone.utc) - timedelta(days=2)
-        await send(http, collector, project.write_key, journeys_of("m", converted=0, dropped=2, entered_at=entered))
-        await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+        rule = rate_rule(first, name="rate")
+        project, admin = await firing(http, collector, query, stores, rule, "m")
         moved = {**rule, "stage": "consider", "threshold": 0.5, "notify": [{"url": second.url}]}
         assert (await put_rule(http, query, admin, moved))[0] == 200
         await wait_until(lambda: _true(len(first.delivered()) == 2), timeout=30)
@@ -465,12 +480,7 @@ async def test_a_new_version_watching_something_else_resolves_the_old_alert_wher
 
 
 async def test_a_firing_alert_whose_map_target_is_removed_resolves(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
-    project, admin = await new_project(stores)
-    rule = {"name": "rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "min_decided": 2}
-    assert (await put_rule(http, query, admin, rule))[0] == 201
-    entered = datetime.now(timezone.utc) - timedelta(days=2)
-    await send(http, collector, project.write_key, journeys_of("n", converted=0, dropped=2, entered_at=entered))
-    await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+    project, admin = await firing(http, collector, query, stores, rate_rule(), "n")
     untargeted = {**MAP, "stages": [{k: v for k, v in MAP["stages"][0].items() if k != "target"}, *MAP["stages"][1:]]}
     async with stores.pg.acquire() as conn:
         await definitions.apply(conn, project.id, "map", untargeted)
@@ -536,28 +546,12 @@ async def test_the_signing_secret_rotates_with_an_admin_key(http, query, stores)
 
 
 async def test_disabling_a_firing_rule_resolves_it(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
-    project, admin = await new_project(stores)
     receiver = await Receiver().start()
     try:
-        rule = {
-            "name": "aware-rate",
-            "map": "funnel",
-            "stage": "aware",
-            "metric": "conversion_rate",
-            "min_decided": 2,
-            "notify": [{"url": receiver.url}],
-        }
-        assert (await put_rule(http, query, admin, rule))[0] == 201
-        entered = datetime.now(timezone.utc) - timedelta(days=2)
-        await send(http, collector, project.write_key, journeys_of("z", converted=0, dropped=2, entered_at=entered))
-        await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+        rule = rate_rule(receiver)
+        project, admin = await firing(http, collector, query, stores, rule, "z")
         assert (await put_rule(http, query, admin, {**rule, "enabled": False}))[0] == 200
-
-        async def resolved() -> list[dict[str, Any]] | None:
-            history = (await alerts(http, query, project.read_key))["history"]
-            return history if history and history[0]["kind"] == "resolved" else None
-
-        history = await wait_until(resolved, timeout=30)
+        history = await resolved_history(http, query, project.read_key)
         assert [(e["kind"], e["reason"]) for e in history] == [("resolved", "rule disabled"), ("fired", "below")]
         view = await alerts(http, query, project.read_key)
         assert view["rules"][0]["enabled"] is False and view["rules"][0]["states"] == []
@@ -581,12 +575,8 @@ async def test_a_project_whose_rules_cannot_be_judged_holds_no_other_back(http, 
     query = TestServer(create_query(with_settings(stores, alert_every_s=0.3), Metrics()), host="127.0.0.1")
     await query.start_server()
     try:
-        project, admin = await new_project(stores)
-        rule = {"name": "aware-rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "min_decided": 2}
-        assert (await put_rule(http, query, admin, rule))[0] == 201
-        entered = datetime.now(timezone.utc) - timedelta(days=2)
-        await send(http, collector, project.write_key, journeys_of("k", converted=0, dropped=2, entered_at=entered))
-        view = await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+        project, _ = await firing(http, collector, query, stores, rate_rule(), "k")
+        view = await alerts(http, query, project.read_key)
         # No event since: only the rounds that judge every project (every 0.3 s here) judge it again.
         judged_at = view["rules"][0]["states"][0]["evaluated_at"]
         await state_where(http, query, project.read_key, lambda s: s["evaluated_at"] > judged_at)
@@ -597,12 +587,7 @@ async def test_a_project_whose_rules_cannot_be_judged_holds_no_other_back(http, 
 
 
 async def test_a_stage_removed_from_the_map_resolves_its_alert(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
-    project, admin = await new_project(stores)
-    rule = {"name": "aware-rate", "map": "funnel", "stage": "aware", "metric": "conversion_rate", "min_decided": 2}
-    assert (await put_rule(http, query, admin, rule))[0] == 201
-    entered = datetime.now(timezone.utc) - timedelta(days=2)
-    await send(http, collector, project.write_key, journeys_of("g", converted=0, dropped=2, entered_at=entered))
-    await state_where(http, query, project.read_key, lambda s: s["state"] == "firing")
+    project, _ = await firing(http, collector, query, stores, rate_rule(), "g")
     without_aware = {
         **MAP,
         "stages": MAP["stages"][1:],
@@ -610,11 +595,6 @@ async def test_a_stage_removed_from_the_map_resolves_its_alert(http, collector, 
     }
     async with stores.pg.acquire() as conn:
         await definitions.apply(conn, project.id, "map", without_aware)
-
-    async def resolved() -> list[dict[str, Any]] | None:
-        history = (await alerts(http, query, project.read_key))["history"]
-        return history if history and history[0]["kind"] == "resolved" else None
-
-    history = await wait_until(resolved, timeout=30)
+    history = await resolved_history(http, query, project.read_key)
     assert (history[0]["reason"], history[0]["segment"]) == ("no longer watched", None)
     assert (await alerts(http, query, project.read_key))["rules"][0]["states"] == []
