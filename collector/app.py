@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -27,7 +28,17 @@ from collector.spool import Spool, SpoolFull, SpoolError
 from collector.tracker import add_tracker_route
 from collector import watermark
 from journeys.events import EVENT_TYPES
-from journeys.http import error_response, json_response, make_middleware, metrics_handler, presented_key, request_id
+from journeys.http import (
+    error_response,
+    healthz,
+    json_response,
+    make_middleware,
+    metrics_handler,
+    postgres_check,
+    presented_key,
+    readyz_handler,
+    request_id,
+)
 from journeys.metrics import Metrics
 from journeys.openapi import openapi_handler
 from journeys.stores import Stores
@@ -82,8 +93,8 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     add_cors(app, stores, INGEST_PATHS)  # OPTIONS preflights; public keys write only from listed origins
     add_tracker_route(app)  # GET /t.js: the browser tracker
     add_rudder_config_route(app, _authorize)  # GET /sourceConfig: RudderStack's browser SDK asks before it sends
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz_handler(_ready_checks))
     app.router.add_get("/metrics", metrics_handler(metrics))
     add_email_routes(app, stores, metrics, SPOOL)  # /v1/email/open|click/{token}: signed pixels and links
     add_import_route(app, stores, metrics, SPOOL, _authorize)  # POST /v1/import: streamed NDJSON, docs/import.md
@@ -235,23 +246,15 @@ def _count_events(problem: RequestProblem) -> int:
     return len(indexes) or 1
 
 
-async def _healthz(_: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
+async def _ready_checks(request: web.Request) -> dict[str, dict[str, Any]]:
     app = request.app
     stores = app[STORES]
     spool = app[SPOOL]
     inserter = app[INSERTER]
-    checks: dict[str, dict[str, object]] = {}
+    checks: dict[str, dict[str, Any]] = {}
     clickhouse_ok = inserter.healthy and await stores.clickhouse.ping()
     checks["clickhouse"] = {"ok": clickhouse_ok, **({"error": inserter.last_error} if inserter.last_error else {})}
-    try:
-        await stores.pg.fetchval("SELECT 1")
-        checks["postgres"] = {"ok": True}
-    except Exception as exc:  # any failure to reach it means not ready
-        checks["postgres"] = {"ok": False, "error": str(exc)[:200]}
+    checks["postgres"] = await postgres_check(stores.pg)
     checks["spool"] = {
         "ok": not spool.above_high_water and spool.write_error is None,
         "pending_bytes": spool.pending_bytes,
@@ -259,5 +262,4 @@ async def _readyz(request: web.Request) -> web.Response:
         "oldest_age_seconds": round(spool.oldest_age_seconds(), 3),
         **({"error": spool.write_error} if spool.write_error else {}),
     }
-    ready = all(bool(c["ok"]) for c in checks.values())
-    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return checks

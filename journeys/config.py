@@ -77,7 +77,6 @@ class Settings(BaseSettings):
         "spell's first event goes in at once): ClickHouse's CPU per row is ~2x higher for 2k-row inserts than "
         "for 20k-row ones (measured), and every insert is a part to merge.",
     )
-    insert_timeout_s: float = Field(default=30, gt=0)
 
     key_cache_ttl_s: float = Field(default=30, ge=0, description="How long a resolved API key is trusted.")
 

@@ -36,12 +36,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
+from journeys.events import MAX_ID_CHARS  # the collector's limit on ids and names
 
 TOKEN_VERSION = 1
 SIGNATURE_BYTES = 16
 MAX_TOKEN_CHARS = 4096
 MAX_URL_CHARS = 2048
-MAX_ID_CHARS = 255  # the collector's limit on ids and names (journeys.events)
 MAX_PROPS = 16
 MAX_PROP_KEY_CHARS = 64
 MAX_PROP_TEXT_CHARS = 255

@@ -187,6 +187,34 @@ def metrics_handler(metrics: Metrics) -> Handler:
     return handler
 
 
+async def healthz(_: web.Request) -> web.Response:
+    """``GET /healthz``: the process answers (liveness); what it depends on is ``/readyz``'s question."""
+    return json_response({"status": "ok"})
+
+
+Checks = Callable[[web.Request], Awaitable[dict[str, dict[str, Any]]]]
+
+
+def readyz_handler(checks: Checks) -> Handler:
+    """``GET /readyz``: 200 when every check of ``checks(request)`` is ok, else 503; the checks either way."""
+
+    async def handler(request: web.Request) -> web.Response:
+        found = await checks(request)
+        ready = all(bool(check["ok"]) for check in found.values())
+        return json_response({"ready": ready, "checks": found}, status=200 if ready else 503)
+
+    return handler
+
+
+async def postgres_check(pg: Any) -> dict[str, Any]:
+    """PostgreSQL answers a query: any failure to reach it means not ready."""
+    try:
+        await pg.fetchval("SELECT 1")
+        return {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return {"ok": False, "error": str(exc)[:200]}
+
+
 class ServiceRefused(Exception):
     """A running service answered a CLI's call with an error: its status and our error list."""
 

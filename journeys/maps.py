@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SLUG_RULE = "must be 1-64 lowercase letters, digits, '-' or '_'"
 SENTIMENTS = ("positive", "neutral", "negative")
-#: Stages per map at most: KPI queries pack (from, to) stage pairs into integers (query/kpis.py).
+#: Stages per map at most: far past the longest real lists (B2B maps run to ~12); a stage's index is stored in
+#: 16 bits in the facts (migration 0006: stage UInt16, from_stage Int16).
 MAX_STAGES = 100
 
 #: Operators of touchpoint property conditions and segment rules.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from journeys.openapi import document, error_response, json_ok, operation, ops_paths, path_param, query_param, ref
+from journeys.events import MAX_ID_CHARS
 
-MAX_ID_CHARS = 255  # query.app.MAX_ID_CHARS (not imported: query.app imports this module)
 MAX_LIMIT = 10_000
 
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}

@@ -9,7 +9,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from journeys.http import ApiError, authorized, json_response, make_middleware, metrics_handler
+from journeys.events import MAX_ID_CHARS
+from journeys.http import (
+    ApiError,
+    authorized,
+    healthz,
+    json_response,
+    make_middleware,
+    metrics_handler,
+    postgres_check,
+    readyz_handler,
+)
 from journeys.keys import Principal
 from journeys.metrics import Metrics
 from journeys.openapi import openapi_handler
@@ -32,7 +42,6 @@ ALERT_EVALUATOR = web.AppKey("alert_evaluator", AlertEvaluator)
 ALERT_DELIVERER = web.AppKey("alert_deliverer", AlertDeliverer)
 
 MAX_LIMIT = 10_000
-MAX_ID_CHARS = 255
 
 
 def create_app(stores: Stores, metrics: Metrics) -> web.Application:
@@ -56,8 +65,8 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     add_dashboard_routes(app)  # GET / and /static/…: the marketer dashboard (query/static/)
     app.cleanup_ctx.append(_stage_state_updater)
     app.cleanup_ctx.append(_alerts)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz_handler(_ready_checks))
     app.router.add_get("/metrics", metrics_handler(metrics))
     app.router.add_get("/openapi.json", openapi_handler(query_openapi()))
     return app
@@ -205,17 +214,6 @@ async def _stats(request: web.Request) -> web.Response:
     return json_response(await project_stats(request.app[STORES].clickhouse, principal.project_id))
 
 
-async def _healthz(_: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
+async def _ready_checks(request: web.Request) -> dict[str, dict[str, Any]]:
     stores = request.app[STORES]
-    checks: dict[str, dict[str, Any]] = {"clickhouse": {"ok": await stores.clickhouse.ping()}}
-    try:
-        await stores.pg.fetchval("SELECT 1")
-        checks["postgres"] = {"ok": True}
-    except Exception as exc:
-        checks["postgres"] = {"ok": False, "error": str(exc)[:200]}
-    ready = all(c["ok"] for c in checks.values())
-    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return {"clickhouse": {"ok": await stores.clickhouse.ping()}, "postgres": await postgres_check(stores.pg)}
