@@ -13,6 +13,7 @@ service's :class:`~query.state_updater.StageStateUpdater` decides which customer
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import re
 import time
@@ -31,6 +32,8 @@ from journeys.maps import JourneyMap, Segment, Stage
 from journeys.migrate import render_clickhouse_sql
 from query.facts_sql import EMPTY_INPUTS_SQL, WITHDRAW_SQL, FactsSql
 from query.journey import CompiledMap
+
+log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
@@ -323,8 +326,17 @@ class StateWriter:
             await self.ch.execute(sql.insert_all(", ".join(FACT_COLUMNS)), params)
             return
         # Two statements, the events read once: every customer's inputs, then their facts folded from those.
+        began = time.monotonic()
         await self.ch.execute(sql.insert_inputs("project"), {**params, "generation": await next_generation(self.pg)})
+        stored = time.monotonic()
         await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
+        log.info(
+            "build %d of project %s: inputs stored in %.1f s, facts folded from them in %.1f s",
+            build,
+            project_id,
+            stored - began,
+            time.monotonic() - stored,
+        )
 
     async def refresh(
         self,
