@@ -356,9 +356,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from query.app import create_app as create_query
 
     # The updater's own account of each rebuild (its phases' times) goes to stderr with the bench's lines.
-    updater_log = logging.getLogger("query.state_updater")
-    updater_log.setLevel(logging.INFO)
-    updater_log.addHandler(logging.StreamHandler(sys.stderr))
+    for name in ("query.state_updater", "query.stage_state"):  # the rebuild, and its two statements' times
+        updater_log = logging.getLogger(name)
+        updater_log.setLevel(logging.INFO)
+        updater_log.addHandler(logging.StreamHandler(sys.stderr))
     report: dict[str, Any] = {
         "events": args.events,
         "customers": args.customers,
