@@ -72,18 +72,29 @@ class Service:
         return f"http://127.0.0.1:{self.query_port}"
 
     def start(self, timeout: float = 60) -> "Service":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "journeys.cli", "up"], env=self.env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        # A port free_port() found free can be taken before the child binds it (another test's listener, or
+        # the source port of an outgoing connection): then the child exits on EADDRINUSE, and new ports are
+        # tried. Anything else that stops it is the test's failure.
+        for _ in range(3):
+            began = self.log.stat().st_size if self.log.exists() else 0
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "journeys.cli", "up"], env=self.env, stdout=log, stderr=log
+                )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if b"journeys is up" in self.log.read_bytes()[began:]:
+                    return self
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"service did not come up in {timeout}s:\n{self.log.read_text()}")
+            if b"address already in use" not in self.log.read_bytes()[began:]:
                 raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            if b"journeys is up" in self.log.read_bytes():
-                return self
-            time.sleep(0.05)
-        raise AssertionError(f"service did not come up in {timeout}s:\n{self.log.read_text()}")
+            self.collector_port, self.query_port = free_port(), free_port()
+            self.env.update(JOURNEYS_COLLECTOR_PORT=str(self.collector_port), JOURNEYS_QUERY_PORT=str(self.query_port))
+        raise AssertionError(f"service could not bind its ports three times:\n{self.log.read_text()}")
 
     def kill(self) -> None:
         assert self.proc is not None
