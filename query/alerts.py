@@ -312,7 +312,11 @@ async def record(
                     continue  # judged again since (another evaluator, during a handover): the newer one stands
                 was = "ok" if stored is None else stored["state"]
                 if was == "firing" and _json(stored["watching"]) != watching(item.rule):
-                    queued += await _transition(conn, project_id, item, "resolved", "rule changed", now)
+                    # Said of what fired: the old map, stage, metric and window, not the new ones.
+                    old = Judged(
+                        item.rule.model_copy(update=_json(stored["watching"])), item.version, item.segment, item.verdict
+                    )
+                    queued += await _transition(conn, project_id, old, "resolved", "rule changed", now)
                     was = "ok"
                 now_state, reason = was, ""
                 if was == "ok" and item.verdict.fire:

@@ -467,9 +467,9 @@ async def test_a_new_version_watching_something_else_resolves_the_old_alert_wher
         moved = {**rule, "stage": "consider", "threshold": 0.5, "notify": [{"url": second.url}]}
         assert (await put_rule(http, query, admin, moved))[0] == 200
         await wait_until(lambda: _true(len(first.delivered()) == 2), timeout=30)
-        assert [(b["type"], b["reason"]) for _, b in first.delivered()] == [
-            ("alert.fired", "below"),
-            ("alert.resolved", "rule changed"),
+        assert [(b["type"], b["reason"], b["rule"]["stage"]) for _, b in first.delivered()] == [
+            ("alert.fired", "below", "aware"),
+            ("alert.resolved", "rule changed", "aware"),  # what fired, not what the rule watches now
         ]
         view = await state_where(http, query, project.read_key, lambda s: s["rule_version"] == 2)
         assert view["rules"][0]["states"][0]["state"] == "ok"  # nobody entered Consider: nothing to judge
