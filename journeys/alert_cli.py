@@ -1,12 +1,13 @@
 """``journeys alert apply|show|list|history|secret``: alert rules and what they did (docs/alerts.md).
 
+``apply`` and ``show`` are the map and segment commands' own (journeys/cli.py); the rest is here.
+
 Like ``journeys map``, these work on PostgreSQL directly, beside a running ``journeys up``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import orjson
@@ -33,36 +34,10 @@ def add_alert_commands(sub: Any) -> None:
         p.add_argument("--json", action="store_true", help="print what GET /v1/alerts answers")
 
 
-async def run_alert_command(settings: Any, args: argparse.Namespace, with_project: Any, read_document: Any) -> int:
-    from journeys import definitions
-    from journeys.maps import DefinitionError
+async def run_alert_command(settings: Any, args: argparse.Namespace, with_project: Any) -> int:
+    """``list``, ``history`` and ``secret``; ``apply`` and ``show`` run as for maps (journeys/cli.py)."""
 
     async def work(conn: Any, project_id: str) -> int:
-        if args.action == "apply":
-            document = read_document(args.file)
-            try:
-                applied = await definitions.apply_alert_rule(conn, project_id, document)
-            except DefinitionError as exc:
-                print(f"error: {args.file} is not a valid alert rule:", file=sys.stderr)
-                for problem in exc.problems:
-                    print(f"  {problem['path']}: {problem['reason']}", file=sys.stderr)
-                return 1
-            if not applied.changed:
-                print(f"alert {applied.name} unchanged (version {applied.version})")
-            else:
-                was = f"version {applied.previous_version} → " if applied.previous_version else "created, "
-                print(f"alert {applied.name}: {was}version {applied.version}")
-                print(applied.diff, end="")
-            return 0
-        if args.action == "show":
-            found = await definitions.get(conn, project_id, "alert", args.name, args.version)
-            if found is None:
-                what = f"no alert rule {args.name!r}" + (f" version {args.version}" if args.version else "")
-                print(f"error: {what}", file=sys.stderr)
-                return 1
-            print(f"# alert {found.name} version {found.version}, {found.created_at:%Y-%m-%d %H:%M:%S %Z}")
-            print(definitions.to_yaml("alert", found.body), end="")
-            return 0
         if args.action == "secret":
             from query.alert_delivery import signing_secret
 

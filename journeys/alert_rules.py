@@ -16,10 +16,8 @@ from urllib.parse import urlsplit
 import yarl
 from pydantic import Field, field_validator
 
-from journeys.maps import SLUG, SLUG_RULE, DefinitionError, JourneyMap, Segment, _Doc, _shape
+from journeys.maps import SLUG, SLUG_RULE, DefinitionError, JourneyMap, Segment, _Doc, _shape, slug
 
-#: What a rule can watch: the targets' metrics, the drop-off rate and the count of customers in progress.
-METRICS = ("conversion_rate", "median_days_to_convert", "drop_off_rate", "in_progress")
 #: Metrics a higher value is better for (the others must stay at or below their threshold).
 HIGHER_IS_BETTER = frozenset({"conversion_rate"})
 #: Metrics whose default threshold is the map's target of the same name.
@@ -52,6 +50,7 @@ class AlertRule(_Doc):
     enabled: bool = True
     map: str
     stage: str = Field(min_length=1, max_length=255)
+    #: The targets' metrics, the drop-off rate and the count of customers in progress.
     metric: Literal["conversion_rate", "median_days_to_convert", "drop_off_rate", "in_progress"]
     threshold: Annotated[float, Field(ge=0)] | None = None
     recover_at: Annotated[float, Field(ge=0)] | None = None
@@ -64,9 +63,7 @@ class AlertRule(_Doc):
     @field_validator("name", "map")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not SLUG.match(value):
-            raise ValueError(SLUG_RULE)
-        return value
+        return slug(value)
 
 
 def url_problem(url: str) -> str | None:

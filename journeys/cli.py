@@ -183,6 +183,12 @@ def _summary(kind: str, body: dict) -> str:
             f"  {len(stages)} stages ({names}), {len(body.get('touchpoints') or [])} touchpoints, "
             f"targets on {targets} stage{'' if targets == 1 else 's'}\n"
         )
+    if kind == "alert":
+        hooks = len(body.get("notify") or [])
+        return (
+            f"  {body.get('metric')} of stage {body.get('stage')} (map {body.get('map')}), "
+            f"{hooks} webhook{'' if hooks == 1 else 's'}\n"
+        )
     rules = body.get("rules") or []
     return f"  {len(rules)} rule{'' if len(rules) == 1 else 's'}, matching {body.get('match', 'all')} of them\n"
 
@@ -206,7 +212,10 @@ async def _definition_command(settings: Settings, args: argparse.Namespace) -> i
         if args.action == "apply":
             document = _read_document(args.file)
             try:
-                applied = await definitions.apply(conn, project_id, kind, document)
+                if kind == "alert":  # checked against the project's maps and segments too
+                    applied = await definitions.apply_alert_rule(conn, project_id, document)
+                else:
+                    applied = await definitions.apply(conn, project_id, kind, document)
             except DefinitionError as exc:
                 print(f"error: {args.file} is not a valid {kind}:", file=sys.stderr)
                 for problem in exc.problems:
@@ -437,11 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from query.preview_cli import run_preview
 
             return asyncio.run(run_preview(settings, args, _with_project, _read_document))
-        if args.command == "alert":
+        if args.command == "alert" and args.action not in ("apply", "show"):  # apply, show: as maps
             from journeys.alert_cli import run_alert_command
 
-            return asyncio.run(run_alert_command(settings, args, _with_project, _read_document))
-        if args.command in ("map", "segment"):
+            return asyncio.run(run_alert_command(settings, args, _with_project))
+        if args.command in ("map", "segment") or (args.command == "alert" and args.action in ("apply", "show")):
             return asyncio.run(_definition_command(settings, args))
         if args.command == "email":
             from journeys.email_cli import run_email_command

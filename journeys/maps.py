@@ -78,6 +78,13 @@ def _date_rule_problems(op: str, value: Any, path: str) -> list[dict[str, str]]:
     return []
 
 
+def slug(value: str) -> str:
+    """A document's name (a map, a segment, an alert rule, the map a rule names), or ``ValueError``."""
+    if not SLUG.match(value):
+        raise ValueError(SLUG_RULE)
+    return value
+
+
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -142,9 +149,7 @@ class JourneyMap(_Doc):
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not SLUG.match(value):
-            raise ValueError(SLUG_RULE)
-        return value
+        return slug(value)
 
     def ordered_stage_ids(self) -> list[str]:
         """Stages in journey order: list order, re-arranged where a stage names the one it comes ``after``."""
@@ -171,8 +176,7 @@ class Segment(_Doc):
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not SLUG.match(value):
-            raise ValueError(SLUG_RULE)
+        slug(value)
         if value in ("all", "*"):
             raise ValueError(f"{value!r} is reserved for all customers")
         return value

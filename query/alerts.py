@@ -311,10 +311,13 @@ async def record(
                 if stored is not None and stored["evaluated_at"] > now:
                     continue  # judged again since (another evaluator, during a handover): the newer one stands
                 was = "ok" if stored is None else stored["state"]
-                if was == "firing" and _json(stored["watching"]) != watching(item.rule):
+                if was == "firing" and from_jsonb(stored["watching"]) != watching(item.rule):
                     # Said of what fired: the old map, stage, metric and window, not the new ones.
                     old = Judged(
-                        item.rule.model_copy(update=_json(stored["watching"])), item.version, item.segment, item.verdict
+                        item.rule.model_copy(update=from_jsonb(stored["watching"])),
+                        item.version,
+                        item.segment,
+                        item.verdict,
                     )
                     queued += await _transition(conn, project_id, old, "resolved", "rule changed", now)
                     was = "ok"
@@ -409,7 +412,8 @@ async def _transition(conn: Any, project_id: str, item: Judged, kind: str, reaso
     return len(targets)
 
 
-def _json(value: Any) -> Any:
+def from_jsonb(value: Any) -> Any:
+    """A jsonb column's value (asyncpg hands it over as text without a codec)."""
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 

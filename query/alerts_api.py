@@ -22,6 +22,7 @@ from journeys.keys import Principal
 from journeys.maps import SLUG, SLUG_RULE
 from journeys.stores import Stores
 from query.alert_delivery import signing_secret
+from query.alerts import from_jsonb
 from query.reads import iso
 
 PrincipalOf = Callable[..., Awaitable[Principal]]
@@ -119,7 +120,7 @@ async def alerts_view(pg: Any, project_id: str, rule: str | None, limit: int) ->
                 "since": iso(s["since"]),
                 "rule_version": s["rule_version"],
                 "evaluated_at": iso(s["evaluated_at"]),
-                "evaluation": _json(s["last"]),
+                "evaluation": from_jsonb(s["last"]),
             }
         )
     return {
@@ -145,15 +146,9 @@ async def alerts_view(pg: Any, project_id: str, rule: str | None, limit: int) ->
                 "segment": e["segment"] or None,
                 "kind": e["kind"],
                 "at": iso(e["at"]),
-                **_json(e["details"]),
+                **from_jsonb(e["details"]),
                 "deliveries": by_event.get(e["id"], []),
             }
             for e in events
         ],
     }
-
-
-def _json(value: Any) -> Any:
-    import orjson
-
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
