@@ -458,8 +458,8 @@ async def transition(
 
 def rule_limits(rule: dict[str, Any]) -> tuple[Fraction, Fraction]:
     """(threshold, recovery threshold) of the rule on the alert map, by the service's own rules."""
-    from journeys.alert_rules import thresholds, validate_alert_rule
-    from journeys.maps import validate_map
+    from query.alert_rules import thresholds, validate_alert_rule
+    from query.maps import validate_map
 
     limits = thresholds(validate_alert_rule(rule), validate_map(ALERT_MAP))
     if limits is None:
@@ -694,7 +694,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if name.startswith("JOURNEYS_") or name in ("CLICKHOUSE_URL", "DATABASE_URL"):
             del os.environ[name]
 
-    from journeys import definitions
+    from query import definitions
     from journeys.config import load_settings
     from journeys.keys import add_key
     from journeys.stores import open_stores

@@ -92,7 +92,7 @@ async def five_stage_project(stores: Any, prefix: str) -> tuple[Any, dict[str, A
     """A new project with the five-stage template map and :data:`SEGMENTS` applied: (the project, the map)."""
     import yaml
 
-    from journeys import definitions
+    from query import definitions
     from journeys.keys import create_project
 
     map_doc = yaml.safe_load(MAP_FILE.read_text())

@@ -962,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "collector"):
             env = service_env(data_dir, args.env)
             created = subprocess.run(
-                [sys.executable, "-m", "journeys.cli", "project", "create", "bench", "--json"],
+                [sys.executable, "-m", "cli.main", "project", "create", "bench", "--json"],
                 env=env,
                 capture_output=True,
                 timeout=START_TIMEOUT_S,
@@ -976,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
             while ports[1] == ports[0]:
                 ports = (ports[0], free_port())
             env = service_env(data_dir, args.env, collector=ports[0], query=ports[1])
-            svc = Service("journeys up", [sys.executable, "-m", "journeys.cli", "up"], env, tmp / "journeys.log")
+            svc = Service("journeys up", [sys.executable, "-m", "cli.main", "up"], env, tmp / "journeys.log")
             services.append(svc)
             svc.wait_ready("journeys is up:", START_TIMEOUT_S)
             log(f"journeys up (pid {svc.pid}, collector :{ports[0]}, query :{ports[1]}); driving it")

@@ -651,7 +651,7 @@ async def serving(stores: Any, project: Any) -> AsyncIterator[Service]:
     collector_runner = web.AppRunner(
         create_collector(collector_stores, Metrics()), access_log=None, handle_signals=False
     )
-    # As `journeys up` (journeys/cli.py _tune_gc): freeze startup objects, collect young ones less often.
+    # As `journeys up` (cli/main.py _tune_gc): freeze startup objects, collect young ones less often.
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)

@@ -345,11 +345,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if name.startswith("JOURNEYS_") or name in ("CLICKHOUSE_URL", "DATABASE_URL"):
             del os.environ[name]
     from collector.app import create_app as create_collector
-    from journeys import definitions
+    from query import definitions
     from journeys.config import load_settings
     from journeys.events import EVENT_COLUMNS
     from journeys.keys import create_project
-    from journeys.maps import validate_map
+    from query.maps import validate_map
     from journeys.metrics import Metrics
     from journeys.stores import open_stores
     from query.app import STATE_UPDATER

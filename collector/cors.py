@@ -32,7 +32,7 @@ from journeys.http import Handler, error_response
 from journeys.keys import Principal
 from journeys.openapi import error_response as error_spec
 from journeys.openapi import operation
-from journeys.origins import OriginError, OriginTable, normalize_origin
+from collector.origins import OriginError, OriginTable, normalize_origin
 from journeys.stores import Stores
 
 ORIGINS = web.AppKey("origins", OriginTable)

@@ -2,7 +2,7 @@
 
 ``GET /v1/email/open/{token}`` answers a 1×1 transparent GIF and records "Email Opened";
 ``GET /v1/email/click/{token}`` records "Email Clicked" and answers 302 to the link's target. The token
-(journeys/email_tokens.py, docs/email.md) is signed with the project's email key, so the URL alone is the
+(collector/email_tokens.py, docs/email.md) is signed with the project's email key, so the URL alone is the
 credential: no API key can ride in an ``<img src>`` or an ``<a href>``.
 
 Two promises pull against each other here, and this is the order they win in:
@@ -33,8 +33,8 @@ from collector.email_bots import Bot, classify
 from collector.ingest import process_events
 from collector.inserter import encode_records
 from collector.spool import Spool, SpoolError, SpoolFull
-from journeys.email_keys import SigningKeyResolver
-from journeys.email_tokens import MAX_TOKEN_CHARS, Claims, Kind, TokenError, claims_of, signed_by, split
+from collector.email_keys import SigningKeyResolver
+from collector.email_tokens import MAX_TOKEN_CHARS, Claims, Kind, TokenError, claims_of, signed_by, split
 from journeys.http import error_response, request_id
 from journeys.metrics import Metrics
 from journeys.stores import Stores

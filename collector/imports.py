@@ -42,6 +42,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from collector.ingest import RequestProblem, inflater_for, process_events
 from collector.inserter import encode_records
 from collector.spool import Spool, SpoolError, SpoolFull
+from journeys.errors import JourneysError
 from journeys.http import error_response, json_response, presented_key, request_id
 from journeys.keys import Principal
 from journeys.metrics import Metrics
@@ -91,7 +92,7 @@ def derive_message_id(project_id: str, event: dict[str, Any]) -> str | None:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-class StreamProblem(Exception):
+class StreamProblem(JourneysError):
     """The body cannot be read further (bad or truncated compression, over the size cap). Lines before this
     point were handed out whole and are processed normally."""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from journeys.errors import JourneysError
 from journeys.events import (
     CHANNEL_INDEX,
     EventProblem,
@@ -33,7 +34,7 @@ MAX_NESTING = 254
 _CUT = "(nested too deep: cut here)"
 
 
-class RequestProblem(Exception):
+class RequestProblem(JourneysError):
     """The request as a whole is refused; ``errors`` go back in the body and nothing is stored."""
 
     def __init__(self, status: int, errors: list[dict[str, Any]], reason: str):

@@ -11,7 +11,7 @@ lost for good (docs/quarantine.md):
 * :func:`replay`: re-validates a project's quarantined events with the rules of *this* collector and takes
   in those that now pass, through the same spool → inserter path as any event (identity links included),
   then removes their quarantine rows. ``POST /v1/quarantine/replay`` (admin key) runs it in the collector;
-  ``journeys quarantine replay`` (collector/quarantine_cli.py) runs it directly or through that route.
+  ``journeys quarantine replay`` (cli/quarantine.py) runs it directly or through that route.
 
 Replay takes each event in **exactly once**: copies of one message (a resent bad event) go in once with
 their messageId; an event sent without one gets an id derived from its quarantine row (request id and batch

@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from journeys.errors import JourneysError
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<IIQ")
@@ -40,7 +42,7 @@ MAX_RECORD_BYTES = 256 * 1024 * 1024
 HIGH_WATER = 0.9
 
 
-class SpoolError(Exception):
+class SpoolError(JourneysError):
     """The spool cannot take this record; the request must not be acknowledged."""
 
 

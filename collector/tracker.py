@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from journeys.assets import Asset, serve
+from journeys.errors import JourneysError
 from journeys.openapi import operation
 
 SOURCE_PATH = ("static", "tracker.js")
@@ -32,7 +33,7 @@ _JOINABLE = ("{", ";", ",")
 CACHE_SECONDS = 3600
 
 
-class MinifyError(ValueError):
+class MinifyError(JourneysError, ValueError):
     """The tracker source breaks a rule the minifier relies on; the message names the line."""
 
 

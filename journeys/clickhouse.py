@@ -17,8 +17,10 @@ from typing import Any
 
 import clickhouse_connect
 
+from journeys.errors import JourneysError
 
-class ClickHouseError(Exception):
+
+class ClickHouseError(JourneysError):
     """A ClickHouse call failed (unreachable, timed out, or the server refused it)."""
 
 

@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from journeys.errors import JourneysError
 
-class ConfigError(Exception):
+
+class ConfigError(JourneysError):
     """A setting from the environment is invalid; the message names the variable and why."""
 
 

@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, StrictInt, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, Required, TypedDict
 
+from journeys.errors import JourneysError
+
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
 #: Columns of a row as the collector inserts it (``to_row`` order). The events table derives the rest —
@@ -186,7 +188,7 @@ AnyEvent = Annotated[
 _BATCH = TypeAdapter(list[AnyEvent])
 
 
-class EventProblem(Exception):
+class EventProblem(JourneysError):
     """An event that cannot be stored as a touchpoint; ``errors`` are ``{"field", "reason"}`` dicts."""
 
     def __init__(self, errors: list[dict[str, str]]):

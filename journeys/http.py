@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from journeys.errors import JourneysError
 from journeys.logs import bind_request_id, reset_request_id
 from journeys.metrics import Metrics
 
@@ -29,7 +30,7 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(JourneysError):
     """Raise from a handler to answer with our error shape; the middleware renders it."""
 
     def __init__(self, status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None):
@@ -215,7 +216,7 @@ async def postgres_check(pg: Any) -> dict[str, Any]:
         return {"ok": False, "error": str(exc)[:200]}
 
 
-class ServiceRefused(Exception):
+class ServiceRefused(JourneysError):
     """A running service answered a CLI's call with an error: its status and our error list."""
 
     def __init__(self, status: int, errors: list[dict[str, Any]]):

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from journeys.errors import JourneysError
+
 KeyKind = Literal["write", "read", "public", "admin"]
 _PREFIX: dict[str, str] = {"write": "jw", "read": "jr", "public": "jp", "admin": "ja"}
 _PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -32,7 +34,7 @@ _WHOLE_KEY = re.compile(r"^j[wrpa]_[A-Za-z0-9_-]{43}$")
 LAST_USED_EVERY_S = 60
 
 
-class ProjectError(Exception):
+class ProjectError(JourneysError):
     """A project could not be created or found; the message says why."""
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import asyncpg
 
 from journeys.config import Settings
+from journeys.errors import JourneysError
 
 
-class PostgresError(Exception):
+class PostgresError(JourneysError):
     """PostgreSQL could not be started or reached."""
 
 

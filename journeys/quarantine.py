@@ -18,6 +18,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from journeys.errors import JourneysError
 from journeys.events import MAX_STORABLE_MS
 
 #: ClickHouse: distinct quarantined events among the rows aggregated (see the module docstring).
@@ -43,7 +44,7 @@ def problem_kind(errors: Any) -> tuple[str, str]:
     )
 
 
-class SinceError(ValueError):
+class SinceError(JourneysError, ValueError):
     """A ``since`` value that is not a date-time; the message says what is expected."""
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from journeys.alert_rules import redact
+from query.alert_rules import redact
 from journeys.metrics import Metrics
 from journeys.stores import Stores
 from query.background import Background

@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
-from journeys import definitions
-from journeys.alert_rules import HIGHER_IS_BETTER, AlertRule, thresholds, validate_alert_rule
+from query import definitions
+from query.alert_rules import HIGHER_IS_BETTER, AlertRule, thresholds, validate_alert_rule
 from journeys.metrics import Metrics
 from journeys.stores import Stores
 from query.kpis import ALL, outcome

@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from journeys import definitions
-from journeys.alert_rules import redact
+from query import definitions
+from query.alert_rules import redact
 from journeys.http import ApiError, json_response
 from journeys.keys import Principal
-from journeys.maps import SLUG, SLUG_RULE
+from query.maps import SLUG, SLUG_RULE
 from journeys.stores import Stores
 from query.alert_delivery import signing_secret
 from query.alerts import from_jsonb

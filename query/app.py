@@ -24,8 +24,8 @@ from journeys.keys import Principal
 from journeys.metrics import Metrics
 from journeys.openapi import openapi_handler
 from journeys.stores import Stores
-from journeys import definitions
-from journeys.maps import SLUG, SLUG_RULE, validate_map
+from query import definitions
+from query.maps import SLUG, SLUG_RULE, validate_map
 from query.journey import CompiledMap, build_journey
 from query import alerts_api, customers, definitions_api, keys_api, kpi_customers, kpi_preview, kpis_api, quarantine_api
 from query.alert_delivery import AlertDeliverer

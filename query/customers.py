@@ -7,9 +7,11 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from journeys import definitions, identities
+from journeys import identities
+from query import definitions
 from journeys.clickhouse import ClickHouse
-from journeys.maps import segment_matches, validate_segment
+from query.maps import segment_matches, validate_segment
+from journeys.errors import JourneysError
 from journeys.migrate import render_clickhouse_sql
 from query.reads import customer_facts
 from query.stage_state import forget_facts
@@ -51,7 +53,7 @@ RECENT_DAYS = 30
 IDS_PER_CUSTOMER = 4  # ids read per customer wanted: several ids of one customer count once
 
 
-class NoSuchCustomer(Exception):
+class NoSuchCustomer(JourneysError):
     """No id of the customer has an event stored (never seen, or forgotten)."""
 
 

@@ -15,10 +15,10 @@ import orjson
 import yaml
 from aiohttp import web
 
-from journeys import definitions
-from journeys.alert_rules import redact
+from query import definitions
+from query.alert_rules import redact
 from journeys.http import ApiError, error_response, json_response
-from journeys.maps import SLUG, SLUG_RULE, DefinitionError, map_warnings, validate_map
+from query.maps import SLUG, SLUG_RULE, DefinitionError, map_warnings, validate_map
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 32  # the deepest real map is ~7 levels (touchpoints[].match.where[].value[])

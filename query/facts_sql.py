@@ -20,7 +20,7 @@ threads, from one read of the events; Python only says which customers and which
 4. **Segment keys** — ``''`` and every segment whose rules hold for the customer's traits (per trait the
    newest ``identify`` across the customer's ids, equal times the greater value) and first touch (the
    customer's earliest event by time, then id, receipt, message id): the rules of tests/segment_facts.py
-   and ``journeys.maps.segment_matches``.
+   and ``query.maps.segment_matches``.
 
 Each fact is one row with ``n = 1`` per segment key; identical facts of one customer are several rows whose
 ``n`` add up, which is all a reader of ``stage_facts`` sees (``sum(n)``). A refresh subtracts, in the same
@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from journeys.maps import LIST_OPERATORS, UNARY_OPERATORS, SENTIMENTS, Rule, Segment, SentimentFromProperty
+from query.maps import LIST_OPERATORS, UNARY_OPERATORS, SENTIMENTS, Rule, Segment, SentimentFromProperty
 from query.stage_sql import holds_sql, SqlParams, property_condition, rule_index_sql
 
 # On a cluster every table named here is a Distributed table: the identity mapping joined to the events is
@@ -473,7 +473,7 @@ class _SegmentKeys:
 
 
 def _text_rule(p: SqlParams, value: str, rule: Rule) -> str:
-    """A first-touch text field (``''`` is absent) under ``journeys.maps.holds``: only text equals text."""
+    """A first-touch text field (``''`` is absent) under ``query.maps.holds``: only text equals text."""
     present = f"({value} != '')"
 
     def same(expected: Any) -> str:

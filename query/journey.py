@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from journeys.maps import MISSING, JourneyMap, SentimentFromProperty, Touchpoint, holds
+from query.maps import MISSING, JourneyMap, SentimentFromProperty, Touchpoint, holds
 
 
 def _as_set(value: str | list[str] | None) -> frozenset[str] | None:

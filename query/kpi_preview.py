@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from journeys import definitions
+from query import definitions
 from journeys.clickhouse import ClickHouse
 from journeys.http import ApiError, json_response
-from journeys.maps import DefinitionError, Segment, validate_map, validate_segment
+from query.maps import DefinitionError, Segment, validate_map, validate_segment
 from journeys.stores import Stores
 from query.definitions_api import read_document
 from query.kpis import ALL, KpiRequest, stage_kpis, to_csv

@@ -22,7 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 from journeys.clickhouse import ClickHouse
-from journeys.maps import JourneyMap, Stage
+from query.maps import JourneyMap, Stage
 from query.reads import iso
 from query.stage_state import DAY_MS, conversion_window_ms
 

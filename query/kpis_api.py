@@ -18,10 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from journeys import definitions
+from query import definitions
 from journeys.http import ApiError, json_response
 from journeys.keys import Principal
-from journeys.maps import SLUG
+from query.maps import SLUG
 from journeys.stores import Stores
 from query.kpis import ALL, KpiRequest, daily_kpis, stage_kpis, to_csv
 from query.reads import iso

@@ -2,7 +2,7 @@
 
 The per-customer Python path (:mod:`query.journey`) and the set-based KPI path must assign every event to
 the same touchpoint, so this compiles exactly the semantics of ``CompiledMap.assign`` and
-``journeys.maps.holds`` (tests compare the two on generated events):
+``query.maps.holds`` (tests compare the two on generated events):
 
 * rules are tried in map order, the first match wins; the expression yields its 1-based index, 0 for none;
 * ``event``/``channel``/``type`` lists are set membership on the event's columns;
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from journeys.maps import Condition, JourneyMap
+from query.maps import Condition, JourneyMap
 
 _NUMBER_TYPES = "('Int64', 'UInt64', 'Double')"
 

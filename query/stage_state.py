@@ -28,7 +28,7 @@ import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
-from journeys.maps import JourneyMap, Segment, Stage
+from query.maps import JourneyMap, Segment, Stage
 from journeys.migrate import render_clickhouse_sql
 from query.facts_sql import EMPTY_INPUTS_SQL, WITHDRAW_SQL, FactsSql
 from query.journey import CompiledMap

@@ -51,8 +51,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from journeys import definitions
-from journeys.maps import validate_map, validate_segment
+from query import definitions
+from query.maps import validate_map, validate_segment
 from journeys.metrics import Metrics
 from journeys.stores import Stores
 from query.stage_state import (

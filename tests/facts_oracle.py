@@ -21,7 +21,7 @@ import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
-from journeys.maps import SENTIMENTS, segment_matches
+from query.maps import SENTIMENTS, segment_matches
 from query.journey import transitions_of
 from query.reads import ID_CHUNK, one_copy_each
 from query.stage_sql import rule_index_sql

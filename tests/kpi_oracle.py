@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import Any
 
-from journeys.maps import SENTIMENTS, JourneyMap, Segment, segment_matches
+from query.maps import SENTIMENTS, JourneyMap, Segment, segment_matches
 from query.journey import CompiledMap, build_journey
 
 DAY_MS = 86_400_000

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from journeys.clickhouse import ClickHouse
-from journeys.maps import Segment
+from query.maps import Segment
 from query.facts_sql import segment_fields
 from query.reads import ID_CHUNK, CustomerFactsFold
 

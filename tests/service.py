@@ -33,7 +33,7 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def journeys(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "journeys.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=cli_env(data_dir, **env),
         capture_output=True,
         text=True,
@@ -79,7 +79,7 @@ class Service:
             began = self.log.stat().st_size if self.log.exists() else 0
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "journeys.cli", "up"], env=self.env, stdout=log, stderr=log
+                    [sys.executable, "-m", "cli.main", "up"], env=self.env, stdout=log, stderr=log
                 )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

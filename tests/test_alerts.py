@@ -18,10 +18,10 @@ import pytest
 import yarl
 from aiohttp import web
 
-from journeys import definitions
-from journeys.alert_rules import redact, thresholds, validate_alert_rule
+from query import definitions
+from query.alert_rules import redact, thresholds, validate_alert_rule
 from journeys.keys import add_key, create_project
-from journeys.maps import DefinitionError, validate_map
+from query.maps import DefinitionError, validate_map
 from aiohttp.test_utils import TestServer
 
 from journeys.metrics import Metrics

@@ -98,7 +98,7 @@ def test_the_data_directory_is_found_from_below_and_never_made_anew_elsewhere(tm
 
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "journeys.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
         )
 
     try:

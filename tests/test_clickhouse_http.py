@@ -225,7 +225,7 @@ async def test_stage_facts_of_20k_customers_at_once_over_http(http_stores) -> No
     INSERT … SELECTs that store the customers' inputs alike, in chunks whose fields ClickHouse takes
     (http_max_field_value_size: tests/chhttp.py refuses a longer field as ClickHouse does)."""
     from journeys.events import EVENT_COLUMNS
-    from journeys.maps import validate_map
+    from query.maps import validate_map
     from query.stage_state import REFRESH_CHUNK, Definitions, StateWriter
 
     pid = "p_http20k"

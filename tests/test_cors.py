@@ -10,7 +10,7 @@ import pytest
 
 from collector.cors import ORIGINS
 from journeys.keys import add_key
-from journeys.origins import OriginError, change_origins, normalize_origin
+from collector.origins import OriginError, change_origins, normalize_origin
 from service import journeys, stop_leftover_postgres
 from support import basic, stored_rows, wait_drained, wait_stored
 

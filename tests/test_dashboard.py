@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from journeys import definitions
+from query import definitions
 from journeys.keys import add_key, create_project
 from browser import launch
 from support import basic, wait_drained, wait_until

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from journeys import definitions
+from query import definitions
 from journeys.keys import create_project
 from test_dashboard import MAP, SEGMENTS, _api, _kpis_when, _page, _screenshot, _send, _sign_in, browser, seeded  # noqa: F401
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from journeys.demo import SHOP, generate
+from cli.demo import SHOP, generate
 from service import Service, free_port, journeys, stop_leftover_postgres
 
 CHANNELS = {"web", "email", "store", "app", "call_centre", "ads", "social"}

@@ -535,7 +535,7 @@ def test_scaling_doc_is_linked() -> None:
 async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: ignore[no-untyped-def]
     """The facts statements (query/facts_sql.py) are the same text on a cluster, where their table names are
     the Distributed tables: ClickHouse's parser takes each one (deploy/SCALING.md, "Stage facts")."""
-    from journeys.maps import validate_map, validate_segment
+    from query.maps import validate_map, validate_segment
     from query.facts_sql import FactsSql
     from query.stage_state import FACT_COLUMNS, Definitions
 

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 
 from collector.app import SPOOL, create_app
 from collector.email import PIXEL_GIF
-from journeys.email_keys import SigningKeyResolver, current_key, rotate_key
-from journeys.email_tokens import TokenError, sign
+from collector.email_keys import SigningKeyResolver, current_key, rotate_key
+from collector.email_tokens import TokenError, sign
 from journeys.keys import add_key, create_project
 from journeys.metrics import Metrics
 from journeys_sdk.links import EmailLinks, InvalidLinkError

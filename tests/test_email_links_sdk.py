@@ -1,9 +1,9 @@
 """The SDK's email links (journeys_sdk.links) and the collector's signer and verifier
-(journeys.email_tokens) make and accept the same tokens. Here, not in sdk/tests, which run with the SDK alone."""
+(collector.email_tokens) make and accept the same tokens. Here, not in sdk/tests, which run with the SDK alone."""
 
 from __future__ import annotations
 
-from journeys.email_tokens import sign, verify
+from collector.email_tokens import sign, verify
 from journeys_sdk.links import EmailLinks
 
 # The test vector of docs/email.md (sdk/tests/test_sdk_links.py checks the SDK reproduces it).

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from facts_oracle import current_facts, python_facts
 from journeys import identities
 from journeys.events import EVENT_COLUMNS
-from journeys.maps import validate_map, validate_segment
+from query.maps import validate_map, validate_segment
 from query.facts_sql import EMPTY_INPUTS_SQL, FactsSql
 from query.stage_state import FACT_COLUMNS, Definitions, StateWriter
 

@@ -30,7 +30,7 @@ from collector.imports import derive_message_id
 from collector.inserter import Inserter
 from journeys.keys import add_key
 from journeys.metrics import Metrics
-from journeys.origins import change_origins
+from collector.origins import change_origins
 from query.reads import project_stats
 from service import cli_env
 from support import basic, stored_rows, wait_drained, wait_until, with_settings
@@ -342,7 +342,7 @@ async def _cli(data_dir: Path, *args: str, timeout: float = 600) -> tuple[int, s
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "journeys.cli",
+        "cli.main",
         "import",
         *args,
         env=cli_env(data_dir, JOURNEYS_LOG_LEVEL="WARNING"),

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import orjson
 
 from journeys.keys import add_key
-from journeys.maps import validate_map
+from query.maps import validate_map
 from query.journey import CompiledMap, build_journey
 from support import basic, wait_drained
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from journeys.maps import segment_matches, validate_map, validate_segment
+from query.maps import segment_matches, validate_map, validate_segment
 from kpi_oracle import _ms
 from query.journey import CompiledMap, build_journey
 from support import basic, wait_until

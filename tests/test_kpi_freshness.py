@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from journeys import definitions
+from query import definitions
 from journeys.keys import create_project
 from support import basic, wait_drained, wait_until
 

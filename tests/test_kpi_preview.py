@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from journeys import definitions
+from query import definitions
 from query.stage_state import PREVIEW_BUILDS
 from support import basic, wait_until
 from test_kpis import BASE, MAP, _kpis, _new_project, _send, _stamp

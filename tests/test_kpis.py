@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from journeys import definitions
+from query import definitions
 from journeys.keys import create_project
-from journeys.maps import validate_map, validate_segment
+from query.maps import validate_map, validate_segment
 from kpi_oracle import api_view, oracle_kpis, oracle_transitions, top
 from support import basic, wait_drained, wait_until
 

@@ -10,9 +10,9 @@ import orjson
 import pytest
 import yaml
 
-from journeys import definitions
+from query import definitions
 from journeys.keys import add_key, create_project
-from journeys.maps import map_warnings, DefinitionError, validate_map, validate_segment
+from query.maps import map_warnings, DefinitionError, validate_map, validate_segment
 from service import journeys, stop_leftover_postgres
 from support import basic
 

@@ -28,13 +28,13 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from collector.app import create_app as create_collector
-from journeys import definitions
+from query import definitions
 from journeys.clickhouse import ClickHouse
 from journeys.metrics import Metrics
 from journeys.keys import create_project
 from query.reads import facts_of
 from segment_facts import segment_facts
-from journeys.maps import validate_segment
+from query.maps import validate_segment
 from support import basic, wait_drained, wait_until
 
 BASE = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=10)

@@ -88,7 +88,7 @@ def test_json_lines_carry_time_level_logger_message_request_id_and_exception() -
 
 
 def test_log_level_and_format_come_from_configuration(root_logging, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from journeys.cli import _setup_logging
+    from cli.main import _setup_logging
 
     monkeypatch.delenv("JOURNEYS_LOG_FORMAT", raising=False)
     _setup_logging(load_settings(log_level="WARNING"))

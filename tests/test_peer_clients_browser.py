@@ -40,7 +40,7 @@ from aiohttp.test_utils import TestServer
 
 from browser import launch
 from journeys.keys import add_key
-from journeys.origins import change_origins
+from collector.origins import change_origins
 from journeys.stores import Stores
 from peers_support import (  # noqa: F401  (fixtures)
     CLOCK_SHIFT,

@@ -13,7 +13,7 @@ from collector.app import create_app as create_collector
 from collector.ratelimit import BucketTable, Limit, retry_after_seconds
 from journeys.keys import add_key
 from journeys.metrics import Metrics
-from journeys.origins import change_origins
+from collector.origins import change_origins
 from journeys.stores import Stores
 from support import basic, wait_stored, with_settings
 

@@ -84,7 +84,7 @@ def test_the_layout_table_names_every_module() -> None:
     layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
     missing = [
         f"{package}/{path.name}"
-        for package in ("journeys", "collector", "query")
+        for package in ("journeys", "collector", "query", "cli")
         for path in sorted((ROOT / package).glob("*.py"))
         if path.name != "__init__.py" and f"`{path.name}`" not in layout
     ]

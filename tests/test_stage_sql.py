@@ -7,7 +7,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from journeys.maps import validate_map
+from query.maps import validate_map
 from query.journey import CompiledMap
 from query.stage_sql import rule_index_sql
 

@@ -208,7 +208,7 @@ async def test_no_read_changes_when_clickhouse_merges_a_retry_away(stores, proje
     """A merge of `events` keeps the copy received last (ReplacingMergeTree(received_at)); every read keeps
     that copy from the start — events, journey (timelines, never merged) and the stage facts' read — so no
     answer depends on whether a merge has run."""
-    from journeys.maps import validate_map
+    from query.maps import validate_map
     from query.facts_sql import FactsSql
     from query.stage_state import Definitions
     from test_journey import MAP

@@ -28,7 +28,7 @@ from collector.app import create_app as create_collector
 from collector.tracker import build_script, minify, tracker_source
 from journeys.keys import add_key
 from journeys.metrics import Metrics
-from journeys.origins import change_origins
+from collector.origins import change_origins
 from journeys.stores import Stores
 from browser import launch
 from support import wait_drained, wait_until, with_settings

@@ -14,7 +14,7 @@ redirects::
 
 Signing is local (stdlib ``hmac``/``hashlib``/``base64``), so links for a whole send are made without
 any request. The token format is specified in docs/email.md; the collector's own signer
-(``journeys.email_tokens``) produces byte-identical tokens from the same inputs.
+(``collector.email_tokens``) produces byte-identical tokens from the same inputs.
 
 Use an opaque customer id, not an email address: the token is signed, not encrypted, and anyone holding
 the message can decode it.

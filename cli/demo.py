@@ -14,7 +14,7 @@ service over HTTP through the same doors users use:
   UTM in ``context.page``/``context.campaign`` and ``properties``, ``track`` and ``identify`` calls);
 * **signed email links** (``GET /v1/email/open|click/{token}``, tokens signed with the project's email key as
   ``journeys email link`` signs them) for the campaign going out now;
-* **a store CSV import** (``POST /v1/import`` through :mod:`journeys.importer`, as ``journeys import`` does):
+* **a store CSV import** (``POST /v1/import`` through :mod:`cli.importer`, as ``journeys import`` does):
   the till export from before the point-of-sale integration went live.
 
 Journeys are non-linear on purpose (repeats, regressions, skips), visitors are anonymous until they sign up
@@ -54,6 +54,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 
 from journeys.config import Settings
+from journeys.errors import JourneysError
 
 WithPostgres = Callable[[Settings, Callable[..., Awaitable[Any]]], Awaitable[Any]]
 
@@ -1083,7 +1084,7 @@ def generate(
 # -- sending ---------------------------------------------------------------------------------------------
 
 
-class DemoFailed(Exception):
+class DemoFailed(JourneysError):
     """The demo could not be loaded; the message says why, in one line."""
 
 
@@ -1227,7 +1228,7 @@ async def _send_store_csv(
 ) -> None:
     """The till export, imported as ``journeys import FILE --map userId=customer_no --map timestamp=sold_at
     --map "event=:Store Purchase" --map channel=:store`` does it (its ``message_id`` column maps itself)."""
-    from journeys.importer import InputFile, Sender, csv_chunks, parse_maps
+    from cli.importer import InputFile, Sender, csv_chunks, parse_maps
 
     if not data.store_rows:
         return
@@ -1384,7 +1385,7 @@ async def _send_live_emails(
     last: _LastSend,
 ) -> None:
     """Fetch the signed open-pixel and click URLs, as mail clients (and Apple's privacy relay) do."""
-    from journeys.email_tokens import sign
+    from collector.email_tokens import sign
 
     for email in emails:
         token = sign(signing_key, project_id, email.kind, email.user_id, LIVE_CAMPAIGN, email.url, email.props)  # type: ignore[arg-type]
@@ -1553,10 +1554,10 @@ class _Setup:
 async def _prepare(settings: Settings, name: str, with_postgres: WithPostgres) -> _Setup:
     """Project, keys, origin, email key, map and segments: what `journeys project create`, `key create`,
     `project origins --add`, `email key`, `map apply` and `segment apply` do, in one connection."""
-    from journeys import definitions
-    from journeys.email_keys import current_key
+    from query import definitions
+    from collector.email_keys import current_key
     from journeys.keys import ProjectError, add_key, create_project, find_project
-    from journeys.origins import change_origins
+    from collector.origins import change_origins
 
     async def work(conn):
         project_id = await find_project(conn, name)

@@ -72,7 +72,7 @@ async def run_email_command(settings: Settings, args: argparse.Namespace, with_p
 
 
 async def _key(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
-    from journeys.email_keys import current_key, list_keys, rotate_key
+    from collector.email_keys import current_key, list_keys, rotate_key
 
     if args.grace_days < 0:
         print("error: --grace-days must be 0 or more", file=sys.stderr)
@@ -127,8 +127,8 @@ def _base_url(settings: Settings, given: str | None) -> str:
 
 
 async def _link(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
-    from journeys.email_keys import current_key
-    from journeys.email_tokens import TokenError, check_url
+    from collector.email_keys import current_key
+    from collector.email_tokens import TokenError, check_url
 
     if bool(args.csv) == bool(args.user):
         print("error: give --user (one link) or --csv FILE (a send list), not both or neither", file=sys.stderr)
@@ -178,19 +178,19 @@ class _Signer:
         self.key, self.project_id, self.base, self.props = key, project_id, base, props
 
     def open(self, user: str, campaign: str) -> str:
-        from journeys.email_tokens import sign
+        from collector.email_tokens import sign
 
         return f"{self.base}/v1/email/open/{sign(self.key, self.project_id, 'open', user, campaign, None, self.props)}"
 
     def click(self, user: str, campaign: str, url: str) -> str:
-        from journeys.email_tokens import sign
+        from collector.email_tokens import sign
 
         return f"{self.base}/v1/email/click/{sign(self.key, self.project_id, 'click', user, campaign, url, self.props)}"
 
 
 def _sign_csv(signer: _Signer, source: TextIO, default_campaign: str | None, out: TextIO) -> int:
     """Sign every row, or print every problem (with its line) and nothing else."""
-    from journeys.email_tokens import TokenError
+    from collector.email_tokens import TokenError
 
     reader = csv.DictReader(source)
     columns = [c.strip() for c in reader.fieldnames or []]

@@ -1,6 +1,6 @@
 """``journeys alert apply|show|list|history|secret``: alert rules and what they did (docs/alerts.md).
 
-``apply`` and ``show`` are the map and segment commands' own (journeys/cli.py); the rest is here.
+``apply`` and ``show`` are the map and segment commands' own (cli/main.py); the rest is here.
 
 Like ``journeys map``, these work on PostgreSQL directly, beside a running ``journeys up``.
 """
@@ -35,7 +35,7 @@ def add_alert_commands(sub: Any) -> None:
 
 
 async def run_alert_command(settings: Any, args: argparse.Namespace, with_project: Any) -> int:
-    """``list``, ``history`` and ``secret``; ``apply`` and ``show`` run as for maps (journeys/cli.py)."""
+    """``list``, ``history`` and ``secret``; ``apply`` and ``show`` run as for maps (cli/main.py)."""
 
     async def work(conn: Any, project_id: str) -> int:
         if args.action == "secret":

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
+from journeys.errors import JourneysError
 from journeys.events import MAX_ID_CHARS  # the collector's limit on ids and names
 
 TOKEN_VERSION = 1
@@ -58,7 +59,7 @@ _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _URL_CHARS = re.compile(r"^[!#-;=?-\[\]-_a-~]+$")
 
 
-class TokenError(ValueError):
+class TokenError(JourneysError, ValueError):
     """A token (or what was asked to be signed) is not acceptable; ``reason`` says why, for people."""
 
     def __init__(self, reason: str, field: str = "token", code: str = "malformed"):

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import asyncpg
 import yaml
 
-from journeys.alert_rules import check_against, validate_alert_rule
-from journeys.maps import validate_map, validate_segment
+from query.alert_rules import check_against, validate_alert_rule
+from query.maps import validate_map, validate_segment
 
 Kind = Literal["map", "segment", "alert"]
 _VALIDATORS = {"map": validate_map, "segment": validate_segment, "alert": validate_alert_rule}
@@ -49,7 +49,7 @@ class Version:
 
 
 def normalize(kind: Kind, document: Any) -> dict[str, Any]:
-    """Validate (raising :class:`~journeys.maps.DefinitionError`) and return the stored form."""
+    """Validate (raising :class:`~query.maps.DefinitionError`) and return the stored form."""
     return _VALIDATORS[kind](document).model_dump(mode="json")
 
 
@@ -171,7 +171,7 @@ async def latest_of_each(conn: asyncpg.Connection | asyncpg.Pool, project_id: st
 
 
 async def apply_alert_rule(conn: asyncpg.Connection, project_id: str, document: Any) -> Applied:
-    """Apply an alert rule, refusing (:class:`~journeys.maps.DefinitionError`) one that names a map, stage,
+    """Apply an alert rule, refusing (:class:`~query.maps.DefinitionError`) one that names a map, stage,
     target or segment the project does not have now: a rule that could never fire is a silent one."""
     rule = validate_alert_rule(document)
     maps = {v.name: validate_map(v.body) for v in await latest_of_each(conn, project_id, "map")}

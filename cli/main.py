@@ -194,8 +194,8 @@ def _summary(kind: str, body: dict) -> str:
 
 
 async def _definition_command(settings: Settings, args: argparse.Namespace) -> int:
-    from journeys import definitions
-    from journeys.maps import DefinitionError
+    from query import definitions
+    from query.maps import DefinitionError
 
     kind = args.command
     if args.action == "template":
@@ -222,7 +222,7 @@ async def _definition_command(settings: Settings, args: argparse.Namespace) -> i
                     print(f"  {problem['path']}: {problem['reason']}", file=sys.stderr)
                 return 1
             if kind == "map":
-                from journeys.maps import map_warnings, validate_map
+                from query.maps import map_warnings, validate_map
 
                 for warning in map_warnings(validate_map(document)):
                     print(f"warning: {args.file}: {warning['path']}: {warning['reason']}", file=sys.stderr)
@@ -336,7 +336,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print shell lines setting WRITE_KEY and READ_KEY: eval "$(journeys project create NAME --env)"',
     )
-    from journeys.origins_cli import add_origins_command
+    from cli.origins import add_origins_command
 
     add_origins_command(project)  # project origins NAME --add/--remove: where public keys may send from
 
@@ -349,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["write", "read", "admin", "public"],
         help="admin keys may change maps and segments over the API",
     )
-    from journeys.keys_cli import add_key_commands
+    from cli.keys import add_key_commands
 
     add_key_commands(project, key)  # project list, key list, key revoke (docs/keys.md)
 
@@ -372,22 +372,22 @@ def _parser() -> argparse.ArgumentParser:
         if kind == "map":
             template = actions.add_parser("template", help=f"print a ready template: {', '.join(TEMPLATES)}")
             template.add_argument("name", choices=TEMPLATES)
-            from query.preview_cli import add_preview_arguments
+            from cli.preview import add_preview_arguments
 
             add_preview_arguments(actions)
-    from journeys.alert_cli import add_alert_commands
+    from cli.alerts import add_alert_commands
 
     add_alert_commands(sub)  # alert apply|show|list|history|secret: docs/alerts.md
-    from journeys.email_cli import add_email_commands
+    from cli.email import add_email_commands
 
     add_email_commands(sub)
-    from journeys.importer import add_import_command
+    from cli.importer import add_import_command
 
     add_import_command(sub)  # import FILE: CSV/NDJSON into a project through the collector (docs/import.md)
-    from collector.quarantine_cli import add_quarantine_command
+    from cli.quarantine import add_quarantine_command
 
     add_quarantine_command(sub)  # quarantine replay: take in quarantined events that pass today (docs/quarantine.md)
-    from journeys.demo import add_demo_command
+    from cli.demo import add_demo_command
 
     add_demo_command(sub)  # demo: a demo project with realistic journeys, sent through the running service
     return parser
@@ -431,10 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "project" and args.project_command == "create":
             return asyncio.run(_project_create(settings, args.name, args.json, args.env))
         if args.command == "project" and args.project_command == "origins":
-            from journeys.origins_cli import run_origins_command
+            from cli.origins import run_origins_command
 
             return asyncio.run(run_origins_command(settings, args, _with_project))
-        from journeys import keys_cli
+        from cli import keys as keys_cli
 
         if keys_cli.handles(args):  # project list, key list, key revoke
             return asyncio.run(keys_cli.run_keys_command(settings, args, _with_postgres, _with_project))
@@ -443,29 +443,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "customer":
             return asyncio.run(_customer_delete(settings, args.project, args.id))
         if args.command == "map" and args.action == "preview":
-            from query.preview_cli import run_preview
+            from cli.preview import run_preview
 
             return asyncio.run(run_preview(settings, args, _with_project, _read_document))
         if args.command == "alert" and args.action not in ("apply", "show"):  # apply, show: as maps
-            from journeys.alert_cli import run_alert_command
+            from cli.alerts import run_alert_command
 
             return asyncio.run(run_alert_command(settings, args, _with_project))
         if args.command in ("map", "segment") or (args.command == "alert" and args.action in ("apply", "show")):
             return asyncio.run(_definition_command(settings, args))
         if args.command == "email":
-            from journeys.email_cli import run_email_command
+            from cli.email import run_email_command
 
             return asyncio.run(run_email_command(settings, args, _with_project))
         if args.command == "import":
-            from journeys.importer import run_import
+            from cli.importer import run_import
 
             return asyncio.run(run_import(settings, args, _with_project))
         if args.command == "quarantine":
-            from collector.quarantine_cli import run_quarantine_command
+            from cli.quarantine import run_quarantine_command
 
             return asyncio.run(run_quarantine_command(settings, args, _with_project))
         if args.command == "demo":
-            from journeys.demo import run_demo
+            from cli.demo import run_demo
 
             return asyncio.run(run_demo(settings, args, _with_postgres))
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 A rule names a map, a stage and a metric, optionally the segments to watch, a rolling window of entry days
 and a threshold (the map's own target by default). It is versioned and applied like maps and segments
-(journeys/definitions.py). What the shape alone can check is checked here; what needs the project's maps
+(query/definitions.py). What the shape alone can check is checked here; what needs the project's maps
 and segments (the map, stage, target and segments exist) is checked by :func:`check_against`.
 """
 
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import yarl
 from pydantic import Field, field_validator
 
-from journeys.maps import SLUG, SLUG_RULE, DefinitionError, JourneyMap, Segment, _Doc, _shape, slug
+from query.maps import SLUG, SLUG_RULE, DefinitionError, JourneyMap, Segment, _Doc, _shape, slug
 
 #: Metrics a higher value is better for (the others must stay at or below their threshold).
 HIGHER_IS_BETTER = frozenset({"conversion_rate"})

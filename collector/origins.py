@@ -20,13 +20,15 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from journeys.errors import JourneysError
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _IPV6 = re.compile(r"^[0-9a-f:.]+$")
 MAX_ORIGIN_CHARS = 300
 
 
-class OriginError(ValueError):
+class OriginError(JourneysError, ValueError):
     """Text that is not a web origin; the message says why."""
 
 

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from journeys.config import Settings
+from journeys.errors import JourneysError
 
 #: Top-level event fields a column can fill, and how its text is read.
 ID_FIELDS = ("userId", "anonymousId", "messageId", "groupId", "previousId")
@@ -76,11 +77,11 @@ _EPOCH = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _TIME_HELP = "expected ISO 8601 (2024-03-01T09:30:00Z) or epoch seconds/milliseconds"
 
 
-class ImportFailed(Exception):
+class ImportFailed(JourneysError):
     """The import cannot go on; the message says why and from which line to resume."""
 
 
-class RowProblem(Exception):
+class RowProblem(JourneysError):
     def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
         self.field = field

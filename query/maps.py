@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from journeys.errors import JourneysError
+
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SLUG_RULE = "must be 1-64 lowercase letters, digits, '-' or '_'"
 SENTIMENTS = ("positive", "neutral", "negative")
@@ -36,7 +38,7 @@ UNARY_OPERATORS = ("exists", "not_exists")
 SEGMENT_FIELDS = ("first_channel", "first_utm_source", "first_utm_medium", "first_utm_campaign", "first_seen")
 
 
-class DefinitionError(Exception):
+class DefinitionError(JourneysError):
     """A map or segment document is invalid; ``problems`` lists every one as ``{"path", "reason"}``."""
 
     def __init__(self, problems: list[dict[str, str]]):

@@ -1,5 +1,5 @@
 """``journeys project origins NAME [--add ORIGIN]… [--remove ORIGIN]… [--json]``: the web origins a
-project's public keys may send events from (journeys/origins.py, docs/tracker.md).
+project's public keys may send events from (collector/origins.py, docs/tracker.md).
 
 Prints the list after the change. Every origin given is checked before anything is changed, so a typo in
 one leaves the list as it was. PostgreSQL only: works beside a running ``journeys up``, whose collectors
@@ -34,7 +34,7 @@ def add_origins_command(project_commands: Any) -> None:
 
 
 async def run_origins_command(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
-    from journeys.origins import OriginError, change_origins, normalize_origin
+    from collector.origins import OriginError, change_origins, normalize_origin
 
     add: list[str] = []
     remove: list[str] = []
