@@ -1,27 +1,32 @@
-"""What bench/query.py and bench/live.py share: the five-stage project they measure, and small helpers.
+"""What the benchmarks share: the five-stage project bench/query.py and bench/live.py measure, and small helpers.
 
 The benchmarks import it with their own directory first on ``sys.path`` and take that directory off again
-at once: their file names (query.py) would shadow the packages they measure.
+at once: their file names (query.py) would shadow the packages they measure. It puts the repository root
+on ``sys.path`` for ``testkit``, the harness the tests use too (``free_port``, ``basic``), which is not
+installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import shutil
-import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-HOST = "127.0.0.1"  # every byte of traffic stays on loopback
-MAP_FILE = Path(__file__).resolve().parent.parent / "journeys" / "templates" / "five-stage.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# re-exported: the benchmarks import them from here
+from testkit.net import HOST as HOST, basic as basic, free_port as free_port  # noqa: E402
+
+MAP_FILE = ROOT / "cli" / "templates" / "five-stage.yaml"
 # KPI facts are computed per segment too, as in a real project
 SEGMENTS = [
     {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro", "enterprise"]}]},
@@ -46,23 +51,13 @@ def pct(values: list[float], p: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))]
 
 
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def run_and_report(
     args: argparse.Namespace,
-    run: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]],
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
     render: Callable[[dict[str, Any]], str],
     met: Callable[[dict[str, Any]], bool],
     prefix: str,

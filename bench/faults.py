@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Fault bench: real processes on 127.0.0.1, one fault per scenario, one table of what was lost.
 
-Every scenario runs ``journeys up`` (tests/service.py) with ``CLICKHOUSE_URL`` pointing at a ClickHouse
-HTTP server over chDB (tests/chhttp.py) that this bench can stop, slow down and query directly. A load
+Every scenario runs ``journeys up`` (testkit/service.py) with ``CLICKHOUSE_URL`` pointing at a ClickHouse
+HTTP server over chDB (testkit/chhttp.py) that this bench can stop, slow down and query directly. A load
 generator sends Segment batches with unique ``messageId``s and records what was acknowledged (200), refused
 (503/429, with or without ``Retry-After``) or left unanswered. Then:
 
@@ -53,12 +53,12 @@ import orjson
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the test machinery: chhttp, service, tcpproxy, support
+sys.path.insert(0, str(ROOT))  # testkit, the harness the tests use too, sits at the root (not installed)
 
-from chhttp import ClickHouseHTTP  # noqa: E402
-from service import Service, create_project, stop_leftover_postgres  # noqa: E402
-from support import basic  # noqa: E402
-from tcpproxy import CuttingProxy  # noqa: E402
+from testkit.chhttp import ClickHouseHTTP  # noqa: E402
+from testkit.net import basic  # noqa: E402
+from testkit.service import Service, create_project, stop_leftover_postgres  # noqa: E402
+from testkit.tcpproxy import CuttingProxy  # noqa: E402
 
 USERS = 20
 
@@ -329,7 +329,7 @@ class Bench:
         killed = time.monotonic()
         await asyncio.sleep(0.5)
         await load.stop()
-        svc2 = self.service("b", spool=self.work / "spool-b")  # the same spool: its records are replayed
+        svc2 = self.service("b", spool=str(self.work / "spool-b"))  # the same spool: its records are replayed
         up = time.monotonic() - killed
         drained = await wait_drained(http, svc2)
         stored = await account(row, http, self.ch, svc2, keys, load.acked, load.sent)
@@ -388,7 +388,7 @@ class Bench:
             return row
         try:
             keys = create_project(self.data, "faults-d")
-            svc = self.service("d", spool=disk / "spool")
+            svc = self.service("d", spool=str(disk / "spool"))
             load = Load(svc.collector, keys["write_key"], "d", workers=4, rate=10, pad=200).start(http)
             began = time.monotonic()
             while load.statuses[503] == 0 and time.monotonic() - began < 60:

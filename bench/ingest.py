@@ -53,7 +53,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from benchlib import free_port  # the sibling (this file's directory is first on sys.path)
 
 HOST = "127.0.0.1"  # every byte of traffic stays on loopback
 DEFAULT_MAX_REQUEST_BYTES = 500 * 1024  # journeys.config.Settings.max_request_bytes; read from there if importable
@@ -417,6 +417,10 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[rank - 1]
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
 def summarize(d: Drive) -> dict[str, Any]:
     lat = sorted(d.latencies)
     acked_s = max(d.t_last_ack - d.t_first, 1e-9)
@@ -427,8 +431,8 @@ def summarize(d: Drive) -> dict[str, Any]:
         "events_acked": d.events_acked,
         "acked_s": acked_s,
         "acked_eps": d.events_acked / acked_s,
-        "ack_p50_ms": None if not lat else percentile(lat, 50) * 1000,
-        "ack_p99_ms": None if not lat else percentile(lat, 99) * 1000,
+        "ack_p50_ms": _ms(percentile(lat, 50)),
+        "ack_p99_ms": _ms(percentile(lat, 99)),
         "ack_max_ms": None if not lat else lat[-1] * 1000,
         "failures": dict(d.failures),
         "failure_sample": d.failure_sample or None,
@@ -611,12 +615,6 @@ def _per_event(cpu_s: float | None, events: int) -> float | None:
 # --------------------------------------------------------------------------------------------------------
 # Subprocesses
 # --------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def service_env(data_dir: Path, extra: list[str], **ports: int) -> dict[str, str]:

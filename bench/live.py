@@ -5,7 +5,7 @@ collector takes a sustained stream of events at a fixed offered rate?
 What it does, on loopback only (127.0.0.1):
 
 1. Opens the embedded stores (chDB + embedded PostgreSQL) in a fresh temporary data dir (or ``--data-dir``),
-   creates a project, applies the five-stage template map (journeys/templates/five-stage.yaml) and the four
+   creates a project, applies the five-stage template map (cli/templates/five-stage.yaml) and the four
    segments of bench/query.py, and starts the query service (``query.app.create_app``) and the collector
    (``collector.app.create_app``, its spool in DATA_DIR/bench-spool) **in this process**, on one event loop,
    with the garbage-collector tuning of ``journeys up``: the embedded default deployment. It waits until
@@ -651,7 +651,7 @@ async def serving(stores: Any, project: Any) -> AsyncIterator[Service]:
     collector_runner = web.AppRunner(
         create_collector(collector_stores, Metrics()), access_log=None, handle_signals=False
     )
-    # As `journeys up` (cli/main.py _tune_gc): freeze startup objects, collect young ones less often.
+    # As `journeys up` (cli/serve.py _tune_gc): freeze startup objects, collect young ones less often.
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)

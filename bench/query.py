@@ -5,7 +5,7 @@ HTTP, against a plain ``windowFunnel`` over the raw events measured in the same 
 What it does, in one process, on loopback only (127.0.0.1):
 
 1. Opens the embedded stores (chDB + embedded PostgreSQL) in a fresh temporary data dir (or ``--data-dir``),
-   creates a project, applies the five-stage template map (journeys/templates/five-stage.yaml) and four
+   creates a project, applies the five-stage template map (cli/templates/five-stage.yaml) and four
    segments over traits and ``first_channel``.
 2. Generates ``--events`` events for ``--customers`` customers (seeded, so runs are comparable): non-linear
    journeys through the map's stages (repeats, regressions, skips, events that match no touchpoint,
@@ -18,7 +18,7 @@ What it does, in one process, on loopback only (127.0.0.1):
 3. Starts the query service (``query.app.create_app``, aiohttp, real HTTP) and waits until ``GET /v1/kpis``
    stops answering 503: the StageStateUpdater's rebuild of every customer's stage-state row. Reports the
    rebuild time, rows/s and events/s, and how its CPU splits between the event-loop thread and the rest of
-   the process (ClickHouse computes the facts: query/facts_sql.py).
+   the process (ClickHouse computes the facts: query/facts/compute.py).
 4. Over HTTP: ``/v1/kpis`` for one segment and for ``segment=*`` (p50/p95 of ``--kpi-calls``), one customer's
    journey (p95 over ``--journey-calls`` random customers), and freshness: a real collector
    (``collector.app.create_app`` in this process, sharing the stores, default 250 ms linger) receives one
@@ -29,7 +29,7 @@ What it does, in one process, on loopback only (127.0.0.1):
    timed until ``/v1/kpis`` answers the new version; meanwhile a second project gets a new customer's event
    again and again, each timed until its KPIs count it (another project's freshness during a rebuild).
 5. Baseline: ``windowFunnel`` over the raw events computing per-stage reached counts for the same map (rule
-   assignment by query/stage_sql.py ``rule_index_sql``, rule → stage by the map), p50 of ``--funnel-runs``,
+   assignment by query/facts/rule_index.py ``rule_index_sql``, rule → stage by the map), p50 of ``--funnel-runs``,
    run through the same ClickHouse facade without HTTP. Prints KPI p50 / windowFunnel p50.
 6. Prints the figures against the targets (KPIs ≤ 200 ms p50, journey ≤ 20 ms p95, freshness ≤ 1 s p95) and
    writes them as JSON with ``--json FILE``.
@@ -304,7 +304,7 @@ def funnel_sql(journey_map: Any) -> tuple[str, dict[str, Any]]:
 
     Each event's rule index comes from rule_index_sql (the KPI path's own assignment), mapped to its stage;
     windowFunnel gives each distinct id the deepest stage reached in order within the window."""
-    from query.stage_sql import rule_index_sql
+    from query.facts.rule_index import rule_index_sql
 
     expression, params = rule_index_sql(journey_map, prefix="f")
     order = [s.id for s in journey_map.stages]
@@ -352,11 +352,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from query.maps import validate_map
     from journeys.metrics import Metrics
     from journeys.stores import open_stores
-    from query.app import STATE_UPDATER
+    from query.appkeys import STATE_UPDATER
     from query.app import create_app as create_query
 
     # The updater's own account of each rebuild (its phases' times) goes to stderr with the bench's lines.
-    for name in ("query.state_updater", "query.stage_state"):  # the rebuild, and its two statements' times
+    for name in ("query.facts.updater", "query.facts.writer"):  # the rebuild, and its two statements' times
         updater_log = logging.getLogger(name)
         updater_log.setLevel(logging.INFO)
         updater_log.addHandler(logging.StreamHandler(sys.stderr))
@@ -687,16 +687,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
 
             # ---- 5. baseline: windowFunnel over the raw events
-            sql, params = funnel_sql(journey_map)
-            params |= {
+            sql, funnel_params = funnel_sql(journey_map)
+            funnel_params |= {
                 "project_id": project.id,
                 "window_s": 365 * 86400,
                 "to": datetime.combine(today + timedelta(days=1), datetime.min.time(), timezone.utc),
             }
-            times, levels = [], []
+            times = []
+            levels: list[Any] = []
             for _ in range(args.funnel_runs):
                 began = time.perf_counter()
-                _, levels = await ch.query(sql, params)
+                _, levels = await ch.query(sql, funnel_params)
                 times.append((time.perf_counter() - began) * 1000)
             by_level = dict(levels)
             reached = [sum(c for lv, c in by_level.items() if lv >= k) for k in range(1, len(journey_map.stages) + 1)]

@@ -36,6 +36,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from journeys_sdk import Client  # imported at run time from sdk/, put on sys.path by main()
 
 # -- the collector / proxy (runs in a subprocess) --------------------------------------------------
 
@@ -124,7 +128,12 @@ def serve(write_key: str, upstream: str | None) -> None:
         # Exit with the parent: stdin closes when it goes away.
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        loop.add_reader(sys.stdin.fileno(), lambda: done.done() or done.set_result(None))
+
+        def parent_gone() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(sys.stdin.fileno(), parent_gone)
         await done
         if session is not None:
             await session.close()
@@ -149,7 +158,7 @@ def pct(sorted_ns: list[int], q: float) -> float:
 PROPS = {"plan": "pro", "amount": 42.5, "currency": "EUR", "sku": "SKU-12345", "coupon": None}
 
 
-def bench_burst(client, base: str, n: int) -> dict:
+def bench_burst(client: Client, base: str, n: int) -> dict:
     from journeys_sdk import Status
 
     pc = time.perf_counter_ns
@@ -202,7 +211,7 @@ def bench_burst(client, base: str, n: int) -> dict:
     }
 
 
-def bench_outage(client, base: str, rate: int, seconds: float, outage_at: float, outage_len: float) -> dict:
+def bench_outage(client: Client, base: str, rate: int, seconds: float, outage_at: float, outage_len: float) -> dict:
     from journeys_sdk import Status
 
     control(base, "/_bench/reset")

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -53,10 +52,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
+from cli.commands import Commands
+from cli.context import open_postgres
 from journeys.config import Settings
 from journeys.errors import JourneysError
-
-WithPostgres = Callable[[Settings, Callable[..., Awaitable[Any]]], Awaitable[Any]]
 
 DEFAULT_PROJECT = "demo"
 DEFAULT_CUSTOMERS = 600
@@ -120,9 +119,10 @@ def demo_map() -> dict[str, Any]:
     matching rule wins, so a repeat order on the web, in the app or in a store would count as a purchase
     again and retention could only be reached by a support call. The demo puts ``repeat-order`` first."""
     import yaml
-    from importlib import resources
 
-    document = yaml.safe_load(resources.files("journeys").joinpath("templates", f"{MAP_NAME}.yaml").read_text())
+    from cli.definitions import template
+
+    document = yaml.safe_load(template(MAP_NAME))
     for stage in document["stages"]:
         stage.update(DEMO_STAGES.get(stage["id"], {}))
     rules = document["touchpoints"]
@@ -1228,7 +1228,9 @@ async def _send_store_csv(
 ) -> None:
     """The till export, imported as ``journeys import FILE --map userId=customer_no --map timestamp=sold_at
     --map "event=:Store Purchase" --map channel=:store`` does it (its ``message_id`` column maps itself)."""
-    from cli.importer import InputFile, Sender, csv_chunks, parse_maps
+    from cli.importer.mapping import parse_maps
+    from cli.importer.reading import InputFile, csv_chunks
+    from cli.importer.sender import Sender
 
     if not data.store_rows:
         return
@@ -1457,9 +1459,10 @@ async def _wait_for_kpis(
 # -- the command -----------------------------------------------------------------------------------------
 
 
-def add_demo_command(sub: Any) -> None:
-    cmd = sub.add_parser(
+def add_commands(commands: Commands) -> None:
+    cmd = commands.add(
         "demo",
+        run,
         help="create a demo project with realistic journeys, sent through the running collector",
         description=(
             "Creates (or reuses) a project and sends it several hundred customers' journeys over a few months "
@@ -1507,7 +1510,7 @@ def add_demo_command(sub: Any) -> None:
     cmd.add_argument("--json", action="store_true", help="print the project, keys and counts as one JSON object")
 
 
-async def run_demo(settings: Settings, args: argparse.Namespace, with_postgres: WithPostgres) -> int:
+async def run(settings: Settings, args: argparse.Namespace) -> int:
     import aiohttp
 
     if not 1 <= args.customers <= 100_000:
@@ -1533,7 +1536,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace, with_postgres: 
                 )
                 return 1
         try:
-            return await _demo(settings, args, with_postgres, session, collector, query)
+            return await _demo(settings, args, session, collector, query)
         except DemoFailed as exc:
             print(("\n" if sys.stderr.isatty() else "") + f"error: {exc}", file=sys.stderr)
             return 1
@@ -1551,7 +1554,7 @@ class _Setup:
     applied: list[str]
 
 
-async def _prepare(settings: Settings, name: str, with_postgres: WithPostgres) -> _Setup:
+async def _prepare(settings: Settings, name: str) -> _Setup:
     """Project, keys, origin, email key, map and segments: what `journeys project create`, `key create`,
     `project origins --add`, `email key`, `map apply` and `segment apply` do, in one connection."""
     from query import definitions
@@ -1559,7 +1562,7 @@ async def _prepare(settings: Settings, name: str, with_postgres: WithPostgres) -
     from journeys.keys import ProjectError, add_key, create_project, find_project
     from collector.origins import change_origins
 
-    async def work(conn):
+    async with open_postgres(settings) as conn:
         project_id = await find_project(conn, name)
         created = project_id is None
         if project_id is None:
@@ -1584,14 +1587,10 @@ async def _prepare(settings: Settings, name: str, with_postgres: WithPostgres) -
             applied.append(f"{kind} {done.name} ({state})")
         return _Setup(project_id, created, created_at, write_key, read_key, public_key, signing_key, applied)
 
-    return await with_postgres(settings, work)
 
-
-async def _demo(
-    settings: Settings, args: argparse.Namespace, with_postgres: WithPostgres, session: Any, collector: str, query: str
-) -> int:
+async def _demo(settings: Settings, args: argparse.Namespace, session: Any, collector: str, query: str) -> int:
     began = time.monotonic()
-    setup = await _prepare(settings, args.project, with_postgres)
+    setup = await _prepare(settings, args.project)
     # The keys were just made in PostgreSQL: a collector that does not know them shares no database with us.
     async with session.post(
         f"{collector}/v1/batch",

@@ -14,24 +14,21 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 
+from cli.commands import Commands
+from cli.context import open_project
 from journeys.config import Settings
 
-WithProject = Callable[[Settings, str, Callable[..., Awaitable[Any]]], Awaitable[Any]]
 MAX_REPORTED_PROBLEMS = 20
 
 
-def add_email_commands(sub: Any) -> None:
-    """Add ``email key`` and ``email link`` to the CLI's subcommands."""
-    email = sub.add_parser("email", help="email open pixels and tracked links").add_subparsers(
-        dest="email_command", required=True
-    )
-    key = email.add_parser("key", help="print the project's email signing key (made on first use)")
+def add_commands(commands: Commands) -> None:
+    email = commands.group("email", help="email open pixels and tracked links", dest="email_command")
+    key = email.add("key", run, help="print the project's email signing key (made on first use)")
     key.add_argument("--project", required=True, help="project name or id")
     key.add_argument(
         "--rotate",
@@ -46,7 +43,7 @@ def add_email_commands(sub: Any) -> None:
     )
     key.add_argument("--json", action="store_true", help="print the project id and key(s) as JSON")
 
-    link = email.add_parser("link", help="sign a click link or open pixel; --csv for a whole send list")
+    link = email.add("link", run, help="sign a click link or open pixel; --csv for a whole send list")
     link.add_argument("--project", required=True, help="project name or id")
     link.add_argument("--campaign", help="campaign name (required unless every CSV row has one)")
     link.add_argument("--user", help="the customer's user id (single link)")
@@ -65,43 +62,44 @@ def add_email_commands(sub: Any) -> None:
     )
 
 
-async def run_email_command(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
+async def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.email_command == "key":
-        return await _key(settings, args, with_project)
-    return await _link(settings, args, with_project)
+        return await _key(settings, args)
+    return await _link(settings, args)
 
 
-async def _key(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
+async def _key(settings: Settings, args: argparse.Namespace) -> int:
     from collector.email_keys import current_key, list_keys, rotate_key
 
     if args.grace_days < 0:
         print("error: --grace-days must be 0 or more", file=sys.stderr)
         return 2
 
-    async def work(conn, project_id):
+    async with open_project(settings, args.project) as project:
         if args.rotate:
-            await rotate_key(conn, project_id, timedelta(days=args.grace_days))
+            await rotate_key(project.conn, project.id, timedelta(days=args.grace_days))
         else:
-            await current_key(conn, project_id)
-        return project_id, await list_keys(conn, project_id)
-
-    project_id, keys = await with_project(settings, args.project, work)
-    current, older = keys[0], keys[1:]
+            await current_key(project.conn, project.id)
+        keys = await list_keys(project.conn, project.id)
+    project_id = project.id
+    # Current first; every key after it is retiring, so has the time it stops verifying.
+    current = keys[0]
+    older = [(k.secret, k.retires_at) for k in keys[1:] if k.retires_at is not None]
     if args.json:
         print(
             orjson.dumps(
                 {
                     "project_id": project_id,
                     "key": current.secret,
-                    "still_verifying": [{"key": k.secret, "until": k.retires_at.isoformat()} for k in older],
+                    "still_verifying": [{"key": secret, "until": until.isoformat()} for secret, until in older],
                 }
             ).decode()
         )
         return 0
     print(f"project   {project_id}")
     print(f"email key {current.secret}   (signs open pixels and click links; keep it secret)")
-    for k in older:
-        print(f"older key {k.secret[:8]}…   still verifies until {k.retires_at:%Y-%m-%d %H:%M %Z}")
+    for secret, until in older:
+        print(f"older key {secret[:8]}…   still verifies until {until:%Y-%m-%d %H:%M %Z}")
     return 0
 
 
@@ -126,7 +124,7 @@ def _base_url(settings: Settings, given: str | None) -> str:
     return base
 
 
-async def _link(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
+async def _link(settings: Settings, args: argparse.Namespace) -> int:
     from collector.email_keys import current_key
     from collector.email_tokens import TokenError, check_url
 
@@ -151,11 +149,9 @@ async def _link(settings: Settings, args: argparse.Namespace, with_project: With
         return 2
     base = base.rstrip("/")
 
-    async def work(conn, project_id):
-        return project_id, await current_key(conn, project_id)
-
-    project_id, key = await with_project(settings, args.project, work)
-    signer = _Signer(key, project_id, base, props)
+    async with open_project(settings, args.project) as project:
+        key = await current_key(project.conn, project.id)
+    signer = _Signer(key, project.id, base, props)
     if args.user:
         try:
             print(

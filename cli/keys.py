@@ -1,42 +1,45 @@
-"""``journeys project list``, ``journeys key list --project P`` and ``journeys key revoke KEY_OR_PREFIX``
-(docs/keys.md), each with ``--json``.
+"""``journeys key create|list|revoke`` (docs/keys.md).
 
-Keys are shown by their prefix (the kind and 3 characters: all that is stored in clear), never their
-secret. ``key revoke`` takes the whole key (a leaked one, as found) or a prefix that matches exactly one key
-not yet revoked; an ambiguous prefix lists the candidates and changes nothing. PostgreSQL only: works beside
-a running ``journeys up``, whose services stop accepting a revoked key within ``JOURNEYS_KEY_CACHE_TTL_S``.
+``key create`` prints a new key once. Keys are listed by their prefix (the kind and 3 characters: all that
+is stored in clear), never their secret. ``key revoke`` takes the whole key (a leaked one, as found) or a
+prefix that matches exactly one key not yet revoked; an ambiguous prefix lists the candidates and changes
+nothing. PostgreSQL only: works beside a running ``journeys up``, whose services stop accepting a revoked
+key within ``JOURNEYS_KEY_CACHE_TTL_S``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import orjson
 
+from cli.commands import Commands
+from cli.context import open_postgres, open_project
+from cli.tables import table, when
 from journeys.config import Settings
 
-WithPostgres = Callable[[Settings, Callable[..., Awaitable[Any]]], Awaitable[Any]]
-WithProject = Callable[[Settings, str, Callable[..., Awaitable[Any]]], Awaitable[Any]]
 
-
-def add_key_commands(project_commands: Any, key_commands: Any) -> None:
-    """Add ``project list`` to the ``project`` subcommands and ``list``/``revoke`` to the ``key`` ones."""
-    listing = project_commands.add_parser("list", help="every project: name, id, created, active keys")
-    listing.add_argument("--json", action="store_true", help="print the projects as JSON")
-
-    keys = key_commands.add_parser(
-        "list", help="a project's keys by prefix (never the secret): kind, created, last used, revoked"
+def add_commands(commands: Commands) -> None:
+    key = commands.group("key", help="manage API keys", dest="key_command")
+    create = key.add("create", run, help="make another key for a project and print it (once)")
+    create.add_argument("--project", required=True, help="project name or id")
+    create.add_argument(
+        "--kind",
+        required=True,
+        choices=["write", "read", "admin", "public"],
+        help="admin keys may change maps and segments over the API",
     )
+
+    keys = key.add("list", run, help="a project's keys by prefix (never the secret): kind, created, last used, revoked")
     keys.add_argument("--project", required=True, help="project name or id")
     keys.add_argument("--active", action="store_true", help="only keys that are not revoked")
     keys.add_argument("--json", action="store_true", help="print the keys as JSON")
 
-    revoke = key_commands.add_parser(
+    revoke = key.add(
         "revoke",
+        run,
         help="revoke a key, given whole or by a prefix that matches one key (services stop accepting "
         "it within JOURNEYS_KEY_CACHE_TTL_S)",
     )
@@ -45,61 +48,36 @@ def add_key_commands(project_commands: Any, key_commands: Any) -> None:
     revoke.add_argument("--json", action="store_true", help="print the revoked key as JSON")
 
 
-def handles(args: argparse.Namespace) -> bool:
-    """Whether ``args`` are one of this module's commands."""
-    if args.command == "project":
-        return bool(args.project_command == "list")
-    return bool(args.command == "key" and args.key_command in ("list", "revoke"))
-
-
-async def run_keys_command(
-    settings: Settings, args: argparse.Namespace, with_postgres: WithPostgres, with_project: WithProject
-) -> int:
-    if args.command == "project":
-        return await _project_list(settings, args, with_postgres)
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.key_command == "create":
+        return await _create(settings, args.project, args.kind)
     if args.key_command == "list":
-        return await _key_list(settings, args, with_project)
-    return await _key_revoke(settings, args, with_postgres, with_project)
+        return await _list(settings, args)
+    return await _revoke(settings, args)
 
 
-def _when(at: datetime | None, none: str = "-") -> str:
-    return f"{at:%Y-%m-%d %H:%M}" if at is not None else none
+async def _create(settings: Settings, project_name: str, kind: str) -> int:
+    from journeys.keys import add_key
 
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows])
-
-
-async def _project_list(settings: Settings, args: argparse.Namespace, with_postgres: WithPostgres) -> int:
-    from journeys.keys import list_projects
-
-    projects = await with_postgres(settings, list_projects)
-    if args.json:
-        print(orjson.dumps({"projects": [p.as_json() for p in projects]}).decode())
-    elif not projects:
-        print("no projects yet: journeys project create NAME makes one", file=sys.stderr)
-    else:
-        print(
-            _table(
-                ["NAME", "ID", "CREATED (UTC)", "ACTIVE KEYS"],
-                [[p.name, p.id, _when(p.created_at), str(p.active_keys)] for p in projects],
+    async with open_project(settings, project_name) as project:
+        print(await add_key(project.conn, project.id, kind))  # type: ignore[arg-type]
+        if kind == "public":
+            print(
+                f"A public key writes only from the project's origins: journeys project origins {project_name} --add https://…",
+                file=sys.stderr,
             )
-        )
     return 0
 
 
-async def _key_list(settings: Settings, args: argparse.Namespace, with_project: WithProject) -> int:
+async def _list(settings: Settings, args: argparse.Namespace) -> int:
     from journeys.keys import list_keys
 
-    async def work(conn, project_id):
-        return project_id, await list_keys(conn, project_id)
-
-    project_id, keys = await with_project(settings, args.project, work)
+    async with open_project(settings, args.project) as project:
+        keys = await list_keys(project.conn, project.id)
     if args.active:
         keys = [k for k in keys if not k.revoked]
     if args.json:
-        print(orjson.dumps({"project": project_id, "keys": [k.as_json() for k in keys]}).decode())
+        print(orjson.dumps({"project": project.id, "keys": [k.as_json() for k in keys]}).decode())
     elif not keys:
         print(
             f"no {'active ' if args.active else ''}keys in {args.project} (journeys key create makes one)",
@@ -107,10 +85,10 @@ async def _key_list(settings: Settings, args: argparse.Namespace, with_project: 
         )
     else:
         print(
-            _table(
+            table(
                 ["PREFIX", "KIND", "CREATED (UTC)", "LAST USED", "REVOKED"],
                 [
-                    [k.prefix, k.kind, _when(k.created_at), _when(k.last_used_at, "never"), _when(k.revoked_at, "no")]
+                    [k.prefix, k.kind, when(k.created_at), when(k.last_used_at, "never"), when(k.revoked_at, "no")]
                     for k in keys
                 ],
             )
@@ -118,23 +96,21 @@ async def _key_list(settings: Settings, args: argparse.Namespace, with_project: 
     return 0
 
 
-async def _key_revoke(
-    settings: Settings, args: argparse.Namespace, with_postgres: WithPostgres, with_project: WithProject
-) -> int:
-    from journeys.keys import KeyAmbiguous, KeyNotFound, revoke
+async def _revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from journeys.keys import KeyAmbiguous, KeyNotFound, Revoked, revoke
 
-    async def work(conn, project_id=None):
+    async def revoked(conn: Any, project_id: str | None) -> Revoked | KeyAmbiguous | KeyNotFound:
         try:
             return await revoke(conn, args.key, project_id)
-        except KeyAmbiguous as exc:
-            return exc
-        except KeyNotFound as exc:
+        except (KeyAmbiguous, KeyNotFound) as exc:
             return exc
 
     if args.project:
-        outcome = await with_project(settings, args.project, work)
+        async with open_project(settings, args.project) as project:
+            outcome = await revoked(project.conn, project.id)
     else:
-        outcome = await with_postgres(settings, work)
+        async with open_postgres(settings) as conn:
+            outcome = await revoked(conn, None)
     if isinstance(outcome, KeyNotFound):
         print(f"error: {outcome}", file=sys.stderr)
         return 1

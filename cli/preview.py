@@ -12,13 +12,20 @@ import asyncio
 import json
 import sys
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
+from cli.commands import Commands
+from cli.context import open_project
+from cli.definitions import read_document
 from journeys.config import Settings
 
 
-def add_preview_arguments(actions: Any) -> None:
-    preview = actions.add_parser("preview", help="the KPIs a draft map would give over all data; publishes nothing")
+def add_commands(commands: Commands) -> None:
+    """Add ``preview`` to the ``map`` group (cli/definitions.py makes it)."""
+    preview = commands.group("map").add(
+        "preview", run, help="the KPIs a draft map would give over all data; publishes nothing"
+    )
     preview.add_argument("file", help="the draft map: YAML or JSON file, - for stdin")
     preview.add_argument("--project", required=True, help="project name or id")
     preview.add_argument("--segment-file", help="a draft segment too (joins, or replaces its namesake)")
@@ -28,37 +35,34 @@ def add_preview_arguments(actions: Any) -> None:
     preview.add_argument("--json", action="store_true", help="print the answer as JSON (as the endpoint gives it)")
 
 
-async def run_preview(settings: Settings, args: argparse.Namespace, with_project: Any, read_document: Any) -> int:
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from journeys.http import ApiError
+    from journeys.keys import add_key, revoke_key
+
     map_doc = read_document(args.file)
     segment_doc = read_document(args.segment_file) if args.segment_file else None
     params = {k: v for k, v in (("segment", args.segment), ("from", args.first), ("to", args.last)) if v}
-
-    async def work(conn, project_id):
-        from journeys.http import ApiError
-        from journeys.keys import add_key, revoke_key
-
+    async with open_project(settings, args.project) as project:
         try:
-            result = await _direct(settings, conn, project_id, map_doc, segment_doc, params)
+            result = await _direct(settings, project.conn, project.id, map_doc, segment_doc, params)
             if result is None:  # the stores are in use: the running query service computes it
-                secret = await add_key(conn, project_id, "read")
+                secret = await add_key(project.conn, project.id, "read")
                 try:
                     body = {"map": map_doc, **({"segment": segment_doc} if segment_doc is not None else {})}
                     result = await asyncio.to_thread(_via_service, settings, body, params, secret)
                 finally:
-                    await revoke_key(conn, secret)
+                    await revoke_key(project.conn, secret)
         except ApiError as exc:
             for error in exc.errors:
                 print(f"error: {error['field']}: {error['reason']}", file=sys.stderr)
             return 1
-        print(json.dumps(result, indent=2) if args.json else render(result))
-        return 0
-
-    return await with_project(settings, args.project, work)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
 
 
 async def _direct(
     settings: Settings, conn: Any, project_id: str, map_doc: Any, segment_doc: Any, params: dict[str, str]
-) -> dict[str, Any] | None:
+) -> Mapping[str, Any] | None:
     """The preview in this process; ``None`` when the embedded ClickHouse is another process's."""
     from journeys.clickhouse import ClickHouse, ClickHouseError
     from query.kpi_preview import draft_definitions, draft_of, preview_kpis, segments_asked
@@ -96,7 +100,7 @@ def _rate(value: Any) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def render(result: dict[str, Any]) -> str:
+def render(result: Mapping[str, Any]) -> str:
     """Per segment, per stage: the counts, the rate against its target, and the bottleneck."""
     lines = [
         f"preview of map {result['map']['name']} ({result['window']['from']} to {result['window']['to']}): nothing published"

@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any
 
+from cli.commands import Commands
+from cli.context import open_project
 from journeys.config import Settings
 
 #: How long the direct replay waits for ClickHouse to take a page of replayed events before giving up
@@ -29,11 +31,13 @@ from journeys.config import Settings
 DRAIN_TIMEOUT_S = 300.0
 
 
-def add_quarantine_command(sub: Any) -> None:
-    quarantine = sub.add_parser("quarantine", help="events kept aside by validation (docs/quarantine.md)")
-    actions = quarantine.add_subparsers(dest="quarantine_command", required=True)
-    replay = actions.add_parser(
+def add_commands(commands: Commands) -> None:
+    actions = commands.group(
+        "quarantine", help="events kept aside by validation (docs/quarantine.md)", dest="quarantine_command"
+    )
+    replay = actions.add(
         "replay",
+        run,
         help="re-validate a project's quarantined events with today's rules and take in, once, those that pass",
     )
     replay.add_argument("--project", required=True, help="project name or id")
@@ -41,7 +45,8 @@ def add_quarantine_command(sub: Any) -> None:
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-async def run_quarantine_command(settings: Settings, args: argparse.Namespace, with_project: Any) -> int:
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from journeys.keys import add_key, revoke_key
     from journeys.quarantine import SinceError, parse_since
 
     since_ms = 0
@@ -52,20 +57,16 @@ async def run_quarantine_command(settings: Settings, args: argparse.Namespace, w
             print(f"error: --since {exc}", file=sys.stderr)
             return 2
 
-    async def work(conn, project_id):
-        from journeys.keys import add_key, revoke_key
-
-        report = await replay_direct(settings, project_id, since_ms)
+    async with open_project(settings, args.project) as project:
+        report = await replay_direct(settings, project.id, since_ms)
         if report is None:  # the stores are in use: the running collector does it
-            secret = await add_key(conn, project_id, "admin")
+            secret = await add_key(project.conn, project.id, "admin")
             try:
                 report = await asyncio.to_thread(_replay_via_service, settings, args.since, secret)
             finally:
-                await revoke_key(conn, secret)
-        _print(report, args.json)
-        return 0
-
-    return await with_project(settings, args.project, work)
+                await revoke_key(project.conn, secret)
+    _print(report, args.json)
+    return 0
 
 
 async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) -> dict[str, Any] | None:

@@ -131,7 +131,7 @@ def collector_openapi() -> dict[str, Any]:
                 f"Send one {kind} event", _SINGLE_EVENT_SCHEMA, f"Segment's /v1/{kind}: the body is the event."
             )
         }
-    from collector.app import BEACON_PATH, INGEST_PATHS, SEGMENT_SHORT_ROUTES
+    from collector.segment import BEACON_PATH, INGEST_PATHS, SEGMENT_SHORT_ROUTES
 
     paths["/v1/b"] = {
         "post": _ingest(

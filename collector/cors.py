@@ -27,15 +27,13 @@ from typing import Any
 
 from aiohttp import web
 
-from collector.ingest import RequestProblem
-from journeys.http import Handler, error_response
+from collector.appkeys import ORIGINS
+from collector.origins import OriginError, normalize_origin
+from journeys.http import ApiError, Handler
 from journeys.keys import Principal
 from journeys.openapi import error_response as error_spec
 from journeys.openapi import operation
-from collector.origins import OriginError, OriginTable, normalize_origin
-from journeys.stores import Stores
 
-ORIGINS = web.AppKey("origins", OriginTable)
 _ALLOWED = web.RequestKey("cors_allowed_origin", str)
 
 ALLOW_METHODS = "POST"
@@ -47,21 +45,16 @@ EXPOSE_HEADERS = "Retry-After, X-Request-Id"
 PREFLIGHT_MAX_AGE_S = "600"
 
 
-def add_cors(app: web.Application, stores: Stores, paths: list[str]) -> None:
-    """Hold the origin table and answer preflights on ``paths``. The headers on real answers come from
-    :func:`cors_middleware`, which must be the app's outermost middleware so error answers get them too."""
-    app[ORIGINS] = OriginTable(stores.pg, ttl=stores.settings.key_cache_ttl_s)
-    for path in paths:
-        app.router.add_route("OPTIONS", path, _preflight)
+async def preflight(request: web.Request) -> web.Response:
+    """``OPTIONS`` on an ingest route (they take POST). The route modules declare it on their paths; the
+    headers on real answers come from :func:`cors_middleware`, which must be the app's outermost middleware
+    so error answers get them too. The origin table is ``app[ORIGINS]`` (collector/appkeys.py)."""
+    return await _preflight(request, ALLOW_METHODS)
 
 
-def add_preflight(app: web.Application, path: str, methods: str) -> None:
-    """Answer preflights on ``path`` (after :func:`add_cors`) for a route taking ``methods``, e.g. ``"GET"``."""
-
-    async def preflight(request: web.Request) -> web.Response:
-        return await _preflight(request, methods)
-
-    app.router.add_route("OPTIONS", path, preflight)
+async def preflight_get(request: web.Request) -> web.Response:
+    """``OPTIONS`` on a route that takes GET (RudderStack's ``/sourceConfig``)."""
+    return await _preflight(request, "GET")
 
 
 def _canonical(header: str) -> str | None:
@@ -93,16 +86,16 @@ async def check_origin(request: web.Request, principal: Principal) -> None:
         reason = f"origin {header!r} is not allowed: this project lists no origins (journeys project origins)"
     else:
         reason = f"origin {header!r} is not among this project's allowed origins (journeys project origins)"
-    raise RequestProblem(403, [{"field": "Origin", "reason": reason}], "origin_forbidden")
+    raise ApiError(403, [{"field": "Origin", "reason": reason}], code="origin_forbidden")
 
 
-async def _preflight(request: web.Request, methods: str = ALLOW_METHODS) -> web.Response:
+async def _preflight(request: web.Request, methods: str) -> web.Response:
     header = request.headers.get("Origin")
     if header is None:  # a plain OPTIONS, not CORS
         return web.Response(status=204, headers={"Allow": f"{methods}, OPTIONS"})
     origin = _canonical(header)
     if origin is None or not await request.app[ORIGINS].known(origin):
-        return error_response(
+        raise ApiError(
             403,
             [
                 {

@@ -9,10 +9,10 @@ Two promises pull against each other here, and this is the order they win in:
 
 1. A bad token never redirects. An edited, truncated or foreign token gets 400 with our JSON error body
    and no ``Location``: the collector must not become an open redirect.
-2. A person who clicked reaches the page. The event goes through the same path as ``/v1/track``
-   (validated by :func:`collector.ingest.process_events`, fsync'd to the spool) and the answer waits for
-   that, but if the spool refuses (full, broken) or is too slow, the redirect and the pixel are still
-   sent; the loss is counted (``journeys_email_unrecorded``) and logged, never silent.
+2. A person who clicked reaches the page. The event goes through the same accept steps as ``/v1/track``
+   (:mod:`collector.accept`: validated, encoded, fsync'd to the spool) and the answer waits for that, but
+   if the spool refuses (full, broken) or is too slow, the redirect and the pixel are still sent; the loss
+   is counted (``journeys_email_unrecorded``) and logged, never silent.
 
 Requests from mail privacy prefetchers and link scanners are recorded but flagged
 (:mod:`collector.email_bots`).
@@ -29,19 +29,15 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from collector.accept import Limits, append, prepare
+from collector.appkeys import EMAIL_KEYS, METRICS, SPOOL, STORES
 from collector.email_bots import Bot, classify
-from collector.ingest import process_events
-from collector.inserter import encode_records
-from collector.spool import Spool, SpoolError, SpoolFull
 from collector.email_keys import SigningKeyResolver
 from collector.email_tokens import MAX_TOKEN_CHARS, Claims, Kind, TokenError, claims_of, signed_by, split
-from journeys.http import error_response, request_id
-from journeys.metrics import Metrics
-from journeys.stores import Stores
+from collector.spool import SpoolError, SpoolFull
+from journeys.http import ApiError, request_id
 
 log = logging.getLogger(__name__)
-
-EMAIL_KEYS = web.AppKey("email_keys", SigningKeyResolver)
 
 #: The classic 43-byte GIF89a: one pixel, colour index 0, which the graphic control extension makes
 #: transparent.
@@ -62,15 +58,17 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _REDIRECT_HEADERS = {**_NO_STORE, "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex, nofollow"}
 
 
-def add_email_routes(app: web.Application, stores: Stores, metrics: Metrics, spool_key: web.AppKey[Spool]) -> None:
-    """Register ``/v1/email/open/{token}`` and ``/v1/email/click/{token}`` (GET, and HEAD, which link
-    checkers use and which is flagged as such). ``spool_key`` names the app's spool, opened by its
-    cleanup context."""
-    resolver = SigningKeyResolver(stores.pg, ttl=stores.settings.key_cache_ttl_s)
-    app[EMAIL_KEYS] = resolver
-    recorder = _Recorder(stores, metrics, spool_key)
-    app.router.add_get("/v1/email/open/{token}", recorder.handler("open"))
-    app.router.add_get("/v1/email/click/{token}", recorder.handler("click"))
+routes = web.RouteTableDef()  # GET, and HEAD, which link checkers use and which is flagged as such
+
+
+@routes.get("/v1/email/open/{token}")
+async def email_open(request: web.Request) -> web.StreamResponse:
+    return await _touch(request, "open")
+
+
+@routes.get("/v1/email/click/{token}")
+async def email_click(request: web.Request) -> web.StreamResponse:
+    return await _touch(request, "click")
 
 
 def email_openapi_paths() -> dict[str, Any]:
@@ -164,86 +162,79 @@ def email_event(claims: Claims, bot: Bot | None, user_agent: str) -> dict[str, A
     }
 
 
-class _Recorder:
-    def __init__(self, stores: Stores, metrics: Metrics, spool_key: web.AppKey[Spool]):
-        self.settings = stores.settings
-        self.metrics = metrics
-        self.spool_key = spool_key
+async def _touch(request: web.Request, kind: Kind) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    try:
+        claims = await _verify(request.app[EMAIL_KEYS], request.match_info["token"], kind)
+    except TokenError as problem:
+        metrics.email_bad_tokens.labels(kind, problem.code).inc()
+        raise ApiError(400, [{"field": problem.field, "reason": problem.reason}], dict(_NO_STORE)) from None
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # Without the project's keys the token cannot be trusted, so not even a click redirects.
+        log.error("email %s: cannot read signing keys: %s", kind, exc)
+        metrics.email_bad_tokens.labels(kind, "keys_unavailable").inc()
+        raise ApiError(
+            503,
+            [{"field": "server", "reason": "cannot check the link now, retry shortly"}],
+            {**_NO_STORE, "Retry-After": "5"},
+        ) from None
+    user_agent = request.headers.get("User-Agent", "")
+    bot = classify(user_agent, request.method, kind)
+    await _record(request, claims, bot, user_agent)
+    if kind == "open":
+        return web.Response(body=PIXEL_GIF, content_type="image/gif", headers=_NO_STORE)
+    assert claims.url is not None  # claims_of guarantees a checked http(s) URL for clicks
+    return web.Response(status=302, headers={**_REDIRECT_HEADERS, "Location": claims.url})
 
-    def handler(self, kind: Kind):
-        async def handle(request: web.Request) -> web.StreamResponse:
-            try:
-                claims = await self._verify(request.app[EMAIL_KEYS], request.match_info["token"], kind)
-            except TokenError as problem:
-                self.metrics.email_bad_tokens.labels(kind, problem.code).inc()
-                return error_response(400, [{"field": problem.field, "reason": problem.reason}], dict(_NO_STORE))
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # Without the project's keys the token cannot be trusted, so not even a click redirects.
-                log.error("email %s: cannot read signing keys: %s", kind, exc)
-                self.metrics.email_bad_tokens.labels(kind, "keys_unavailable").inc()
-                return error_response(
-                    503,
-                    [{"field": "server", "reason": "cannot check the link now, retry shortly"}],
-                    {**_NO_STORE, "Retry-After": "5"},
-                )
-            user_agent = request.headers.get("User-Agent", "")
-            bot = classify(user_agent, request.method, kind)
-            await self._record(request, claims, bot, user_agent)
-            if kind == "open":
-                return web.Response(body=PIXEL_GIF, content_type="image/gif", headers=_NO_STORE)
-            assert claims.url is not None  # claims_of guarantees a checked http(s) URL for clicks
-            return web.Response(status=302, headers={**_REDIRECT_HEADERS, "Location": claims.url})
 
-        return handle
-
-    async def _verify(self, resolver: SigningKeyResolver, token: str, kind: Kind) -> Claims:
-        parsed = split(token)
-        if not signed_by(parsed, await resolver.keys(parsed.project_id)):
-            # A key made or rotated in the last ttl seconds is not in the cache yet: look once more.
-            fresher = await resolver.fresher_keys(parsed.project_id)
-            if fresher is None or not signed_by(parsed, fresher):
-                raise TokenError(
-                    "the link's signature does not verify (edited, truncated, or for another project)",
-                    code="signature",
-                )
-        claims = claims_of(parsed)
-        if claims.kind != kind:
-            raise TokenError(f"this is an email {claims.kind} token, not a {kind} token", code="kind")
-        return claims
-
-    async def _record(self, request: web.Request, claims: Claims, bot: Bot | None, user_agent: str) -> None:
-        """Make the event durable, or count and log why it is not; never raise."""
-        kind = claims.kind
-        outcome = process_events(
-            [email_event(claims, bot, user_agent)],
-            {},
-            project_id=claims.project_id,
-            received_ms=int(time.time() * 1000),
-            request_id=request_id(request),
-            max_event_bytes=self.settings.max_event_bytes,
-            max_future_ms=int(self.settings.max_clock_skew_future_s * 1000),
-        )
-        reason = None
-        try:
-            records = encode_records(outcome.lines, outcome.quarantine_lines, outcome.links)
-            await asyncio.wait_for(request.app[self.spool_key].append(*records), DURABLE_WAIT_S)
-        except SpoolFull:
-            reason = "spool_full"
-        except SpoolError:
-            reason = "spool_unavailable"
-        except asyncio.TimeoutError:
-            reason = "timeout"
-        if reason is None and not outcome.lines:
-            reason = "quarantined"  # stored in the quarantine table with why, but not as an event
-        if reason is not None:
-            self.metrics.email_unrecorded.labels(kind, reason).inc()
-            log.error(
-                "email %s for project %s answered but not recorded: %s",
-                kind,
-                claims.project_id,
-                reason,
-                extra={"project_id": claims.project_id, "reason": reason},
+async def _verify(resolver: SigningKeyResolver, token: str, kind: Kind) -> Claims:
+    parsed = split(token)
+    if not signed_by(parsed, await resolver.keys(parsed.project_id)):
+        # A key made or rotated in the last ttl seconds is not in the cache yet: look once more.
+        fresher = await resolver.fresher_keys(parsed.project_id)
+        if fresher is None or not signed_by(parsed, fresher):
+            raise TokenError(
+                "the link's signature does not verify (edited, truncated, or for another project)",
+                code="signature",
             )
-            return
-        self.metrics.email_events.labels(kind, bot.kind if bot else "none").inc()
-        self.metrics.count_accepted("email")
+    claims = claims_of(parsed)
+    if claims.kind != kind:
+        raise TokenError(f"this is an email {claims.kind} token, not a {kind} token", code="kind")
+    return claims
+
+
+async def _record(request: web.Request, claims: Claims, bot: Bot | None, user_agent: str) -> None:
+    """Make the event durable, or count and log why it is not; never raise."""
+    kind = claims.kind
+    metrics = request.app[METRICS]
+    prepared = prepare(
+        [email_event(claims, bot, user_agent)],
+        {},
+        project_id=claims.project_id,
+        received_ms=int(time.time() * 1000),
+        request_id=request_id(request),
+        limits=Limits.of(request.app[STORES].settings),
+    )
+    reason = None
+    try:
+        await asyncio.wait_for(append(request.app[SPOOL], prepared.records), DURABLE_WAIT_S)
+    except SpoolFull:
+        reason = "spool_full"
+    except SpoolError:
+        reason = "spool_unavailable"
+    except asyncio.TimeoutError:
+        reason = "timeout"
+    if reason is None and not prepared.outcome.lines:
+        reason = "quarantined"  # stored in the quarantine table with why, but not as an event
+    if reason is not None:
+        metrics.email_unrecorded.labels(kind, reason).inc()
+        log.error(
+            "email %s for project %s answered but not recorded: %s",
+            kind,
+            claims.project_id,
+            reason,
+            extra={"project_id": claims.project_id, "reason": reason},
+        )
+        return
+    metrics.email_events.labels(kind, bot.kind if bot else "none").inc()
+    metrics.count_accepted("email")

@@ -2,9 +2,9 @@
 
 The body is NDJSON, one Segment-style event per line, optionally gzip'd, and may be hundreds of MB. It is
 *streamed*: read from the socket a piece at a time, inflated a bounded step at a time, cut into lines, and
-every few thousand lines validated by the same pipeline as ``/v1/batch``
-(:func:`collector.ingest.process_events`) and appended to the spool as one record. Memory stays bounded by
-two chunks (one being read, one being fsync'd: the two overlap), whatever the file's size.
+every few thousand lines taken through the same accept steps as ``/v1/batch`` (:mod:`collector.accept`:
+validated, encoded, appended to the spool as one record). Memory stays bounded by two chunks (one being
+read, one being fsync'd: the two overlap), whatever the file's size.
 
 What differs from ``/v1/batch``, and why:
 
@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,14 +39,14 @@ import orjson
 from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from collector.ingest import RequestProblem, inflater_for, process_events
-from collector.inserter import encode_records
+from collector.accept import Limits, append, authorize, count_refusal, prepare
+from collector.appkeys import METRICS, SPOOL, STORES
+from collector.ingest import inflater_for
 from collector.spool import Spool, SpoolError, SpoolFull
+from journeys.config import Settings
 from journeys.errors import JourneysError
-from journeys.http import error_response, json_response, presented_key, request_id
-from journeys.keys import Principal
+from journeys.http import ApiError, json_response, presented_key, request_id
 from journeys.metrics import Metrics
-from journeys.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,7 @@ _INFLATE_STEP = 1024 * 1024
 MESSAGE_ID_NAMESPACE = uuid.UUID("6f1d2c3e-9a57-5b8e-a4f0-3c2b1e0d9f87")
 _NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 
-Authorize = Callable[[web.Request, "str | None"], Awaitable[Principal]]
-
-
-def add_import_route(
-    app: web.Application, stores: Stores, metrics: Metrics, spool_key: web.AppKey[Spool], authorize: Authorize
-) -> None:
-    """Register ``POST /v1/import``. ``spool_key`` names the app's spool (opened by its cleanup context);
-    ``authorize`` is the collector's key check (the same rules and rate limit as /v1/batch); imports then
-    take write keys only."""
-    app.router.add_post("/v1/import", _ImportRoute(stores, metrics, spool_key, authorize).handle)
+routes = web.RouteTableDef()
 
 
 def derive_message_id(project_id: str, event: dict[str, Any]) -> str | None:
@@ -251,68 +242,63 @@ class ImportReport:
         }
 
 
-class _ImportRoute:
-    def __init__(self, stores: Stores, metrics: Metrics, spool_key: web.AppKey[Spool], authorize: Authorize):
-        self.stores = stores
-        self.metrics = metrics
-        self.spool_key = spool_key
-        self.authorize = authorize
-
-    async def handle(self, request: web.Request) -> web.Response:
-        settings = self.stores.settings
-        try:
-            # Header only: a writeKey inside the body would mean reading the whole body before knowing
-            # whether to read it at all.
-            principal = await self.authorize(request, presented_key(request))
-            if principal.kind != "write":
-                # Public keys sit in web pages for anyone to copy: they must not be able to rewrite history.
-                raise RequestProblem(
-                    403,
-                    [{"field": "Authorization", "reason": f"imports need a write key, not a {principal.kind} key"}],
-                    "forbidden",
-                )
-            first_line = _first_line(request.headers.get(FIRST_LINE_HEADER))
-            inflater_for(request.headers.get("Content-Encoding", ""))  # refuse an unknown encoding up front
-        except RequestProblem as refused:
-            self.metrics.events_rejected.labels(refused.reason).inc()
-            return error_response(refused.status, refused.errors, code=refused.reason)
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding in ("", "identity") and (request.content_length or 0) > settings.max_import_bytes:
-            return error_response(
-                413, [{"field": "body", "reason": f"over the {settings.max_import_bytes}-byte import limit"}]
+@routes.post("/v1/import")
+async def import_events(request: web.Request) -> web.Response:
+    """``POST /v1/import``: the key is checked as for /v1/batch (the same rules and rate limit), then only a
+    write key may import."""
+    settings = request.app[STORES].settings
+    metrics = request.app[METRICS]
+    try:
+        # Header only: a writeKey inside the body would mean reading the whole body before knowing
+        # whether to read it at all.
+        principal = await authorize(request, presented_key(request))
+        if principal.kind != "write":
+            # Public keys sit in web pages for anyone to copy: they must not be able to rewrite history.
+            raise ApiError(
+                403,
+                [{"field": "Authorization", "reason": f"imports need a write key, not a {principal.kind} key"}],
+                code="forbidden",
             )
-        run = _ImportRun(
-            self, request.app[self.spool_key], principal.project_id, request_id(request), ImportReport(first_line)
-        )
-        lines = split_lines(
-            request.content.iter_chunked(_READ_BYTES),
-            encoding,
-            max_line_bytes=settings.max_request_bytes,
-            max_total_bytes=settings.max_import_bytes,
-        )
-        report = run.report
-        try:
-            async with aclosing(lines):
-                status, problem, headers = await run.consume(lines)
-        except (ConnectionError, ClientError, HttpProcessingError) as exc:
-            # The client went away or broke the framing mid-body: what was spooled stays (it is durable and
-            # a re-import de-duplicates), and the answer, if anyone reads it, says how far it got.
-            log.info("import: the body stopped (%s); durable through line %d", exc, report.last_durable_line)
-            problem = {"field": "body", "reason": f"the body stopped after line {report.last_durable_line}: {exc}"}
-            return json_response(report.body(problem), status=400)
-        if status == 200 and report.accepted == 0:
-            # Nothing stored: a 4xx, like a batch with no valid event.
-            status = 400
-            if report.rejected == 0:
-                problem = {"field": "body", "reason": "no events: expected NDJSON, one JSON event per line"}
-        log.info(
-            "import: lines %d-%d, %d accepted, %d rejected",
-            report.first_line,
-            report.last_durable_line,
-            report.accepted,
-            report.rejected,
-        )
-        return json_response(report.body(problem), status=status, headers=headers)
+        first_line = _first_line(request.headers.get(FIRST_LINE_HEADER))
+        inflater_for(request.headers.get("Content-Encoding", ""))  # refuse an unknown encoding up front
+    except ApiError as refused:
+        count_refusal(metrics, refused)
+        raise
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity") and (request.content_length or 0) > settings.max_import_bytes:
+        raise ApiError(413, [{"field": "body", "reason": f"over the {settings.max_import_bytes}-byte import limit"}])
+    run = _ImportRun(
+        request.app[SPOOL], settings, metrics, principal.project_id, request_id(request), ImportReport(first_line)
+    )
+    lines = split_lines(
+        request.content.iter_chunked(_READ_BYTES),
+        encoding,
+        max_line_bytes=settings.max_request_bytes,
+        max_total_bytes=settings.max_import_bytes,
+    )
+    report = run.report
+    try:
+        async with aclosing(lines):
+            status, problem, headers = await run.consume(lines)
+    except (ConnectionError, ClientError, HttpProcessingError) as exc:
+        # The client went away or broke the framing mid-body: what was spooled stays (it is durable and
+        # a re-import de-duplicates), and the answer, if anyone reads it, says how far it got.
+        log.info("import: the body stopped (%s); durable through line %d", exc, report.last_durable_line)
+        problem = {"field": "body", "reason": f"the body stopped after line {report.last_durable_line}: {exc}"}
+        return json_response(report.body(problem), status=400)
+    if status == 200 and report.accepted == 0:
+        # Nothing stored: a 4xx, like a batch with no valid event.
+        status = 400
+        if report.rejected == 0:
+            problem = {"field": "body", "reason": "no events: expected NDJSON, one JSON event per line"}
+    log.info(
+        "import: lines %d-%d, %d accepted, %d rejected",
+        report.first_line,
+        report.last_durable_line,
+        report.accepted,
+        report.rejected,
+    )
+    return json_response(report.body(problem), status=status, headers=headers)
 
 
 def _first_line(value: str | None) -> int:
@@ -320,10 +306,10 @@ def _first_line(value: str | None) -> int:
         return 1
     text = value.strip()
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10**12:
-        raise RequestProblem(
+        raise ApiError(
             400,
             [{"field": FIRST_LINE_HEADER, "reason": "must be a line number from 1 (where this upload starts)"}],
-            "invalid_body",
+            code="invalid_body",
         )
     return int(text)
 
@@ -331,15 +317,15 @@ def _first_line(value: str | None) -> int:
 class _ImportRun:
     """One request's import: parse lines, batch them, validate, spool, and keep the report."""
 
-    def __init__(self, route: _ImportRoute, spool: Spool, project_id: str, request_id: str, report: ImportReport):
-        settings = route.stores.settings
-        self.metrics = route.metrics
+    def __init__(
+        self, spool: Spool, settings: Settings, metrics: Metrics, project_id: str, request_id: str, report: ImportReport
+    ):
+        self.metrics = metrics
         self.spool = spool
         self.project_id = project_id
         self.request_id = request_id
         self.report = report
-        self.max_event_bytes = settings.max_event_bytes
-        self.max_future_ms = int(settings.max_clock_skew_future_s * 1000)
+        self.limits = Limits.of(settings)
         self.spool_wait_s = settings.import_spool_wait_s
         self.max_line_bytes = settings.max_request_bytes
         # A chunk is one spool record: it must fit a spool far smaller than the default many times over.
@@ -427,23 +413,25 @@ class _ImportRun:
         self.metrics.events_rejected.labels("import_invalid_line").inc()
 
     async def _flush(self, through_line: int) -> None:
-        """Validate the lines gathered so far and start appending them; first wait for the previous chunk's
-        append (chunks land in order, and at most one is in flight)."""
+        """Validate and encode the lines gathered so far and start appending them; first wait for the previous
+        chunk's append (chunks land in order, and at most one is in flight)."""
         chunk, events, event_lines = self._chunk, self._events, self._event_lines
         self._chunk, self._events, self._event_lines = _Chunk(), [], []
         self._chunk_lines = self._chunk_bytes = 0
         chunk.through_line = through_line
         records: list[bytes] = []
         if events:
-            outcome = process_events(
+            # Bad lines are reported, not quarantined (module docstring): no quarantine records.
+            prepared = prepare(
                 events,
                 {},
                 project_id=self.project_id,
                 received_ms=int(time.time() * 1000),
                 request_id=self.request_id,
-                max_event_bytes=self.max_event_bytes,
-                max_future_ms=self.max_future_ms,
+                limits=self.limits,
+                quarantine=False,
             )
+            outcome = prepared.outcome
             for item in outcome.quarantined:
                 chunk.rejects.append((event_lines[item["index"]], item["errors"]))
             if outcome.quarantined:
@@ -452,8 +440,7 @@ class _ImportRun:
             chunk.accepted = len(outcome.lines)
             for channel, n in outcome.channels.items():
                 self.metrics.count_accepted(channel, n)
-            # Bad lines are reported, not quarantined (module docstring): no quarantine records.
-            records = encode_records(outcome.lines, [], outcome.links)
+            records = prepared.records
         await self._settle()
         if records:
             self._in_flight = (asyncio.create_task(self._append(records)), chunk)
@@ -471,7 +458,7 @@ class _ImportRun:
     async def _append(self, records: list[bytes]) -> None:
         """Append, waiting out a full spool for up to ``import_spool_wait_s``: an import is a batch job that
         would rather slow down than fail, while the inserter drains the spool behind it."""
-        await self.spool.append_waiting(records, self.spool_wait_s)
+        await append(self.spool, records, wait_s=self.spool_wait_s)
 
 
 def import_openapi_paths() -> dict[str, Any]:

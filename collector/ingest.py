@@ -3,7 +3,8 @@
 Two levels of failure, on purpose:
 
 * the *request* is bad (not gzip it claims to be, too big, not JSON, no ``batch`` list, no event valid at
-  all): :class:`RequestProblem` → 4xx naming each problem, and nothing from it is stored;
+  all): :class:`journeys.http.ApiError` → 4xx naming each problem (its ``code`` also labels
+  ``journeys_events_rejected_total``), and nothing from it is stored;
 * an *event* is bad inside a request that has good events: that event goes to the quarantine table with
   the reason and its raw JSON, the good ones are accepted, and the response lists which were quarantined.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from journeys.errors import JourneysError
+from journeys.http import ApiError
 from journeys.events import (
     CHANNEL_INDEX,
     EventProblem,
@@ -34,16 +35,6 @@ MAX_NESTING = 254
 _CUT = "(nested too deep: cut here)"
 
 
-class RequestProblem(JourneysError):
-    """The request as a whole is refused; ``errors`` go back in the body and nothing is stored."""
-
-    def __init__(self, status: int, errors: list[dict[str, Any]], reason: str):
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.errors = errors
-        self.reason = reason  # metric label: short, bounded
-
-
 def inflater_for(content_encoding: str) -> Any:
     """A zlib decompressor for ``Content-Encoding`` (``None`` for identity); 415 for any other encoding."""
     encoding = content_encoding.strip().lower()
@@ -51,8 +42,10 @@ def inflater_for(content_encoding: str) -> Any:
         return None
     if encoding in ("gzip", "x-gzip", "deflate"):
         return zlib.decompressobj(zlib.MAX_WBITS if encoding == "deflate" else 16 + zlib.MAX_WBITS)
-    raise RequestProblem(
-        415, [{"field": "Content-Encoding", "reason": "supported encodings: gzip, deflate, identity"}], "bad_encoding"
+    raise ApiError(
+        415,
+        [{"field": "Content-Encoding", "reason": "supported encodings: gzip, deflate, identity"}],
+        code="bad_encoding",
     )
 
 
@@ -66,29 +59,31 @@ def decode_body(raw: bytes, content_encoding: str, max_bytes: int) -> bytes:
         try:
             body = decompressor.decompress(raw, max_bytes + 1)
         except zlib.error as exc:
-            raise RequestProblem(400, [{"field": "body", "reason": f"invalid {encoding} data: {exc}"}], "bad_encoding")
+            raise ApiError(400, [{"field": "body", "reason": f"invalid {encoding} data: {exc}"}], code="bad_encoding")
         if len(body) > max_bytes or decompressor.unconsumed_tail:
             raise _too_large(max_bytes)
         if not decompressor.eof:
-            raise RequestProblem(400, [{"field": "body", "reason": f"truncated {encoding} data"}], "bad_encoding")
+            raise ApiError(400, [{"field": "body", "reason": f"truncated {encoding} data"}], code="bad_encoding")
     if len(body) > max_bytes:
         raise _too_large(max_bytes)
     return body
 
 
-def _too_large(max_bytes: int) -> RequestProblem:
-    return RequestProblem(
-        413, [{"field": "body", "reason": f"request body over the {max_bytes}-byte limit (decompressed)"}], "too_large"
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        413,
+        [{"field": "body", "reason": f"request body over the {max_bytes}-byte limit (decompressed)"}],
+        code="too_large",
     )
 
 
 def parse_json(body: bytes) -> Any:
     if not body:
-        raise RequestProblem(400, [{"field": "body", "reason": "empty body; expected a JSON object"}], "invalid_json")
+        raise ApiError(400, [{"field": "body", "reason": "empty body; expected a JSON object"}], code="invalid_json")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise RequestProblem(400, [{"field": "body", "reason": f"invalid JSON: {exc}"}], "invalid_json") from None
+        raise ApiError(400, [{"field": "body", "reason": f"invalid JSON: {exc}"}], code="invalid_json") from None
 
 
 def events_of(document: Any, route_type: str | None) -> tuple[list[Any], dict[str, Any]]:
@@ -98,7 +93,7 @@ def events_of(document: Any, route_type: str | None) -> tuple[list[Any], dict[st
     ``route_type`` is the type a single-event endpoint implies (``/v1/track`` → ``track``); ``None`` for batch.
     """
     if not isinstance(document, dict):
-        raise RequestProblem(400, [{"field": "body", "reason": "must be a JSON object"}], "invalid_body")
+        raise ApiError(400, [{"field": "body", "reason": "must be a JSON object"}], code="invalid_body")
     if route_type is not None:
         # writeKey is a credential: it must never reach storage (quarantine keeps raw events).
         event = {k: v for k, v in document.items() if k != "writeKey"}
@@ -106,16 +101,16 @@ def events_of(document: Any, route_type: str | None) -> tuple[list[Any], dict[st
         return [event], {}
     batch = document.get("batch")
     if not isinstance(batch, list):
-        raise RequestProblem(400, [{"field": "batch", "reason": "required: a list of events"}], "invalid_body")
+        raise ApiError(400, [{"field": "batch", "reason": "required: a list of events"}], code="invalid_body")
     if not batch:
-        raise RequestProblem(400, [{"field": "batch", "reason": "must not be empty"}], "invalid_body")
+        raise ApiError(400, [{"field": "batch", "reason": "must not be empty"}], code="invalid_body")
     inherited = {k: document[k] for k in ("sentAt", "context") if document.get(k) not in (None, "")}
     if "sentAt" in inherited:
         # Parsed once here, not per event: every event of the batch shares it.
         try:
             inherited["sentAt"] = parse_time_ms(inherited["sentAt"], "sentAt")
         except EventProblem as problem:
-            raise RequestProblem(400, problem.errors, "invalid_body") from None
+            raise ApiError(400, problem.errors, code="invalid_body") from None
     return batch, inherited
 
 

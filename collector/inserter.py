@@ -4,7 +4,7 @@ Large inserts matter: ClickHouse makes one part per insert, so a thousand tiny i
 it in merges. While the spool is caught up the inserter inserts at most once per linger interval, to gather more;
 with a backlog (after an outage) it takes big bites straight away. A failed insert is retried with capped
 exponential backoff, for ever: the spool holds the data, and its cap turns a long outage into 503s at the
-door rather than lost events.
+door rather than lost events. What a record holds is :mod:`collector.records`' to say.
 """
 
 from __future__ import annotations
@@ -16,28 +16,12 @@ import time
 import orjson
 
 from collector.identity import IdentityGraph
+from collector.records import LINKS, TABLES
 from collector.spool import Record, Spool
 from journeys.clickhouse import ClickHouse, ClickHouseError
-from journeys.events import EVENT_COLUMNS, QUARANTINE_COLUMNS
 from journeys.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# A spool record is one kind byte and then JSONCompactEachRow lines, ready for ClickHouse as they are.
-# Identity links ([project_id, kind, from_id, to_id] lines) are resolved after the events are in.
-EVENTS = b"E"
-QUARANTINE = b"Q"
-LINKS = b"L"
-_TABLES = {EVENTS[0]: ("events", EVENT_COLUMNS), QUARANTINE[0]: ("quarantine", QUARANTINE_COLUMNS)}
-
-
-def encode_records(event_lines: list[bytes], quarantine_lines: list[bytes], links: list[bytes] = ()) -> list[bytes]:  # type: ignore[assignment]
-    """The spool payloads for one request: its events and, if any, its quarantined events and links."""
-    records = [EVENTS + b"\n".join(event_lines) + b"\n"] if event_lines else []
-    for kind, lines in ((QUARANTINE, quarantine_lines), (LINKS, links)):
-        if lines:
-            records.append(kind + b"\n".join(lines) + b"\n")
-    return records
 
 
 class Inserter:
@@ -168,13 +152,13 @@ class Inserter:
         for record in records:
             by_kind.setdefault(record.payload[0], []).append(record.payload[1:])
         links = by_kind.pop(LINKS[0], None)
-        for kind in [k for k in by_kind if k not in _TABLES]:
+        for kind in [k for k in by_kind if k not in TABLES]:
             # Only a bug or a spool written by another version makes these: skipping one kind of record is
             # better than stalling every event behind it. Loud, counted, and the data stays in the log line.
             log.error("spool: skipping %d records of unknown kind %r", len(by_kind[kind]), bytes([kind]))
             self.metrics.clickhouse_errors.labels("unknown_record").inc(len(by_kind.pop(kind)))
         for kind, chunks in sorted(by_kind.items()):
-            table, columns = _TABLES[kind]
+            table, columns = TABLES[kind]
             data = b"".join(chunks)
             began = time.perf_counter()
             await self.clickhouse.insert_lines(table, columns, data)

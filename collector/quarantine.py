@@ -9,9 +9,10 @@ lost for good (docs/quarantine.md):
   ``journeys_events_quarantined_total`` (dashboards, the JourneysEventsQuarantined alert).
 * ``GET /v1/quarantine`` on the query service lists them by kind of problem (query/quarantine_api.py).
 * :func:`replay`: re-validates a project's quarantined events with the rules of *this* collector and takes
-  in those that now pass, through the same spool → inserter path as any event (identity links included),
-  then removes their quarantine rows. ``POST /v1/quarantine/replay`` (admin key) runs it in the collector;
-  ``journeys quarantine replay`` (cli/quarantine.py) runs it directly or through that route.
+  in those that now pass, through the same accept steps (:mod:`collector.accept`: validate, encode, append)
+  and spool → inserter path as any event (identity links included), then removes their quarantine rows.
+  ``POST /v1/quarantine/replay`` (admin key) runs it in the collector; ``journeys quarantine replay``
+  (cli/quarantine.py) runs it directly or through that route.
 
 Replay takes each event in **exactly once**: copies of one message (a resent bad event) go in once with
 their messageId; an event sent without one gets an id derived from its quarantine row (request id and batch
@@ -28,7 +29,6 @@ event cut short when quarantined (nested too deep to store) is never replayed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -39,15 +39,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from collector.ingest import _CUT, process_events
-from collector.inserter import encode_records
+from collector.accept import Limits, append, validate
+from collector.appkeys import API_KEYS, METRICS, REPLAY_LOCK, SPOOL, STORES
+from collector.ingest import _CUT
+from collector.records import encode_records
 from collector.spool import Spool, SpoolError
 from journeys.clickhouse import ClickHouse, ClickHouseError
 from journeys.http import ApiError, authorized, json_response
-from journeys.metrics import Metrics
 from journeys.migrate import render_clickhouse_sql
 from journeys.quarantine import SinceError, parse_since, problem_kind
-from journeys.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -304,15 +304,16 @@ def _validate(
             {"field": "(event)", "reason": "kept only in part when quarantined (nested too deep): cannot be replayed"}
         ]
 
+    limits = Limits(max_event_bytes, max_future_ms)
+
     def check(candidate: Any) -> Any:
-        return process_events(
+        return validate(
             [candidate],
             {},
             project_id=project_id,
             received_ms=row.received_ms,
             request_id=row.request_id,
-            max_event_bytes=max_event_bytes,
-            max_future_ms=max_future_ms,
+            limits=limits,
         )
 
     # The event as it was sent decides; only then does an id-less one get its deterministic id (a value
@@ -349,74 +350,71 @@ def record_bytes_for(spool: Spool) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-def add_quarantine_routes(app: web.Application, stores: Stores, metrics: Metrics, spool_key: web.AppKey[Spool]) -> None:
-    """Register ``POST /v1/quarantine/replay``; ``spool_key`` names the app's spool."""
-    app.router.add_post(REPLAY_PATH, _ReplayRoute(stores, metrics, spool_key).handle)
+routes = web.RouteTableDef()
 
 
-class _ReplayRoute:
-    def __init__(self, stores: Stores, metrics: Metrics, spool_key: web.AppKey[Spool]):
-        self.stores = stores
-        self.metrics = metrics
-        self.spool_key = spool_key
-        self.lock = asyncio.Lock()  # one replay at a time per collector
+@routes.post(REPLAY_PATH)
+async def replay_quarantine(request: web.Request) -> web.Response:
+    """Replay the admin key's project; one replay at a time per collector (``app[REPLAY_LOCK]``)."""
+    app = request.app
+    project_id = await _admin_project(request)
+    since_ms = _since_of(await request.read())
+    settings = app[STORES].settings
+    metrics = app[METRICS]
+    spool = app[SPOOL]
 
-    async def handle(self, request: web.Request) -> web.Response:
-        project_id = await _admin_project(request, self.stores)
-        since_ms = _since_of(await request.read())
-        settings = self.stores.settings
-        spool = request.app[self.spool_key]
+    async def append_durably(records: list[bytes]) -> None:
+        await append(spool, records, wait_s=settings.import_spool_wait_s)
 
-        async def append(records: list[bytes]) -> None:
-            await spool.append_waiting(records, settings.import_spool_wait_s)
-
-        async with self.lock:
-            try:
-                report = await replay(
-                    self.stores.clickhouse,
-                    project_id,
-                    append,
-                    cluster=settings.clickhouse_cluster,
-                    since_ms=since_ms,
-                    max_event_bytes=settings.max_event_bytes,
-                    max_future_ms=int(settings.max_clock_skew_future_s * 1000),
-                    record_bytes=record_bytes_for(spool),
-                )
-            except SpoolError as exc:
-                raise ApiError(
-                    503,
-                    [{"field": "server", "reason": f"spool: {exc}; events replayed so far are stored, run again"}],
-                    {"Retry-After": "5"},
-                ) from None
-            except ClickHouseError as exc:
-                self.metrics.clickhouse_errors.labels("quarantine_replay").inc()
-                log.warning("quarantine replay for project %s stopped: ClickHouse: %s", project_id, exc)
-                raise ApiError(
-                    503,
-                    [
-                        {
-                            "field": "server",
-                            "reason": "ClickHouse is unavailable; events replayed so far are stored, run again",
-                        }
-                    ],
-                    {"Retry-After": "5"},
-                ) from None
-        for channel, n in report.channels.items():
-            self.metrics.count_accepted(channel, n)
-        log.info(
-            "quarantine replay for project %s: %d replayed, %d quarantine rows removed, %d still failing",
-            project_id,
-            report.replayed,
-            report.removed_rows,
-            report.still_failing,
-        )
-        return json_response(report.body())
+    async with app[REPLAY_LOCK]:
+        try:
+            report = await replay(
+                app[STORES].clickhouse,
+                project_id,
+                append_durably,
+                cluster=settings.clickhouse_cluster,
+                since_ms=since_ms,
+                max_event_bytes=settings.max_event_bytes,
+                max_future_ms=int(settings.max_clock_skew_future_s * 1000),
+                record_bytes=record_bytes_for(spool),
+            )
+        except SpoolError as exc:
+            raise ApiError(
+                503,
+                [{"field": "server", "reason": f"spool: {exc}; events replayed so far are stored, run again"}],
+                {"Retry-After": "5"},
+            ) from None
+        except ClickHouseError as exc:
+            metrics.clickhouse_errors.labels("quarantine_replay").inc()
+            log.warning("quarantine replay for project %s stopped: ClickHouse: %s", project_id, exc)
+            raise ApiError(
+                503,
+                [
+                    {
+                        "field": "server",
+                        "reason": "ClickHouse is unavailable; events replayed so far are stored, run again",
+                    }
+                ],
+                {"Retry-After": "5"},
+            ) from None
+    for channel, n in report.channels.items():
+        metrics.count_accepted(channel, n)
+    log.info(
+        "quarantine replay for project %s: %d replayed, %d quarantine rows removed, %d still failing",
+        project_id,
+        report.replayed,
+        report.removed_rows,
+        report.still_failing,
+    )
+    return json_response(report.body())
 
 
-async def _admin_project(request: web.Request, stores: Stores) -> str:
+async def _admin_project(request: web.Request) -> str:
     """The project of the request's admin key: 401 without a valid key, 403 for any other kind (ingest keys
     must not rewrite what was kept aside)."""
-    principal = await authorized(request, stores.keys, ("admin",), needed="admin key", cannot="replay quarantine")
+    principal = await authorized(
+        request, request.app[API_KEYS], ("admin",), needed="admin key", cannot="replay quarantine"
+    )
     return principal.project_id
 
 

@@ -10,61 +10,57 @@ project's origins; a secret write key in a URL is refused, as on the beacon rout
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from collector.cors import add_preflight
-from collector.ingest import RequestProblem
-from journeys.http import error_response, json_response, presented_key
+from collector.accept import authorize
+from collector.cors import preflight_get
+from journeys.http import ApiError, json_response, presented_key
 from journeys.openapi import error_response as error_spec
 from journeys.openapi import json_ok, operation
 
 PATHS = ("/sourceConfig", "/sourceConfig/")
 
-Authorize = Callable[[web.Request, str | None], Awaitable[Any]]
+routes = web.RouteTableDef()
 
 
-def add_rudder_config_route(app: web.Application, authorize: Authorize) -> None:
-    async def source_config(request: web.Request) -> web.Response:
-        in_query = request.query.get("writeKey") or None
-        key = presented_key(request) or in_query
-        try:
-            principal = await authorize(request, key)
-            if in_query is not None and (in_query != key or principal.kind != "public"):
-                # Whatever the header says, a secret in the URL is one too many (logs, histories).
-                raise RequestProblem(
-                    403,
-                    [
-                        {
-                            "field": "writeKey",
-                            "reason": "only a public key (jp_…) may be sent in a URL: use a public key in web pages",
-                        }
-                    ],
-                    "key_in_url",
-                )
-        except RequestProblem as problem:
-            return error_response(problem.status, problem.errors, code=problem.reason)
-        return json_response(
-            {
-                "isHosted": True,
-                "source": {
-                    "id": principal.project_id,
-                    "name": principal.project_id,
-                    "writeKey": key,
-                    "workspaceId": principal.project_id,
-                    "enabled": True,
-                    "config": {"statsCollection": {"errors": {"enabled": False}, "metrics": {"enabled": False}}},
-                    "destinations": [],
-                },
-            },
-            headers={"Cache-Control": "no-store"},
+async def source_config(request: web.Request) -> web.Response:
+    in_query = request.query.get("writeKey") or None
+    key = presented_key(request) or in_query
+    principal = await authorize(request, key)
+    if in_query is not None and (in_query != key or principal.kind != "public"):
+        # Whatever the header says, a secret in the URL is one too many (logs, histories).
+        raise ApiError(
+            403,
+            [
+                {
+                    "field": "writeKey",
+                    "reason": "only a public key (jp_…) may be sent in a URL: use a public key in web pages",
+                }
+            ],
+            code="key_in_url",
         )
+    return json_response(
+        {
+            "isHosted": True,
+            "source": {
+                "id": principal.project_id,
+                "name": principal.project_id,
+                "writeKey": key,
+                "workspaceId": principal.project_id,
+                "enabled": True,
+                "config": {"statsCollection": {"errors": {"enabled": False}, "metrics": {"enabled": False}}},
+                "destinations": [],
+            },
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
-    for path in PATHS:
-        app.router.add_get(path, source_config)
-        add_preflight(app, path, "GET")
+
+for _path in PATHS:
+    routes.get(_path)(source_config)
+    routes.route("OPTIONS", _path)(preflight_get)
 
 
 def rudder_config_openapi_paths() -> dict[str, Any]:

@@ -7,7 +7,9 @@ ClickHouse in large batches (few parts, high throughput) and advances a checkpoi
 
 Layout (Kafka-like): the log is a sequence of segment files named by the *logical offset* of their first
 byte (20 digits). A position is one integer across all segments, so "bytes not yet in ClickHouse" is simply
-``durable_position - checkpoint``. A record is ``[u32 length][u32 crc32][u64 written_at_ms][payload]``.
+``durable_position - checkpoint``. A record is ``[u32 length][u32 crc32][u64 written_at_ms][payload]``; the
+payload's own format (a kind byte, then rows ready for ClickHouse) is in :mod:`collector.records`, beside
+this module, which every producer and the inserter import.
 
 Crash safety: records are only appended and acknowledged after fsync, so a crash can only leave a torn
 *tail*. On open the last segment is scanned and truncated to its last whole record, then writes continue in

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from collector.appkeys import TRACKER_SCRIPT
 from journeys.assets import Asset, serve
 from journeys.errors import JourneysError
 from journeys.openapi import operation
@@ -83,10 +84,16 @@ def build_script(source: str | None = None) -> Asset:
     return Asset(body, "application/javascript; charset=utf-8", f"public, max-age={CACHE_SECONDS}")
 
 
-def add_tracker_route(app: web.Application) -> None:
-    """Serve ``GET /t.js``. Built here, at app creation, so a source the minifier refuses stops the start."""
-    script = build_script()
-    app.router.add_get("/t.js", serve(lambda: script))
+routes = web.RouteTableDef()
+
+
+@routes.get("/t.js")
+async def tracker_script(request: web.Request) -> web.Response:
+    """Serve ``app[TRACKER_SCRIPT]``: :func:`build_script`'s, run by create_app, so a source the minifier
+    refuses stops the start."""
+    script = request.app[TRACKER_SCRIPT]
+    response: web.Response = await serve(lambda: script)(request)
+    return response
 
 
 def tracker_openapi_paths() -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Twice a second each collector upserts, in PostgreSQL's ``collector_watermarks`` (one row per spool), the
 receive time of the oldest record still in its spool — not yet inserted, or its identity links not yet
 resolved: the spool's checkpoint moves past a record only after both — or, when the spool holds nothing,
-its clock at the moment it looked. The query service reads it (query/state_updater.py) to say how much of
+its clock at the moment it looked. The query service reads it (query/facts/updater.py) to say how much of
 what was acknowledged the KPIs include; data flows one way, the collector writes and never reads it back.
 
 Why it is true. A 200 is sent after the request's record is durable in the spool, and the record carries
@@ -25,14 +25,14 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
+from collector.appkeys import SPOOL, STORES
 from collector.spool import Spool
-from journeys.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,9 @@ class WatermarkPublisher:
                 pass
 
 
-def publisher(
-    spool_key: web.AppKey[Spool], stores_key: web.AppKey[Stores]
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context for the collector's app, after the one that opens the spool (so it stops first)."""
-
-    async def watermark(app: web.Application) -> AsyncIterator[None]:
-        published = WatermarkPublisher(app[spool_key], app[stores_key].pg)
-        published.start()
-        yield
-        await published.stop()
-
-    return watermark
+async def publishing(app: web.Application) -> AsyncIterator[None]:
+    """The collector app's cleanup context, after the one that opens the spool (so it stops first)."""
+    published = WatermarkPublisher(app[SPOOL], app[STORES].pg)
+    published.start()
+    yield
+    await published.stop()

@@ -24,6 +24,18 @@ class ClickHouseError(JourneysError):
     """A ClickHouse call failed (unreachable, timed out, or the server refused it)."""
 
 
+def table_on_cluster(table: str, cluster: str = "") -> str:
+    """What a statement that changes ``table``'s stored rows at run time (``ALTER TABLE … DROP PARTITION``,
+    ``DELETE FROM``) names: ``table`` on one node; on ``cluster``, ``table_local ON CLUSTER "cluster"``.
+    Queries address ``table``, which on a cluster is the Distributed table over the ``_local`` ones; it holds
+    no rows, so changes go to the local table on every node (the schema's ``{{table}}`` and ``{{on_cluster}}``
+    macros, journeys/migrate.py, say the same for the DDL)."""
+    if not cluster:
+        return table
+    quoted = '"' + cluster.replace('"', '""') + '"'
+    return f"{table}_local ON CLUSTER {quoted}"
+
+
 class ClickHouse:
     """Async facade: ``query``, ``command``, ``insert``, ``ping``. Create with :meth:`connect`."""
 

@@ -30,20 +30,6 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(JourneysError):
-    """Raise from a handler to answer with our error shape; the middleware renders it."""
-
-    def __init__(self, status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None):
-        super().__init__(f"{status}: {errors}")
-        self.status = status
-        self.errors = errors
-        self.headers = headers
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
-
-
 # A short code per status for errors that name none of their own.
 _STATUS_CODES = {
     400: "bad_request",
@@ -58,6 +44,33 @@ _STATUS_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+class ApiError(JourneysError):
+    """Raise from a handler (or anything it calls) to answer with our error shape; the middleware renders
+    it with :func:`error_response`, the one renderer.
+
+    ``errors`` say what is wrong with each field, ``headers`` go on the answer (``Retry-After``,
+    ``WWW-Authenticate``), and ``code`` is the body's short code (by default the status's). The collector
+    also uses ``code`` as the ``reason`` label of ``journeys_events_rejected_total``, so a code is short and
+    from a bounded set, never built from input."""
+
+    def __init__(
+        self,
+        status: int,
+        errors: list[dict[str, Any]],
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(f"{status}: {errors}")
+        self.status = status
+        self.errors = errors
+        self.headers = headers
+        self.code = code or _STATUS_CODES.get(status, f"http_{status}")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
 
 
 def error_response(
@@ -136,7 +149,7 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
         try:
             response = await handler(request)
         except ApiError as exc:
-            response = error_response(exc.status, exc.errors, exc.headers)
+            response = error_response(exc.status, exc.errors, exc.headers, exc.code)
         except web.HTTPException as exc:
             # aiohttp's own refusals (404, 405, 413 from client_max_size…) get our JSON shape too.
             if exc.status < 400:
@@ -178,12 +191,17 @@ def make_middleware(metrics: Metrics, service: str) -> Any:
     return middleware
 
 
+def metrics_response(metrics: Metrics) -> web.Response:
+    """``GET /metrics``'s answer: ``metrics`` in the Prometheus text format."""
+    body, content_type = metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def metrics_handler(metrics: Metrics) -> Handler:
-    """``GET /metrics`` in the Prometheus text format."""
+    """A ``GET /metrics`` handler for ``metrics`` (:func:`metrics_response`)."""
 
     async def handler(_: web.Request) -> web.Response:
-        body, content_type = metrics.exposition()
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return metrics_response(metrics)
 
     return handler
 

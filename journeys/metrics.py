@@ -107,7 +107,7 @@ class Metrics:
             "journeys_rate_limited", "Ingest requests refused 429 by a rate limit, by key kind.", ["kind"], registry=r
         )
 
-        # Per-customer stage state for KPIs (query/state_updater.py).
+        # Per-customer stage state for KPIs (query/facts/updater.py).
         self.kpi_freshness = Gauge(
             "journeys_kpi_freshness_seconds",
             "Seconds between now and the acknowledgement time before which every event is counted in the KPIs "

@@ -24,7 +24,7 @@ class Stores:
     clickhouse: ClickHouse
     pg: asyncpg.Pool
     keys: KeyResolver
-    # Connections that only ever hold the stage-facts view lock (query/stage_state.py) for the length of a KPI
+    # Connections that only ever hold the stage-facts view lock (query/facts/locks.py) for the length of a KPI
     # answer or a facts insert: apart from `pg`, so an answer holding one can still take `pg` connections for
     # its own reads, and a burst of answers can never use up the connections everything else needs.
     pg_locks: asyncpg.Pool | None = None

@@ -10,7 +10,7 @@ fire.) It fires when the metric misses the threshold with at least ``min_decided
 resolves only once the metric meets ``recover_at`` (5 % of the way from the threshold towards the ideal unless
 the rule says): a stage on the edge does not flap.
 
-**When it is judged.** The stage-state updater (query/state_updater.py) says which projects' serving facts
+**When it is judged.** The stage-state updater (query/facts/updater.py) says which projects' serving facts
 changed; their rules are judged right after (at most once a second per project), and every project's rules
 every ``every_s`` as well, because time alone decides customers (an entry whose conversion window closes
 becomes a drop). The evaluator works where the updater leads (one across replicas).
@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -41,8 +41,9 @@ from journeys.stores import Stores
 from query.kpis import ALL, outcome
 from query.reads import iso
 from query.background import Background
-from query.stage_state import DAY_MS, Definitions, MapVersion, consistent_facts, lock_pool
-from query.state_updater import StageStateUpdater, current_definitions, definitions_of_build, serving_build
+from query.facts.builds import current_definitions, definitions_of_build, serving_build
+from query.facts.locks import consistent_facts, lock_pool
+from query.facts.model import DAY_MS, Definitions, MapVersion
 
 log = logging.getLogger(__name__)
 
@@ -417,6 +418,17 @@ def from_jsonb(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
+class FactsChanges(Protocol):
+    """What the evaluator needs of the stage-state updater (:class:`query.facts.updater.StageStateUpdater`):
+    whether it leads, and which projects' serving facts changed. Named here, not imported: alerts read the
+    facts as the KPIs do and depend on the builds, never on the loop that writes them."""
+
+    leader: bool
+    facts_changed: asyncio.Event
+
+    def take_changes(self) -> set[str]: ...
+
+
 class AlertEvaluator(Background):
     """Judges the rules of each project whose facts changed (and all of them every ``every_s``)."""
 
@@ -426,7 +438,7 @@ class AlertEvaluator(Background):
         self,
         stores: Stores,
         metrics: Metrics,
-        updater: StageStateUpdater,
+        updater: FactsChanges,
         *,
         every_s: float = 10.0,
         on_queued: Any = None,

@@ -10,22 +10,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from query import definitions
-from query.alert_rules import redact
 from journeys.http import ApiError, json_response
-from journeys.keys import Principal
-from query.maps import SLUG, SLUG_RULE
-from journeys.stores import Stores
+from query import definitions
 from query.alert_delivery import signing_secret
+from query.alert_rules import redact
 from query.alerts import from_jsonb
+from query.appkeys import STORES
+from query.auth import principal_of
+from query.maps import SLUG, SLUG_RULE
 from query.reads import iso
 
-PrincipalOf = Callable[..., Awaitable[Principal]]
 HISTORY_LIMIT = 50
 SHOWN_ATTEMPTS = 10
 MAX_HISTORY = 1000
@@ -49,28 +47,31 @@ GROUP BY d.id ORDER BY d.event_id, d.url
 """
 
 
-def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
-    async def alerts(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("read", "admin"))
-        pg = request.app[stores_key].pg
-        rule = request.query.get("rule")
-        if rule is not None and not SLUG.match(rule):
-            raise ApiError(400, [{"field": "rule", "reason": SLUG_RULE}])
-        limit = _limit(request)
-        return json_response(await alerts_view(pg, principal.project_id, rule, limit))
+routes = web.RouteTableDef()
 
-    async def get_secret(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("admin",))
-        return json_response({"secret": await signing_secret(request.app[stores_key].pg, principal.project_id)})
 
-    async def rotate_secret(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("admin",))
-        secret = await signing_secret(request.app[stores_key].pg, principal.project_id, rotate=True)
-        return json_response({"secret": secret})
+@routes.get("/v1/alerts")
+async def alerts(request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("read", "admin"))
+    pg = request.app[STORES].pg
+    rule = request.query.get("rule")
+    if rule is not None and not SLUG.match(rule):
+        raise ApiError(400, [{"field": "rule", "reason": SLUG_RULE}])
+    limit = _limit(request)
+    return json_response(await alerts_view(pg, principal.project_id, rule, limit))
 
-    app.router.add_get("/v1/alerts", alerts)
-    app.router.add_get("/v1/alerts/signing-secret", get_secret)
-    app.router.add_post("/v1/alerts/signing-secret", rotate_secret)
+
+@routes.get("/v1/alerts/signing-secret")
+async def get_secret(request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("admin",))
+    return json_response({"secret": await signing_secret(request.app[STORES].pg, principal.project_id)})
+
+
+@routes.post("/v1/alerts/signing-secret")
+async def rotate_secret(request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("admin",))
+    secret = await signing_secret(request.app[STORES].pg, principal.project_id, rotate=True)
+    return json_response({"secret": secret})
 
 
 def _limit(request: web.Request) -> int:

@@ -9,12 +9,11 @@ from typing import Any
 
 from journeys import identities
 from query import definitions
-from journeys.clickhouse import ClickHouse
+from journeys.clickhouse import ClickHouse, table_on_cluster
 from query.maps import segment_matches, validate_segment
 from journeys.errors import JourneysError
-from journeys.migrate import render_clickhouse_sql
 from query.reads import customer_facts
-from query.stage_state import forget_facts
+from query.facts.writer import forget_facts
 
 # Per table: which column holds the ids to forget. Lightweight DELETE: rows vanish from reads at once,
 # the disk space goes with the next merge. On a cluster it runs on the local tables of every node.
@@ -83,11 +82,10 @@ async def forget(ch: ClickHouse, pg: Any, cluster: str, project_id: str, any_id:
     customer_id, ids = await identities.resolve(ch, project_id, any_id)
     params = {"project_id": project_id, "ids": ids}
     for table, column in _FORGET:
-        sql = render_clickhouse_sql(
-            f"DELETE FROM {{{{table {table}}}}} {{{{on_cluster}}}} "
+        sql = (
+            f"DELETE FROM {table_on_cluster(table, cluster)} "
             f"WHERE project_id = {{project_id:String}} AND {column} IN {{ids:Array(String)}} "
-            "SETTINGS lightweight_deletes_sync = 0",  # reads apply it at once (journeys.clickhouse)
-            cluster,
+            "SETTINGS lightweight_deletes_sync = 0"  # reads apply it at once (journeys.clickhouse)
         )
         await ch.command(sql, params)
     await forget_facts(ch, pg, project_id, ids)  # after the events: a refresh from now on finds none

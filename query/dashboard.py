@@ -12,7 +12,7 @@ the plotly version, so an upgrade is picked up at the next revalidation).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -20,6 +20,7 @@ from aiohttp import web
 
 from journeys.assets import Asset, serve
 from journeys.openapi import operation
+from query.appkeys import DASHBOARD
 
 STATIC = "static"
 # Our own assets are small and change with the code: browsers revalidate on every load (cheap with ETag).
@@ -51,25 +52,49 @@ def plotly_asset() -> Asset:
     return Asset(body, "application/javascript; charset=utf-8", PLOTLY_CACHE, f'"plotly-{plotly.__version__}"')
 
 
-def _constant(asset: Asset) -> Callable[[], Asset]:
-    return lambda: asset
+@dataclass
+class Dashboard:
+    """The page and our own assets, read when the app is made (a missing file stops the start, not a page);
+    plotly.js is read at its first request (~4.8 MB nobody may ask for)."""
+
+    page: Asset
+    own: dict[str, Asset]
+    _plotly: Asset | None = None
+
+    @classmethod
+    def load(cls) -> Dashboard:
+        page = _own("index.html", "text/html; charset=utf-8")
+        return cls(page, {path: _own(name, content_type) for path, (name, content_type) in _OWN_ASSETS.items()})
+
+    def plotly(self) -> Asset:
+        if self._plotly is None:
+            self._plotly = plotly_asset()
+        return self._plotly
 
 
-def add_dashboard_routes(app: web.Application) -> None:
-    """``/`` and ``/static/…``. Our own files are read now (a missing file stops the start, not a page)."""
-    page = _own("index.html", "text/html; charset=utf-8")
-    page_headers = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
-    app.router.add_get("/", serve(lambda: page, page_headers))
-    for path, (name, content_type) in _OWN_ASSETS.items():
-        app.router.add_get(path, serve(_constant(_own(name, content_type))))
-    plotly: list[Asset] = []
+PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 
-    def plotly_once() -> Asset:
-        if not plotly:
-            plotly.append(plotly_asset())
-        return plotly[0]
+routes = web.RouteTableDef()
 
-    app.router.add_get("/static/plotly.min.js", serve(plotly_once))
+
+@routes.get("/")
+async def page(request: web.Request) -> web.Response:
+    page = request.app[DASHBOARD].page
+    return await serve(lambda: page, PAGE_HEADERS)(request)
+
+
+async def own_asset(request: web.Request) -> web.Response:
+    asset = request.app[DASHBOARD].own[request.path]
+    return await serve(lambda: asset)(request)
+
+
+for _path in _OWN_ASSETS:
+    routes.get(_path)(own_asset)
+
+
+@routes.get("/static/plotly.min.js")
+async def plotly(request: web.Request) -> web.Response:
+    return await serve(request.app[DASHBOARD].plotly)(request)
 
 
 def dashboard_openapi_paths() -> dict[str, Any]:

@@ -8,6 +8,7 @@ scheme and host only: their paths and user info are secrets (docs/alerts.md).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -15,9 +16,11 @@ import orjson
 import yaml
 from aiohttp import web
 
+from journeys.http import ApiError, error_response, json_response
 from query import definitions
 from query.alert_rules import redact
-from journeys.http import ApiError, error_response, json_response
+from query.appkeys import STORES
+from query.auth import principal_of
 from query.maps import SLUG, SLUG_RULE, DefinitionError, map_warnings, validate_map
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
@@ -25,77 +28,76 @@ MAX_DEPTH = 32  # the deepest real map is ~7 levels (touchpoints[].match.where[]
 MAX_VALUES = 100_000
 
 
-def add_routes(app: web.Application, principal_of: Any, stores_key: Any) -> None:
-    """``principal_of(request, kinds)`` authenticates; ``stores_key`` is the app's Stores AppKey."""
+routes = web.RouteTableDef()
 
-    def handlers(kind: definitions.Kind) -> tuple[Any, Any, Any, Any]:
-        async def list_all(request: web.Request) -> web.Response:
-            principal = await principal_of(request, ("read", "admin"))
-            found = await definitions.latest_of_each(request.app[stores_key].pg, principal.project_id, kind)
-            return json_response({"items": [_shown(v.as_json(), principal) for v in found]})
 
-        async def get_one(request: web.Request) -> web.Response:
-            principal = await principal_of(request, ("read", "admin"))
-            version = version_param(request)
-            name = name_param(request)
-            found = await definitions.get(request.app[stores_key].pg, principal.project_id, kind, name, version)
-            if found is None:
-                what = f"{_WHAT[kind]} {name!r}" + (f" version {version}" if version else "")
-                return error_response(404, [{"field": "name", "reason": f"no {what} in this project"}])
-            return json_response(_shown(found.as_json(), principal))
+async def list_all(kind: definitions.Kind, request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("read", "admin"))
+    found = await definitions.latest_of_each(request.app[STORES].pg, principal.project_id, kind)
+    return json_response({"items": [_shown(v.as_json(), principal) for v in found]})
 
-        async def get_versions(request: web.Request) -> web.Response:
-            principal = await principal_of(request, ("read", "admin"))
-            name = name_param(request)
-            found = await definitions.versions(request.app[stores_key].pg, principal.project_id, kind, name)
-            if not found:
-                return error_response(404, [{"field": "name", "reason": f"no {_WHAT[kind]} {name!r} in this project"}])
-            return json_response(
-                {"name": name, "versions": [{"version": v, "created_at": at.isoformat()} for v, at in found]}
+
+async def get_one(kind: definitions.Kind, request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("read", "admin"))
+    version = version_param(request)
+    name = name_param(request)
+    found = await definitions.get(request.app[STORES].pg, principal.project_id, kind, name, version)
+    if found is None:
+        what = f"{_WHAT[kind]} {name!r}" + (f" version {version}" if version else "")
+        return error_response(404, [{"field": "name", "reason": f"no {what} in this project"}])
+    return json_response(_shown(found.as_json(), principal))
+
+
+async def get_versions(kind: definitions.Kind, request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("read", "admin"))
+    name = name_param(request)
+    found = await definitions.versions(request.app[STORES].pg, principal.project_id, kind, name)
+    if not found:
+        return error_response(404, [{"field": "name", "reason": f"no {_WHAT[kind]} {name!r} in this project"}])
+    return json_response({"name": name, "versions": [{"version": v, "created_at": at.isoformat()} for v, at in found]})
+
+
+async def put(kind: definitions.Kind, request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("admin",))
+    name = name_param(request)
+    document = await read_document(request)
+    if isinstance(document, dict):
+        document.setdefault("name", name)
+        if document["name"] != name:
+            return error_response(
+                400,
+                [{"field": "name", "reason": f"the document is named {document['name']!r}, the URL {name!r}"}],
             )
+    try:
+        async with request.app[STORES].pg.acquire() as conn:
+            if kind == "alert":  # checked against the project's maps and segments too
+                applied = await definitions.apply_alert_rule(conn, principal.project_id, document)
+            else:
+                applied = await definitions.apply(conn, principal.project_id, kind, document)
+    except DefinitionError as exc:
+        return error_response(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
+    except asyncpg.UntranslatableCharacterError:
+        # PostgreSQL text and jsonb cannot hold U+0000; refuse it rather than fail the insert.
+        return error_response(400, [{"field": "body", "reason": "text must not contain NUL (\\u0000)"}])
+    body = {
+        "name": applied.name,
+        "version": applied.version,
+        "previous_version": applied.previous_version,
+        "changed": applied.changed,
+        "diff": applied.diff,
+        # Valid but almost certainly not meant (a rule that can never match): said, not refused.
+        "warnings": map_warnings(validate_map(document)) if kind == "map" else [],
+    }
+    return json_response(body, status=201 if applied.previous_version is None else 200)
 
-        async def put(request: web.Request) -> web.Response:
-            principal = await principal_of(request, ("admin",))
-            name = name_param(request)
-            document = await read_document(request)
-            if isinstance(document, dict):
-                document.setdefault("name", name)
-                if document["name"] != name:
-                    return error_response(
-                        400,
-                        [{"field": "name", "reason": f"the document is named {document['name']!r}, the URL {name!r}"}],
-                    )
-            try:
-                async with request.app[stores_key].pg.acquire() as conn:
-                    if kind == "alert":  # checked against the project's maps and segments too
-                        applied = await definitions.apply_alert_rule(conn, principal.project_id, document)
-                    else:
-                        applied = await definitions.apply(conn, principal.project_id, kind, document)
-            except DefinitionError as exc:
-                return error_response(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
-            except asyncpg.UntranslatableCharacterError:
-                # PostgreSQL text and jsonb cannot hold U+0000; refuse it rather than fail the insert.
-                return error_response(400, [{"field": "body", "reason": "text must not contain NUL (\\u0000)"}])
-            body = {
-                "name": applied.name,
-                "version": applied.version,
-                "previous_version": applied.previous_version,
-                "changed": applied.changed,
-                "diff": applied.diff,
-                # Valid but almost certainly not meant (a rule that can never match): said, not refused.
-                "warnings": map_warnings(validate_map(document)) if kind == "map" else [],
-            }
-            return json_response(body, status=201 if applied.previous_version is None else 200)
 
-        return list_all, get_one, get_versions, put
-
-    for kind, plural in (("map", "maps"), ("segment", "segments"), ("alert", "alerts/rules")):
-        list_all, get_one, get_versions, put = handlers(kind)  # type: ignore[arg-type]
-        app.router.add_get(f"/v1/{plural}", list_all)
-        app.router.add_get(f"/v1/{plural}/{{name}}", get_one)
-        app.router.add_put(f"/v1/{plural}/{{name}}", put)
-        app.router.add_get(f"/v1/{plural}/{{name}}/versions", get_versions)
-
+# The same four routes for each kind of definition, its kind bound to each handler.
+_KINDS: tuple[tuple[definitions.Kind, str], ...] = (("map", "maps"), ("segment", "segments"), ("alert", "alerts/rules"))
+for _kind, _plural in _KINDS:
+    routes.get(f"/v1/{_plural}")(partial(list_all, _kind))
+    routes.get(f"/v1/{_plural}/{{name}}")(partial(get_one, _kind))
+    routes.put(f"/v1/{_plural}/{{name}}")(partial(put, _kind))
+    routes.get(f"/v1/{_plural}/{{name}}/versions")(partial(get_versions, _kind))
 
 _WHAT = {"map": "map", "segment": "segment", "alert": "alert rule"}
 

@@ -16,7 +16,6 @@ keys (``journeys key revoke jw_…``).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
@@ -37,90 +36,94 @@ from journeys.keys import (
     list_keys,
     revoke,
 )
-from journeys.stores import Stores
+from query.appkeys import STORES
+from query.auth import principal_of
 
-PrincipalOf = Callable[..., Awaitable[Principal]]
 
 _PREFIX = re.compile(rf"^[A-Za-z0-9_-]{{1,{PREFIX_CHARS}}}$")
 MAX_BODY_BYTES = 4096
 
 
-def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
-    async def admin(request: web.Request) -> tuple[Principal, bytes]:
-        principal = await principal_of(request, ("read", "admin"))
-        if principal.kind != "admin":
-            raise ApiError(
-                403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot manage keys (admin key)"}]
-            )
-        return principal, hash_key(presented_key(request) or "")
+routes = web.RouteTableDef()
 
-    async def list_(request: web.Request) -> web.Response:
-        principal, current = await admin(request)
-        keys = await list_keys(request.app[stores_key].pg, principal.project_id)
-        return json_response(
-            {
-                "project": principal.project_id,
-                "keys": [{**key.as_json(), "current": key.key_hash == current} for key in keys],
-            }
+
+async def _admin(request: web.Request) -> tuple[Principal, bytes]:
+    principal = await principal_of(request, ("read", "admin"))
+    if principal.kind != "admin":
+        raise ApiError(
+            403, [{"field": "Authorization", "reason": f"a {principal.kind} key cannot manage keys (admin key)"}]
         )
+    return principal, hash_key(presented_key(request) or "")
 
-    async def create(request: web.Request) -> web.Response:
-        principal, _ = await admin(request)
-        kind = _kind(await _body(request))
-        secret, key = await create_key(request.app[stores_key].pg, principal.project_id, kind)
-        return json_response({"key": secret, **key.as_json()}, status=201, headers={"Cache-Control": "no-store"})
 
-    async def delete(request: web.Request) -> web.Response:
-        principal, current = await admin(request)
-        prefix = request.match_info["prefix"]
-        if is_whole_key(prefix):
-            raise ApiError(
-                400,
-                [
-                    {
-                        "field": "prefix",
-                        "reason": "that is a whole key: never put one in a URL (treat it as "
-                        f"leaked); give its prefix, the first {PREFIX_CHARS} characters, as GET /v1/keys lists it",
-                    }
-                ],
-            )
-        if not _PREFIX.match(prefix):
-            raise ApiError(
-                400,
-                [
-                    {
-                        "field": "prefix",
-                        "reason": f"a key's prefix as GET /v1/keys lists it ({PREFIX_CHARS} characters, e.g. jw_AbC)",
-                    }
-                ],
-            )
-        try:
-            outcome = await revoke(
-                request.app[stores_key].pg, prefix, principal.project_id, exact_prefix=True, not_hash=current
-            )
-        except KeyNotFound:
-            raise ApiError(
-                404, [{"field": "prefix", "reason": f"no key of this project has the prefix {prefix!r}"}]
-            ) from None
-        except KeyAmbiguous as exc:
-            listed = "; ".join(f"{k.kind} key created {k.created_at:%Y-%m-%d %H:%M:%S} UTC" for k in exc.candidates)
-            raise ApiError(
-                409,
-                [
-                    {
-                        "field": "prefix",
-                        "reason": f"{len(exc.candidates)} live keys have the prefix "
-                        f"{prefix!r} ({listed}): revoke the one you mean whole, with `journeys key revoke KEY`",
-                    }
-                ],
-            ) from None
-        except KeyInUse as exc:
-            raise ApiError(409, [{"field": "prefix", "reason": str(exc)}]) from None
-        return json_response({"revoked": [k.as_json() for k in outcome.keys], "already_revoked": outcome.already})
+@routes.get("/v1/keys")
+async def list_(request: web.Request) -> web.Response:
+    principal, current = await _admin(request)
+    keys = await list_keys(request.app[STORES].pg, principal.project_id)
+    return json_response(
+        {
+            "project": principal.project_id,
+            "keys": [{**key.as_json(), "current": key.key_hash == current} for key in keys],
+        }
+    )
 
-    app.router.add_get("/v1/keys", list_)
-    app.router.add_post("/v1/keys", create)
-    app.router.add_delete("/v1/keys/{prefix}", delete)
+
+@routes.post("/v1/keys")
+async def create(request: web.Request) -> web.Response:
+    principal, _ = await _admin(request)
+    kind = _kind(await _body(request))
+    secret, key = await create_key(request.app[STORES].pg, principal.project_id, kind)
+    return json_response({"key": secret, **key.as_json()}, status=201, headers={"Cache-Control": "no-store"})
+
+
+@routes.delete("/v1/keys/{prefix}")
+async def delete(request: web.Request) -> web.Response:
+    principal, current = await _admin(request)
+    prefix = request.match_info["prefix"]
+    if is_whole_key(prefix):
+        raise ApiError(
+            400,
+            [
+                {
+                    "field": "prefix",
+                    "reason": "that is a whole key: never put one in a URL (treat it as "
+                    f"leaked); give its prefix, the first {PREFIX_CHARS} characters, as GET /v1/keys lists it",
+                }
+            ],
+        )
+    if not _PREFIX.match(prefix):
+        raise ApiError(
+            400,
+            [
+                {
+                    "field": "prefix",
+                    "reason": f"a key's prefix as GET /v1/keys lists it ({PREFIX_CHARS} characters, e.g. jw_AbC)",
+                }
+            ],
+        )
+    try:
+        outcome = await revoke(
+            request.app[STORES].pg, prefix, principal.project_id, exact_prefix=True, not_hash=current
+        )
+    except KeyNotFound:
+        raise ApiError(
+            404, [{"field": "prefix", "reason": f"no key of this project has the prefix {prefix!r}"}]
+        ) from None
+    except KeyAmbiguous as exc:
+        listed = "; ".join(f"{k.kind} key created {k.created_at:%Y-%m-%d %H:%M:%S} UTC" for k in exc.candidates)
+        raise ApiError(
+            409,
+            [
+                {
+                    "field": "prefix",
+                    "reason": f"{len(exc.candidates)} live keys have the prefix "
+                    f"{prefix!r} ({listed}): revoke the one you mean whole, with `journeys key revoke KEY`",
+                }
+            ],
+        ) from None
+    except KeyInUse as exc:
+        raise ApiError(409, [{"field": "prefix", "reason": str(exc)}]) from None
+    return json_response({"revoked": [k.as_json() for k in outcome.keys], "already_revoked": outcome.already})
 
 
 async def _body(request: web.Request) -> Any:

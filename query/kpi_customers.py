@@ -2,7 +2,7 @@
 
 ``/v1/kpis/customers`` lists the customers one stage count of ``/v1/kpis`` counts — reached, entered,
 converted, dropped or in progress — by exactly the same definitions (docs/kpis.md): it reads the same
-``stage_facts`` build the KPIs read, under the same :func:`~query.stage_state.consistent_facts` lock, with the
+``stage_facts`` build the KPIs read, under the same :func:`~query.facts.locks.consistent_facts` lock, with the
 same window and the same ``now`` rules (an open entry is dropped iff entered(S) + W <= now, to the ms). The
 KPIs sum the facts' projections; this reads the per-customer entry facts, filtered by the same conditions,
 so the length of a list equals its count. Each customer comes with when they entered the stage, their
@@ -26,9 +26,9 @@ import csv
 import dataclasses
 import io
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import orjson
 from aiohttp import web
@@ -38,11 +38,14 @@ from journeys.clickhouse import ClickHouse
 from journeys.http import ApiError, json_response
 from journeys.keys import Principal
 from journeys.stores import Stores
-from query.kpis import ALL, KpiRequest
+from query.appkeys import STORES
+from query.auth import principal_of
+from query.kpis import ALL, KpiHeader, KpiRequest
 from query.kpis_api import FIRST_DAY, INCLUDES_HEADER, INCLUDES_SQL, LAST_DAY, parse_kpi_request, with_includes
 from query.reads import ID_CHUNK, iso
-from query.stage_state import consistent_facts, conversion_window_ms, lock_pool
-from query.state_updater import serving_build
+from query.facts.builds import serving_build
+from query.facts.locks import consistent_facts, lock_pool
+from query.facts.model import conversion_window_ms
 
 OUTCOMES = ("reached", "entered", "converted", "dropped", "in_progress")
 DEFAULT_LIMIT = 100
@@ -50,8 +53,6 @@ MAX_LIMIT = 1000
 CSV_PAGE = ID_CHUNK  # customers per read when streaming a CSV (each page one state of the facts)
 TOP = 10  # entries in each drop-off ranking
 CURSOR_VERSION = 1
-
-PrincipalOf = Callable[[web.Request], Awaitable[Principal]]
 
 # The net entry facts of one stage and segment key, filtered by the outcome's conditions ({conditions}, and
 # {after} for a page after the first, are replaced by constant SQL chosen here; every value is a bound
@@ -139,6 +140,66 @@ FROM (
 WHERE t > s AND t <= e
 GROUP BY customer, tp, chan
 """
+
+
+class LastTouch(TypedDict):
+    touchpoint: str
+    channel: str
+    at: str
+
+
+class BroughtInBy(TypedDict):
+    touchpoint: str
+    channel: str
+
+
+class CustomerRow(TypedDict):
+    """One customer of a list: when they entered the stage, their outcome there, what brought them in, their
+    current stage and their last touch (None without events)."""
+
+    customer_id: str
+    entered_at: str
+    outcome: str | None  # None at the last stage: there is no next stage
+    moved_on_at: str | None
+    brought_in_by: BroughtInBy
+    current_stage: str | None
+    last_touch: LastTouch | None
+
+
+class StageRef(TypedDict):
+    id: str
+    name: str
+    index: int
+    conversion_window_days: float
+
+
+class ListHeader(KpiHeader):
+    """What both answers start with: the KPI header, the segment and the stage."""
+
+    segment: str | None
+    stage: StageRef
+
+
+class Ranked(TypedDict, total=False):
+    """A drop-off ranking entry: ``touchpoint`` or ``channel``, the customers, and (after entry) their events."""
+
+    touchpoint: str
+    channel: str
+    customers: int
+    events: int
+
+
+class AfterEntry(TypedDict):
+    customers: int
+    touchpoints: list[Ranked]
+    channels: list[Ranked]
+
+
+class DroppedSummary(TypedDict):
+    dropped: int
+    last_touchpoints: list[Ranked]
+    last_channels: list[Ranked]
+    after_entry: AfterEntry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +316,7 @@ def _chunks(members: dict[str, set[str]]) -> Iterable[dict[str, set[str]]]:
         yield group
 
 
-async def last_touches(ch: ClickHouse, project_id: str, members: dict[str, set[str]]) -> dict[str, dict[str, Any]]:
+async def last_touches(ch: ClickHouse, project_id: str, members: dict[str, set[str]]) -> dict[str, LastTouch]:
     """Each customer's latest event (journey order over all their ids, each message once): its touchpoint,
     channel and time. Customers without events are absent."""
     best: dict[str, tuple[int, int, str, str, str]] = {}
@@ -304,7 +365,7 @@ def _outcome_of(request: ListRequest, entry: Entry) -> str | None:
 
 async def _rows(
     ch: ClickHouse, request: ListRequest, entries: list[Entry], stages: dict[str, int]
-) -> list[dict[str, Any]]:
+) -> list[CustomerRow]:
     customers = [e.customer_id for e in entries]
     touches = await last_touches(
         ch, request.kpi.project_id, await identities.members_of(ch, request.kpi.project_id, customers)
@@ -324,7 +385,7 @@ async def _rows(
     ]
 
 
-def _header(request: ListRequest) -> dict[str, Any]:
+def _header(request: ListRequest) -> ListHeader:
     kpi = request.kpi
     stage = kpi.stages[request.stage]
     return {
@@ -472,11 +533,11 @@ def _csv_cell(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def _csv_lines(rows: list[dict[str, Any]]) -> str:
+def _csv_lines(rows: list[CustomerRow]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     for row in rows:
-        touch = row["last_touch"] or {}
+        touch: Mapping[str, object] = row["last_touch"] or {}
         writer.writerow(
             [
                 _csv_cell(v)
@@ -497,114 +558,124 @@ def _csv_lines(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
-    """``GET /v1/kpis/customers`` and ``GET /v1/kpis/dropped`` (read key)."""
+routes = web.RouteTableDef()  # GET /v1/kpis/customers and GET /v1/kpis/dropped (read key)
 
-    async def read_page(
-        ch: ClickHouse, request: ListRequest, limit: int, after: tuple[int, str] | None, with_total: bool
-    ) -> tuple[list[Entry], dict[str, int], int | None]:
-        """One page of the list (``limit`` + 1 entries: one more says there is more) and its customers' current
-        stages; call under :func:`consistent_facts`, so that it is one state of the facts."""
-        entries, total = await asyncio.gather(
-            entries_page(ch, request, limit + 1, after),
-            count_entries(ch, request) if with_total else asyncio.sleep(0, None),
+
+async def _read_page(
+    ch: ClickHouse, request: ListRequest, limit: int, after: tuple[int, str] | None, with_total: bool
+) -> tuple[list[Entry], dict[str, int], int | None]:
+    """One page of the list (``limit`` + 1 entries: one more says there is more) and its customers' current
+    stages; call under :func:`consistent_facts`, so that it is one state of the facts."""
+    entries, total = await asyncio.gather(
+        entries_page(ch, request, limit + 1, after),
+        count_entries(ch, request) if with_total else asyncio.sleep(0, None),
+    )
+    stages = await current_stages(ch, request, [e.customer_id for e in entries[:limit]])
+    return entries, stages, total
+
+
+@routes.get("/v1/kpis/customers")
+async def customers(request: web.Request) -> web.StreamResponse:
+    stores = request.app[STORES]
+    principal = await principal_of(request)
+    limit = _limit(request)
+    ch = stores.clickhouse
+    # As /v1/kpis: the serving build and the facts read while no facts write can become visible.
+    async with consistent_facts(lock_pool(stores), principal.project_id):
+        acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
+        list_request, csv_wanted, cursor = await _list_request(request, principal, stores)
+        after = None if cursor is None else (cursor[9], cursor[10])
+        size = CSV_PAGE if csv_wanted else limit
+        entries, stages, total = await _read_page(ch, list_request, size, after, not csv_wanted)
+    if csv_wanted:
+        return await _stream_csv(
+            request, stores, principal.project_id, list_request, acknowledged_before, entries, stages
         )
-        stages = await current_stages(ch, request, [e.customer_id for e in entries[:limit]])
-        return entries, stages, total
-
-    async def customers(request: web.Request) -> web.StreamResponse:
-        stores = request.app[stores_key]
-        principal = await principal_of(request)
-        limit = _limit(request)
-        ch = stores.clickhouse
-        # As /v1/kpis: the serving build and the facts read while no facts write can become visible.
-        async with consistent_facts(lock_pool(stores), principal.project_id):
-            acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
-            list_request, csv_wanted, cursor = await _list_request(request, principal, stores)
-            after = None if cursor is None else (cursor[9], cursor[10])
-            size = CSV_PAGE if csv_wanted else limit
-            entries, stages, total = await read_page(ch, list_request, size, after, not csv_wanted)
-        if csv_wanted:
-            return await stream_csv(
-                request, stores, principal.project_id, list_request, acknowledged_before, entries, stages
-            )
-        more = len(entries) > limit
-        entries = entries[:limit]
-        body = {
-            **_header(list_request),
-            "outcome": list_request.outcome,
-            "total": total,
-            "customers": await _rows(ch, list_request, entries, stages),
-            "next_cursor": _cursor(list_request, (entries[-1].at_ms, entries[-1].customer_id)) if more else None,
-        }
-        result = with_includes(body, acknowledged_before)
-        headers = {INCLUDES_HEADER: result["includes"]["acknowledged_before"]} if acknowledged_before else {}
-        return json_response(result, headers=headers)
-
-    async def stream_csv(
-        request: web.Request,
-        stores: Stores,
-        project_id: str,
-        list_request: ListRequest,
-        acknowledged_before: datetime | None,
-        entries: list[Entry],
-        stages: dict[str, int],
-    ) -> web.StreamResponse:
-        """Every page, CSV_PAGE customers at a time, each page from one state of the facts (the lock is not held
-        while the client reads: a slow download must not hold up the facts writer)."""
-        name = f"customers-{list_request.kpi.journey_map.name}-{list_request.stage_id}-{list_request.outcome}"
-        headers = {"Content-Disposition": f'attachment; filename="{name}.csv"'}
-        if acknowledged_before:
-            headers[INCLUDES_HEADER] = iso(acknowledged_before)
-        response = web.StreamResponse(headers=headers)
-        response.content_type = "text/csv"
-        await response.prepare(request)
-        await response.write((",".join(CSV_COLUMNS) + "\n").encode())
-        while True:
-            more = len(entries) > CSV_PAGE
-            entries = entries[:CSV_PAGE]
-            await response.write(_csv_lines(await _rows(stores.clickhouse, list_request, entries, stages)).encode())
-            if not more:
-                break
-            after = (entries[-1].at_ms, entries[-1].customer_id)
-            async with consistent_facts(lock_pool(stores), project_id):
-                if (await serving_build(stores.pg, project_id)).number != list_request.kpi.build:
-                    # New definitions serve now and the old facts go: the rest cannot be read. Cut the
-                    # connection so the download fails rather than ending short as if complete.
-                    if request.transport is not None:
-                        request.transport.close()
-                    return response
-                entries, stages, _ = await read_page(stores.clickhouse, list_request, CSV_PAGE, after, False)
-        await response.write_eof()
-        return response
-
-    async def dropped(request: web.Request) -> web.Response:
-        stores = request.app[stores_key]
-        principal = await principal_of(request)
-        for name in ("outcome", "cursor", "limit"):
-            if name in request.query:
-                raise ApiError(400, [{"field": name, "reason": "not a parameter of /v1/kpis/dropped"}])
-        if request.query.get("format", "json") != "json":
-            raise ApiError(400, [{"field": "format", "reason": "must be json"}])
-        async with consistent_facts(lock_pool(stores), principal.project_id):
-            acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
-            list_request, _, _ = await _list_request(request, principal, stores, outcome_required=False)
-            entries = await entries_page(stores.clickhouse, list_request, 2**31, None)
-        body = {**_header(list_request), **await dropped_summary(stores.clickhouse, list_request, entries)}
-        result = with_includes(body, acknowledged_before)
-        headers = {INCLUDES_HEADER: result["includes"]["acknowledged_before"]} if acknowledged_before else {}
-        return json_response(result, headers=headers)
-
-    app.router.add_get("/v1/kpis/customers", customers)
-    app.router.add_get("/v1/kpis/dropped", dropped)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    body = {
+        **_header(list_request),
+        "outcome": list_request.outcome,
+        "total": total,
+        "customers": await _rows(ch, list_request, entries, stages),
+        "next_cursor": _cursor(list_request, (entries[-1].at_ms, entries[-1].customer_id)) if more else None,
+    }
+    result = with_includes(body, acknowledged_before)
+    headers = {INCLUDES_HEADER: result["includes"]["acknowledged_before"]} if acknowledged_before else {}
+    return json_response(result, headers=headers)
 
 
-def _ranked(counts: dict[str, int], label: str, events: dict[str, int] | None = None) -> list[dict[str, Any]]:
+async def _stream_csv(
+    request: web.Request,
+    stores: Stores,
+    project_id: str,
+    list_request: ListRequest,
+    acknowledged_before: datetime | None,
+    entries: list[Entry],
+    stages: dict[str, int],
+) -> web.StreamResponse:
+    """Every page, CSV_PAGE customers at a time, each page from one state of the facts (the lock is not held
+    while the client reads: a slow download must not hold up the facts writer)."""
+    name = f"customers-{list_request.kpi.journey_map.name}-{list_request.stage_id}-{list_request.outcome}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}.csv"'}
+    if acknowledged_before:
+        headers[INCLUDES_HEADER] = iso(acknowledged_before)
+    response = web.StreamResponse(headers=headers)
+    response.content_type = "text/csv"
+    await response.prepare(request)
+    await response.write((",".join(CSV_COLUMNS) + "\n").encode())
+    while True:
+        more = len(entries) > CSV_PAGE
+        entries = entries[:CSV_PAGE]
+        await response.write(_csv_lines(await _rows(stores.clickhouse, list_request, entries, stages)).encode())
+        if not more:
+            break
+        after = (entries[-1].at_ms, entries[-1].customer_id)
+        async with consistent_facts(lock_pool(stores), project_id):
+            if (await serving_build(stores.pg, project_id)).number != list_request.kpi.build:
+                # New definitions serve now and the old facts go: the rest cannot be read. Cut the
+                # connection so the download fails rather than ending short as if complete.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            entries, stages, _ = await _read_page(stores.clickhouse, list_request, CSV_PAGE, after, False)
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/kpis/dropped")
+async def dropped(request: web.Request) -> web.Response:
+    stores = request.app[STORES]
+    principal = await principal_of(request)
+    for name in ("outcome", "cursor", "limit"):
+        if name in request.query:
+            raise ApiError(400, [{"field": name, "reason": "not a parameter of /v1/kpis/dropped"}])
+    if request.query.get("format", "json") != "json":
+        raise ApiError(400, [{"field": "format", "reason": "must be json"}])
+    async with consistent_facts(lock_pool(stores), principal.project_id):
+        acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
+        list_request, _, _ = await _list_request(request, principal, stores, outcome_required=False)
+        entries = await entries_page(stores.clickhouse, list_request, 2**31, None)
+    body = {**_header(list_request), **await dropped_summary(stores.clickhouse, list_request, entries)}
+    result = with_includes(body, acknowledged_before)
+    headers = {INCLUDES_HEADER: result["includes"]["acknowledged_before"]} if acknowledged_before else {}
+    return json_response(result, headers=headers)
+
+
+def _ranked(
+    counts: dict[str, int], label: Literal["touchpoint", "channel"], events: dict[str, int] | None = None
+) -> list[Ranked]:
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
-    return [{label: k, "customers": v, **({} if events is None else {"events": events[k]})} for k, v in ranked]
+    out: list[Ranked] = []
+    for k, v in ranked:
+        entry: Ranked = {"touchpoint": k, "customers": v} if label == "touchpoint" else {"channel": k, "customers": v}
+        if events is not None:
+            entry["events"] = events[k]
+        out.append(entry)
+    return out
 
 
-async def dropped_summary(ch: ClickHouse, request: ListRequest, entries: list[Entry]) -> dict[str, Any]:
+async def dropped_summary(ch: ClickHouse, request: ListRequest, entries: list[Entry]) -> DroppedSummary:
     """What the customers who dropped at the stage (``entries``) did last, and after entering it."""
     project_id = request.kpi.project_id
     members = await identities.members_of(ch, project_id, [e.customer_id for e in entries])

@@ -5,18 +5,17 @@ The body is ``{"map": {…}, "segment": {…}}`` in the map and segment formats 
 the project's segments, or replaces the one of its name), or a bare map; JSON, or YAML with a YAML
 Content-Type. The query parameters are those of ``GET /v1/kpis`` without ``map`` and ``version``.
 
-ClickHouse computes every customer's facts for the draft into a build of its own (:mod:`query.facts_sql`,
+ClickHouse computes every customer's facts for the draft into a build of its own (:mod:`query.facts.compute`,
 the computation a published map gets), the ordinary KPI code answers from that build, and the build is
 deleted. So a preview is what ``GET /v1/kpis`` answers once the draft is applied and computed, by
 construction (tests/test_kpi_preview.py checks it). Preview builds are numbered from
-``query.stage_state.PREVIEW_BUILDS`` up, apart from published builds, and a rebuild's clean-up spares the
+``query.facts.builds.PREVIEW_BUILDS`` up, apart from published builds, and a rebuild's clean-up spares the
 ones still being read. A preview costs what a rebuild does (every customer's facts): one runs at a time per
 query service, the others wait their turn.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import date, datetime
 from typing import Any
@@ -27,11 +26,21 @@ from query import definitions
 from journeys.clickhouse import ClickHouse
 from journeys.http import ApiError, json_response
 from query.maps import DefinitionError, Segment, validate_map, validate_segment
-from journeys.stores import Stores
+from query.appkeys import KPI_PREVIEWS, STORES
+from query.auth import principal_of
 from query.definitions_api import read_document
-from query.kpis import ALL, KpiRequest, stage_kpis, to_csv
+from query.kpis import ALL, KpiAnswer, KpiRequest, stage_kpis, to_csv
 from query.kpis_api import parse_window
-from query.stage_state import Definitions, StateWriter, drop_build, preview_build
+from query.facts.builds import drop_build, preview_build
+from query.facts.model import Definitions
+from query.facts.writer import StateWriter
+
+
+class PreviewAnswer(KpiAnswer):
+    """``POST /v1/kpis/preview``: what ``GET /v1/kpis`` answers, marked as a preview (``map.version`` is None:
+    nothing was published)."""
+
+    preview: bool
 
 
 def draft_of(document: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -98,7 +107,7 @@ async def preview_kpis(
     first_day: date,
     last_day: date,
     now: datetime,
-) -> dict[str, Any]:
+) -> PreviewAnswer:
     """The KPIs of the draft ``defs`` (one map), computed over all data into a preview build, then deleted."""
     build = preview_build(int(time.time() * 1000))
     mv = defs.maps[0]
@@ -124,34 +133,33 @@ async def preview_kpis(
     return {"preview": True, **result}
 
 
-def add_route(app: web.Application, principal_of: Any, stores_key: web.AppKey[Stores]) -> None:
-    one_at_a_time = asyncio.Lock()  # per app: a preview takes every core ClickHouse has, as a rebuild does
+routes = web.RouteTableDef()
 
-    async def preview(request: web.Request) -> web.Response:
-        stores = request.app[stores_key]
-        principal = await principal_of(request)
-        first_day, last_day, now, csv = parse_window(request.query)
-        map_doc, segment_doc = draft_of(await read_document(request))
-        defs = await draft_definitions(stores.pg, principal.project_id, map_doc, segment_doc)
-        segments = segments_asked(request.query.get("segment"), defs)
-        async with one_at_a_time:
-            result = await preview_kpis(
-                stores.clickhouse,
-                stores.pg,
-                stores.settings.clickhouse_cluster,
-                principal.project_id,
-                defs,
-                segments,
-                first_day,
-                last_day,
-                now,
-            )
-        if not csv:
-            return json_response(result)
-        return web.Response(
-            text=to_csv(result),
-            content_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="kpis-preview-{defs.maps[0].name}.csv"'},
+
+@routes.post("/v1/kpis/preview")
+async def preview(request: web.Request) -> web.Response:
+    stores = request.app[STORES]
+    principal = await principal_of(request)
+    first_day, last_day, now, csv = parse_window(request.query)
+    map_doc, segment_doc = draft_of(await read_document(request))
+    defs = await draft_definitions(stores.pg, principal.project_id, map_doc, segment_doc)
+    segments = segments_asked(request.query.get("segment"), defs)
+    async with request.app[KPI_PREVIEWS]:  # a preview takes every core ClickHouse has, as a rebuild does
+        result = await preview_kpis(
+            stores.clickhouse,
+            stores.pg,
+            stores.settings.clickhouse_cluster,
+            principal.project_id,
+            defs,
+            segments,
+            first_day,
+            last_day,
+            now,
         )
-
-    app.router.add_post("/v1/kpis/preview", preview)
+    if not csv:
+        return json_response(result)
+    return web.Response(
+        text=to_csv(result),
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="kpis-preview-{defs.maps[0].name}.csv"'},
+    )

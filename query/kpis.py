@@ -1,7 +1,7 @@
 """Stage KPIs per customer segment, from the stage facts (never from a rescan of events or customers).
 
 Every number follows the definitions in docs/kpis.md; tests compare them with a brute-force computation over
-raw events. The queries read the projections of ``stage_facts`` (query/stage_state.py writes the facts):
+raw events. The queries read the projections of ``stage_facts`` (query/facts/ writes the facts):
 pre-aggregated counts per segment, stage and day for entries, moves, sentiments and entry sources, and the
 entries ordered by wait for the exact quantiles and for the one boundary day per stage where dropped vs in
 progress depends on the time of day. The whole window (:func:`stage_kpis`) and the daily series
@@ -16,70 +16,74 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
-from typing import Any
+from string import Template
+from typing import Any, Literal, TypedDict
 
 from journeys.clickhouse import ClickHouse
 from query.maps import JourneyMap, Stage
 from query.reads import iso
-from query.stage_state import DAY_MS, conversion_window_ms
+from query.facts.model import DAY_MS, conversion_window_ms
 
 TOP = 5
 ALL = ""  # the segment key of "all customers"
 
-# Every query reads a projection of stage_facts (migration 0006), never per-customer rows; `{day}` is
-# `day` for the daily series and a constant for the whole window. apply_mutations_on_fly = 0: a pending
-# DELETE (old builds, garbage only) must not push the read off the projections.
+# Every query reads a projection of stage_facts (migration 0006), never per-customer rows; `$day` is `day`
+# for the daily series and a constant for the whole window. apply_mutations_on_fly = 0: a pending DELETE
+# (old builds, garbage only) must not push the read off the projections.
+#
+# The queries are string.Template texts, filled in by one function (_sql): `$name` is SQL text chosen here
+# (these fragments, the grouping expression, _OPEN_SQL's ranges), `{name:Type}` a value clickhouse-connect
+# binds, written as ClickHouse reads it.
 _WHERE = (
-    "project_id = {{project_id:String}} AND build = {{build:UInt64}} AND map_name = {{map_name:String}} "
-    "AND segment IN {{segments:Array(String)}}"
+    "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String} "
+    "AND segment IN {segments:Array(String)}"
 )
-_IN_WINDOW = "day >= {{first_day:Date}} AND day <= {{last_day:Date}}"
+_IN_WINDOW = "day >= {first_day:Date} AND day <= {last_day:Date}"
 _SETTINGS = "SETTINGS apply_mutations_on_fly = 0"
 
 # Entries by stage (and day): reached counts every entry up to the window's end; dropped and in progress
 # are decided by the day where that is the whole day's answer — before the stage's boundary day every
 # window has closed, after it none has. Of the boundary day's open entries, _OPEN_SQL counts those still in
 # progress; the rest (boundary_open - in progress) are dropped.
-_ENTRIES_SQL = f"""
+_ENTRIES_SQL = """
 SELECT seg, stage, d,
        sum(c) AS reached_n,
-       sumIf(c, day >= {{{{first_day:Date}}}}) AS entered_n,
-       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 1) AS converted_n,
-       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day < {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS dropped_n,
-       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day > {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS in_progress_n,
-       sumIf(c, day >= {{{{first_day:Date}}}} AND converted = 0 AND day = {{{{boundary_days:Array(Date)}}}}[stage + 1]) AS boundary_open_n
+       sumIf(c, day >= {first_day:Date}) AS entered_n,
+       sumIf(c, day >= {first_day:Date} AND converted = 1) AS converted_n,
+       sumIf(c, day >= {first_day:Date} AND converted = 0 AND day < {boundary_days:Array(Date)}[stage + 1]) AS dropped_n,
+       sumIf(c, day >= {first_day:Date} AND converted = 0 AND day > {boundary_days:Array(Date)}[stage + 1]) AS in_progress_n,
+       sumIf(c, day >= {first_day:Date} AND converted = 0 AND day = {boundary_days:Array(Date)}[stage + 1]) AS boundary_open_n
 FROM (  -- plain sum(n) by projection keys inside: ClickHouse answers that from the counts projection, not sumIf
-    SELECT segment AS seg, stage, {{day}} AS d, day, converted, sum(n) AS c
+    SELECT segment AS seg, stage, $day AS d, day, converted, sum(n) AS c
     FROM stage_facts
-    WHERE {_WHERE} AND fact = 'entry' AND day <= {{{{last_day:Date}}}}
+    WHERE $where AND fact = 'entry' AND day <= {last_day:Date}
     GROUP BY seg, stage, d, day, converted
 )
 GROUP BY seg, stage, d
-{_SETTINGS}
+$settings
 """
 
 # Open entries of a boundary day entered after the stage's cutoff (now - W): still in progress. One
 # `stage AND day AND at` range per stage (filled in by _open_entries), with wait_ms = 0 (true of every open
 # entry) so the waits projection's key — ... converted, wait_bucket, day, wait_ms, at — bounds each range
 # to exactly those rows.
-_OPEN_SQL = f"""
-SELECT segment AS seg, stage, {{day}} AS d, sum(n) AS in_progress_n
+_OPEN_SQL = """
+SELECT segment AS seg, stage, $day AS d, sum(n) AS in_progress_n
 FROM stage_facts
-WHERE {_WHERE} AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND wait_ms = 0 AND ({{ranges}})
+WHERE $where AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND wait_ms = 0 AND ($ranges)
 GROUP BY seg, stage, d
-{_SETTINGS}
+$settings
 """
 _OPEN_RANGE = (
-    "(stage = {{open_stage_{i}:UInt16}} AND day = {{open_day_{i}:Date}} "
-    "AND at > fromUnixTimestamp64Milli({{open_cutoff_{i}:Int64}}, 'UTC'))"
+    "(stage = {open_stage_${i}:UInt16} AND day = {open_day_${i}:Date} "
+    "AND at > fromUnixTimestamp64Milli({open_cutoff_${i}:Int64}, 'UTC'))"
 )
 
-_CONVERTED_WAITS = f"""
-FROM stage_facts
-WHERE {_WHERE} AND fact = 'entry' AND converted = 1 AND {_IN_WINDOW}"""
+_CONVERTED_WAITS = "\nFROM stage_facts\nWHERE " + _WHERE + " AND fact = 'entry' AND converted = 1 AND " + _IN_WINDOW
 
 # Exact nearest-rank quantiles of the time to convert, in two small reads instead of ranking every wait:
 # (1) per stage (and day), net counts per wait bin (the histogram); Python finds the bin holding each wanted
@@ -87,61 +91,240 @@ WHERE {_WHERE} AND fact = 'entry' AND converted = 1 AND {_IN_WINDOW}"""
 # (_median_bounds) — and the rank inside it, in integer arithmetic (the ranks of quantileExactLow at 0.5 and
 # 0.9 - 1e-10, without floating point); (2) only those bins' waits, netted (+1/-1 pairs of a withdrawn fact
 # cancel) and ranked.
-_WAIT_HISTOGRAMS_SQL = f"""
+_WAIT_HISTOGRAMS_SQL = """
 SELECT seg, stage, d, arraySort(groupArray((b, c))) AS histogram
 FROM (
-    SELECT segment AS seg, stage, {{day}} AS d, wait_bucket AS b, sum(n) AS c {_CONVERTED_WAITS}
+    SELECT segment AS seg, stage, $day AS d, wait_bucket AS b, sum(n) AS c $converted_waits
     GROUP BY seg, stage, d, b
     HAVING c > 0
 )
 GROUP BY seg, stage, d
-{_SETTINGS}
+$settings
 """
 
-_QUANTILE_PICK_SQL = f"""
+_QUANTILE_PICK_SQL = """
 SELECT seg, stage, d, b, asked, arrayMap(r -> vc[arrayFirstIndex(s -> s >= r, cum)].1, asked) AS picked
 FROM (
     SELECT seg, stage, d, b, arraySort(groupArray((w, c))) AS vc, arrayCumSum(arrayMap(x -> x.2, vc)) AS cum,
-           {{{{ranks:Array(Array(UInt64))}}}}[indexOf({{{{bins:Array(Tuple(String, UInt16, Date, UInt16))}}}},
+           {ranks:Array(Array(UInt64))}[indexOf({bins:Array(Tuple(String, UInt16, Date, UInt16))},
                                                  (toString(seg), stage, d, b))] AS asked
     FROM (
-        SELECT segment AS seg, stage, {{day}} AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS c {_CONVERTED_WAITS}
-          AND (segment, stage, wait_bucket) IN {{{{bin_keys:Array(Tuple(String, UInt16, UInt16))}}}}  -- what the index can use
+        SELECT segment AS seg, stage, $day AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS c $converted_waits
+          AND (segment, stage, wait_bucket) IN {bin_keys:Array(Tuple(String, UInt16, UInt16))}  -- what the index can use
         GROUP BY seg, stage, d, b, w
         HAVING c > 0
     )
     GROUP BY seg, stage, d, b  -- no HAVING on `asked`: ClickHouse would push it down to every row read
 )
-{_SETTINGS}
+$settings
 """
 
 # What brought the customers who entered a stage in the window (the whole window only).
-_SOURCES_SQL = f"""
+_SOURCES_SQL = """
 SELECT segment AS seg, stage, toString(touchpoint), toString(channel), sum(n) AS c
 FROM stage_facts
-WHERE {_WHERE} AND fact = 'entry' AND {_IN_WINDOW}
+WHERE $where AND fact = 'entry' AND $in_window
 GROUP BY seg, stage, touchpoint, channel
 HAVING c != 0
-{_SETTINGS}
+$settings
 """
 
-_MOVES_SQL = f"""
-SELECT segment AS seg, {{day}} AS d, stage, from_stage, toString(move_kind), repeat, sum(n) AS c
+_MOVES_SQL = """
+SELECT segment AS seg, $day AS d, stage, from_stage, toString(move_kind), repeat, sum(n) AS c
 FROM stage_facts
-WHERE {_WHERE} AND fact = 'move' AND {_IN_WINDOW}
+WHERE $where AND fact = 'move' AND $in_window
 GROUP BY seg, d, stage, from_stage, move_kind, repeat
 HAVING c != 0
-{_SETTINGS}
+$settings
 """
 
-_FEELINGS_SQL = f"""
-SELECT segment AS seg, {{day}} AS d, stage, toString(sentiment), sum(n) AS c
+_FEELINGS_SQL = """
+SELECT segment AS seg, $day AS d, stage, toString(sentiment), sum(n) AS c
 FROM stage_facts
-WHERE {_WHERE} AND fact = 'feeling' AND {_IN_WINDOW}
+WHERE $where AND fact = 'feeling' AND $in_window
 GROUP BY seg, d, stage, sentiment
 HAVING c != 0
-{_SETTINGS}
+$settings
 """
+
+_FRAGMENTS = {"where": _WHERE, "in_window": _IN_WINDOW, "settings": _SETTINGS, "converted_waits": _CONVERTED_WAITS}
+
+
+def _sql(template: str, **parts: str) -> str:
+    """A query's text: ``template``'s ``$name`` placeholders replaced by the fragments above and ``parts``
+    (``day``: the grouping expression; ``ranges``, ``i``: :data:`_OPEN_SQL`'s ranges), all of it SQL chosen
+    here. Values stay ``{name:Type}`` parameters, bound by clickhouse-connect."""
+    return Template(template).substitute(_FRAGMENTS, **parts)
+
+
+# ---------- the answers (docs/kpis.md; query/api_spec.py documents the same shapes) ----------
+
+MapRef = TypedDict("MapRef", {"name": str, "version": "int | None"})  # version None: a preview's draft
+Window = TypedDict("Window", {"from": str, "to": str})  # `from` is a keyword: the functional form
+
+
+class KpiHeader(TypedDict):
+    """What every KPI answer starts with: which map, which days, evaluated when, and whether newer
+    definitions are being computed meanwhile."""
+
+    map: MapRef
+    window: Window
+    as_of: str
+    rebuilding: dict[str, Any] | None
+
+
+class RateBounds(TypedDict):
+    lowest: float
+    highest: float
+
+
+class Quantiles(TypedDict):
+    median: float | None
+    p90: float | None
+
+
+class Sentiment(TypedDict):
+    positive: int
+    neutral: int
+    negative: int
+
+
+class TouchpointCount(TypedDict):
+    touchpoint: str
+    customers: int
+
+
+class ChannelCount(TypedDict):
+    channel: str
+    customers: int
+
+
+class TargetCheck(TypedDict):
+    """One target metric judged on what is decided (docs/kpis.md, Targets)."""
+
+    metric: str
+    target: float
+    actual: float | None
+    lowest: float | None
+    highest: float | None
+    shortfall: float | None
+    status: str
+
+
+class Bottleneck(TypedDict):
+    stage: str
+    metric: str
+    target: float
+    actual: float | None
+    lowest: float | None
+    highest: float | None
+    shortfall: float | None
+
+
+class StageKpis(TypedDict):
+    """One stage's KPIs over the whole window. The counts of what follows a stage (converted, dropped, in
+    progress and their rates) are None for the last stage: it has no next stage."""
+
+    id: str
+    name: str
+    index: int
+    reached: int
+    entered: int
+    converted: int | None
+    dropped: int | None
+    in_progress: int | None
+    decided_share: float | None
+    conversion_rate: float | None
+    conversion_rate_bounds: RateBounds | None
+    converted_of_entered: float | None
+    drop_off_rate: float | None
+    drop_off_rate_bounds: RateBounds | None
+    conversion_window_days: float
+    time_to_next_seconds: Quantiles
+    regressions_into: int
+    skips_over: int
+    repeats: int
+    sentiment: Sentiment
+    top_touchpoints: list[TouchpointCount]
+    top_channels: list[ChannelCount]
+    target: dict[str, Any] | None
+    status: str
+    targets: list[TargetCheck]
+
+
+class DailyStageKpis(TypedDict):
+    """One stage's KPIs on one day: :class:`StageKpis` without what only the whole window says (name,
+    index, targets, top touchpoints and channels, the conversion window)."""
+
+    id: str
+    reached: int
+    entered: int
+    converted: int | None
+    dropped: int | None
+    in_progress: int | None
+    decided_share: float | None
+    conversion_rate: float | None
+    conversion_rate_bounds: RateBounds | None
+    converted_of_entered: float | None
+    drop_off_rate: float | None
+    drop_off_rate_bounds: RateBounds | None
+    time_to_next_seconds: Quantiles
+    regressions_into: int
+    skips_over: int
+    repeats: int
+    sentiment: Sentiment
+    status: str
+
+
+Transition = TypedDict("Transition", {"from": "str | None", "to": str, "kind": str, "count": int})
+
+
+class SegmentKpis(TypedDict):
+    segment: str | None  # None: all customers
+    stages: list[StageKpis]
+    transitions: list[Transition]
+    bottleneck: Bottleneck | None
+
+
+class KpiAnswer(KpiHeader):
+    """``GET /v1/kpis``: per segment asked, every stage's KPIs over the window."""
+
+    segments: list[SegmentKpis]
+
+
+class DayKpis(TypedDict):
+    date: str
+    stages: list[DailyStageKpis]
+
+
+class DailySegmentKpis(TypedDict):
+    segment: str | None
+    days: list[DayKpis]
+
+
+class DailyKpiAnswer(KpiHeader):
+    """``GET /v1/kpis/daily``: per segment asked, every stage's KPIs day by day."""
+
+    segments: list[DailySegmentKpis]
+
+
+class _RawStage(TypedDict):
+    """A stage's counts as they are folded from the query rows, before they are shaped into an answer."""
+
+    reached: int
+    entered: int
+    converted: int
+    dropped: int
+    in_progress: int
+    median_ms: int | None
+    p90_ms: int | None
+    median_bounds_ms: tuple[int, int] | None
+    touchpoints: dict[str, int]
+    channels: dict[str, int]
+    regressions_into: int
+    skips_over: int
+    repeats: int
+    sentiment: Sentiment
 
 
 @dataclass(frozen=True)
@@ -151,7 +334,7 @@ class KpiRequest:
     project_id: str
     journey_map: JourneyMap
     map_version: int
-    build: int  # the stage-facts build that serves KPIs (query/state_updater.py)
+    build: int  # the stage-facts build that serves KPIs (query/facts/builds.py)
     order: list[str]
     segments: list[str] | None  # None: all customers only; otherwise these segment names ("" = all)
     first_day: date
@@ -189,11 +372,11 @@ def _params(request: KpiRequest) -> dict[str, Any]:
 async def _open_entries(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[tuple[str, int, date], int]:
     """(segment, stage, d) → open entries of the stage's boundary day still inside their window."""
     ranges = " OR ".join(
-        _OPEN_RANGE.format(i=k.removeprefix("open_stage_")) for k in params if k.startswith("open_stage_")
+        _sql(_OPEN_RANGE, i=k.removeprefix("open_stage_")) for k in params if k.startswith("open_stage_")
     )
     if not ranges:  # no stage's boundary day falls in the window
         return {}
-    _, rows = await ch.query(_OPEN_SQL.format(day=day, ranges=ranges), params)
+    _, rows = await ch.query(_sql(_OPEN_SQL, day=day, ranges=ranges), params)
     return {(seg, stage, d): n for seg, stage, d, n in rows}
 
 
@@ -202,7 +385,7 @@ Key = tuple[str, int, date]  # (segment, stage, d)
 
 async def _wait_histograms(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[Key, list[tuple[int, int]]]:
     """(segment, stage, d) → the converted entries' waits as (bin, net count), in bin order."""
-    _, rows = await ch.query(_WAIT_HISTOGRAMS_SQL.format(day=day), params)
+    _, rows = await ch.query(_sql(_WAIT_HISTOGRAMS_SQL, day=day), params)
     return {(seg, stage, d): [(int(b), int(c)) for b, c in histogram] for seg, stage, d, histogram in rows}
 
 
@@ -237,7 +420,7 @@ async def _pick(
     if not asked:
         return {}
     _, rows = await ch.query(
-        _QUANTILE_PICK_SQL.format(day=day),
+        _sql(_QUANTILE_PICK_SQL, day=day),
         {
             **params,
             "bins": list(asked),
@@ -275,7 +458,7 @@ async def _collect(
     results = await asyncio.gather(
         _wait_histograms(ch, day, params),
         _open_entries(ch, day, params),
-        *(ch.query(sql.format(day=day), params) for sql in queries),
+        *(ch.query(_sql(sql, day=day), params) for sql in queries),
     )
     histograms, still_open, (_, entry_rows), (_, transitions), (_, sentiments) = results[:5]
     sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
@@ -327,7 +510,7 @@ async def _collect(
     return entries, transitions, sentiments
 
 
-def _header(request: KpiRequest) -> dict[str, Any]:
+def _header(request: KpiRequest) -> KpiHeader:
     return {
         "map": {"name": request.journey_map.name, "version": request.map_version},
         "window": {"from": request.first_day.isoformat(), "to": request.last_day.isoformat()},
@@ -336,7 +519,7 @@ def _header(request: KpiRequest) -> dict[str, Any]:
     }
 
 
-def _empty_stage() -> dict[str, Any]:
+def _empty_stage() -> _RawStage:
     return {
         "reached": 0,
         "entered": 0,
@@ -360,9 +543,17 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return None if denominator == 0 else numerator / denominator
 
 
-def _top(counts: dict[str, int], label: str) -> list[dict[str, Any]]:
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
-    return [{label: key, "customers": value} for key, value in ranked]
+def _ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """The TOP largest counts, largest first (equal counts: by name)."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
+
+
+def _top_touchpoints(counts: dict[str, int]) -> list[TouchpointCount]:
+    return [{"touchpoint": key, "customers": value} for key, value in _ranked(counts)]
+
+
+def _top_channels(counts: dict[str, int]) -> list[ChannelCount]:
+    return [{"channel": key, "customers": value} for key, value in _ranked(counts)]
 
 
 def _exact(target: float) -> Fraction:
@@ -383,7 +574,34 @@ def outcome(goal: Fraction, lowest: Fraction, highest: Fraction, higher_is_bette
     return "undecided", None
 
 
-def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dict[str, Any]]]:
+def _check(
+    metric: str, target: float, bounds: tuple[Fraction, Fraction] | None, actual: float | None, higher_is_better: bool
+) -> TargetCheck:
+    """``metric`` against ``target`` once its final value is known to lie in ``bounds`` (None: no data)."""
+    if bounds is None:
+        return {
+            "metric": metric,
+            "target": target,
+            "actual": None,
+            "lowest": None,
+            "highest": None,
+            "shortfall": None,
+            "status": "no_data",
+        }
+    lowest, highest = bounds
+    status, short = outcome(_exact(target), lowest, highest, higher_is_better=higher_is_better)
+    return {
+        "metric": metric,
+        "target": target,
+        "actual": actual,
+        "lowest": float(lowest),
+        "highest": float(highest),
+        "shortfall": None if short is None else float(short),
+        "status": status,
+    }
+
+
+def _judge(stage: Stage, raw: _RawStage, last: bool) -> tuple[str, list[TargetCheck]]:
     """Each target metric judged on what is decided (docs/kpis.md, Targets): exact values and exact bounds,
     never a rate of the decided alone — with a 30-day window nobody entered in the last 30 days can have
     dropped yet, so that rate alone reads 100 % on the fast converters (survivorship)."""
@@ -394,41 +612,22 @@ def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dic
     entered = converted + dropped + in_progress
     checks = []
     if target.conversion_rate is not None:
-        check: dict[str, Any] = {"metric": "conversion_rate", "target": target.conversion_rate}
-        if last or entered == 0:
-            check.update(actual=None, lowest=None, highest=None, shortfall=None, status="no_data")
-        else:
-            lowest, highest = Fraction(converted, entered), Fraction(converted + in_progress, entered)
-            status, short = outcome(_exact(target.conversion_rate), lowest, highest, higher_is_better=True)
-            check.update(
-                actual=_ratio(converted, converted + dropped),
-                lowest=float(lowest),
-                highest=float(highest),
-                shortfall=None if short is None else float(short),
-                status=status,
-            )
-        checks.append(check)
+        rates = None
+        if not (last or entered == 0):
+            rates = Fraction(converted, entered), Fraction(converted + in_progress, entered)
+        actual = _ratio(converted, converted + dropped)
+        checks.append(_check("conversion_rate", target.conversion_rate, rates, actual, higher_is_better=True))
     if target.median_days_to_convert is not None:
-        check = {"metric": "median_days_to_convert", "target": target.median_days_to_convert}
-        bounds = raw.get("median_bounds_ms")
+        bounds = raw["median_bounds_ms"]
         if bounds is None and raw["median_ms"] is not None and not in_progress:
             bounds = (raw["median_ms"], raw["median_ms"])
         elif bounds is None and (raw["median_ms"] is not None or in_progress):
             bounds = (0, conversion_window_ms(stage))  # the daily series does not rank the bounds: the loosest
-        if last or bounds is None:
-            check.update(actual=None, lowest=None, highest=None, shortfall=None, status="no_data")
-        else:
-            lowest, highest = Fraction(bounds[0], DAY_MS), Fraction(bounds[1], DAY_MS)
-            status, short = outcome(_exact(target.median_days_to_convert), lowest, highest, higher_is_better=False)
-            actual = None if raw["median_ms"] is None else float(Fraction(raw["median_ms"], DAY_MS))
-            check.update(
-                actual=actual,
-                lowest=float(lowest),
-                highest=float(highest),
-                shortfall=None if short is None else float(short),
-                status=status,
-            )
-        checks.append(check)
+        days = None if last or bounds is None else (Fraction(bounds[0], DAY_MS), Fraction(bounds[1], DAY_MS))
+        actual = None if raw["median_ms"] is None else float(Fraction(raw["median_ms"], DAY_MS))
+        checks.append(
+            _check("median_days_to_convert", target.median_days_to_convert, days, actual, higher_is_better=False)
+        )
     statuses = {c["status"] for c in checks}
     for status in ("below_target", "undecided", "met"):
         if status in statuses:
@@ -436,13 +635,13 @@ def _judge(stage: Stage, raw: dict[str, Any], last: bool) -> tuple[str, list[dic
     return "no_data", checks
 
 
-def _shape_stage(stage: Stage, index: int, last: bool, raw: dict[str, Any]) -> dict[str, Any]:
+def _shape_stage(stage: Stage, index: int, last: bool, raw: _RawStage) -> StageKpis:
     decided = raw["converted"] + raw["dropped"]
     entered = decided + raw["in_progress"]
     conversion_rate = None if last else _ratio(raw["converted"], decided)
     status, checks = _judge(stage, raw, last)
 
-    def bounds(lowest: int, highest: int) -> dict[str, float] | None:
+    def bounds(lowest: int, highest: int) -> RateBounds | None:
         return None if last or entered == 0 else {"lowest": lowest / entered, "highest": highest / entered}
 
     return {
@@ -469,42 +668,81 @@ def _shape_stage(stage: Stage, index: int, last: bool, raw: dict[str, Any]) -> d
         "skips_over": raw["skips_over"],
         "repeats": raw["repeats"],
         "sentiment": raw["sentiment"],
-        "top_touchpoints": _top(raw["touchpoints"], "touchpoint"),
-        "top_channels": _top(raw["channels"], "channel"),
+        "top_touchpoints": _top_touchpoints(raw["touchpoints"]),
+        "top_channels": _top_channels(raw["channels"]),
         "target": None if stage.target is None else stage.target.model_dump(exclude_none=True),
         "status": status,
         "targets": checks,
     }
 
 
-def _bottleneck(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _day_of(shaped: StageKpis) -> DailyStageKpis:
+    """A stage's KPIs on one day: the whole-window shape without name, index, targets, tops and window."""
+    return {
+        "id": shaped["id"],
+        "reached": shaped["reached"],
+        "entered": shaped["entered"],
+        "converted": shaped["converted"],
+        "dropped": shaped["dropped"],
+        "in_progress": shaped["in_progress"],
+        "decided_share": shaped["decided_share"],
+        "conversion_rate": shaped["conversion_rate"],
+        "conversion_rate_bounds": shaped["conversion_rate_bounds"],
+        "converted_of_entered": shaped["converted_of_entered"],
+        "drop_off_rate": shaped["drop_off_rate"],
+        "drop_off_rate_bounds": shaped["drop_off_rate_bounds"],
+        "time_to_next_seconds": shaped["time_to_next_seconds"],
+        "regressions_into": shaped["regressions_into"],
+        "skips_over": shaped["skips_over"],
+        "repeats": shaped["repeats"],
+        "sentiment": shaped["sentiment"],
+        "status": shaped["status"],
+    }
+
+
+def _bottleneck(stages: list[StageKpis]) -> Bottleneck | None:
     """The stage furthest below one of its targets (largest relative shortfall; the earlier stage on a tie)."""
-    worst = None
+    worst: Bottleneck | None = None
     for stage in stages:
         for check in stage["targets"]:
-            if check["shortfall"] and (worst is None or check["shortfall"] > worst["shortfall"]):
+            shortfall = check["shortfall"]
+            if shortfall and (worst is None or shortfall > (worst["shortfall"] or 0)):
                 worst = {
                     "stage": stage["id"],
-                    **{k: check[k] for k in ("metric", "target", "actual", "lowest", "highest", "shortfall")},
+                    "metric": check["metric"],
+                    "target": check["target"],
+                    "actual": check["actual"],
+                    "lowest": check["lowest"],
+                    "highest": check["highest"],
+                    "shortfall": shortfall,
                 }
     return worst
 
 
-def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=None) -> dict[Any, list[dict[str, Any]]]:
+_COUNTS: tuple[Literal["reached", "entered", "converted", "dropped", "in_progress"], ...] = (
+    "reached",
+    "entered",
+    "converted",
+    "dropped",
+    "in_progress",
+)
+
+
+def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=None) -> dict[Any, list[_RawStage]]:
     """Raw rows → per key (segment, or segment and day) a list of raw stage dicts; stage-to-stage move
     counts per key go into ``flows`` when given."""
     flows = {} if flows is None else flows
     n = len(request.order)
-    out: dict[Any, list[dict[str, Any]]] = {}
+    out: dict[Any, list[_RawStage]] = {}
 
-    def stages_of(key: Any) -> list[dict[str, Any]]:
+    def stages_of(key: Any) -> list[_RawStage]:
         if key not in out:
             out[key] = [_empty_stage() for _ in range(n)]
         return out[key]
 
     for row in entries:
         raw = stages_of(keyed(row))[row["stage"]]
-        for field in ("reached", "entered", "converted", "dropped", "in_progress"):
+        for field in _COUNTS:
             raw[field] += row[field]
         if row["converted"]:  # the nearest-rank median and p90 of the waits of converted customers
             raw["median_ms"], raw["p90_ms"] = row["median_ms"], row["p90_ms"]
@@ -528,7 +766,7 @@ def _fold(request: KpiRequest, entries, transitions, sentiments, keyed, flows=No
     return out
 
 
-async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
+async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> KpiAnswer:
     """KPIs per stage for each requested segment over the whole window."""
     entries, transitions, sentiments = await _collect(ch, request, daily=False)
 
@@ -539,11 +777,11 @@ async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     folded = _fold(request, entries, transitions, sentiments, keyed, flows)
     wanted = request.segments if request.segments is not None else [ALL]
     n = len(request.order)
-    results = []
+    results: list[SegmentKpis] = []
     for segment in wanted:
         raws = folded.get(segment) or [_empty_stage() for _ in range(n)]
         stages = [_shape_stage(s, i, i == n - 1, raws[i]) for i, s in enumerate(request.stages)]
-        moves = [
+        moves: list[Transition] = [
             {"from": None if f < 0 else request.order[f], "to": request.order[t], "kind": kind, "count": count}
             for (f, t, kind), count in sorted(flows.get(segment, {}).items())
         ]
@@ -553,7 +791,7 @@ async def stage_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     return {**_header(request), "segments": results}
 
 
-async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
+async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> DailyKpiAnswer:
     """The same KPIs day by day (the day a customer entered the stage, or the day a move happened)."""
     entries, transitions, sentiments = await _collect(ch, request, daily=True)
 
@@ -564,32 +802,21 @@ async def daily_kpis(ch: ClickHouse, request: KpiRequest) -> dict[str, Any]:
     wanted = request.segments if request.segments is not None else [ALL]
     n = len(request.order)
     days = [request.first_day + timedelta(days=k) for k in range((request.last_day - request.first_day).days + 1)]
-    results = []
+    results: list[DailySegmentKpis] = []
     for segment in wanted:
         # Entries before the window land on earlier days: they are the "reached" baseline.
         reached = [
             sum(raws[i]["reached"] for (seg, day), raws in folded.items() if seg == segment and day < request.first_day)
             for i in range(n)
         ]
-        series = []
+        series: list[DayKpis] = []
         for day in days:
             raws = folded.get((segment, day)) or [_empty_stage() for _ in range(n)]
             stages = []
             for i, stage in enumerate(request.stages):
                 reached[i] += raws[i]["entered"]
                 raws[i]["reached"] = reached[i]
-                shaped = _shape_stage(stage, i, i == n - 1, raws[i])
-                for noise in (
-                    "name",
-                    "index",
-                    "target",
-                    "targets",
-                    "top_touchpoints",
-                    "top_channels",
-                    "conversion_window_days",
-                ):
-                    shaped.pop(noise)
-                stages.append(shaped)
+                stages.append(_day_of(_shape_stage(stage, i, i == n - 1, raws[i])))
             series.append({"date": day.isoformat(), "stages": stages})
         results.append({"segment": segment or None, "days": series})
     return {**_header(request), "segments": results}
@@ -618,7 +845,7 @@ CSV_COLUMNS = (
 )
 
 
-def _csv_cells(segment: str | None, stage: dict[str, Any]) -> list[Any]:
+def _csv_cells(segment: str | None, stage: Mapping[str, Any]) -> list[Any]:
     return [
         segment or "(all customers)",
         stage["id"],
@@ -642,7 +869,7 @@ def _csv_cells(segment: str | None, stage: dict[str, Any]) -> list[Any]:
     ]
 
 
-def to_csv(result: dict[str, Any]) -> str:
+def to_csv(result: Mapping[str, Any]) -> str:
     """One row per segment and stage (and day, for the daily series); empty cells where a KPI has no value."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

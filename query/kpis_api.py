@@ -18,58 +18,62 @@ from typing import Any
 
 from aiohttp import web
 
-from query import definitions
+from journeys.clickhouse import ClickHouse
 from journeys.http import ApiError, json_response
 from journeys.keys import Principal
-from query.maps import SLUG
 from journeys.stores import Stores
-from query.kpis import ALL, KpiRequest, daily_kpis, stage_kpis, to_csv
+from query import definitions
+from query.appkeys import STORES
+from query.auth import principal_of
+from query.kpis import ALL, DailyKpiAnswer, KpiAnswer, KpiRequest, daily_kpis, stage_kpis, to_csv
+from query.maps import SLUG
 from query.reads import iso
-from query.stage_state import Definitions, consistent_facts, lock_pool
-from query.state_updater import Build, current_definitions, definitions_of_build, serving_build
+from query.facts.builds import Build, current_definitions, definitions_of_build, serving_build
+from query.facts.locks import consistent_facts, lock_pool
+from query.facts.model import Definitions
 
 MAX_DAYS = 3660
 FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2299, 12, 31)
 DEFAULT_DAYS = 30
 
-PrincipalOf = Callable[[web.Request], Awaitable[Principal]]
+routes = web.RouteTableDef()
 
 
-def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
-    async def answer(
-        request: web.Request, compute: Callable[..., Awaitable[dict[str, Any]]]
-    ) -> tuple[KpiRequest, bool, dict[str, Any]]:
-        """One answer from one state of the facts: the serving build is read, and every KPI query run, while
-        no facts write (nor a switch to a new build and the old one's deletion) can become visible."""
-        stores = request.app[stores_key]
-        principal = await principal_of(request)
-        async with consistent_facts(lock_pool(stores), principal.project_id):
-            # First, before the serving build and the facts: the poll that stored it had written its facts, and
-            # whichever build serves now holds them (a build that began after that poll read everything then).
-            acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
-            kpi_request, csv = await parse_kpi_request(request, principal, stores)
-            result = await compute(stores.clickhouse, kpi_request)
-        return kpi_request, csv, with_includes(result, acknowledged_before)
-
-    async def kpis(request: web.Request) -> web.StreamResponse:
-        kpi_request, csv, result = await answer(request, stage_kpis)
-        return _respond(result, csv, f"kpis-{kpi_request.journey_map.name}")
-
-    async def daily(request: web.Request) -> web.StreamResponse:
-        kpi_request, csv, result = await answer(request, daily_kpis)
-        return _respond(result, csv, f"kpis-daily-{kpi_request.journey_map.name}")
-
-    app.router.add_get("/v1/kpis", kpis)
-    app.router.add_get("/v1/kpis/daily", daily)
+async def _answer(
+    request: web.Request, compute: Callable[[ClickHouse, KpiRequest], Awaitable[KpiAnswer | DailyKpiAnswer]]
+) -> tuple[KpiRequest, bool, dict[str, Any]]:
+    """One answer from one state of the facts: the serving build is read, and every KPI query run, while no
+    facts write (nor a switch to a new build and the old one's deletion) can become visible."""
+    stores = request.app[STORES]
+    principal = await principal_of(request)
+    async with consistent_facts(lock_pool(stores), principal.project_id):
+        # First, before the serving build and the facts: the poll that stored it had written its facts, and
+        # whichever build serves now holds them (a build that began after that poll read everything then).
+        acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
+        kpi_request, csv = await parse_kpi_request(request, principal, stores)
+        result = await compute(stores.clickhouse, kpi_request)
+    return kpi_request, csv, with_includes(result, acknowledged_before)
 
 
-# Every event a collector acknowledged before this time is counted in the stage facts (query/state_updater.py,
+@routes.get("/v1/kpis")
+async def kpis(request: web.Request) -> web.StreamResponse:
+    kpi_request, csv, result = await _answer(request, stage_kpis)
+    return _respond(result, csv, f"kpis-{kpi_request.journey_map.name}")
+
+
+@routes.get("/v1/kpis/daily")
+async def daily(request: web.Request) -> web.StreamResponse:
+    kpi_request, csv, result = await _answer(request, daily_kpis)
+    return _respond(result, csv, f"kpis-daily-{kpi_request.journey_map.name}")
+
+
+# Every event a collector acknowledged before this time is counted in the stage facts (query/facts/updater.py,
 # "How fresh the KPIs are"); NULL before the updater's first poll.
 INCLUDES_SQL = "SELECT acknowledged_before FROM stage_state_cursor WHERE id = 1"
 INCLUDES_HEADER = "X-Journeys-Acknowledged-Before"
 
 
-def with_includes(result: dict[str, Any], acknowledged_before: datetime | None) -> dict[str, Any]:
+def with_includes(result: Mapping[str, Any], acknowledged_before: datetime | None) -> dict[str, Any]:
     """The answer with ``includes`` placed after ``rebuilding``: the ingest position it counts."""
     includes = {"acknowledged_before": None if acknowledged_before is None else iso(acknowledged_before)}
     out: dict[str, Any] = {}
@@ -134,7 +138,7 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
     if not SLUG.match(map_name):  # only slugs name maps; anything else cannot exist (and a NUL upsets PostgreSQL)
         raise ApiError(404, [{"field": "map", "reason": f"no map {map_name!r} in this project"}])
 
-    # KPIs read the build of the stage facts that is complete (query/state_updater.py). While newer map or
+    # KPIs read the build of the stage facts that is complete (query/facts/builds.py). While newer map or
     # segment versions are being computed, that build is for the previous ones: the answer says so.
     latest, build = await asyncio.gather(
         current_definitions(stores.pg, principal.project_id), serving_build(stores.pg, principal.project_id)

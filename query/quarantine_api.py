@@ -9,7 +9,6 @@ what was quarantined from then on; ``limit`` caps the kinds listed (most events 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -17,9 +16,9 @@ import orjson
 from aiohttp import web
 
 from journeys.http import ApiError, json_response
-from journeys.keys import Principal
 from journeys.quarantine import DISTINCT_EVENTS_SQL, FIELD_SQL, REASON_SQL, SinceError, parse_since
-from journeys.stores import Stores
+from query.appkeys import STORES
+from query.auth import principal_of
 from query.reads import iso
 
 DEFAULT_LIMIT = 100
@@ -65,28 +64,27 @@ WHERE {_WINDOW}
 LIMIT 1 BY received_at, request_id, batch_index
 """
 
-PrincipalOf = Callable[..., Awaitable[Principal]]
+
+routes = web.RouteTableDef()
 
 
-def add_routes(app: web.Application, principal_of: PrincipalOf, stores_key: web.AppKey[Stores]) -> None:
-    async def quarantine(request: web.Request) -> web.Response:
-        principal = await principal_of(request, ("read", "admin"))
-        if principal.kind != "admin":
-            # Samples are raw events (customer data, sometimes secrets sent by mistake): admins only.
-            raise ApiError(
-                403,
-                [
-                    {
-                        "field": "Authorization",
-                        "reason": f"a {principal.kind} key cannot list quarantined events (admin key)",
-                    }
-                ],
-            )
-        since_ms, limit = _params(request)
-        listing = await quarantined(request.app[stores_key].clickhouse, principal.project_id, since_ms, limit)
-        return json_response(listing)
-
-    app.router.add_get("/v1/quarantine", quarantine)
+@routes.get("/v1/quarantine")
+async def quarantine(request: web.Request) -> web.Response:
+    principal = await principal_of(request, ("read", "admin"))
+    if principal.kind != "admin":
+        # Samples are raw events (customer data, sometimes secrets sent by mistake): admins only.
+        raise ApiError(
+            403,
+            [
+                {
+                    "field": "Authorization",
+                    "reason": f"a {principal.kind} key cannot list quarantined events (admin key)",
+                }
+            ],
+        )
+    since_ms, limit = _params(request)
+    listing = await quarantined(request.app[STORES].clickhouse, principal.project_id, since_ms, limit)
+    return json_response(listing)
 
 
 def _params(request: web.Request) -> tuple[int, int]:

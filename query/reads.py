@@ -140,12 +140,19 @@ def _event(columns: list[str], row: tuple) -> dict[str, Any]:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+#: The fields of a ``timelines`` entry, a JSON array (migration 0007), by name.
+TIMELINE_ENTRY = ("message_id", "type", "event", "channel", "sentiment", "at_ms", "received_ms", "properties")
+
+
 def one_copy_each(
-    items: Iterable[Sequence[Any]], key: Callable[[Sequence[Any]], Hashable], *, at: int, received: int, message_id: int
+    items: Iterable[Sequence[Any]], key: Callable[[Sequence[Any]], Hashable], columns: Sequence[str]
 ) -> list[Sequence[Any]]:
     """Each message once, in journey order (time, receipt, message id). Of a message's copies (same ``key``)
     the one kept is the one a merge of `events` keeps (ReplacingMergeTree(received_at): received last);
-    equal receipts (one request) keep the earlier time. ``at``/``received``/``message_id``: item positions."""
+    equal receipts (one request) keep the earlier time. ``columns`` names the items' fields; the ones read
+    are ``at_ms`` (the event's time), ``received_ms`` and ``message_id``."""
+    # Positions found once by name: the rows stay plain sequences (a journey reads up to 10k of them).
+    at, received, message_id = (columns.index(name) for name in ("at_ms", "received_ms", "message_id"))
     kept: dict[Hashable, Sequence[Any]] = {}
     for item in items:
         k = key(item)
@@ -163,7 +170,7 @@ def timeline_events(rows: list[tuple]) -> list[dict[str, Any]]:
     items = orjson.loads("[" + ",".join(row[1] for row in rows) + "]")
     events = []
     for message_id, type_, event, channel, sentiment, at_ms, _, properties in one_copy_each(
-        items, itemgetter(0), at=5, received=6, message_id=0
+        items, itemgetter(0), TIMELINE_ENTRY
     ):
         events.append(
             {

@@ -1,4 +1,4 @@
-"""The stage facts of customers computed in plain Python, event by event: the oracle of query/facts_sql.py.
+"""The stage facts of customers computed in plain Python, event by event: the oracle of query/facts/compute.py.
 
 This is the computation the StageStateUpdater ran before the facts moved into ClickHouse (issue 17), kept
 as the definitions written out in Python: each customer's staged events in journey order, each message
@@ -24,8 +24,9 @@ from journeys.clickhouse import ClickHouse
 from query.maps import SENTIMENTS, segment_matches
 from query.journey import transitions_of
 from query.reads import ID_CHUNK, one_copy_each
-from query.stage_sql import rule_index_sql
-from query.stage_state import FACT_COLUMNS, Definitions, MapVersion, facts_change
+from query.facts.locks import facts_change
+from query.facts.model import FACT_COLUMNS, Definitions, MapVersion
+from query.facts.rule_index import rule_index_sql
 from segment_facts import segment_facts
 
 
@@ -115,9 +116,9 @@ def state_of(
             first_at[to] = position
             entered[to] = t["time"]
             entry_touchpoint[to], entry_channel[to] = t["touchpoint"] or "", t["channel"]
-        for stage, first in first_at.items():
-            if stage < to and next_at[stage] == 0 and position > first:
-                next_at[stage] = t["time"]
+        for earlier, first in first_at.items():
+            if earlier < to and next_at[earlier] == 0 and position > first:
+                next_at[earlier] = t["time"]
     return {
         "entered": entered,
         "next_at": next_at,
@@ -206,8 +207,9 @@ async def staged_events(
     owner = {i: c for c, ids in members.items() for i in ids}
     _, rows = await ch.query(sql, {**params, "project_id": project_id, "ids": sorted(owner)})
     out: dict[str, list[tuple[int, list[int], str, str, dict[str, Any] | None, str]]] = {}
+    columns = ("distinct_id", "at_ms", "received_ms", "message_id", "channel", "sentiment", "properties", "rules")
     for distinct_id, t, _, message_id, channel, sentiment, properties, rules in one_copy_each(
-        rows, lambda row: (owner[row[0]], row[3]), at=1, received=2, message_id=3
+        rows, lambda row: (owner[row[0]], row[3]), columns
     ):
         parsed = orjson.loads(properties) if properties else None
         out.setdefault(owner[distinct_id], []).append((t, list(rules), channel, sentiment, parsed, message_id))

@@ -51,7 +51,7 @@ def oracle_kpis(
     for seg in wanted:
         stages = []
         for i, stage in enumerate(order):
-            k = {
+            k: dict[str, Any] = {
                 "id": stage,
                 "reached": 0,
                 "entered": 0,

@@ -1,4 +1,4 @@
-"""A running ``journeys up`` (tests/service.py) with projects and keys of every kind, plus a raw HTTP client.
+"""A running ``journeys up`` (testkit/service.py) with projects and keys of every kind, plus a raw HTTP client.
 
 For tests that drive the services from synchronous code (hypothesis, schemathesis) or need the service's
 own log: the in-process fixtures of conftest.py live on the test session's event loop, which a sync
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service import Service, journeys, stop_leftover_postgres
+from testkit.service import Service, journeys, stop_leftover_postgres
 from support import basic
 
 

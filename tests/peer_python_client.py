@@ -28,12 +28,12 @@ class _ShiftedDateTime(_REAL):
         return cls(*real.timetuple()[:6], real.microsecond, tzinfo=_datetime.timezone.utc)
 
     @classmethod
-    def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+    def now(cls, tz=None):  # type: ignore[no-untyped-def]
         utc = cls._shifted_utc()
         return utc.astimezone(tz) if tz is not None else utc.astimezone().replace(tzinfo=None)
 
     @classmethod
-    def utcnow(cls):  # type: ignore[no-untyped-def, override]
+    def utcnow(cls):  # type: ignore[no-untyped-def]
         return cls._shifted_utc().replace(tzinfo=None)
 
 
@@ -43,11 +43,11 @@ def main() -> int:
     _datetime.datetime = _ShiftedDateTime  # type: ignore[misc]  # before the client imports it
 
     if which == "segment":
-        from segment.analytics import Client  # type: ignore[import-not-found]
+        from segment.analytics import Client
 
         client = Client(key, host=host, sync_mode=True, max_retries=1)
     else:
-        from rudderstack.analytics import Client  # type: ignore[import-not-found]
+        from rudderstack.analytics import Client
 
         client = Client(key, host=host, sync_mode=True, max_retries=1)
     errors: list[str] = []

@@ -367,6 +367,7 @@ def wire_time(event: dict[str, Any], batch: Sent) -> tuple[float, float]:
     body = batch.body if isinstance(batch.body, dict) else {}
     sent_at = event.get("sentAt") or body.get("sentAt")
     at = event.get("timestamp") or event.get("originalTimestamp")
+    assert at is not None and sent_at is not None, event  # every client here sends both
     return parse_time(at), parse_time(sent_at)
 
 

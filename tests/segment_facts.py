@@ -1,5 +1,5 @@
 """What segment rules look at — traits and first touch — read straight from ``events`` in Python: the
-oracle of the segment keys ClickHouse computes with the stage facts (query/facts_sql.py, tests/facts_oracle.py).
+oracle of the segment keys ClickHouse computes with the stage facts (query/facts/compute.py, tests/facts_oracle.py).
 
 Why ``events`` and not the views' tables: the profile endpoint (:func:`query.reads.facts_of`) reads the same
 facts off ``customer_traits`` and ``first_touch``, which materialized views fill from every insert into
@@ -25,7 +25,7 @@ from typing import Any
 
 from journeys.clickhouse import ClickHouse
 from query.maps import Segment
-from query.facts_sql import segment_fields
+from query.facts.compute import segment_fields
 from query.reads import ID_CHUNK, CustomerFactsFold
 
 TRAITS_SQL = """

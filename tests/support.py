@@ -8,18 +8,12 @@ import gzip
 import orjson
 
 from journeys.stores import Stores
+from testkit.net import basic as basic  # the tests' one import line for it; the benches use it too
 
 
 def with_settings(stores: Stores, **changes: object) -> Stores:
     """The same stores with some settings changed (settings are frozen; this makes a copy)."""
     return dataclasses.replace(stores, settings=stores.settings.model_copy(update=changes))
-
-
-def basic(key: str) -> dict[str, str]:
-    """Segment's convention: the key as HTTP Basic username, empty password."""
-    import base64
-
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 
 
 def gzipped(document: object) -> bytes:
@@ -59,7 +53,7 @@ async def wait_stored(stores: Stores, project_id: str, n: int, table: str = "eve
 
 async def wait_drained(server) -> None:  # type: ignore[no-untyped-def]
     """Wait until a collector's spool is fully inserted into ClickHouse (checkpoint caught up)."""
-    from collector.app import SPOOL
+    from collector.appkeys import SPOOL
 
     spool = server.app[SPOOL]
 

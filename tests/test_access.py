@@ -87,7 +87,7 @@ class _RecordingPool:
 
 async def test_lookup_is_by_digest_the_secret_never_reaches_postgres(stores, project) -> None:  # type: ignore[no-untyped-def]
     pool = _RecordingPool(stores.pg)
-    resolver = KeyResolver(pool, ttl=0)  # type: ignore[arg-type]
+    resolver = KeyResolver(pool, ttl=0)
     found = await resolver.resolve(project.read_key)
     assert found is not None and (found.project_id, found.kind) == (project.id, "read")
     # Same length, one character off; a prefix; a longer key: all unknown.

@@ -28,10 +28,10 @@ from journeys.metrics import Metrics
 from query.alert_delivery import _error_text
 from query.alerts import judge
 from query.app import create_app as create_query
-from service import free_port
+from testkit.net import free_port
 from support import basic, wait_drained, wait_until, with_settings
 
-MAP = {
+MAP: dict[str, Any] = {
     "name": "funnel",
     "stages": [
         {"id": "aware", "name": "Aware", "conversion_window_days": 1, "target": {"conversion_rate": 0.5}},
@@ -455,9 +455,9 @@ async def test_a_rule_on_undecided_customers_does_not_fire(http, collector, quer
         await receiver.stop()
 
 
-async def test_a_new_version_watching_something_else_resolves_the_old_alert_where_it_was_sent(
+async def test_a_new_version_watching_something_else_resolves_the_old_alert_where_it_was_sent(  # type: ignore[no-untyped-def]
     http, collector, query, stores
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Firing on Aware, the rule is moved to Consider and to another webhook: "resolved (rule changed)" goes to
     the receiver that was told "fired", and the state starts afresh on Consider."""
     first, second = await Receiver().start(), await Receiver().start()

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import yaml
 
-from service import Service, create_project, journeys, stop_leftover_postgres
+from testkit.service import Service, create_project, journeys, stop_leftover_postgres
 from support import basic, wait_until
 from test_alerts import MAP, Receiver, journeys_of, verify
 

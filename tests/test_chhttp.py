@@ -1,4 +1,4 @@
-"""tests/chhttp.py: a ClickHouse HTTP interface in front of chDB, driven by the real clickhouse-connect clients."""
+"""testkit/chhttp.py: a ClickHouse HTTP interface in front of chDB, driven by the real clickhouse-connect clients."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import clickhouse_connect
@@ -16,7 +17,7 @@ import pytest
 from clickhouse_connect.driver.asyncclient import AsyncClient
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from chhttp import ClickHouseHTTP, analyze
+from testkit.chhttp import ClickHouseHTTP, analyze
 
 USER = "tester"
 PASSWORD = "s3cr:t p@ss/wörd"  # exercises DSN quoting
@@ -69,7 +70,7 @@ def _http(
     auth: bool = True,
     headers: dict | None = None,
     **params: str,
-):
+) -> tuple[int, Any, bytes]:
     """A bare HTTP request (no clickhouse-connect): returns (status, headers, body)."""
     headers = dict(headers or {})
     if auth:
@@ -90,7 +91,7 @@ def _http(
 
 async def test_async_connect_and_insert(server: ClickHouseHTTP, client: AsyncClient) -> None:
     assert server.url.startswith(f"http://{USER}:") and server.url.endswith(f"127.0.0.1:{server.port}/default")
-    assert client.server_version.count(".") == 3
+    assert client.server_version and client.server_version.count(".") == 3
     assert await client.command("SELECT currentDatabase()") == "default"
     result = await client.query(
         "SELECT count(), countIf(done IS NULL), min(ts), max(ts), uniqExact(kind), toTypeName(kind), sum(n) FROM chhttp.events"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from journeys.config import ConfigError, load_settings
-from service import journeys, stop_leftover_postgres
+from testkit.service import journeys, stop_leftover_postgres
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_the_data_directory_is_found_from_below_and_never_made_anew_elsewhere(tm
     import subprocess
     import sys
 
-    from service import cli_env
+    from testkit.service import cli_env
 
     home, elsewhere = tmp_path / "shop", tmp_path / "elsewhere"
     (home / "src" / "deep").mkdir(parents=True)

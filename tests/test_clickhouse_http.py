@@ -1,6 +1,6 @@
 """The real-server path: ``CLICKHOUSE_URL=http://…`` through clickhouse-connect's async HTTP client.
 
-No modern ClickHouse server installs here, so ``tests/chhttp.py`` serves ClickHouse's HTTP interface over
+No modern ClickHouse server installs here, so ``testkit/chhttp.py`` serves ClickHouse's HTTP interface over
 chDB (the same engine) in a separate process the test can stop and start: an outage is a real refused
 connection, not a mock.
 """
@@ -11,14 +11,16 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from chhttp import ClickHouseHTTP
-from collector.app import SPOOL, create_app as create_collector
+from testkit.chhttp import ClickHouseHTTP
+from collector.app import create_app as create_collector
+from collector.appkeys import SPOOL
 from support import basic, wait_until
 from journeys.clickhouse import ClickHouse
 from journeys.keys import KeyResolver, create_project
@@ -156,9 +158,9 @@ async def _drained(spool) -> bool:  # type: ignore[no-untyped-def]
     return spool.pending_bytes == 0
 
 
-async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_drop(
+async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_drop(  # type: ignore[no-untyped-def]
     http_stores, server, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Each INSERT takes a second and carries at most 16 KiB: the spool (capped at 1 MiB) fills under load,
     the door answers 503 + Retry-After — never a 500, never a 200 for something it then drops — and once
     ClickHouse is fast again everything acknowledged is stored once and nothing refused is."""
@@ -178,7 +180,7 @@ async def test_slow_clickhouse_backpressure_503_at_the_spool_cap_never_a_silent_
     try:
         async with aiohttp.ClientSession() as http:
             for b in range(400):
-                batch = [
+                batch: list[dict[str, Any]] = [
                     {
                         "type": "track",
                         "userId": f"s{i % 7}",
@@ -223,10 +225,11 @@ async def test_stage_facts_of_20k_customers_at_once_over_http(http_stores) -> No
     """A refresh of 20 000 ids over HTTP: the ids, their customers and owners are bound parameters, which go in
     the request body (a URL that long is refused), for the statements that answer rows and for the
     INSERT … SELECTs that store the customers' inputs alike, in chunks whose fields ClickHouse takes
-    (http_max_field_value_size: tests/chhttp.py refuses a longer field as ClickHouse does)."""
+    (http_max_field_value_size: testkit/chhttp.py refuses a longer field as ClickHouse does)."""
     from journeys.events import EVENT_COLUMNS
     from query.maps import validate_map
-    from query.stage_state import REFRESH_CHUNK, Definitions, StateWriter
+    from query.facts.model import Definitions
+    from query.facts.writer import REFRESH_CHUNK, StateWriter
 
     pid = "p_http20k"
     definitions = Definitions.of(

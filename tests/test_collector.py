@@ -7,6 +7,7 @@ import json
 import uuid
 import zlib
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import orjson
 import pytest
@@ -217,9 +218,9 @@ async def test_all_invalid_request_is_refused_and_nothing_stored(http, collector
         (b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
     ],
 )
-async def test_malformed_requests_get_4xx_naming_the_problem(
+async def test_malformed_requests_get_4xx_naming_the_problem(  # type: ignore[no-untyped-def]
     http, collector, stores, project, body, headers, status, field
-):  # type: ignore[no-untyped-def]
+):
     got, payload, _ = await _post(http, collector, "/v1/batch", body, project.write_key, headers)
     assert got == status, payload
     assert payload["errors"][0]["field"] == field
@@ -397,7 +398,7 @@ async def test_spool_over_cap_answers_503_with_retry_after_and_loses_nothing(htt
     try:
         refused = None
         for b in range(200):
-            batch = [
+            batch: list[dict[str, Any]] = [
                 {
                     "type": "track",
                     "userId": f"s{i}",
@@ -431,7 +432,7 @@ async def test_spool_over_cap_answers_503_with_retry_after_and_loses_nothing(htt
 
 
 async def test_an_unknown_spool_record_is_skipped_not_a_stall(http, collector, stores, project):  # type: ignore[no-untyped-def]
-    from collector.app import SPOOL
+    from collector.appkeys import SPOOL
 
     await collector.app[SPOOL].append(b"Xwritten by some other version\n")
     status, _, _ = await _post(

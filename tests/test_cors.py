@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector.cors import ORIGINS
+from collector.appkeys import ORIGINS
 from journeys.keys import add_key
 from collector.origins import OriginError, change_origins, normalize_origin
-from service import journeys, stop_leftover_postgres
+from testkit.service import journeys, stop_leftover_postgres
 from support import basic, stored_rows, wait_drained, wait_stored
 
 SHOP = "https://shop.example"
@@ -57,9 +57,9 @@ async def test_public_key_from_a_listed_origin_writes_and_may_read_the_answer(ht
     assert rows == [(page["url"], page["referrer"], "news", "email", "spring", "web")]
 
 
-async def test_public_key_from_another_origin_is_refused_naming_origin_and_nothing_is_stored(
+async def test_public_key_from_another_origin_is_refused_naming_origin_and_nothing_is_stored(  # type: ignore[no-untyped-def]
     http, collector, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = await public_key(stores, project, SHOP)
     for origin, words in ((OTHER, "not among"), (None, "no Origin header"), ("null", "null")):
         status, body, headers = await post(http, collector, beacon_body(key, "Refused"), origin)
@@ -75,9 +75,9 @@ async def test_public_key_from_another_origin_is_refused_naming_origin_and_nothi
     assert rows == [("Allowed",)]
 
 
-async def test_an_origin_differently_spelled_matches_and_a_project_without_origins_refuses(
+async def test_an_origin_differently_spelled_matches_and_a_project_without_origins_refuses(  # type: ignore[no-untyped-def]
     http, collector, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = await public_key(stores, project, "HTTPS://Shop.Example:443/")
     status, body, headers = await post(http, collector, beacon_body(key), "https://SHOP.example")
     assert status == 200, body
@@ -100,9 +100,9 @@ async def test_write_keys_are_not_limited_by_origin(http, collector, stores, pro
     assert status == 200 and "Access-Control-Allow-Origin" not in headers and "Vary" not in headers
 
 
-async def test_preflight_answers_origins_some_project_lists_and_the_post_checks_its_own_project(
+async def test_preflight_answers_origins_some_project_lists_and_the_post_checks_its_own_project(  # type: ignore[no-untyped-def]
     http, collector, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from journeys.keys import create_project
 
     async with stores.pg.acquire() as conn:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from cli.demo import SHOP, generate
-from service import Service, free_port, journeys, stop_leftover_postgres
+from testkit.net import free_port
+from testkit.service import Service, journeys, stop_leftover_postgres
 
 CHANNELS = {"web", "email", "store", "app", "call_centre", "ads", "social"}
 SMALL = ("--customers", "60", "--days", "30")

@@ -55,6 +55,20 @@ def test_dockerfile_copies_paths_that_exist() -> None:
     assert 'CMD ["journeys", "up"]' in dockerfile
 
 
+def test_dockerfile_copies_every_installed_package() -> None:
+    """The image installs the project from what it copied: a package the wheel holds but the image does not copy
+    (cli/ when the CLI moved out of journeys/) fails at `journeys up`, not at build time."""
+    import tomllib
+
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = {
+        src.rstrip("/") for line in dockerfile.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]
+    }
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    assert packages and packages <= copied, sorted(packages - copied)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Monitoring: Prometheus, alert rules, Grafana (both compose files)
 # --------------------------------------------------------------------------------------------------------
@@ -364,9 +378,9 @@ def test_keeper_ensemble_is_consistent() -> None:
     assert len(keepers) == 3
     config = ET.parse(CLUSTER / "keeper/keeper.xml").getroot()
     raft = {
-        int(s.findtext("id")): (s.findtext("hostname"), s.findtext("port"))
+        int(s.findtext("id")): (s.findtext("hostname"), s.findtext("port"))  # type: ignore[arg-type]
         for s in config.findall("keeper_server/raft_configuration/server")
-    }  # type: ignore[arg-type]
+    }
     assert sorted(raft) == [1, 2, 3]
     tcp_port = config.findtext("keeper_server/tcp_port")
     assert config.find("keeper_server/server_id").get("from_env") == "KEEPER_SERVER_ID"  # type: ignore[union-attr]
@@ -533,13 +547,13 @@ def test_scaling_doc_is_linked() -> None:
 
 
 async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: ignore[no-untyped-def]
-    """The facts statements (query/facts_sql.py) are the same text on a cluster, where their table names are
+    """The facts statements (query/facts/compute.py) are the same text on a cluster, where their table names are
     the Distributed tables: ClickHouse's parser takes each one (deploy/SCALING.md, "Stage facts")."""
     from query.maps import validate_map, validate_segment
-    from query.facts_sql import FactsSql
-    from query.stage_state import FACT_COLUMNS, Definitions
+    from query.facts.compute import FactsSql
+    from query.facts.model import FACT_COLUMNS, Definitions
 
-    template = yaml.safe_load((ROOT / "journeys/templates/five-stage.yaml").read_text())
+    template = yaml.safe_load((ROOT / "cli/templates/five-stage.yaml").read_text())
     segments = [
         {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro"]}]},
         {"name": "web", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},

@@ -18,7 +18,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from collector.app import SPOOL, create_app
+from collector.app import create_app
+from collector.appkeys import SPOOL
 from collector.email import PIXEL_GIF
 from collector.email_keys import SigningKeyResolver, current_key, rotate_key
 from collector.email_tokens import TokenError, sign
@@ -91,7 +92,9 @@ def _gif_pixels(data: bytes) -> tuple[int, int, list[int], int | None]:
     clear, end = 1 << min_size, (1 << min_size) + 1
     bits = int.from_bytes(stream, "little")
     table: list[list[int]] = []
-    width_bits, offset, out, previous = min_size + 1, 0, [], None
+    out: list[int] = []
+    previous: int | None = None
+    width_bits, offset = min_size + 1, 0
     while True:
         code = (bits >> offset) & ((1 << width_bits) - 1)
         offset += width_bits
@@ -138,9 +141,9 @@ async def test_each_open_is_its_own_event(http, collector, stores, project, link
     assert len({r["message_id"] for r in rows}) == 3  # re-reading the mail is another open, not a retry
 
 
-async def test_click_redirects_to_exactly_the_signed_url_once_the_event_is_durable(
+async def test_click_redirects_to_exactly_the_signed_url_once_the_event_is_durable(  # type: ignore[no-untyped-def]
     http, collector, stores, project, links
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     spool = collector.app[SPOOL]
     before = spool.durable_position
     status, headers, _ = await _get(http, links.click("c-42", "spring-26", TARGET))
@@ -181,9 +184,9 @@ def _tampered(token: str, other_key: str) -> dict[str, str]:
     }
 
 
-async def test_tampered_foreign_and_garbage_tokens_get_400_and_never_a_redirect(
+async def test_tampered_foreign_and_garbage_tokens_get_400_and_never_a_redirect(  # type: ignore[no-untyped-def]
     http, collector, stores, project, links
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     async with stores.pg.acquire() as conn:
         other = await create_project(conn, f"other-{project.id}")
         other_key = await current_key(conn, other.id)
@@ -283,9 +286,9 @@ def test_only_absolute_http_urls_can_be_signed(target: str) -> None:
         ("", "GET", "click", ("no User-Agent", "bot")),
     ],
 )
-async def test_prefetchers_and_scanners_are_recorded_but_flagged(
+async def test_prefetchers_and_scanners_are_recorded_but_flagged(  # type: ignore[no-untyped-def]
     http, collector, stores, project, links, user_agent, method, kind, expected
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     url = links.open_pixel("c-9", "weekly") if kind == "open" else links.click("c-9", "weekly", TARGET)
     status, headers, _ = await _get(http, url, user_agent, method)
     # Flagged or not, the answer is the same: a scanner that gets no redirect would mark the link unsafe.
@@ -299,9 +302,9 @@ async def test_prefetchers_and_scanners_are_recorded_but_flagged(
     assert row["context"]["bot"] == {"name": name, "kind": bot_kind}
 
 
-async def test_a_journey_map_leaves_flagged_opens_and_clicks_out(
+async def test_a_journey_map_leaves_flagged_opens_and_clicks_out(  # type: ignore[no-untyped-def]
     http, collector, query, stores, project, links
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The query-side rule docs/email.md recommends: ``where: bot not_exists``."""
     human = [{"property": "bot", "op": "not_exists"}]
     journey_map = {
@@ -350,9 +353,9 @@ async def test_a_journey_map_leaves_flagged_opens_and_clicks_out(
     assert journey["current_stage"] == "engaged"
 
 
-async def test_a_full_spool_still_serves_the_pixel_and_the_redirect_and_counts_the_loss(
+async def test_a_full_spool_still_serves_the_pixel_and_the_redirect_and_counts_the_loss(  # type: ignore[no-untyped-def]
     http, stores, project, signing_key, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     full = with_settings(stores, spool_dir=tmp_path / "spool", spool_max_bytes=64)  # smaller than any record
     server = TestServer(create_app(full, Metrics()), host="127.0.0.1")
     await server.start_server()
@@ -371,9 +374,9 @@ async def test_a_full_spool_still_serves_the_pixel_and_the_redirect_and_counts_t
         await server.close()
 
 
-async def test_rotation_keeps_old_links_working_for_the_grace_period_only(
+async def test_rotation_keeps_old_links_working_for_the_grace_period_only(  # type: ignore[no-untyped-def]
     http, stores, project, signing_key, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     uncached = with_settings(stores, spool_dir=tmp_path / "spool", key_cache_ttl_s=0)
     server = TestServer(create_app(uncached, Metrics()), host="127.0.0.1")
     await server.start_server()
@@ -413,7 +416,7 @@ async def test_a_new_key_verifies_before_the_cache_expires(stores, project) -> N
 async def test_cli_signs_a_send_list_that_round_trips_through_the_collector(tmp_path: Path) -> None:
     import aiohttp
 
-    from service import Service, create_project as cli_create_project, journeys, stop_leftover_postgres
+    from testkit.service import Service, create_project as cli_create_project, journeys, stop_leftover_postgres
     from support import wait_until
 
     try:
@@ -612,7 +615,7 @@ async def test_without_postgresql_a_link_is_not_followed(http, stores, tmp_path)
 
     import asyncpg
 
-    from service import free_port
+    from testkit.net import free_port
 
     dead = await asyncpg.create_pool(f"postgresql://nobody@127.0.0.1:{free_port()}/none", min_size=0)
     unreachable = dataclasses.replace(with_settings(stores, spool_dir=tmp_path / "spool"), pg=dead)

@@ -1,4 +1,4 @@
-"""The stage facts ClickHouse computes (query/facts_sql.py) equal the Python fold of the definitions
+"""The stage facts ClickHouse computes (query/facts/compute.py) equal the Python fold of the definitions
 (tests/facts_oracle.py), row for row, on generated data that reaches every corner the definitions name:
 two maps, rules on nested and dotted properties, sentiment from the rule, from a property (numbers, text,
 booleans, missing) or from the event; retried copies with other times and receipts, equal times broken by
@@ -26,8 +26,9 @@ from facts_oracle import current_facts, python_facts
 from journeys import identities
 from journeys.events import EVENT_COLUMNS
 from query.maps import validate_map, validate_segment
-from query.facts_sql import EMPTY_INPUTS_SQL, FactsSql
-from query.stage_state import FACT_COLUMNS, Definitions, StateWriter
+from query.facts.compute import EMPTY_INPUTS_SQL, FactsSql
+from query.facts.model import FACT_COLUMNS, Definitions
+from query.facts.writer import StateWriter
 
 MAPS = [
     {
@@ -151,7 +152,9 @@ def _rows(pid: str, k: int, customer: dict[str, Any]) -> tuple[list[bytes], list
     """(events, their retried copies, identity links). The copies go in an insert of their own: copies in
     one insert are folded into one on insert (ReplacingMergeTree, optimize_on_insert)."""
     ids = [f"c{k}-id{i}" for i in range(3)]
-    events, retries, links = [], [], []
+    events: list[bytes] = []
+    retries: list[bytes] = []
+    links: list[bytes] = []
     for n, e in enumerate(customer["events"]):
         properties: dict[str, Any] = {}
         if e["score"] is not None:
@@ -222,7 +225,7 @@ def _definitions() -> Definitions:
     return Definitions.of([(validate_map(m), 1) for m in MAPS], [(validate_segment(s), 1) for s in SEGMENTS])
 
 
-async def _sql_facts(stores, pid: str, facts: FactsSql, scope: str, ids: list[str]) -> Counter:  # type: ignore[no-untyped-def,type-arg]
+async def _sql_facts(stores, pid: str, facts: FactsSql, scope: str, ids: list[str]) -> Counter:  # type: ignore[no-untyped-def]
     params: dict[str, Any] = {**facts.params, "project_id": pid, "build": 7}
     if scope == "ids":
         current = await identities.current_customers(stores.clickhouse, pid, ids)
@@ -259,7 +262,7 @@ async def _server_ms(stores) -> int:  # type: ignore[no-untyped-def]
     return int(rows[0][0])
 
 
-async def _held(stores, pid: str, ids: list[str]) -> Counter:  # type: ignore[no-untyped-def,type-arg]
+async def _held(stores, pid: str, ids: list[str]) -> Counter:  # type: ignore[no-untyped-def]
     net = await current_facts(stores.clickhouse, pid, sorted(set(ids)), 7)
     return Counter({(*fact[:6], int(fact[6]), *fact[7:]): n for fact, n in net.items() if n})
 
@@ -308,9 +311,9 @@ async def test_merging_new_rows_onto_stored_inputs_equals_the_python_fold(stores
     assert await writer.append(pid, definitions, 7, set(ids), 0) == 0
 
 
-async def _load_in_batches(
+async def _load_in_batches(  # type: ignore[no-untyped-def]
     stores, pid: str, definitions: Definitions, writer: StateWriter, batches: list[list[bytes]]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The first batch, then a build; then each other batch, merged onto the build's inputs."""
     for line in batches[0]:  # one insert per row: retried copies never share one (ReplacingMergeTree folds them)
         await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, line)
@@ -365,7 +368,7 @@ async def test_refresh_writes_the_difference_and_converges(stores, project) -> N
     }
     ids = await _load(stores, pid, [first])
 
-    async def held() -> Counter:  # type: ignore[type-arg]
+    async def held() -> Counter:
         net = await current_facts(stores.clickhouse, pid, sorted(set(ids)), 7)
         return Counter({(*fact[:6], int(fact[6]), *fact[7:]): n for fact, n in net.items()})
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
-from collector.app import INSERTER
+from collector.appkeys import INSERTER
 from collector.app import create_app as create_collector
 from journeys.metrics import Metrics
 from journeys_sdk import Client
 from support import basic, wait_drained, wait_until, with_settings
-from tcpproxy import CuttingProxy
+from testkit.tcpproxy import CuttingProxy
 
 
 async def _unique_raw_and_read(stores, project_id: str) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
@@ -35,9 +36,9 @@ async def _unique_raw_and_read(stores, project_id: str) -> tuple[int, int, int]:
     return rows[0][0], rows[0][1], deduped[0][0]
 
 
-async def test_sdk_retries_answers_lost_at_the_tcp_level_and_each_event_counts_once(
+async def test_sdk_retries_answers_lost_at_the_tcp_level_and_each_event_counts_once(  # type: ignore[no-untyped-def]
     collector, query, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Every third answer is dropped after the collector sent it in full: the batch is durable, the SDK
     # sees its connection reset with no response, and sends the batch again.
     proxy = await CuttingProxy("127.0.0.1", collector.port, cut=lambda n: n % 3 == 0).start()
@@ -75,8 +76,8 @@ async def test_spool_disk_full_answers_503_then_recovers_and_loses_nothing(http,
     acked: list[str] = []
     refused: list[str] = []
 
-    async def send(tag: str) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
-        batch = [
+    async def send(tag: str) -> tuple[int, dict, dict]:
+        batch: list[dict[str, Any]] = [
             {
                 "type": "track",
                 "userId": f"d{i % 5}",
@@ -131,9 +132,9 @@ async def test_spool_disk_full_answers_503_then_recovers_and_loses_nothing(http,
     assert stored == set(acked) and not stored & set(refused)
 
 
-async def test_a_checkpoint_the_full_disk_refuses_is_written_again_not_the_rows(
+async def test_a_checkpoint_the_full_disk_refuses_is_written_again_not_the_rows(  # type: ignore[no-untyped-def]
     http, stores, project, tiny_disk
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The rows reach ClickHouse, then the spool cannot write its checkpoint (disk full): the inserter must
     retry the checkpoint, not insert the same rows again (each retry would be another physical copy)."""
     settings = with_settings(stores, spool_dir=tiny_disk / "spool", insert_linger_ms=1500.0)

@@ -633,9 +633,9 @@ def test_schemathesis(live: Live, mixed: Keys, service: str, mode: str) -> None:
     assert not failures
 
 
-async def test_a_too_deep_event_in_a_good_batch_is_quarantined_with_its_first_levels(
+async def test_a_too_deep_event_in_a_good_batch_is_quarantined_with_its_first_levels(  # type: ignore[no-untyped-def]
     http, collector, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The fix for the 500 the fuzzer found: an event nested past what orjson writes is quarantined, and its
     raw JSON is kept down to 64 levels with a marker where it was cut."""
     from support import wait_drained

@@ -120,9 +120,9 @@ async def test_shared_device_is_not_a_merge_but_alias_merges_known_customers(htt
     assert [e["message_id"] for e in merged["events"]] == ["p1", "p2", "p3", "p4", "p5"]
 
 
-async def test_newest_identify_wins_per_trait_even_when_it_arrives_first(
+async def test_newest_identify_wins_per_trait_even_when_it_arrives_first(  # type: ignore[no-untyped-def]
     http, collector, query, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = project.write_key
     await _send(
         http, collector, key, _ev("identify", "10T00:00:00", "t2", userId="dana", traits={"plan": "b2b", "seats": 12})
@@ -185,7 +185,7 @@ async def test_forgetting_a_customer_removes_everything(http, collector, query, 
 async def test_cli_forgets_a_customer_while_the_service_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import aiohttp
 
-    from service import Service, create_project, journeys, stop_leftover_postgres
+    from testkit.service import Service, create_project, journeys, stop_leftover_postgres
 
     try:
         keys = create_project(tmp_path, "gdpr")
@@ -237,9 +237,9 @@ async def _count_is(fetch, customer, n):  # type: ignore[no-untyped-def]
     return len(await fetch(customer)) == n
 
 
-async def test_a_reverse_index_row_without_its_forward_row_is_not_a_member(
+async def test_a_reverse_index_row_without_its_forward_row_is_not_a_member(  # type: ignore[no-untyped-def]
     http, collector, query, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """IdentityGraph writes the reverse index first: between its two inserts (or after a crash between
     them) ``identities_by_customer`` names an id that does not belong to the customer yet. Reads asked by
     the customer's own id must leave that id's events out, in every endpoint that reads them."""

@@ -24,7 +24,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from collector.app import INSERTER, METRICS, SPOOL
+from collector.appkeys import INSERTER, METRICS, SPOOL
 from collector.app import create_app as create_collector
 from collector.imports import derive_message_id
 from collector.inserter import Inserter
@@ -32,7 +32,7 @@ from journeys.keys import add_key
 from journeys.metrics import Metrics
 from collector.origins import change_origins
 from query.reads import project_stats
-from service import cli_env
+from testkit.service import cli_env
 from support import basic, stored_rows, wait_drained, wait_until, with_settings
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -355,6 +355,7 @@ async def _cli(data_dir: Path, *args: str, timeout: float = 600) -> tuple[int, s
         proc.kill()
         await proc.wait()
         raise
+    assert proc.returncode is not None  # communicate() waited for the exit
     return proc.returncode, out.decode(), err.decode()
 
 
@@ -522,9 +523,9 @@ async def test_cli_mapped_ndjson_gz_and_start_line(collector, stores, project, t
 
 
 @pytest.mark.slow
-async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line(
+async def test_cli_waits_out_a_full_spool_and_resumes_from_the_last_durable_line(  # type: ignore[no-untyped-def]
     collector_stores, stores, project, tmp_path, settings
-):  # type: ignore[no-untyped-def]
+):
     path = tmp_path / "padded.csv"
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
@@ -571,9 +572,9 @@ ROWS = int(os.environ.get("IMPORT_ROWS", "1000000"))
 
 
 @pytest.mark.slow
-async def test_cli_imports_a_million_row_csv_once_even_when_imported_twice(
+async def test_cli_imports_a_million_row_csv_once_even_when_imported_twice(  # type: ignore[no-untyped-def]
     collector, stores, project, tmp_path, settings
-):  # type: ignore[no-untyped-def]
+):
     """1 M rows through `journeys import` (a subprocess, --project: a temporary write key) into the collector
     on a port, counted in ClickHouse; imported again, still counted once. Prints the throughput."""
     path = tmp_path / "million.csv"

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from journeys.keys import KeyResolver, add_key, create_project
 from journeys.metrics import Metrics
 from live import call
-from service import Service, journeys, stop_leftover_postgres
+from testkit.service import Service, journeys, stop_leftover_postgres
 from support import basic, with_settings
 
 TTL = 1.0  # JOURNEYS_KEY_CACHE_TTL_S in these tests

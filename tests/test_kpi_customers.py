@@ -132,9 +132,9 @@ async def _get(http, query, key: str, path: str, **params: str) -> tuple[int, An
         return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
 
 
-async def _whole_list(
+async def _whole_list(  # type: ignore[no-untyped-def]
     http, query, key: str, limit: int = 3, **params: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # type: ignore[no-untyped-def]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every page of a list, following the cursors: (customers, pages)."""
     pages, customers, cursor = [], [], None
     while True:
@@ -160,9 +160,9 @@ async def _whole_list(
     customers=st.lists(customer_st, min_size=4, max_size=10),
     window=st.sampled_from([(-5, 0), (-15, -10), (-19, -19), (-20, 0)]),
 )
-async def test_every_list_is_its_count_and_the_brute_force_customers(
+async def test_every_list_is_its_count_and_the_brute_force_customers(  # type: ignore[no-untyped-def]
     http, collector, query, stores, customers, window
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """For every segment, stage and outcome: the customers listed (all pages, 3 at a time) are exactly those
     the brute force counts at the list's `as_of`, and as many as the KPI count (when no customer crossed a
     boundary between the two answers' `as_of`); the drop-off summary equals its brute force."""
@@ -383,9 +383,9 @@ async def test_a_list_as_csv_streams_every_page(http, collector, query, stores, 
     ]
 
 
-async def test_an_unknown_customer_is_a_404_and_a_known_one_without_this_map_is_not(
+async def test_an_unknown_customer_is_a_404_and_a_known_one_without_this_map_is_not(  # type: ignore[no-untyped-def]
     http, collector, query, stores
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from journeys.keys import add_key
 
     project = await _one_project(http, collector, query, stores)
@@ -441,7 +441,7 @@ async def test_customers_are_found_by_id_prefix_and_by_recent_activity(http, col
     ]
     await _send(http, collector, project.write_key, recent)
 
-    async def found(**params: str) -> dict[str, Any] | None:
+    async def found(**params: str) -> dict[str, Any]:
         status, body = await _get(http, query, key, "/v1/customers", **params)
         assert status == 200, body
         return body

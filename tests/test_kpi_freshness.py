@@ -130,7 +130,7 @@ async def _held(reader: Reader, acked: float, reached: int) -> float:
 async def test_freshness_holds_back_while_the_updater_is_held_and_catches_up(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """Holding the updater's facts lock in PostgreSQL (as a long write of it would) keeps an acknowledged and
     inserted event out of the KPIs: the position and the gauge say so; released, both catch up."""
-    from query.stage_state import _FACTS_LOCK
+    from query.facts.locks import _FACTS_LOCK
 
     project = await _project(stores)
     reader = Reader(http, query, project)
@@ -149,13 +149,13 @@ async def test_freshness_holds_back_while_the_updater_is_held_and_catches_up(htt
     await wait_until(lambda: reader.fallen_below(highest), timeout=30)  # the next polls start after the hold
 
 
-async def test_freshness_holds_back_while_the_collector_holds_acknowledged_events(
+async def test_freshness_holds_back_while_the_collector_holds_acknowledged_events(  # type: ignore[no-untyped-def]
     http, collector, query, stores
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The issue's case: the collector acknowledged an event but has not got it into ClickHouse (here its
     insert waits at a gate; a backlog in the spool, stitching or an outage do the same). The updater is
     caught up with ClickHouse, yet the answers must not claim the event, and the gauge rises."""
-    from collector.app import INSERTER
+    from collector.appkeys import INSERTER
 
     project = await _project(stores)
     reader = Reader(http, query, project)

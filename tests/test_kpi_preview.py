@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from query import definitions
-from query.stage_state import PREVIEW_BUILDS
+from query.facts.builds import PREVIEW_BUILDS
 from support import basic, wait_until
 from test_kpis import BASE, MAP, _kpis, _new_project, _send, _stamp
 
@@ -127,16 +127,16 @@ async def test_a_bad_draft_is_refused_naming_the_field(http, query, stores) -> N
         assert r.status == 401
 
 
-async def test_cli_previews_through_the_running_query_service(
+async def test_cli_previews_through_the_running_query_service(  # type: ignore[no-untyped-def]
     http, collector, query, stores, data_dir, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """This test process holds the embedded ClickHouse, as a running `journeys up` does: `journeys map preview`
     asks the query service, with a read key it revokes afterwards, and prints what the endpoint answers."""
     import asyncio
     import json
 
     import yaml
-    from service import journeys
+    from testkit.service import journeys
 
     project = await _new_project(stores)
     await _send(http, collector, project.write_key, _events())
@@ -166,7 +166,7 @@ def test_cli_previews_directly_when_the_stores_are_free_with_the_endpoints_check
     """No service running: `journeys map preview` computes in its own process, and takes its window exactly
     as the endpoint does (the same parameter names and reasons)."""
     import yaml
-    from service import journeys, stop_leftover_postgres
+    from testkit.service import journeys, stop_leftover_postgres
 
     try:
         assert journeys(tmp_path, "project", "create", "direct").returncode == 0

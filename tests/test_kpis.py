@@ -28,7 +28,7 @@ from support import basic, wait_drained, wait_until
 TODAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 BASE = TODAY - timedelta(days=20)
 
-MAP = {
+MAP: dict[str, Any] = {
     "name": "funnel",
     "stages": [
         {"id": "aware", "name": "Aware", "conversion_window_days": 2, "target": {"conversion_rate": 0.5}},
@@ -89,7 +89,8 @@ def _iso(minutes: int) -> str:
 
 def _generate(project_tag: str, customers: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
     """(first delivery, late delivery, ground truth: events per stitched customer, facts per customer)."""
-    first, late = [], []
+    first: list[dict[str, Any]] = []
+    late: list[dict[str, Any]] = []
     truth_events: dict[str, list[dict[str, Any]]] = {}
     truth_facts: dict[str, dict[str, Any]] = {}
     for k, c in enumerate(customers):
@@ -184,7 +185,7 @@ async def _kpis(http, query, key: str, **params: str) -> dict[str, Any]:  # type
 
 async def _caught_up(query) -> None:  # type: ignore[no-untyped-def]
     """Wait for the updater to finish a full poll that started after everything was inserted."""
-    from query.app import STATE_UPDATER
+    from query.appkeys import STATE_UPDATER
 
     updater = query.app[STATE_UPDATER]
     import time
@@ -207,9 +208,9 @@ async def _send(http, collector, key: str, events: list[dict[str, Any]]) -> None
     await wait_drained(collector)
 
 
-def _compare(
+def _compare(  # type: ignore[no-untyped-def]
     result: dict[str, Any], journeys, facts, first_day: date, last_day: date, journey_map: dict[str, Any] = MAP
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     now_ms = int(datetime.fromisoformat(result["as_of"].replace("Z", "+00:00")).timestamp() * 1000)
     wanted = [s["segment"] or "" for s in result["segments"]]
     expected = oracle_kpis(
@@ -575,7 +576,7 @@ async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, 
     """A ClickHouse failure while writing state rows (here: the first write after the events arrive) must
     not mark those changes handled: the updater retries them and the KPIs count the customer."""
     from journeys.clickhouse import ClickHouseError
-    from query.app import STATE_UPDATER
+    from query.appkeys import STATE_UPDATER
 
     project = await _new_project(stores)
     await _kpis(http, query, project.read_key, map="funnel")  # the project's (empty) rebuild is done
@@ -622,7 +623,7 @@ async def test_a_write_whose_answer_was_lost_is_not_counted_twice(http, collecto
     updater retries, reads what the table now holds and writes only the difference — nothing, so the
     customer counts once. Then a late event that changes their entry moves the counts, not adds to them."""
     from journeys.clickhouse import ClickHouseError
-    from query.app import STATE_UPDATER
+    from query.appkeys import STATE_UPDATER
 
     project = await _new_project(stores)
     await _kpis(http, query, project.read_key, map="funnel")
@@ -655,7 +656,7 @@ async def test_a_write_whose_answer_was_lost_is_not_counted_twice(http, collecto
         await _caught_up(query)
         window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=10)).date().isoformat()}
 
-        async def stage0() -> dict:  # type: ignore[type-arg]
+        async def stage0() -> dict[str, Any]:
             result = await _kpis(http, query, project.read_key, map="funnel", **window)
             return result["segments"][0]["stages"][0]
 
@@ -685,8 +686,8 @@ async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, que
     """Forgetting withdraws the customer's facts in the same call: the next KPI read no longer counts them,
     every one of their facts nets to zero, and a later refresh of their ids adds nothing back."""
     from journeys.keys import add_key
-    from query.app import STATE_UPDATER
-    from query.state_updater import current_definitions, serving_build
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import current_definitions, serving_build
 
     project = await _new_project(stores)
 
@@ -730,16 +731,16 @@ async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, que
     assert await reached() == [1, 0]
 
 
-async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are_computed(
+async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are_computed(  # type: ignore[no-untyped-def]
     http, collector, query, stores
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A segment edit is recomputed for every customer (minutes at a million); meanwhile KPIs answer from
     the previous, complete build and say so, a brand-new segment answers 503 until it is computed, and
     afterwards the new definitions' numbers replace the old at once."""
     import asyncio
 
-    from query.app import STATE_UPDATER
-    from query.state_updater import serving_build
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import serving_build
 
     project = await _new_project(stores)
     await _send(
@@ -860,7 +861,7 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
     from collections import Counter
 
     from facts_oracle import current_facts, write_differences
-    from query.state_updater import serving_build
+    from query.facts.builds import serving_build
 
     project = await _new_project(stores)
     t0 = BASE + timedelta(days=2)
@@ -886,9 +887,9 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
     synthetic = [f"synthetic-{i}" for i in range(40)]
     at_ms = int(t0.timestamp() * 1000)
 
-    def variant(k: int) -> Counter:  # type: ignore[type-arg]
+    def variant(k: int) -> Counter[tuple[Any, ...]]:
         """The synthetic customers' facts in turn: converted fast, converted slow (another wait bin), open."""
-        out: Counter = Counter()  # type: ignore[type-arg]
+        out: Counter[tuple[Any, ...]] = Counter()
         for i, customer in enumerate(synthetic):
             converted, wait = [(1, 3_600_000 + i), (1, 40 * 3_600_000 + i), (0, 0)][k % 3]
             for segment in ("", "vip"):
@@ -1032,9 +1033,9 @@ async def test_undecided_customers_bound_the_outcome_instead_of_flattering_it(ht
     assert (bottleneck["stage"], bottleneck["metric"], bottleneck["shortfall"]) == ("consider", "conversion_rate", 1.0)
 
 
-async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_needs(
+async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_needs(  # type: ignore[no-untyped-def]
     http, collector, query, stores
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Each answer holds a connection for the facts lock while its own reads take more: on one pool, 9 answers
     at once held all 10 and waited for an 11th for ever (the dashboard sends two every 5 s per tab)."""
     import asyncio
@@ -1078,7 +1079,7 @@ async def test_a_rebuild_stalls_no_live_update_of_any_project(http, collector, q
     build that still serves. Once the rebuild completes, the new build counts them too."""
     import asyncio
 
-    from query.app import STATE_UPDATER
+    from query.appkeys import STATE_UPDATER
 
     rebuilding, other = await _new_project(stores), await _new_project(stores)
     window = {"map": "funnel", "from": BASE.date().isoformat()}

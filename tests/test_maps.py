@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -13,10 +14,10 @@ import yaml
 from query import definitions
 from journeys.keys import add_key, create_project
 from query.maps import map_warnings, DefinitionError, validate_map, validate_segment
-from service import journeys, stop_leftover_postgres
+from testkit.service import journeys, stop_leftover_postgres
 from support import basic
 
-GOOD_MAP = {
+GOOD_MAP: dict[str, Any] = {
     "name": "retail",
     "stages": [
         {"id": "aware", "name": "Aware", "target": {"conversion_rate": 0.3}},
@@ -242,7 +243,7 @@ def test_good_segments_validate() -> None:
     ],
 )
 def test_templates_load_and_validate(name: str, stages: list[str]) -> None:
-    text = resources.files("journeys").joinpath("templates", f"{name}.yaml").read_text()
+    text = resources.files("cli").joinpath("templates", f"{name}.yaml").read_text()
     journey_map = validate_map(yaml.safe_load(text))
     assert journey_map.ordered_stage_ids() == stages
     channels = set()

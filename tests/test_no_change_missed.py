@@ -100,7 +100,7 @@ async def _reached(http, query, key: str, segment: str | None = None) -> list[in
 
 async def _full_poll(query) -> None:  # type: ignore[no-untyped-def]
     """Wait until the updater has completed a poll that began after now."""
-    from query.app import STATE_UPDATER
+    from query.appkeys import STATE_UPDATER
 
     updater, mark = query.app[STATE_UPDATER], time.monotonic()
 
@@ -162,9 +162,9 @@ class SlowTraitsView:
 
 
 @pytest.mark.slow
-async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counted(
+async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counted(  # type: ignore[no-untyped-def]
     http, own_collector, query, stores
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The issue's case: the customer's only change is a late, older identify carrying the trait that makes
     them a segment member. A refresh runs while the identify's event is visible and its trait row is not
     yet; the segment must count the customer all the same, and go on counting them."""
@@ -211,9 +211,9 @@ async def test_a_late_identify_whose_trait_rows_commit_after_its_event_is_counte
 
 
 @pytest.mark.slow
-async def test_a_row_stamped_earlier_but_visible_later_than_a_handled_one_is_counted(
+async def test_a_row_stamped_earlier_but_visible_later_than_a_handled_one_is_counted(  # type: ignore[no-untyped-def]
     http, collector, query, stores
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """An insert that takes long (or another collector's, at the same time) is stamped when it begins and
     visible when it ends: here after a newer event of the same customer was polled and handled. Its event
     must be counted all the same."""

@@ -192,9 +192,9 @@ async def test_access_log_line_per_request_without_secrets(root_logging, http, c
         assert secret not in text, secret
 
 
-async def test_probes_scrapes_and_dashboard_refreshes_are_logged_at_debug_only(
+async def test_probes_scrapes_and_dashboard_refreshes_are_logged_at_debug_only(  # type: ignore[no-untyped-def]
     root_logging, http, collector, query, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """`journeys up` logged every 5-second dashboard poll at INFO (474 lines in 6 minutes): probes, scrapes and
     the dashboard's refreshes (X-Journeys-Poll: 1) go to DEBUG, unless they fail."""
     buffer = io.StringIO()
@@ -521,7 +521,7 @@ def test_one_process_exports_each_series_on_one_port_only(tmp_path) -> None:  # 
     import json
     import urllib.request
 
-    from service import Service, create_project, stop_leftover_postgres
+    from testkit.service import Service, create_project, stop_leftover_postgres
 
     service = Service(tmp_path)
     try:

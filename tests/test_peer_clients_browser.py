@@ -434,14 +434,14 @@ RUDDER_EXPECTED = [
 @pytest.mark.parametrize(
     ("delivery", "offset_ms"), [("standard", -3 * HOURS), ("batching", 3 * HOURS)], ids=["fetch-per-event", "batching"]
 )
-async def test_segment_analytics_next_in_chromium(
+async def test_segment_analytics_next_in_chromium(  # type: ignore[no-untyped-def]
     browse,
     watched_collector,
     http,
     query,
     project,
     delivery,
-    offset_ms,  # type: ignore[no-untyped-def]
+    offset_ms,
 ) -> None:
     v = await visit(browse, watched_collector, http, project, "segment", offset_ms, batching=delivery == "batching")
     events = await read_back(http, query, project, v, SEGMENT_EXPECTED)
@@ -466,7 +466,7 @@ async def test_segment_analytics_next_in_chromium(
 @pytest.mark.parametrize(
     ("transport", "offset_ms"), [("xhr", 3 * HOURS), ("beacon", -3 * HOURS)], ids=["xhr", "use-beacon"]
 )
-async def test_rudderstack_analytics_js_v3_in_chromium(
+async def test_rudderstack_analytics_js_v3_in_chromium(  # type: ignore[no-untyped-def]
     browse,
     watched_collector,
     http,
@@ -474,7 +474,7 @@ async def test_rudderstack_analytics_js_v3_in_chromium(
     project,
     public_key,
     transport,
-    offset_ms,  # type: ignore[no-untyped-def]
+    offset_ms,
 ) -> None:
     v = await visit(browse, watched_collector, http, project, "rudder", offset_ms, useBeacon=transport == "beacon")
     await read_back(http, query, project, v, RUDDER_EXPECTED)

@@ -43,14 +43,14 @@ TEN_MINUTES_S = 600.0
     [("segment", 3 * HOURS), ("rudderstack", -3 * HOURS)],
     ids=["segment-analytics-node-3.1.0", "rudder-sdk-node-3.1.1"],
 )
-async def test_node_client_calls_are_stored_once_stitched_at_real_time_with_their_channels(
+async def test_node_client_calls_are_stored_once_stitched_at_real_time_with_their_channels(  # type: ignore[no-untyped-def]
     peers,
     watched_collector,
     query,
     http,
     project,
     client,
-    offset_ms,  # type: ignore[no-untyped-def]
+    offset_ms,
 ) -> None:
     collector = await watched_collector()
     run = uuid.uuid4().hex[:8]
@@ -146,13 +146,13 @@ async def test_node_client_calls_are_stored_once_stitched_at_real_time_with_thei
 @pytest.mark.parametrize(
     "client", ["segment", "rudderstack"], ids=["segment-analytics-node-3.1.0", "rudder-sdk-node-3.1.1"]
 )
-async def test_node_client_with_a_wrong_key_is_told_so_once_per_batch_and_stores_nothing(
+async def test_node_client_with_a_wrong_key_is_told_so_once_per_batch_and_stores_nothing(  # type: ignore[no-untyped-def]
     peers,
     watched_collector,
     query,
     http,
     project,
-    client,  # type: ignore[no-untyped-def]
+    client,
 ) -> None:
     collector = await watched_collector()
     run = uuid.uuid4().hex[:8]

@@ -57,13 +57,13 @@ def _at(iso: str) -> float:
 
 @pytest.mark.parametrize("which", ["segment", "rudderstack"])
 @pytest.mark.parametrize("shift_s", [SHIFT_S, -SHIFT_S])
-async def test_every_call_arrives_once_at_the_real_time_and_stitched(
+async def test_every_call_arrives_once_at_the_real_time_and_stitched(  # type: ignore[no-untyped-def]
     which,
     shift_s,
     collector,
     query,
     project,
-    http,  # type: ignore[no-untyped-def]
+    http,
 ) -> None:
     host = str(collector.make_url("")).rstrip("/")
     began = time.time()
@@ -101,9 +101,9 @@ async def test_every_call_arrives_once_at_the_real_time_and_stitched(
 
 
 @pytest.mark.parametrize("which", ["segment", "rudderstack"])
-async def test_a_refusal_is_an_error_the_client_reports_not_a_retry_loop(
+async def test_a_refusal_is_an_error_the_client_reports_not_a_retry_loop(  # type: ignore[no-untyped-def]
     which,
-    collector,  # type: ignore[no-untyped-def]
+    collector,
 ) -> None:
     """A 400 (here: a read key cannot write) carries ``code`` and ``message``: the clients read those two,
     and RudderStack's crashed on a body without them and retried a request that can never succeed."""

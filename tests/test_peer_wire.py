@@ -67,9 +67,9 @@ async def test_null_and_empty_optional_fields_are_absent(http, collector, stores
     assert rows["m4"]["group_id"] == "g" and rows["m5"]["previous_id"] == "a-0"
 
 
-async def test_what_is_still_wrong_is_named_in_the_senders_words_with_code_and_message(
+async def test_what_is_still_wrong_is_named_in_the_senders_words_with_code_and_message(  # type: ignore[no-untyped-def]
     http, collector, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     batch = [
         {"type": "track", "event": "x", "userId": None, "anonymousId": None},  # no id at all
         {"type": "track", "event": "x", "anonymousId": ["a"]},  # not a string
@@ -97,9 +97,9 @@ async def test_what_is_still_wrong_is_named_in_the_senders_words_with_code_and_m
         ("a", "alias", {"previousId": "old"}),
     ],
 )
-async def test_segment_short_routes_take_one_event_of_their_kind(
+async def test_segment_short_routes_take_one_event_of_their_kind(  # type: ignore[no-untyped-def]
     http, collector, stores, project, short, kind, event
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # analytics-next: the key in the body (and as Basic auth), the type in the body too.
     body = {"type": kind, "userId": "u-1", "messageId": "m", "writeKey": project.write_key, **event}
     status, answer = await _post(http, collector, f"/v1/{short}", body)
@@ -115,9 +115,9 @@ async def test_segment_short_batch_route(http, collector, stores, project) -> No
     assert len(await _stored(stores, project.id, 3)) == 3
 
 
-async def test_beacon_route_takes_a_public_key_from_the_query_and_refuses_a_write_key(
+async def test_beacon_route_takes_a_public_key_from_the_query_and_refuses_a_write_key(  # type: ignore[no-untyped-def]
     http, collector, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     key = await public_key(stores, project, SHOP)
     batch = {"batch": [{"type": "track", "event": "Left", "anonymousId": "a", "messageId": "b1"}]}
     # sendBeacon: text/plain, no Authorization header, the page's Origin.
@@ -200,9 +200,9 @@ RUDDER_IOS = {"library": {"name": "rudder-ios-library", "version": "1.0"}}
         ({"type": "track", "event": "Clicked", "context": {"page": {"url": "https://shop.example/"}}}, "web"),
     ],
 )
-async def test_rudderstack_platform_channel_never_overrides_the_touchpoint_channel(
+async def test_rudderstack_platform_channel_never_overrides_the_touchpoint_channel(  # type: ignore[no-untyped-def]
     http, collector, stores, project, event, channel
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     message_id = uuid.uuid4().hex
     body = {"batch": [{**event, "anonymousId": "a", "messageId": message_id}]}
     status, answer = await _post(http, collector, "/v1/batch", body, basic(project.write_key))
@@ -210,9 +210,9 @@ async def test_rudderstack_platform_channel_never_overrides_the_touchpoint_chann
     assert (await _stored(stores, project.id, 1))[message_id]["channel"] == channel
 
 
-async def test_rudderstack_source_config_is_served_for_a_public_key_from_its_origin(
+async def test_rudderstack_source_config_is_served_for_a_public_key_from_its_origin(  # type: ignore[no-untyped-def]
     http, collector, stores, project
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """analytics-js asks ``{configUrl}/sourceConfig/?writeKey=…`` (with the key as Basic auth too) before it
     sends anything; with configUrl = the collector it needs no RudderStack control plane."""
     key = await public_key(stores, project, SHOP)

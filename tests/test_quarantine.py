@@ -24,7 +24,7 @@ import pytest
 from collector.quarantine import QuarantineLog, replay_message_id
 from journeys.events import QUARANTINE_COLUMNS
 from journeys.keys import add_key
-from service import cli_env, journeys, stop_leftover_postgres
+from testkit.service import cli_env, journeys, stop_leftover_postgres
 from support import basic, stored_rows, wait_drained, wait_stored
 
 NO_NAME = [{"field": "event", "reason": "Field required"}]
@@ -95,9 +95,9 @@ async def _post(http, server, path, body, key=None):  # type: ignore[no-untyped-
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_listing_groups_by_reason_counts_each_message_once_with_samples(
+async def test_listing_groups_by_reason_counts_each_message_once_with_samples(  # type: ignore[no-untyped-def]
     http, collector, query, stores, project, admin
-):  # type: ignore[no-untyped-def]
+):
     good = {"type": "track", "userId": "q-ok", "event": "Fine"}
     resent = {"type": "track", "userId": "q-1", "messageId": "q-bad-1", "properties": {"n": 1}}  # no event name
     anonymous = {"type": "track", "userId": "q-2"}  # no event name, no messageId
@@ -365,10 +365,10 @@ async def test_replay_since_leaves_older_events_alone(http, collector, query, st
     assert listing["quarantined"] == 1 and listing["reasons"][0]["samples"][0]["message_id"] == "old"
 
 
-async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_once(
+async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_once(  # type: ignore[no-untyped-def]
     http, collector, query, stores, project
-):  # type: ignore[no-untyped-def]
-    from collector.app import SPOOL
+):
+    from collector.appkeys import SPOOL
     from collector.quarantine import replay
 
     now = _now()
@@ -426,9 +426,9 @@ async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_
 # --------------------------------------------------------------------------------------------------------
 
 
-async def test_cli_replays_through_the_running_collector_with_a_one_time_key(
+async def test_cli_replays_through_the_running_collector_with_a_one_time_key(  # type: ignore[no-untyped-def]
     http, collector, query, stores, project, data_dir
-):  # type: ignore[no-untyped-def]
+):
     """This test process holds the embedded ClickHouse, as a running `journeys up` does: the CLI must go
     through the collector, with an admin key it revokes afterwards."""
     now = _now()
@@ -577,7 +577,8 @@ def test_log_line_at_most_once_a_minute_per_kind_with_a_count_of_the_rest(caplog
     limiter = QuarantineLog(60, clock=lambda: now[0], logger=logger)
     caplog.set_level(logging.INFO, logger=logger.name)
 
-    def lines() -> list[logging.LogRecord]:
+    # LogRecords; Any, for the `extra` fields (project_id, field, reason, suppressed) they carry as attributes
+    def lines() -> list[Any]:
         return [r for r in caplog.records if r.name == logger.name]
 
     for i in range(5):

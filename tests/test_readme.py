@@ -40,7 +40,7 @@ def test_the_quickstart_commands_run_as_written(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from service import Service, cli_env, stop_leftover_postgres
+    from testkit.service import Service, cli_env, stop_leftover_postgres
 
     blocks = _quickstart_blocks()[2:]
     assert any("project create demo --env" in b for b in blocks), blocks

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from support import basic, wait_until
-from service import Service, create_project, stop_leftover_postgres
+from testkit.service import Service, create_project, stop_leftover_postgres
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ async def test_retries_after_lost_responses_are_counted_once(lossy_proxy, collec
     async with aiohttp.ClientSession() as http:
         async with http.get(query.make_url("/v1/stats"), headers=headers) as resp:
             assert (await resp.json())["events"] == 1000
-        seen = []
+        seen: list[int] = []
         for c in range(10):
             async with http.get(query.make_url(f"/v1/customers/r-{c}/events?limit=10000"), headers=headers) as resp:
                 seen.extend(e["properties"]["i"] for e in (await resp.json())["events"])

@@ -27,7 +27,8 @@ async def test_appends_are_read_back_in_order_across_segments(tmp_path: Path) ->
     assert len(list(tmp_path.glob("*.seg"))) > 3
     assert await _read_all(spool) == payloads
     # Reading in small bites continues exactly where the last bite ended.
-    got, pos = [], spool.checkpoint
+    got: list[bytes] = []
+    pos = spool.checkpoint
     while True:
         records, pos = await spool.read(pos, 5000)
         if not records:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import clickhouse_connect
 import orjson
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 
 from query.maps import validate_map
 from query.journey import CompiledMap
-from query.stage_sql import rule_index_sql
+from query.facts.rule_index import rule_index_sql
 
 # Small pools that collide on purpose ("1" vs 1 vs 1.0 vs true): the cases where JSON equality and a
 # sloppy SQL translation disagree.
@@ -127,7 +129,8 @@ def _condition_case(draw):  # type: ignore[no-untyped-def]
             props[path] = value
         elif choice == 1 and "." in path:  # the nested path
             head, *middle, last = path.split(".")
-            node = props[head] = {}
+            node: dict[str, Any] = {}
+            props[head] = node
             for part in middle:
                 node = node.setdefault(part, {})
             node[last] = value

@@ -209,8 +209,8 @@ async def test_no_read_changes_when_clickhouse_merges_a_retry_away(stores, proje
     that copy from the start — events, journey (timelines, never merged) and the stage facts' read — so no
     answer depends on whether a merge has run."""
     from query.maps import validate_map
-    from query.facts_sql import FactsSql
-    from query.stage_state import Definitions
+    from query.facts.compute import FactsSql
+    from query.facts.model import Definitions
     from test_journey import MAP
 
     pid = project.id
@@ -263,7 +263,7 @@ async def test_no_read_changes_when_clickhouse_merges_a_retry_away(stores, proje
     )
     facts = FactsSql(Definitions.of([(validate_map(MAP), 1)], []))
 
-    async def answers() -> tuple:  # type: ignore[type-arg]
+    async def answers() -> tuple:
         _, moves = await stores.clickhouse.query(
             f"SELECT toUnixTimestamp64Milli(at), move_kind FROM ({facts.desired('ids')}) WHERE fact = 'move' ORDER BY at",
             {**facts.params, "project_id": pid, "build": 1, "ids": ["rita"], "owners": ["rita"]},

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from collector.app import METRICS
+from collector.appkeys import METRICS
 from collector.app import create_app as create_collector
 from collector.tracker import build_script, minify, tracker_source
 from journeys.keys import add_key
@@ -226,9 +226,9 @@ async def wait_events(stores: Stores, project_id: str, n: int) -> list[dict[str,
 
 
 @pytest.mark.parametrize("variant", ["minified", "readable"])
-async def test_page_views_track_and_identify_arrive_with_ids_urls_referrers_and_utm(
+async def test_page_views_track_and_identify_arrive_with_ids_urls_referrers_and_utm(  # type: ignore[no-untyped-def]
     browser, make_collector, site_factory, stores, project, public_key, variant
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     collector = await make_collector()
     site = await site_factory(collector, public_key, variant)
     await allow(stores, project.id, site.origin)
@@ -287,9 +287,9 @@ async def test_page_views_track_and_identify_arrive_with_ids_urls_referrers_and_
 
 
 @pytest.mark.parametrize("variant", ["minified", "readable"])
-async def test_leaving_the_page_delivers_the_queue_by_send_beacon(
+async def test_leaving_the_page_delivers_the_queue_by_send_beacon(  # type: ignore[no-untyped-def]
     browser, make_collector, site_factory, stores, project, public_key, variant
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     collector = await make_collector()
     # Nothing would be sent for ten minutes or a hundred events: only the page-hide path can deliver.
     site = await site_factory(collector, public_key, variant, attrs='data-flush-ms="600000" data-batch-size="100"')
@@ -316,9 +316,9 @@ async def test_leaving_the_page_delivers_the_queue_by_send_beacon(
     assert sent["writeKey"] == public_key and len(sent["batch"]) == 3 and sent["sentAt"]
 
 
-async def test_big_non_ascii_events_go_in_requests_under_the_beacon_limit_and_none_is_lost(
+async def test_big_non_ascii_events_go_in_requests_under_the_beacon_limit_and_none_is_lost(  # type: ignore[no-untyped-def]
     browser, make_collector, site_factory, stores, project, public_key
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     collector = await make_collector()
     site = await site_factory(collector, public_key, attrs='data-flush-ms="200" data-batch-size="100"')
     await allow(stores, project.id, site.origin)
@@ -343,9 +343,9 @@ async def test_big_non_ascii_events_go_in_requests_under_the_beacon_limit_and_no
     assert max(sizes) <= 60_000 and all(s.status == 200 for s in collector.batches()), sizes
 
 
-async def test_opted_out_visitors_send_nothing_and_the_choice_persists(
+async def test_opted_out_visitors_send_nothing_and_the_choice_persists(  # type: ignore[no-untyped-def]
     browser, make_collector, site_factory, stores, project, public_key
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     collector = await make_collector()
     site = await site_factory(collector, public_key)
     await allow(stores, project.id, site.origin)
@@ -398,9 +398,9 @@ async def test_opted_out_visitors_send_nothing_and_the_choice_persists(
     assert not [s for s in collector.batches() if b"Secret" in s.body]
 
 
-async def test_a_page_on_an_origin_the_project_does_not_list_stores_nothing(
+async def test_a_page_on_an_origin_the_project_does_not_list_stores_nothing(  # type: ignore[no-untyped-def]
     browser, make_collector, site_factory, stores, project, public_key
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     collector = await make_collector()
     listed = await site_factory(collector, public_key)
     unlisted = await site_factory(collector, public_key)  # same pages, another port: another origin
@@ -440,9 +440,9 @@ async def test_a_page_on_an_origin_the_project_does_not_list_stores_nothing(
     assert {s.status for s in refusals} == {403} and {s.mode for s in refusals} == {"cors", "no-cors"}
 
 
-async def test_the_tracker_waits_out_a_429_and_delivers(
+async def test_the_tracker_waits_out_a_429_and_delivers(  # type: ignore[no-untyped-def]
     browser, make_collector, site_factory, stores, project, public_key
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # One request per visitor, then one more each second.
     collector = await make_collector(rate_limit_public_per_s=1.0, rate_limit_public_burst=1)
     site = await site_factory(collector, public_key, attrs='data-flush-ms="50"')

@@ -1,101 +1,29 @@
-"""Per-customer journey state for stage KPIs, kept as signed facts in ``stage_facts``.
+"""Writes the stage facts ClickHouse computes: a whole project into a new build, or some customers' difference.
 
-A KPI call must not rescan every event, nor fold every customer (docs/kpis.md): each stitched customer's
-journey through each of the project's maps is condensed into facts — the first entry into every stage and
-when they moved on, every transition, sentiment-bearing touchpoints — once per segment key the customer
-counts under, and KPIs sum the facts' pre-aggregated projections. ClickHouse computes the facts from the
-events (:mod:`query.facts_sql`); :class:`StateWriter` says whose and into which build: every customer of a
-project into a new build (:meth:`StateWriter.build_all`), or the customers whose events or ids changed
-(:meth:`StateWriter.refresh`), writing only the difference from what the build holds for them. The query
-service's :class:`~query.state_updater.StageStateUpdater` decides which customers those are.
+ClickHouse computes the facts from the events (:mod:`query.facts.compute`); :class:`StateWriter` says whose
+and into which build: every customer of a project into a new build (:meth:`StateWriter.build_all`), or the
+customers whose events or ids changed (:meth:`StateWriter.refresh`, :meth:`StateWriter.append`), writing only
+the difference from what the build holds for them. The query service's
+:class:`~query.facts.updater.StageStateUpdater` decides which customers those are; :func:`forget_facts`
+withdraws a forgotten customer's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from functools import cached_property
 from typing import Any
-
-import orjson
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
-from query.maps import JourneyMap, Segment, Stage
-from journeys.migrate import render_clickhouse_sql
-from query.facts_sql import EMPTY_INPUTS_SQL, WITHDRAW_SQL, FactsSql
-from query.journey import CompiledMap
+from query.facts.builds import PREVIEW_BUILDS
+from query.facts.compute import EMPTY_INPUTS_SQL, WITHDRAW_SQL, FactsSql
+from query.facts.locks import facts_change, facts_lock
+from query.facts.model import FACT_COLUMNS, Definitions
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
-# Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
-# 0009 partitioned stage_facts by project and build; facts:3: before migration 0010 kept each customer's
-# inputs in stage_inputs).
-FACTS_FORMAT = "facts:4"
-
-FACT_COLUMNS = (
-    "project_id",
-    "map_name",
-    "build",
-    "customer_id",
-    "segment",
-    "fact",
-    "stage",
-    "at",
-    "converted",
-    "wait_ms",
-    "touchpoint",
-    "channel",
-    "from_stage",
-    "move_kind",
-    "repeat",
-    "sentiment",
-    "n",
-)
-
-# Writers of stage_facts read a customer's net facts and write the difference; two writers doing that for
-# one customer at once would both subtract the same facts. The updater and a forget take this lock (per
-# transaction, so a crashed writer never holds it), per project: one project's writes never wait for another's.
-_FACTS_LOCK = 0x6A6F7573  # "jous": the advisory lock class; hashtext(project_id) is the object
-
-
-#: Builds at or above this are previews: never served, deleted once answered.
-PREVIEW_BUILDS = 1 << 62
-#: A preview older than this is left over from a crash: a rebuild's clean-up takes it.
-PREVIEW_LIFETIME_MS = 3_600_000
-
-
-def preview_build(now_ms: int) -> int:
-    """A fresh preview build number; its order says when it began (see :func:`stale_previews_below`)."""
-    return PREVIEW_BUILDS + now_ms * 1000 + random.randrange(1000)
-
-
-def stale_previews_below(now_ms: int) -> int:
-    """Preview builds below this number began over :data:`PREVIEW_LIFETIME_MS` ago."""
-    return PREVIEW_BUILDS + (now_ms - PREVIEW_LIFETIME_MS) * 1000
-
-
-_DROP_BUILD_SQL = "ALTER TABLE {{table {name}}} {{on_cluster}} DROP PARTITION ({project}, {build})"
-_PROJECT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-async def drop_build(ch: ClickHouse, cluster: str, project_id: str, build: int) -> None:
-    """Delete every fact and stored input of one build of a project at once: its partitions (migrations 0009,
-    0010). Nothing is rewritten, and answers reading other builds are untouched."""
-    # ALTER … DROP PARTITION takes a literal, not a bound parameter: project ids are generated ("p_" + hex).
-    if not _PROJECT_ID.match(project_id):
-        raise ValueError(f"not a project id: {project_id!r}")
-    sql = _DROP_BUILD_SQL.replace("{project}", f"'{project_id}'").replace("{build}", str(int(build)))
-    for table in ("stage_facts", "stage_inputs"):
-        await ch.command(render_clickhouse_sql(sql.replace("{name}", table), cluster))
 
 
 async def next_generation(pg: Any) -> int:
@@ -105,129 +33,6 @@ async def next_generation(pg: Any) -> int:
     if pg is None:
         return time.time_ns() // 1000
     return int(await pg.fetchval("SELECT nextval('stage_inputs_generation')"))
-
-
-def conversion_window_ms(stage: Stage) -> int:
-    """A stage's conversion window in ms: what "converted" means in the facts and in the KPIs."""
-    return int(round(stage.conversion_window_days * DAY_MS))
-
-
-@dataclass(frozen=True)
-class MapVersion:
-    """The latest version of one map, compiled for both paths (Python rules and the SQL rule index)."""
-
-    compiled: CompiledMap
-
-    @property
-    def name(self) -> str:
-        return self.compiled.map.name
-
-    @property
-    def version(self) -> int:
-        return self.compiled.version
-
-    @cached_property
-    def windows_ms(self) -> list[int]:
-        """Each stage's conversion window, in stage order."""
-        by_id = {s.id: s for s in self.compiled.map.stages}
-        return [conversion_window_ms(by_id[s]) for s in self.compiled.order]
-
-
-@dataclass(frozen=True)
-class Definitions:
-    """What a project's state rows are computed against: its maps' and segments' latest versions."""
-
-    maps: tuple[MapVersion, ...]
-    segments: tuple[Segment, ...]
-    fingerprint: str
-
-    @staticmethod
-    def of(maps: list[tuple[JourneyMap, int]], segments: list[tuple[Segment, int]]) -> "Definitions":
-        maps = sorted(maps, key=lambda mv: mv[0].name)
-        segments = sorted(segments, key=lambda sv: sv[0].name)
-        fingerprint = ";".join(
-            [FACTS_FORMAT] + [f"map:{m.name}:{v}" for m, v in maps] + [f"segment:{s.name}:{v}" for s, v in segments]
-        )
-        return Definitions(
-            tuple(MapVersion(CompiledMap(m, v)) for m, v in maps), tuple(s for s, _ in segments), fingerprint
-        )
-
-    @cached_property
-    def facts_key(self) -> str:
-        """What the facts depend on, and nothing else: two definitions with one key have the same facts, so a
-        build computed for one serves the other as it is. Targets, names and descriptions are read from the map
-        when an answer is made, never stored in the facts: a target edit needs no recomputation."""
-        shown = {
-            "format": FACTS_FORMAT,
-            "maps": [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in self.maps],
-            "segments": [s.model_dump(mode="json", exclude={"description"}) for s in self.segments],
-        }
-        return hashlib.sha256(orjson.dumps(shown, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-# The parts of a map the facts never read (query/facts_sql.py reads stage ids, order and conversion windows,
-# touchpoints, and the map's name).
-_NOT_IN_FACTS: Any = {
-    "description": True,
-    "stages": {"__all__": {"name", "description", "target"}},
-    "touchpoints": {"__all__": {"description"}},
-}
-
-
-@asynccontextmanager
-async def facts_lock(pg: Any, project_id: str) -> AsyncIterator[None]:
-    """Hold the stage-facts writers' lock of ``project_id`` (``pg``: an asyncpg pool or connection; ``None``:
-    no lock, for a writer that knows it is alone)."""
-    if pg is None:
-        yield
-        return
-    async with pg.acquire() if hasattr(pg, "acquire") else nullcontext(pg) as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _FACTS_LOCK, project_id)
-            yield
-
-
-# A KPI answer is several reads of stage_facts; a write landing between two of them would mix two states
-# (a quantile's bin picked from one, its waits read from the other: a KeyError; entered != converted +
-# dropped + in progress). So readers of one project's facts share this lock for the length of an answer, and
-# a write takes it exclusively for the length of its insert only (computing the difference happens before):
-# a write waits for the answers being computed (~0.1 s), an answer for one insert. Per project (the second
-# key is the project's hash), so one project's writes never hold up another's answers. PostgreSQL queues
-# lock requests in order, so a steady stream of answers cannot starve the writer.
-_FACTS_VIEW_LOCK = 0x6A6F7572  # "jour": the advisory lock class; hashtext(project_id) is the object
-LOCK_WAIT_S = 30.0
-
-
-def lock_pool(stores: Any) -> Any:
-    """The connections to hold the facts view lock with (Stores.pg_locks; the main pool where there is none)."""
-    return getattr(stores, "pg_locks", None) or stores.pg
-
-
-@asynccontextmanager
-async def _facts_view(pg: Any, project_id: str, mode: str) -> AsyncIterator[None]:
-    if pg is None:
-        yield
-        return
-    function = "pg_advisory_xact_lock_shared" if mode == "read" else "pg_advisory_xact_lock"
-    # A pool here is Stores.pg_locks: its connections hold this lock and nothing else, so whoever holds one can
-    # still take other connections for its reads (a pool shared with those reads ran dry under 9 concurrent
-    # answers and hung the service for good). The timeout turns a stall into an error instead of a hang.
-    async with pg.acquire(timeout=LOCK_WAIT_S) if hasattr(pg, "acquire") else nullcontext(pg) as conn:
-        async with conn.transaction():  # on a caller's connection, a savepoint: held to its transaction's end
-            await conn.execute(f"SELECT {function}($1, hashtext($2))", _FACTS_VIEW_LOCK, project_id)
-            yield
-
-
-def facts_change(pg: Any, project_id: str) -> Any:
-    """Hold while making a change to ``project_id``'s facts visible (an insert, a build's deletion): it waits
-    for the answers being read, and answers wait for it."""
-    return _facts_view(pg, project_id, "write")
-
-
-def consistent_facts(pg: Any, project_id: str) -> Any:
-    """Hold while reading one answer's worth of ``project_id``'s facts: no write becomes visible meanwhile
-    (``pg``: an asyncpg pool or connection)."""
-    return _facts_view(pg, project_id, "read")
 
 
 # Every build of a project: those being built too (their inputs are written before their facts).
@@ -287,7 +92,7 @@ def refresh_chunks(ids: list[str], embedded: bool) -> Iterator[list[str]]:
 
 
 class StateWriter:
-    """Writes the facts ClickHouse computes (:mod:`query.facts_sql`): a whole project into a new build, or
+    """Writes the facts ClickHouse computes (:mod:`query.facts.compute`): a whole project into a new build, or
     the difference for the customers whose events or ids changed.
 
     Every build but a preview keeps each customer's inputs in ``stage_inputs`` beside its facts, and the

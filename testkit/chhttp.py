@@ -9,9 +9,9 @@ front of it for ``clickhouse-connect`` (``get_client`` and
 tests drive the real HTTP client paths with no ClickHouse server installed,
 and simulate outages by stopping, killing or pausing the server process.
 
-Run the server (one process owns one chDB data directory)::
+Run the server (one process owns one chDB data directory), from the repository root::
 
-    python tests/chhttp.py --data DIR --port PORT [--user U --password P]
+    python -m testkit.chhttp --data DIR --port PORT [--user U --password P]
 
 Use it from tests::
 
@@ -114,7 +114,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -127,10 +126,14 @@ import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-HOST = "127.0.0.1"
+from testkit.net import HOST, free_port
+
+if TYPE_CHECKING:
+    from aiohttp import web  # the server half imports it when it runs; the test helper needs none of it
 
 # ---------------------------------------------------------------------------
 # ClickHouse error codes and their HTTP statuses
@@ -268,10 +271,11 @@ class _Tok:
         return self.kind in ("word", "qident")
 
 
-def _tokens(text: str, start: int = 0):
+def _tokens(text: str, start: int = 0) -> Iterator[_Tok]:
     depth = 0
     for m in _TOKEN_RE.finditer(text, start):
         kind = m.lastgroup
+        assert kind is not None  # every alternative of _TOKEN_RE is a named group
         if kind in ("ws", "comment"):
             continue
         tok_text = m.group()
@@ -355,16 +359,16 @@ def analyze(raw: bytes) -> Statement:
 # ---------------------------------------------------------------------------
 
 
-def _zstd():
+def _zstd() -> Any:
     if sys.version_info >= (3, 14):
-        from compression import zstd  # type: ignore[import-not-found]
+        from compression import zstd
     else:
-        from backports import zstd  # type: ignore[import-not-found,no-redef]
+        from backports import zstd
     return zstd
 
 
-def _brotli():
-    import brotli  # type: ignore[import-not-found]
+def _brotli() -> Any:
+    import brotli
 
     return brotli
 
@@ -486,7 +490,7 @@ class _Handle:
         self.last_used = time.monotonic()
         self.timeout = 60.0
 
-    def query(self, sql: str | bytes, fmt: str, params: dict[str, str] | None = None):
+    def query(self, sql: str | bytes, fmt: str, params: dict[str, str] | None = None) -> Any:
         try:
             return self.conn.query(sql, fmt, params=params or {})
         except Exception as ex:
@@ -750,7 +754,7 @@ class Server:
             headers["X-ClickHouse-Session-Id"] = session_id
         return headers
 
-    def error_response(self, err: CHError, headers: dict[str, str]):
+    def error_response(self, err: CHError, headers: dict[str, str]) -> web.Response:
         from aiohttp import web
 
         body = f"{err.message} (version {self.engine.version} (chdb))\n"
@@ -765,7 +769,7 @@ class Server:
             charset="UTF-8",
         )
 
-    def authenticate(self, request, params: dict[str, str]) -> None:
+    def authenticate(self, request: web.Request, params: dict[str, str]) -> None:
         user = request.headers.get("X-ClickHouse-User") or params.get("user")
         key = request.headers.get("X-ClickHouse-Key")
         if key is None:
@@ -793,13 +797,13 @@ class Server:
                 f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
             )
 
-    async def ping(self, request):
+    async def ping(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
         return web.Response(text="Ok.\n")
 
-    async def handle(self, request):
-        from aiohttp import web
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import BodyPartReader, web
 
         params: dict[str, str] = {}
         for key, value in request.query.items():
@@ -813,13 +817,14 @@ class Server:
             if request.content_type.startswith("multipart/form-data"):
                 reader = await request.multipart()
                 async for part in reader:
+                    assert isinstance(part, BodyPartReader)  # a form's fields (a nested multipart fails as a bug)
                     if part.filename:
                         raise CHError.new(NOT_IMPLEMENTED, "External data is not supported by this test server")
                     value = (await part.read()).decode()
                     # ClickHouse's http_max_field_value_size (default 128 KiB) caps each field, as here.
                     if len(value) > HTTP_MAX_FIELD_VALUE_SIZE:
                         raise CHError.new(BAD_ARGUMENTS, f"Field value too long: {part.name}")
-                    params[part.name] = value
+                    params[part.name or ""] = value
             elif request.method != "GET" or request.can_read_body:
                 body = await request.read()
             if not body and "query" not in params and request.method in ("GET", "HEAD"):
@@ -927,7 +932,7 @@ async def serve(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-        async def housekeeping():
+        async def housekeeping() -> None:
             while not stop.is_set():
                 await asyncio.sleep(1.0)
                 if args.parent_pid and os.getppid() != args.parent_pid:
@@ -967,6 +972,7 @@ def main(argv: list[str] | None = None) -> None:
 # ---------------------------------------------------------------------------
 
 _LIVE: weakref.WeakSet[ClickHouseHTTP] = weakref.WeakSet()
+_ROOT = Path(__file__).resolve().parents[1]  # the repository root, where testkit/ sits
 
 
 def _cleanup_all() -> None:
@@ -980,14 +986,8 @@ def _cleanup_all() -> None:
 atexit.register(_cleanup_all)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 class ClickHouseHTTP:
-    """Runs ``tests/chhttp.py`` as a subprocess for a test.
+    """Runs this module's server (``python -m testkit.chhttp``) as a subprocess for a test.
 
     The port and data directory are fixed at the first ``start()``, so
     ``stop()``/``kill()`` followed by ``start()`` brings the same server back
@@ -1074,9 +1074,12 @@ class ClickHouseHTTP:
         env["CHHTTP_PASSWORD"] = self.password  # not on the command line
         if self.tz:
             env["TZ"] = self.tz
+        # testkit is not installed: the child finds it where this process did, at the repository root
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
         cmd = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "testkit.chhttp",
             "--data",
             str(self.data_dir),
             "--port",

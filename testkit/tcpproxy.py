@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-HOST = "127.0.0.1"
+from testkit.net import HOST
 
 
 class CuttingProxy:

@@ -1,11 +1,10 @@
-"""Run the real ``journeys`` CLI as a child process on 127.0.0.1, for crash and restart tests."""
+"""Run the real ``journeys`` CLI as a child process on 127.0.0.1, for crash and restart tests and bench/faults.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,11 +12,7 @@ from pathlib import Path
 
 import psutil
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from testkit.net import HOST, free_port
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -65,11 +60,11 @@ class Service:
 
     @property
     def collector(self) -> str:
-        return f"http://127.0.0.1:{self.collector_port}"
+        return f"http://{HOST}:{self.collector_port}"
 
     @property
     def query(self) -> str:
-        return f"http://127.0.0.1:{self.query_port}"
+        return f"http://{HOST}:{self.query_port}"
 
     def start(self, timeout: float = 60) -> "Service":
         # A port free_port() found free can be taken before the child binds it (another test's listener, or

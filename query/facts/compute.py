@@ -1,6 +1,6 @@
 """Stage facts computed inside ClickHouse: one SQL statement from events to the rows of ``stage_facts``.
 
-The facts of a customer and map (docs/kpis.md; their shape in query/stage_state.py) follow from the
+The facts of a customer and map (docs/kpis.md; their shape in query/facts/model.py) follow from the
 customer's staged touchpoints in journey order. Computing them in Python meant shipping every staged event
 to the serving process and folding it on the GIL (~2.4k customers/s: 400 s for a rebuild at 1 M customers,
 and the collector starved meanwhile, issue 17). Here ClickHouse does all of it, vectorized and on its own
@@ -9,7 +9,7 @@ threads, from one read of the events; Python only says which customers and which
 1. **Customers** — each event's customer: for a whole project the current mapping in ``identities``
    (``argMax(customer_id, version)``; a deleted mapping or none: the id is its own customer, as
    :func:`journeys.identities.current_customers`), for a refresh the ids and owners the caller resolved.
-2. **Staged events** — each event's first matching rule per map (:func:`query.stage_sql.rule_index_sql`, proven
+2. **Staged events** — each event's first matching rule per map (:func:`query.facts.rule_index.rule_index_sql`, proven
    equal to ``CompiledMap.assign``) and the sentiment that rule gives it; only events some map stages; each
    message once per customer: the copy received last, equal receipts the earlier time
    (:func:`query.reads.one_copy_each`); sorted in journey order (time, receipt, message id).
@@ -37,7 +37,7 @@ from datetime import date
 from typing import Any
 
 from query.maps import LIST_OPERATORS, UNARY_OPERATORS, SENTIMENTS, Rule, Segment, SentimentFromProperty
-from query.stage_sql import holds_sql, SqlParams, property_condition, rule_index_sql
+from query.facts.rule_index import holds_sql, SqlParams, property_condition, rule_index_sql
 
 # On a cluster every table named here is a Distributed table: the identity mapping joined to the events is
 # read once, on the node that runs the statement, and sent to the shards (GLOBAL), not read by every shard
@@ -256,7 +256,7 @@ WITHDRAW_SQL = _held("")
 
 
 class FactsSql:
-    """The facts statements of one project's definitions (``query.stage_state.Definitions``).
+    """The facts statements of one project's definitions (``query.facts.model.Definitions``).
 
     Three ways to the same rows: from the events alone (:meth:`desired`: a new build, a preview); from all
     of some customers' events into their stored inputs, then the inputs minus what the build holds

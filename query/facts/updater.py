@@ -2,7 +2,7 @@
 
 It watches what ClickHouse has been given since it last looked — new events, and identity changes that
 move ids between customers (both carry ``inserted_at``, stamped by ClickHouse) — and updates the facts of
-exactly those customers (:class:`query.stage_state.StateWriter`): new events are merged onto the
+exactly those customers (:class:`query.facts.writer.StateWriter`): new events are merged onto the
 customers' stored inputs (``append``: it reads what arrived, not their past); a changed customer, deleted
 rows and the first poll after a start or a failure are recomputed from all of their events (``refresh``). When a project's maps or segments
 get a new version, it rebuilds that project's facts from all of its events under a new build number, and
@@ -27,7 +27,7 @@ the look-back window (their count and the sum of a hash of each row) with the di
 took of the same window. Any row that became visible since — whatever its stamp — changes the digest, and
 the id is recomputed by a refresh that starts after the poll saw the row, so the refresh reads it. Every
 row a refresh reads is in a polled table (``events``, ``identities``; ``identities_by_customer`` is written
-before ``identities``, collector/identity.py): segment facts come off ``events`` itself (query/facts_sql.py),
+before ``identities``, collector/identity.py): segment facts come off ``events`` itself (query/facts/compute.py),
 never off the materialized views' tables, whose parts commit after the events part (tests/segment_facts.py
 says why). What remains assumed is the margin: a row visible more than ``margin_s`` (10 s) after its insert
 began.
@@ -47,23 +47,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
-from query import definitions
-from query.maps import validate_map, validate_segment
 from journeys.metrics import Metrics
 from journeys.stores import Stores
-from query.stage_state import (
-    Definitions,
-    StateWriter,
-    drop_build,
-    facts_change,
-    facts_lock,
-    lock_pool,
-    stale_previews_below,
-)
+from query.facts.builds import current_definitions, definitions_of_build, drop_other_builds, serving_build
+from query.facts.locks import facts_lock, lock_pool
+from query.facts.model import Definitions
+from query.facts.writer import StateWriter
 
 log = logging.getLogger(__name__)
 
@@ -103,63 +94,9 @@ UNION DISTINCT
 SELECT distinct_id FROM identities WHERE project_id = {project_id:String} AND inserted_at > {since:DateTime64(3, 'UTC')}
 """
 
-# Garbage collection only: KPIs read the serving build, so rows of other builds never count. Previews being
-# answered are spared (query/kpi_preview.py): every build below `below` is a published one or a preview left
-# over from a crash.
-OTHER_BUILDS_SQL = """
-SELECT DISTINCT build FROM stage_facts
-WHERE project_id = {project_id:String} AND build != {keep:UInt64} AND build < {below:UInt64}
-UNION DISTINCT
-SELECT DISTINCT build FROM stage_inputs
-WHERE project_id = {project_id:String} AND build != {keep:UInt64} AND build < {below:UInt64}
-"""
-
 
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
-
-
-async def current_definitions(pg: Any, project_id: str) -> Definitions:
-    """The latest version of each of a project's maps and segments."""
-    maps = [(validate_map(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "map")]
-    segments = [
-        (validate_segment(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "segment")
-    ]
-    return Definitions.of(maps, segments)
-
-
-@dataclass(frozen=True)
-class Build:
-    """The complete build of a project's stage facts that serves KPIs (``number`` 0: none yet), the
-    definitions it was computed for, and since when a newer one is being computed, if one is."""
-
-    number: int
-    fingerprint: str
-    rebuilding_since: datetime | None
-
-
-async def serving_build(pg: Any, project_id: str) -> Build:
-    row = await pg.fetchrow(
-        "SELECT build, fingerprint, rebuilding_since FROM stage_state_builds WHERE project_id = $1", project_id
-    )
-    if row is None:
-        return Build(0, "", None)
-    return Build(row["build"], row["fingerprint"] if row["build"] else "", row["rebuilding_since"])
-
-
-async def definitions_of_build(pg: Any, project_id: str, fingerprint: str) -> Definitions | None:
-    """The exact map and segment versions a build was computed for (``None`` if one is gone)."""
-    wanted = []
-    for part in fingerprint.split(";")[1:]:  # after the facts format: kind:name:version
-        kind, name, version = part.split(":")
-        wanted.append((kind, name, int(version)))
-    found = await definitions.these_versions(pg, project_id, wanted)  # type: ignore[arg-type]
-    if len(found) != len(wanted):
-        return None
-    maps = [(validate_map(found[w].body), w[2]) for w in wanted if w[0] == "map"]
-    segments = [(validate_segment(found[w].body), w[2]) for w in wanted if w[0] == "segment"]
-    built = Definitions.of(maps, segments)
-    return built if built.fingerprint == fingerprint else None
 
 
 class StageStateUpdater:
@@ -366,24 +303,12 @@ class StageStateUpdater:
                 return
             self._serving[project_id] = (number, defs)
             self._changed(project_id)
-            await self._drop_other_builds(project_id, number)  # e.g. a rebuild that failed half-way before
+            await drop_other_builds(self.stores, project_id, number)  # e.g. a rebuild that failed half-way before
         log.info(
             "stage facts of project %s serve %s as they are (no fact depends on what changed)",
             project_id,
             defs.fingerprint,
         )
-
-    async def _drop_other_builds(self, project_id: str, number: int) -> None:
-        """Drop every build of the project but ``number`` (previews being answered are spared), after every
-        answer still reading one of them: call it holding the writers' lock."""
-        ch = self.stores.clickhouse
-        _, others = await ch.query(
-            OTHER_BUILDS_SQL,
-            {"project_id": project_id, "keep": number, "below": stale_previews_below(int(time.time() * 1000))},
-        )
-        async with facts_change(lock_pool(self.stores), project_id):
-            for (other,) in others:
-                await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, other)
 
     async def _rebuild_task(self, project_id: str, defs: Definitions) -> None:
         try:
@@ -435,7 +360,7 @@ class StageStateUpdater:
             self._changed(project_id)
             # After every answer still reading the old build (they read the serving build under the shared
             # lock): its rows may go then, without any answer seeing half of them.
-            await self._drop_other_builds(project_id, number)
+            await drop_other_builds(self.stores, project_id, number)
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(

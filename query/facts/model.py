@@ -1,0 +1,114 @@
+"""What the stage facts are computed against, and what a fact row is.
+
+A KPI call must not rescan every event, nor fold every customer (docs/kpis.md): each stitched customer's
+journey through each of the project's maps is condensed into facts — the first entry into every stage and
+when they moved on, every transition, sentiment-bearing touchpoints — once per segment key the customer
+counts under, and KPIs sum the facts' pre-aggregated projections. :class:`Definitions` are the map and
+segment versions a build of the facts is computed for; its fingerprint names them, its :attr:`facts_key`
+says what of them the facts depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import orjson
+
+from query.journey import CompiledMap
+from query.maps import JourneyMap, Segment, Stage
+
+DAY_MS = 86_400_000
+# Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
+# 0009 partitioned stage_facts by project and build; facts:3: before migration 0010 kept each customer's
+# inputs in stage_inputs).
+FACTS_FORMAT = "facts:4"
+
+FACT_COLUMNS = (
+    "project_id",
+    "map_name",
+    "build",
+    "customer_id",
+    "segment",
+    "fact",
+    "stage",
+    "at",
+    "converted",
+    "wait_ms",
+    "touchpoint",
+    "channel",
+    "from_stage",
+    "move_kind",
+    "repeat",
+    "sentiment",
+    "n",
+)
+
+
+def conversion_window_ms(stage: Stage) -> int:
+    """A stage's conversion window in ms: what "converted" means in the facts and in the KPIs."""
+    return int(round(stage.conversion_window_days * DAY_MS))
+
+
+@dataclass(frozen=True)
+class MapVersion:
+    """The latest version of one map, compiled for both paths (Python rules and the SQL rule index)."""
+
+    compiled: CompiledMap
+
+    @property
+    def name(self) -> str:
+        return self.compiled.map.name
+
+    @property
+    def version(self) -> int:
+        return self.compiled.version
+
+    @cached_property
+    def windows_ms(self) -> list[int]:
+        """Each stage's conversion window, in stage order."""
+        by_id = {s.id: s for s in self.compiled.map.stages}
+        return [conversion_window_ms(by_id[s]) for s in self.compiled.order]
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """What a project's state rows are computed against: its maps' and segments' latest versions."""
+
+    maps: tuple[MapVersion, ...]
+    segments: tuple[Segment, ...]
+    fingerprint: str
+
+    @staticmethod
+    def of(maps: list[tuple[JourneyMap, int]], segments: list[tuple[Segment, int]]) -> "Definitions":
+        maps = sorted(maps, key=lambda mv: mv[0].name)
+        segments = sorted(segments, key=lambda sv: sv[0].name)
+        fingerprint = ";".join(
+            [FACTS_FORMAT] + [f"map:{m.name}:{v}" for m, v in maps] + [f"segment:{s.name}:{v}" for s, v in segments]
+        )
+        return Definitions(
+            tuple(MapVersion(CompiledMap(m, v)) for m, v in maps), tuple(s for s, _ in segments), fingerprint
+        )
+
+    @cached_property
+    def facts_key(self) -> str:
+        """What the facts depend on, and nothing else: two definitions with one key have the same facts, so a
+        build computed for one serves the other as it is. Targets, names and descriptions are read from the map
+        when an answer is made, never stored in the facts: a target edit needs no recomputation."""
+        shown = {
+            "format": FACTS_FORMAT,
+            "maps": [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in self.maps],
+            "segments": [s.model_dump(mode="json", exclude={"description"}) for s in self.segments],
+        }
+        return hashlib.sha256(orjson.dumps(shown, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# The parts of a map the facts never read (query/facts/compute.py reads stage ids, order and conversion
+# windows, touchpoints, and the map's name).
+_NOT_IN_FACTS: Any = {
+    "description": True,
+    "stages": {"__all__": {"name", "description", "target"}},
+    "touchpoints": {"__all__": {"description"}},
+}
