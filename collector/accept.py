@@ -16,15 +16,16 @@ and quarantine replay (collector/quarantine.py). The steps:
    acknowledged: no route says events are accepted before this step has returned (an email open or click
    gets its pixel or redirect regardless, and a loss is counted: collector/email.py).
 
-:func:`prepare` is steps 2 and 3 together. They are separate from step 4 because routes differ in what
-happens between them: ``/v1/batch`` refuses a request with no valid event before writing anything, an import
-reads its next chunk from the socket while the previous one is being fsync'd, replay packs many events into
-bounded records. What a route answers, and which metrics it counts, stays in the route.
+:func:`prepare` is steps 2 and 3 together (:func:`encode_bounded` is step 3 for a replay's page of events).
+They are separate from step 4 because routes differ in what happens between them: ``/v1/batch`` refuses a
+request with no valid event before writing anything, an import reads its next chunk from the socket while the
+previous one is being fsync'd, replay packs many events into bounded records. What a route answers, and which
+metrics it counts, stays in the route.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,21 @@ def encode(outcome: Outcome, *, quarantine: bool = True) -> list[bytes]:
     """Step 3: the spool records of one delivery: its rows, its quarantined events (unless ``quarantine`` is
     false: an import reports bad lines instead of keeping them) and its identity links."""
     return encode_records(outcome.lines, outcome.quarantine_lines if quarantine else (), outcome.links)
+
+
+def encode_bounded(lines: Sequence[bytes], links: Sequence[bytes], record_bytes: int) -> Iterator[list[bytes]]:
+    """Step 3 for many events at once (a replay's page): spool payloads of at most about ``record_bytes``
+    each, events first, then their identity links, with the last payload: a link is resolved once the events
+    it came with are in."""
+    start = size = 0
+    for i, line in enumerate(lines):
+        size += len(line) + 1
+        if size >= record_bytes:
+            yield encode_records(lines[start : i + 1], [], [])
+            start, size = i + 1, 0
+    last = encode_records(lines[start:], [], links)
+    if last:
+        yield last
 
 
 @dataclass

@@ -32,21 +32,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from collector.accept import Limits, append, validate
+from collector.accept import Limits, append, encode_bounded, validate
 from collector.appkeys import API_KEYS, METRICS, REPLAY_LOCK, SPOOL, STORES
 from collector.ingest import _CUT
-from collector.records import encode_records
 from collector.spool import Spool, SpoolError
-from journeys.clickhouse import ClickHouse, ClickHouseError
+from journeys.clickhouse import ClickHouse, ClickHouseError, table_on_cluster
 from journeys.http import ApiError, authorized, json_response
-from journeys.migrate import render_clickhouse_sql
 from journeys.quarantine import SinceError, parse_since, problem_kind
 
 log = logging.getLogger(__name__)
@@ -151,9 +149,7 @@ _REPLAYED = (
 _COUNT_SQL = f"SELECT count() FROM quarantine WHERE {_REPLAYED}"
 # Lightweight DELETE: the rows vanish from every read at once (journeys.clickhouse applies pending
 # mutations on the fly), so a replay right after this one finds nothing to replay.
-_DELETE_SQL = (
-    f"DELETE FROM {{{{table quarantine}}}} {{{{on_cluster}}}} WHERE {_REPLAYED} SETTINGS lightweight_deletes_sync = 0"
-)
+_DELETE_SQL = "DELETE FROM {table} WHERE " + _REPLAYED + " SETTINGS lightweight_deletes_sync = 0"
 
 Append = Callable[[list[bytes]], Awaitable[None]]
 
@@ -203,7 +199,7 @@ class _Row:
 async def replay(
     clickhouse: ClickHouse,
     project_id: str,
-    append: Append,
+    append_records: Append,
     *,
     cluster: str = "",
     since_ms: int = 0,
@@ -214,7 +210,7 @@ async def replay(
     record_bytes: int = RECORD_BYTES,
 ) -> ReplayReport:
     """Re-validate the project's quarantined events (received at or after ``since_ms``) with today's rules;
-    ``append`` the spool records of those that pass (it returns once they are durable), then, after
+    ``append_records`` the spool records of those that pass (it returns once they are durable), then, after
     ``before_delete`` if given, remove their quarantine rows. Page by page, in quarantine order (receive
     time, request, position), so identity links apply in the order the events first arrived."""
     report = ReplayReport()
@@ -229,7 +225,7 @@ async def replay(
         "after_request": "",
         "after_index": 0,
     }
-    delete_sql = render_clickhouse_sql(_DELETE_SQL, cluster)
+    delete_sql = _DELETE_SQL.replace("{table}", table_on_cluster("quarantine", cluster))
     while True:
         _, found = await clickhouse.query(_PAGE_SQL, params)
         if not found:
@@ -261,8 +257,8 @@ async def replay(
             for channel, n in outcome.channels.items():
                 report.channels[channel] = report.channels.get(channel, 0) + n
         if lines:
-            for records in _records(lines, links, record_bytes):
-                await append(records)
+            for records in encode_bounded(lines, links, record_bytes):
+                await append_records(records)
         if done:
             if before_delete is not None:
                 await before_delete()
@@ -324,20 +320,6 @@ def _validate(
     if not outcome.lines:
         return None, outcome.quarantined[0]["errors"]
     return outcome, None
-
-
-def _records(lines: list[bytes], links: list[bytes], record_bytes: int) -> Iterable[list[bytes]]:
-    """Spool payloads of at most about ``record_bytes`` each (events, then their identity links)."""
-    start = size = 0
-    for i, line in enumerate(lines):
-        size += len(line) + 1
-        if size >= record_bytes:
-            yield encode_records(lines[start : i + 1], [], [])
-            start, size = i + 1, 0
-    # The links after every event of the page: a link is resolved once the events it came with are in.
-    last = encode_records(lines[start:], [], links)
-    if last:
-        yield last
 
 
 def record_bytes_for(spool: Spool) -> int:

@@ -8,7 +8,6 @@ is one spool record; a 200 means that record is fsync'd (see :mod:`collector.spo
 
 from __future__ import annotations
 
-import logging
 import time
 
 from aiohttp import web
@@ -23,7 +22,6 @@ from journeys.events import EVENT_TYPES
 from journeys.http import ApiError, json_response, presented_key, request_id
 from journeys.keys import Principal
 
-log = logging.getLogger(__name__)
 
 # analytics.js / analytics-next post to one-letter routes (api.segment.io/v1/t, …/v1/b when batching).
 SEGMENT_SHORT_ROUTES = {"t": "track", "p": "page", "i": "identify", "s": "screen", "g": "group", "a": "alias"}

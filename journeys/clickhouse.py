@@ -32,8 +32,12 @@ def table_on_cluster(table: str, cluster: str = "") -> str:
     macros, journeys/migrate.py, say the same for the DDL)."""
     if not cluster:
         return table
-    quoted = '"' + cluster.replace('"', '""') + '"'
-    return f"{table}_local ON CLUSTER {quoted}"
+    return f"{table}_local ON CLUSTER {quote_identifier(cluster)}"
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a ClickHouse identifier in double quotes (a cluster's name in ``ON CLUSTER``)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 class ClickHouse:

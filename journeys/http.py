@@ -197,15 +197,6 @@ def metrics_response(metrics: Metrics) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def metrics_handler(metrics: Metrics) -> Handler:
-    """A ``GET /metrics`` handler for ``metrics`` (:func:`metrics_response`)."""
-
-    async def handler(_: web.Request) -> web.Response:
-        return metrics_response(metrics)
-
-    return handler
-
-
 async def healthz(_: web.Request) -> web.Response:
     """``GET /healthz``: the process answers (liveness); what it depends on is ``/readyz``'s question."""
     return json_response({"status": "ok"})

@@ -26,7 +26,7 @@ from importlib import resources
 
 import asyncpg
 
-from journeys.clickhouse import ClickHouse
+from journeys.clickhouse import ClickHouse, quote_identifier
 
 _MACRO = re.compile(r"\{\{\s*(\w+)\s*([^}]*?)\s*\}\}")
 _ENGINE = re.compile(r"^(\w+)\s*(?:\((.*)\))?$", re.S)
@@ -38,17 +38,13 @@ class Migration:
     statements: list[str]
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def render_clickhouse_sql(sql: str, cluster: str = "") -> str:
     """Expand the schema macros for one node (``cluster=""``) or for ``cluster``."""
 
     def expand(match: re.Match[str]) -> str:
         macro, arg = match.group(1), match.group(2).strip()
         if macro == "on_cluster":
-            return f"ON CLUSTER {_quote_ident(cluster)}" if cluster else ""
+            return f"ON CLUSTER {quote_identifier(cluster)}" if cluster else ""
         if macro == "table":
             return f"{arg}_local" if cluster else arg
         if macro == "engine":
@@ -68,14 +64,14 @@ def render_clickhouse_sql(sql: str, cluster: str = "") -> str:
                 raise ValueError(f"distributed macro needs a table and a sharding key: {arg!r}")
             quoted = cluster.replace("'", "\\'")
             return (
-                f"CREATE TABLE IF NOT EXISTS {table} ON CLUSTER {_quote_ident(cluster)} AS {table}_local\n"
+                f"CREATE TABLE IF NOT EXISTS {table} ON CLUSTER {quote_identifier(cluster)} AS {table}_local\n"
                 f"ENGINE = Distributed('{quoted}', currentDatabase(), {table}_local, {key.strip()})"
             )
         if macro == "alter_distributed":
             if not cluster:
                 return ""
             table, _, change = arg.partition(" ")
-            return f"ALTER TABLE {table} ON CLUSTER {_quote_ident(cluster)} {change.strip()}"
+            return f"ALTER TABLE {table} ON CLUSTER {quote_identifier(cluster)} {change.strip()}"
         raise ValueError(f"unknown schema macro {{{{{macro}}}}}")
 
     return _MACRO.sub(expand, sql)
@@ -138,7 +134,7 @@ def applied_clickhouse_sql(cluster: str = "") -> str:
 
 
 async def _migrate_clickhouse(ch: ClickHouse, cluster: str) -> list[str]:
-    on_cluster = f"ON CLUSTER {_quote_ident(cluster)}" if cluster else ""
+    on_cluster = f"ON CLUSTER {quote_identifier(cluster)}" if cluster else ""
     await ch.command(
         f"CREATE TABLE IF NOT EXISTS journeys_schema_migrations {on_cluster} "
         "(name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY name"

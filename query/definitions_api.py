@@ -16,7 +16,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from journeys.http import ApiError, error_response, json_response
+from journeys.http import ApiError, json_response
 from query import definitions
 from query.alert_rules import redact
 from query.appkeys import STORES
@@ -44,7 +44,7 @@ async def get_one(kind: definitions.Kind, request: web.Request) -> web.Response:
     found = await definitions.get(request.app[STORES].pg, principal.project_id, kind, name, version)
     if found is None:
         what = f"{_WHAT[kind]} {name!r}" + (f" version {version}" if version else "")
-        return error_response(404, [{"field": "name", "reason": f"no {what} in this project"}])
+        raise ApiError(404, [{"field": "name", "reason": f"no {what} in this project"}])
     return json_response(_shown(found.as_json(), principal))
 
 
@@ -53,7 +53,7 @@ async def get_versions(kind: definitions.Kind, request: web.Request) -> web.Resp
     name = name_param(request)
     found = await definitions.versions(request.app[STORES].pg, principal.project_id, kind, name)
     if not found:
-        return error_response(404, [{"field": "name", "reason": f"no {_WHAT[kind]} {name!r} in this project"}])
+        raise ApiError(404, [{"field": "name", "reason": f"no {_WHAT[kind]} {name!r} in this project"}])
     return json_response({"name": name, "versions": [{"version": v, "created_at": at.isoformat()} for v, at in found]})
 
 
@@ -64,7 +64,7 @@ async def put(kind: definitions.Kind, request: web.Request) -> web.Response:
     if isinstance(document, dict):
         document.setdefault("name", name)
         if document["name"] != name:
-            return error_response(
+            raise ApiError(
                 400,
                 [{"field": "name", "reason": f"the document is named {document['name']!r}, the URL {name!r}"}],
             )
@@ -75,10 +75,10 @@ async def put(kind: definitions.Kind, request: web.Request) -> web.Response:
             else:
                 applied = await definitions.apply(conn, principal.project_id, kind, document)
     except DefinitionError as exc:
-        return error_response(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
+        raise ApiError(400, [{"field": p["path"], "reason": p["reason"]} for p in exc.problems])
     except asyncpg.UntranslatableCharacterError:
         # PostgreSQL text and jsonb cannot hold U+0000; refuse it rather than fail the insert.
-        return error_response(400, [{"field": "body", "reason": "text must not contain NUL (\\u0000)"}])
+        raise ApiError(400, [{"field": "body", "reason": "text must not contain NUL (\\u0000)"}])
     body = {
         "name": applied.name,
         "version": applied.version,
