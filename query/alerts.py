@@ -40,6 +40,7 @@ from journeys.metrics import Metrics
 from journeys.stores import Stores
 from query.kpis import ALL, outcome
 from query.reads import iso
+from query.sql import fill
 from query.background import Background
 from query.facts.builds import current_definitions, definitions_of_build, serving_build
 from query.facts.locks import consistent_facts, lock_pool
@@ -52,38 +53,45 @@ PROJECTS_SQL = "SELECT DISTINCT project_id FROM definitions WHERE kind = 'alert'
 # One stage's entries that can have been decided since `since_ms` (entered at or after since - W), per segment:
 # converted ones decided then (at + wait), dropped ones (conversion window closed by now: at <= now - W, so
 # closed at or after since), and those still in progress now. An open entry's wait_ms is 0 (migration 0006).
-# Signed facts: sum(n). apply_mutations_on_fly = 0 as for every KPI read (query/kpis.py).
+# Signed facts: sum(n). apply_mutations_on_fly = 0 as for every KPI read (query/kpis.py). string.Template
+# texts (query.sql.fill): `$where` is this SQL, `{name:Type}` a value clickhouse-connect binds.
 _WHERE = (
     "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String} "
     "AND fact = 'entry' AND segment IN {segments:Array(String)} AND stage = {stage:UInt16} "
     "AND at >= fromUnixTimestamp64Milli({opened_ms:Int64}, 'UTC')"
 )
-DECIDED_SQL = f"""
+DECIDED_SQL = fill(
+    """
 SELECT segment,
-       sumIf(n, converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {{since_ms:Int64}}) AS converted_n,
-       sumIf(n, converted = 0 AND at <= fromUnixTimestamp64Milli({{closed_ms:Int64}}, 'UTC')) AS dropped_n,
-       sumIf(n, converted = 0 AND at > fromUnixTimestamp64Milli({{closed_ms:Int64}}, 'UTC')) AS in_progress_n
+       sumIf(n, converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {since_ms:Int64}) AS converted_n,
+       sumIf(n, converted = 0 AND at <= fromUnixTimestamp64Milli({closed_ms:Int64}, 'UTC')) AS dropped_n,
+       sumIf(n, converted = 0 AND at > fromUnixTimestamp64Milli({closed_ms:Int64}, 'UTC')) AS in_progress_n
 FROM stage_facts
-WHERE {_WHERE}
+WHERE $where
 GROUP BY segment
 SETTINGS apply_mutations_on_fly = 0
-"""
+""",
+    where=_WHERE,
+)
 # The nearest-rank median (rank ceil(n/2)) of the waits of the customers converted since `since_ms`.
-MEDIAN_SQL = f"""
+MEDIAN_SQL = fill(
+    """
 SELECT segment, waits[arrayFirstIndex(c -> c >= intDiv(total + 1, 2), arrayCumSum(counts))] AS median_ms
 FROM (
     SELECT segment, arrayMap(x -> x.1, arraySort(groupArray((w, c)))) AS waits,
            arrayMap(x -> x.2, arraySort(groupArray((w, c)))) AS counts, sum(c) AS total
     FROM (
         SELECT segment, wait_ms AS w, sum(n) AS c FROM stage_facts
-        WHERE {_WHERE} AND converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {{since_ms:Int64}}
+        WHERE $where AND converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {since_ms:Int64}
         GROUP BY segment, w
         HAVING c > 0
     )
     GROUP BY segment
 )
 SETTINGS apply_mutations_on_fly = 0
-"""
+""",
+    where=_WHERE,
+)
 
 
 @dataclass(frozen=True)

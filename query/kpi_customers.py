@@ -43,6 +43,7 @@ from query.auth import principal_of
 from query.kpis import ALL, KpiHeader, KpiRequest
 from query.kpis_api import FIRST_DAY, INCLUDES_HEADER, INCLUDES_SQL, LAST_DAY, parse_kpi_request, with_includes
 from query.reads import ID_CHUNK, iso
+from query.sql import fill
 from query.facts.builds import serving_build
 from query.facts.locks import consistent_facts, lock_pool
 from query.facts.model import conversion_window_ms
@@ -54,29 +55,30 @@ CSV_PAGE = ID_CHUNK  # customers per read when streaming a CSV (each page one st
 TOP = 10  # entries in each drop-off ranking
 CURSOR_VERSION = 1
 
-# The net entry facts of one stage and segment key, filtered by the outcome's conditions ({conditions}, and
-# {after} for a page after the first, are replaced by constant SQL chosen here; every value is a bound
-# parameter). A customer has at most one net entry per stage.
+# The net entry facts of one stage and segment key, filtered by the outcome's conditions ($conditions, and
+# $after for a page after the first, are replaced by constant SQL chosen here; every value is a bound
+# parameter). A customer has at most one net entry per stage. string.Template texts, filled in by
+# query.sql.fill: `$name` is SQL text chosen here, `{name:Type}` a value clickhouse-connect binds.
 _WHERE = """
 WHERE project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String}
   AND segment = {segment:String} AND fact = 'entry' AND stage = {stage:UInt16}
-  AND at < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC') {conditions}"""
+  AND at < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')"""
 
-_PAGE_SQL = f"""
+_PAGE_SQL = """
 SELECT customer_id, toUnixTimestamp64Milli(at) AS at_ms, converted, wait_ms, toString(touchpoint), toString(channel)
 FROM stage_facts
-{_WHERE} {{after}}
+$where $conditions $after
 GROUP BY customer_id, at, converted, wait_ms, touchpoint, channel
 HAVING sum(n) > 0
 ORDER BY at_ms DESC, customer_id
-LIMIT {{limit:UInt32}}
+LIMIT {limit:UInt32}
 SETTINGS apply_mutations_on_fly = 0
 """
 
-_COUNT_SQL = f"""
+_COUNT_SQL = """
 SELECT count() FROM (
     SELECT customer_id FROM stage_facts
-    {_WHERE}
+    $where $conditions
     GROUP BY customer_id, at, converted, wait_ms, touchpoint, channel
     HAVING sum(n) > 0
 )
@@ -121,25 +123,31 @@ FROM events
 WHERE project_id = {project_id:String} AND distinct_id IN {ids:Array(String)}
 GROUP BY distinct_id, message_id
 """
-_LATEST_SQL = f"""
+_LATEST_SQL = fill(
+    """
 SELECT distinct_id, argMax((t, r, message_id, tp, chan), (t, r, message_id))
-FROM ({_KEPT})
+FROM ($kept)
 GROUP BY distinct_id
-"""
+""",
+    kept=_KEPT,
+)
 # What each customer did after entering a stage, up to the end of its conversion window: events per
 # (customer, touchpoint, channel). ``owners``/``starts``/``ends`` are parallel to ``ids``.
-_AFTER_ENTRY_SQL = f"""
+_AFTER_ENTRY_SQL = fill(
+    """
 SELECT customer, tp, chan, count() AS events
 FROM (
-    SELECT transform(distinct_id, {{ids:Array(String)}}, {{owners:Array(String)}}, '') AS customer,
-           transform(distinct_id, {{ids:Array(String)}}, {{starts:Array(Int64)}}, toInt64(0)) AS s,
-           transform(distinct_id, {{ids:Array(String)}}, {{ends:Array(Int64)}}, toInt64(0)) AS e,
+    SELECT transform(distinct_id, {ids:Array(String)}, {owners:Array(String)}, '') AS customer,
+           transform(distinct_id, {ids:Array(String)}, {starts:Array(Int64)}, toInt64(0)) AS s,
+           transform(distinct_id, {ids:Array(String)}, {ends:Array(Int64)}, toInt64(0)) AS e,
            t, tp, chan
-    FROM ({_KEPT})
+    FROM ($kept)
 )
 WHERE t > s AND t <= e
 GROUP BY customer, tp, chan
-"""
+""",
+    kept=_KEPT,
+)
 
 
 class LastTouch(TypedDict):
@@ -270,13 +278,14 @@ async def entries_page(ch: ClickHouse, request: ListRequest, limit: int, after: 
     if after is not None:
         params.update(after_ms=after[0], after_id=after[1])
         after_sql = _AFTER
-    sql = _PAGE_SQL.replace("{conditions}", _CONDITIONS[request.outcome]).replace("{after}", after_sql)
+    sql = fill(_PAGE_SQL, where=_WHERE, conditions=_CONDITIONS[request.outcome], after=after_sql)
     _, rows = await ch.query(sql, params)
     return [Entry(c, int(at), bool(conv), int(wait), tp, chan) for c, at, conv, wait, tp, chan in rows]
 
 
 async def count_entries(ch: ClickHouse, request: ListRequest) -> int:
-    _, rows = await ch.query(_COUNT_SQL.replace("{conditions}", _CONDITIONS[request.outcome]), request.params())
+    sql = fill(_COUNT_SQL, where=_WHERE, conditions=_CONDITIONS[request.outcome])
+    _, rows = await ch.query(sql, request.params())
     return int(rows[0][0])
 
 

@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
-from string import Template
 from typing import Any, Literal, TypedDict
 
 from journeys.clickhouse import ClickHouse
 from query.maps import JourneyMap, Stage
 from query.reads import iso
+from query.sql import fill
 from query.facts.model import DAY_MS, conversion_window_ms
 
 TOP = 5
@@ -35,9 +35,9 @@ ALL = ""  # the segment key of "all customers"
 # for the daily series and a constant for the whole window. apply_mutations_on_fly = 0: a pending DELETE
 # (old builds, garbage only) must not push the read off the projections.
 #
-# The queries are string.Template texts, filled in by one function (_sql): `$name` is SQL text chosen here
-# (these fragments, the grouping expression, _OPEN_SQL's ranges), `{name:Type}` a value clickhouse-connect
-# binds, written as ClickHouse reads it.
+# The queries are string.Template texts, filled in by one function (_sql, over query.sql.fill): `$name` is SQL
+# text chosen here (these fragments, the grouping expression, _OPEN_SQL's ranges), `{name:Type}` a value
+# clickhouse-connect binds, written as ClickHouse reads it.
 _WHERE = (
     "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String} "
     "AND segment IN {segments:Array(String)}"
@@ -153,8 +153,8 @@ _FRAGMENTS = {"where": _WHERE, "in_window": _IN_WINDOW, "settings": _SETTINGS, "
 def _sql(template: str, **parts: str) -> str:
     """A query's text: ``template``'s ``$name`` placeholders replaced by the fragments above and ``parts``
     (``day``: the grouping expression; ``ranges``, ``i``: :data:`_OPEN_SQL`'s ranges), all of it SQL chosen
-    here. Values stay ``{name:Type}`` parameters, bound by clickhouse-connect."""
-    return Template(template).substitute(_FRAGMENTS, **parts)
+    here. Values stay ``{name:Type}`` parameters, bound by clickhouse-connect (:func:`query.sql.fill`)."""
+    return fill(template, **_FRAGMENTS, **parts)
 
 
 # ---------- the answers (docs/kpis.md; query/api_spec.py documents the same shapes) ----------

@@ -38,6 +38,7 @@ from typing import Any
 
 from query.maps import LIST_OPERATORS, UNARY_OPERATORS, SENTIMENTS, Rule, Segment, SentimentFromProperty
 from query.facts.rule_index import holds_sql, SqlParams, property_condition, rule_index_sql
+from query.sql import fill
 
 # On a cluster every table named here is a Distributed table: the identity mapping joined to the events is
 # read once, on the node that runs the statement, and sent to the shards (GLOBAL), not read by every shard
@@ -53,15 +54,19 @@ FACT_IDENTITY = (
     "from_stage, move_kind, repeat, sentiment"
 )
 
+# The statements are string.Template texts, filled in by query.sql.fill: `$name` is SQL text chosen here (a
+# sub-statement, a fragment, numbers and fixed words as literals), `{name:Type}` a value clickhouse-connect
+# binds (among them every name the definitions' authors wrote: FactsSql.params).
+
 # The rows of stage_facts (FACT_IDENTITY, n) from each customer's facts, once per segment key; n is the
 # customer's sign (1, or -1 for the facts a customer's inputs held before, which a difference withdraws).
 _ROWS = """
-SELECT {{project_id:String}} AS project_id, {map_names}[map_n] AS map_name, {{build:UInt64}} AS build,
+SELECT {project_id:String} AS project_id, $map_names[map_n] AS map_name, {build:UInt64} AS build,
        customer AS customer_id, key AS segment, f.fact AS fact, f.stage AS stage,
        fromUnixTimestamp64Milli(f.at, 'UTC') AS at, f.converted AS converted, f.wait_ms AS wait_ms,
        f.touchpoint AS touchpoint, f.channel AS channel, f.from_stage AS from_stage, f.move_kind AS move_kind,
        f.repeat AS repeat, f.sentiment AS sentiment, toInt64(sign) AS n
-FROM ({per_customer})
+FROM ($per_customer)
 ARRAY JOIN facts AS f
 ARRAY JOIN keys AS key
 """
@@ -71,17 +76,17 @@ _PER_CUSTOMER = """
 SELECT customer, sign, map_n, keys, arrayConcat(
     arrayMap(j -> CAST(tuple(
         'entry', ts[j], tt[j],
-        toUInt8(nx[j] > 0 AND tt[nx[j]] - tt[j] <= {windows}[map_n][ts[j] + 1]),
-        toUInt64(if(nx[j] > 0 AND tt[nx[j]] - tt[j] <= {windows}[map_n][ts[j] + 1], tt[nx[j]] - tt[j], 0)),
-        {touchpoints}[map_n][ev[tpos[j]].4], ev[tpos[j]].5, -1, 'none', 0, 'none'), '{fact}'),
+        toUInt8(nx[j] > 0 AND tt[nx[j]] - tt[j] <= $windows[map_n][ts[j] + 1]),
+        toUInt64(if(nx[j] > 0 AND tt[nx[j]] - tt[j] <= $windows[map_n][ts[j] + 1], tt[nx[j]] - tt[j], 0)),
+        $touchpoints[map_n][ev[tpos[j]].4], ev[tpos[j]].5, -1, 'none', 0, 'none'), '$fact'),
         arrayFilter(j -> occ[j] = 1, arrayEnumerate(ts))),
     arrayMap(j -> CAST(tuple(
         'move', ts[j], tt[j], 0, 0, '', '', if(j = 1, -1, toInt16(ts[j - 1])),
         multiIf(j = 1, 'first', ts[j] = ts[j - 1] + 1, 'forward', ts[j] > ts[j - 1], 'skip', 'regression'),
-        toUInt8(occ[j] > 1), 'none'), '{fact}'),
+        toUInt8(occ[j] > 1), 'none'), '$fact'),
         arrayEnumerate(ts)),
-    arrayMap(e -> CAST(tuple('feeling', {stages}[map_n][e.4], e.1, 0, 0, '', '', -1, 'none', 0, e.6), '{fact}'),
-        arrayFilter(e -> e.6 IN {sentiments}, ev))
+    arrayMap(e -> CAST(tuple('feeling', $stages[map_n][e.4], e.1, 0, 0, '', '', -1, 'none', 0, e.6), '$fact'),
+        arrayFilter(e -> e.6 IN $sentiments, ev))
 ) AS facts
 FROM (
     SELECT customer, sign, map_n, keys, ev, tpos, ts, tt, arrayEnumerateUniq(ts) AS occ,
@@ -94,14 +99,14 @@ FROM (
                    -- a transition wherever the stage changes
                    arrayFilter(i -> i = 1 OR st[i] != st[i - 1], arrayEnumerate(st)) AS tpos
             FROM (
-                SELECT customer, sign, map_n, keys, ev, arrayMap(e -> {stages}[map_n][e.4], ev) AS st
+                SELECT customer, sign, map_n, keys, ev, arrayMap(e -> $stages[map_n][e.4], ev) AS st
                 FROM (
                     -- this map's touchpoints: (time, receipt, message id, rule, channel, sentiment)
                     SELECT customer, sign, map_n, keys,
                            arrayMap(x -> (x.1, x.2, x.3, x.5[map_n], x.4, x.6[map_n]),
                                     arrayFilter(x -> x.5[map_n] > 0, staged)) AS ev
-                    FROM ({customers})
-                    ARRAY JOIN range(1, {maps} + 1) AS map_n
+                    FROM ($customers)
+                    ARRAY JOIN range(1, $maps + 1) AS map_n
                     WHERE length(ev) > 0
                 )
             )
@@ -121,25 +126,26 @@ TRAITS_TYPE = "Array(Tuple(UInt8, Int64, String))"
 _NO_TOUCH = f"CAST(tuple(toUInt8(1), toInt64(0), '', toInt64(0), '', '', '', '', '', toDate(0)), '{TOUCH_TYPE}')"
 _NO_STAGED = f"CAST([], '{STAGED_TYPE}')"
 _NO_TRAITS = f"CAST([], '{TRAITS_TYPE}')"
+_NO_INPUTS = f"{_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}"  # (staged, touch, traits) holding nothing
 
 # Each event row the statement reads: its staging rules per map and the sentiment each gives it.
 _EVENT_ROWS = """
 SELECT distinct_id, message_id, timestamp, received_at, type, traits, channel, utm_source, utm_medium,
        utm_campaign, toUnixTimestamp64Milli(timestamp) AS t, toUnixTimestamp64Milli(received_at) AS r,
-       toString(channel) AS ch, [{rule_columns}] AS rules, [{sentiment_columns}] AS sentiments
+       toString(channel) AS ch, [$rule_columns] AS rules, [$sentiment_columns] AS sentiments
 FROM events
-WHERE project_id = {{project_id:String}} {row_filter}
+WHERE project_id = {project_id:String} $row_filter
 """
 
 # Per customer, from one read of its event rows: every copy of each staged event (raw), the first touch,
 # and per trait the newest identify that sets it. Each is a merge of its rows that gives the same from any
 # split of them, a row counted twice included: what lets new rows be merged onto stored inputs.
 _AGGREGATES = """
-SELECT {customer} AS customer,
+SELECT $customer AS customer,
        groupArrayIf(tuple(t, r, e.message_id, ch, rules, sentiments), arrayExists(x -> x > 0, rules)) AS raw,
-       {touch} AS touch, {traits} AS traits
-FROM ({event_rows}) AS e
-{owners}
+       $touch AS touch, $traits AS traits
+FROM ($event_rows) AS e
+$owners
 GROUP BY customer
 """
 
@@ -147,25 +153,25 @@ GROUP BY customer
 # time), in journey order ((time, receipt, message id) first: sorting the tuples is journey order).
 _INPUTS = """
 SELECT customer, arraySort(arrayFilter((x, i) -> i = 1 OR x.3 != by_message[i - 1].3, by_message,
-                                       arrayEnumerate(by_message))) AS staged, touch, traits{carried}
-FROM (SELECT *, arraySort(x -> (x.3, -x.2, x.1), raw) AS by_message FROM ({aggregates}))
+                                       arrayEnumerate(by_message))) AS staged, touch, traits$carried
+FROM (SELECT *, arraySort(x -> (x.3, -x.2, x.1), raw) AS by_message FROM ($aggregates))
 """
 
 # New rows merged onto what a customer's stored inputs hold (none stored: a customer whose every row is new).
-_MERGED = f"""
+_MERGED = """
 SELECT n.customer AS customer,
        if(o.found = 1, arrayConcat(o.staged, n.raw), n.raw) AS raw,
        if(o.found = 1 AND o.touch < n.touch, o.touch, n.touch) AS touch,
        if(o.found = 1 AND length(o.traits) = length(n.traits), arrayMap((a, b) -> if(a > b, a, b), o.traits, n.traits),
           n.traits) AS traits,
-       if(o.found = 1, o.staged, {_NO_STAGED}) AS prev_staged, if(o.found = 1, o.touch, {_NO_TOUCH}) AS prev_touch,
-       if(o.found = 1, o.traits, {_NO_TRAITS}) AS prev_traits
-FROM ({{aggregates}}) AS n
+       if(o.found = 1, o.staged, $no_staged) AS prev_staged, if(o.found = 1, o.touch, $no_touch) AS prev_touch,
+       if(o.found = 1, o.traits, $no_traits) AS prev_traits
+FROM ($aggregates) AS n
 LEFT JOIN (
     SELECT customer_id, toUInt8(1) AS found, argMax(staged, generation) AS staged, argMax(touch, generation) AS touch,
            argMax(traits, generation) AS traits
     FROM stage_inputs
-    WHERE project_id = {{{{project_id:String}}}} AND build = {{{{build:UInt64}}}} AND customer_id IN {{{{customers:Array(String)}}}}
+    WHERE project_id = {project_id:String} AND build = {build:UInt64} AND customer_id IN {customers:Array(String)}
     GROUP BY customer_id
 ) AS o ON o.customer_id = n.customer
 """
@@ -173,31 +179,35 @@ LEFT JOIN (
 _INPUT_COLUMNS = (
     "project_id, build, customer_id, generation, staged, touch, traits, prev_staged, prev_touch, prev_traits"
 )
-_INSERT_INPUTS = f"""
-INSERT INTO stage_inputs ({_INPUT_COLUMNS})
-SELECT {{{{project_id:String}}}}, {{{{build:UInt64}}}}, customer, {{{{generation:UInt64}}}}, staged, touch, traits, {{prev}}
-FROM ({{inputs}})
-"""
+_INSERT_INPUTS = """
+INSERT INTO stage_inputs ($columns)
+SELECT {project_id:String}, {build:UInt64}, customer, {generation:UInt64}, staged, touch, traits, $prev
+FROM ($inputs)
+ SETTINGS $cluster"""
 #: Empty inputs for ``customers`` in one build: forgotten ones, and every customer (retired ones too: merged
 #: into another) of a full refresh before its inputs are stored, so those left without events keep these.
-EMPTY_INPUTS_SQL = f"""
-INSERT INTO stage_inputs ({_INPUT_COLUMNS})
-SELECT {{project_id:String}}, {{build:UInt64}}, customer, {{generation:UInt64}}, {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS},
-       {_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}
-FROM (SELECT arrayJoin({{customers:Array(String)}}) AS customer)
-"""
+EMPTY_INPUTS_SQL = fill(
+    """
+INSERT INTO stage_inputs ($columns)
+SELECT {project_id:String}, {build:UInt64}, customer, {generation:UInt64}, $no_inputs,
+       $no_inputs
+FROM (SELECT arrayJoin({customers:Array(String)}) AS customer)
+""",
+    columns=_INPUT_COLUMNS,
+    no_inputs=_NO_INPUTS,
+)
 
 # The stored inputs written by one write (``generation``) of the given customers, as customers to fold: what
 # they hold now (sign 1) and what they held before (sign -1).
 _STORED = """
-SELECT customer, sign, {keys} AS keys, staged
+SELECT customer, sign, $keys AS keys, staged
 FROM (
     SELECT customer_id AS customer, s.1 AS sign, s.2 AS staged, s.3 AS touch, s.4 AS traits
     FROM (
         SELECT customer_id, [(toInt8(1), staged, touch, traits), (toInt8(-1), prev_staged, prev_touch, prev_traits)] AS both
         FROM stage_inputs
-        WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}} AND customer_id IN {{customers:Array(String)}}
-              AND generation = {{generation:UInt64}}
+        WHERE project_id = {project_id:String} AND build = {build:UInt64} AND customer_id IN {customers:Array(String)}
+              AND generation = {generation:UInt64}
     )
     ARRAY JOIN both AS s
 )
@@ -206,12 +216,24 @@ FROM (
 # each (a forget while the rebuild runs empties some). FINAL, not argMax: the rows come sorted by customer,
 # and aggregating every customer's arrays cost a third more (10 M events: 28.7 s against 21.1 s).
 _BUILT = """
-SELECT customer_id AS customer, toInt8(1) AS sign, {keys} AS keys, staged
+SELECT customer_id AS customer, toInt8(1) AS sign, $keys AS keys, staged
 FROM (
     SELECT customer_id, staged, touch, traits FROM stage_inputs FINAL
-    WHERE project_id = {{project_id:String}} AND build = {{build:UInt64}}
+    WHERE project_id = {project_id:String} AND build = {build:UInt64}
 )
 """
+
+# The inputs just read from the events, as customers to fold (sign 1).
+_FROM_EVENTS = "SELECT customer, toInt8(1) AS sign, $keys AS keys, staged FROM ($inputs)"
+
+# optimize_on_insert: the facts of one customer are summed by merges anyway, and summing each insert block
+# first cost a third of a rebuild (10 M events: 26.1 s against 16.8 s without, measured in chDB).
+_INSERT_FACTS = (
+    "INSERT INTO stage_facts ($columns) $rows SETTINGS max_insert_threads = 2, optimize_on_insert = 0, $cluster"
+)
+
+# The rows to write: each fact's net count over the rows given, where it is not zero.
+_NET = "SELECT $identity, sum(n) AS net FROM ($rows) GROUP BY $identity HAVING net != 0 SETTINGS $cluster"
 
 # Each id's customer for a whole project: the current mapping (a deleted one or none: itself).
 _OWNERS_OF_PROJECT = """
@@ -235,18 +257,22 @@ _TOUCH_FIELDS = {"first_channel": 6, "first_utm_source": 7, "first_utm_medium": 
 _TOUCH_DAY = 10
 
 
-def _held(in_build: str) -> str:
-    return f"""
-SELECT {
-        FACT_IDENTITY.replace("fact,", "toString(fact),")
-        .replace("move_kind,", "toString(move_kind),")
-        .replace(", sentiment", ", toString(sentiment)")
-    }, -sum(n) AS held
+_HELD_IN = """
+SELECT $identity, -sum(n) AS held
 FROM stage_facts
-WHERE project_id = {{project_id:String}} {in_build} AND customer_id IN {{customers:Array(String)}}
+WHERE project_id = {project_id:String} $in_build AND customer_id IN {customers:Array(String)}
 GROUP BY ALL
 HAVING held != 0
 """
+
+
+def _held(in_build: str) -> str:
+    identity = (
+        FACT_IDENTITY.replace("fact,", "toString(fact),")
+        .replace("move_kind,", "toString(move_kind),")
+        .replace(", sentiment", ", toString(sentiment)")
+    )
+    return fill(_HELD_IN, identity=identity, in_build=in_build)
 
 
 # What a build holds for a refresh's customers, negated: added to the desired rows, the difference.
@@ -299,10 +325,14 @@ class FactsSql:
             if scope == "since":
                 # inserted_at first: its minmax index skips the granules of parts written before
                 row_filter = "AND inserted_at > {since:DateTime64(3, 'UTC')} " + row_filter
-        event_rows = _EVENT_ROWS.format(
-            rule_columns=self._rule_columns, sentiment_columns=self._sentiment_columns, row_filter=row_filter
+        event_rows = fill(
+            _EVENT_ROWS,
+            rule_columns=self._rule_columns,
+            sentiment_columns=self._sentiment_columns,
+            row_filter=row_filter,
         )
-        return _AGGREGATES.format(
+        return fill(
+            _AGGREGATES,
             customer=customer,
             touch=self._segments.touch,
             traits=self._segments.traits,
@@ -311,67 +341,63 @@ class FactsSql:
         )
 
     def _rows(self, customers: str) -> str:
-        per_customer = _PER_CUSTOMER.format(
+        per_customer = fill(
+            _PER_CUSTOMER,
             customers=customers,
-            maps=len(self.definitions.maps),
+            maps=str(len(self.definitions.maps)),
             stages=self._stages,
             windows=self._windows,
             touchpoints=self._touchpoints,
             fact=FACT_TUPLE,
             sentiments=_literal(list(SENTIMENTS)),
         )
-        return _ROWS.format(map_names=self._map_names, per_customer=per_customer)
+        return fill(_ROWS, map_names=self._map_names, per_customer=per_customer)
 
     def desired(self, scope: str) -> str:
         """The facts rows (FACT_IDENTITY, n) of every customer of the project (``scope="project"``; parameters
         ``project_id``, ``build``) or of the given ids' customers (``"ids"``; also ``ids`` and ``owners``:
         each id's customer, every id of those customers), from their events."""
-        inputs = _INPUTS.format(aggregates=self._aggregates(scope), carried="")
-        return self._rows(f"SELECT customer, toInt8(1) AS sign, {self._segments.keys} AS keys, staged FROM ({inputs})")
+        inputs = fill(_INPUTS, aggregates=self._aggregates(scope), carried="")
+        return self._rows(fill(_FROM_EVENTS, keys=self._segments.keys, inputs=inputs))
 
     def insert_all(self, columns: str) -> str:
         """``INSERT`` of every customer's facts (:meth:`desired`, ``"project"``) into ``stage_facts``."""
-        # optimize_on_insert: the facts of one customer are summed by merges anyway, and summing each insert block
-        # first cost a third of a rebuild (10 M events: 26.1 s against 16.8 s without, measured in chDB).
-        return (
-            f"INSERT INTO stage_facts ({columns}) {self.desired('project')} "
-            f"SETTINGS max_insert_threads = 2, optimize_on_insert = 0, {CLUSTER_SETTINGS}"
-        )
+        return fill(_INSERT_FACTS, columns=columns, rows=self.desired("project"), cluster=CLUSTER_SETTINGS)
 
     def insert_all_from_inputs(self, columns: str) -> str:
         """``INSERT`` into ``stage_facts`` of every customer's facts folded from the inputs a rebuild stored
         (:meth:`insert_inputs`, ``"project"``): the events are read once, by that statement."""
-        return (
-            f"INSERT INTO stage_facts ({columns}) {self._rows(_BUILT.format(keys=self._segments.keys))} "
-            f"SETTINGS max_insert_threads = 2, optimize_on_insert = 0, {CLUSTER_SETTINGS}"
-        )
+        rows = self._rows(fill(_BUILT, keys=self._segments.keys))
+        return fill(_INSERT_FACTS, columns=columns, rows=rows, cluster=CLUSTER_SETTINGS)
 
     def insert_inputs(self, scope: str) -> str:
         """``INSERT`` of the inputs of every customer of the project (``"project"``) or of the given ids'
         customers (``"ids"``), read from all their events, into ``stage_inputs`` under ``generation``."""
-        inputs = _INPUTS.format(aggregates=self._aggregates(scope), carried="")
-        sql = _INSERT_INPUTS.format(prev=f"{_NO_STAGED}, {_NO_TOUCH}, {_NO_TRAITS}", inputs=inputs)
-        return f"{sql} SETTINGS {CLUSTER_SETTINGS}"
+        inputs = fill(_INPUTS, aggregates=self._aggregates(scope), carried="")
+        return fill(_INSERT_INPUTS, columns=_INPUT_COLUMNS, prev=_NO_INPUTS, inputs=inputs, cluster=CLUSTER_SETTINGS)
 
     def insert_merged(self) -> str:
         """``INSERT`` of the given ids' rows stamped after ``since`` (``ids``, ``owners``: their customers)
         merged onto their customers' stored inputs (``customers``), each keeping what it held before."""
-        merged = _MERGED.format(aggregates=self._aggregates("since"))
-        inputs = _INPUTS.format(aggregates=merged, carried=", prev_staged, prev_touch, prev_traits")
-        sql = _INSERT_INPUTS.format(prev="prev_staged, prev_touch, prev_traits", inputs=inputs)
-        return f"{sql} SETTINGS {CLUSTER_SETTINGS}"
+        merged = fill(
+            _MERGED,
+            aggregates=self._aggregates("since"),
+            no_staged=_NO_STAGED,
+            no_touch=_NO_TOUCH,
+            no_traits=_NO_TRAITS,
+        )
+        inputs = fill(_INPUTS, aggregates=merged, carried=", prev_staged, prev_touch, prev_traits")
+        prev = "prev_staged, prev_touch, prev_traits"
+        return fill(_INSERT_INPUTS, columns=_INPUT_COLUMNS, prev=prev, inputs=inputs, cluster=CLUSTER_SETTINGS)
 
     def difference(self, held: bool) -> str:
         """The rows to write for the inputs one write stored (``customers``, ``generation``): their facts now minus
         their facts before; with ``held``, minus what ``build`` holds for ``customers`` instead (inputs written
         from all of their events: the build may hold anything for them)."""
-        rows = self._rows(_STORED.format(keys=self._segments.keys))
+        rows = self._rows(fill(_STORED, keys=self._segments.keys))
         if held:
-            rows += f" UNION ALL {_HELD}"
-        return (
-            f"SELECT {FACT_IDENTITY}, sum(n) AS net FROM ({rows}) "
-            f"GROUP BY {FACT_IDENTITY} HAVING net != 0 SETTINGS {CLUSTER_SETTINGS}"
-        )
+            rows += " UNION ALL " + _HELD
+        return fill(_NET, identity=FACT_IDENTITY, rows=rows, cluster=CLUSTER_SETTINGS)
 
 
 def _literal(value: Any) -> str:
