@@ -221,13 +221,11 @@ class Bottleneck(TypedDict):
     shortfall: float | None
 
 
-class StageKpis(TypedDict):
-    """One stage's KPIs over the whole window. The counts of what follows a stage (converted, dropped, in
-    progress and their rates) are None for the last stage: it has no next stage."""
+class DailyStageKpis(TypedDict):
+    """One stage's KPIs on one day. The counts of what follows a stage (converted, dropped, in progress and
+    their rates) are None for the last stage: it has no next stage."""
 
     id: str
-    name: str
-    index: int
     reached: int
     entered: int
     converted: int | None
@@ -239,41 +237,26 @@ class StageKpis(TypedDict):
     converted_of_entered: float | None
     drop_off_rate: float | None
     drop_off_rate_bounds: RateBounds | None
-    conversion_window_days: float
     time_to_next_seconds: Quantiles
     regressions_into: int
     skips_over: int
     repeats: int
     sentiment: Sentiment
+    status: str
+
+
+class StageKpis(DailyStageKpis):
+    """One stage's KPIs over the whole window: a day's, and what only the whole window says (name, index,
+    targets, top touchpoints and channels, the conversion window). The answer's keys come in the order
+    :func:`_shape_stage` writes them (docs/kpis.md), not this class's."""
+
+    name: str
+    index: int
+    conversion_window_days: float
     top_touchpoints: list[TouchpointCount]
     top_channels: list[ChannelCount]
     target: dict[str, Any] | None
-    status: str
     targets: list[TargetCheck]
-
-
-class DailyStageKpis(TypedDict):
-    """One stage's KPIs on one day: :class:`StageKpis` without what only the whole window says (name,
-    index, targets, top touchpoints and channels, the conversion window)."""
-
-    id: str
-    reached: int
-    entered: int
-    converted: int | None
-    dropped: int | None
-    in_progress: int | None
-    decided_share: float | None
-    conversion_rate: float | None
-    conversion_rate_bounds: RateBounds | None
-    converted_of_entered: float | None
-    drop_off_rate: float | None
-    drop_off_rate_bounds: RateBounds | None
-    time_to_next_seconds: Quantiles
-    regressions_into: int
-    skips_over: int
-    repeats: int
-    sentiment: Sentiment
-    status: str
 
 
 Transition = TypedDict("Transition", {"from": "str | None", "to": str, "kind": str, "count": int})
