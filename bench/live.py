@@ -338,6 +338,18 @@ async def freshness_gauge(http: aiohttp.ClientSession, qurl: str) -> float | Non
     return float(found[0]) if found else None
 
 
+async def updater_step_seconds(http: aiohttp.ClientSession, qurl: str) -> dict[str, tuple[float, float]]:
+    """The updater's time so far in each step of keeping the facts current, and how many times it took it
+    (``journeys_stage_state_step_seconds`` sum and count, by step)."""
+    _, status, body = await timed_get(http, f"{qurl}/metrics", None, None)
+    if status != 200:
+        return {}
+    text = body.decode()
+    sums = dict(re.findall(r'^journeys_stage_state_step_seconds_sum\{step="(\w+)"\} (\S+)$', text, re.M))
+    counts = dict(re.findall(r'^journeys_stage_state_step_seconds_count\{step="(\w+)"\} (\S+)$', text, re.M))
+    return {step: (float(sums[step]), float(counts.get(step, 0))) for step in sums}
+
+
 @dataclasses.dataclass
 class Service:
     curl: str
@@ -498,6 +510,7 @@ async def measure_rate(
 
         await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
         cpu0, wall0 = time.process_time(), time.monotonic()
+        steps0 = await updater_step_seconds(http, svc.qurl)
         probes = Probes(http, svc, rate, probe_index, args.probe_timeout)
         kpi_ms: list[float] = []
         kpi_errors: dict[str, int] = {}
@@ -540,6 +553,7 @@ async def measure_rate(
         await asyncio.sleep(max(0.0, measure_to - time.monotonic()))  # the loops' last calls end before it
         service_cpu = time.process_time() - cpu0
         service_wall = time.monotonic() - wall0
+        steps1 = await updater_step_seconds(http, svc.qurl)
         gauge_end = await freshness_gauge(http, svc.qurl)
         tail0 = time.monotonic()
         await probes.finish()  # each probe gives up --probe-timeout after its 200; the load still runs meanwhile
@@ -618,6 +632,17 @@ async def measure_rate(
             "series": [(t, round(v, 2)) for t, v in gauge_series],
         },
         "service_cpu_cores": round(service_cpu / service_wall, 2) if service_wall else None,
+        # Of the measured seconds, the share the updater spent in each step, and how often it took it per second:
+        # where its time goes under this load (the Grafana panel "Stage facts: time per step").
+        "updater_steps": {
+            step: {
+                "busy": round((total - steps0.get(step, (0.0, 0.0))[0]) / service_wall, 3),
+                "per_s": round((count - steps0.get(step, (0.0, 0.0))[1]) / service_wall, 2),
+            }
+            for step, (total, count) in sorted(steps1.items())
+        }
+        if service_wall
+        else {},
     }
 
 
@@ -731,7 +756,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"KPI freshness p50/p95 {k['p50'] or 'timeout'}/{k['p95'] or 'timeout'} s; "
                         f"journey freshness p50/p95 {j['p50'] or 'timeout'}/{j['p95'] or 'timeout'} s; "
                         f"/v1/kpis p50/p95 {row['kpi_call_ms']['p50']}/{row['kpi_call_ms']['p95']} ms; "
-                        f"gauge end {row['freshness_gauge_s']['end']} s"
+                        f"gauge end {row['freshness_gauge_s']['end']} s; service CPU {row['service_cpu_cores']} cores"
+                    )
+                    busy = row["updater_steps"]
+                    log(
+                        "  updater, share of the measured seconds by step (times per second): "
+                        + ", ".join(f"{step} {v['busy']:.2f} ({v['per_s']:g}/s)" for step, v in busy.items())
+                        + f"; total {sum(v['busy'] for v in busy.values()):.2f}"
                     )
 
     for row in rows:

@@ -117,6 +117,15 @@ class Metrics:
         self.stage_state_rows = Counter(
             "journeys_stage_state_rows", "Stage-state rows written (customers × maps recomputed).", registry=r
         )
+        self.stage_state_seconds = Histogram(
+            "journeys_stage_state_step_seconds",
+            "Time in each step of keeping the stage facts current, by step: changes (finding the ids whose rows "
+            "changed), compare (telling which of them to merge or recompute), customers (their customers), merge "
+            "(storing their inputs), difference (the facts to write), write (inserting them).",
+            ["step"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage_state_rebuilds = Counter(
             "journeys_stage_state_rebuilds",
             "Full rebuilds of a project's stage state after definition changes.",

@@ -103,6 +103,13 @@ class Reader:
         [value] = re.findall(r"^journeys_kpi_freshness_seconds (\S+)$", text, re.M)
         return float(value)
 
+    async def step_counts(self) -> dict[str, float]:
+        """How many times the updater timed each step (journeys_stage_state_step_seconds)."""
+        async with self.http.get(self.query.make_url("/metrics")) as r:
+            text = await r.text()
+        found = re.findall(r'^journeys_stage_state_step_seconds_count\{step="(\w+)"\} (\S+)$', text, re.M)
+        return {step: float(count) for step, count in found}
+
     async def fallen_below(self, seconds: float) -> bool:
         return await self.freshness() < seconds
 
@@ -159,8 +166,16 @@ async def test_freshness_holds_back_while_the_collector_holds_acknowledged_event
 
     project = await _project(stores)
     reader = Reader(http, query, project)
+    steps = await reader.step_counts()
     first = await reader.send(collector, "u1")
     await wait_until(lambda: reader.counted(first, 1), timeout=60)
+    # The poll that counted it timed its steps (the Grafana panel "Stage facts: time per step").
+    timed = await reader.step_counts()
+    assert {
+        s
+        for s in ("changes", "compare", "customers", "merge", "difference", "write")
+        if timed.get(s, 0) > steps.get(s, 0)
+    } == {"changes", "compare", "customers", "merge", "difference", "write"}, (steps, timed)
 
     inserter = collector.app[INSERTER]
     real, gate, waiting = inserter.clickhouse, asyncio.Event(), asyncio.Event()

@@ -117,6 +117,7 @@ class StageStateUpdater:
         self.max_pause_s = 2.0
         self.writer = StateWriter(stores.clickhouse, stores.pg, lock_pool(stores))
         self.writer.on_serving_write = self._changed
+        self.writer.on_step = self._took
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
@@ -154,6 +155,9 @@ class StageStateUpdater:
         changed, self.changed_projects = self.changed_projects, set()
         self.facts_changed.clear()
         return changed
+
+    def _took(self, step: str, seconds: float) -> None:
+        self.metrics.stage_state_seconds.labels(step).observe(seconds)
 
     def _changed(self, project_id: str) -> None:
         self.changed_projects.add(project_id)
@@ -391,7 +395,10 @@ class StageStateUpdater:
             return
 
         params = {"since": _at(since_ms), "next": _at(next_ms), "projects": sorted(defs)}
+        began = time.monotonic()
         _, rows = await self.stores.clickhouse.query(CHANGES_SQL, params)
+        compared = time.monotonic()
+        self._took("changes", compared - began)
         known, following, self._known = self._known, {}, {}
         # Ids with an identity change (their customer may be another now) and ids whose rows left the window
         # (deleted) are refreshed from all their events; ids with new event rows only get those merged on
@@ -408,6 +415,7 @@ class StageStateUpdater:
                 following[key] = (next_count, next_digest)
         for project_id, _, distinct_id in known:  # every row of it left the window: deleted, so recompute too
             full.setdefault(project_id, set()).add(distinct_id)
+        self._took("compare", time.monotonic() - compared)
         for project_id in full.keys() | appended.keys():
             for target, serving in ((self._serving.get(project_id), True), (self._pending.get(project_id), False)):
                 if target is None:

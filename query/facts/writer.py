@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -110,6 +111,18 @@ class StateWriter:
         # Told the project after each insert into a serving build (the alert evaluator judges it then): a poll
         # of many customers writes several chunks, and the first ones count in the KPIs before the last.
         self.on_serving_write: Callable[[str], None] | None = None
+        # Told how long each step of a refresh took (journeys_stage_state_step_seconds): where a poll's time goes
+        # under load is what says which statement to make cheaper.
+        self.on_step: Callable[[str, float], None] | None = None
+
+    @contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            if self.on_step is not None:
+                self.on_step(name, time.monotonic() - began)
 
     def statements(self, project_id: str, definitions: Definitions) -> FactsSql:
         key = (project_id, definitions.fingerprint)  # two projects may have same-named maps with other rules
@@ -206,13 +219,15 @@ class StateWriter:
     async def _refresh_locked(
         self, project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool
     ) -> int:
-        current = await identities.current_customers(self.ch, project_id, touched)
+        with self._step("customers"):
+            current = await identities.current_customers(self.ch, project_id, touched)
         # A merge re-points every member of the old customer, its own id included, so a customer that no
         # longer exists is always among the touched ids: an id whose customer is now someone else. Its facts
         # are not desired any more, so the difference withdraws them, and its inputs are emptied.
         retired = sorted({i for i, c in current.items() if c != i})
         customers = sorted(set(current.values()))
-        members = await identities.members_of(self.ch, project_id, customers)
+        with self._step("customers"):
+            members = await identities.members_of(self.ch, project_id, customers)
         owned = [(i, c) for c, ids in members.items() for i in ids]
         sql = self.statements(project_id, definitions)
         everyone = sorted(set(customers) | set(retired))
@@ -220,21 +235,23 @@ class StateWriter:
         # those who still have events. So a customer whose every event is gone (or who no longer exists) keeps
         # empty inputs, not its last ones, and no customer has two rows of one generation.
         emptied = {"project_id": project_id, "build": build, "customers": everyone}
-        await self.ch.execute(EMPTY_INPUTS_SQL, {**emptied, "generation": await next_generation(self.pg)})
-        params = {
-            **sql.params,
-            **emptied,
-            "generation": await next_generation(self.pg),
-            "ids": [i for i, _ in owned],
-            "owners": [c for _, c in owned],
-        }
-        await self.ch.execute(sql.insert_inputs("ids"), params)
+        with self._step("merge"):
+            await self.ch.execute(EMPTY_INPUTS_SQL, {**emptied, "generation": await next_generation(self.pg)})
+            params = {
+                **sql.params,
+                **emptied,
+                "generation": await next_generation(self.pg),
+                "ids": [i for i, _ in owned],
+                "owners": [c for _, c in owned],
+            }
+            await self.ch.execute(sql.insert_inputs("ids"), params)
         return await self._write_difference(project_id, sql.difference(held=True), params, serving)
 
     async def _append_locked(
         self, project_id: str, definitions: Definitions, build: int, touched: list[str], since_ms: int, serving: bool
     ) -> int:
-        current = await identities.current_customers(self.ch, project_id, touched)
+        with self._step("customers"):
+            current = await identities.current_customers(self.ch, project_id, touched)
         sql = self.statements(project_id, definitions)
         params = {
             **sql.params,
@@ -246,17 +263,20 @@ class StateWriter:
             "since": _at(since_ms),
             "customers": sorted(set(current.values())),
         }
-        await self.ch.execute(sql.insert_merged(), params)
+        with self._step("merge"):
+            await self.ch.execute(sql.insert_merged(), params)
         return await self._write_difference(project_id, sql.difference(held=False), params, serving)
 
     async def _write_difference(self, project_id: str, sql: str, params: dict[str, Any], serving: bool) -> int:
         # The difference comes back as rows in the insert's own format: Python never decodes them.
-        rows = await self.ch.raw_query(sql, params)
+        with self._step("difference"):
+            rows = await self.ch.raw_query(sql, params)
         if not rows:
             return 0
         # A build that does not serve yet is read by no answer: its inserts need not wait for them.
-        async with facts_change(self.locks if serving else None, project_id):
-            await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
+        with self._step("write"):
+            async with facts_change(self.locks if serving else None, project_id):
+                await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
         if serving and self.on_serving_write is not None:
             self.on_serving_write(project_id)
         return rows.count(b"\n")
