@@ -166,16 +166,9 @@ async def test_freshness_holds_back_while_the_collector_holds_acknowledged_event
 
     project = await _project(stores)
     reader = Reader(http, query, project)
-    steps = await reader.step_counts()
     first = await reader.send(collector, "u1")
     await wait_until(lambda: reader.counted(first, 1), timeout=60)
-    # The poll that counted it timed its steps (the Grafana panel "Stage facts: time per step").
-    timed = await reader.step_counts()
-    assert {
-        s
-        for s in ("changes", "compare", "customers", "merge", "difference", "write")
-        if timed.get(s, 0) > steps.get(s, 0)
-    } == {"changes", "compare", "customers", "merge", "difference", "write"}, (steps, timed)
+    steps = await reader.step_counts()
 
     inserter = collector.app[INSERTER]
     real, gate, waiting = inserter.clickhouse, asyncio.Event(), asyncio.Event()
@@ -202,3 +195,8 @@ async def test_freshness_holds_back_while_the_collector_holds_acknowledged_event
         inserter.clickhouse = real
     await wait_until(lambda: reader.counted(second, 2), timeout=60)
     await wait_until(lambda: reader.fallen_below(highest), timeout=30)
+    # The poll that counted u2 merged it onto the serving build, timing each step (the Grafana panel "Stage
+    # facts: time per step").
+    timed = await reader.step_counts()
+    steps_taken = {step for step, count in timed.items() if count > steps.get(step, 0)}
+    assert steps_taken >= {"changes", "compare", "customers", "merge", "difference", "write"}, (steps, timed)
