@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     )
 
     key_cache_ttl_s: float = Field(default=30, ge=0, description="How long a resolved API key is trusted.")
+    kpi_cache_ttl_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a KPI answer may be reused while the facts and the definitions it counts stay the "
+        "same (query/kpi_cache.py); 0: never.",
+    )
 
     # Rate limits (collector/ratelimit.py), per collector process: token buckets of requests. A write key
     # has one bucket; a public key one per client address (a site's visitors share its key). 0 = no limit.

@@ -114,6 +114,14 @@ class Metrics:
             "(now - includes.acknowledged_before of a KPI answer): spool, inserter and updater delays included.",
             registry=r,
         )
+        self.kpi_cache = Counter(
+            "journeys_kpi_cache",
+            "KPI answers reused (hit) or computed (miss) where the KPI cache is on (query/kpi_cache.py).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("hit", "miss"):  # both series from the start: the dashboard's ratio divides one by the other
+            self.kpi_cache.labels(result)
         self.stage_state_rows = Counter(
             "journeys_stage_state_rows", "Stage-state rows written (customers × maps recomputed).", registry=r
         )

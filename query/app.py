@@ -32,10 +32,12 @@ from query import (
 from query.alert_delivery import AlertDeliverer
 from query.alerts import AlertEvaluator
 from query.api_spec import query_openapi
+from query.kpi_cache import KpiCache
 from query.appkeys import (
     ALERT_DELIVERER,
     ALERT_EVALUATOR,
     DASHBOARD,
+    KPI_CACHE,
     KPI_PREVIEWS,
     METRICS,
     STATE_UPDATER,
@@ -64,6 +66,7 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app[METRICS] = metrics
     app[DASHBOARD] = dashboard.Dashboard.load()  # read now: a missing file stops the start, not a page
     app[KPI_PREVIEWS] = asyncio.Lock()
+    app[KPI_CACHE] = KpiCache(stores.settings.kpi_cache_ttl_s, metrics)
     for module_routes in (*ROUTE_TABLES, routes):
         app.router.add_routes(module_routes)
     app.cleanup_ctx.append(_stage_state_updater)

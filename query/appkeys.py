@@ -15,6 +15,7 @@ from aiohttp import web
 
 from journeys.metrics import Metrics
 from journeys.stores import Stores
+from query.kpi_cache import KpiCache
 
 if TYPE_CHECKING:
     from query.alert_delivery import AlertDeliverer
@@ -28,5 +29,6 @@ STATE_UPDATER: web.AppKey[StageStateUpdater] = web.AppKey("state_updater")
 ALERT_EVALUATOR: web.AppKey[AlertEvaluator] = web.AppKey("alert_evaluator")
 ALERT_DELIVERER: web.AppKey[AlertDeliverer] = web.AppKey("alert_deliverer")
 DASHBOARD: web.AppKey[Dashboard] = web.AppKey("dashboard")  # the page and assets, read at start
+KPI_CACHE = web.AppKey("kpi_cache", KpiCache)
 # One preview at a time per app: a preview takes every core ClickHouse has, as a rebuild does (query/kpi_preview.py).
 KPI_PREVIEWS = web.AppKey("kpi_previews", asyncio.Lock)

@@ -19,7 +19,7 @@ from aiohttp import web
 from journeys.events import MAX_ID_CHARS
 from journeys.http import ApiError, json_response
 from query import customers, definitions
-from query.appkeys import STORES
+from query.appkeys import STATE_UPDATER, STORES
 from query.auth import principal_of
 from query.journey import CompiledMap, build_journey
 from query.maps import SLUG, SLUG_RULE, validate_map
@@ -134,9 +134,16 @@ async def customer(request: web.Request) -> web.Response:
 async def forget_customer(request: web.Request) -> web.Response:
     principal = await principal_of(request, ("admin",))
     stores = request.app[STORES]
-    forgotten = await customers.forget(
-        stores.clickhouse, stores.pg, stores.settings.clickhouse_cluster, principal.project_id, _customer_id(request)
-    )
+    try:
+        forgotten = await customers.forget(
+            stores.clickhouse,
+            stores.pg,
+            stores.settings.clickhouse_cluster,
+            principal.project_id,
+            _customer_id(request),
+        )
+    finally:  # their facts may be withdrawn, if only in part: cached KPI answers counted them
+        request.app[STATE_UPDATER].facts_written(principal.project_id)
     return json_response(forgotten)
 
 

@@ -324,6 +324,8 @@ class KpiRequest:
     last_day: date
     now: datetime
     rebuilding: dict[str, Any] | None = None  # set while newer definitions are being computed
+    # The fingerprints of the definitions the build serves and of the newest: what the answer is computed for.
+    definitions: str = ""
 
     @property
     def stages(self) -> list[Stage]:

@@ -23,7 +23,7 @@ from journeys.http import ApiError, json_response
 from journeys.keys import Principal
 from journeys.stores import Stores
 from query import definitions
-from query.appkeys import STORES
+from query.appkeys import KPI_CACHE, STATE_UPDATER, STORES
 from query.auth import principal_of
 from query.kpis import ALL, DailyKpiAnswer, KpiAnswer, KpiRequest, daily_kpis, stage_kpis, to_csv
 from query.maps import SLUG
@@ -51,7 +51,29 @@ async def _answer(
         # whichever build serves now holds them (a build that began after that poll read everything then).
         acknowledged_before = await stores.pg.fetchval(INCLUDES_SQL)
         kpi_request, csv = await parse_kpi_request(request, principal, stores)
+        cache, updater = request.app[KPI_CACHE], request.app[STATE_UPDATER]
+        key = None
+        if cache.enabled and updater.leader:  # query/kpi_cache.py: when an answer may be reused
+            key = (
+                compute.__name__,
+                kpi_request.project_id,
+                updater.facts_versions.get(kpi_request.project_id, 0),
+                kpi_request.build,
+                kpi_request.definitions,
+                kpi_request.journey_map.name,
+                kpi_request.map_version,
+                None if kpi_request.segments is None else tuple(kpi_request.segments),
+                kpi_request.first_day,
+                kpi_request.last_day,
+                repr(kpi_request.rebuilding),
+            )
+            reused = cache.get(key)
+            if reused is not None:
+                # The facts are those it was computed from, so what they count is acknowledged_before as read now.
+                return kpi_request, csv, with_includes(reused, acknowledged_before)
         result = await compute(stores.clickhouse, kpi_request)
+        if key is not None:
+            cache.put(key, dict(result))
     return kpi_request, csv, with_includes(result, acknowledged_before)
 
 
@@ -209,6 +231,7 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
             last_day=last_day,
             now=now,
             rebuilding=rebuilding,
+            definitions=f"{build.fingerprint} {latest.fingerprint}",
         ),
         csv,
     )

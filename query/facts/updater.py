@@ -118,6 +118,8 @@ class StageStateUpdater:
         self.writer = StateWriter(stores.clickhouse, stores.pg, lock_pool(stores))
         self.writer.on_serving_write = self._changed
         self.writer.on_step = self._took
+        # Per project, how many times its serving facts changed in this process (query/kpi_cache.py keys on it).
+        self.facts_versions: dict[str, int] = {}
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
@@ -161,7 +163,12 @@ class StageStateUpdater:
 
     def _changed(self, project_id: str) -> None:
         self.changed_projects.add(project_id)
+        self.facts_versions[project_id] = self.facts_versions.get(project_id, 0) + 1
         self.facts_changed.set()
+
+    def facts_written(self, project_id: str) -> None:
+        """Something else in this process changed the project's serving facts (a forget): as if the updater had."""
+        self._changed(project_id)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stage-state-updater")
