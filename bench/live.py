@@ -347,7 +347,15 @@ async def updater_step_seconds(http: aiohttp.ClientSession, qurl: str) -> dict[s
     text = body.decode()
     sums = dict(re.findall(r'^journeys_stage_state_step_seconds_sum\{step="(\w+)"\} (\S+)$', text, re.M))
     counts = dict(re.findall(r'^journeys_stage_state_step_seconds_count\{step="(\w+)"\} (\S+)$', text, re.M))
-    return {step: (float(sums[step]), float(counts.get(step, 0))) for step in sums}
+    steps = {step: (float(sums[step]), float(counts.get(step, 0))) for step in sums}
+    # The KPI cache's hits and misses ride along as two pseudo-steps (query/kpi_cache.py).
+    for result, count in re.findall(r'^journeys_kpi_cache_total\{result="(\w+)"\} (\S+)$', text, re.M):
+        steps[f"kpi_cache_{result}"] = (0.0, float(count))
+    return steps
+
+
+def _delta(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], name: str) -> int:
+    return int(after.get(name, (0.0, 0.0))[1] - before.get(name, (0.0, 0.0))[1])
 
 
 @dataclasses.dataclass
@@ -640,9 +648,13 @@ async def measure_rate(
                 "per_s": round((count - steps0.get(step, (0.0, 0.0))[1]) / service_wall, 2),
             }
             for step, (total, count) in sorted(steps1.items())
+            if not step.startswith("kpi_cache_")
         }
         if service_wall
         else {},
+        # KPI answers (every caller's: probes, the latency loop) reused from the cache in the measured seconds.
+        "kpi_answers_reused": _delta(steps0, steps1, "kpi_cache_hit"),
+        "kpi_answers_computed": _delta(steps0, steps1, "kpi_cache_miss"),
     }
 
 
@@ -710,9 +722,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "machine": {"cpus": os.cpu_count()},
         "date": date.today().isoformat(),
+        "kpi_cache_ttl_s": None,
     }
     ctx = multiprocessing.get_context("spawn")
-    settings = load_settings(data_dir=args.data_dir)
+    overrides = {} if args.kpi_cache_ttl_s is None else {"kpi_cache_ttl_s": args.kpi_cache_ttl_s}
+    settings = load_settings(data_dir=args.data_dir, **overrides)
+    report["kpi_cache_ttl_s"] = settings.kpi_cache_ttl_s
     async with open_stores(settings) as stores:
         project, map_doc = await five_stage_project(stores, "bench-live")
 
@@ -762,7 +777,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(
                         "  updater, share of the measured seconds by step (times per second): "
                         + ", ".join(f"{step} {v['busy']:.2f} ({v['per_s']:g}/s)" for step, v in busy.items())
-                        + f"; total {sum(v['busy'] for v in busy.values()):.2f}"
+                        + f"; total {sum(v['busy'] for v in busy.values()):.2f}; KPI answers reused "
+                        + f"{row['kpi_answers_reused']}, computed {row['kpi_answers_computed']}"
                     )
 
     for row in rows:
@@ -873,6 +889,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32, help="the generator's concurrent requests")
     p.add_argument("--probe-every", type=float, default=2.0, help="seconds between freshness probes")
     p.add_argument("--probe-timeout", type=float, default=30.0, help="a probe not counted after this is missed (s)")
+    p.add_argument(
+        "--kpi-cache-ttl-s",
+        type=float,
+        default=None,
+        help="JOURNEYS_KPI_CACHE_TTL_S for the service (default: the setting's default; 0: every KPI answer computed)",
+    )
     p.add_argument(
         "--settle-timeout", type=float, default=60.0, help="longest wait for the previous rate's backlog (s)"
     )
