@@ -66,7 +66,9 @@ def create_app(stores: Stores, metrics: Metrics) -> web.Application:
     app[METRICS] = metrics
     app[DASHBOARD] = dashboard.Dashboard.load()  # read now: a missing file stops the start, not a page
     app[KPI_PREVIEWS] = asyncio.Lock()
-    app[KPI_CACHE] = KpiCache(stores.settings.kpi_cache_ttl_s, metrics)
+    # Not on a cluster: a facts write is in on one replica first, and an answer read from another meanwhile
+    # would be reused for the whole TTL (query/kpi_cache.py).
+    app[KPI_CACHE] = KpiCache(0.0 if stores.settings.clickhouse_cluster else stores.settings.kpi_cache_ttl_s, metrics)
     for module_routes in (*ROUTE_TABLES, routes):
         app.router.add_routes(module_routes)
     app.cleanup_ctx.append(_stage_state_updater)

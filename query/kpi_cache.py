@@ -20,8 +20,12 @@ not: the updater stores it after a poll's writes, so with the facts unchanged si
 acknowledged before it is counted in them, as in a new answer.
 
 Only the replica whose updater leads caches: it alone sees every write as it happens, and the others compute
-every answer. A customer forgotten through another replica leaves this one's cached answers within the TTL.
-The drill-down (the people behind a number) and previews are never cached.
+every answer. The key holds how many times this process took or lost the lead (``leader_epoch``): another
+replica may have written in between. A customer forgotten through another replica (or by ``journeys customer
+delete`` against stores the service does not hold) leaves this one's cached answers within the TTL. Off on a
+cluster (``JOURNEYS_CLICKHOUSE_CLUSTER``): a write is in on one replica before the others, and an answer read from
+another meanwhile would be reused for the whole TTL. The drill-down (the people behind a number) and
+previews are never cached.
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ class KpiCache:
         return found[1]
 
     def put(self, key: Hashable, answer: dict[str, Any]) -> None:
-        """Keep ``answer`` (never changed afterwards: every reader gets the same object) under ``key``."""
-        self._answers[key] = (time.monotonic(), answer)
+        """Keep ``answer`` under ``key``. Every reader gets the same object: nothing may change it afterwards.
+        Answers past the TTL go first, so what is kept is at most what was computed within the last TTL."""
+        now = time.monotonic()
+        for old in [k for k, (at, _) in self._answers.items() if now - at > self.ttl_s]:
+            del self._answers[old]
+        self._answers[key] = (now, answer)
         self._answers.move_to_end(key)
         while len(self._answers) > self.max_entries:
             self._answers.popitem(last=False)

@@ -57,6 +57,7 @@ async def _answer(
             key = (
                 compute.__name__,
                 kpi_request.project_id,
+                updater.leader_epoch,
                 updater.facts_versions.get(kpi_request.project_id, 0),
                 kpi_request.build,
                 kpi_request.definitions,

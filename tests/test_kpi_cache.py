@@ -7,14 +7,17 @@ for the whole test: each change must count at once instead. Every answer is also
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from journeys.keys import add_key
+from query import definitions
 from query.appkeys import KPI_CACHE, STATE_UPDATER
 from support import basic, wait_until
-from test_kpi_freshness import Reader, _project
+from test_kpi_freshness import BASE, Reader, _project
 
 
 def _hits(query) -> float:  # type: ignore[no-untyped-def]
@@ -59,6 +62,67 @@ async def test_answers_are_reused_until_an_event_or_a_forget_changes_the_facts( 
         assert r.status == 200, await r.text()
     reader.acknowledged.clear()  # what was acknowledged before counts one fewer now
     assert (await reader.answer())[1] == 1
+
+
+async def test_a_rebuild_switching_between_a_polls_two_builds_leaves_no_stale_answer(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, long_lived_cache
+) -> None:
+    """A poll writes a new event into the serving build, then into the build being rebuilt; here the rebuild
+    switches in between (as it may: the writers' lock is taken per chunk). Its second write goes to the build
+    that now serves: it must count as a serving write (the answers' lock, the count the cache keys on), or an
+    answer read between the switch and that write is reused without the event."""
+    project = await _project(stores)
+    reader = Reader(http, query, project)
+    first = await reader.send(collector, "u1")
+    await wait_until(lambda: reader.counted(first, 1), timeout=60)
+    updater = query.app[STATE_UPDATER]
+    writer = updater.writer
+    real_refresh, real_append = writer.refresh, writer.append
+    new_build: list[int] = []
+    old_build_written = asyncio.Event()
+    read_between: list[int] = []
+
+    async def refresh(project_id: str, defs: Any, build: int, touched: set[str], **kw: Any) -> int:
+        written = await real_refresh(project_id, defs, build, touched, **kw)
+        if project_id == project.id and kw.get("serving") is False and not new_build:
+            # The rebuild's catch-up, just before its switch: u2 arrives only now, so the next poll writes it.
+            new_build.append(build)
+            await reader.send(collector, "u2")
+            await asyncio.wait_for(old_build_written.wait(), 30)
+        return written
+
+    async def append(project_id: str, defs: Any, build: int, touched: set[str], since_ms: int, **kw: Any) -> int:
+        if project_id != project.id or not new_build or "u2" not in touched:
+            return await real_append(project_id, defs, build, touched, since_ms, **kw)
+        if build != new_build[0]:
+            written = await real_append(project_id, defs, build, touched, since_ms, **kw)
+            old_build_written.set()
+            return written
+
+        async def switched() -> bool:
+            return updater._serves(project.id, new_build[0])
+
+        await wait_until(switched, timeout=30)
+        params = {"map": "funnel", "from": BASE.date().isoformat()}
+        async with http.get(query.make_url("/v1/kpis"), params=params, headers=basic(project.read_key)) as r:
+            assert r.status == 200, await r.text()
+            read_between.append((await r.json())["segments"][0]["stages"][0]["reached"])
+        return await real_append(project_id, defs, build, touched, since_ms, **kw)
+
+    writer.refresh, writer.append = refresh, append
+    try:
+        async with stores.pg.acquire() as conn:
+            await definitions.apply(
+                conn, project.id, "segment", {"name": "late", "rules": [{"field": "traits.plan", "op": "exists"}]}
+            )
+
+        async def u2_counted() -> bool:
+            return len(reader.acknowledged) == 2 and await reader.counted(reader.acknowledged[1][0], 2)
+
+        await wait_until(u2_counted, timeout=60)
+    finally:
+        writer.refresh, writer.append = real_refresh, real_append
+    assert read_between == [1]  # the switch did come between the two writes, and was read there
 
 
 async def test_a_zero_ttl_reuses_nothing(http, query, stores) -> None:  # type: ignore[no-untyped-def]

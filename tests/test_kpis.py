@@ -861,7 +861,10 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
     from collections import Counter
 
     from facts_oracle import current_facts, write_differences
+    from query.appkeys import STATE_UPDATER
     from query.facts.builds import serving_build
+
+    updater = query.app[STATE_UPDATER]
 
     project = await _new_project(stores)
     t0 = BASE + timedelta(days=2)
@@ -923,6 +926,7 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
         while not stop.is_set():
             current = await current_facts(stores.clickhouse, project.id, synthetic, build)
             await write_differences(stores.clickhouse, project.id, variant(k), current, stores.pg)
+            updater.facts_written(project.id)  # as the updater tells of its own writes (query/kpi_cache.py)
             writes += 1
             k += 1
 

@@ -118,8 +118,10 @@ class StageStateUpdater:
         self.writer = StateWriter(stores.clickhouse, stores.pg, lock_pool(stores))
         self.writer.on_serving_write = self._changed
         self.writer.on_step = self._took
-        # Per project, how many times its serving facts changed in this process (query/kpi_cache.py keys on it).
+        # Per project, how many times its serving facts changed in this process, and how many times this process
+        # took or lost the lead (another may have written meanwhile): query/kpi_cache.py keys on both.
         self.facts_versions: dict[str, int] = {}
+        self.leader_epoch = 0
         self.leader = False
         self.caught_up_at: float | None = None  # monotonic time of the last completed poll
         self.caught_up_from: float | None = None  # ... and when it began: it saw everything inserted before
@@ -192,10 +194,12 @@ class StageStateUpdater:
                         )
                         await asyncio.sleep(2.0)
                     self.leader = True
+                    self.leader_epoch += 1
                     try:
                         await self._loop()
                     finally:
                         self.leader = False
+                        self.leader_epoch += 1
                         await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
                 return
             except asyncio.CancelledError:
@@ -385,6 +389,10 @@ class StageStateUpdater:
             caught_up,
         )
 
+    def _serves(self, project_id: str, build: int) -> bool:
+        found = self._serving.get(project_id)
+        return found is not None and found[0] == build
+
     def _kept(self, project_id: str, build: int) -> bool:
         """Whether ``build`` is still one the polls keep current: the serving one or the one being built."""
         return any(
@@ -429,8 +437,11 @@ class StageStateUpdater:
                     continue
                 number, built_for = target
                 kept = lambda p=project_id, n=number: self._kept(p, n)  # noqa: E731
+                # Asked before each chunk, under the writers' lock: a rebuild's switch may make the pending
+                # build the serving one between two chunks, and its writes must then be seen as serving ones.
+                serves = lambda p=project_id, n=number: self._serves(p, n)  # noqa: E731
                 written = await self.writer.refresh(
-                    project_id, built_for, number, full.get(project_id, set()), serving=serving, still_kept=kept
+                    project_id, built_for, number, full.get(project_id, set()), serving=serves, still_kept=kept
                 )
                 written += await self.writer.append(
                     project_id,
@@ -438,7 +449,7 @@ class StageStateUpdater:
                     number,
                     appended.get(project_id, set()),
                     since_ms,
-                    serving=serving,
+                    serving=serves,
                     still_kept=kept,
                 )
                 self.metrics.stage_state_rows.inc(written)

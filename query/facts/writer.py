@@ -26,6 +26,10 @@ from query.facts.model import FACT_COLUMNS, Definitions
 
 log = logging.getLogger(__name__)
 
+#: Whether a write goes to the build that serves KPIs: fixed, or asked under the writers' lock before each chunk
+#: (a rebuild's switch, under the same lock, can make a pending build the serving one between two chunks).
+Serving = bool | Callable[[], bool]
+
 
 async def next_generation(pg: Any) -> int:
     """A write's generation in ``stage_inputs``, taken under the project's facts lock: a later write gets a
@@ -163,7 +167,7 @@ class StateWriter:
         build: int,
         touched: set[str],
         *,
-        serving: bool = True,
+        serving: Serving = True,
         still_kept: Callable[[], bool] | None = None,
     ) -> int:
         """Rewrite the facts and inputs in ``build`` of every customer that ``touched`` ids belong to, from all
@@ -182,7 +186,7 @@ class StateWriter:
         touched: set[str],
         since_ms: int,
         *,
-        serving: bool = True,
+        serving: Serving = True,
         still_kept: Callable[[], bool] | None = None,
     ) -> int:
         """Merge the rows of ``touched`` ids stamped after ``since_ms`` onto their customers' inputs in ``build``
@@ -202,7 +206,7 @@ class StateWriter:
         definitions: Definitions,
         build: int,
         touched: set[str],
-        serving: bool,
+        serving: Serving,
         still_kept: Callable[[], bool] | None,
         locked: Callable[..., Any],
     ) -> int:
@@ -213,7 +217,8 @@ class StateWriter:
             async with facts_lock(self.pg, project_id):
                 if still_kept is not None and not still_kept():
                     break
-                written += await locked(project_id, definitions, build, chunk, serving)
+                serves = serving() if callable(serving) else serving
+                written += await locked(project_id, definitions, build, chunk, serves)
         return written
 
     async def _refresh_locked(
@@ -274,11 +279,13 @@ class StateWriter:
         if not rows:
             return 0
         # A build that does not serve yet is read by no answer: its inserts need not wait for them.
-        with self._step("write"):
-            async with facts_change(self.locks if serving else None, project_id):
-                await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
-        if serving and self.on_serving_write is not None:
-            self.on_serving_write(project_id)
+        try:
+            with self._step("write"):
+                async with facts_change(self.locks if serving else None, project_id):
+                    await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
+        finally:  # told even if the insert raised: it may have landed (a timeout after the server took it)
+            if serving and self.on_serving_write is not None:
+                self.on_serving_write(project_id)
         return rows.count(b"\n")
 
 
