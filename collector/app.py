@@ -46,7 +46,7 @@ from collector.inserter import Inserter
 from collector.origins import OriginTable
 from collector.ratelimit import RateLimiter
 from collector.spool import Spool
-from journeys.http import healthz, make_middleware, metrics_response, postgres_check, readyz_handler
+from journeys.http import make_middleware, ops_routes, postgres_check
 from journeys.metrics import Metrics
 from journeys.openapi import openapi_handler
 from journeys.stores import Stores
@@ -130,8 +130,6 @@ async def spool_and_inserter(app: web.Application) -> AsyncIterator[None]:
 # probes, metrics, the API document
 # --------------------------------------------------------------------------------------------------------
 
-routes = web.RouteTableDef()
-
 
 async def _ready_checks(request: web.Request) -> dict[str, dict[str, Any]]:
     app = request.app
@@ -152,13 +150,8 @@ async def _ready_checks(request: web.Request) -> dict[str, dict[str, Any]]:
     return checks
 
 
-routes.get("/healthz")(healthz)
-routes.get("/readyz")(readyz_handler(_ready_checks))
+def _metrics(request: web.Request) -> Metrics:
+    return request.app[METRICS]
 
 
-@routes.get("/metrics")
-async def metrics_exposition(request: web.Request) -> web.Response:
-    return metrics_response(request.app[METRICS])
-
-
-routes.get("/openapi.json")(openapi_handler(collector_openapi()))
+routes = ops_routes(_ready_checks, _metrics, openapi_handler(collector_openapi()))

@@ -216,6 +216,21 @@ def readyz_handler(checks: Checks) -> Handler:
     return handler
 
 
+def ops_routes(checks: Checks, metrics_of: Callable[[web.Request], Metrics], openapi: Handler) -> web.RouteTableDef:
+    """What every service answers its operators, once: ``/healthz``, ``/readyz`` (``checks``), ``/metrics`` (the
+    service's own, ``metrics_of(request)``) and ``/openapi.json`` (``openapi``, the service's document)."""
+    routes = web.RouteTableDef()
+    routes.get("/healthz")(healthz)
+    routes.get("/readyz")(readyz_handler(checks))
+
+    @routes.get("/metrics")
+    async def metrics_exposition(request: web.Request) -> web.Response:
+        return metrics_response(metrics_of(request))
+
+    routes.get("/openapi.json")(openapi)
+    return routes
+
+
 async def postgres_check(pg: Any) -> dict[str, Any]:
     """PostgreSQL answers a query: any failure to reach it means not ready."""
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from journeys.http import healthz, make_middleware, metrics_response, postgres_check, readyz_handler
+from journeys.http import make_middleware, ops_routes, postgres_check
 from journeys.metrics import Metrics
 from journeys.openapi import openapi_handler
 from journeys.stores import Stores
@@ -56,8 +56,6 @@ ROUTE_TABLES = (
     alerts_api.routes,  # /v1/alerts, /v1/alerts/signing-secret: docs/alerts.md
     dashboard.routes,  # GET / and /static/…: the marketer dashboard (query/static/)
 )
-
-routes = web.RouteTableDef()  # this module's own: liveness, readiness, metrics, the OpenAPI document
 
 
 def create_app(stores: Stores, metrics: Metrics) -> web.Application:
@@ -105,13 +103,9 @@ async def _ready_checks(request: web.Request) -> dict[str, dict[str, Any]]:
     return {"clickhouse": {"ok": await stores.clickhouse.ping()}, "postgres": await postgres_check(stores.pg)}
 
 
-routes.get("/healthz")(healthz)
-routes.get("/readyz")(readyz_handler(_ready_checks))
+def _metrics(request: web.Request) -> Metrics:
+    return request.app[METRICS]
 
 
-@routes.get("/metrics")
-async def _metrics(request: web.Request) -> web.Response:
-    return metrics_response(request.app[METRICS])
-
-
-routes.get("/openapi.json")(openapi_handler(query_openapi()))
+# This module's own: liveness, readiness, metrics, the OpenAPI document.
+routes = ops_routes(_ready_checks, _metrics, openapi_handler(query_openapi()))
