@@ -71,6 +71,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) -> dict[str, Any] | None:
     """The replay in this process; ``None`` when ClickHouse (embedded) or the spool is another process's."""
+    from collector.accept import Limits
     from collector.identity import IdentityGraph
     from collector.inserter import Inserter
     from collector.quarantine import record_bytes_for, replay
@@ -127,8 +128,7 @@ async def replay_direct(settings: Settings, project_id: str, since_ms: int = 0) 
                 append,
                 cluster=settings.clickhouse_cluster,
                 since_ms=since_ms,
-                max_event_bytes=settings.max_event_bytes,
-                max_future_ms=int(settings.max_clock_skew_future_s * 1000),
+                limits=Limits.of(settings),
                 before_delete=in_clickhouse,
                 record_bytes=record_bytes_for(spool),
             )

@@ -203,8 +203,7 @@ async def replay(
     *,
     cluster: str = "",
     since_ms: int = 0,
-    max_event_bytes: int,
-    max_future_ms: int,
+    limits: Limits,
     before_delete: Callable[[], Awaitable[None]] | None = None,
     page_rows: int = PAGE_ROWS,
     record_bytes: int = RECORD_BYTES,
@@ -243,7 +242,7 @@ async def replay(
                 continue
             if message_key in failing:
                 continue
-            outcome, errors = _validate(event, needs_id, project_id, row, max_event_bytes, max_future_ms)
+            outcome, errors = _validate(event, needs_id, project_id, row, limits)
             if errors is not None:
                 failing.add(message_key)
                 kind = problem_kind(errors)
@@ -291,7 +290,7 @@ def _parse(project_id: str, row: _Row) -> tuple[Any, str, bool]:
 
 
 def _validate(
-    event: Any, needs_id: bool, project_id: str, row: _Row, max_event_bytes: int, max_future_ms: int
+    event: Any, needs_id: bool, project_id: str, row: _Row, limits: Limits
 ) -> tuple[Any, list[dict[str, str]] | None]:
     """(the outcome, None) when the event passes today's rules, (None, its errors) when it does not."""
     if _CUT in row.raw:
@@ -299,8 +298,6 @@ def _validate(
         return None, [
             {"field": "(event)", "reason": "kept only in part when quarantined (nested too deep): cannot be replayed"}
         ]
-
-    limits = Limits(max_event_bytes, max_future_ms)
 
     def check(candidate: Any) -> Any:
         return validate(
@@ -356,8 +353,7 @@ async def replay_quarantine(request: web.Request) -> web.Response:
                 append_durably,
                 cluster=settings.clickhouse_cluster,
                 since_ms=since_ms,
-                max_event_bytes=settings.max_event_bytes,
-                max_future_ms=int(settings.max_clock_skew_future_s * 1000),
+                limits=Limits.of(settings),
                 record_bytes=record_bytes_for(spool),
             )
         except SpoolError as exc:

@@ -369,6 +369,7 @@ async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_
     http, collector, query, stores, project
 ):
     from collector.appkeys import SPOOL
+    from collector.accept import Limits
     from collector.quarantine import replay
 
     now = _now()
@@ -401,8 +402,7 @@ async def test_replay_pages_through_the_quarantine_taking_copies_in_other_pages_
             stores.clickhouse,
             project.id,
             append,
-            max_event_bytes=32768,
-            max_future_ms=86_400_000,
+            limits=Limits(max_event_bytes=32768, max_future_ms=86_400_000),
             page_rows=2,
             record_bytes=100,
         )  # pages of 2 rows; one event per spool record
