@@ -123,13 +123,13 @@ class Metrics:
         for result in ("hit", "miss"):  # both series from the start: the dashboard's ratio divides one by the other
             self.kpi_cache.labels(result)
         self.stage_state_rows = Counter(
-            "journeys_stage_state_rows", "Stage-state rows written (customers × maps recomputed).", registry=r
+            "journeys_stage_state_rows", "Customer stage states recomputed (customers × maps).", registry=r
         )
         self.stage_state_seconds = Histogram(
             "journeys_stage_state_step_seconds",
             "Time in each step of keeping the stage facts current, by step: changes (finding the ids whose rows "
             "changed), compare (telling which of them to merge or recompute), customers (their customers), merge "
-            "(storing their inputs), difference (the facts to write), write (inserting them).",
+            "(storing their inputs), difference (computing the facts they change and inserting them: one statement).",
             ["step"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -280,10 +280,10 @@ async def test_stage_facts_of_20k_customers_at_once_over_http(http_stores) -> No
     ch = http_stores.clickhouse
     writer = StateWriter(ch, http_stores.pg)
     await ch.insert_lines("events", EVENT_COLUMNS, rows("A", 1))
-    assert await writer.refresh(pid, definitions, 5, set(ids)) > 0  # every customer from all of its events
+    await writer.refresh(pid, definitions, 5, set(ids))  # every customer from all of its events
     _, now = await ch.query("SELECT toUnixTimestamp64Milli(now64(3))")
     await ch.insert_lines("events", EVENT_COLUMNS, rows("B", 2))
-    assert await writer.append(pid, definitions, 5, set(ids), int(now[0][0]) - 1) > 0  # the new rows merged on
+    await writer.append(pid, definitions, 5, set(ids), int(now[0][0]) - 1)  # the new rows merged on
     _, moved = await ch.query(
         "SELECT sum(n) FROM stage_facts WHERE project_id = {p:String} AND build = 5 AND fact = 'move' AND stage = 1",
         {"p": pid},

@@ -565,8 +565,8 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         facts.insert_inputs("project"),
         facts.insert_inputs("ids"),
         facts.insert_merged(),
-        facts.difference(held=True),
-        facts.difference(held=False),
+        facts.insert_difference(", ".join(FACT_COLUMNS), held=True),
+        facts.insert_difference(", ".join(FACT_COLUMNS), held=False),
     )
     for statement in statements:
         assert "distributed_product_mode = 'global'" in statement

@@ -581,7 +581,7 @@ async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, 
     project = await _new_project(stores)
     await _kpis(http, query, project.read_key, map="funnel")  # the project's (empty) rebuild is done
     writer = query.app[STATE_UPDATER].writer
-    real_insert = writer.ch.insert_lines
+    real_execute = writer.ch.execute
     failures: list[str] = []
 
     class FailingOnce:
@@ -590,11 +590,12 @@ async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, 
         def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
             return getattr(real_ch, name)
 
-        async def insert_lines(self, table, columns, data):  # type: ignore[no-untyped-def]
-            if table == "stage_facts" and project.id.encode() in data and not failures:
-                failures.append(table)
+        async def execute(self, sql, parameters=None):  # type: ignore[no-untyped-def]
+            inserting = sql.lstrip().startswith("INSERT INTO stage_facts")
+            if inserting and (parameters or {}).get("project_id") == project.id and not failures:
+                failures.append(sql)
                 raise ClickHouseError("injected: stage_facts insert failed")
-            return await real_insert(table, columns, data)
+            return await real_execute(sql, parameters)
 
     real_ch = writer.ch
     writer.ch = FailingOnce()
@@ -629,16 +630,17 @@ async def test_a_write_whose_answer_was_lost_is_not_counted_twice(http, collecto
     await _kpis(http, query, project.read_key, map="funnel")
     writer = query.app[STATE_UPDATER].writer
     real_ch = writer.ch
-    landed: list[bytes] = []
+    landed: list[str] = []
 
     class AnswerLostOnce:
         def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
             return getattr(real_ch, name)
 
-        async def insert_lines(self, table, columns, data):  # type: ignore[no-untyped-def]
-            await real_ch.insert_lines(table, columns, data)
-            if table == "stage_facts" and project.id.encode() in data and not landed:
-                landed.append(data)
+        async def execute(self, sql, parameters=None):  # type: ignore[no-untyped-def]
+            await real_ch.execute(sql, parameters)
+            inserting = sql.lstrip().startswith("INSERT INTO stage_facts")
+            if inserting and (parameters or {}).get("project_id") == project.id and not landed:
+                landed.append(sql)
                 raise ClickHouseError("injected: answer lost after the insert")
 
     def at(days: float) -> str:

@@ -24,7 +24,8 @@ threads, from one read of the events; Python only says which customers and which
 
 Each fact is one row with ``n = 1`` per segment key; identical facts of one customer are several rows whose
 ``n`` add up, which is all a reader of ``stage_facts`` sees (``sum(n)``). A refresh subtracts, in the same
-statement, what the build holds for its customers (:meth:`FactsSql.refresh`): only differences are written.
+statement, what the build holds for its customers (:meth:`FactsSql.insert_difference`): only differences are
+written, summed by the insert itself.
 
 tests/test_facts_sql.py proves these rows equal to the Python fold of the definitions (tests/facts_oracle.py)
 on generated journeys; the KPI oracle tests (tests/test_kpis.py) run on top of them unchanged.
@@ -232,15 +233,15 @@ _INSERT_FACTS = (
     "INSERT INTO stage_facts ($columns) $rows SETTINGS max_insert_threads = 2, optimize_on_insert = 0, $cluster"
 )
 
-# The rows to write: each fact's net count over the rows given, where it is not zero. Grouped by one tuple of
-# the fact's identity, not by its 16 columns: ClickHouse's analysis of the 16-column GROUP BY took ~40 ms of the
-# statement's ~80 (EXPLAIN PLAN, idle), on every poll; of the tuple, ~6 ms. The same rows come out.
-_NET = (
-    "SELECT $unpacked, net FROM ("
-    "SELECT fact_key, sum(n) AS net FROM (SELECT tuple($identity) AS fact_key, n FROM ($rows)) "
-    "GROUP BY fact_key HAVING net != 0) SETTINGS $cluster"
+# The difference, written as ClickHouse computes it: the facts now (n = 1) and before (n = -1, or what the build
+# holds, negated), and the insert sums rows of one identity and drops those that come to zero
+# (optimize_on_insert: what a SummingMergeTree merge would do later). Computing the net rows apart, sending them
+# back and inserting them cost ~40 % more per poll (5 000 customers, idle: 270-285 ms against 161-172 ms,
+# bench/README.md "Issue 17, eighth session"): the GROUP BY and its analysis (~20 ms on every poll), and JSON
+# both ways. One statement: readers see all of it or none (one part; the facts view lock keeps answers whole).
+_INSERT_DIFFERENCE = (
+    "INSERT INTO stage_facts ($columns) $rows SETTINGS optimize_on_insert = 1, max_insert_threads = 1, $cluster"
 )
-_UNPACKED = ", ".join(f"fact_key.{i} AS {name.strip()}" for i, name in enumerate(FACT_IDENTITY.split(","), start=1))
 
 # Each id's customer for a whole project: the current mapping (a deleted one or none: itself).
 _OWNERS_OF_PROJECT = """
@@ -293,9 +294,9 @@ class FactsSql:
 
     Three ways to the same rows: from the events alone (:meth:`desired`: a new build, a preview); from all
     of some customers' events into their stored inputs, then the inputs minus what the build holds
-    (:meth:`insert_inputs`, :meth:`difference` with ``held``: identities changed, or nothing is known of
+    (:meth:`insert_inputs`, :meth:`insert_difference` with ``held``: identities changed, or nothing is known of
     them); and from only the rows stamped since the last look, merged onto the stored inputs, then the
-    inputs' facts now minus those before (:meth:`insert_merged`, :meth:`difference`): the live path, which
+    inputs' facts now minus those before (:meth:`insert_merged`, :meth:`insert_difference`): the live path, which
     reads what arrived, not the customers' past."""
 
     def __init__(self, definitions: Any):
@@ -397,14 +398,14 @@ class FactsSql:
         prev = "prev_staged, prev_touch, prev_traits"
         return fill(_INSERT_INPUTS, columns=_INPUT_COLUMNS, prev=prev, inputs=inputs, cluster=CLUSTER_SETTINGS)
 
-    def difference(self, held: bool) -> str:
-        """The rows to write for the inputs one write stored (``customers``, ``generation``): their facts now minus
-        their facts before; with ``held``, minus what ``build`` holds for ``customers`` instead (inputs written
-        from all of their events: the build may hold anything for them)."""
+    def insert_difference(self, columns: str, held: bool) -> str:
+        """``INSERT`` into ``stage_facts`` of what the inputs one write stored (``customers``, ``generation``)
+        change: their facts now minus their facts before; with ``held``, minus what ``build`` holds for
+        ``customers`` instead (inputs written from all of their events: the build may hold anything for them)."""
         rows = self._rows(fill(_STORED, keys=self._segments.keys))
         if held:
             rows += " UNION ALL " + _HELD
-        return fill(_NET, unpacked=_UNPACKED, identity=FACT_IDENTITY, rows=rows, cluster=CLUSTER_SETTINGS)
+        return fill(_INSERT_DIFFERENCE, columns=columns, rows=rows, cluster=CLUSTER_SETTINGS)
 
 
 def _literal(value: Any) -> str:

@@ -380,7 +380,7 @@ class StageStateUpdater:
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
             "stage facts of project %s rebuilt for %s in %.1f s (%.1f s computing every customer; %d ids changed "
-            "meanwhile, %d rows)",
+            "meanwhile, %d customer states recomputed)",
             project_id,
             defs.fingerprint,
             time.monotonic() - began,

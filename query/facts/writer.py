@@ -65,7 +65,7 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
                 },
             )
         rows = await ch.raw_query(WITHDRAW_SQL, {"project_id": project_id, "customers": customers})
-        if rows:  # rows in the insert's own format, as a refresh's difference
+        if rows:  # rows in the insert's own format: Python never decodes them
             async with facts_change(pg, project_id):
                 await ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
         return rows.count(b"\n")
@@ -172,7 +172,7 @@ class StateWriter:
     ) -> int:
         """Rewrite the facts and inputs in ``build`` of every customer that ``touched`` ids belong to, from all
         of their events, and withdraw those of customers that no longer exist (merged into another). Returns the
-        number of rows written.
+        customers × maps recomputed.
 
         ``still_kept`` is asked under the writers' lock before each statement: a build retired meanwhile (its
         partition dropped under the same lock) is not written to again."""
@@ -191,7 +191,8 @@ class StateWriter:
     ) -> int:
         """Merge the rows of ``touched`` ids stamped after ``since_ms`` onto their customers' inputs in ``build``
         and write the facts that changes. The caller vouches that every other row of theirs is merged already
-        and that their customers did not change (else :meth:`refresh`); merging a row twice changes nothing."""
+        and that their customers did not change (else :meth:`refresh`); merging a row twice changes nothing.
+        Returns the customers × maps recomputed."""
 
         async def locked(
             project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool
@@ -250,7 +251,7 @@ class StateWriter:
                 "owners": [c for _, c in owned],
             }
             await self.ch.execute(sql.insert_inputs("ids"), params)
-        return await self._write_difference(project_id, sql.difference(held=True), params, serving)
+        return await self._write_difference(project_id, sql, True, params, serving, len(everyone))
 
     async def _append_locked(
         self, project_id: str, definitions: Definitions, build: int, touched: list[str], since_ms: int, serving: bool
@@ -270,23 +271,24 @@ class StateWriter:
         }
         with self._step("merge"):
             await self.ch.execute(sql.insert_merged(), params)
-        return await self._write_difference(project_id, sql.difference(held=False), params, serving)
+        return await self._write_difference(project_id, sql, False, params, serving, len(params["customers"]))
 
-    async def _write_difference(self, project_id: str, sql: str, params: dict[str, Any], serving: bool) -> int:
-        # The difference comes back as rows in the insert's own format: Python never decodes them.
-        with self._step("difference"):
-            rows = await self.ch.raw_query(sql, params)
-        if not rows:
-            return 0
+    async def _write_difference(
+        self, project_id: str, sql: FactsSql, held: bool, params: dict[str, Any], serving: bool, customers: int
+    ) -> int:
+        """Compute and insert the difference in one statement (:meth:`FactsSql.insert_difference`): under the
+        facts view lock when the build serves, so no answer reads half a poll. Returns customers × maps
+        recomputed (how many rows the insert summed down to, ClickHouse does not say over HTTP)."""
+        statement = sql.insert_difference(", ".join(FACT_COLUMNS), held)
         # A build that does not serve yet is read by no answer: its inserts need not wait for them.
         try:
-            with self._step("write"):
+            with self._step("difference"):
                 async with facts_change(self.locks if serving else None, project_id):
-                    await self.ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
+                    await self.ch.execute(statement, params)
         finally:  # told even if the insert raised: it may have landed (a timeout after the server took it)
             if serving and self.on_serving_write is not None:
                 self.on_serving_write(project_id)
-        return rows.count(b"\n")
+        return customers * len(sql.definitions.maps)
 
 
 def _at(ms: int) -> datetime:
