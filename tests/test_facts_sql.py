@@ -430,6 +430,40 @@ async def test_a_customer_refreshed_without_events_keeps_empty_inputs(stores, pr
     assert expected and await _held(stores, pid, ["c0-id0"]) == expected
 
 
+async def test_a_merge_stores_only_the_inputs_it_changes(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """An event no rule stages, or a copy of a message already merged, changes nothing of a customer's inputs:
+    merging it stores no inputs row (so nothing is folded for it). An event a rule stages stores one, and the
+    facts stay the oracle's throughout."""
+    pid = project.id
+    ch = stores.clickhouse
+    definitions = _definitions()
+    writer = StateWriter(ch, stores.pg)
+    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
+             "total": None, "sentiment": "", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
+    lines, _, _ = _rows(pid, 0, {"events": [event, {**event, "kind": "Z", "minute": 3}], "links": (0, 0)})
+    await ch.insert_lines("events", EVENT_COLUMNS, lines[0])
+    await writer.build_all(pid, definitions, 7)
+
+    async def stored_by_merging(line: bytes) -> int:
+        count = "SELECT count() FROM stage_inputs WHERE project_id = {p:String} AND build = 7"
+        since = await _server_ms(stores) - 1
+        await ch.insert_lines("events", EVENT_COLUMNS, line)
+        await ch.command("SYSTEM STOP MERGES stage_inputs")
+        try:
+            _, before = await ch.query(count, {"p": pid})
+            await writer.append(pid, definitions, 7, {"c0-id0"}, since)
+            _, after = await ch.query(count, {"p": pid})
+        finally:
+            await ch.command("SYSTEM START MERGES stage_inputs")
+        assert await _held(stores, pid, ["c0-id0"]) == await python_facts(ch, pid, definitions, 7, ["c0-id0"])
+        return int(after[0][0]) - int(before[0][0])
+
+    assert await stored_by_merging(lines[1]) == 0  # "Z": no rule stages it
+    assert await stored_by_merging(lines[0]) == 0  # the first event again
+    staged, _, _ = _rows(pid, 0, {"events": [{**event, "kind": "C", "minute": 4}], "links": (0, 0)})
+    assert await stored_by_merging(staged[0].replace(b'"m0-0"', b'"m0-buy"')) == 1
+
+
 async def test_a_rebuild_folds_each_customers_newest_inputs(stores, project) -> None:  # type: ignore[no-untyped-def]
     """A forget that lands between a rebuild's two statements (inputs stored, facts not yet folded) empties the
     new build's inputs of that customer: the facts folded next leave the customer out."""
