@@ -28,8 +28,9 @@ async def facts_lock(pg: Any, project_id: str) -> AsyncIterator[None]:
 # A KPI answer is several reads of stage_facts; a write landing between two of them would mix two states
 # (a quantile's bin picked from one, its waits read from the other: a KeyError; entered != converted +
 # dropped + in progress). So readers of one project's facts share this lock for the length of an answer, and
-# a write takes it exclusively for the length of its insert only (computing the difference happens before):
-# a write waits for the answers being computed (~0.1 s), an answer for one insert. Per project (the second
+# a write takes it exclusively for the length of its insert only (the statement that computes a poll's difference
+# and inserts it, ~0.2 s for 5 000 customers; merging their new events before it holds nothing): a write waits
+# for the answers being computed (~0.1 s), an answer for one insert. Per project (the second
 # key is the project's hash), so one project's writes never hold up another's answers. PostgreSQL queues
 # lock requests in order, so a steady stream of answers cannot starve the writer.
 _FACTS_VIEW_LOCK = 0x6A6F7572  # "jour": the advisory lock class; hashtext(project_id) is the object
