@@ -1191,3 +1191,93 @@ async def test_a_target_edit_serves_at_once_without_recomputing_the_facts(http, 
 async def _if(answer, check):  # type: ignore[no-untyped-def]
     got = await answer
     return got if check(got) else None
+
+
+async def test_losing_the_lead_cancels_a_rebuild_under_way(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """An updater that loses the lead (here: a failed poll; as well a lost PostgreSQL connection) cancels the
+    rebuild it had under way: whoever leads next rebuilds, and a rebuild left running could switch builds under
+    it. The project's KPIs then serve the new definitions all the same."""
+    import asyncio
+
+    from query.appkeys import STATE_UPDATER
+
+    project = await _new_project(stores)
+    window = {"map": "funnel", "from": BASE.date().isoformat()}
+    await _kpis(http, query, project.read_key, **window)
+    updater = query.app[STATE_UPDATER]
+    writer = updater.writer
+    real_build_all, real_now, gate, holding = writer.build_all, updater._server_now_ms, asyncio.Event(), asyncio.Event()
+
+    async def held(project_id: str, defs: Any, build: int) -> None:
+        if project_id == project.id and not gate.is_set():
+            holding.set()
+            await gate.wait()
+        await real_build_all(project_id, defs, build)
+
+    failed: list[int] = []
+
+    async def fails_once() -> int:
+        if not failed:
+            failed.append(updater.leader_epoch)
+            raise RuntimeError("injected: a poll failed")
+        return await real_now()
+
+    writer.build_all = held
+    try:
+        async with stores.pg.acquire() as conn:
+            await definitions.apply(
+                conn, project.id, "segment", {"name": "later", "rules": [{"field": "first_channel", "op": "exists"}]}
+            )
+        await asyncio.wait_for(holding.wait(), 30)
+        under_way = updater._rebuilds[project.id]
+        updater._server_now_ms = fails_once
+        await wait_until(lambda: _true(bool(failed) and updater.leader_epoch > failed[0]), timeout=30)
+        await asyncio.wait_for(asyncio.gather(under_way, return_exceptions=True), 5)
+        assert under_way.cancelled()
+    finally:
+        updater._server_now_ms = real_now
+        gate.set()
+        writer.build_all = real_build_all
+    answer = await _kpis(http, query, project.read_key, **window, segment="later")
+    assert answer["segments"][0]["segment"] == "later"
+
+
+async def test_a_rebuild_overtaken_by_a_newer_one_does_not_switch(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """A rebuild that completes after a newer build of the project was begun (by a new leader, after this
+    process lost the lead) does not switch to its build: the newer one does."""
+    import asyncio
+
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import serving_build
+
+    project = await _new_project(stores)
+    window = {"map": "funnel", "from": BASE.date().isoformat()}
+    await _kpis(http, query, project.read_key, **window)
+    writer = query.app[STATE_UPDATER].writer
+    real_build_all, gate, holding = writer.build_all, asyncio.Event(), asyncio.Event()
+    held_builds: list[int] = []
+
+    async def held(project_id: str, defs: Any, build: int) -> None:
+        if project_id == project.id and not gate.is_set():
+            held_builds.append(build)
+            holding.set()
+            await gate.wait()
+        await real_build_all(project_id, defs, build)
+
+    writer.build_all = held
+    try:
+        async with stores.pg.acquire() as conn:
+            await definitions.apply(
+                conn, project.id, "segment", {"name": "later", "rules": [{"field": "first_channel", "op": "exists"}]}
+            )
+            await asyncio.wait_for(holding.wait(), 30)
+            # what a new leader's rebuild does first: it takes the next build number
+            await conn.execute(
+                "UPDATE stage_state_builds SET last_build = last_build + 1 WHERE project_id = $1", project.id
+            )
+    finally:
+        gate.set()
+        writer.build_all = real_build_all
+    answer = await _kpis(http, query, project.read_key, **window, segment="later")
+    assert answer["segments"][0]["segment"] == "later"
+    assert (await serving_build(stores.pg, project.id)).number > held_builds[0] + 1

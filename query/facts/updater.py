@@ -39,7 +39,9 @@ that time with its cursor, KPI answers report it (``includes.acknowledged_before
 ``journeys_kpi_freshness_seconds`` is now minus it.
 
 One updater works at a time across all query-service replicas (a PostgreSQL advisory lock); the others wait
-to take over. It never dies: an error is logged, counted and retried.
+to take over. One that loses the lead cancels the rebuild it had under way, and a build begins to serve only if
+no newer one was begun meanwhile: two rebuilds of a project never switch builds under each other. It never
+dies: an error is logged, counted and retried.
 """
 
 from __future__ import annotations
@@ -182,6 +184,13 @@ class StageStateUpdater:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _cancel_rebuilds(self) -> None:
+        running = [task for task in self._rebuilds.values() if not task.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        self._rebuilds.clear()
+
     async def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
@@ -200,6 +209,9 @@ class StageStateUpdater:
                     finally:
                         self.leader = False
                         self.leader_epoch += 1
+                        # Whoever leads next rebuilds what is left to rebuild: one still running here could
+                        # switch builds under it.
+                        await self._cancel_rebuilds()
                         await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
                 return
             except asyncio.CancelledError:
@@ -362,20 +374,11 @@ class StageStateUpdater:
         caught_up = await self.writer.refresh(project_id, defs, number, {r[0] for r in rows}, serving=False)
         # Under the writers' lock: a poll's refresh of the old build either ends before the switch (and its rows
         # go with the partition) or finds the build retired (StateWriter.refresh, still_kept).
-        async with facts_lock(pg, project_id):
-            await pg.execute(
-                "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
-                "WHERE project_id = $1",
-                project_id,
-                defs.fingerprint,
-                number,
-            )
-            self._serving[project_id] = (number, defs)
-            self._pending.pop(project_id, None)
-            self._changed(project_id)
-            # After every answer still reading the old build (they read the serving build under the shared
-            # lock): its rows may go then, without any answer seeing half of them.
-            await drop_other_builds(self.stores, project_id, number)
+        # Shielded: cancelled (this process lost the lead, or stops) half-way, the switch would leave PostgreSQL
+        # naming a build whose rows are partly dropped; it either happens whole or, a newer build begun, not at all.
+        if not await asyncio.shield(self._switch(project_id, defs, number)):
+            log.info("rebuild %d of project %s not switched to: a newer one began meanwhile", number, project_id)
+            return
         self.metrics.stage_state_rebuilds.inc()
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
@@ -388,6 +391,28 @@ class StageStateUpdater:
             len(rows),
             caught_up,
         )
+
+    async def _switch(self, project_id: str, defs: Definitions, number: int) -> bool:
+        """Let build ``number`` serve ``defs`` and drop every other build, unless a newer build was begun since
+        (by whoever leads now, after this process lost the lead): returns whether it switched."""
+        pg = self.stores.pg
+        async with facts_lock(pg, project_id):
+            switched = await pg.fetchval(
+                "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
+                "WHERE project_id = $1 AND last_build = $3 RETURNING build",
+                project_id,
+                defs.fingerprint,
+                number,
+            )
+            if switched is None:
+                return False
+            self._serving[project_id] = (number, defs)
+            self._pending.pop(project_id, None)
+            self._changed(project_id)
+            # After every answer still reading the old build (they read the serving build under the shared
+            # lock): its rows may go then, without any answer seeing half of them.
+            await drop_other_builds(self.stores, project_id, number)
+        return True
 
     def _serves(self, project_id: str, build: int) -> bool:
         found = self._serving.get(project_id)
