@@ -166,7 +166,7 @@ SELECT n.customer AS customer,
        if(o.found = 1 AND length(o.traits) = length(n.traits), arrayMap((a, b) -> if(a > b, a, b), o.traits, n.traits),
           n.traits) AS traits,
        if(o.found = 1, o.staged, $no_staged) AS prev_staged, if(o.found = 1, o.touch, $no_touch) AS prev_touch,
-       if(o.found = 1, o.traits, $no_traits) AS prev_traits
+       if(o.found = 1, o.traits, $no_traits) AS prev_traits, length(n.raw) > 0 AS staged_some
 FROM ($aggregates) AS n
 LEFT JOIN (
     SELECT customer_id, toUInt8(1) AS found, argMax(staged, generation) AS staged, argMax(touch, generation) AS touch,
@@ -185,10 +185,11 @@ INSERT INTO stage_inputs ($columns)
 SELECT {project_id:String}, {build:UInt64}, customer, {generation:UInt64}, staged, touch, traits, $prev
 FROM ($inputs)$where
  SETTINGS $cluster"""
-# A merge stores only the customers whose inputs it changes: rows no rule stages (a third of a busy site's
-# events), a copy of a message already merged and an earlier customer's later touch change nothing, and
-# their customers' facts need neither storing again nor folding twice to find no difference.
-_CHANGED = "\nWHERE NOT (staged = prev_staged AND touch = prev_touch AND traits = prev_traits)"
+# A merge stores only the customers whose inputs it may change: rows no rule stages (a third of a busy site's
+# events) and a later touch than the customer's first change nothing, and their customers' facts need neither
+# storing again nor folding twice to find no difference. Whether some new row is staged, not whether the staged
+# events differ: comparing the arrays cost more than the skip saved (20 000 customers: +75 ms).
+_CHANGED = "\nWHERE staged_some OR touch != prev_touch OR traits != prev_traits"
 #: Empty inputs for ``customers`` in one build: forgotten ones, and every customer (retired ones too: merged
 #: into another) of a full refresh before its inputs are stored, so those left without events keep these.
 EMPTY_INPUTS_SQL = fill(
@@ -401,7 +402,7 @@ class FactsSql:
             no_touch=_NO_TOUCH,
             no_traits=_NO_TRAITS,
         )
-        inputs = fill(_INPUTS, aggregates=merged, carried=", prev_staged, prev_touch, prev_traits")
+        inputs = fill(_INPUTS, aggregates=merged, carried=", prev_staged, prev_touch, prev_traits, staged_some")
         prev = "prev_staged, prev_touch, prev_traits"
         return fill(
             _INSERT_INPUTS, columns=_INPUT_COLUMNS, prev=prev, inputs=inputs, where=_CHANGED, cluster=CLUSTER_SETTINGS
