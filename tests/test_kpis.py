@@ -8,10 +8,13 @@ back over HTTP from the query service.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import itertools
 import os
+from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -739,7 +742,6 @@ async def test_kpis_are_served_from_the_previous_build_while_new_definitions_are
     """A segment edit is recomputed for every customer (minutes at a million); meanwhile KPIs answer from
     the previous, complete build and say so, a brand-new segment answers 503 until it is computed, and
     afterwards the new definitions' numbers replace the old at once."""
-    import asyncio
 
     from query.appkeys import STATE_UPDATER
     from query.facts.builds import serving_build
@@ -859,7 +861,6 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
     """Facts written without pause while both endpoints are hammered: every answer is a 200 computed from one
     state. Before, a write between a KPI answer's reads made the quantile pick miss a bin (500, KeyError) or
     mixed two states in one answer."""
-    import asyncio
     from collections import Counter
 
     from facts_oracle import current_facts, write_differences
@@ -1044,7 +1045,6 @@ async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_
 ) -> None:
     """Each answer holds a connection for the facts lock while its own reads take more: on one pool, 9 answers
     at once held all 10 and waited for an 11th for ever (the dashboard sends two every 5 s per tab)."""
-    import asyncio
 
     project = await _new_project(stores)
     await _send(
@@ -1079,26 +1079,51 @@ async def test_a_burst_of_answers_never_uses_up_the_connections_everything_else_
     assert await asyncio.wait_for(stores.pg.fetchval("SELECT 1"), timeout=5) == 1  # the pool is not stuck
 
 
+class _HeldRebuild:
+    """A project's next rebuild, held in ``StateWriter.build_all`` until :meth:`release`: the window a test acts in."""
+
+    def __init__(self, writer: Any, project_id: str):
+        self.writer, self.project_id, self.real = writer, project_id, writer.build_all
+        self.holding, self.released = asyncio.Event(), asyncio.Event()
+        self.builds: list[int] = []  # the build numbers held
+
+    async def build_all(self, project_id: str, defs: Any, build: int) -> None:
+        if project_id == self.project_id and not self.released.is_set():
+            self.builds.append(build)
+            self.holding.set()
+            await self.released.wait()
+        await self.real(project_id, defs, build)
+
+    def release(self) -> None:
+        self.released.set()
+        self.writer.build_all = self.real
+
+
+@contextlib.asynccontextmanager
+async def _rebuild_held(query, stores, project_id: str, segment: dict[str, Any]) -> AsyncIterator[_HeldRebuild]:  # type: ignore[no-untyped-def]
+    """Applies ``segment`` to the project and holds the rebuild that starts, until the block ends."""
+    from query.appkeys import STATE_UPDATER
+
+    held = _HeldRebuild(query.app[STATE_UPDATER].writer, project_id)
+    held.writer.build_all = held.build_all
+    try:
+        async with stores.pg.acquire() as conn:
+            await definitions.apply(conn, project_id, "segment", segment)
+        await asyncio.wait_for(held.holding.wait(), 30)
+        yield held
+    finally:
+        held.release()
+
+
 async def test_a_rebuild_stalls_no_live_update_of_any_project(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """While one project's facts are recomputed for a new segment (held here for as long as the test needs),
     new events are counted within seconds: another project's, and the rebuilding project's own in the
     build that still serves. Once the rebuild completes, the new build counts them too."""
-    import asyncio
-
-    from query.appkeys import STATE_UPDATER
 
     rebuilding, other = await _new_project(stores), await _new_project(stores)
     window = {"map": "funnel", "from": BASE.date().isoformat()}
     await _kpis(http, query, rebuilding.read_key, **window)
     await _kpis(http, query, other.read_key, **window)
-    writer = query.app[STATE_UPDATER].writer
-    real_build_all, gate, holding = writer.build_all, asyncio.Event(), asyncio.Event()
-
-    async def held(project_id: str, defs: Any, build: int) -> None:
-        if project_id == rebuilding.id:
-            holding.set()
-            await gate.wait()
-        await real_build_all(project_id, defs, build)
 
     async def reached(project: Any, answer: str = "rebuilding") -> int:
         async with http.get(query.make_url("/v1/kpis"), params=window, headers=basic(project.read_key)) as r:
@@ -1116,21 +1141,13 @@ async def test_a_rebuild_stalls_no_live_update_of_any_project(http, collector, q
             "timestamp": _stamp(BASE + timedelta(days=1)),
         }
 
-    writer.build_all = held
-    try:
-        async with stores.pg.acquire() as conn:
-            await definitions.apply(
-                conn, rebuilding.id, "segment", {"name": "late", "rules": [{"field": "traits.plan", "op": "exists"}]}
-            )
-        await asyncio.wait_for(holding.wait(), 30)
+    late = {"name": "late", "rules": [{"field": "traits.plan", "op": "exists"}]}
+    async with _rebuild_held(query, stores, rebuilding.id, late) as held:
         await _send(http, collector, other.write_key, [event("o-1")])
         await _send(http, collector, rebuilding.write_key, [event("r-1")])
         await wait_until(lambda: _true_async(reached(other, "serving"), 1), timeout=15)
         await wait_until(lambda: _true_async(reached(rebuilding), 1), timeout=15)
-        assert holding.is_set() and not gate.is_set()  # all of it while the rebuild was held
-    finally:
-        gate.set()
-        writer.build_all = real_build_all
+        assert not held.released.is_set()  # all of it while the rebuild was held
     after = await _kpis(http, query, rebuilding.read_key, **window)
     assert after["rebuilding"] is None and after["segments"][0]["stages"][0]["reached"] == 1
 
@@ -1197,23 +1214,13 @@ async def test_losing_the_lead_cancels_a_rebuild_under_way(http, collector, quer
     """An updater that loses the lead (here: a failed poll; as well a lost PostgreSQL connection) cancels the
     rebuild it had under way: whoever leads next rebuilds, and a rebuild left running could switch builds under
     it. The project's KPIs then serve the new definitions all the same."""
-    import asyncio
-
     from query.appkeys import STATE_UPDATER
 
     project = await _new_project(stores)
     window = {"map": "funnel", "from": BASE.date().isoformat()}
     await _kpis(http, query, project.read_key, **window)
     updater = query.app[STATE_UPDATER]
-    writer = updater.writer
-    real_build_all, real_now, gate, holding = writer.build_all, updater._server_now_ms, asyncio.Event(), asyncio.Event()
-
-    async def held(project_id: str, defs: Any, build: int) -> None:
-        if project_id == project.id and not gate.is_set():
-            holding.set()
-            await gate.wait()
-        await real_build_all(project_id, defs, build)
-
+    real_now = updater._server_now_ms
     failed: list[int] = []
 
     async def fails_once() -> int:
@@ -1222,62 +1229,35 @@ async def test_losing_the_lead_cancels_a_rebuild_under_way(http, collector, quer
             raise RuntimeError("injected: a poll failed")
         return await real_now()
 
-    writer.build_all = held
     try:
-        async with stores.pg.acquire() as conn:
-            await definitions.apply(
-                conn, project.id, "segment", {"name": "later", "rules": [{"field": "first_channel", "op": "exists"}]}
-            )
-        await asyncio.wait_for(holding.wait(), 30)
-        under_way = updater._rebuilds[project.id]
-        updater._server_now_ms = fails_once
-        await wait_until(lambda: _true(bool(failed) and updater.leader_epoch > failed[0]), timeout=30)
-        await asyncio.wait_for(asyncio.gather(under_way, return_exceptions=True), 5)
-        assert under_way.cancelled()
+        async with _rebuild_held(query, stores, project.id, _LATER):
+            under_way = updater._rebuilds[project.id]
+            updater._server_now_ms = fails_once
+            await wait_until(lambda: _true(bool(failed) and updater.leader_epoch > failed[0]), timeout=30)
+            await asyncio.wait_for(asyncio.gather(under_way, return_exceptions=True), 5)
+            assert under_way.cancelled()
     finally:
         updater._server_now_ms = real_now
-        gate.set()
-        writer.build_all = real_build_all
     answer = await _kpis(http, query, project.read_key, **window, segment="later")
     assert answer["segments"][0]["segment"] == "later"
+
+
+_LATER = {"name": "later", "rules": [{"field": "first_channel", "op": "exists"}]}
 
 
 async def test_a_rebuild_overtaken_by_a_newer_one_does_not_switch(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """A rebuild that completes after a newer build of the project was begun (by a new leader, after this
     process lost the lead) does not switch to its build: the newer one does."""
-    import asyncio
-
-    from query.appkeys import STATE_UPDATER
     from query.facts.builds import serving_build
 
     project = await _new_project(stores)
     window = {"map": "funnel", "from": BASE.date().isoformat()}
     await _kpis(http, query, project.read_key, **window)
-    writer = query.app[STATE_UPDATER].writer
-    real_build_all, gate, holding = writer.build_all, asyncio.Event(), asyncio.Event()
-    held_builds: list[int] = []
-
-    async def held(project_id: str, defs: Any, build: int) -> None:
-        if project_id == project.id and not gate.is_set():
-            held_builds.append(build)
-            holding.set()
-            await gate.wait()
-        await real_build_all(project_id, defs, build)
-
-    writer.build_all = held
-    try:
-        async with stores.pg.acquire() as conn:
-            await definitions.apply(
-                conn, project.id, "segment", {"name": "later", "rules": [{"field": "first_channel", "op": "exists"}]}
-            )
-            await asyncio.wait_for(holding.wait(), 30)
-            # what a new leader's rebuild does first: it takes the next build number
-            await conn.execute(
-                "UPDATE stage_state_builds SET last_build = last_build + 1 WHERE project_id = $1", project.id
-            )
-    finally:
-        gate.set()
-        writer.build_all = real_build_all
+    async with _rebuild_held(query, stores, project.id, _LATER) as held:
+        # what a new leader's rebuild does first: it takes the next build number
+        await stores.pg.execute(
+            "UPDATE stage_state_builds SET last_build = last_build + 1 WHERE project_id = $1", project.id
+        )
     answer = await _kpis(http, query, project.read_key, **window, segment="later")
     assert answer["segments"][0]["segment"] == "later"
-    assert (await serving_build(stores.pg, project.id)).number > held_builds[0] + 1
+    assert (await serving_build(stores.pg, project.id)).number > held.builds[0] + 1
