@@ -431,12 +431,15 @@ async def test_a_customer_refreshed_without_events_keeps_empty_inputs(stores, pr
 
 
 async def test_a_merge_stores_only_the_inputs_it_changes(stores, project) -> None:  # type: ignore[no-untyped-def]
-    """An event no rule stages changes nothing of a customer's inputs: merging it stores no inputs row (so
-    nothing is folded for it). An event a rule stages stores one, and the facts stay the oracle's throughout."""
+    """An event no rule stages changes nothing of a customer's inputs: merging it stores no inputs row, so
+    nothing is folded for it, and no write is made or told (no KPI answer waits for one, none cached is
+    forgotten). An event a rule stages stores one, and the facts stay the oracle's throughout."""
     pid = project.id
     ch = stores.clickhouse
     definitions = _definitions()
     writer = StateWriter(ch, stores.pg)
+    told: list[str] = []
+    writer.on_serving_write = told.append
     event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
              "total": None, "sentiment": "", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
     lines, _, _ = _rows(pid, 0, {"events": [event, {**event, "kind": "Z", "minute": 3}], "links": (0, 0)})
@@ -458,8 +461,10 @@ async def test_a_merge_stores_only_the_inputs_it_changes(stores, project) -> Non
         return int(after[0][0]) - int(before[0][0])
 
     assert await stored_by_merging(lines[1]) == 0  # "Z": no rule stages it
+    assert told == []
     staged, _, _ = _rows(pid, 0, {"events": [{**event, "kind": "C", "minute": 4}], "links": (0, 0)})
     assert await stored_by_merging(staged[0].replace(b'"m0-0"', b'"m0-buy"')) == 1
+    assert told == [pid]
 
 
 async def test_a_rebuild_folds_each_customers_newest_inputs(stores, project) -> None:  # type: ignore[no-untyped-def]

@@ -71,6 +71,13 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
         return rows.count(b"\n")
 
 
+# How many customers a merge stored inputs for (it skips those whose inputs it leaves as they were).
+_STORED_SQL = """
+SELECT count() FROM stage_inputs
+WHERE project_id = {project_id:String} AND build = {build:UInt64} AND customer_id IN {customers:Array(String)}
+      AND generation = {generation:UInt64}
+"""
+
 # Customers per refresh statement. Reading scattered customers' events costs about the granules their ids
 # fall in, which a few thousand random ids already spread over most of the table: fewer, larger statements
 # cost hardly more each (clickhouse-connect sends large parameters in the request body, not the URL).
@@ -271,14 +278,19 @@ class StateWriter:
         }
         with self._step("merge"):
             await self.ch.execute(sql.insert_merged(), params)
-        return await self._write_difference(project_id, sql, False, params, serving, len(params["customers"]))
+            asked = {name: params[name] for name in ("project_id", "build", "customers", "generation")}
+            _, stored = await self.ch.query(_STORED_SQL, asked)
+        if not stored[0][0]:  # no customer's inputs changed: nothing to fold, no answer to wait for or forget
+            return 0
+        return await self._write_difference(project_id, sql, False, params, serving, stored[0][0])
 
     async def _write_difference(
         self, project_id: str, sql: FactsSql, held: bool, params: dict[str, Any], serving: bool, customers: int
     ) -> int:
-        """Compute and insert the difference in one statement (:meth:`FactsSql.insert_difference`): under the
-        facts view lock when the build serves, so no answer reads half a poll. Returns customers × maps
-        recomputed (how many rows the insert summed down to, ClickHouse does not say over HTTP)."""
+        """Compute and insert the difference of ``customers`` recomputed in one statement
+        (:meth:`FactsSql.insert_difference`): under the facts view lock when the build serves, so no answer reads
+        half a poll. Returns customers × maps recomputed (not the rows the insert summed down to: ClickHouse does
+        not say over HTTP how many an ``INSERT … SELECT`` wrote)."""
         statement = sql.insert_difference(", ".join(FACT_COLUMNS), held)
         # A build that does not serve yet is read by no answer: its inserts need not wait for them.
         try:
