@@ -1210,36 +1210,85 @@ async def _if(answer, check):  # type: ignore[no-untyped-def]
     return got if check(got) else None
 
 
-async def test_losing_the_lead_cancels_a_rebuild_under_way(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
-    """An updater that loses the lead (here: a failed poll; as well a lost PostgreSQL connection) cancels the
-    rebuild it had under way: whoever leads next rebuilds, and a rebuild left running could switch builds under
-    it. The project's KPIs then serve the new definitions all the same."""
+async def test_a_rebuild_survives_a_failed_poll_not_another_leader(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """A failed poll lets the updater's lead go, and this process takes it again: the rebuild it had under way
+    goes on (restarting it would cost a whole rebuild). Once another replica is seen to lead, it is cancelled:
+    that one rebuilds, and a rebuild left running here could switch builds under it. The project's KPIs then
+    serve the new definitions all the same."""
     from query.appkeys import STATE_UPDATER
+    from query.facts.updater import _LEADER_LOCK
 
     project = await _new_project(stores)
     window = {"map": "funnel", "from": BASE.date().isoformat()}
     await _kpis(http, query, project.read_key, **window)
     updater = query.app[STATE_UPDATER]
     real_now = updater._server_now_ms
-    failed: list[int] = []
+    failures: list[int] = []  # the epoch at each injected failure
+    fail = asyncio.Event()
 
-    async def fails_once() -> int:
-        if not failed:
-            failed.append(updater.leader_epoch)
+    async def fails_when_told() -> int:
+        if fail.is_set():
+            fail.clear()
+            failures.append(updater.leader_epoch)
             raise RuntimeError("injected: a poll failed")
         return await real_now()
 
+    updater._server_now_ms = fails_when_told
     try:
         async with _rebuild_held(query, stores, project.id, _LATER):
             under_way = updater._rebuilds[project.id]
-            updater._server_now_ms = fails_once
-            await wait_until(lambda: _true(bool(failed) and updater.leader_epoch > failed[0]), timeout=30)
-            await asyncio.wait_for(asyncio.gather(under_way, return_exceptions=True), 5)
-            assert under_way.cancelled()
+            fail.set()  # no other replica: this one leads again
+            await wait_until(
+                lambda: _true(updater.leader and bool(failures) and updater.leader_epoch > failures[0] + 1)
+            )
+            assert not under_way.done()
+            async with stores.pg.acquire() as other_replica:
+                taking_over = asyncio.create_task(other_replica.execute("SELECT pg_advisory_lock($1)", _LEADER_LOCK))
+                fail.set()  # the lead goes, and the other replica is first in line for it
+                await asyncio.wait_for(taking_over, 30)
+                try:
+                    await asyncio.wait_for(asyncio.gather(under_way, return_exceptions=True), 10)
+                    assert under_way.cancelled()
+                finally:
+                    await other_replica.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
     finally:
         updater._server_now_ms = real_now
     answer = await _kpis(http, query, project.read_key, **window, segment="later")
     assert answer["segments"][0]["segment"] == "later"
+
+
+async def test_losing_the_lead_connection_stops_the_updater_leading(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """The lead is a PostgreSQL session lock: when the session that holds it dies, another replica may lead.
+    The updater notices at its next poll (it does not go on as a second leader), and leads again once it holds
+    the lock anew; new events are counted as before."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.updater import _LEADER_LOCK
+
+    project = await _new_project(stores)
+    window = {"map": "funnel", "from": BASE.date().isoformat()}
+    await _kpis(http, query, project.read_key, **window)
+    updater = query.app[STATE_UPDATER]
+    epoch = updater.leader_epoch
+    killed = await stores.pg.fetchval(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND classid = $1 AND objid = $2 AND objsubid = 1",
+        _LEADER_LOCK >> 32,
+        _LEADER_LOCK & 0xFFFFFFFF,
+    )
+    assert killed
+    await wait_until(lambda: _true(updater.leader and updater.leader_epoch >= epoch + 2), timeout=30)
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [{"type": "track", "userId": "after-the-lead", "event": "A", "channel": "web", "timestamp": _stamp(BASE)}],
+    )
+
+    async def counted() -> bool:
+        answer = await _kpis(http, query, project.read_key, **window)
+        return answer["segments"][0]["stages"][0]["reached"] == 1
+
+    await wait_until(counted, timeout=30)
 
 
 _LATER = {"name": "later", "rules": [{"field": "first_channel", "op": "exists"}]}

@@ -39,9 +39,11 @@ that time with its cursor, KPI answers report it (``includes.acknowledged_before
 ``journeys_kpi_freshness_seconds`` is now minus it.
 
 One updater works at a time across all query-service replicas (a PostgreSQL advisory lock); the others wait
-to take over. One that loses the lead cancels the rebuild it had under way, and a build begins to serve only if
-no newer one was begun meanwhile: two rebuilds of a project never switch builds under each other. It never
-dies: an error is logged, counted and retried.
+to take over. The lead is checked on every poll (the session holding the lock is alive); a rebuild under way
+survives a failed poll (this process most likely leads again at once) and is cancelled once another replica is
+seen to lead; a build begins to serve only if no newer one was begun meanwhile, and a switch under way ends whole
+before the lead passes: two rebuilds of a project never switch builds under each other. It never dies: an error
+is logged, counted and retried.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 from journeys.metrics import Metrics
 from journeys.stores import Stores
@@ -137,6 +140,7 @@ class StageStateUpdater:
         self._serving: dict[str, tuple[int, Definitions]] = {}
         self._pending: dict[str, tuple[int, Definitions]] = {}
         self._rebuilds: dict[str, asyncio.Task[None]] = {}
+        self._switches: set[asyncio.Future[bool]] = set()  # rebuilds' switches under way (StageStateUpdater.rebuild)
         self._rebuild_after: dict[str, float] = {}  # project → monotonic time before which a failed one waits
         self._one_rebuild = asyncio.Lock()  # a rebuild takes every core ClickHouse has: one at a time
         self._definitions_at = 0.0
@@ -183,12 +187,16 @@ class StageStateUpdater:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._switches, return_exceptions=True)
 
     async def _cancel_rebuilds(self) -> None:
+        """Cancel the rebuilds under way, and wait for a switch one of them began (it ends whole, and before
+        another replica can lead: it is waited for while this one still holds the lead)."""
         running = [task for task in self._rebuilds.values() if not task.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        await asyncio.gather(*self._switches, return_exceptions=True)
         self._rebuilds.clear()
 
     async def _run(self) -> None:
@@ -197,6 +205,9 @@ class StageStateUpdater:
             try:
                 async with self.stores.pg.acquire() as conn:
                     while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+                        # Another replica leads: it rebuilds what is left to rebuild, and a rebuild still running
+                        # here (begun before a failed poll let the lead go) could switch builds under it.
+                        await self._cancel_rebuilds()
                         # Waiting to take over: the leader's position, so this replica's gauge tells it too.
                         self.acknowledged_before = await conn.fetchval(
                             "SELECT acknowledged_before FROM stage_state_cursor WHERE id = 1"
@@ -205,14 +216,15 @@ class StageStateUpdater:
                     self.leader = True
                     self.leader_epoch += 1
                     try:
-                        await self._loop()
+                        await self._loop(conn)
                     finally:
                         self.leader = False
                         self.leader_epoch += 1
-                        # Whoever leads next rebuilds what is left to rebuild: one still running here could
-                        # switch builds under it.
-                        await self._cancel_rebuilds()
+                        # A switch under way ends (whole) before the lead can pass; the rebuilds go on until another
+                        # replica is seen to lead: after a failed poll this one most likely takes the lead again.
+                        await asyncio.gather(*self._switches, return_exceptions=True)
                         await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
+                await self._cancel_rebuilds()  # stopping
                 return
             except asyncio.CancelledError:
                 raise
@@ -223,7 +235,9 @@ class StageStateUpdater:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    async def _loop(self) -> None:
+    async def _loop(self, leading: Any) -> None:
+        """Poll until stopped, while ``leading`` (the connection that holds the lead) is alive: if it is lost,
+        PostgreSQL lets the lead go with it, and another replica may take it."""
         pg = self.stores.pg
         row = await pg.fetchrow("SELECT polled_to, acknowledged_before FROM stage_state_cursor WHERE id = 1")
         since_ms: int | None = int(row["polled_to"].timestamp() * 1000) if row else None
@@ -236,6 +250,7 @@ class StageStateUpdater:
         self._merge_unknown = True
         while not self._stop.is_set():
             started = time.monotonic()
+            await leading.fetchval("SELECT 1")  # raises once the connection (and with it the lead) is lost
             now_ms = await self._server_now_ms()
             await self._rebuild_changed()
             began = time.monotonic()
@@ -374,9 +389,13 @@ class StageStateUpdater:
         caught_up = await self.writer.refresh(project_id, defs, number, {r[0] for r in rows}, serving=False)
         # Under the writers' lock: a poll's refresh of the old build either ends before the switch (and its rows
         # go with the partition) or finds the build retired (StateWriter.refresh, still_kept).
-        # Shielded: cancelled (this process lost the lead, or stops) half-way, the switch would leave PostgreSQL
-        # naming a build whose rows are partly dropped; it either happens whole or, a newer build begun, not at all.
-        if not await asyncio.shield(self._switch(project_id, defs, number)):
+        # Its own task, shielded and waited for before the lead passes (_cancel_rebuilds): cancelled half-way, the
+        # build PostgreSQL serves and the one this process keeps current (and tells the KPI cache and the alerts
+        # of) would part. It happens whole or, a newer build begun, not at all.
+        switch = asyncio.ensure_future(self._switch(project_id, defs, number))
+        self._switches.add(switch)
+        switch.add_done_callback(self._switches.discard)
+        if not await asyncio.shield(switch):
             log.info("rebuild %d of project %s not switched to: a newer one began meanwhile", number, project_id)
             return
         self.metrics.stage_state_rebuilds.inc()
