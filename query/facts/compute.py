@@ -240,12 +240,15 @@ _INSERT_FACTS = (
 
 # The difference, written as ClickHouse computes it: the facts now (n = 1) and before (n = -1, or what the build
 # holds, negated), and the insert sums rows of one identity and drops those that come to zero
-# (optimize_on_insert: what a SummingMergeTree merge would do later). Computing the net rows apart, sending them
-# back and inserting them cost ~40 % more per poll (5 000 customers, idle: 270-285 ms against 161-172 ms,
-# bench/README.md "Issue 17, eighth session"): the GROUP BY and its analysis (~20 ms on every poll), and JSON
-# both ways. One statement: readers see all of it or none (one part; the facts view lock keeps answers whole).
+# (optimize_on_insert: what a SummingMergeTree merge would do later; rows of one fact that fall in two blocks, past
+# a million rows, are summed by that merge instead, and every reader sums n anyway). Computing the net rows apart,
+# sending them back and inserting them cost ~40 % more per poll (5 000 customers, idle: 270-285 ms against 161-172
+# ms, bench/README.md "Issue 17, eighth session"): the GROUP BY and its analysis, and JSON both ways.
+# insert_deduplicate = 0: on a cluster (Replicated tables) an insert identical to an earlier one would be dropped as
+# a retry, and a customer who leaves a segment and comes back writes the same rows twice.
 _INSERT_DIFFERENCE = (
-    "INSERT INTO stage_facts ($columns) $rows SETTINGS optimize_on_insert = 1, max_insert_threads = 1, $cluster"
+    "INSERT INTO stage_facts ($columns) $rows "
+    "SETTINGS optimize_on_insert = 1, max_insert_threads = 1, insert_deduplicate = 0, $cluster"
 )
 
 # Each id's customer for a whole project: the current mapping (a deleted one or none: itself).
@@ -290,8 +293,9 @@ def _held(in_build: str) -> str:
 
 # What a build holds for a refresh's customers, negated: added to the desired rows, the difference.
 _HELD = _held("AND build = {build:UInt64}")
-#: What every build holds for ``customers``, negated: the rows that withdraw them (forgetting a customer).
-WITHDRAW_SQL = _held("")
+#: ``INSERT`` of what every build holds for ``customers``, negated: the rows that withdraw them (forgetting a
+#: customer), summed as a difference is.
+INSERT_WITHDRAWAL = fill(_INSERT_DIFFERENCE, columns=FACT_IDENTITY + ", n", rows=_held(""), cluster=CLUSTER_SETTINGS)
 
 
 class FactsSql:

@@ -20,7 +20,7 @@ from typing import Any
 from journeys import identities
 from journeys.clickhouse import ClickHouse
 from query.facts.builds import PREVIEW_BUILDS
-from query.facts.compute import EMPTY_INPUTS_SQL, WITHDRAW_SQL, FactsSql
+from query.facts.compute import EMPTY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
 from query.facts.locks import facts_change, facts_lock
 from query.facts.model import FACT_COLUMNS, Definitions
 
@@ -48,7 +48,7 @@ SELECT DISTINCT build FROM stage_inputs WHERE project_id = {project_id:String} A
 """
 
 
-async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> int:
+async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> None:
     """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
     their rows go with the next merge (the pairs sum to zero). Their stored inputs are emptied, so that an
     event of theirs arriving later is merged onto nothing."""
@@ -64,11 +64,8 @@ async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list
                     "generation": await next_generation(pg),
                 },
             )
-        rows = await ch.raw_query(WITHDRAW_SQL, {"project_id": project_id, "customers": customers})
-        if rows:  # rows in the insert's own format: Python never decodes them
-            async with facts_change(pg, project_id):
-                await ch.insert_lines("stage_facts", FACT_COLUMNS, rows)
-        return rows.count(b"\n")
+        async with facts_change(pg, project_id):
+            await ch.execute(INSERT_WITHDRAWAL, {"project_id": project_id, "customers": customers})
 
 
 # How many customers a merge stored inputs for (it skips those whose inputs it leaves as they were).
