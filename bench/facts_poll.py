@@ -5,11 +5,13 @@
 this isolates the statements a poll runs, to compare two versions of them minutes apart (run it in a worktree
 of each). What it does, on the embedded default (chDB + embedded PostgreSQL, a fresh temporary data dir):
 
-1. A project with the five-stage template map and the four segments of ``bench/query.py``; ``--events``
-   events over ``--customers`` customers generated as ``bench/query.py`` does (stitched and anonymous ones
-   included), inserted straight into ClickHouse; every customer's facts built (``StateWriter.build_all``).
-2. For each size N of ``--sizes``, ``--reps`` times: one new touchpoint event (now) for each of N customers
-   drawn at random, inserted in one insert; then ``StateWriter.append`` of those N ids, the updater's live
+1. A project with the five-stage template map and the four segments of ``benchlib.SEGMENTS`` (as
+   ``bench/query.py``); ``--events`` events over ``--customers`` customers generated as ``bench/query.py`` does
+   (stitched and anonymous ones included), inserted straight into ClickHouse; every customer's facts built
+   (``StateWriter.build_all``).
+2. For each size N of ``--sizes``, ``--reps`` times: one new touchpoint event (now) for each of N users
+   ``u<k>`` drawn at random (~15 % of them anonymous customers' numbers: a new customer, as on a live site),
+   inserted in one insert; then ``StateWriter.append`` of those N ids, the updater's live
    path (resolve customers, merge the new rows onto the stored inputs, write the facts difference), timed in
    all and per step (the steps of ``journeys_stage_state_step_seconds``).
 3. Prints per size the wall-clock ms of each repetition and the steps of the fastest; with ``--check``, that
