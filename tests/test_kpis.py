@@ -1310,3 +1310,53 @@ async def test_a_rebuild_overtaken_by_a_newer_one_does_not_switch(http, collecto
     answer = await _kpis(http, query, project.read_key, **window, segment="later")
     assert answer["segments"][0]["segment"] == "later"
     assert (await serving_build(stores.pg, project.id)).number > held.builds[0] + 1
+
+
+async def test_a_switch_under_way_ends_before_the_lead_passes(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """A rebuild's switch (its build begins to serve, then the other builds' rows go) runs whole while this
+    process still leads: a failed poll in the middle of it does not let another replica take the lead until
+    it ends, so the two never switch builds under each other."""
+    import query.facts.updater as updater_module
+    from query.appkeys import STATE_UPDATER
+    from query.facts.updater import _LEADER_LOCK
+
+    project = await _new_project(stores)
+    window = {"map": "funnel", "from": BASE.date().isoformat()}
+    await _kpis(http, query, project.read_key, **window)
+    updater = query.app[STATE_UPDATER]
+    real_drop, real_now = updater_module.drop_other_builds, updater._server_now_ms
+    dropping, released = asyncio.Event(), asyncio.Event()
+    failed: list[int] = []
+
+    async def held_drop(stores: Any, project_id: str, keep: int) -> None:  # the fixture's, passed on
+        if project_id == project.id and not released.is_set():
+            dropping.set()
+            await released.wait()
+        await real_drop(stores, project_id, keep)
+
+    async def fails_once() -> int:
+        if not failed:
+            failed.append(updater.leader_epoch)
+            raise RuntimeError("injected: a poll failed")
+        return await real_now()
+
+    updater_module.drop_other_builds = held_drop
+    try:
+        async with stores.pg.acquire() as conn:
+            await definitions.apply(conn, project.id, "segment", _LATER)
+        await asyncio.wait_for(dropping.wait(), 30)  # the switch is under way
+        async with stores.pg.acquire() as other_replica:
+            taking_over = asyncio.create_task(other_replica.execute("SELECT pg_advisory_lock($1)", _LEADER_LOCK))
+            updater._server_now_ms = fails_once
+            await wait_until(lambda: _true(bool(failed) and not updater.leader), timeout=30)
+            await asyncio.sleep(1.0)
+            assert not taking_over.done()  # the lead waits for the switch
+            released.set()
+            await asyncio.wait_for(taking_over, 30)
+            await other_replica.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
+    finally:
+        released.set()
+        updater_module.drop_other_builds = real_drop
+        updater._server_now_ms = real_now
+    answer = await _kpis(http, query, project.read_key, **window, segment="later")
+    assert answer["segments"][0]["segment"] == "later"
