@@ -183,20 +183,22 @@ class StageStateUpdater:
 
     async def stop(self) -> None:
         self._stop.set()
-        tasks = [t for t in [self._task, *self._rebuilds.values()] if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._cancel_rebuilds()
+
+    async def _switches_ended(self) -> None:
+        """Wait for the switches under way (never cancelled: each ends whole, StageStateUpdater.rebuild)."""
         await asyncio.gather(*self._switches, return_exceptions=True)
 
     async def _cancel_rebuilds(self) -> None:
-        """Cancel the rebuilds under way, and wait for a switch one of them began (it ends whole, and before
-        another replica can lead: it is waited for while this one still holds the lead)."""
+        """Cancel the rebuilds under way, and wait for a switch one of them began."""
         running = [task for task in self._rebuilds.values() if not task.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        await asyncio.gather(*self._switches, return_exceptions=True)
+        await self._switches_ended()
         self._rebuilds.clear()
 
     async def _run(self) -> None:
@@ -222,10 +224,9 @@ class StageStateUpdater:
                         self.leader_epoch += 1
                         # A switch under way ends (whole) before the lead can pass; the rebuilds go on until another
                         # replica is seen to lead: after a failed poll this one most likely takes the lead again.
-                        await asyncio.gather(*self._switches, return_exceptions=True)
+                        await self._switches_ended()
                         await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
-                await self._cancel_rebuilds()  # stopping
-                return
+                return  # stopped: stop() cancels the rebuilds
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - never dies; see the module docstring
@@ -389,7 +390,7 @@ class StageStateUpdater:
         caught_up = await self.writer.refresh(project_id, defs, number, {r[0] for r in rows}, serving=False)
         # Under the writers' lock: a poll's refresh of the old build either ends before the switch (and its rows
         # go with the partition) or finds the build retired (StateWriter.refresh, still_kept).
-        # Its own task, shielded and waited for before the lead passes (_cancel_rebuilds): cancelled half-way, the
+        # Its own task, shielded and waited for before the lead passes (_switches_ended): cancelled half-way, the
         # build PostgreSQL serves and the one this process keeps current (and tells the KPI cache and the alerts
         # of) would part. It happens whole or, a newer build begun, not at all.
         switch = asyncio.ensure_future(self._switch(project_id, defs, number))
