@@ -231,12 +231,11 @@ class StateWriter:
     ) -> int:
         with self._step("customers"):
             current = await identities.current_customers(self.ch, project_id, touched)
-        # A merge re-points every member of the old customer, its own id included, so a customer that no
-        # longer exists is always among the touched ids: an id whose customer is now someone else. Its facts
-        # are not desired any more, so the difference withdraws them, and its inputs are emptied.
-        retired = sorted({i for i, c in current.items() if c != i})
-        customers = sorted(set(current.values()))
-        with self._step("customers"):
+            # A merge re-points every member of the old customer, its own id included, so a customer that no
+            # longer exists is always among the touched ids: an id whose customer is now someone else. Its facts
+            # are not desired any more, so the difference withdraws them, and its inputs are emptied.
+            retired = sorted({i for i, c in current.items() if c != i})
+            customers = sorted(set(current.values()))
             members = await identities.members_of(self.ch, project_id, customers)
         owned = [(i, c) for c, ids in members.items() for i in ids]
         sql = self.statements(project_id, definitions)
