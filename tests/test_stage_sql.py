@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import clickhouse_connect
@@ -16,7 +18,8 @@ from query.facts.rule_index import rule_index_sql
 # Small pools that collide on purpose ("1" vs 1 vs 1.0 vs true): the cases where JSON equality and a
 # sloppy SQL translation disagree.
 _text = st.one_of(
-    st.sampled_from(["1", "1.0", "true", "null", "", "a", "a.b"]), st.text(alphabet="ab.1é'\"{}", max_size=4)
+    st.sampled_from(["1", "1.0", "true", "null", "", "a", "a.b", "é", "a/b", "😀", 'q"', "\\", "\n"]),
+    st.text(alphabet="ab.1é'\"{}/\\😀\n", max_size=4),
 )
 _number = st.one_of(
     st.sampled_from([0, 1, 1.0, -1, 2.5, 10]),
@@ -31,6 +34,17 @@ _properties = st.dictionaries(
     st.one_of(_json, st.dictionaries(st.sampled_from(["b", "c"]), _json, max_size=2)),
     max_size=4,
 )
+
+
+# How a sender writes a JSON document: as orjson does (UTF-8 as is), as Python's json module does (every
+# non-ASCII character escaped, emoji as surrogate pairs), or with escaped slashes as PHP's json_encode does. A
+# string is equal whatever its escaping (tests the SQL's comparison of strings as JSON text).
+_WRITERS: list[Callable[[Any], str]] = [
+    lambda d: orjson.dumps(d).decode(),
+    json.dumps,
+    lambda d: json.dumps(d, ensure_ascii=False).replace("/", "\\/"),  # "/" occurs in JSON only within strings
+]
+_writer = st.sampled_from(range(len(_WRITERS)))
 
 
 @st.composite
@@ -75,6 +89,7 @@ def _case(draw):  # type: ignore[no-untyped-def]
                 st.sampled_from(["web", "store", "email"]),
                 st.sampled_from(["track", "page"]),
                 _properties,
+                _writer,
             ),
             min_size=1,
             max_size=12,
@@ -92,7 +107,7 @@ def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> Non
     journey_map = validate_map(document)
     compiled = CompiledMap(journey_map, 1)
     expected = []
-    for name, channel, kind, props in events:
+    for name, channel, kind, props, _ in events:
         rule, _ = compiled.assign({"event": name, "channel": channel, "type": kind, "properties": props})
         expected.append(0 if rule is None else compiled.rules.index(rule) + 1)
     expression, params = rule_index_sql(journey_map)
@@ -108,7 +123,7 @@ def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> Non
                 "n": [e[0] for e in events],
                 "c": [e[1] for e in events],
                 "t": [e[2] for e in events],
-                "p": [orjson.dumps(e[3]).decode() for e in events],
+                "p": [_WRITERS[e[4]](e[3]) for e in events],
             },
         ).result_rows
     finally:
@@ -124,6 +139,9 @@ def _condition_case(draw):  # type: ignore[no-untyped-def]
     for _ in range(draw(st.integers(1, 10))):
         props = draw(_properties)
         value = draw(_json)
+        if "value" in condition and draw(st.booleans()):  # the very value the condition names, to hit equality
+            named = condition["value"]
+            value = draw(st.sampled_from(named)) if isinstance(named, list) else named
         choice = draw(st.integers(0, 3))
         if choice == 0:  # the literal key, dots and all
             props[path] = value
@@ -134,7 +152,7 @@ def _condition_case(draw):  # type: ignore[no-untyped-def]
             for part in middle:
                 node = node.setdefault(part, {})
             node[last] = value
-        events.append(props)
+        events.append((props, draw(_writer)))
     return condition, events
 
 
@@ -154,7 +172,8 @@ def test_every_operator_means_the_same_in_sql(stores, case) -> None:  # type: ig
     )
     compiled = CompiledMap(journey_map, 1)
     expected = [
-        int(compiled.assign({"event": "", "channel": "", "type": "", "properties": p})[0] is not None) for p in events
+        int(compiled.assign({"event": "", "channel": "", "type": "", "properties": p})[0] is not None)
+        for p, _ in events
     ]
     expression, params = rule_index_sql(journey_map)
     client = clickhouse_connect.get_client(dsn=stores.settings.effective_clickhouse_url)
@@ -162,8 +181,47 @@ def test_every_operator_means_the_same_in_sql(stores, case) -> None:  # type: ig
         rows = client.query(
             f"SELECT i, {expression} FROM (SELECT i, '' AS event, '' AS channel, '' AS type, {{p:Array(String)}}[i] AS properties"
             "  FROM (SELECT arrayJoin(range(1, length({p:Array(String)}) + 1)) AS i)) ORDER BY i",
-            parameters={**params, "p": [orjson.dumps(e).decode() for e in events]},
+            parameters={**params, "p": [_WRITERS[writer](p) for p, writer in events]},
         ).result_rows
     finally:
         client.close()
     assert [r[1] for r in rows] == expected, (condition, events)
+
+
+_TRICKY = ["é", "😀", "a/b", 'q"', "\\", "a\nb", "\u2028", "\x01", "", "1", "true"]
+
+
+def test_a_string_equals_itself_however_its_sender_escaped_it(stores) -> None:  # type: ignore[no-untyped-def]
+    """Strings are compared as JSON text in SQL: each tricky string, written by each writer, equals itself and
+    only itself (``equals`` and ``in``), whatever the escaping; a number or boolean of the same text does not."""
+    journey_map = validate_map(
+        {
+            "name": "m",
+            "stages": [{"id": "s", "name": "S"}],
+            "touchpoints": [
+                {"id": f"t{i}", "stage": "s", "match": {"where": [{"property": "k", "op": op, "value": value}]}}
+                for i, (op, value) in enumerate(
+                    [("equals", s) for s in _TRICKY] + [("in", ["zz", s]) for s in _TRICKY], start=1
+                )
+            ],
+        }
+    )
+    compiled = CompiledMap(journey_map, 1)
+    documents: list[dict[str, Any]] = [{"k": s} for s in _TRICKY] + [{"k": 1}, {"k": True}, {"k": None}, {}]
+    events = [(d, w) for d in documents for w in range(len(_WRITERS))]
+    expected = []
+    for document, _ in events:
+        rule, _ = compiled.assign({"properties": document})
+        expected.append(0 if rule is None else compiled.rules.index(rule) + 1)
+    expression, params = rule_index_sql(journey_map)
+    client = clickhouse_connect.get_client(dsn=stores.settings.effective_clickhouse_url)
+    try:
+        rows = client.query(
+            f"SELECT i, {expression} FROM (SELECT i, '' AS event, '' AS channel, '' AS type, {{p:Array(String)}}[i] AS properties"
+            "  FROM (SELECT arrayJoin(range(1, length({p:Array(String)}) + 1)) AS i)) ORDER BY i",
+            parameters={**params, "p": [_WRITERS[w](d) for d, w in events]},
+        ).result_rows
+    finally:
+        client.close()
+    assert [r[1] for r in rows] == expected
+    assert expected[: len(_WRITERS)] == [1] * len(_WRITERS)  # the first rule for the first string, every writer

@@ -18,6 +18,7 @@ Every value from the map — names, paths, expected values — is a bound query 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -37,36 +38,54 @@ class SqlParams:
         return f"{{{name}:{kind}}}"
 
 
+def _json_text(p: SqlParams, value: str) -> str:
+    """A string as ClickHouse writes it in JSON (:func:`_typed_equals`)."""
+    return f"JSONExtractRaw({p.bind(json.dumps(value), 'String')})"
+
+
 def _typed_equals(p: SqlParams, doc: str, args: str, expected: Any) -> str:
-    """The JSON value at ``doc[args]`` equals ``expected`` (JSON equality)."""
+    """The JSON value at ``doc[args]`` equals ``expected`` (JSON equality).
+
+    A string is compared as JSON text, both sides written by ClickHouse (``JSONExtractRaw`` writes a string
+    value with its own escaping, whatever the sender's): one parse of the document per row, where asking its
+    type and then its string took two (``JSONExtractString`` gives numbers and booleans as text too)."""
     kind = f"JSONType({doc}{args})"
     if isinstance(expected, bool):
         return f"({kind} = 'Bool' AND JSONExtractBool({doc}{args}) = {p.bind(int(expected), 'UInt8')})"
     if isinstance(expected, (int, float)):
         return f"({kind} IN {_NUMBER_TYPES} AND JSONExtractFloat({doc}{args}) = {p.bind(float(expected), 'Float64')})"
     if isinstance(expected, str):
-        return f"({kind} = 'String' AND JSONExtractString({doc}{args}) = {p.bind(expected, 'String')})"
+        return f"(JSONExtractRaw({doc}{args}) = {_json_text(p, expected)})"
     return "0"  # validation only lets scalars through for these operators
+
+
+def _any_equals(p: SqlParams, doc: str, args: str, expected: list[Any]) -> str:
+    """The JSON value at ``doc[args]`` equals one of ``expected``: the strings among them in one test."""
+    texts = [_json_text(p, e) for e in expected if isinstance(e, str)]
+    tests = [f"has([{', '.join(texts)}], JSONExtractRaw({doc}{args}))"] if texts else []
+    tests += [_typed_equals(p, doc, args, e) for e in expected if not isinstance(e, str)]
+    return " OR ".join(tests) or "0"
 
 
 def holds_sql(
     p: SqlParams, op: str, args: str, expected: Any, doc: str = "properties", present: str | None = None
 ) -> str:
-    """``op`` holds for the JSON value at ``doc[args]`` (``present``: whether there is one; default: the path
-    exists in ``doc``)."""
-    present = present or f"JSONHas({doc}{args})"
+    """``op`` holds for the JSON value at ``doc[args]`` (``present``: whether there is one; by default none is
+    asked: every test below implies it, a missing value's type being ``'Null'`` and its text ``''``, and a
+    ``JSONHas`` would parse the document once more per row)."""
     kind = f"JSONType({doc}{args})"
-    if op == "exists":
-        return f"({present} AND {kind} != 'Null')"
-    if op == "not_exists":
-        return f"NOT ({present} AND {kind} != 'Null')"
-    if op == "equals":
-        return f"({present} AND {_typed_equals(p, doc, args, expected)})"
-    if op == "not_equals":
-        return f"NOT ({present} AND {_typed_equals(p, doc, args, expected)})"
+
+    def given(test: str) -> str:
+        return f"({present} AND {test})" if present else f"({test})"
+
+    if op in ("exists", "not_exists"):
+        found = given(f"{kind} != 'Null'")
+        return found if op == "exists" else f"NOT {found}"
+    if op in ("equals", "not_equals"):
+        found = given(_typed_equals(p, doc, args, expected))
+        return found if op == "equals" else f"NOT {found}"
     if op in ("in", "not_in"):
-        any_of = " OR ".join(_typed_equals(p, doc, args, e) for e in expected) or "0"
-        found = f"({present} AND ({any_of}))"
+        found = given(_any_equals(p, doc, args, list(expected)))
         return found if op == "in" else f"NOT {found}"
     if op == "contains":
         if isinstance(expected, str):
@@ -76,12 +95,12 @@ def holds_sql(
             in_text = "0"
         member = _typed_equals(p, "item", "", expected)
         in_array = f"({kind} = 'Array' AND arrayExists(item -> {member}, JSONExtractArrayRaw({doc}{args})))"
-        return f"({present} AND ({in_text} OR {in_array}))"
+        return given(f"{in_text} OR {in_array}")
     if op in (">", ">=", "<", "<="):
         if isinstance(expected, bool) or not isinstance(expected, (int, float)):
             return "0"
         bound = p.bind(float(expected), "Float64")
-        return f"({present} AND {kind} IN {_NUMBER_TYPES} AND JSONExtractFloat({doc}{args}) {op} {bound})"
+        return given(f"{kind} IN {_NUMBER_TYPES} AND JSONExtractFloat({doc}{args}) {op} {bound}")
     raise ValueError(f"unknown operator {op!r}")
 
 
