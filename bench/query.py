@@ -28,6 +28,8 @@ What it does, in one process, on loopback only (127.0.0.1):
    Then a map edit (issue 17): ``POST /v1/kpis/preview`` of the edited map (timed), the edit applied and
    timed until ``/v1/kpis`` answers the new version; meanwhile a second project gets a new customer's event
    again and again, each timed until its KPIs count it (another project's freshness during a rebuild).
+   ``--map-edits N`` does it N times, the map turned back and forth (a shared machine's noise: one rebuild
+   can take 24 s and the next 32 s); the median edit is judged, every one printed.
 5. Baseline: ``windowFunnel`` over the raw events computing per-stage reached counts for the same map (rule
    assignment by query/facts/rule_index.py ``rule_index_sql``, rule → stage by the map), p50 of ``--funnel-runs``,
    run through the same ClickHouse facade without HTTP. Prints KPI p50 / windowFunnel p50.
@@ -629,19 +631,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"KPIs p50/p95 {report['freshness']['kpi_p50_s']}/{report['freshness']['kpi_p95_s']} s"
                 )
 
-                # ---- 4d. a map edit: preview, rebuild, and another project's freshness meanwhile (issue 17)
+                # ---- 4d. a map edit: preview, rebuild, and another project's freshness meanwhile (issue 17);
+                # --map-edits times, the map turned back and forth (each version changes every stage's facts)
                 edited = copy.deepcopy(map_doc)
                 edited["stages"][0]["target"] = {"conversion_rate": 0.42}
                 edited["touchpoints"] = list(reversed(edited["touchpoints"]))  # first match wins: other stages
-                began = time.perf_counter()
-                async with http.post(
-                    f"{qurl}/v1/kpis/preview", params=window, json={"map": edited}, headers=basic(project.read_key)
-                ) as r:
-                    if r.status != 200:
-                        raise RuntimeError(f"preview answered {r.status}: {await r.text()}")
-                    await r.read()
-                preview_s = time.perf_counter() - began
-                log(f"preview of the edited map: {preview_s:.1f} s")
                 async with stores.pg.acquire() as conn:
                     other = await create_project(conn, f"bench-other-{int(time.time())}")
                     await definitions.apply(conn, other.id, "map", map_doc)
@@ -649,59 +643,76 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     1
                 ] != 200:
                     await asyncio.sleep(0.2)  # its first build (no events yet)
-                async with stores.pg.acquire() as conn:
-                    await definitions.apply(conn, project.id, "map", edited)
-                began = time.perf_counter()
-                other_s: list[float] = []
-                trial = 0
-                while True:
-                    took, status, body = await timed_get(
-                        http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, project.read_key
-                    )
-                    if status == 200 and body["map"]["version"] == 2 and body["rebuilding"] is None:
-                        rebuild_edit_s = time.perf_counter() - began
-                        break
-                    if time.perf_counter() - began > args.rebuild_timeout:
-                        raise RuntimeError("the rebuild after the map edit did not finish")
-                    # a new customer of the other project, timed until its KPIs count it
-                    trial += 1
-                    event = {
-                        "type": "track",
-                        "event": "Ad Clicked",
-                        "channel": "ads",
-                        "userId": f"other-{trial}",
-                        "messageId": f"other-{trial}-{time.time_ns()}",
-                    }
-                    t0 = time.perf_counter()
+                edits: list[dict[str, Any]] = []
+                other_trial = 0
+                for edit in range(args.map_edits):
+                    draft = copy.deepcopy(edited if edit % 2 == 0 else map_doc)
+                    draft["stages"][0]["target"] = {"conversion_rate": round(0.40 + edit / 100, 2)}  # a new version
+                    began = time.perf_counter()
                     async with http.post(
-                        f"{curl}/v1/batch", json={"batch": [event]}, headers=basic(other.write_key)
+                        f"{qurl}/v1/kpis/preview", params=window, json={"map": draft}, headers=basic(project.read_key)
                     ) as r:
                         if r.status != 200:
-                            raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
+                            raise RuntimeError(f"preview answered {r.status}: {await r.text()}")
+                        await r.read()
+                    preview_s = time.perf_counter() - began
+                    log(f"preview of the edited map: {preview_s:.1f} s")
+                    async with stores.pg.acquire() as conn:
+                        await definitions.apply(conn, project.id, "map", draft)
+                    began = time.perf_counter()
+                    other_s: list[float] = []
                     while True:
-                        _, status, body = await timed_get(
-                            http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, other.read_key
+                        took, status, body = await timed_get(
+                            http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, project.read_key
                         )
-                        if status == 200 and body["segments"][0]["stages"][0]["reached"] >= trial:
-                            other_s.append(time.perf_counter() - t0)
+                        if status == 200 and body["map"]["version"] == 2 + edit and body["rebuilding"] is None:
+                            rebuild_edit_s = time.perf_counter() - began
                             break
-                        if time.perf_counter() - t0 > 60:
-                            raise RuntimeError("the other project's event not counted after 60 s")
-                        await asyncio.sleep(0.02)
-                report["map_edit"] = {
-                    "preview_s": round(preview_s, 1),
-                    "rebuild_s": round(rebuild_edit_s, 1),
-                    "other_project_trials": len(other_s),
-                    "other_project_kpi_fresh_p50_s": round(pct(other_s, 50), 3) if other_s else None,
-                    "other_project_kpi_fresh_p95_s": round(pct(other_s, 95), 3) if other_s else None,
-                    "other_project_kpi_fresh_max_s": round(max(other_s), 3) if other_s else None,
-                }
-                log(
-                    f"map edit: rebuilt in {rebuild_edit_s:.1f} s; meanwhile another project's KPIs counted a new event in "
-                    f"p50/p95/max {report['map_edit']['other_project_kpi_fresh_p50_s']}/"
-                    f"{report['map_edit']['other_project_kpi_fresh_p95_s']}/{report['map_edit']['other_project_kpi_fresh_max_s']} s "
-                    f"({len(other_s)} trials)"
-                )
+                        if time.perf_counter() - began > args.rebuild_timeout:
+                            raise RuntimeError("the rebuild after the map edit did not finish")
+                        # a new customer of the other project, timed until its KPIs count it
+                        other_trial += 1
+                        event = {
+                            "type": "track",
+                            "event": "Ad Clicked",
+                            "channel": "ads",
+                            "userId": f"other-{other_trial}",
+                            "messageId": f"other-{other_trial}-{time.time_ns()}",
+                        }
+                        t0 = time.perf_counter()
+                        async with http.post(
+                            f"{curl}/v1/batch", json={"batch": [event]}, headers=basic(other.write_key)
+                        ) as r:
+                            if r.status != 200:
+                                raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
+                        while True:
+                            _, status, body = await timed_get(
+                                http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, other.read_key
+                            )
+                            if status == 200 and body["segments"][0]["stages"][0]["reached"] >= other_trial:
+                                other_s.append(time.perf_counter() - t0)
+                                break
+                            if time.perf_counter() - t0 > 60:
+                                raise RuntimeError("the other project's event not counted after 60 s")
+                            await asyncio.sleep(0.02)
+                    edits.append(
+                        {
+                            "preview_s": round(preview_s, 1),
+                            "rebuild_s": round(rebuild_edit_s, 1),
+                            "other_project_trials": len(other_s),
+                            "other_project_kpi_fresh_p50_s": round(pct(other_s, 50), 3) if other_s else None,
+                            "other_project_kpi_fresh_p95_s": round(pct(other_s, 95), 3) if other_s else None,
+                            "other_project_kpi_fresh_max_s": round(max(other_s), 3) if other_s else None,
+                        }
+                    )
+                    e = edits[-1]
+                    log(
+                        f"map edit: rebuilt in {rebuild_edit_s:.1f} s; meanwhile another project's KPIs counted a new "
+                        f"event in p50/p95/max {e['other_project_kpi_fresh_p50_s']}/{e['other_project_kpi_fresh_p95_s']}/"
+                        f"{e['other_project_kpi_fresh_max_s']} s ({len(other_s)} trials)"
+                    )
+                # The figures of the median edit (by rebuild time); every edit's in "edits".
+                report["map_edit"] = {**sorted(edits, key=lambda e: e["rebuild_s"])[len(edits) // 2], "edits": edits}
 
             # ---- 5. baseline: windowFunnel over the raw events
             sql, funnel_params = funnel_sql(journey_map)
@@ -747,6 +758,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         <= TARGETS["freshness_p95_s"],
     }
     return report
+
+
+def _each(edit: dict[str, Any], figure: str) -> str:
+    """Every map edit's figure, when there were several (the row shows the median edit's)."""
+    edits = edit.get("edits", [])
+    return f" (median of {', '.join(f'{x[figure]}' for x in edits)})" if len(edits) > 1 else ""
 
 
 def render(r: dict[str, Any]) -> str:
@@ -821,11 +838,16 @@ def render(r: dict[str, Any]) -> str:
         ),
         (
             "preview of an edited map",
-            f"{e['preview_s']} s",
+            f"{e['preview_s']} s{_each(e, 'preview_s')}",
             "≤ 1 s at 20 k customers, ≤ 20 s at 1 M",
             mark(ok["preview"]),
         ),
-        ("rebuild after the map edit", f"{e['rebuild_s']} s", "≤ 20 s", mark(ok["rebuild_after_edit"])),
+        (
+            "rebuild after the map edit",
+            f"{e['rebuild_s']} s{_each(e, 'rebuild_s')}",
+            "≤ 20 s",
+            mark(ok["rebuild_after_edit"]),
+        ),
         (
             "meanwhile, another project's KPI freshness p50 / p95 / max",
             f"{e['other_project_kpi_fresh_p50_s']} / {e['other_project_kpi_fresh_p95_s']} / {e['other_project_kpi_fresh_max_s']} s "
@@ -853,6 +875,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--funnel-runs", type=int, default=5)
     p.add_argument("--settle-timeout", type=float, default=300, help="longest wait for merges after the rebuild (s)")
     p.add_argument("--rebuild-timeout", type=float, default=7200.0)
+    p.add_argument(
+        "--map-edits", type=int, default=1, help="previews and map edits to time, one after another (the median judged)"
+    )
     p.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = p.parse_args(argv)
     if args.quick:
