@@ -99,13 +99,11 @@ def _case(draw):  # type: ignore[no-untyped-def]
     return {"name": "m", "stages": [{"id": "s", "name": "S"}], "touchpoints": touchpoints}, events
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-)
-@given(case=_case())
-def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> None:  # type: ignore[no-untyped-def]
-    document, events = case
-    journey_map = validate_map(document)
+_Event = tuple[str, str, str, dict[str, Any], int]  # event, channel, type, properties, writer (_WRITERS)
+
+
+def _assigned(stores, journey_map: Any, events: list[_Event]) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
+    """(the rule each event gets from the rule index SQL, its properties written by its writer; from Python)."""
     compiled = CompiledMap(journey_map, 1)
     expected = []
     for name, channel, kind, props, _ in events:
@@ -129,7 +127,22 @@ def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> Non
         ).result_rows
     finally:
         client.close()
-    assert [r[1] for r in rows] == expected, (document["touchpoints"], events)
+    return [r[1] for r in rows], expected
+
+
+def _documents(documents: list[tuple[dict[str, Any], int]]) -> list[_Event]:
+    """Events that are only their properties (and their writer)."""
+    return [("", "", "", d, w) for d, w in documents]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(case=_case())
+def test_sql_and_python_assign_every_event_to_the_same_rule(stores, case) -> None:  # type: ignore[no-untyped-def]
+    document, events = case
+    assigned, expected = _assigned(stores, validate_map(document), events)
+    assert assigned == expected, (document["touchpoints"], events)
 
 
 @st.composite
@@ -171,45 +184,11 @@ def test_every_operator_means_the_same_in_sql(stores, case) -> None:  # type: ig
             "touchpoints": [{"id": "t", "stage": "s", "match": {"where": [condition]}}],
         }
     )
-    compiled = CompiledMap(journey_map, 1)
-    expected = [
-        int(compiled.assign({"event": "", "channel": "", "type": "", "properties": p})[0] is not None)
-        for p, _ in events
-    ]
-    expression, params = rule_index_sql(journey_map)
-    client = clickhouse_connect.get_client(dsn=stores.settings.effective_clickhouse_url)
-    try:
-        rows = client.query(
-            f"SELECT i, {expression} FROM (SELECT i, '' AS event, '' AS channel, '' AS type, {{p:Array(String)}}[i] AS properties"
-            "  FROM (SELECT arrayJoin(range(1, length({p:Array(String)}) + 1)) AS i)) ORDER BY i",
-            parameters={**params, "p": [_WRITERS[writer](p) for p, writer in events]},
-        ).result_rows
-    finally:
-        client.close()
-    assert [r[1] for r in rows] == expected, (condition, events)
+    assigned, expected = _assigned(stores, journey_map, _documents(events))
+    assert assigned == expected, (condition, events)
 
 
 _TRICKY = ["é", "😀", "a/b", 'q"', "\\", "a\nb", "\u2028", "\x01", "", "1", "true"]
-
-
-def _assigned(stores, journey_map: Any, documents: list[tuple[dict[str, Any], int]]) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
-    """(the rule index SQL gives each document, written by its writer; the one the Python rules give)."""
-    compiled = CompiledMap(journey_map, 1)
-    expected = []
-    for document, _ in documents:
-        rule, _ = compiled.assign({"properties": document})
-        expected.append(0 if rule is None else compiled.rules.index(rule) + 1)
-    expression, params = rule_index_sql(journey_map)
-    client = clickhouse_connect.get_client(dsn=stores.settings.effective_clickhouse_url)
-    try:
-        rows = client.query(
-            f"SELECT i, {expression} FROM (SELECT i, '' AS event, '' AS channel, '' AS type, {{p:Array(String)}}[i] AS properties"
-            "  FROM (SELECT arrayJoin(range(1, length({p:Array(String)}) + 1)) AS i)) ORDER BY i",
-            parameters={**params, "p": [_WRITERS[w](d) for d, w in documents]},
-        ).result_rows
-    finally:
-        client.close()
-    return [r[1] for r in rows], expected
 
 
 def _one_rule_per_value(op: str, values: list[Any]) -> Any:
@@ -232,7 +211,7 @@ def test_a_string_equals_itself_however_its_sender_escaped_it(stores, op) -> Non
     values: list[Any] = _TRICKY if op == "equals" else [["zz", s] for s in _TRICKY]
     documents: list[dict[str, Any]] = [{"k": s} for s in _TRICKY] + [{"k": 1}, {"k": True}, {"k": None}, {}]
     events = [(d, w) for d in documents for w in range(len(_WRITERS))]
-    assigned, expected = _assigned(stores, _one_rule_per_value(op, values), events)
+    assigned, expected = _assigned(stores, _one_rule_per_value(op, values), _documents(events))
     assert assigned == expected
     assert expected[: len(_TRICKY) * len(_WRITERS)] == [i for i in range(1, len(_TRICKY) + 1) for _ in _WRITERS]
 
@@ -243,5 +222,5 @@ def test_a_string_clickhouse_cannot_read_equals_nothing(stores, op) -> None:  # 
     no value, a missing one included."""
     value: Any = ["\ud800"] if op in ("in", "not_in") else "\ud800"
     documents: list[tuple[dict[str, Any], int]] = [({"k": "x"}, 0), ({"k": ""}, 0), ({}, 0), ({"j": 1}, 0)]
-    assigned, expected = _assigned(stores, _one_rule_per_value(op, [value]), documents)
+    assigned, expected = _assigned(stores, _one_rule_per_value(op, [value]), _documents(documents))
     assert assigned == expected == ([1] * 4 if op.startswith("not_") else [0] * 4)
