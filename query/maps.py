@@ -198,9 +198,31 @@ def _is_union_member(part: Any) -> bool:
     return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper())
 
 
+def _not_text(document: Any, loc: tuple[Any, ...] = ()) -> list[dict[str, str]]:
+    """Every string of ``document`` (keys too) that is not text: a lone surrogate, which YAML can spell but no event
+    can hold, PostgreSQL cannot store and ClickHouse cannot be sent."""
+    problems: list[dict[str, str]] = []
+    if isinstance(document, str):
+        try:
+            document.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append({"path": _path(loc), "reason": "not valid text (a lone UTF-16 surrogate, such as \\ud800)"})
+    elif isinstance(document, dict):
+        for key, value in document.items():
+            problems += _not_text(key, (*loc, key)) if isinstance(key, str) else []
+            problems += _not_text(value, (*loc, key))
+    elif isinstance(document, list):
+        for i, value in enumerate(document):
+            problems += _not_text(value, (*loc, i))
+    return problems
+
+
 def _shape(model: type[BaseModel], document: Any) -> tuple[Any, list[dict[str, str]]]:
     if not isinstance(document, dict):
         return None, [{"path": "(document)", "reason": "must be a mapping (YAML/JSON object)"}]
+    not_text = _not_text(document)
+    if not_text:
+        return None, not_text
     try:
         return model.model_validate(document), []
     except ValidationError as exc:

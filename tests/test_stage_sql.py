@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from query.maps import validate_map
+from query.maps import DefinitionError, validate_map, validate_segment
 from query.journey import CompiledMap
 from query.facts.rule_index import rule_index_sql
 
@@ -216,11 +216,19 @@ def test_a_string_equals_itself_however_its_sender_escaped_it(stores, op) -> Non
     assert expected[: len(_TRICKY) * len(_WRITERS)] == [i for i in range(1, len(_TRICKY) + 1) for _ in _WRITERS]
 
 
-@pytest.mark.parametrize("op", ["equals", "in", "contains", "not_equals", "not_in"])
-def test_a_string_clickhouse_cannot_read_equals_nothing(stores, op) -> None:  # type: ignore[no-untyped-def]
-    """A lone surrogate (a map may name one; no event can hold one) is no JSON text ClickHouse reads: it equals
-    no value, a missing one included."""
-    value: Any = ["\ud800"] if op in ("in", "not_in") else "\ud800"
-    documents: list[tuple[dict[str, Any], int]] = [({"k": "x"}, 0), ({"k": ""}, 0), ({}, 0), ({"j": 1}, 0)]
-    assigned, expected = _assigned(stores, _one_rule_per_value(op, [value]), _documents(documents))
-    assert assigned == expected == ([1] * 4 if op.startswith("not_") else [0] * 4)
+def test_a_definition_naming_a_string_no_event_can_hold_is_refused() -> None:
+    """A lone surrogate (YAML can spell one; no event can hold one, and ClickHouse would read its JSON escape as
+    '', a missing value's text) is refused where a map or segment is validated, naming the field."""
+    with pytest.raises(DefinitionError) as refused:
+        _one_rule_per_value("equals", ["\ud800"])
+    assert refused.value.problems == [
+        {
+            "path": "touchpoints[0].match.where[0].value",
+            "reason": "not valid text (a lone UTF-16 surrogate, such as \\ud800)",
+        }
+    ]
+    with pytest.raises(DefinitionError) as refused:
+        validate_segment({"name": "odd", "rules": [{"field": "first_channel", "op": "in", "value": ["web", "\udfff"]}]})
+    assert [p["path"] for p in refused.value.problems] == ["rules[0].value[1]"]
+    with pytest.raises(DefinitionError):
+        validate_segment({"name": "odd", "rules": [{"field": "traits.\ud800", "op": "exists"}]})
