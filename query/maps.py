@@ -198,19 +198,29 @@ def _is_union_member(part: Any) -> bool:
     return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper())
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _not_text(document: Any, loc: tuple[Any, ...] = ()) -> list[dict[str, str]]:
     """Every string of ``document`` (keys too) that is not text: a lone surrogate, which YAML can spell but no event
     can hold, PostgreSQL cannot store and ClickHouse cannot be sent."""
     problems: list[dict[str, str]] = []
     if isinstance(document, str):
-        try:
-            document.encode("utf-8")
-        except UnicodeEncodeError:
+        if not _is_text(document):
             problems.append({"path": _path(loc), "reason": "not valid text (a lone UTF-16 surrogate, such as \\ud800)"})
     elif isinstance(document, dict):
         for key, value in document.items():
-            problems += _not_text(key, (*loc, key)) if isinstance(key, str) else []
-            problems += _not_text(value, (*loc, key))
+            if isinstance(key, str) and not _is_text(key):  # named by where it is: the error is JSON text too
+                problems.append(
+                    {"path": _path(loc), "reason": "a key here is not valid text (a lone UTF-16 surrogate)"}
+                )
+            else:
+                problems += _not_text(value, (*loc, key))
     elif isinstance(document, list):
         for i, value in enumerate(document):
             problems += _not_text(value, (*loc, i))

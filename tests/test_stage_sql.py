@@ -232,3 +232,9 @@ def test_a_definition_naming_a_string_no_event_can_hold_is_refused() -> None:
     assert [p["path"] for p in refused.value.problems] == ["rules[0].value[1]"]
     with pytest.raises(DefinitionError):
         validate_segment({"name": "odd", "rules": [{"field": "traits.\ud800", "op": "exists"}]})
+    with pytest.raises(DefinitionError) as refused:  # a key: named by where it is, so the error is text itself
+        validate_map({"name": "m", "stages": [{"id": "s", "name": "S", "\ud800": 1}], "touchpoints": []})
+    assert refused.value.problems == [
+        {"path": "stages[0]", "reason": "a key here is not valid text (a lone UTF-16 surrogate)"}
+    ]
+    orjson.dumps(refused.value.problems)
