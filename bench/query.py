@@ -337,6 +337,16 @@ async def timed_get(http: aiohttp.ClientSession, url: str, params: dict[str, str
     return time.perf_counter() - began, status, (orjson.loads(body) if status == 200 else body)
 
 
+async def send_one(http: aiohttp.ClientSession, curl: str, write_key: str, event: dict[str, Any]) -> float:
+    """POST one event to the collector; returns when it was sent (``time.perf_counter``: freshness counts from
+    there)."""
+    sent = time.perf_counter()
+    async with http.post(f"{curl}/v1/batch", json={"batch": [event]}, headers=basic(write_key)) as r:
+        if r.status != 200:
+            raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
+    return sent
+
+
 def thread_cpu_of(tid: int) -> float:
     fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -590,12 +600,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "messageId": message_id,
                         "properties": {"placement": "feed"},
                     }
-                    t0 = time.perf_counter()
-                    async with http.post(
-                        f"{curl}/v1/batch", json={"batch": [event]}, headers=basic(project.write_key)
-                    ) as r:
-                        if r.status != 200:
-                            raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
+                    t0 = await send_one(http, curl, project.write_key, event)
                     while True:
                         _, status, body = await timed_get(
                             http, f"{qurl}/v1/customers/{customer}/journey", {"map": "five-stage"}, project.read_key
@@ -680,12 +685,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             "userId": f"other-{other_trial}",
                             "messageId": f"other-{other_trial}-{time.time_ns()}",
                         }
-                        t0 = time.perf_counter()
-                        async with http.post(
-                            f"{curl}/v1/batch", json={"batch": [event]}, headers=basic(other.write_key)
-                        ) as r:
-                            if r.status != 200:
-                                raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
+                        t0 = await send_one(http, curl, other.write_key, event)
                         while True:
                             _, status, body = await timed_get(
                                 http, f"{qurl}/v1/kpis", {"map": "five-stage", **window}, other.read_key
