@@ -121,7 +121,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.check:
             await writer.build_all(project.id, definitions, 2)
             _, rows = await ch.query(
-                "SELECT count() FROM (SELECT customer_id, segment, map_name, fact, stage, at, converted, wait_ms, "
+                "SELECT count() FROM (SELECT customer_id, segments, map_name, fact, stage, at, converted, wait_ms, "
                 "touchpoint, channel, from_stage, move_kind, repeat, sentiment, sumIf(n, build = 1) AS polled, "
                 "sumIf(n, build = 2) AS rebuilt FROM stage_facts WHERE project_id = {p:String} GROUP BY ALL "
                 "HAVING polled != rebuilt)",

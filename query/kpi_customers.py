@@ -61,7 +61,7 @@ CURSOR_VERSION = 1
 # query.sql.fill: `$name` is SQL text chosen here, `{name:Type}` a value clickhouse-connect binds.
 _WHERE = """
 WHERE project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String}
-  AND segment = {segment:String} AND fact = 'entry' AND stage = {stage:UInt16}
+  AND has(segments, {segment:String}) AND fact = 'entry' AND stage = {stage:UInt16}
   AND at < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')"""
 
 _PAGE_SQL = """
@@ -99,13 +99,12 @@ _AFTER = (
     "OR (at = fromUnixTimestamp64Milli({after_ms:Int64}, 'UTC') AND customer_id > {after_id:String}))"
 )
 
-# Every transition of some customers (segment '' holds each fact once): their current stage is the one of
-# their latest transition.
+# Every transition of some customers: their current stage is the one of their latest transition.
 _MOVES_SQL = """
 SELECT customer_id, toUnixTimestamp64Milli(at), from_stage, stage, sum(n) AS net
 FROM stage_facts
 WHERE project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String}
-  AND customer_id IN {customers:Array(String)} AND segment = '' AND fact = 'move'
+  AND customer_id IN {customers:Array(String)} AND fact = 'move'
 GROUP BY customer_id, at, from_stage, stage, move_kind, repeat
 HAVING net > 0
 SETTINGS apply_mutations_on_fly = 0

@@ -31,17 +31,21 @@ from query.facts.model import DAY_MS, conversion_window_ms
 TOP = 5
 ALL = ""  # the segment key of "all customers"
 
-# Every query reads a projection of stage_facts (migration 0006), never per-customer rows; `$day` is `day`
-# for the daily series and a constant for the whole window. apply_mutations_on_fly = 0: a pending DELETE
-# (old builds, garbage only) must not push the read off the projections.
+# Every query reads a projection of stage_facts (migrations 0006, 0011), never per-customer rows; `$day` is `day`
+# for the daily series and a constant for the whole window. A fact row carries all of its customer's segment
+# keys (`segments`): each query sums by that array inside, from the projection, then splits the sums among the
+# keys asked for ($by_key) and sums again; anything judged on a net count (HAVING) is judged after that.
+# apply_mutations_on_fly = 0: a pending DELETE (old builds, garbage only) must not push the read off the projections.
 #
 # The queries are string.Template texts, filled in by one function (_sql, over query.sql.fill): `$name` is SQL
 # text chosen here (these fragments, the grouping expression, _OPEN_SQL's ranges), `{name:Type}` a value
 # clickhouse-connect binds, written as ClickHouse reads it.
 _WHERE = (
     "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String} "
-    "AND segment IN {segments:Array(String)}"
+    "AND hasAny(segments, {segments:Array(String)})"
 )
+# Each sum by key array (`segs`) once per key of it that was asked for (`seg`).
+_BY_KEY = "ARRAY JOIN segs AS seg WHERE seg IN {segments:Array(String)}"
 _IN_WINDOW = "day >= {first_day:Date} AND day <= {last_day:Date}"
 _SETTINGS = "SETTINGS apply_mutations_on_fly = 0"
 
@@ -58,11 +62,12 @@ SELECT seg, stage, d,
        sumIf(c, day >= {first_day:Date} AND converted = 0 AND day > {boundary_days:Array(Date)}[stage + 1]) AS in_progress_n,
        sumIf(c, day >= {first_day:Date} AND converted = 0 AND day = {boundary_days:Array(Date)}[stage + 1]) AS boundary_open_n
 FROM (  -- plain sum(n) by projection keys inside: ClickHouse answers that from the counts projection, not sumIf
-    SELECT segment AS seg, stage, $day AS d, day, converted, sum(n) AS c
+    SELECT segments AS segs, stage, $day AS d, day, converted, sum(n) AS c
     FROM stage_facts
     WHERE $where AND fact = 'entry' AND day <= {last_day:Date}
-    GROUP BY seg, stage, d, day, converted
+    GROUP BY segs, stage, d, day, converted
 )
+$by_key
 GROUP BY seg, stage, d
 $settings
 """
@@ -72,9 +77,14 @@ $settings
 # entry) so the waits projection's key — ... converted, wait_bucket, day, wait_ms, at — bounds each range
 # to exactly those rows.
 _OPEN_SQL = """
-SELECT segment AS seg, stage, $day AS d, sum(n) AS in_progress_n
-FROM stage_facts
-WHERE $where AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND wait_ms = 0 AND ($ranges)
+SELECT seg, stage, d, sum(c) AS in_progress_n
+FROM (
+    SELECT segments AS segs, stage, $day AS d, sum(n) AS c
+    FROM stage_facts
+    WHERE $where AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND wait_ms = 0 AND ($ranges)
+    GROUP BY segs, stage, d
+)
+$by_key
 GROUP BY seg, stage, d
 $settings
 """
@@ -94,7 +104,12 @@ _CONVERTED_WAITS = "\nFROM stage_facts\nWHERE " + _WHERE + " AND fact = 'entry' 
 _WAIT_HISTOGRAMS_SQL = """
 SELECT seg, stage, d, arraySort(groupArray((b, c))) AS histogram
 FROM (
-    SELECT segment AS seg, stage, $day AS d, wait_bucket AS b, sum(n) AS c $converted_waits
+    SELECT seg, stage, d, b, sum(part) AS c
+    FROM (
+        SELECT segments AS segs, stage, $day AS d, wait_bucket AS b, sum(n) AS part $converted_waits
+        GROUP BY segs, stage, d, b
+    )
+    $by_key
     GROUP BY seg, stage, d, b
     HAVING c > 0
 )
@@ -109,8 +124,13 @@ FROM (
            {ranks:Array(Array(UInt64))}[indexOf({bins:Array(Tuple(String, UInt16, Date, UInt16))},
                                                  (toString(seg), stage, d, b))] AS asked
     FROM (
-        SELECT segment AS seg, stage, $day AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS c $converted_waits
-          AND (segment, stage, wait_bucket) IN {bin_keys:Array(Tuple(String, UInt16, UInt16))}  -- what the index can use
+        SELECT seg, stage, d, b, w, sum(part) AS c
+        FROM (
+            SELECT segments AS segs, stage, $day AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS part $converted_waits
+              AND (stage, wait_bucket) IN {stage_bins:Array(Tuple(UInt16, UInt16))}  -- what the index can use
+            GROUP BY segs, stage, d, b, w
+        )
+        $by_key AND (seg, stage, b) IN {bin_keys:Array(Tuple(String, UInt16, UInt16))}
         GROUP BY seg, stage, d, b, w
         HAVING c > 0
     )
@@ -121,33 +141,54 @@ $settings
 
 # What brought the customers who entered a stage in the window (the whole window only).
 _SOURCES_SQL = """
-SELECT segment AS seg, stage, toString(touchpoint), toString(channel), sum(n) AS c
-FROM stage_facts
-WHERE $where AND fact = 'entry' AND $in_window
-GROUP BY seg, stage, touchpoint, channel
+SELECT seg, stage, tp, ch, sum(part) AS c
+FROM (
+    SELECT segments AS segs, stage, toString(touchpoint) AS tp, toString(channel) AS ch, sum(n) AS part
+    FROM stage_facts
+    WHERE $where AND fact = 'entry' AND $in_window
+    GROUP BY segs, stage, touchpoint, channel
+)
+$by_key
+GROUP BY seg, stage, tp, ch
 HAVING c != 0
 $settings
 """
 
 _MOVES_SQL = """
-SELECT segment AS seg, $day AS d, stage, from_stage, toString(move_kind), repeat, sum(n) AS c
-FROM stage_facts
-WHERE $where AND fact = 'move' AND $in_window
-GROUP BY seg, d, stage, from_stage, move_kind, repeat
+SELECT seg, d, stage, from_stage, kind, repeat, sum(part) AS c
+FROM (
+    SELECT segments AS segs, $day AS d, stage, from_stage, toString(move_kind) AS kind, repeat, sum(n) AS part
+    FROM stage_facts
+    WHERE $where AND fact = 'move' AND $in_window
+    GROUP BY segs, d, stage, from_stage, move_kind, repeat
+)
+$by_key
+GROUP BY seg, d, stage, from_stage, kind, repeat
 HAVING c != 0
 $settings
 """
 
 _FEELINGS_SQL = """
-SELECT segment AS seg, $day AS d, stage, toString(sentiment), sum(n) AS c
-FROM stage_facts
-WHERE $where AND fact = 'feeling' AND $in_window
-GROUP BY seg, d, stage, sentiment
+SELECT seg, d, stage, feeling, sum(part) AS c
+FROM (
+    SELECT segments AS segs, $day AS d, stage, toString(sentiment) AS feeling, sum(n) AS part
+    FROM stage_facts
+    WHERE $where AND fact = 'feeling' AND $in_window
+    GROUP BY segs, d, stage, sentiment
+)
+$by_key
+GROUP BY seg, d, stage, feeling
 HAVING c != 0
 $settings
 """
 
-_FRAGMENTS = {"where": _WHERE, "in_window": _IN_WINDOW, "settings": _SETTINGS, "converted_waits": _CONVERTED_WAITS}
+_FRAGMENTS = {
+    "where": _WHERE,
+    "in_window": _IN_WINDOW,
+    "settings": _SETTINGS,
+    "converted_waits": _CONVERTED_WAITS,
+    "by_key": _BY_KEY,
+}
 
 
 def _sql(template: str, **parts: str) -> str:
@@ -411,6 +452,7 @@ async def _pick(
             "bins": list(asked),
             "ranks": list(asked.values()),
             "bin_keys": sorted({(k[0], k[1], k[3]) for k in asked}),
+            "stage_bins": sorted({(k[1], k[3]) for k in asked}),
         },
     )
     # A bin's waits come back for every day that has some (daily series); `asked` is empty on the others.

@@ -32,7 +32,7 @@ from segment_facts import segment_facts
 
 # A fact's identity: everything but the project (a read is per project) and n. Net count = sum(n).
 CURRENT_FACTS_SQL = """
-SELECT map_name, build, customer_id, segment, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
+SELECT map_name, build, customer_id, segments, toString(fact), stage, toUnixTimestamp64Milli(at), converted,
        wait_ms, touchpoint, channel, from_stage, toString(move_kind), repeat, toString(sentiment), sum(n) AS net
 FROM stage_facts
 WHERE project_id = {project_id:String} AND customer_id IN {customers:Array(String)} {in_build}
@@ -41,7 +41,7 @@ HAVING net != 0
 """
 
 
-Fact = tuple  # (map_name, build, customer_id, segment, fact, stage, at_ms, converted, wait_ms,
+Fact = tuple  # (map_name, build, customer_id, segments (a tuple), fact, stage, at_ms, converted, wait_ms,
 #               touchpoint, channel, from_stage, move_kind, repeat, sentiment)
 
 
@@ -58,8 +58,8 @@ async def current_facts(
     for start in range(0, len(customers), ID_CHUNK):
         params["customers"] = customers[start : start + ID_CHUNK]
         _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{in_build}", where), params)
-        for *fact, net in rows:
-            out[tuple(fact)] = net
+        for map_name, b, customer, segments, *fact, net in rows:
+            out[(map_name, b, customer, tuple(segments), *fact)] = net
     return out
 
 
@@ -80,8 +80,11 @@ async def write_differences(
 
 
 def _line(project_id: str, fact: Fact, n: int) -> bytes:
-    map_name, build, customer, segment, kind, stage, at_ms, *rest = fact
-    return orjson.dumps([project_id, map_name, build, customer, segment, kind, stage, at_ms / 1000, *rest, n]) + b"\n"
+    map_name, build, customer, segments, kind, stage, at_ms, *rest = fact
+    return (
+        orjson.dumps([project_id, map_name, build, customer, list(segments), kind, stage, at_ms / 1000, *rest, n])
+        + b"\n"
+    )
 
 
 def state_of(
@@ -138,12 +141,11 @@ def state_of(
 def facts_of(
     mv: MapVersion, build: int, customer: str, segments: list[str], state: dict[str, list[Any]]
 ) -> Counter[Fact]:
-    """The facts of one customer's state (:func:`state_of`) in ``build``, once per segment key ('' = all
-    customers)."""
+    """The facts of one customer's state (:func:`state_of`) in ``build``, each with the customer's segment keys
+    ('' = all customers, then ``segments`` in the definitions' order)."""
     windows = mv.windows_ms
-    keys = ["", *segments]
     out: Counter[Fact] = Counter()
-    head = (mv.name, build, customer)
+    head = (mv.name, build, customer, ("", *segments))
     for stage, entered in enumerate(state["entered"]):
         if not entered:
             continue
@@ -163,16 +165,13 @@ def facts_of(
             0,
             "none",
         )
-        for key in keys:
-            out[(*head, key, *tail)] += 1
+        out[(*head, *tail)] += 1
     for at, from_stage, to, kind, repeat in zip(
         state["t_time"], state["t_from"], state["t_to"], state["t_kind"], state["t_repeat"]
     ):
-        for key in keys:
-            out[(*head, key, "move", to, at, 0, 0, "", "", from_stage, kind, repeat, "none")] += 1
+        out[(*head, "move", to, at, 0, 0, "", "", from_stage, kind, repeat, "none")] += 1
     for at, stage, sentiment in zip(state["s_time"], state["s_stage"], state["s_sentiment"]):
-        for key in keys:
-            out[(*head, key, "feeling", stage, at, 0, 0, "", "", -1, "none", 0, sentiment)] += 1
+        out[(*head, "feeling", stage, at, 0, 0, "", "", -1, "none", 0, sentiment)] += 1
     return out
 
 

@@ -233,11 +233,11 @@ async def _sql_facts(stores, pid: str, facts: FactsSql, scope: str, ids: list[st
         owned = [(i, c) for c, m in members.items() for i in m]
         params.update(ids=[i for i, _ in owned], owners=[c for _, c in owned])
     _, rows = await stores.clickhouse.query(
-        f"SELECT map_name, build, customer_id, segment, fact, stage, toUnixTimestamp64Milli(at), converted, wait_ms, "
+        f"SELECT map_name, build, customer_id, segments, fact, stage, toUnixTimestamp64Milli(at), converted, wait_ms, "
         f"touchpoint, channel, from_stage, move_kind, repeat, sentiment, sum(n) FROM ({facts.desired(scope)}) GROUP BY ALL",
         params,
     )
-    return Counter({tuple(row[:-1]): row[-1] for row in rows})
+    return Counter({(*row[:3], tuple(row[3]), *row[4:-1]): row[-1] for row in rows})
 
 
 @pytest.mark.slow

@@ -575,6 +575,46 @@ async def test_median_and_p90_are_nearest_rank(http, collector, query, stores) -
     assert aware["time_to_next_seconds"] == {"median": 5 * 3600.0, "p90": 9 * 3600.0}
 
 
+async def test_every_kpi_read_is_answered_from_a_projection(http, collector, query, stores, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A fact row carries all of its customer's segment keys (migration 0011), and each KPI query sums by that
+    array before splitting the sums among the keys asked for: what keeps ClickHouse reading the projections, not
+    every fact row. With force_optimize_projection, a query that reads no projection fails (a 500 here)."""
+    from query import kpis
+
+    settings_sql = kpis._FRAGMENTS["settings"] + ", force_optimize_projection = 1"
+    monkeypatch.setitem(kpis._FRAGMENTS, "settings", settings_sql)
+    project = await _new_project(stores)
+    t0 = BASE + timedelta(days=2)
+    events: list[dict[str, Any]] = []
+    for k in range(1, 7):
+        for n, (event, at) in enumerate((("A", t0), ("B", t0 + timedelta(hours=k)), ("A", TODAY - timedelta(days=1)))):
+            events.append(
+                {
+                    "type": "track",
+                    "userId": f"p{k}",
+                    "event": event,
+                    "channel": "web",
+                    "properties": {"score": k % 5 + 1},
+                    "messageId": f"p{k}-{n}",
+                    "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                }
+            )
+        if k <= 3:
+            events.append({"type": "identify", "userId": f"p{k}", "traits": {"plan": "vip"}, "messageId": f"p{k}-i"})
+    await _send(http, collector, project.write_key, events)
+    await _caught_up(query)
+    window = {"from": BASE.date().isoformat()}
+    whole = await _kpis(http, query, project.read_key, map="funnel", segment="*", **window)
+    converted = {s["segment"]: s["stages"][0]["converted"] for s in whole["segments"]}
+    assert converted == {None: 6, "vip": 3, "web-first": 6}
+    vip = next(s for s in whole["segments"] if s["segment"] == "vip")
+    assert vip["stages"][0]["time_to_next_seconds"] == {"median": 2 * 3600.0, "p90": 3 * 3600.0}
+    async with http.get(
+        query.make_url("/v1/kpis/daily"), params={"map": "funnel", "segment": "*", **window}, headers=basic(project.read_key)
+    ) as r:
+        assert r.status == 200, await r.text()
+
+
 async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """A ClickHouse failure while writing state rows (here: the first write after the events arrive) must
     not mark those changes handled: the updater retries them and the KPIs count the customer."""
@@ -727,7 +767,7 @@ async def test_a_forgotten_customer_leaves_the_kpis_at_once(http, collector, que
     assert await reached() == [1, 0]
     _, rows = await stores.clickhouse.query(
         "SELECT customer_id, sum(n) AS net FROM stage_facts WHERE project_id = {p:String} "
-        "GROUP BY customer_id, segment, fact, stage, at, from_stage, move_kind, repeat, sentiment HAVING net != 0",
+        "GROUP BY customer_id, segments, fact, stage, at, from_stage, move_kind, repeat, sentiment HAVING net != 0",
         {"p": project.id},
     )
     assert {r[0] for r in rows} == {"stays"}
@@ -898,26 +938,25 @@ async def test_answers_are_whole_while_facts_are_written(http, collector, query,
         out: Counter[tuple[Any, ...]] = Counter()
         for i, customer in enumerate(synthetic):
             converted, wait = [(1, 3_600_000 + i), (1, 40 * 3_600_000 + i), (0, 0)][k % 3]
-            for segment in ("", "vip"):
-                out[
-                    (
-                        "funnel",
-                        build,
-                        customer,
-                        segment,
-                        "entry",
-                        0,
-                        at_ms + i,
-                        converted,
-                        wait,
-                        "ad",
-                        "web",
-                        -1,
-                        "none",
-                        0,
-                        "none",
-                    )
-                ] += 1
+            out[
+                (
+                    "funnel",
+                    build,
+                    customer,
+                    ("", "vip"),
+                    "entry",
+                    0,
+                    at_ms + i,
+                    converted,
+                    wait,
+                    "ad",
+                    "web",
+                    -1,
+                    "none",
+                    0,
+                    "none",
+                )
+            ] += 1
         return out
 
     writes = 0

@@ -22,7 +22,8 @@ threads, from one read of the events; Python only says which customers and which
    customer's earliest event by time, then id, receipt, message id): the rules of tests/segment_facts.py
    and ``query.maps.segment_matches``.
 
-Each fact is one row with ``n = 1`` per segment key; identical facts of one customer are several rows whose
+Each fact is one row with ``n = 1`` and the customer's segment keys (``segments``: ``''`` first, then the
+segments in name order; one row, not one per key, halves what a build writes); identical facts of one customer are several rows whose
 ``n`` add up, which is all a reader of ``stage_facts`` sees (``sum(n)``). A refresh subtracts, in the same
 statement, what the build holds for its customers (:meth:`FactsSql.insert_difference`): only differences are
 written, summed by the insert itself.
@@ -51,7 +52,7 @@ FACT_TUPLE = (
     "from_stage Int16, move_kind String, repeat UInt8, sentiment String)"
 )
 FACT_IDENTITY = (
-    "project_id, map_name, build, customer_id, segment, fact, stage, at, converted, wait_ms, touchpoint, channel, "
+    "project_id, map_name, build, customer_id, segments, fact, stage, at, converted, wait_ms, touchpoint, channel, "
     "from_stage, move_kind, repeat, sentiment"
 )
 
@@ -59,17 +60,16 @@ FACT_IDENTITY = (
 # sub-statement, a fragment, numbers and fixed words as literals), `{name:Type}` a value clickhouse-connect
 # binds (among them every name the definitions' authors wrote: FactsSql.params).
 
-# The rows of stage_facts (FACT_IDENTITY, n) from each customer's facts, once per segment key; n is the
-# customer's sign (1, or -1 for the facts a customer's inputs held before, which a difference withdraws).
+# The rows of stage_facts (FACT_IDENTITY, n) from each customer's facts, each with the customer's segment keys;
+# n is the customer's sign (1, or -1 for the facts a customer's inputs held before, which a difference withdraws).
 _ROWS = """
 SELECT {project_id:String} AS project_id, $map_names[map_n] AS map_name, {build:UInt64} AS build,
-       customer AS customer_id, key AS segment, f.fact AS fact, f.stage AS stage,
+       customer AS customer_id, keys AS segments, f.fact AS fact, f.stage AS stage,
        fromUnixTimestamp64Milli(f.at, 'UTC') AS at, f.converted AS converted, f.wait_ms AS wait_ms,
        f.touchpoint AS touchpoint, f.channel AS channel, f.from_stage AS from_stage, f.move_kind AS move_kind,
        f.repeat AS repeat, f.sentiment AS sentiment, toInt64(sign) AS n
 FROM ($per_customer)
 ARRAY JOIN facts AS f
-ARRAY JOIN keys AS key
 """
 
 # Per customer and map: the staged events ev (journey order) → entries, moves, feelings.

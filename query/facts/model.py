@@ -2,8 +2,8 @@
 
 A KPI call must not rescan every event, nor fold every customer (docs/kpis.md): each stitched customer's
 journey through each of the project's maps is condensed into facts — the first entry into every stage and
-when they moved on, every transition, sentiment-bearing touchpoints — once per segment key the customer
-counts under, and KPIs sum the facts' pre-aggregated projections. :class:`Definitions` are the map and
+when they moved on, every transition, sentiment-bearing touchpoints — each with the segment keys the
+customer counts under, and KPIs sum the facts' pre-aggregated projections. :class:`Definitions` are the map and
 segment versions a build of the facts is computed for; its fingerprint names them, its :attr:`facts_key`
 says what of them the facts depend on.
 """
@@ -23,15 +23,15 @@ from query.maps import JourneyMap, Segment, Stage
 DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
 # 0009 partitioned stage_facts by project and build; facts:3: before migration 0010 kept each customer's
-# inputs in stage_inputs).
-FACTS_FORMAT = "facts:4"
+# inputs in stage_inputs; facts:4: before migration 0011 wrote a fact once per segment key).
+FACTS_FORMAT = "facts:5"
 
 FACT_COLUMNS = (
     "project_id",
     "map_name",
     "build",
     "customer_id",
-    "segment",
+    "segments",
     "fact",
     "stage",
     "at",
