@@ -40,14 +40,24 @@ ALL = ""  # the segment key of "all customers"
 # The queries are string.Template texts, filled in by one function (_sql, over query.sql.fill): `$name` is SQL
 # text chosen here (these fragments, the grouping expression, _OPEN_SQL's ranges), `{name:Type}` a value
 # clickhouse-connect binds, written as ClickHouse reads it.
-_WHERE = (
-    "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String} "
-    "AND hasAny(segments, {segments:Array(String)})"
-)
-# Each sum by key array (`segs`) once per key of it that was asked for (`seg`).
-_BY_KEY = "ARRAY JOIN segs AS seg WHERE seg IN {segments:Array(String)}"
+_WHERE = "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String}"
 _IN_WINDOW = "day >= {first_day:Date} AND day <= {last_day:Date}"
 _SETTINGS = "SETTINGS apply_mutations_on_fly = 0"
+# Each sum by key array (`segs`) once per key of it that was asked for (`seg`).
+_BY_KEY = "ARRAY JOIN segs AS seg WHERE seg IN {segments:Array(String)}"
+
+
+def _key_fragments(some_keys: bool) -> dict[str, str]:
+    """The keys each row counts under (``$row_keys``) and the rows read (``$where``): a row's own ``segments``,
+    read where it holds a key asked for; or, when all customers alone are asked for (the default question),
+    ``['']`` and every row (each holds ``''``): the array is then neither read nor grouped by (1 M customers:
+    the histogram's read 56 → 32 ms)."""
+    where = _WHERE + (" AND hasAny(segments, {segments:Array(String)})" if some_keys else "")
+    converted_waits = "\nFROM stage_facts\nWHERE " + where + " AND fact = 'entry' AND converted = 1 AND " + _IN_WINDOW
+    return {"row_keys": "segments" if some_keys else "['']", "where": where, "converted_waits": converted_waits}
+
+
+_KEY_FRAGMENTS = {some_keys: _key_fragments(some_keys) for some_keys in (True, False)}
 
 # Entries by stage (and day): reached counts every entry up to the window's end; dropped and in progress
 # are decided by the day where that is the whole day's answer — before the stage's boundary day every
@@ -62,7 +72,7 @@ SELECT seg, stage, d,
        sumIf(c, day >= {first_day:Date} AND converted = 0 AND day > {boundary_days:Array(Date)}[stage + 1]) AS in_progress_n,
        sumIf(c, day >= {first_day:Date} AND converted = 0 AND day = {boundary_days:Array(Date)}[stage + 1]) AS boundary_open_n
 FROM (  -- plain sum(n) by projection keys inside: ClickHouse answers that from the counts projection, not sumIf
-    SELECT segments AS segs, stage, $day AS d, day, converted, sum(n) AS c
+    SELECT $row_keys AS segs, stage, $day AS d, day, converted, sum(n) AS c
     FROM stage_facts
     WHERE $where AND fact = 'entry' AND day <= {last_day:Date}
     GROUP BY segs, stage, d, day, converted
@@ -79,7 +89,7 @@ $settings
 _OPEN_SQL = """
 SELECT seg, stage, d, sum(c) AS in_progress_n
 FROM (
-    SELECT segments AS segs, stage, $day AS d, sum(n) AS c
+    SELECT $row_keys AS segs, stage, $day AS d, sum(n) AS c
     FROM stage_facts
     WHERE $where AND fact = 'entry' AND converted = 0 AND wait_bucket = 0 AND wait_ms = 0 AND ($ranges)
     GROUP BY segs, stage, d
@@ -93,8 +103,6 @@ _OPEN_RANGE = (
     "AND at > fromUnixTimestamp64Milli({open_cutoff_${i}:Int64}, 'UTC'))"
 )
 
-_CONVERTED_WAITS = "\nFROM stage_facts\nWHERE " + _WHERE + " AND fact = 'entry' AND converted = 1 AND " + _IN_WINDOW
-
 # Exact nearest-rank quantiles of the time to convert, in two small reads instead of ranking every wait:
 # (1) per stage (and day), net counts per wait bin (the histogram); Python finds the bin holding each wanted
 # rank — ceil(n/2), ceil(9n/10), and for the target's bounds ranks that depend on how many are in progress
@@ -106,7 +114,7 @@ SELECT seg, stage, d, arraySort(groupArray((b, c))) AS histogram
 FROM (
     SELECT seg, stage, d, b, sum(part) AS c
     FROM (
-        SELECT segments AS segs, stage, $day AS d, wait_bucket AS b, sum(n) AS part $converted_waits
+        SELECT $row_keys AS segs, stage, $day AS d, wait_bucket AS b, sum(n) AS part $converted_waits
         GROUP BY segs, stage, d, b
     )
     $by_key
@@ -126,7 +134,7 @@ FROM (
     FROM (
         SELECT seg, stage, d, b, w, sum(part) AS c
         FROM (
-            SELECT segments AS segs, stage, $day AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS part $converted_waits
+            SELECT $row_keys AS segs, stage, $day AS d, wait_bucket AS b, wait_ms AS w, sum(n) AS part $converted_waits
               AND (stage, wait_bucket) IN {stage_bins:Array(Tuple(UInt16, UInt16))}  -- what the index can use
             GROUP BY segs, stage, d, b, w
         )
@@ -143,7 +151,7 @@ $settings
 _SOURCES_SQL = """
 SELECT seg, stage, tp, ch, sum(part) AS c
 FROM (
-    SELECT segments AS segs, stage, toString(touchpoint) AS tp, toString(channel) AS ch, sum(n) AS part
+    SELECT $row_keys AS segs, stage, toString(touchpoint) AS tp, toString(channel) AS ch, sum(n) AS part
     FROM stage_facts
     WHERE $where AND fact = 'entry' AND $in_window
     GROUP BY segs, stage, touchpoint, channel
@@ -157,7 +165,7 @@ $settings
 _MOVES_SQL = """
 SELECT seg, d, stage, from_stage, kind, repeat, sum(part) AS c
 FROM (
-    SELECT segments AS segs, $day AS d, stage, from_stage, toString(move_kind) AS kind, repeat, sum(n) AS part
+    SELECT $row_keys AS segs, $day AS d, stage, from_stage, toString(move_kind) AS kind, repeat, sum(n) AS part
     FROM stage_facts
     WHERE $where AND fact = 'move' AND $in_window
     GROUP BY segs, d, stage, from_stage, move_kind, repeat
@@ -171,7 +179,7 @@ $settings
 _FEELINGS_SQL = """
 SELECT seg, d, stage, feeling, sum(part) AS c
 FROM (
-    SELECT segments AS segs, $day AS d, stage, toString(sentiment) AS feeling, sum(n) AS part
+    SELECT $row_keys AS segs, $day AS d, stage, toString(sentiment) AS feeling, sum(n) AS part
     FROM stage_facts
     WHERE $where AND fact = 'feeling' AND $in_window
     GROUP BY segs, d, stage, sentiment
@@ -182,20 +190,15 @@ HAVING c != 0
 $settings
 """
 
-_FRAGMENTS = {
-    "where": _WHERE,
-    "in_window": _IN_WINDOW,
-    "settings": _SETTINGS,
-    "converted_waits": _CONVERTED_WAITS,
-    "by_key": _BY_KEY,
-}
 
-
-def _sql(template: str, **parts: str) -> str:
-    """A query's text: ``template``'s ``$name`` placeholders replaced by the fragments above and ``parts``
+def _sql(template: str, params: dict[str, Any], **parts: str) -> str:
+    """A query's text: ``template``'s ``$name`` placeholders replaced by the fragments above (those of the keys
+    ``params`` asks for) and ``parts``
     (``day``: the grouping expression; ``ranges``, ``i``: :data:`_OPEN_SQL`'s ranges), all of it SQL chosen
     here. Values stay ``{name:Type}`` parameters, bound by clickhouse-connect (:func:`query.sql.fill`)."""
-    return fill(template, **_FRAGMENTS, **parts)
+    some_keys = params["segments"] != [ALL]
+    fragments = {"in_window": _IN_WINDOW, "settings": _SETTINGS, "by_key": _BY_KEY, **_KEY_FRAGMENTS[some_keys]}
+    return fill(template, **fragments, **parts)
 
 
 # ---------- the answers (docs/kpis.md; query/api_spec.py documents the same shapes) ----------
@@ -398,11 +401,11 @@ def _params(request: KpiRequest) -> dict[str, Any]:
 async def _open_entries(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[tuple[str, int, date], int]:
     """(segment, stage, d) → open entries of the stage's boundary day still inside their window."""
     ranges = " OR ".join(
-        _sql(_OPEN_RANGE, i=k.removeprefix("open_stage_")) for k in params if k.startswith("open_stage_")
+        _sql(_OPEN_RANGE, params, i=k.removeprefix("open_stage_")) for k in params if k.startswith("open_stage_")
     )
     if not ranges:  # no stage's boundary day falls in the window
         return {}
-    _, rows = await ch.query(_sql(_OPEN_SQL, day=day, ranges=ranges), params)
+    _, rows = await ch.query(_sql(_OPEN_SQL, params, day=day, ranges=ranges), params)
     return {(seg, stage, d): n for seg, stage, d, n in rows}
 
 
@@ -411,7 +414,7 @@ Key = tuple[str, int, date]  # (segment, stage, d)
 
 async def _wait_histograms(ch: ClickHouse, day: str, params: dict[str, Any]) -> dict[Key, list[tuple[int, int]]]:
     """(segment, stage, d) → the converted entries' waits as (bin, net count), in bin order."""
-    _, rows = await ch.query(_sql(_WAIT_HISTOGRAMS_SQL, day=day), params)
+    _, rows = await ch.query(_sql(_WAIT_HISTOGRAMS_SQL, params, day=day), params)
     return {(seg, stage, d): [(int(b), int(c)) for b, c in histogram] for seg, stage, d, histogram in rows}
 
 
@@ -446,7 +449,7 @@ async def _pick(
     if not asked:
         return {}
     _, rows = await ch.query(
-        _sql(_QUANTILE_PICK_SQL, day=day),
+        _sql(_QUANTILE_PICK_SQL, params, day=day),
         {
             **params,
             "bins": list(asked),
@@ -485,7 +488,7 @@ async def _collect(
     results = await asyncio.gather(
         _wait_histograms(ch, day, params),
         _open_entries(ch, day, params),
-        *(ch.query(_sql(sql, day=day), params) for sql in queries),
+        *(ch.query(_sql(sql, params, day=day), params) for sql in queries),
     )
     histograms, still_open, (_, entry_rows), (_, transitions), (_, sentiments) = results[:5]
     sources: dict[tuple[str, int], tuple[dict[str, int], dict[str, int]]] = {}
