@@ -2,7 +2,7 @@
 
 Every number follows the definitions in docs/kpis.md; tests compare them with a brute-force computation over
 raw events. The queries read the projections of ``stage_facts`` (query/facts/ writes the facts):
-pre-aggregated counts per segment, stage and day for entries, moves, sentiments and entry sources, and the
+pre-aggregated counts per set of segment keys, stage and day for entries, moves, sentiments and entry sources, and the
 entries ordered by wait for the exact quantiles and for the one boundary day per stage where dropped vs in
 progress depends on the time of day. The whole window (:func:`stage_kpis`) and the daily series
 (:func:`daily_kpis`) are the same queries, grouped by a constant or by the day; they run side by side.
@@ -34,7 +34,8 @@ ALL = ""  # the segment key of "all customers"
 # Every query reads a projection of stage_facts (migrations 0006, 0011), never per-customer rows; `$day` is `day`
 # for the daily series and a constant for the whole window. A fact row carries all of its customer's segment
 # keys (`segments`): each query sums by that array inside, from the projection, then splits the sums among the
-# keys asked for ($by_key) and sums again; anything judged on a net count (HAVING) is judged after that.
+# keys asked for ($by_key) and sums again (one key asked for: a filter by it alone, _key_fragments); anything
+# judged on a net count (HAVING) is judged after that.
 # apply_mutations_on_fly = 0: a pending DELETE (old builds, garbage only) must not push the read off the projections.
 #
 # The queries are string.Template texts, filled in by one function (_sql, over query.sql.fill): `$name` is SQL
