@@ -48,20 +48,16 @@ _SETTINGS = "SETTINGS apply_mutations_on_fly = 0"
 _BY_KEY = "ARRAY JOIN segs AS seg WHERE seg IN {segments:Array(String)}"
 
 
-def _key_fragments(several: bool, all_customers: bool) -> dict[str, str]:
+def _key_fragments(keys: list[str]) -> dict[str, str]:
     """The keys each row counts under (``$row_keys``) and the rows read (``$where``). Several keys asked for: a
     row's own ``segments``, read where it holds one of them. One key: that key, read where the row holds it (all
     customers: every row, each holds ``''``); the arrays are then neither grouped by nor split, only filtered
     (1 M customers, the histogram's read: one segment 49-55 → 27-29 ms, all customers 56-65 → 27-35 ms)."""
-    where = _WHERE + ("" if all_customers else " AND hasAny(segments, {segments:Array(String)})")
+    where = _WHERE + ("" if keys == [ALL] else " AND hasAny(segments, {segments:Array(String)})")
     converted_waits = "\nFROM stage_facts\nWHERE " + where + " AND fact = 'entry' AND converted = 1 AND " + _IN_WINDOW
-    row_keys = "segments" if several else "{segments:Array(String)}"
+    row_keys = "segments" if len(keys) > 1 else "{segments:Array(String)}"
     return {"row_keys": row_keys, "where": where, "converted_waits": converted_waits}
 
-
-_KEY_FRAGMENTS = {
-    (several, everyone): _key_fragments(several, everyone) for several in (True, False) for everyone in (True, False)
-}
 
 # Entries by stage (and day): reached counts every entry up to the window's end; dropped and in progress
 # are decided by the day where that is the whole day's answer — before the stage's boundary day every
@@ -197,13 +193,11 @@ $settings
 
 def _sql(template: str, params: dict[str, Any], **parts: str) -> str:
     """A query's text: ``template``'s ``$name`` placeholders replaced by the fragments above (those of the keys
-    ``params`` asks for) and ``parts``
-    (``day``: the grouping expression; ``ranges``, ``i``: :data:`_OPEN_SQL`'s ranges), all of it SQL chosen
-    here. Values stay ``{name:Type}`` parameters, bound by clickhouse-connect (:func:`query.sql.fill`)."""
-    keys = params["segments"]
+    ``params`` asks for: :func:`_key_fragments`) and ``parts`` (``day``: the grouping expression; ``ranges``,
+    ``i``: :data:`_OPEN_SQL`'s ranges), all of it SQL chosen here. Values stay ``{name:Type}`` parameters, bound by
+    clickhouse-connect (:func:`query.sql.fill`)."""
     fragments = {"in_window": _IN_WINDOW, "settings": _SETTINGS, "by_key": _BY_KEY}
-    fragments.update(_KEY_FRAGMENTS[len(keys) > 1, keys == [ALL]])
-    return fill(template, **fragments, **parts)
+    return fill(template, **fragments, **_key_fragments(params["segments"]), **parts)
 
 
 # ---------- the answers (docs/kpis.md; query/api_spec.py documents the same shapes) ----------
