@@ -53,7 +53,7 @@ PROJECTS_SQL = "SELECT DISTINCT project_id FROM definitions WHERE kind = 'alert'
 # One stage's entries that can have been decided since `since_ms` (entered at or after since - W), per segment:
 # converted ones decided then (at + wait), dropped ones (conversion window closed by now: at <= now - W, so closed
 # at or after since), and those still in progress now. An open entry's wait_ms is 0 (migration 0006). Signed facts:
-# sum(n), per key of each row's `segments` (migration 0011). apply_mutations_on_fly = 0 as for every KPI read
+# sum(n), per key of each row's `segments` (joined by ',', migration 0012). apply_mutations_on_fly = 0 as for every KPI read
 # (query/kpis.py). string.Template texts (query.sql.fill): `$where` is this SQL, `{name:Type}` a value
 # clickhouse-connect binds.
 _WHERE = (
@@ -67,7 +67,7 @@ SELECT segment,
        sumIf(n, converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {since_ms:Int64}) AS converted_n,
        sumIf(n, converted = 0 AND at <= fromUnixTimestamp64Milli({closed_ms:Int64}, 'UTC')) AS dropped_n,
        sumIf(n, converted = 0 AND at > fromUnixTimestamp64Milli({closed_ms:Int64}, 'UTC')) AS in_progress_n
-FROM stage_facts ARRAY JOIN segments AS segment
+FROM stage_facts ARRAY JOIN splitByChar(',', segments) AS segment
 WHERE $where
 GROUP BY segment
 SETTINGS apply_mutations_on_fly = 0
@@ -82,7 +82,7 @@ FROM (
     SELECT segment, arrayMap(x -> x.1, arraySort(groupArray((w, c)))) AS waits,
            arrayMap(x -> x.2, arraySort(groupArray((w, c)))) AS counts, sum(c) AS total
     FROM (
-        SELECT segment, wait_ms AS w, sum(n) AS c FROM stage_facts ARRAY JOIN segments AS segment
+        SELECT segment, wait_ms AS w, sum(n) AS c FROM stage_facts ARRAY JOIN splitByChar(',', segments) AS segment
         WHERE $where AND converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {since_ms:Int64}
         GROUP BY segment, w
         HAVING c > 0

@@ -61,7 +61,7 @@ CURSOR_VERSION = 1
 # query.sql.fill: `$name` is SQL text chosen here, `{name:Type}` a value clickhouse-connect binds.
 _WHERE = """
 WHERE project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String}
-  AND has(segments, {segment:String}) AND fact = 'entry' AND stage = {stage:UInt16}
+  AND has(splitByChar(',', segments), {segment:String}) AND fact = 'entry' AND stage = {stage:UInt16}
   AND at < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')"""
 
 _PAGE_SQL = """

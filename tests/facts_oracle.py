@@ -45,6 +45,11 @@ Fact = tuple  # (map_name, build, customer_id, segments (a tuple), fact, stage, 
 #               touchpoint, channel, from_stage, move_kind, repeat, sentiment)
 
 
+def keys_of(segments: str) -> tuple[str, ...]:
+    """A fact row's segment keys, from the text ``stage_facts.segments`` holds (joined by ',', migration 0012)."""
+    return tuple(segments.split(","))
+
+
 async def current_facts(
     ch: ClickHouse, project_id: str, customers: list[str], build: int | None = None
 ) -> dict[Fact, int]:
@@ -59,7 +64,7 @@ async def current_facts(
         params["customers"] = customers[start : start + ID_CHUNK]
         _, rows = await ch.query(CURRENT_FACTS_SQL.replace("{in_build}", where), params)
         for map_name, b, customer, segments, *fact, net in rows:
-            out[(map_name, b, customer, tuple(segments), *fact)] = net
+            out[(map_name, b, customer, keys_of(segments), *fact)] = net
     return out
 
 
@@ -82,7 +87,7 @@ async def write_differences(
 def _line(project_id: str, fact: Fact, n: int) -> bytes:
     map_name, build, customer, segments, kind, stage, at_ms, *rest = fact
     return (
-        orjson.dumps([project_id, map_name, build, customer, list(segments), kind, stage, at_ms / 1000, *rest, n])
+        orjson.dumps([project_id, map_name, build, customer, ",".join(segments), kind, stage, at_ms / 1000, *rest, n])
         + b"\n"
     )
 

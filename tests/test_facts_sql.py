@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from facts_oracle import current_facts, python_facts
+from facts_oracle import current_facts, keys_of, python_facts
 from journeys import identities
 from journeys.events import EVENT_COLUMNS
 from query.maps import validate_map, validate_segment
@@ -237,7 +237,7 @@ async def _sql_facts(stores, pid: str, facts: FactsSql, scope: str, ids: list[st
         f"touchpoint, channel, from_stage, move_kind, repeat, sentiment, sum(n) FROM ({facts.desired(scope)}) GROUP BY ALL",
         params,
     )
-    return Counter({(*row[:3], tuple(row[3]), *row[4:-1]): row[-1] for row in rows})
+    return Counter({(*row[:3], keys_of(row[3]), *row[4:-1]): row[-1] for row in rows})
 
 
 @pytest.mark.slow

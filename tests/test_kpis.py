@@ -165,11 +165,11 @@ def _generate(project_tag: str, customers: list[dict[str, Any]]):  # type: ignor
     return first, late, journeys, truth_facts
 
 
-async def _new_project(stores, journey_map: dict[str, Any] = MAP):  # type: ignore[no-untyped-def]
+async def _new_project(stores, journey_map: dict[str, Any] = MAP, segments: list[dict[str, Any]] = SEGMENTS):  # type: ignore[no-untyped-def]
     async with stores.pg.acquire() as conn:
         project = await create_project(conn, f"kpi-{os.getpid()}-{next(_names)}")
         await definitions.apply(conn, project.id, "map", journey_map)
-        for segment in SEGMENTS:
+        for segment in segments:
             await definitions.apply(conn, project.id, "segment", segment)
     return project
 
@@ -576,8 +576,8 @@ async def test_median_and_p90_are_nearest_rank(http, collector, query, stores) -
 
 
 async def test_every_kpi_read_is_answered_from_a_projection(http, collector, query, stores, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A fact row carries all of its customer's segment keys (migration 0011), and each KPI query sums by that
-    array before splitting the sums among the keys asked for: what keeps ClickHouse reading the projections, not
+    """A fact row carries all of its customer's segment keys (migrations 0011, 0012), and each KPI query sums by
+    them before splitting the sums among the keys asked for: what keeps ClickHouse reading the projections, not
     every fact row (one key alone: filtered by it, no split). With force_optimize_projection, a query that reads no
     projection fails (a 500 here)."""
     from query import kpis
@@ -621,6 +621,61 @@ async def test_every_kpi_read_is_answered_from_a_projection(http, collector, que
             headers=basic(project.read_key),
         ) as r:
             assert r.status == 200, await r.text()
+
+
+async def test_a_segment_is_not_found_inside_another_segments_name(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
+    """A fact row holds its customer's segment keys as one text (``,no-vip,vip-lapsed``, migration 0012): a read
+    of one segment must find that key whole, not inside another's name (``vip`` in ``no-vip`` or ``vip-lapsed``),
+    in the KPIs, their daily series and the people behind a number."""
+    plan_of = {"vip": "vip", "no-vip": "basic", "vip-lapsed": "lapsed"}  # segment → the plan that puts one in it
+    segments = [
+        *(
+            {"name": name, "rules": [{"field": "traits.plan", "op": "equals", "value": plan}]}
+            for name, plan in plan_of.items()
+        ),
+        {"name": "anyone", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},
+    ]
+    project = await _new_project(stores, segments=segments)
+    plans = {"p1": "vip", "p2": "basic", "p3": "lapsed", "p4": "basic", "p5": None}
+    events: list[dict[str, Any]] = []
+    for user, plan in plans.items():
+        for n, event in enumerate("AB"):
+            at = BASE + timedelta(days=2, hours=n)
+            events.append(
+                {
+                    "type": "track",
+                    "userId": user,
+                    "event": event,
+                    "channel": "web",
+                    "messageId": f"{user}-{n}",
+                    "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                }
+            )
+        if plan:
+            events.append({"type": "identify", "userId": user, "traits": {"plan": plan}, "messageId": f"{user}-i"})
+    await _send(http, collector, project.write_key, events)
+    await _caught_up(query)
+    window = {"map": "funnel", "from": BASE.date().isoformat()}
+    whole = await _kpis(http, query, project.read_key, segment="*", **window)
+    reached = {s["segment"]: s["stages"][0]["reached"] for s in whole["segments"]}
+    assert reached == {None: 5, "vip": 1, "no-vip": 2, "vip-lapsed": 1, "anyone": 5}
+    for name, plan in plan_of.items():
+        one = await _kpis(http, query, project.read_key, segment=name, **window)
+        assert one["segments"][0]["stages"] == next(s for s in whole["segments"] if s["segment"] == name)["stages"]
+        async with http.get(
+            query.make_url("/v1/kpis/daily"), params={**window, "segment": name}, headers=basic(project.read_key)
+        ) as r:
+            assert r.status == 200, await r.text()
+            days = (await r.json())["segments"][0]["days"]
+        assert sum(d["stages"][0]["entered"] for d in days) == reached[name]
+        async with http.get(
+            query.make_url("/v1/kpis/customers"),
+            params={**window, "segment": name, "stage": "aware", "outcome": "reached"},
+            headers=basic(project.read_key),
+        ) as r:
+            assert r.status == 200, await r.text()
+            listed = sorted(c["customer_id"] for c in (await r.json())["customers"])
+        assert listed == [user for user, theirs in plans.items() if theirs == plan]
 
 
 async def test_a_failed_state_write_is_retried_not_lost(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]

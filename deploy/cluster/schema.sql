@@ -427,3 +427,56 @@ SETTINGS deduplicate_merge_projection_mode = 'rebuild', lightweight_mutation_pro
 
 CREATE TABLE IF NOT EXISTS stage_facts ON CLUSTER "journeys" AS stage_facts_local
 ENGINE = Distributed('journeys', currentDatabase(), stage_facts_local, cityHash64(project_id, customer_id));
+
+-- 0012_stage_facts_joined_keys.sql
+DROP TABLE IF EXISTS stage_facts ON CLUSTER "journeys";
+
+DROP TABLE IF EXISTS stage_facts_local ON CLUSTER "journeys";
+
+CREATE TABLE IF NOT EXISTS stage_facts_local ON CLUSTER "journeys"
+(
+    project_id   LowCardinality(String),
+    build        UInt64,
+    map_name     LowCardinality(String),
+    customer_id  String,
+    segments     LowCardinality(String),
+    fact         Enum8('entry' = 1, 'move' = 2, 'feeling' = 3),
+    stage        UInt16,
+    at           DateTime64(3, 'UTC'),
+    day          Date MATERIALIZED toDate(at),
+    converted    UInt8,
+    wait_ms      UInt64,
+    wait_bucket  UInt16 MATERIALIZED toUInt16(floor(log2(wait_ms + 1) * 32)),
+    touchpoint   LowCardinality(String),
+    channel      LowCardinality(String),
+    from_stage   Int16,
+    move_kind    Enum8('none' = 0, 'first' = 1, 'forward' = 2, 'skip' = 3, 'regression' = 4),
+    repeat       UInt8,
+    sentiment    Enum8('none' = 0, 'positive' = 1, 'neutral' = 2, 'negative' = 3),
+    n            Int64,
+    PROJECTION counts
+    (
+        SELECT project_id, build, map_name, segments, fact, stage, day, converted, touchpoint, channel,
+               from_stage, move_kind, repeat, sentiment, sum(n)
+        GROUP BY project_id, build, map_name, segments, fact, stage, day, converted, touchpoint, channel,
+                 from_stage, move_kind, repeat, sentiment
+    ),
+    PROJECTION wait_hist
+    (
+        SELECT project_id, build, map_name, segments, fact, stage, converted, day, wait_bucket, sum(n)
+        GROUP BY project_id, build, map_name, segments, fact, stage, converted, day, wait_bucket
+    ),
+    PROJECTION waits
+    (
+        SELECT project_id, build, map_name, segments, fact, stage, converted, wait_bucket, day, wait_ms, at, n
+        ORDER BY project_id, build, map_name, fact, stage, converted, wait_bucket, day, wait_ms, at, segments
+    )
+)
+ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', (n))
+PARTITION BY (project_id, build)
+ORDER BY (project_id, build, map_name, customer_id, segments, fact, stage, at, converted, wait_ms,
+          touchpoint, channel, from_stage, move_kind, repeat, sentiment)
+SETTINGS deduplicate_merge_projection_mode = 'rebuild', lightweight_mutation_projection_mode = 'rebuild';
+
+CREATE TABLE IF NOT EXISTS stage_facts ON CLUSTER "journeys" AS stage_facts_local
+ENGINE = Distributed('journeys', currentDatabase(), stage_facts_local, cityHash64(project_id, customer_id));

@@ -23,8 +23,8 @@ threads, from one read of the events; Python only says which customers and which
    and ``query.maps.segment_matches``.
 
 Each fact is one row with ``n = 1`` and the customer's segment keys (``segments``: ``''`` first, then the
-segments in name order; one row, not one per key: 7.2 M rows instead of 15.9 M at 1 M customers in
-bench/query.py); identical facts of one customer are several rows whose ``n`` add up, which is all a reader
+segments in name order, joined by ``','``; one row, not one per key: 7.2 M rows instead of 15.9 M at 1 M
+customers in bench/query.py); identical facts of one customer are several rows whose ``n`` add up, which is all a reader
 of ``stage_facts`` sees (``sum(n)``). A refresh subtracts, in the same statement, what the build holds for
 its customers (:meth:`FactsSql.insert_difference`): only differences are written, summed by the insert itself.
 
@@ -517,8 +517,10 @@ class _SegmentKeys:
             f"[{p.bind(s.name, 'String')}], [])"
             for s in segments
         ]
-        #: The keys of a customer, from the columns ``touch`` and ``traits`` of its inputs.
-        self.keys = f"arrayConcat([''], {', '.join(keys)})" if keys else "['']"
+        #: The keys of a customer joined by ',' (``stage_facts.segments``, migration 0012: ``',b2b,vip'``; in no
+        #: segment ``''``), from the columns ``touch`` and ``traits`` of its inputs; joined once per customer,
+        #: before its facts are spread into rows.
+        self.keys = f"arrayStringConcat(arrayConcat([''], {', '.join(keys)}), ',')" if keys else "''"
 
     def _rule(self, rule: Rule, touch: str = "touch", traits: str = "traits") -> str:
         p = self.p

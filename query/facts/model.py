@@ -23,8 +23,9 @@ from query.maps import JourneyMap, Segment, Stage
 DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
 # 0009 partitioned stage_facts by project and build; facts:3: before migration 0010 kept each customer's
-# inputs in stage_inputs; facts:4: before migration 0011 wrote a fact once per segment key).
-FACTS_FORMAT = "facts:5"
+# inputs in stage_inputs; facts:4: before migration 0011 wrote a fact once per segment key; facts:5: before
+# migration 0012 held a fact's segment keys as an array).
+FACTS_FORMAT = "facts:6"
 
 FACT_COLUMNS = (
     "project_id",
