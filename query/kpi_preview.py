@@ -12,11 +12,16 @@ construction (tests/test_kpi_preview.py checks it). Preview builds are numbered 
 ``query.facts.builds.PREVIEW_BUILDS`` up, apart from published builds, and a rebuild's clean-up spares the
 ones still being read. A preview costs what a rebuild does (every customer's facts): one runs at a time per
 query service, the others wait their turn.
+
+Except when the serving build already holds the draft's facts: a draft that changes only targets, names or
+descriptions (``Definitions.map_facts_key``; the usual "what if the target were …" question). Applied, such a
+draft is served by that build as it is (the updater relabels it), so the preview answers from it at once.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import date, datetime
 from typing import Any
 
@@ -31,7 +36,8 @@ from query.auth import principal_of
 from query.definitions_api import read_document
 from query.kpis import ALL, KpiAnswer, KpiRequest, stage_kpis, to_csv
 from query.kpis_api import parse_window
-from query.facts.builds import drop_build, preview_build
+from query.facts.builds import definitions_of_build, drop_build, preview_build, serving_build
+from query.facts.locks import consistent_facts, lock_pool
 from query.facts.model import Definitions
 from query.facts.writer import StateWriter
 
@@ -107,28 +113,42 @@ async def preview_kpis(
     first_day: date,
     last_day: date,
     now: datetime,
+    *,
+    locks: Any = None,
+    computing: AbstractAsyncContextManager[Any] | None = None,
 ) -> PreviewAnswer:
-    """The KPIs of the draft ``defs`` (one map), computed over all data into a preview build, then deleted."""
-    build = preview_build(int(time.time() * 1000))
+    """The KPIs of the draft ``defs`` (one map): from the serving build if it holds the draft's facts (read
+    under ``locks``, query.facts.locks.consistent_facts; ``None`` for a process alone with the stores), else
+    computed over all data into a preview build, then deleted (while holding ``computing``: one at a time)."""
     mv = defs.maps[0]
-    try:
-        await StateWriter(ch).build_all(project_id, defs, build, inputs=False)  # never refreshed
-        result = await stage_kpis(
-            ch,
-            KpiRequest(
-                project_id=project_id,
-                journey_map=mv.compiled.map,
-                map_version=0,
-                build=build,
-                order=mv.compiled.order,
-                segments=segments,
-                first_day=first_day,
-                last_day=last_day,
-                now=now,
-            ),
+
+    def request(build: int) -> KpiRequest:
+        return KpiRequest(
+            project_id=project_id,
+            journey_map=mv.compiled.map,
+            map_version=0,
+            build=build,
+            order=mv.compiled.order,
+            segments=segments,
+            first_day=first_day,
+            last_day=last_day,
+            now=now,
         )
-    finally:
-        await drop_build(ch, cluster or "", project_id, build)
+
+    result = None
+    async with consistent_facts(locks, project_id):  # the build read stays the serving one until answered
+        serving = await serving_build(pg, project_id)
+        served = await definitions_of_build(pg, project_id, serving.fingerprint) if serving.number else None
+        if served is not None and served.map_facts_key(mv.name) == defs.map_facts_key(mv.name):
+            result = await stage_kpis(ch, request(serving.number))
+    if result is None:
+        async with computing or nullcontext():
+            build = preview_build(int(time.time() * 1000))
+            try:
+                await StateWriter(ch).build_all(project_id, defs, build, inputs=False)  # never refreshed
+                result = await stage_kpis(ch, request(build))
+            finally:
+                await drop_build(ch, cluster or "", project_id, build)
     result["map"]["version"] = None  # not a version: nothing was published
     return {"preview": True, **result}
 
@@ -144,18 +164,19 @@ async def preview(request: web.Request) -> web.Response:
     map_doc, segment_doc = draft_of(await read_document(request))
     defs = await draft_definitions(stores.pg, principal.project_id, map_doc, segment_doc)
     segments = segments_asked(request.query.get("segment"), defs)
-    async with request.app[KPI_PREVIEWS]:  # a preview takes every core ClickHouse has, as a rebuild does
-        result = await preview_kpis(
-            stores.clickhouse,
-            stores.pg,
-            stores.settings.clickhouse_cluster,
-            principal.project_id,
-            defs,
-            segments,
-            first_day,
-            last_day,
-            now,
-        )
+    result = await preview_kpis(
+        stores.clickhouse,
+        stores.pg,
+        stores.settings.clickhouse_cluster,
+        principal.project_id,
+        defs,
+        segments,
+        first_day,
+        last_day,
+        now,
+        locks=lock_pool(stores),
+        computing=request.app[KPI_PREVIEWS],  # a computed preview takes every core ClickHouse has, as a rebuild
+    )
     if not csv:
         return json_response(result)
     return web.Response(

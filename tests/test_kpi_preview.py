@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from query import definitions
+from query import definitions, kpi_preview
 from query.facts.builds import PREVIEW_BUILDS
 from support import basic, wait_until
 from test_kpis import BASE, MAP, _kpis, _new_project, _send, _stamp
@@ -105,6 +105,47 @@ async def test_preview_equals_the_kpis_once_the_draft_is_applied(http, collector
         assert r.status == 200 and r.content_type == "text/csv"
         lines = (await r.text()).splitlines()
         assert lines[0].startswith("segment,") and len(lines) == 1 + 4 * 3  # a row per segment (all, 2) and stage
+
+
+async def test_a_draft_of_new_targets_is_answered_from_the_serving_build(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """A draft that changes only targets, names or descriptions gets the facts the serving build holds: its
+    preview answers from that build, computing nothing, and equals /v1/kpis once the draft is applied (the
+    build then serves it as it is). A draft that changes a conversion window is computed."""
+    computed: list[Any] = []
+
+    class Counting(kpi_preview.StateWriter):
+        async def build_all(self, *args: Any, **kwargs: Any) -> None:
+            computed.append(args[2])  # the build
+            await super().build_all(*args, **kwargs)
+
+    monkeypatch.setattr(kpi_preview, "StateWriter", Counting)
+    project = await _new_project(stores)
+    await _send(http, collector, project.write_key, _events())
+    window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=15)).date().isoformat(), "segment": "*"}
+    before = await _kpis(http, query, project.read_key, map="funnel", **window)
+    targets = copy.deepcopy(MAP)
+    targets["stages"][0]["target"] = {"conversion_rate": 0.99}
+    targets["stages"][1]["name"] = "Thinking it over"
+    status, preview = await _preview(http, query, project.read_key, {"map": targets}, **window)
+    assert status == 200, preview
+    assert computed == []
+    assert preview["segments"] != before["segments"]  # the new target judges the same counts otherwise
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", targets)
+
+    async def applied() -> dict[str, Any] | None:
+        body = await _kpis(http, query, project.read_key, map="funnel", **window)
+        return body if body["map"]["version"] == 2 else None
+
+    assert preview["segments"] == (await wait_until(applied, timeout=60))["segments"]
+
+    window_draft = copy.deepcopy(targets)
+    window_draft["stages"][0]["conversion_window_days"] = 5
+    status, preview = await _preview(http, query, project.read_key, {"map": window_draft}, **window)
+    assert status == 200, preview
+    assert len(computed) == 1
 
 
 async def test_a_bad_draft_is_refused_naming_the_field(http, query, stores) -> None:  # type: ignore[no-untyped-def]

@@ -98,12 +98,24 @@ class Definitions:
         """What the facts depend on, and nothing else: two definitions with one key have the same facts, so a
         build computed for one serves the other as it is. Targets, names and descriptions are read from the map
         when an answer is made, never stored in the facts: a target edit needs no recomputation."""
-        shown = {
-            "format": FACTS_FORMAT,
-            "maps": [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in self.maps],
-            "segments": [s.model_dump(mode="json", exclude={"description"}) for s in self.segments],
-        }
-        return hashlib.sha256(orjson.dumps(shown, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return _facts_key(self.maps, self.segments)
+
+    def map_facts_key(self, name: str) -> str | None:
+        """What the facts of the map ``name`` depend on (``None``: no such map). Each map's facts are computed
+        apart from the others' (query/facts/compute.py), so a build holding a map of this key holds the facts
+        this map would get, whatever other maps it holds: what lets a preview of a draft that changes only
+        targets, names or descriptions answer from the serving build (query/kpi_preview.py)."""
+        found = tuple(mv for mv in self.maps if mv.name == name)
+        return _facts_key(found, self.segments) if found else None
+
+
+def _facts_key(maps: tuple[MapVersion, ...], segments: tuple[Segment, ...]) -> str:
+    shown = {
+        "format": FACTS_FORMAT,
+        "maps": [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in maps],
+        "segments": [s.model_dump(mode="json", exclude={"description"}) for s in segments],
+    }
+    return hashlib.sha256(orjson.dumps(shown, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 # The parts of a map the facts never read (query/facts/compute.py reads stage ids, order and conversion
