@@ -15,7 +15,10 @@ query service, the others wait their turn.
 
 Except when the serving build already holds the draft's facts: a draft that changes only targets, names or
 descriptions (``Definitions.map_facts_key``; the usual "what if the target were …" question). Applied, such a
-draft is served by that build as it is (the updater relabels it), so the preview answers from it at once.
+draft is served by that build as it is (the updater relabels it), so the preview answers from it at once. And
+when it holds the draft's inputs (``FactsSql.inputs_key``: no rule, sentiment or segment field changed, only
+stages, windows or segment values): the draft's facts are folded from the inputs that build stores, reading
+no event, as a rebuild folds them from the inputs it stores.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from query.kpis import ALL, KpiAnswer, KpiRequest, stage_kpis, to_csv
 from query.kpis_api import parse_window
 from query.facts.builds import definitions_of_build, drop_build, preview_build, serving_build
 from query.facts.locks import consistent_facts, lock_pool
+from query.facts.compute import FactsSql
 from query.facts.model import Definitions
 from query.facts.writer import StateWriter
 
@@ -142,15 +146,36 @@ async def preview_kpis(
         if served is not None and served.map_facts_key(mv.name) == defs.map_facts_key(mv.name):
             result = await stage_kpis(ch, request(serving.number))
     if result is None:
+        writer = StateWriter(ch)
+        folding = None if served is None else _foldable(served, defs)
         async with computing or nullcontext():
             build = preview_build(int(time.time() * 1000))
             try:
-                await StateWriter(ch).build_all(project_id, defs, build, inputs=False)  # never refreshed
+                if folding is not None:
+                    await writer.fold_inputs_of(project_id, folding, build, serving.number)
+                    if (await serving_build(pg, project_id)).number != serving.number:  # its inputs may be gone
+                        await drop_build(ch, cluster or "", project_id, build)
+                        folding = None
+                if folding is None:
+                    await writer.build_all(project_id, defs, build, inputs=False)  # never refreshed
                 result = await stage_kpis(ch, request(build))
             finally:
                 await drop_build(ch, cluster or "", project_id, build)
     result["map"]["version"] = None  # not a version: nothing was published
     return {"preview": True, **result}
+
+
+def _foldable(served: Definitions, draft: Definitions) -> Definitions | None:
+    """The serving build's maps with the draft's in place of its namesake, and the draft's segments, if these
+    store the inputs the serving build's definitions store (the draft changes stages, windows, touchpoint ids or
+    segment values, but no rule nor what the segments read): the draft's facts are then folded from the inputs
+    that build holds, without reading the events. ``None`` otherwise (a new map, a changed rule)."""
+    name = draft.maps[0].name
+    if all(mv.name != name for mv in served.maps):
+        return None
+    maps = [(mv.compiled.map, mv.version) for mv in served.maps if mv.name != name]
+    folding = Definitions.of([*maps, (draft.maps[0].compiled.map, 0)], [(s, 0) for s in draft.segments])
+    return folding if FactsSql(folding).inputs_key == FactsSql(served).inputs_key else None
 
 
 routes = web.RouteTableDef()

@@ -575,6 +575,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
             **facts.params,
             "project_id": "p",
             "build": 1,
+            "inputs_build": 1,
             "ids": ["a"],
             "owners": ["a"],
             "customers": ["a"],

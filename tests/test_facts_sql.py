@@ -484,6 +484,6 @@ async def test_a_rebuild_folds_each_customers_newest_inputs(stores, project) -> 
     params = {**sql.params, "project_id": pid, "build": 9}
     await stores.clickhouse.execute(sql.insert_inputs("project"), {**params, "generation": 1})
     await stores.clickhouse.execute(EMPTY_INPUTS_SQL, {**params, "customers": ["c0-id0"], "generation": 2})
-    await stores.clickhouse.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
+    await stores.clickhouse.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), {**params, "inputs_build": 9})
     net = await current_facts(stores.clickhouse, pid, ["c0-id0", "c1-id0"], 9)
     assert {fact[2] for fact, n in net.items() if n} == {"c1-id0"}

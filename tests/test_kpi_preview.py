@@ -107,45 +107,80 @@ async def test_preview_equals_the_kpis_once_the_draft_is_applied(http, collector
         assert lines[0].startswith("segment,") and len(lines) == 1 + 4 * 3  # a row per segment (all, 2) and stage
 
 
-async def test_a_draft_of_new_targets_is_answered_from_the_serving_build(  # type: ignore[no-untyped-def]
+async def test_a_preview_reads_or_folds_what_the_serving_build_holds_when_it_can(  # type: ignore[no-untyped-def]
     http, collector, query, stores, monkeypatch
 ) -> None:
-    """A draft that changes only targets, names or descriptions gets the facts the serving build holds: its
-    preview answers from that build, computing nothing, and equals /v1/kpis once the draft is applied (the
-    build then serves it as it is). A draft that changes a conversion window is computed."""
-    computed: list[Any] = []
+    """Three ways to a preview, each equal to /v1/kpis once the draft is applied. A draft that changes only
+    targets, names or descriptions has the facts the serving build holds: answered from it, computing nothing.
+    One that changes a window or a segment's values, but no rule nor what the segments read, has the inputs it
+    stores: its facts are folded from them, reading no event. Any other (a rule) is computed from the events;
+    so is a fold whose serving build was replaced meanwhile (its inputs may be gone)."""
+    ways: list[str] = []
+    replace_serving_build = False
 
     class Counting(kpi_preview.StateWriter):
         async def build_all(self, *args: Any, **kwargs: Any) -> None:
-            computed.append(args[2])  # the build
+            ways.append("computed")
             await super().build_all(*args, **kwargs)
+
+        async def fold_inputs_of(self, project_id: str, *args: Any) -> None:
+            ways.append("folded")
+            await super().fold_inputs_of(project_id, *args)
+            if replace_serving_build:
+                await stores.pg.execute(
+                    "UPDATE stage_state_builds SET build = build + 1 WHERE project_id = $1", project_id
+                )
 
     monkeypatch.setattr(kpi_preview, "StateWriter", Counting)
     project = await _new_project(stores)
     await _send(http, collector, project.write_key, _events())
     window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=15)).date().isoformat(), "segment": "*"}
     before = await _kpis(http, query, project.read_key, map="funnel", **window)
+
+    async def preview_then_apply(body: dict[str, Any], version: int) -> dict[str, Any]:
+        status, preview = await _preview(http, query, project.read_key, body, **window)
+        assert status == 200, preview
+        async with stores.pg.acquire() as conn:
+            await definitions.apply(conn, project.id, "map", body["map"])
+            if "segment" in body:
+                await definitions.apply(conn, project.id, "segment", body["segment"])
+
+        async def applied() -> dict[str, Any] | None:
+            answer = await _kpis(http, query, project.read_key, map="funnel", **window)
+            return answer if answer["map"]["version"] == version and answer["rebuilding"] is None else None
+
+        assert preview["segments"] == (await wait_until(applied, timeout=60))["segments"]
+        return preview
+
     targets = copy.deepcopy(MAP)
     targets["stages"][0]["target"] = {"conversion_rate": 0.99}
     targets["stages"][1]["name"] = "Thinking it over"
-    status, preview = await _preview(http, query, project.read_key, {"map": targets}, **window)
-    assert status == 200, preview
-    assert computed == []
+    preview = await preview_then_apply({"map": targets}, 2)
+    assert ways == []
     assert preview["segments"] != before["segments"]  # the new target judges the same counts otherwise
-    async with stores.pg.acquire() as conn:
-        await definitions.apply(conn, project.id, "map", targets)
 
-    async def applied() -> dict[str, Any] | None:
-        body = await _kpis(http, query, project.read_key, map="funnel", **window)
-        return body if body["map"]["version"] == 2 else None
+    windows = copy.deepcopy(targets)
+    windows["stages"][0]["conversion_window_days"] = 0.2
+    preview = await preview_then_apply({"map": windows, "segment": DRAFT_SEGMENT}, 3)
+    assert ways == ["folded"]
+    assert preview["segments"] != before["segments"]
 
-    assert preview["segments"] == (await wait_until(applied, timeout=60))["segments"]
+    rules = copy.deepcopy(windows)
+    rules["touchpoints"][0]["match"] = {"event": ["A", "X"]}
+    await preview_then_apply({"map": rules}, 4)
+    assert ways == ["folded", "computed"]
 
-    window_draft = copy.deepcopy(targets)
-    window_draft["stages"][0]["conversion_window_days"] = 5
-    status, preview = await _preview(http, query, project.read_key, {"map": window_draft}, **window)
-    assert status == 200, preview
-    assert len(computed) == 1
+    later = copy.deepcopy(rules)
+    later["stages"][0]["conversion_window_days"] = 0.3
+    replace_serving_build = True
+    status, replaced = await _preview(http, query, project.read_key, {"map": later}, **window)
+    assert status == 200, replaced
+    assert ways == ["folded", "computed", "folded", "computed"]
+    await stores.pg.execute("UPDATE stage_state_builds SET build = build - 1 WHERE project_id = $1", project.id)
+    replace_serving_build = False
+    status, folded = await _preview(http, query, project.read_key, {"map": later}, **window)
+    assert status == 200, folded
+    assert ways[-1] == "folded" and replaced["segments"] == folded["segments"]
 
 
 async def test_a_bad_draft_is_refused_naming_the_field(http, query, stores) -> None:  # type: ignore[no-untyped-def]

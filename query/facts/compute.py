@@ -34,9 +34,14 @@ on generated journeys; the KPI oracle tests (tests/test_kpis.py) run on top of t
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable
 from datetime import date
+from functools import cached_property
 from typing import Any
+
+import orjson
 
 from query.maps import LIST_OPERATORS, UNARY_OPERATORS, SENTIMENTS, Rule, Segment, SentimentFromProperty
 from query.facts.rule_index import holds_sql, SqlParams, property_condition, rule_index_sql
@@ -227,7 +232,7 @@ _BUILT = """
 SELECT customer_id AS customer, toInt8(1) AS sign, $keys AS keys, staged
 FROM (
     SELECT customer_id, staged, touch, traits FROM stage_inputs FINAL
-    WHERE project_id = {project_id:String} AND build = {build:UInt64}
+    WHERE project_id = {project_id:String} AND build = {inputs_build:UInt64}
 )
 """
 
@@ -389,10 +394,22 @@ class FactsSql:
         return fill(_INSERT_FACTS, columns=columns, rows=self.desired("project"), cluster=CLUSTER_SETTINGS)
 
     def insert_all_from_inputs(self, columns: str) -> str:
-        """``INSERT`` into ``stage_facts`` of every customer's facts folded from the inputs a rebuild stored
-        (:meth:`insert_inputs`, ``"project"``): the events are read once, by that statement."""
+        """``INSERT`` into ``stage_facts`` (``build``) of every customer's facts folded from the inputs stored in
+        ``inputs_build``: the rebuild's own (:meth:`insert_inputs`, ``"project"``: the events are read once, by
+        that statement), or another build's whose :attr:`inputs_key` is this one's."""
         rows = self._rows(fill(_BUILT, keys=self._segments.keys))
         return fill(_INSERT_FACTS, columns=columns, rows=rows, cluster=CLUSTER_SETTINGS)
+
+    @cached_property
+    def inputs_key(self) -> str:
+        """What the stored inputs depend on (the rules and sentiments per map, in map order, and the traits and
+        first touch the segments read), as the statement that stores them and the values it binds: two
+        definitions with one key store the same inputs, so the facts of one can be folded from the inputs
+        stored for the other (a draft that moves touchpoints between stages, changes a window or a segment's
+        values, but no rule: query/kpi_preview.py)."""
+        sql = self.insert_inputs("project")
+        used = {name: self.params[name] for name in re.findall(r"\{(\w+):", sql) if name in self.params}
+        return hashlib.sha256(orjson.dumps([sql, used], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def insert_inputs(self, scope: str) -> str:
         """``INSERT`` of the inputs of every customer of the project (``"project"``) or of the given ids'

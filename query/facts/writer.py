@@ -156,7 +156,7 @@ class StateWriter:
         began = time.monotonic()
         await self.ch.execute(sql.insert_inputs("project"), {**params, "generation": await next_generation(self.pg)})
         stored = time.monotonic()
-        await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
+        await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), {**params, "inputs_build": build})
         log.info(
             "build %d of project %s: inputs stored in %.1f s, facts folded from them in %.1f s",
             build,
@@ -164,6 +164,14 @@ class StateWriter:
             stored - began,
             time.monotonic() - stored,
         )
+
+    async def fold_inputs_of(self, project_id: str, definitions: Definitions, build: int, inputs_build: int) -> None:
+        """Compute every customer's facts into ``build`` from the inputs stored in ``inputs_build``, whose
+        definitions have the same :attr:`~query.facts.compute.FactsSql.inputs_key` (a preview's): the events
+        are not read at all."""
+        sql = self.statements(project_id, definitions)
+        params = {**sql.params, "project_id": project_id, "build": build, "inputs_build": inputs_build}
+        await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
 
     async def refresh(
         self,
