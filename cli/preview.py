@@ -79,7 +79,9 @@ async def _direct(
             return None
         raise
     try:
-        return await preview_kpis(ch, conn, settings.clickhouse_cluster, project_id, defs, segments, first, last, now)
+        return await preview_kpis(
+            ch, conn, settings.clickhouse_cluster, project_id, defs, segments, first, last, now, locks=conn
+        )
     finally:
         await ch.close()
 

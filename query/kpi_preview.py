@@ -122,8 +122,16 @@ async def preview_kpis(
     computing: AbstractAsyncContextManager[Any] | None = None,
 ) -> PreviewAnswer:
     """The KPIs of the draft ``defs`` (one map): from the serving build if it holds the draft's facts (read
-    under ``locks``, query.facts.locks.consistent_facts; ``None`` for a process alone with the stores), else
-    computed over all data into a preview build, then deleted (while holding ``computing``: one at a time)."""
+    under ``locks``, query.facts.locks.consistent_facts), else folded from the inputs it stores if they are the
+    draft's, else computed from the events; the last two into a preview build, then deleted, while holding
+    ``computing`` (one at a time).
+
+    The serving build holds the project's other maps as they will be once the draft is applied, and a map's
+    facts depend on the others' only in one corner (of a message's copies that differ, the one kept is chosen
+    among those some map stages): so its facts, or those folded with the draft in place of its namesake, are
+    what ``/v1/kpis`` answers after applying the draft, that corner included. A fold reads the stored inputs
+    without the writers' lock: a refresh of stitched customers landing as it starts can leave a customer just
+    merged into another counted in both (query/facts/writer.py stores the inputs before emptying the rest)."""
     mv = defs.maps[0]
 
     def request(build: int) -> KpiRequest:
@@ -147,8 +155,10 @@ async def preview_kpis(
             result = await stage_kpis(ch, request(serving.number))
     if result is None:
         writer = StateWriter(ch)
-        folding = None if served is None else _foldable(served, defs)
         async with computing or nullcontext():
+            serving = await serving_build(pg, project_id)  # again: another preview may have run meanwhile
+            served = await definitions_of_build(pg, project_id, serving.fingerprint) if serving.number else None
+            folding = None if served is None else _foldable(served, defs)
             build = preview_build(int(time.time() * 1000))
             try:
                 if folding is not None:

@@ -430,6 +430,42 @@ async def test_a_customer_refreshed_without_events_keeps_empty_inputs(stores, pr
     assert expected and await _held(stores, pid, ["c0-id0"]) == expected
 
 
+async def test_a_refresh_never_shows_a_customer_with_events_emptied(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """A refresh stores its customers' inputs, then empties those of customers left without events (one with
+    events has the greater generation): a reader of the stored inputs between the two statements (a preview
+    folding them takes no writers' lock, query/kpi_preview.py) sees a customer with events as before or after,
+    never emptied."""
+    pid = project.id
+    definitions = _definitions()
+    seen: list[dict[str, int]] = []
+
+    class Watching:  # the real ClickHouse; after each insert into stage_inputs, reads what a reader would see
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def execute(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+            await self.inner.execute(sql, parameters)
+            if "INSERT INTO stage_inputs" in sql:
+                _, rows = await self.inner.query(
+                    "SELECT customer_id, length(staged) FROM stage_inputs FINAL "
+                    "WHERE project_id = {p:String} AND build = 7",
+                    {"p": pid},
+                )
+                seen.append(dict(rows))
+
+    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
+             "total": None, "sentiment": "negative", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
+    rows, _, _ = _rows(pid, 0, {"events": [event, {**event, "kind": "C", "minute": 2}], "links": (0, 0)})
+    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(rows))
+    await StateWriter(stores.clickhouse, stores.pg).build_all(pid, definitions, 7)
+    watching: Any = Watching(stores.clickhouse)
+    await StateWriter(watching, stores.pg).refresh(pid, definitions, 7, {"c0-id0"})
+    assert [s.get("c0-id0") for s in seen] == [2, 2]
+
+
 async def test_a_merge_stores_only_the_inputs_it_changes(stores, project) -> None:  # type: ignore[no-untyped-def]
     """An event no rule stages changes nothing of a customer's inputs: merging it stores no inputs row, so
     nothing is folded for it, and no write is made or told (no KPI answer waits for one, none cached is

@@ -110,11 +110,11 @@ async def test_preview_equals_the_kpis_once_the_draft_is_applied(http, collector
 async def test_a_preview_reads_or_folds_what_the_serving_build_holds_when_it_can(  # type: ignore[no-untyped-def]
     http, collector, query, stores, monkeypatch
 ) -> None:
-    """Three ways to a preview, each equal to /v1/kpis once the draft is applied. A draft that changes only
-    targets, names or descriptions has the facts the serving build holds: answered from it, computing nothing.
-    One that changes a window or a segment's values, but no rule nor what the segments read, has the inputs it
-    stores: its facts are folded from them, reading no event. Any other (a rule) is computed from the events;
-    so is a fold whose serving build was replaced meanwhile (its inputs may be gone)."""
+    """Three ways to a preview of one of two maps, each equal to /v1/kpis once the draft is applied. A draft that
+    changes only targets, names or descriptions has the facts the serving build holds: answered from it,
+    computing nothing. One that changes a window or a segment's values, but no rule nor what the segments read,
+    has the inputs it stores: its facts are folded from them, reading no event. Any other (a rule) is computed
+    from the events; so is a fold whose serving build was replaced meanwhile (its inputs may be gone)."""
     ways: list[str] = []
     replace_serving_build = False
 
@@ -133,9 +133,15 @@ async def test_a_preview_reads_or_folds_what_the_serving_build_holds_when_it_can
 
     monkeypatch.setattr(kpi_preview, "StateWriter", Counting)
     project = await _new_project(stores)
+    another = copy.deepcopy(MAP)  # a second map, sorted first: the draft's is the second of the stored inputs
+    another["name"] = "another"
+    another["touchpoints"] = list(reversed(another["touchpoints"]))
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", another)
     await _send(http, collector, project.write_key, _events())
     window = {"from": BASE.date().isoformat(), "to": (BASE + timedelta(days=15)).date().isoformat(), "segment": "*"}
     before = await _kpis(http, query, project.read_key, map="funnel", **window)
+    assert before != await _kpis(http, query, project.read_key, map="another", **window)
 
     async def preview_then_apply(body: dict[str, Any], version: int) -> dict[str, Any]:
         status, preview = await _preview(http, query, project.read_key, body, **window)

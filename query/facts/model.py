@@ -101,10 +101,10 @@ class Definitions:
         return _facts_key(self.maps, self.segments)
 
     def map_facts_key(self, name: str) -> str | None:
-        """What the facts of the map ``name`` depend on (``None``: no such map). Each map's facts are computed
-        apart from the others' (query/facts/compute.py), so a build holding a map of this key holds the facts
-        this map would get, whatever other maps it holds: what lets a preview of a draft that changes only
-        targets, names or descriptions answer from the serving build (query/kpi_preview.py)."""
+        """What the facts of the map ``name`` depend on besides the project's other maps (``None``: no such
+        map): a build of the project's maps holding a map of this key holds the facts a draft of this key gets
+        once applied, the other maps unchanged. What lets a preview of a draft that changes only targets, names
+        or descriptions answer from the serving build (query/kpi_preview.py)."""
         found = tuple(mv for mv in self.maps if mv.name == name)
         return _facts_key(found, self.segments) if found else None
 

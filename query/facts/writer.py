@@ -249,12 +249,14 @@ class StateWriter:
         owned = [(i, c) for c, ids in members.items() for i in ids]
         sql = self.statements(project_id, definitions)
         everyone = sorted(set(customers) | set(retired))
-        # Empty inputs first, for every customer and retired id; then, with a greater generation, the inputs of
-        # those who still have events. So a customer whose every event is gone (or who no longer exists) keeps
-        # empty inputs, not its last ones, and no customer has two rows of one generation.
+        # Empty inputs for every customer and retired id, and with a greater generation the inputs of those who
+        # still have events: a customer whose every event is gone (or who no longer exists) keeps empty inputs,
+        # not its last ones, and no customer has two rows of one generation. The inputs go in first: a reader of
+        # the stored inputs between the two inserts (a preview folding them, query/kpi_preview.py, takes no
+        # writers' lock) sees each customer with events as before or as after, never emptied.
         emptied = {"project_id": project_id, "build": build, "customers": everyone}
         with self._step("merge"):
-            await self.ch.execute(EMPTY_INPUTS_SQL, {**emptied, "generation": await next_generation(self.pg)})
+            empty_generation = await next_generation(self.pg)
             params = {
                 **sql.params,
                 **emptied,
@@ -263,6 +265,7 @@ class StateWriter:
                 "owners": [c for _, c in owned],
             }
             await self.ch.execute(sql.insert_inputs("ids"), params)
+            await self.ch.execute(EMPTY_INPUTS_SQL, {**emptied, "generation": empty_generation})
         return await self._write_difference(project_id, sql, True, params, serving, len(everyone))
 
     async def _append_locked(

@@ -4,7 +4,7 @@
 -- dictionary of the key sets a project has; an array of LowCardinality texts is an offsets column plus a
 -- number per key, hashed and compared element by element wherever rows are sorted, summed or grouped (the
 -- insert's sort, the three projections, every merge). On the same 1 M customers' inputs the facts statement
--- took 10.2-12.5 s with the text against 13.0-13.7 s with the array (bench/README.md, issue 17). A read splits
+-- took 11.6-13.1 s with the text against 15.4-16.0 s with the array (bench/README.md, issue 17). A read splits
 -- the text back into its keys where it needs them (query/kpis.py, query/alerts.py, query/kpi_customers.py).
 --
 -- The facts are derived: the table is made anew, empty, and the facts format changes with it
