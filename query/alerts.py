@@ -53,9 +53,9 @@ PROJECTS_SQL = "SELECT DISTINCT project_id FROM definitions WHERE kind = 'alert'
 # One stage's entries that can have been decided since `since_ms` (entered at or after since - W), per segment:
 # converted ones decided then (at + wait), dropped ones (conversion window closed by now: at <= now - W, so closed
 # at or after since), and those still in progress now. An open entry's wait_ms is 0 (migration 0006). Signed facts:
-# sum(n), per key of each row's `segments` (joined by ',', migration 0012). apply_mutations_on_fly = 0 as for every KPI read
-# (query/kpis.py). string.Template texts (query.sql.fill): `$where` is this SQL, `{name:Type}` a value
-# clickhouse-connect binds.
+# sum(n), per key of each row's `segments` (joined by ',', migration 0012). apply_mutations_on_fly = 0 as for
+# every KPI read (query/kpis.py). string.Template texts (query.sql.fill): `$where` is this SQL, `{name:Type}` a
+# value clickhouse-connect binds.
 _WHERE = (
     "project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String} "
     "AND fact = 'entry' AND segment IN {segments:Array(String)} AND stage = {stage:UInt16} "

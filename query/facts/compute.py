@@ -24,9 +24,10 @@ threads, from one read of the events; Python only says which customers and which
 
 Each fact is one row with ``n = 1`` and the customer's segment keys (``segments``: ``''`` first, then the
 segments in name order, joined by ``','``; one row, not one per key: 7.2 M rows instead of 15.9 M at 1 M
-customers in bench/query.py); identical facts of one customer are several rows whose ``n`` add up, which is all a reader
-of ``stage_facts`` sees (``sum(n)``). A refresh subtracts, in the same statement, what the build holds for
-its customers (:meth:`FactsSql.insert_difference`): only differences are written, summed by the insert itself.
+customers in bench/query.py); identical facts of one customer are several rows whose ``n`` add up, which is
+all a reader of ``stage_facts`` sees (``sum(n)``). A refresh subtracts, in the same statement, what the build
+holds for its customers (:meth:`FactsSql.insert_difference`): only differences are written, summed by the
+insert itself.
 
 tests/test_facts_sql.py proves these rows equal to the Python fold of the definitions (tests/facts_oracle.py)
 on generated journeys; the KPI oracle tests (tests/test_kpis.py) run on top of them unchanged.
