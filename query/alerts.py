@@ -44,7 +44,7 @@ from query.sql import fill
 from query.background import Background
 from query.facts.builds import current_definitions, definitions_of_build, serving_build
 from query.facts.locks import consistent_facts, lock_pool
-from query.facts.model import DAY_MS, Definitions, MapVersion
+from query.facts.model import DAY_MS, Definitions, MapVersion, split_keys
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,13 @@ SELECT segment,
        sumIf(n, converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {since_ms:Int64}) AS converted_n,
        sumIf(n, converted = 0 AND at <= fromUnixTimestamp64Milli({closed_ms:Int64}, 'UTC')) AS dropped_n,
        sumIf(n, converted = 0 AND at > fromUnixTimestamp64Milli({closed_ms:Int64}, 'UTC')) AS in_progress_n
-FROM stage_facts ARRAY JOIN splitByChar(',', segments) AS segment
+FROM stage_facts ARRAY JOIN $keys AS segment
 WHERE $where
 GROUP BY segment
 SETTINGS apply_mutations_on_fly = 0
 """,
     where=_WHERE,
+    keys=split_keys("segments"),
 )
 # The nearest-rank median (rank ceil(n/2)) of the waits of the customers converted since `since_ms`.
 MEDIAN_SQL = fill(
@@ -82,7 +83,7 @@ FROM (
     SELECT segment, arrayMap(x -> x.1, arraySort(groupArray((w, c)))) AS waits,
            arrayMap(x -> x.2, arraySort(groupArray((w, c)))) AS counts, sum(c) AS total
     FROM (
-        SELECT segment, wait_ms AS w, sum(n) AS c FROM stage_facts ARRAY JOIN splitByChar(',', segments) AS segment
+        SELECT segment, wait_ms AS w, sum(n) AS c FROM stage_facts ARRAY JOIN $keys AS segment
         WHERE $where AND converted = 1 AND toUnixTimestamp64Milli(at) + wait_ms >= {since_ms:Int64}
         GROUP BY segment, w
         HAVING c > 0
@@ -92,6 +93,7 @@ FROM (
 SETTINGS apply_mutations_on_fly = 0
 """,
     where=_WHERE,
+    keys=split_keys("segments"),
 )
 
 

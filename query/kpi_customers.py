@@ -46,7 +46,7 @@ from query.reads import ID_CHUNK, iso
 from query.sql import fill
 from query.facts.builds import serving_build
 from query.facts.locks import consistent_facts, lock_pool
-from query.facts.model import conversion_window_ms
+from query.facts.model import conversion_window_ms, holds_key
 
 OUTCOMES = ("reached", "entered", "converted", "dropped", "in_progress")
 DEFAULT_LIMIT = 100
@@ -59,10 +59,13 @@ CURSOR_VERSION = 1
 # $after for a page after the first, are replaced by constant SQL chosen here; every value is a bound
 # parameter). A customer has at most one net entry per stage. string.Template texts, filled in by
 # query.sql.fill: `$name` is SQL text chosen here, `{name:Type}` a value clickhouse-connect binds.
-_WHERE = """
+_WHERE = fill(
+    """
 WHERE project_id = {project_id:String} AND build = {build:UInt64} AND map_name = {map_name:String}
-  AND has(splitByChar(',', segments), {segment:String}) AND fact = 'entry' AND stage = {stage:UInt16}
-  AND at < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')"""
+  AND $holds AND fact = 'entry' AND stage = {stage:UInt16}
+  AND at < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')""",
+    holds=holds_key("segments", "{segment:String}"),
+)
 
 _PAGE_SQL = """
 SELECT customer_id, toUnixTimestamp64Milli(at) AS at_ms, converted, wait_ms, toString(touchpoint), toString(channel)

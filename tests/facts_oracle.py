@@ -25,7 +25,7 @@ from query.maps import SENTIMENTS, segment_matches
 from query.journey import transitions_of
 from query.reads import ID_CHUNK, one_copy_each
 from query.facts.locks import facts_change
-from query.facts.model import FACT_COLUMNS, Definitions, MapVersion
+from query.facts.model import FACT_COLUMNS, KEY_SEPARATOR, Definitions, MapVersion
 from query.facts.rule_index import rule_index_sql
 from segment_facts import segment_facts
 
@@ -47,7 +47,7 @@ Fact = tuple  # (map_name, build, customer_id, segments (a tuple), fact, stage, 
 
 def keys_of(segments: str) -> tuple[str, ...]:
     """A fact row's segment keys, from the text ``stage_facts.segments`` holds (joined by ',', migration 0012)."""
-    return tuple(segments.split(","))
+    return tuple(segments.split(KEY_SEPARATOR))
 
 
 async def current_facts(
@@ -87,7 +87,9 @@ async def write_differences(
 def _line(project_id: str, fact: Fact, n: int) -> bytes:
     map_name, build, customer, segments, kind, stage, at_ms, *rest = fact
     return (
-        orjson.dumps([project_id, map_name, build, customer, ",".join(segments), kind, stage, at_ms / 1000, *rest, n])
+        orjson.dumps(
+            [project_id, map_name, build, customer, KEY_SEPARATOR.join(segments), kind, stage, at_ms / 1000, *rest, n]
+        )
         + b"\n"
     )
 

@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from query.maps import LIST_OPERATORS, UNARY_OPERATORS, SENTIMENTS, Rule, Segment, SentimentFromProperty
+from query.facts.model import KEY_SEPARATOR
 from query.facts.rule_index import holds_sql, SqlParams, property_condition, rule_index_sql
 from query.sql import fill
 
@@ -538,7 +539,7 @@ class _SegmentKeys:
         #: The keys of a customer joined by ',' (``stage_facts.segments``, migration 0012: ``',b2b,vip'``; in no
         #: segment ``''``), from the columns ``touch`` and ``traits`` of its inputs; joined once per customer,
         #: before its facts are spread into rows.
-        self.keys = f"arrayStringConcat(arrayConcat([''], {', '.join(keys)}), ',')" if keys else "''"
+        self.keys = f"arrayStringConcat(arrayConcat([''], {', '.join(keys)}), '{KEY_SEPARATOR}')" if keys else "''"
 
     def _rule(self, rule: Rule, touch: str = "touch", traits: str = "traits") -> str:
         p = self.p
