@@ -42,7 +42,7 @@ from query.kpis import ALL, outcome
 from query.reads import iso
 from query.sql import fill
 from query.background import Background
-from query.facts.builds import current_definitions, definitions_of_build, serving_build
+from query.facts.builds import built_for, current_definitions, serving_build
 from query.facts.locks import consistent_facts, lock_pool
 from query.facts.model import DAY_MS, Definitions, MapVersion, split_keys
 
@@ -186,7 +186,7 @@ async def _judge_rules(
     )
     served: Definitions | None = latest
     if build.fingerprint != latest.fingerprint:
-        served = None if build.number == 0 else await definitions_of_build(stores.pg, project_id, build.fingerprint)
+        served = await built_for(stores.pg, project_id, build)
         if served is None and build.number:
             return None
     segment_names = [] if served is None else [s.name for s in served.segments]

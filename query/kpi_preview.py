@@ -39,7 +39,7 @@ from query.auth import principal_of
 from query.definitions_api import read_document
 from query.kpis import ALL, KpiAnswer, KpiRequest, stage_kpis, to_csv
 from query.kpis_api import parse_window
-from query.facts.builds import definitions_of_build, drop_build, preview_build, serving_build
+from query.facts.builds import built_for, drop_build, preview_build, serving_build
 from query.facts.locks import consistent_facts, lock_pool
 from query.facts.compute import FactsSql
 from query.facts.model import Definitions
@@ -150,14 +150,14 @@ async def preview_kpis(
     result = None
     async with consistent_facts(locks, project_id):  # the build read stays the serving one until answered
         serving = await serving_build(pg, project_id)
-        served = await definitions_of_build(pg, project_id, serving.fingerprint) if serving.number else None
+        served = await built_for(pg, project_id, serving)
         if served is not None and served.map_facts_key(mv.name) == defs.map_facts_key(mv.name):
             result = await stage_kpis(ch, request(serving.number))
     if result is None:
         writer = StateWriter(ch)
         async with computing or nullcontext():
             serving = await serving_build(pg, project_id)  # again: another preview may have run meanwhile
-            served = await definitions_of_build(pg, project_id, serving.fingerprint) if serving.number else None
+            served = await built_for(pg, project_id, serving)
             folding = None if served is None else _foldable(served, defs)
             build = preview_build(int(time.time() * 1000))
             try:

@@ -28,9 +28,8 @@ from query.auth import principal_of
 from query.kpis import ALL, DailyKpiAnswer, KpiAnswer, KpiRequest, daily_kpis, stage_kpis, to_csv
 from query.maps import SLUG
 from query.reads import iso
-from query.facts.builds import Build, current_definitions, definitions_of_build, serving_build
+from query.facts.builds import built_for, current_definitions, serving_build
 from query.facts.locks import consistent_facts, lock_pool
-from query.facts.model import Definitions
 
 MAX_DAYS = 3660
 FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2299, 12, 31)
@@ -167,7 +166,7 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
         current_definitions(stores.pg, principal.project_id), serving_build(stores.pg, principal.project_id)
     )
     served = (
-        latest if build.fingerprint == latest.fingerprint else await _built_for(stores, principal.project_id, build)
+        latest if build.fingerprint == latest.fingerprint else await built_for(stores.pg, principal.project_id, build)
     )
     rebuilding = None
     if served is not latest:
@@ -236,10 +235,3 @@ async def parse_kpi_request(request: web.Request, principal: Principal, stores: 
         ),
         csv,
     )
-
-
-async def _built_for(stores: Stores, project_id: str, build: Build) -> Definitions | None:
-    """The definitions the serving build was computed for: ``None`` before the first build."""
-    if build.number == 0:
-        return None
-    return await definitions_of_build(stores.pg, project_id, build.fingerprint)

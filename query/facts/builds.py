@@ -68,6 +68,14 @@ async def current_definitions(pg: Any, project_id: str) -> Definitions:
     return Definitions.of(maps, segments)
 
 
+async def built_for(pg: Any, project_id: str, build: Build) -> Definitions | None:
+    """The definitions ``build`` (a project's serving build) was computed for: ``None`` before the first build,
+    or if one of them is gone."""
+    if build.number == 0:
+        return None
+    return await definitions_of_build(pg, project_id, build.fingerprint)
+
+
 async def definitions_of_build(pg: Any, project_id: str, fingerprint: str) -> Definitions | None:
     """The exact map and segment versions a build was computed for (``None`` if one is gone)."""
     wanted = []
