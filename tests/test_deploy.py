@@ -550,7 +550,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     """The facts statements (query/facts/compute.py) are the same text on a cluster, where their table names are
     the Distributed tables: ClickHouse's parser takes each one (deploy/SCALING.md, "Stage facts")."""
     from query.maps import validate_map, validate_segment
-    from query.facts.compute import INSERT_WITHDRAWAL, FactsSql
+    from query.facts.compute import COPY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
     from query.facts.model import FACT_COLUMNS, Definitions
 
     template = yaml.safe_load((ROOT / "cli/templates/five-stage.yaml").read_text())
@@ -568,6 +568,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         facts.insert_difference(", ".join(FACT_COLUMNS), held=True),
         facts.insert_difference(", ".join(FACT_COLUMNS), held=False),
         INSERT_WITHDRAWAL,
+        COPY_INPUTS_SQL,
     )
     for statement in statements:
         assert "distributed_product_mode = 'global'" in statement
@@ -576,6 +577,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
             "project_id": "p",
             "build": 1,
             "inputs_build": 1,
+            "from_build": 1,
             "ids": ["a"],
             "owners": ["a"],
             "customers": ["a"],

@@ -13,7 +13,10 @@ previous build, and a KPI call never mixes facts computed for different definiti
 customer's facts into the new build in one statement, while the polls keep the serving build current (with
 the definitions it was built for), so the project's KPIs and every other project's stay live. Once the new
 build holds everyone, the polls refresh it too, the ids changed since its read began are refreshed into it,
-and only then does it serve.
+and only then does it serve. When the new definitions store the inputs the serving build stores (a window, a
+stage, which stage a touchpoint feeds or a segment's values changed; no rule), the new build starts from a copy
+of those instead of reading every event: they hold every row visible when the last completed poll began, so the
+ids changed since then are the ones refreshed into it.
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched.
@@ -142,6 +145,9 @@ class StageStateUpdater:
         self._rebuilds: dict[str, asyncio.Task[None]] = {}
         self._switches: set[asyncio.Future[bool]] = set()  # rebuilds' switches under way (StageStateUpdater.rebuild)
         self._rebuild_after: dict[str, float] = {}  # project → monotonic time before which a failed one waits
+        # The last completed poll of this lead: the server time it began (every row visible then is merged into
+        # the builds it kept current) and the build each project served when it began.
+        self._polled: tuple[int, dict[str, int]] | None = None
         self._one_rebuild = asyncio.Lock()  # a rebuild takes every core ClickHouse has: one at a time
         self._definitions_at = 0.0
         # (project, source table, id) → digest of its rows in the next poll's window, as the last poll saw them
@@ -249,6 +255,7 @@ class StageStateUpdater:
         # have stored inputs without writing their facts).
         self._known = {}
         self._merge_unknown = True
+        self._polled = None  # another replica may have led meanwhile
         while not self._stop.is_set():
             started = time.monotonic()
             await leading.fetchval("SELECT 1")  # raises once the connection (and with it the lead) is lost
@@ -259,7 +266,9 @@ class StageStateUpdater:
             if since_ms is not None:
                 # Read before the poll looks: all these collectors had in ClickHouse then, the poll sees.
                 acknowledged = await self._acknowledged_position()
+                serving = {project_id: kept[0] for project_id, kept in self._serving.items()}
                 await self._apply_changes(since_ms - self.margin_ms, now_ms - self.margin_ms)
+                self._polled = (now_ms, serving)
             since_ms = now_ms
             await pg.execute(
                 "INSERT INTO stage_state_cursor (id, polled_to, acknowledged_before) VALUES (1, $1, $2) "
@@ -378,11 +387,12 @@ class StageStateUpdater:
             "SET last_build = stage_state_builds.last_build + 1, rebuilding_since = now() RETURNING last_build",
             project_id,
         )
-        read_from_ms = await self._server_now_ms()
-        await self.writer.build_all(project_id, defs, number)
+        copied = self._current_inputs(project_id, defs)
+        read_from_ms = await self._server_now_ms() if copied is None else copied[1]
+        await self.writer.build_all(project_id, defs, number, inputs_of=None if copied is None else copied[0])
         built_s = time.monotonic() - began
-        # From here on every poll refreshes this build too; what changed while ClickHouse read the events
-        # (rows visible since a margin before the read began) is refreshed into it once.
+        # From here on every poll refreshes this build too; what changed since ClickHouse read the events or
+        # since the inputs copied were current (rows visible since a margin before) is refreshed into it once.
         self._pending[project_id] = (number, defs)
         _, rows = await ch.query(
             CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(read_from_ms - self.margin_ms)}
@@ -411,6 +421,19 @@ class StageStateUpdater:
             len(rows),
             caught_up,
         )
+
+    def _current_inputs(self, project_id: str, defs: Definitions) -> tuple[int, int] | None:
+        """(build, server ms): the serving build, if the inputs it stores are those ``defs`` store, and when the
+        last completed poll that kept it current began: every row visible then is merged into its inputs (a
+        poll merges every row visible when it begins; rows it merges later are stamped after that, less the
+        margin). ``None`` if there is no such build or poll (a new lead: another replica may have written)."""
+        serving, polled = self._serving.get(project_id), self._polled
+        if serving is None or polled is None or polled[1].get(project_id) != serving[0]:
+            return None
+        statements = self.writer.statements
+        if statements(project_id, serving[1]).inputs_key != statements(project_id, defs).inputs_key:
+            return None
+        return serving[0], polled[0]
 
     async def _switch(self, project_id: str, defs: Definitions, number: int) -> bool:
         """Let build ``number`` serve ``defs`` and drop every other build, unless a newer build was begun since

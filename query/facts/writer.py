@@ -20,7 +20,7 @@ from typing import Any
 from journeys import identities
 from journeys.clickhouse import ClickHouse
 from query.facts.builds import PREVIEW_BUILDS
-from query.facts.compute import EMPTY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
+from query.facts.compute import COPY_INPUTS_SQL, EMPTY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
 from query.facts.locks import facts_change, facts_lock
 from query.facts.model import FACT_COLUMNS, Definitions
 
@@ -141,10 +141,20 @@ class StateWriter:
             self._sql = {**dict(list(self._sql.items())[-7:]), key: found}  # a few projects' at a time
         return found
 
-    async def build_all(self, project_id: str, definitions: Definitions, build: int, *, inputs: bool = True) -> None:
+    async def build_all(
+        self,
+        project_id: str,
+        definitions: Definitions,
+        build: int,
+        *,
+        inputs: bool = True,
+        inputs_of: int | None = None,
+    ) -> None:
         """Compute every customer's facts into ``build``, which no answer reads yet and nobody else writes:
         all of it inside ClickHouse. With ``inputs`` (every build but a preview) their inputs are stored too,
-        and the facts folded from them."""
+        and the facts folded from them: read from the events, or with ``inputs_of`` copied from that build,
+        whose definitions store the same inputs (:attr:`~query.facts.compute.FactsSql.inputs_key`) and which
+        holds them up to date (the caller vouches; the updater then refreshes what it had not merged yet)."""
         if not definitions.maps:
             return
         sql = self.statements(project_id, definitions)
@@ -152,15 +162,22 @@ class StateWriter:
         if not inputs:
             await self.ch.execute(sql.insert_all(", ".join(FACT_COLUMNS)), params)
             return
-        # Two statements, the events read once: every customer's inputs, then their facts folded from those.
+        # Two statements, the events read once (or not at all): every customer's inputs, then their facts folded
+        # from those.
         began = time.monotonic()
-        await self.ch.execute(sql.insert_inputs("project"), {**params, "generation": await next_generation(self.pg)})
+        if inputs_of is None:
+            generation = await next_generation(self.pg)
+            await self.ch.execute(sql.insert_inputs("project"), {**params, "generation": generation})
+        else:
+            copied = {"project_id": project_id, "build": build, "from_build": inputs_of}
+            await self.ch.execute(COPY_INPUTS_SQL, copied)
         stored = time.monotonic()
         await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), {**params, "inputs_build": build})
         log.info(
-            "build %d of project %s: inputs stored in %.1f s, facts folded from them in %.1f s",
+            "build %d of project %s: inputs %s in %.1f s, facts folded from them in %.1f s",
             build,
             project_id,
+            "read from the events" if inputs_of is None else f"copied from build {inputs_of}",
             stored - began,
             time.monotonic() - stored,
         )
