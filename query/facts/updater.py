@@ -62,7 +62,7 @@ from journeys.stores import Stores
 from query.facts.builds import current_definitions, definitions_of_build, drop_other_builds, serving_build
 from query.facts.locks import facts_lock, lock_pool
 from query.facts.model import Definitions
-from query.facts.writer import StateWriter
+from query.facts.writer import StateWriter, next_generation
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,13 @@ GROUP BY project_id, distinct_id
 # The oldest watermark of the collectors alive (collector/watermark.py): everything they acknowledged before
 # it is in ClickHouse. A collector silent past the expiry it wrote is gone (docs/ingest.md, "Watermark").
 WATERMARK_SQL = "SELECT min(pending_since) FROM collector_watermarks WHERE expires_at > now()"
+
+# The customers whose inputs in a build were written after a generation: in a new build, by a forget its fold may
+# not have seen (query/facts/writer.py, forget_facts), or by a poll that wrote the build it copied meanwhile.
+WRITTEN_SINCE_SQL = """
+SELECT DISTINCT customer_id FROM stage_inputs
+WHERE project_id = {project_id:String} AND build = {build:UInt64} AND generation > {generation:UInt64}
+"""
 
 # The ids with a row stamped since a time: what a rebuild's read may have missed.
 CHANGED_SINCE_SQL = """
@@ -389,15 +396,23 @@ class StageStateUpdater:
         )
         copied = self._current_inputs(project_id, defs)
         read_from_ms = await self._server_now_ms() if copied is None else copied[1]
-        await self.writer.build_all(project_id, defs, number, inputs_of=None if copied is None else copied[0])
+        generation = await next_generation(pg)  # the build's own inputs', before any write into it
+        await self.writer.build_all(
+            project_id, defs, number, inputs_of=None if copied is None else copied[0], generation=generation
+        )
         built_s = time.monotonic() - began
         # From here on every poll refreshes this build too; what changed since ClickHouse read the events or
-        # since the inputs copied were current (rows visible since a margin before) is refreshed into it once.
+        # since the inputs copied were current (rows visible since a margin before), and the customers whose
+        # inputs in it were written since it began (forgotten meanwhile), are refreshed into it once.
         self._pending[project_id] = (number, defs)
         _, rows = await ch.query(
             CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(read_from_ms - self.margin_ms)}
         )
-        caught_up = await self.writer.refresh(project_id, defs, number, {r[0] for r in rows}, serving=False)
+        _, written = await ch.query(
+            WRITTEN_SINCE_SQL, {"project_id": project_id, "build": number, "generation": generation}
+        )
+        touched = {r[0] for r in rows} | {r[0] for r in written}
+        caught_up = await self.writer.refresh(project_id, defs, number, touched, serving=False)
         # Under the writers' lock: a poll's refresh of the old build either ends before the switch (and its rows
         # go with the partition) or finds the build retired (StateWriter.refresh, still_kept).
         # Its own task, shielded and waited for before the lead passes (_switches_ended): cancelled half-way, the
@@ -418,7 +433,7 @@ class StageStateUpdater:
             defs.fingerprint,
             time.monotonic() - began,
             built_s,
-            len(rows),
+            len(touched),
             caught_up,
         )
 

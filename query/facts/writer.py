@@ -48,13 +48,26 @@ SELECT DISTINCT build FROM stage_inputs WHERE project_id = {project_id:String} A
 """
 
 
+# The build a rebuild is computing, before it may hold any row.
+_REBUILDING_SQL = "SELECT last_build FROM stage_state_builds WHERE project_id = $1 AND rebuilding_since IS NOT NULL"
+
+
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> None:
     """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
     their rows go with the next merge (the pairs sum to zero). Their stored inputs are emptied, so that an
-    event of theirs arriving later is merged onto nothing."""
+    event of theirs arriving later is merged onto nothing.
+
+    A build being computed gets their emptied inputs too, even before it holds a row: it may have read their
+    events, or copied their inputs, before they were deleted. The generation of the emptied inputs is later than
+    whatever that build stores for them, so its facts, folded from the newest inputs, leave them out; and the
+    rebuild refreshes once more every customer whose inputs were written after it began (the fold may have read
+    before this), query/facts/updater.py."""
     async with facts_lock(pg, project_id):
-        _, builds = await ch.query(_BUILDS_SQL, {"project_id": project_id, "previews": PREVIEW_BUILDS})
-        for (build,) in builds:
+        _, found = await ch.query(_BUILDS_SQL, {"project_id": project_id, "previews": PREVIEW_BUILDS})
+        builds = {build for (build,) in found}
+        if pg is not None:
+            builds |= {row["last_build"] for row in await pg.fetch(_REBUILDING_SQL, project_id)}
+        for build in sorted(builds):
             await ch.execute(
                 EMPTY_INPUTS_SQL,
                 {
@@ -149,12 +162,15 @@ class StateWriter:
         *,
         inputs: bool = True,
         inputs_of: int | None = None,
+        generation: int | None = None,
     ) -> None:
         """Compute every customer's facts into ``build``, which no answer reads yet and nobody else writes:
         all of it inside ClickHouse. With ``inputs`` (every build but a preview) their inputs are stored too,
         and the facts folded from them: read from the events, or with ``inputs_of`` copied from that build,
         whose definitions store the same inputs (:attr:`~query.facts.compute.FactsSql.inputs_key`) and which
-        holds them up to date (the caller vouches; the updater then refreshes what it had not merged yet)."""
+        holds them up to date (the caller vouches; the updater then refreshes what it had not merged yet).
+        ``generation``: the inputs' (read from the events), taken by the caller before this began; a new one if
+        ``None``."""
         if not definitions.maps:
             return
         sql = self.statements(project_id, definitions)
@@ -166,7 +182,8 @@ class StateWriter:
         # from those.
         began = time.monotonic()
         if inputs_of is None:
-            generation = await next_generation(self.pg)
+            if generation is None:
+                generation = await next_generation(self.pg)
             await self.ch.execute(sql.insert_inputs("project"), {**params, "generation": generation})
         else:
             copied = {"project_id": project_id, "build": build, "from_build": inputs_of}
