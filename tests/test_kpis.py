@@ -1269,7 +1269,8 @@ async def test_an_edit_that_keeps_the_inputs_rebuilds_from_a_copy_that_misses_no
     """A segment's value changed (no rule, no new field read): the new build starts from a copy of the inputs the
     serving build stores, not from every event. What arrives after the copy, before the polls keep the new build
     current (held there) — a known customer's next touchpoint, a new customer, an anonymous id stitched to a known
-    customer — is in it once it serves: its facts are the oracle's for every customer, the retired id has none."""
+    customer — is in it once it serves: its facts are the oracle's for every customer, the retired id has none. The
+    look-back margin is narrowed, so that the customers untouched meanwhile (u4) are in it by the copy alone."""
     from facts_oracle import current_facts, python_facts
     from query.facts.builds import current_definitions, serving_build
 
@@ -1294,36 +1295,58 @@ async def test_an_edit_that_keeps_the_inputs_rebuilds_from_a_copy_that_misses_no
             event("u2", "A", 0),
             event("anon-3", "A", 1, anonymous=True),
             event("anon-3", "B", 2, anonymous=True),
+            event("u4", "A", 0),
+            event("u4", "B", 5),
         ],
     )
-    await _caught_up(query)
     await _kpis(http, query, project.read_key, map="funnel")
     serving = (await serving_build(stores.pg, project.id)).number
     email_first = {"name": "web-first", "rules": [{"field": "first_channel", "op": "equals", "value": "email"}]}
-    async with _rebuild_held(query, stores, project.id, email_first, built=True) as held:
-        assert held.options[0]["inputs_of"] == serving  # copied from the serving build's stored inputs
-        stitch = {"type": "identify", "userId": "u2", "anonymousId": "anon-3", "timestamp": _stamp(BASE)}
-        await _send(http, collector, project.write_key, [event("u1", "B", 3), event("u-new", "A", 4), stitch])
-        await _caught_up(query)  # in the serving build now, not in the one held
-    after = await _kpis(http, query, project.read_key, map="funnel", segment="web-first")
+    async with _narrow_margin(query, project.id, serving):  # until the rebuild has caught up and serves
+        async with _rebuild_held(query, stores, project.id, email_first, built=True) as held:
+            assert held.options[0]["inputs_of"] == serving  # copied from the serving build's stored inputs
+            stitch = {"type": "identify", "userId": "u2", "anonymousId": "anon-3", "timestamp": _stamp(BASE)}
+            await _send(http, collector, project.write_key, [event("u1", "B", 3), event("u-new", "A", 4), stitch])
+            await _caught_up(query)  # in the serving build now, not in the one held
+        after = await _kpis(http, query, project.read_key, map="funnel", segment="web-first")
     assert after["segments"][0]["stages"][0]["reached"] == 1  # u2 only: its first touch was by email
     build = (await serving_build(stores.pg, project.id)).number
     assert build == held.builds[0]
     defs = await current_definitions(stores.pg, project.id)
-    ids = ["u1", "u2", "anon-3", "u-new"]
+    ids = ["u1", "u2", "anon-3", "u-new", "u4"]
     held_facts = await current_facts(stores.clickhouse, project.id, ids, build)
     assert held_facts == dict(await python_facts(stores.clickhouse, project.id, defs, build, ids))
-    assert {fact[2] for fact in held_facts} == {"u1", "u2", "u-new"}
+    assert {fact[2] for fact in held_facts} == {"u1", "u2", "u-new", "u4"}
+
+
+@contextlib.asynccontextmanager
+async def _narrow_margin(query, project_id: str, serving: int) -> AsyncIterator[None]:  # type: ignore[no-untyped-def]
+    """The updater's look-back margin at 0.3 s, once a poll that began after every row sent so far (older than that
+    by then) has kept ``serving``: the ids a rebuild then finds changed since that poll began are only those that
+    change afterwards (a row's visibility lags its stamp by far less in these tests)."""
+    from query.appkeys import STATE_UPDATER
+
+    updater = query.app[STATE_UPDATER]
+    margin_ms, updater.margin_ms = updater.margin_ms, 300
+    try:
+        await asyncio.sleep(0.5)
+        await _caught_up(query)
+        polled = updater._polled  # noqa: SLF001 - what a rebuild starting now would copy from
+        assert polled is not None and polled[1].get(project_id) == serving
+        yield
+    finally:
+        updater.margin_ms = margin_ms
 
 
 async def test_a_customer_forgotten_while_a_rebuild_runs_is_not_in_the_new_build(  # type: ignore[no-untyped-def]
     http, collector, query, stores
 ) -> None:
-    """A forget while a build is computed reaches that build even before it holds a row (its read of the events
-    may have come before their deletion): the customer's inputs there are emptied, later than the build's own.
-    And a forget whose withdrawal the build's fold overtook (the fold read the inputs first, inserted after: as
-    emulated here by writing the facts back) is undone before the build serves: the customers whose inputs in the
-    new build were written after it began are refreshed once more."""
+    """A forget while a build is computed reaches that build even before it holds a row (it may have read the
+    customer's events, or copied their inputs, before their deletion): the customer's inputs there are emptied. And
+    a forget whose withdrawal the build's fold overtook (the fold read the inputs first, inserted after: emulated
+    here by writing the folded facts back) is undone before the build serves: the customers whose inputs in the new
+    build were written after it began are refreshed once more. The look-back margin is narrowed, so that no poll
+    sees the forgotten rows go and refreshes the customer by itself."""
     from facts_oracle import current_facts, write_differences
     from journeys.keys import add_key
     from query.facts.builds import serving_build
@@ -1358,18 +1381,18 @@ async def test_a_customer_forgotten_while_a_rebuild_runs_is_not_in_the_new_build
         emptied = await inputs_of("u1", held.builds[0])
         assert emptied and all(staged == 0 for _, staged in emptied)  # in the build being computed
     await _kpis(http, query, project.read_key, map="funnel", segment="vip")
-    stored = await inputs_of("u1", held.builds[0])
-    assert stored and all(staged == 0 for _, staged in stored)  # none it stored is later than the forget's
 
     vip = {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "vip"}]}
-    async with _rebuild_held(query, stores, project.id, vip, built=True) as held:  # built, not yet kept current
-        build = held.builds[0]
-        folded = await current_facts(stores.clickhouse, project.id, ["u2"], build)
-        assert folded
-        await forget("u2")
-        assert await current_facts(stores.clickhouse, project.id, ["u2"], build) == {}
-        await write_differences(stores.clickhouse, project.id, Counter(folded), {}, stores.pg)  # the fold's insert
-    after = await _kpis(http, query, project.read_key, map="funnel", segment="vip")
+    serving = (await serving_build(stores.pg, project.id)).number
+    async with _narrow_margin(query, project.id, serving):  # until the rebuild has caught up and serves
+        async with _rebuild_held(query, stores, project.id, vip, built=True) as held:  # built, not kept current yet
+            build = held.builds[0]
+            folded = await current_facts(stores.clickhouse, project.id, ["u2"], build)
+            assert folded
+            await forget("u2")
+            assert await current_facts(stores.clickhouse, project.id, ["u2"], build) == {}
+            await write_differences(stores.clickhouse, project.id, Counter(folded), {}, stores.pg)  # the fold's
+        after = await _kpis(http, query, project.read_key, map="funnel", segment="vip")
     assert (await serving_build(stores.pg, project.id)).number == build
     assert await current_facts(stores.clickhouse, project.id, ["u1", "u2"]) == {}
     assert set(await current_facts(stores.clickhouse, project.id, ["u3"], build))

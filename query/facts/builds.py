@@ -59,6 +59,29 @@ async def serving_build(pg: Any, project_id: str) -> Build:
     return Build(row["build"], row["fingerprint"] if row["build"] else "", row["rebuilding_since"])
 
 
+async def begin_build(pg: Any, project_id: str) -> int:
+    """A new build number for the project, marked as being computed (``rebuilding_since``) until it serves or a
+    newer one begins. Take it under the writers' lock (:func:`~query.facts.locks.facts_lock`): a forget then
+    either finished before it or finds it (:func:`building`)."""
+    return int(
+        await pg.fetchval(
+            "INSERT INTO stage_state_builds (project_id, fingerprint, last_build, rebuilding_since) "
+            "VALUES ($1, '', 1, now()) ON CONFLICT (project_id) DO UPDATE "
+            "SET last_build = stage_state_builds.last_build + 1, rebuilding_since = now() RETURNING last_build",
+            project_id,
+        )
+    )
+
+
+async def building(pg: Any, project_id: str) -> int | None:
+    """The build being computed for the project (begun, not serving yet), if one is; maybe one whose rebuild
+    failed and will be retried under a newer number."""
+    return await pg.fetchval(
+        "SELECT last_build FROM stage_state_builds WHERE project_id = $1 AND rebuilding_since IS NOT NULL",
+        project_id,
+    )
+
+
 async def current_definitions(pg: Any, project_id: str) -> Definitions:
     """The latest version of each of a project's maps and segments."""
     maps = [(validate_map(v.body), v.version) for v in await definitions.latest_of_each(pg, project_id, "map")]

@@ -24,7 +24,9 @@ DAY_MS = 86_400_000
 # Part of every build fingerprint: a store written in another format is rebuilt (facts:2: before migration
 # 0009 partitioned stage_facts by project and build; facts:3: before migration 0010 kept each customer's
 # inputs in stage_inputs; facts:4: before migration 0011 wrote a fact once per segment key; facts:5: before
-# migration 0012 held a fact's segment keys as an array).
+# migration 0012 held a fact's segment keys as an array). Bump it too when what a customer's stored inputs hold
+# changes (query/facts/compute.py, the inputs statement): a rebuild for definitions that store the same inputs
+# copies the serving build's, so without a new format inputs written by older code would be carried forward.
 FACTS_FORMAT = "facts:6"
 
 # A fact row's segment keys are one text, joined by this (migration 0012: ',b2b,vip'; '' in no segment).

@@ -59,7 +59,13 @@ from typing import Any
 
 from journeys.metrics import Metrics
 from journeys.stores import Stores
-from query.facts.builds import current_definitions, definitions_of_build, drop_other_builds, serving_build
+from query.facts.builds import (
+    begin_build,
+    current_definitions,
+    definitions_of_build,
+    drop_other_builds,
+    serving_build,
+)
 from query.facts.locks import facts_lock, lock_pool
 from query.facts.model import Definitions
 from query.facts.writer import StateWriter, next_generation
@@ -388,15 +394,15 @@ class StageStateUpdater:
         and drop the rows of every other build. Until then KPIs read the previous build, kept current."""
         began = time.monotonic()
         ch, pg = self.stores.clickhouse, self.stores.pg
-        number = await pg.fetchval(
-            "INSERT INTO stage_state_builds (project_id, fingerprint, last_build, rebuilding_since) "
-            "VALUES ($1, '', 1, now()) ON CONFLICT (project_id) DO UPDATE "
-            "SET last_build = stage_state_builds.last_build + 1, rebuilding_since = now() RETURNING last_build",
-            project_id,
-        )
-        copied = self._current_inputs(project_id, defs)
+        # Under the writers' lock: a forget ends before (what the build reads or copies is without its customer)
+        # or finds the build and writes a later generation into it (query/facts/writer.py, forget_facts).
+        async with facts_lock(pg, project_id):
+            number = await begin_build(pg, project_id)
+            generation = await next_generation(pg)  # its own inputs'; a later one is someone else's write
+            copied = self._current_inputs(project_id, defs)
+            if copied is not None and (await serving_build(pg, project_id)).number != copied[0]:
+                copied = None  # another replica switched builds meanwhile
         read_from_ms = await self._server_now_ms() if copied is None else copied[1]
-        generation = await next_generation(pg)  # the build's own inputs', before any write into it
         await self.writer.build_all(
             project_id, defs, number, inputs_of=None if copied is None else copied[0], generation=generation
         )
@@ -428,7 +434,7 @@ class StageStateUpdater:
         self.metrics.stage_state_rows.inc(caught_up)
         log.info(
             "stage facts of project %s rebuilt for %s in %.1f s (%.1f s computing every customer; %d ids changed "
-            "meanwhile, %d customer states recomputed)",
+            "or customers forgotten meanwhile, %d customer states recomputed)",
             project_id,
             defs.fingerprint,
             time.monotonic() - began,

@@ -19,7 +19,7 @@ from typing import Any
 
 from journeys import identities
 from journeys.clickhouse import ClickHouse
-from query.facts.builds import PREVIEW_BUILDS
+from query.facts.builds import PREVIEW_BUILDS, building
 from query.facts.compute import COPY_INPUTS_SQL, EMPTY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
 from query.facts.locks import facts_change, facts_lock
 from query.facts.model import FACT_COLUMNS, Definitions
@@ -48,26 +48,22 @@ SELECT DISTINCT build FROM stage_inputs WHERE project_id = {project_id:String} A
 """
 
 
-# The build a rebuild is computing, before it may hold any row.
-_REBUILDING_SQL = "SELECT last_build FROM stage_state_builds WHERE project_id = $1 AND rebuilding_since IS NOT NULL"
-
-
 async def forget_facts(ch: ClickHouse, pg: Any, project_id: str, customers: list[str]) -> None:
     """Withdraw every fact of ``customers`` (all maps and builds): their KPI contributions go at once, and
     their rows go with the next merge (the pairs sum to zero). Their stored inputs are emptied, so that an
     event of theirs arriving later is merged onto nothing.
 
     A build being computed gets their emptied inputs too, even before it holds a row: it may have read their
-    events, or copied their inputs, before they were deleted. The generation of the emptied inputs is later than
-    whatever that build stores for them, so its facts, folded from the newest inputs, leave them out; and the
-    rebuild refreshes once more every customer whose inputs were written after it began (the fold may have read
-    before this), query/facts/updater.py."""
+    events, or copied their inputs, before they were deleted. Its number and the generation of its own inputs
+    are taken under this lock (:func:`~query.facts.builds.begin_build`), so a forget either ended before the
+    rebuild began (what it reads or copies is already without them) or finds the build and writes a later
+    generation; the rebuild then refreshes every customer whose inputs in it were written after its own (its
+    fold may have read before this write), query/facts/updater.py."""
     async with facts_lock(pg, project_id):
         _, found = await ch.query(_BUILDS_SQL, {"project_id": project_id, "previews": PREVIEW_BUILDS})
         builds = {build for (build,) in found}
-        if pg is not None:
-            builds |= {row["last_build"] for row in await pg.fetch(_REBUILDING_SQL, project_id)}
-        for build in sorted(builds):
+        computing = None if pg is None else await building(pg, project_id)
+        for build in sorted(builds | ({computing} if computing else set())):
             await ch.execute(
                 EMPTY_INPUTS_SQL,
                 {
