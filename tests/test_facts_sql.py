@@ -26,7 +26,7 @@ from facts_oracle import current_facts, keys_of, python_facts
 from journeys import identities
 from journeys.events import EVENT_COLUMNS
 from query.maps import validate_map, validate_segment
-from query.facts.compute import EMPTY_INPUTS_SQL, FactsSql
+from query.facts.compute import COPY_INPUTS_SQL, EMPTY_INPUTS_SQL, FactsSql
 from query.facts.model import FACT_COLUMNS, Definitions
 from query.facts.writer import StateWriter
 
@@ -523,3 +523,32 @@ async def test_a_rebuild_folds_each_customers_newest_inputs(stores, project) -> 
     await stores.clickhouse.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), {**params, "inputs_build": 9})
     net = await current_facts(stores.clickhouse, pid, ["c0-id0", "c1-id0"], 9)
     assert {fact[2] for fact, n in net.items() if n} == {"c1-id0"}
+
+
+async def test_a_copy_of_the_inputs_leaves_out_those_emptied_last(stores, project) -> None:  # type: ignore[no-untyped-def]
+    """A rebuild that copies the serving build's inputs takes each customer's newest row, and leaves out the customers
+    whose newest row holds nothing (a forgotten id stays gone), even when an older row of theirs holds events."""
+    pid = project.id
+    definitions = _definitions()
+    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
+             "total": None, "sentiment": "negative", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
+    lines: list[bytes] = []
+    for k in range(3):
+        rows, _, _ = _rows(pid, k, {"events": [event, {**event, "kind": "C", "minute": 2}], "links": (0, 0)})
+        lines += rows
+    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(lines))
+    sql = StateWriter(stores.clickhouse).statements(pid, definitions)
+    params = {**sql.params, "project_id": pid, "build": 9}
+    await stores.clickhouse.command("SYSTEM STOP MERGES stage_inputs")  # every row stays as written
+    try:
+        await stores.clickhouse.execute(sql.insert_inputs("project"), {**params, "generation": 1})
+        await stores.clickhouse.execute(EMPTY_INPUTS_SQL, {**params, "customers": ["c0-id0"], "generation": 2})
+        await stores.clickhouse.execute(COPY_INPUTS_SQL, {"project_id": pid, "build": 10, "from_build": 9})
+    finally:
+        await stores.clickhouse.command("SYSTEM START MERGES stage_inputs")
+    _, rows = await stores.clickhouse.query(
+        "SELECT customer_id, generation, length(staged) FROM stage_inputs WHERE project_id = {p:String} "
+        "AND build = 10 ORDER BY customer_id",
+        {"p": pid},
+    )
+    assert [(c, int(g), n > 0) for c, g, n in rows] == [("c1-id0", 1, True), ("c2-id0", 1, True)]

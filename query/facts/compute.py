@@ -217,14 +217,18 @@ FROM (SELECT arrayJoin({customers:Array(String)}) AS customer)
 #: segment's values changed) starts from these instead of reading every event again (1 M customers: 3.7-3.9 s
 #: against ~16-20 s; bench/README.md, "Issue 17, twelfth session"). Each keeps its generation, so a later write into
 #: ``build`` wins over the copy; what it held before (``prev_*``) is read only by the write that stored it, so
-#: the copy holds none. On a cluster each shard copies its own customers (``parallel_distributed_insert_select =
-#: 2``: the Distributed tables' shards run the statement on their local tables; a customer's rows are on one shard).
+#: the copy holds none. Customers whose newest inputs hold nothing (forgotten, or merged into another) are left
+#: out: a merge onto no stored inputs gives what a merge onto empty ones does, and a forgotten customer's id does
+#: not live on from build to build (the filter applies to the newest row, after FINAL). On a cluster each shard
+#: copies its own customers (``parallel_distributed_insert_select = 2``: the Distributed tables' shards run the
+#: statement on their local tables; a customer's rows are on one shard).
 COPY_INPUTS_SQL = fill(
     """
 INSERT INTO stage_inputs ($columns)
 SELECT project_id, {build:UInt64}, customer_id, generation, staged, touch, traits, $no_inputs
 FROM stage_inputs FINAL
 WHERE project_id = {project_id:String} AND build = {from_build:UInt64}
+      AND NOT (empty(staged) AND empty(traits) AND touch.1 = 1)
 SETTINGS optimize_on_insert = 0, parallel_distributed_insert_select = 2, $cluster""",
     columns=_INPUT_COLUMNS,
     no_inputs=_NO_INPUTS,
