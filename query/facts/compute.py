@@ -214,7 +214,7 @@ FROM (SELECT arrayJoin({customers:Array(String)}) AS customer)
 
 #: Every customer's newest stored inputs in ``from_build`` copied into ``build``: a rebuild for definitions
 #: that store the same inputs (:attr:`FactsSql.inputs_key`: a window, a stage, which stage a touchpoint feeds or a
-#: segment's values changed) starts from these instead of reading every event again (1 M customers: 3.7-3.9 s
+#: segment's values changed) starts from these instead of reading every event again (1 M customers: 3.7-4.5 s
 #: against ~16-20 s; bench/README.md, "Issue 17, twelfth session"). Each keeps its generation, so a later write into
 #: ``build`` wins over the copy; what it held before (``prev_*``) is read only by the write that stored it, so
 #: the copy holds none. Customers whose newest inputs hold nothing (forgotten, or merged into another) are left
