@@ -651,10 +651,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
 
                 # ---- 4d. a map edit: preview, rebuild, and another project's freshness meanwhile (issue 17);
-                # --map-edits times, the map turned back and forth (each version changes every stage's facts)
+                # --map-edits times, the map turned back and forth. The touchpoints reversed change every rule's
+                # position, so the rebuild reads every event; on this generator's data no event matches two
+                # touchpoints, so no fact changes (bench/README.md, "Issue 17, twelfth session").
                 edited = copy.deepcopy(map_doc)
                 edited["stages"][0]["target"] = {"conversion_rate": 0.42}
-                edited["touchpoints"] = list(reversed(edited["touchpoints"]))  # first match wins: other stages
+                edited["touchpoints"] = list(reversed(edited["touchpoints"]))
                 async with stores.pg.acquire() as conn:
                     other = await create_project(conn, f"bench-other-{int(time.time())}")
                     await definitions.apply(conn, other.id, "map", map_doc)
