@@ -503,19 +503,24 @@ async def test_a_merge_stores_only_the_inputs_it_changes(stores, project) -> Non
     assert told == [pid]
 
 
+async def _insert_two_touchpoints_each(stores, pid: str, customers: int) -> None:  # type: ignore[no-untyped-def]
+    """``customers`` customers (c0-id0, c1-id0, …), each with an A and a C event, inserted into ``events``."""
+    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
+             "total": None, "sentiment": "negative", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
+    lines: list[bytes] = []
+    for k in range(customers):
+        rows, _, _ = _rows(pid, k, {"events": [event, {**event, "kind": "C", "minute": 2}], "links": (0, 0)})
+        lines += rows
+    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(lines))
+
+
 async def test_a_rebuild_folds_each_customers_newest_inputs(stores, project) -> None:  # type: ignore[no-untyped-def]
     """A forget that lands between a rebuild's two statements (inputs stored, facts not yet folded) empties the
     new build's inputs of that customer: the facts folded next leave the customer out."""
     pid = project.id
     definitions = _definitions()
     writer = StateWriter(stores.clickhouse, stores.pg)
-    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
-             "total": None, "sentiment": "negative", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
-    lines: list[bytes] = []
-    for k in range(2):
-        rows, _, _ = _rows(pid, k, {"events": [event, {**event, "kind": "C", "minute": 2}], "links": (0, 0)})
-        lines += rows
-    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(lines))
+    await _insert_two_touchpoints_each(stores, pid, 2)
     sql = writer.statements(pid, definitions)
     params = {**sql.params, "project_id": pid, "build": 9}
     await stores.clickhouse.execute(sql.insert_inputs("project"), {**params, "generation": 1})
@@ -530,13 +535,7 @@ async def test_a_copy_of_the_inputs_leaves_out_those_emptied_last(stores, projec
     whose newest row holds nothing (a forgotten id stays gone), even when an older row of theirs holds events."""
     pid = project.id
     definitions = _definitions()
-    event = {"id": 0, "kind": "A", "channel": "web", "minute": 1, "received": 0, "score": None, "where": "nested",
-             "total": None, "sentiment": "negative", "traits": {}, "campaign": None, "copies": 1}  # fmt: skip
-    lines: list[bytes] = []
-    for k in range(3):
-        rows, _, _ = _rows(pid, k, {"events": [event, {**event, "kind": "C", "minute": 2}], "links": (0, 0)})
-        lines += rows
-    await stores.clickhouse.insert_lines("events", EVENT_COLUMNS, b"".join(lines))
+    await _insert_two_touchpoints_each(stores, pid, 3)
     sql = StateWriter(stores.clickhouse).statements(pid, definitions)
     params = {**sql.params, "project_id": pid, "build": 9}
     await stores.clickhouse.command("SYSTEM STOP MERGES stage_inputs")  # every row stays as written
