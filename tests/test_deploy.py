@@ -550,16 +550,22 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     """The facts statements (query/facts/compute.py) are the same text on a cluster, where their table names are
     the Distributed tables: ClickHouse's parser takes each one (deploy/SCALING.md, "Stage facts")."""
     from query.maps import validate_map, validate_segment
-    from query.facts.compute import COPY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
+    from query.facts.compute import COPY_FACTS_SQL, COPY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
     from query.facts.model import FACT_COLUMNS, Definitions
+    from query.facts.restage import Restaging
 
     template = yaml.safe_load((ROOT / "cli/templates/five-stage.yaml").read_text())
     segments = [
         {"name": "vip", "rules": [{"field": "traits.plan", "op": "in", "value": ["pro"]}]},
         {"name": "web", "rules": [{"field": "first_channel", "op": "equals", "value": "web"}]},
     ]
-    facts = FactsSql(Definitions.of([(validate_map(template), 1)], [(validate_segment(s), 1) for s in segments]))
+    defs = Definitions.of([(validate_map(template), 1)], [(validate_segment(s), 1) for s in segments])
+    facts = FactsSql(defs)
+    edited = {**template, "touchpoints": list(reversed(template["touchpoints"]))}
+    restage = Restaging(defs, Definitions.of([(validate_map(edited), 2)], [(validate_segment(s), 1) for s in segments]))
     statements = (
+        restage.copy_sql,
+        COPY_FACTS_SQL,
         facts.insert_all(", ".join(FACT_COLUMNS)),
         facts.insert_all_from_inputs(", ".join(FACT_COLUMNS)),
         facts.insert_inputs("project"),
@@ -574,6 +580,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         assert "distributed_product_mode = 'global'" in statement
         params = {
             **facts.params,
+            **restage.params,
             "project_id": "p",
             "build": 1,
             "inputs_build": 1,
@@ -586,3 +593,8 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         }
         _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}", params)
         assert rows, statement
+    # A rule edit's scan reads only the events table (no join): the same on a cluster.
+    _, rows = await stores.clickhouse.query(
+        f"EXPLAIN AST {restage.scan_sql}", {**restage.params, "project_id": "p", "limit": 1}
+    )
+    assert rows

@@ -551,3 +551,78 @@ async def test_a_copy_of_the_inputs_leaves_out_those_emptied_last(stores, projec
         {"p": pid},
     )
     assert [(c, int(g), n > 0) for c, g, n in rows] == [("c1-id0", 1, True), ("c2-id0", 1, True)]
+
+
+def _edited(edit: str) -> list[dict[str, Any]]:
+    """MAPS with one kind of rule edit (query/facts/restage.py)."""
+    maps = orjson.loads(orjson.dumps(MAPS))
+    funnel, service = maps[0], maps[1]
+    by_id = {tp["id"]: tp for tp in funnel["touchpoints"]}
+    if edit == "renumbered":  # every rule elsewhere, every event staged as before: nothing to read again
+        funnel["touchpoints"] = [by_id[i] for i in ("loyal", "page", "ad", "buy-web", "buy-other", "rated")]
+        call, fixed, praise = service["touchpoints"]  # a phone call's E or D still goes to `call`, as before
+        service["touchpoints"] = [call, praise, fixed]
+        return [service, funnel, maps[2]]
+    if edit == "narrowed":  # one rule narrowed: only some customers' events staged otherwise
+        by_id["ad"]["match"]["channel"] = "web"
+        return maps
+    # Everything a rule edit can do at once: the first match changed by the order, a sentiment, a touchpoint
+    # removed and one added, a map added and one removed, the maps in another order.
+    by_id["rated"]["sentiment"] = "neutral"
+    funnel["touchpoints"] = [by_id[i] for i in ("buy-other", "buy-web", "ad", "rated", "loyal")]
+    funnel["touchpoints"].append({"id": "x-seen", "stage": "consider", "match": {"event": "X"}})
+    extra = {"name": "extra", "stages": [{"id": "one", "name": "One"}], "touchpoints": [
+        {"id": "any-a", "stage": "one", "match": {"event": "A", "channel": "store"}}]}  # fmt: skip
+    return [extra, service, funnel]
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")) // 3 + 1,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(customers=st.lists(customer_st, min_size=1, max_size=6))
+@pytest.mark.parametrize("edit", ["renumbered", "narrowed", "everything"])
+async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fold(  # type: ignore[no-untyped-def]
+    stores, project, customers, edit
+) -> None:
+    """A rule edit rebuilt from the old build's inputs (query/facts/restage.py): the scan lists the ids whose events
+    the new rules stage otherwise, the copy renumbers everyone else's rules, the facts are folded from those (or,
+    where only the staging changed, copied), those ids are refreshed; the new build then holds exactly the oracle's
+    facts under the new rules. A mere renumbering lists no id."""
+    from query.facts.restage import Restaging
+
+    pid = f"{project.id}-{next(_count)}"
+    ids = await _load(stores, pid, customers)
+    old = _definitions()
+    new = Definitions.of([(validate_map(m), 2) for m in _edited(edit)], [(validate_segment(s), 1) for s in SEGMENTS])
+    writer = StateWriter(stores.clickhouse, stores.pg)
+    await writer.build_all(pid, old, 7)
+    restage = Restaging(old, new)
+    assert restage.possible
+    assert restage.facts_kept == (edit != "everything")  # else some touchpoint, stage or map differs: a fold
+    _, rows = await stores.clickhouse.query(restage.scan_sql, {**restage.params, "project_id": pid, "limit": 10**6})
+    restaged = {r[0] for r in rows}
+    if edit == "renumbered":
+        assert restaged == set()
+    await writer.build_all(pid, new, 8, inputs_of=7, restage=restage)
+    await writer.refresh(pid, new, 8, restaged, serving=False)
+    held = await current_facts(stores.clickhouse, pid, ids, 8)
+    assert Counter({f: n for f, n in held.items() if n}) == await python_facts(stores.clickhouse, pid, new, 8, ids)
+
+
+async def test_a_rule_edit_is_restaged_only_while_the_segments_keep_their_inputs() -> None:
+    """The copy keeps each customer's first touch and traits: a segment reading another trait needs every event."""
+    from query.facts.restage import Restaging
+
+    old = _definitions()
+    maps = [(validate_map(m), 2) for m in _edited("narrowed")]
+    same = Definitions.of(maps, [(validate_segment(s), 2) for s in SEGMENTS])
+    assert Restaging(old, same).possible
+    pro: dict[str, Any] = {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "pro"}]}
+    other_value = [pro, *SEGMENTS[1:]]
+    assert Restaging(old, Definitions.of(maps, [(validate_segment(s), 2) for s in other_value])).possible
+    other_trait = [{"name": "country", "rules": [{"field": "traits.country", "op": "exists"}]}, *SEGMENTS]
+    assert not Restaging(old, Definitions.of(maps, [(validate_segment(s), 2) for s in other_trait])).possible

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import csv
 import io
 import itertools
@@ -17,7 +18,7 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1210,16 +1211,23 @@ class _HeldRebuild:
 
 @contextlib.asynccontextmanager
 async def _rebuild_held(  # type: ignore[no-untyped-def]
-    query, stores, project_id: str, segment: dict[str, Any], *, built: bool = False
+    query,
+    stores,
+    project_id: str,
+    segment: dict[str, Any],
+    *,
+    built: bool = False,
+    kind: Literal["map", "segment"] = "segment",
 ) -> AsyncIterator[_HeldRebuild]:
-    """Applies ``segment`` to the project and holds the rebuild that starts, until the block ends."""
+    """Applies ``segment`` (or a map: ``kind``) to the project and holds the rebuild that starts, until the block
+    ends."""
     from query.appkeys import STATE_UPDATER
 
     held = _HeldRebuild(query.app[STATE_UPDATER].writer, project_id, built)
     held.writer.build_all = held.build_all
     try:
         async with stores.pg.acquire() as conn:
-            await definitions.apply(conn, project_id, "segment", segment)
+            await definitions.apply(conn, project_id, kind, segment)
         await asyncio.wait_for(held.holding.wait(), 30)
         yield held
     finally:
@@ -1317,6 +1325,61 @@ async def test_an_edit_that_keeps_the_inputs_rebuilds_from_a_copy_that_misses_no
     held_facts = await current_facts(stores.clickhouse, project.id, ids, build)
     assert held_facts == dict(await python_facts(stores.clickhouse, project.id, defs, build, ids))
     assert {fact[2] for fact in held_facts} == {"u1", "u2", "u-new", "u4"}
+
+
+async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_it_restages(  # type: ignore[no-untyped-def]
+    http, collector, query, stores
+) -> None:
+    """A rule edit (the ad touchpoint narrowed to the web, the rules in another order): the new build starts from
+    the serving build's inputs with the rules renumbered, and only the ids with an event the new rules stage
+    otherwise (u2's email ad) are read again. What arrives while it is held after the copy is in it too; once it
+    serves, its facts are the oracle's for every customer. With more such ids than the project's events allow
+    (query/facts/restage.py), the rebuild reads every event instead."""
+    from facts_oracle import current_facts, python_facts
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import current_definitions, serving_build
+
+    project = await _new_project(stores)
+    updater = query.app[STATE_UPDATER]
+
+    def event(user: str, name: str, hours: int, channel: str = "web") -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": name, "channel": channel,
+                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
+
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [event("u1", "A", 0), event("u1", "B", 1), event("u2", "A", 0, "email"), event("u2", "C", 2, "email"),
+         event("u3", "C", 0), event("u3", "D", 3), event("u4", "A", 1), event("u4", "B", 2)],
+    )  # fmt: skip
+    await _kpis(http, query, project.read_key, map="funnel")
+    serving = (await serving_build(stores.pg, project.id)).number
+    narrowed = copy.deepcopy(MAP)
+    narrowed["touchpoints"][0]["match"]["channel"] = "web"
+    narrowed["touchpoints"].reverse()
+    per_event, updater.restaged_per_event = updater.restaged_per_event, 1  # these few events allow a few ids
+    try:
+        async with _narrow_margin(query, project.id, serving):  # until the rebuild has caught up and serves
+            async with _rebuild_held(query, stores, project.id, narrowed, built=True, kind="map") as held:
+                assert held.options[0]["inputs_of"] == serving and held.options[0]["restage"] is not None
+                await _send(http, collector, project.write_key, [event("u1", "D", 3), event("u-new", "A", 4, "email")])
+                await _caught_up(query)  # in the serving build now, not in the one held
+            after = await _kpis(http, query, project.read_key, map="funnel")
+        assert after["segments"][0]["stages"][0]["reached"] == 2  # u1 and u4: ads on the web only
+        build = (await serving_build(stores.pg, project.id)).number
+        assert build == held.builds[0]
+        defs = await current_definitions(stores.pg, project.id)
+        ids = ["u1", "u2", "u3", "u4", "u-new"]
+        held_facts = await current_facts(stores.clickhouse, project.id, ids, build)
+        assert held_facts == dict(await python_facts(stores.clickhouse, project.id, defs, build, ids))
+
+        updater.restaged_per_event = 10**9  # no id allowed: every event read
+        async with _rebuild_held(query, stores, project.id, MAP, kind="map") as held:
+            assert held.options[0]["inputs_of"] is None
+        assert (await _kpis(http, query, project.read_key, map="funnel"))["segments"][0]["stages"][0]["reached"] == 4
+    finally:
+        updater.restaged_per_event = per_event
 
 
 @contextlib.asynccontextmanager

@@ -128,11 +128,23 @@ class Definitions:
         found = tuple(mv for mv in self.maps if mv.name == name)
         return _facts_key(found, self.segments) if found else None
 
+    @cached_property
+    def staging_free_key(self) -> str:
+        """What the facts depend on besides which touchpoint, with which sentiment, each event is: the
+        touchpoints' rules and their order left out, each touchpoint's stage kept. Two definitions with one key
+        give the same facts to every customer whose events both stage alike, so a rule edit's new build can
+        copy those customers' facts instead of folding them (query/facts/restage.py)."""
+        return _facts_key(self.maps, self.segments, staging=False)
 
-def _facts_key(maps: tuple[MapVersion, ...], segments: tuple[Segment, ...]) -> str:
+
+def _facts_key(maps: tuple[MapVersion, ...], segments: tuple[Segment, ...], staging: bool = True) -> str:
+    dumped = [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in maps]
+    if not staging:
+        for shown_map in dumped:
+            shown_map["touchpoints"] = sorted((tp["id"], tp["stage"]) for tp in shown_map["touchpoints"])
     shown = {
         "format": FACTS_FORMAT,
-        "maps": [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in maps],
+        "maps": dumped,
         "segments": [s.model_dump(mode="json", exclude={"description"}) for s in segments],
     }
     return hashlib.sha256(orjson.dumps(shown, option=orjson.OPT_SORT_KEYS)).hexdigest()

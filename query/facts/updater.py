@@ -68,6 +68,7 @@ from query.facts.builds import (
 )
 from query.facts.locks import facts_lock, lock_pool
 from query.facts.model import Definitions
+from query.facts.restage import RESTAGED_PER_EVENT, Restaging
 from query.facts.writer import StateWriter, next_generation
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ class StageStateUpdater:
         # The last completed poll of this lead: the server time it began (every row visible then is merged into
         # the builds it kept current) and the build each project served when it began.
         self._polled: tuple[int, dict[str, int]] | None = None
+        # A rule edit restages the copied inputs of at most one id per this many events (query/facts/restage.py).
+        self.restaged_per_event = RESTAGED_PER_EVENT
         self._one_rebuild = asyncio.Lock()  # a rebuild takes every core ClickHouse has: one at a time
         self._definitions_at = 0.0
         # (project, source table, id) → digest of its rows in the next poll's window, as the last poll saw them
@@ -402,14 +405,28 @@ class StageStateUpdater:
             copied = self._current_inputs(project_id, defs)
             if copied is not None and (await serving_build(pg, project_id)).number != copied[0]:
                 copied = None  # another replica switched builds meanwhile
+        restage, restaged = None if copied is None else copied[2], set[str]()
+        if restage is not None:
+            # After the poll the copy is current as of began: the scan reads every event the copy holds.
+            found = await self._restaged(project_id, restage)
+            if found is None:
+                copied = None
+            else:
+                restaged = found
         read_from_ms = await self._server_now_ms() if copied is None else copied[1]
         await self.writer.build_all(
-            project_id, defs, number, inputs_of=None if copied is None else copied[0], generation=generation
+            project_id,
+            defs,
+            number,
+            inputs_of=None if copied is None else copied[0],
+            generation=generation,
+            restage=None if copied is None else restage,
         )
         built_s = time.monotonic() - began
         # From here on every poll refreshes this build too; what changed since ClickHouse read the events or
-        # since the inputs copied were current (rows visible since a margin before), and the customers whose
-        # inputs in it were written since it began (forgotten meanwhile), are refreshed into it once.
+        # since the inputs copied were current (rows visible since a margin before), the customers whose
+        # inputs in it were written since it began (forgotten meanwhile) and the ids whose events the new rules
+        # stage otherwise than the copied inputs say are refreshed into it once.
         self._pending[project_id] = (number, defs)
         _, rows = await ch.query(
             CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(read_from_ms - self.margin_ms)}
@@ -417,7 +434,7 @@ class StageStateUpdater:
         _, written = await ch.query(
             WRITTEN_SINCE_SQL, {"project_id": project_id, "build": number, "generation": generation}
         )
-        touched = {r[0] for r in rows} | {r[0] for r in written}
+        touched = {r[0] for r in rows} | {r[0] for r in written} | restaged
         caught_up = await self.writer.refresh(project_id, defs, number, touched, serving=False)
         # Under the writers' lock: a poll's refresh of the old build either ends before the switch (and its rows
         # go with the partition) or finds the build retired (StateWriter.refresh, still_kept).
@@ -443,18 +460,40 @@ class StageStateUpdater:
             caught_up,
         )
 
-    def _current_inputs(self, project_id: str, defs: Definitions) -> tuple[int, int] | None:
-        """(build, server ms): the serving build, if the inputs it stores are those ``defs`` store, and when the
-        last completed poll that kept it current began: every row visible then is merged into its inputs (a
-        poll merges every row visible when it begins; rows it merges later are stamped after that, less the
-        margin). ``None`` if there is no such build or poll (a new lead: another replica may have written)."""
+    def _current_inputs(self, project_id: str, defs: Definitions) -> tuple[int, int, Restaging | None] | None:
+        """(build, server ms, restaging): the serving build, if the inputs it stores are those ``defs`` store or
+        differ only by the rules (then how to restage them, query/facts/restage.py), and when the last completed
+        poll that kept it current began: every row visible then is merged into its inputs (a poll merges every
+        row visible when it begins; rows it merges later are stamped after that, less the margin). ``None`` if
+        there is no such build or poll (a new lead: another replica may have written)."""
         serving, polled = self._serving.get(project_id), self._polled
         if serving is None or polled is None or polled[1].get(project_id) != serving[0]:
             return None
         statements = self.writer.statements
-        if statements(project_id, serving[1]).inputs_key != statements(project_id, defs).inputs_key:
-            return None
-        return serving[0], polled[0]
+        if statements(project_id, serving[1]).inputs_key == statements(project_id, defs).inputs_key:
+            return serving[0], polled[0], None
+        restage = Restaging(serving[1], defs)
+        return (serving[0], polled[0], restage) if restage.possible else None
+
+    async def _restaged(self, project_id: str, restage: Restaging) -> set[str] | None:
+        """The ids with an event the new rules stage otherwise than the serving build's, or ``None`` if there
+        are more than one per :attr:`restaged_per_event` of the project's events (reading them all costs less)."""
+        ch = self.stores.clickhouse
+        began = time.monotonic()
+        _, counted = await ch.query(
+            "SELECT count() FROM events WHERE project_id = {project_id:String}", {"project_id": project_id}
+        )
+        limit = counted[0][0] // self.restaged_per_event
+        _, rows = await ch.query(restage.scan_sql, {**restage.params, "project_id": project_id, "limit": limit + 1})
+        log.info(
+            "rule edit of project %s: %s%d ids with events staged otherwise (at most %d restaged), scanned in %.1f s",
+            project_id,
+            "over " if len(rows) > limit else "",
+            min(len(rows), limit),
+            limit,
+            time.monotonic() - began,
+        )
+        return None if len(rows) > limit else {r[0] for r in rows}
 
     async def _switch(self, project_id: str, defs: Definitions, number: int) -> bool:
         """Let build ``number`` serve ``defs`` and drop every other build, unless a newer build was begun since

@@ -20,9 +20,10 @@ from typing import Any
 from journeys import identities
 from journeys.clickhouse import ClickHouse
 from query.facts.builds import PREVIEW_BUILDS, building
-from query.facts.compute import COPY_INPUTS_SQL, EMPTY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
+from query.facts.compute import COPY_FACTS_SQL, COPY_INPUTS_SQL, EMPTY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
 from query.facts.locks import facts_change, facts_lock
 from query.facts.model import FACT_COLUMNS, Definitions
+from query.facts.restage import Restaging
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class StateWriter:
         inputs: bool = True,
         inputs_of: int | None = None,
         generation: int | None = None,
+        restage: Restaging | None = None,
     ) -> None:
         """Compute every customer's facts into ``build``, which no answer reads yet and nobody else writes:
         all of it inside ClickHouse. With ``inputs`` (every build but a preview) their inputs are stored too,
@@ -166,7 +168,8 @@ class StateWriter:
         whose definitions store the same inputs (:attr:`~query.facts.compute.FactsSql.inputs_key`) and which
         holds them up to date (the caller vouches; the updater then refreshes what it had not merged yet).
         ``generation``: the inputs' (read from the events), taken by the caller before this began; a new one if
-        ``None``."""
+        ``None``. ``restage``: the copy is of a build whose rules were others, renumbered to these (the caller
+        refreshes the customers whose events these rules stage otherwise, query/facts/restage.py)."""
         if not definitions.maps:
             return
         sql = self.statements(project_id, definitions)
@@ -183,15 +186,26 @@ class StateWriter:
             await self.ch.execute(sql.insert_inputs("project"), {**params, "generation": generation})
         else:
             copied = {"project_id": project_id, "build": build, "from_build": inputs_of}
-            await self.ch.execute(COPY_INPUTS_SQL, copied)
+            if restage is None:
+                await self.ch.execute(COPY_INPUTS_SQL, copied)
+            else:
+                await self.ch.execute(restage.copy_sql, {**restage.params, **copied})
         stored = time.monotonic()
-        await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), {**params, "inputs_build": build})
+        if restage is not None and restage.facts_kept:
+            await self.ch.execute(COPY_FACTS_SQL, {"project_id": project_id, "build": build, "from_build": inputs_of})
+        else:
+            await self.ch.execute(
+                sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), {**params, "inputs_build": build}
+            )
         log.info(
-            "build %d of project %s: inputs %s in %.1f s, facts folded from them in %.1f s",
+            "build %d of project %s: inputs %s in %.1f s, facts %s in %.1f s",
             build,
             project_id,
-            "read from the events" if inputs_of is None else f"copied from build {inputs_of}",
+            "read from the events"
+            if inputs_of is None
+            else f"copied from build {inputs_of}{'' if restage is None else ', rules renumbered'}",
             stored - began,
+            f"copied from build {inputs_of}" if restage is not None and restage.facts_kept else "folded from them",
             time.monotonic() - stored,
         )
 
