@@ -563,6 +563,9 @@ def _edited(edit: str) -> list[dict[str, Any]]:
         call, fixed, praise = service["touchpoints"]  # a phone call's E or D still goes to `call`, as before
         service["touchpoints"] = [call, praise, fixed]
         return [service, funnel, maps[2]]
+    if edit == "reordered":  # no rule changed, but a phone call's D or E now goes to `praise` or `fixed`
+        service["touchpoints"].reverse()
+        return maps
     if edit == "narrowed":  # one rule narrowed: only some customers' events staged otherwise
         by_id["ad"]["match"]["channel"] = "web"
         return maps
@@ -584,7 +587,7 @@ def _edited(edit: str) -> list[dict[str, Any]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(customers=st.lists(customer_st, min_size=1, max_size=6))
-@pytest.mark.parametrize("edit", ["renumbered", "narrowed", "everything"])
+@pytest.mark.parametrize("edit", ["renumbered", "reordered", "narrowed", "everything"])
 async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fold(  # type: ignore[no-untyped-def]
     stores, project, customers, edit
 ) -> None:

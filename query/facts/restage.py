@@ -25,8 +25,12 @@ what it staged (both listed), and a map removed is simply not copied.
 
 from __future__ import annotations
 
+from typing import Any
+
 from query.facts.compute import STAGED_TYPE, FactsSql, copy_inputs_sql
 from query.facts.model import Definitions
+from query.facts.rule_index import touchpoint_conditions_sql
+from query.maps import JourneyMap, Touchpoint
 from query.sql import fill
 
 #: An edit's scan lists at most one id per this many events of the project, else the rebuild reads every event.
@@ -44,7 +48,7 @@ FROM (
     SELECT distinct_id, [$old_rules] AS old_rules, [$old_sentiments] AS old_sentiments,
            [$new_rules] AS new_rules, [$new_sentiments] AS new_sentiments
     FROM events
-    WHERE project_id = {project_id:String}
+    WHERE project_id = {project_id:String} AND ($suspects)
 )
 WHERE $differs
 LIMIT {limit:UInt64}
@@ -63,6 +67,7 @@ class Restaging:
         self.facts_kept = old.staging_free_key == new.staging_free_key
         self.params = {**self.old.params, **self.new.params}
         old_position = {mv.name: m for m, mv in enumerate(old.maps, start=1)}
+        old_maps = {mv.name: mv.compiled.map for mv in old.maps}
         old_ids = [["", *(r.touchpoint.id for r in mv.compiled.rules)] for mv in old.maps]
         new_ids = [["", *(r.touchpoint.id for r in mv.compiled.rules)] for mv in new.maps]
         self.params["r_old_ids"] = old_ids
@@ -93,6 +98,10 @@ class Restaging:
             new_rules=self.new._rule_columns,
             new_sentiments=self.new._sentiment_columns,
             differs=" OR ".join(f"({d})" for d in differs),
+            suspects=" OR ".join(
+                f"({_suspects(old_maps.get(mv.name), mv.compiled.map, n, self.params)})"
+                for n, mv in enumerate(new.maps, start=1)
+            ),
         )
         # Each staged event with its rules renumbered; one that no map stages any more is left out, as a read of
         # the events leaves it out.
@@ -101,3 +110,31 @@ class Restaging:
             f"[{', '.join(rules)}], [{', '.join(sentiments)}]), '{STAGED_TYPE[len('Array(') : -1]}'), staged))"
         )
         self.copy_sql = copy_inputs_sql(staged)
+
+
+def _suspects(old: JourneyMap | None, new: JourneyMap, n: int, params: dict[str, Any]) -> str:
+    """SQL: whether an event row may be staged otherwise by ``new`` than by ``old`` (the map of that name before;
+    ``None``: none), so that the scan evaluates both maps' rules only on those rows (10 M events: ~2.5 s per map's
+    rules). An event none of whose matching touchpoints changed stages alike, as long as the touchpoints it
+    matches keep their order: so the rows matching a touchpoint whose rule or sentiment changed (or that is new,
+    or gone), and those matching two of the unchanged ones whose order changed."""
+    new_conditions, values = touchpoint_conditions_sql(new, prefix=f"sn{n}_")
+    params.update(values)
+    if old is None:
+        return " OR ".join(new_conditions) or "0"
+    old_conditions, values = touchpoint_conditions_sql(old, prefix=f"so{n}_")
+    params.update(values)
+
+    def staging(touchpoint: Touchpoint) -> Any:
+        return touchpoint.model_dump(mode="json", include={"match", "sentiment"})
+
+    was = {tp.id: (i, staging(tp)) for i, tp in enumerate(old.touchpoints)}
+    now = {tp.id: (i, staging(tp)) for i, tp in enumerate(new.touchpoints)}
+    kept = {tp for tp in now if tp in was and was[tp][1] == now[tp][1]}
+    terms = [old_conditions[i] for tp, (i, _) in was.items() if tp not in kept]
+    terms += [new_conditions[i] for tp, (i, _) in now.items() if tp not in kept]
+    reordered = {a for a in kept for b in kept if (was[a][0] < was[b][0]) != (now[a][0] < now[b][0])}
+    if reordered:
+        matched = " + ".join(f"toUInt8{new_conditions[now[tp][0]]}" for tp in sorted(reordered))
+        terms.append(f"({matched}) >= 2")
+    return " OR ".join(terms) or "0"

@@ -126,12 +126,12 @@ def _member(p: SqlParams, column: str, value: str | list[str] | None) -> str | N
     return f"{column} IN {p.bind(values, 'Array(String)')}"
 
 
-def rule_index_sql(journey_map: JourneyMap, prefix: str = "m") -> tuple[str, dict[str, Any]]:
-    """``(expression, parameters)``: the 1-based index of the first touchpoint rule an event row matches
-    (columns ``event``, ``channel``, ``type``, ``properties``), 0 when none does."""
+def touchpoint_conditions_sql(journey_map: JourneyMap, prefix: str = "m") -> tuple[list[str], dict[str, Any]]:
+    """``(conditions, parameters)``: per touchpoint, in map order, whether an event row matches its rule (columns
+    ``event``, ``channel``, ``type``, ``properties``)."""
     p = SqlParams(prefix)
-    branches = []
-    for index, touchpoint in enumerate(journey_map.touchpoints, start=1):
+    conditions = []
+    for touchpoint in journey_map.touchpoints:
         match = touchpoint.match
         parts = [
             part
@@ -143,7 +143,15 @@ def rule_index_sql(journey_map: JourneyMap, prefix: str = "m") -> tuple[str, dic
             if part is not None
         ]
         parts += [_condition(p, c) for c in match.where]
-        branches.append(f"({' AND '.join(parts) or '1'}), {index}")
-    if not branches:
-        return "0", p.values
-    return f"multiIf({', '.join(branches)}, 0)", p.values
+        conditions.append(f"({' AND '.join(parts) or '1'})")
+    return conditions, p.values
+
+
+def rule_index_sql(journey_map: JourneyMap, prefix: str = "m") -> tuple[str, dict[str, Any]]:
+    """``(expression, parameters)``: the 1-based index of the first touchpoint rule an event row matches
+    (columns ``event``, ``channel``, ``type``, ``properties``), 0 when none does."""
+    conditions, values = touchpoint_conditions_sql(journey_map, prefix)
+    if not conditions:
+        return "0", values
+    branches = [f"{condition}, {index}" for index, condition in enumerate(conditions, start=1)]
+    return f"multiIf({', '.join(branches)}, 0)", values
