@@ -18,7 +18,10 @@ descriptions (``Definitions.map_facts_key``; the usual "what if the target were 
 draft is served by that build as it is (the updater relabels it), so the preview answers from it at once. And
 when it holds the draft's inputs (``FactsSql.inputs_key``: no rule, sentiment or segment field changed, only
 stages, windows or segment values): the draft's facts are folded from the inputs that build stores, reading
-no event, as a rebuild folds them from the inputs it stores.
+no event, as a rebuild folds them from the inputs it stores. When only rules changed (query/facts/restage.py),
+a scan lists the ids whose events the draft stages otherwise: none, and no stage or window changed either —
+the serving build's facts are the draft's (a reordering that changes no first match); a few — the build's
+facts copied (or its inputs folded, renumbered) and those customers computed again from their events.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from query.facts.builds import built_for, drop_build, preview_build, serving_bui
 from query.facts.locks import consistent_facts, lock_pool
 from query.facts.compute import FactsSql
 from query.facts.model import Definitions
+from query.facts.restage import Restaging, restaged_ids
 from query.facts.writer import StateWriter
 
 
@@ -123,8 +127,10 @@ async def preview_kpis(
 ) -> PreviewAnswer:
     """The KPIs of the draft ``defs`` (one map): from the serving build if it holds the draft's facts (read
     under ``locks``, query.facts.locks.consistent_facts), else folded from the inputs it stores if they are the
-    draft's, else computed from the events; the last two into a preview build, then deleted, while holding
-    ``computing`` (one at a time).
+    draft's, else — only rules changed — from its facts or inputs with the customers the draft stages otherwise
+    computed again, else computed from the events; all but the first into a preview build, then deleted, while
+    holding ``computing`` (one at a time). Events that arrive while a rule draft's scan runs count as the serving
+    build staged them (the scan reads what it finds when it starts).
 
     The serving build holds the project's other maps as they will be once the draft is applied, and a map's
     facts depend on the others' only in one corner (of a message's copies that differ, the one kept is chosen
@@ -147,45 +153,65 @@ async def preview_kpis(
             now=now,
         )
 
-    result = None
-    async with consistent_facts(locks, project_id):  # the build read stays the serving one until answered
-        serving = await serving_build(pg, project_id)
-        served = await built_for(pg, project_id, serving)
-        if served is not None and served.map_facts_key(mv.name) == defs.map_facts_key(mv.name):
-            result = await stage_kpis(ch, request(serving.number))
+    async def from_serving_build(kept: str | None = None) -> KpiAnswer | None:
+        """The answer from the serving build, if it holds the draft's facts (or if it is still build ``kept``)."""
+        async with consistent_facts(locks, project_id):  # the build read stays the serving one until answered
+            serving = await serving_build(pg, project_id)
+            served = await built_for(pg, project_id, serving)
+            if kept == serving.fingerprint or (
+                served is not None and served.map_facts_key(mv.name) == defs.map_facts_key(mv.name)
+            ):
+                return await stage_kpis(ch, request(serving.number))
+        return None
+
+    result = await from_serving_build()
     if result is None:
         writer = StateWriter(ch)
         async with computing or nullcontext():
             serving = await serving_build(pg, project_id)  # again: another preview may have run meanwhile
             served = await built_for(pg, project_id, serving)
-            folding = None if served is None else _foldable(served, defs)
+            merged = None if served is None else _with_draft(served, defs)
+            restage = None
+            if served is not None and merged is not None and FactsSql(merged).inputs_key != FactsSql(served).inputs_key:
+                restage = Restaging(served, merged)
+                restaged = await restaged_ids(ch, project_id, restage) if restage.possible else None
+                if restaged is None:
+                    merged = None  # computed from the events
+                elif not restaged and restage.facts_kept:
+                    result = await from_serving_build(kept=serving.fingerprint)  # the same facts, every customer
             build = preview_build(int(time.time() * 1000))
             try:
-                if folding is not None:
-                    await writer.fold_inputs_of(project_id, folding, build, serving.number)
+                if result is None and merged is not None:
+                    if restage is not None and restage.facts_kept:
+                        await writer.copy_facts_of(project_id, build, serving.number)
+                    else:
+                        await writer.fold_inputs_of(project_id, merged, build, serving.number, restage)
+                    if restage is not None and restaged:
+                        await writer.refresh(project_id, merged, build, restaged, serving=False)
                     if (await serving_build(pg, project_id)).number != serving.number:  # its inputs may be gone
                         await drop_build(ch, cluster or "", project_id, build)
-                        folding = None
-                if folding is None:
-                    await writer.build_all(project_id, defs, build, inputs=False)  # never refreshed
-                result = await stage_kpis(ch, request(build))
+                        merged = None
+                if result is None:
+                    if merged is None:
+                        await writer.build_all(project_id, defs, build, inputs=False)  # never refreshed
+                    result = await stage_kpis(ch, request(build))
             finally:
                 await drop_build(ch, cluster or "", project_id, build)
     result["map"]["version"] = None  # not a version: nothing was published
     return {"preview": True, **result}
 
 
-def _foldable(served: Definitions, draft: Definitions) -> Definitions | None:
-    """The serving build's maps with the draft's in place of its namesake, and the draft's segments, if these
-    store the inputs the serving build's definitions store (the draft changes stages, windows, touchpoint ids or
-    segment values, but no rule nor what the segments read): the draft's facts are then folded from the inputs
-    that build holds, without reading the events. ``None`` otherwise (a new map, a changed rule)."""
+def _with_draft(served: Definitions, draft: Definitions) -> Definitions | None:
+    """The serving build's maps with the draft's in place of its namesake, and the draft's segments (``None``:
+    the draft's map is new). If these store the inputs the serving build's definitions store (the draft changes
+    stages, windows, touchpoint ids or segment values, but no rule nor what the segments read), the draft's facts
+    are folded from the inputs that build holds, without reading the events; if only rules changed, from those
+    inputs renumbered, the customers the new rules stage otherwise read again (query/facts/restage.py)."""
     name = draft.maps[0].name
     if all(mv.name != name for mv in served.maps):
         return None
     maps = [(mv.compiled.map, mv.version) for mv in served.maps if mv.name != name]
-    folding = Definitions.of([*maps, (draft.maps[0].compiled.map, 0)], [(s, 0) for s in draft.segments])
-    return folding if FactsSql(folding).inputs_key == FactsSql(served).inputs_key else None
+    return Definitions.of([*maps, (draft.maps[0].compiled.map, 0)], [(s, 0) for s in draft.segments])
 
 
 routes = web.RouteTableDef()

@@ -113,8 +113,10 @@ async def test_a_preview_reads_or_folds_what_the_serving_build_holds_when_it_can
     """Three ways to a preview of one of two maps, each equal to /v1/kpis once the draft is applied. A draft that
     changes only targets, names or descriptions has the facts the serving build holds: answered from it,
     computing nothing. One that changes a window or a segment's values, but no rule nor what the segments read,
-    has the inputs it stores: its facts are folded from them, reading no event. Any other (a rule) is computed
-    from the events; so is a fold whose serving build was replaced meanwhile (its inputs may be gone)."""
+    has the inputs it stores: its facts are folded from them, reading no event. A rule draft starts from the
+    build's facts, or from its inputs renumbered, and computes again only the customers it stages otherwise;
+    unless the segments read what the inputs do not keep: computed from the events, as is a fold whose serving
+    build was replaced meanwhile (its inputs may be gone)."""
     ways: list[str] = []
     replace_serving_build = False
 
@@ -123,8 +125,16 @@ async def test_a_preview_reads_or_folds_what_the_serving_build_holds_when_it_can
             ways.append("computed")
             await super().build_all(*args, **kwargs)
 
+        async def copy_facts_of(self, *args: Any) -> None:
+            ways.append("copied")
+            await super().copy_facts_of(*args)
+
+        async def refresh(self, *args: Any, **kwargs: Any) -> int:
+            ways.append(f"refreshed {len(args[3])}")  # the ids touched
+            return await super().refresh(*args, **kwargs)
+
         async def fold_inputs_of(self, project_id: str, *args: Any) -> None:
-            ways.append("folded")
+            ways.append("folded" if len(args) < 4 or args[3] is None else "folded renumbered")
             await super().fold_inputs_of(project_id, *args)
             if replace_serving_build:
                 await stores.pg.execute(
@@ -172,17 +182,34 @@ async def test_a_preview_reads_or_folds_what_the_serving_build_holds_when_it_can
     assert ways == ["folded"]
     assert preview["segments"] != before["segments"]
 
+    # Rule drafts (query/facts/restage.py): the X page views now make people aware (the six users with one are
+    # computed again, the rest copied) ...
     rules = copy.deepcopy(windows)
     rules["touchpoints"][0]["match"] = {"event": ["A", "X"]}
     await preview_then_apply({"map": rules}, 4)
-    assert ways == ["folded", "computed"]
+    assert ways == ["folded", "copied", "refreshed 6"]
+    # ... the rules in another order, no event's first match changed: the serving build's facts are the draft's ...
+    reordered = copy.deepcopy(rules)
+    reordered["touchpoints"].insert(0, reordered["touchpoints"].pop())  # `loyal` first: no event matches two
+    await preview_then_apply({"map": reordered}, 5)
+    assert ways == ["folded", "copied", "refreshed 6"]
+    # ... a new touchpoint feeding a stage: the stored inputs folded, renumbered, with the X viewers computed again
+    added = copy.deepcopy(reordered)
+    added["touchpoints"].insert(0, {"id": "x-view", "stage": "consider", "match": {"event": "X"}})  # first: all
+    added["touchpoints"][2]["match"] = {"event": "A"}  # renumbered; `ad` no longer takes the X views
+    await preview_then_apply({"map": added}, 6)
+    assert ways[3:] == ["folded renumbered", "refreshed 6"]
+    # ... and a segment reading a trait the inputs do not keep: computed from the events
+    country = {"name": "de", "rules": [{"field": "traits.country", "op": "equals", "value": "de"}]}
+    await preview_then_apply({"map": rules, "segment": country}, 7)
+    assert ways[5:] == ["computed"]
 
     later = copy.deepcopy(rules)
     later["stages"][0]["conversion_window_days"] = 0.3
     replace_serving_build = True
     status, replaced = await _preview(http, query, project.read_key, {"map": later}, **window)
     assert status == 200, replaced
-    assert ways == ["folded", "computed", "folded", "computed"]
+    assert ways[6:] == ["folded", "computed"]
     await stores.pg.execute("UPDATE stage_state_builds SET build = build - 1 WHERE project_id = $1", project.id)
     replace_serving_build = False
     status, folded = await _preview(http, query, project.read_key, {"map": later}, **window)

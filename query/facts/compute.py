@@ -279,9 +279,9 @@ FROM (
 # each (a forget while the rebuild runs empties some). FINAL, not argMax: the rows come sorted by customer,
 # and aggregating every customer's arrays cost a third more (10 M events: 28.7 s against 21.1 s).
 _BUILT = """
-SELECT customer_id AS customer, toInt8(1) AS sign, $keys AS keys, staged
+SELECT customer_id AS customer, toInt8(1) AS sign, $keys AS keys, $staged AS staged
 FROM (
-    SELECT customer_id, staged, touch, traits FROM stage_inputs FINAL
+    SELECT customer_id, staged AS stored, touch, traits FROM stage_inputs FINAL
     WHERE project_id = {project_id:String} AND build = {inputs_build:UInt64}
 )
 """
@@ -446,11 +446,13 @@ class FactsSql:
         """``INSERT`` of every customer's facts (:meth:`desired`, ``"project"``) into ``stage_facts``."""
         return fill(_INSERT_FACTS, columns=columns, rows=self.desired("project"), cluster=CLUSTER_SETTINGS)
 
-    def insert_all_from_inputs(self, columns: str) -> str:
+    def insert_all_from_inputs(self, columns: str, staged: str = "stored") -> str:
         """``INSERT`` into ``stage_facts`` (``build``) of every customer's facts folded from the inputs stored in
         ``inputs_build``: the rebuild's own (:meth:`insert_inputs`, ``"project"``: the events are read once, by
-        that statement), or another build's whose :attr:`inputs_key` is this one's."""
-        rows = self._rows(fill(_BUILT, keys=self._segments.keys))
+        that statement), or another build's whose :attr:`inputs_key` is this one's, or, their staged events
+        rewritten by ``staged`` (an expression of the column ``stored``), one whose rules were others
+        (query/facts/restage.py)."""
+        rows = self._rows(fill(_BUILT, keys=self._segments.keys, staged=staged))
         return fill(_INSERT_FACTS, columns=columns, rows=rows, cluster=CLUSTER_SETTINGS)
 
     @cached_property

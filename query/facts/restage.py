@@ -25,20 +25,56 @@ what it staged (both listed), and a map removed is simply not copied.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+from journeys.clickhouse import ClickHouse
 from query.facts.compute import STAGED_TYPE, FactsSql, copy_inputs_sql
 from query.facts.model import Definitions
 from query.facts.rule_index import touchpoint_conditions_sql
 from query.maps import JourneyMap, Touchpoint
 from query.sql import fill
 
-#: An edit's scan lists at most one id per this many events of the project, else the rebuild reads every event.
-#: Refreshing an id from all its events cost ~0.23 ms (20 000 scattered ids: 4.6 s; 60 000: 13.0 s) where the
-#: copy and the scan save ~1 µs per event against reading them all (10 M events: inputs read in ~20 s, copied in
-#: ~4 s, scanned in ~5.5 s): the two meet near one id per ~220 events (bench/README.md, "Issue 17, thirteenth
-#: session").
+log = logging.getLogger(__name__)
+
+#: An edit's scan lists at most one id per this many events of the project, else every event is read. Refreshing
+#: an id from all its events cost ~0.23 ms (20 000 scattered ids: 4.6 s; 60 000: 13.0 s) where the copy and the
+#: scan save ~1 µs per event against reading them all (10 M events: inputs read in ~20 s, copied in ~4 s, scanned
+#: in 1-3 s): the two meet near one id per ~220 events (bench/README.md, "Issue 17, thirteenth session").
 RESTAGED_PER_EVENT = 250
+#: ... and at least this many, whatever the events: 1 000 ids are refreshed in ~0.3 s, less than reading the
+#: 250 000 events a project of that size may have.
+RESTAGED_AT_LEAST = 1000
+
+
+def restaged_limit(events: int) -> int:
+    """How many ids a rule edit may stage otherwise in a project of ``events`` events and still be restaged."""
+    return max(events // RESTAGED_PER_EVENT, RESTAGED_AT_LEAST)
+
+
+async def restaged_ids(
+    ch: ClickHouse, project_id: str, restage: Restaging, limit_of: Callable[[int], int] = restaged_limit
+) -> set[str] | None:
+    """The ids with an event the new rules stage otherwise than the old ones, or ``None`` if there are more than
+    ``limit_of(the project's events)`` (reading every event costs less)."""
+    began = time.monotonic()
+    _, counted = await ch.query(_EVENTS, {"project_id": project_id})
+    limit = limit_of(int(counted[0][0]))
+    _, rows = await ch.query(restage.scan_sql, {**restage.params, "project_id": project_id, "limit": limit + 1})
+    log.info(
+        "rule edit of project %s: %s%d ids with events staged otherwise (at most %d restaged), scanned in %.1f s",
+        project_id,
+        "over " if len(rows) > limit else "",
+        min(len(rows), limit),
+        limit,
+        time.monotonic() - began,
+    )
+    return None if len(rows) > limit else {r[0] for r in rows}
+
+
+_EVENTS = "SELECT count() FROM events WHERE project_id = {project_id:String}"
 
 # The ids with an event that the new rules give another touchpoint (or another sentiment) than the serving
 # build's rules do, in any map of the new definitions. DISTINCT with a LIMIT stops reading once it has enough.
@@ -105,11 +141,15 @@ class Restaging:
         )
         # Each staged event with its rules renumbered; one that no map stages any more is left out, as a read of
         # the events leaves it out.
-        staged = (
+        self._renumbered = (
             f"arrayFilter(x -> arrayExists(r -> r > 0, x.5), arrayMap(x -> CAST(tuple(x.1, x.2, x.3, x.4, "
-            f"[{', '.join(rules)}], [{', '.join(sentiments)}]), '{STAGED_TYPE[len('Array(') : -1]}'), staged))"
+            f"[{', '.join(rules)}], [{', '.join(sentiments)}]), '{STAGED_TYPE[len('Array(') : -1]}'), $column))"
         )
-        self.copy_sql = copy_inputs_sql(staged)
+        self.copy_sql = copy_inputs_sql(self.renumbered("staged"))
+
+    def renumbered(self, column: str) -> str:
+        """SQL: the staged events in ``column`` (stored for the old definitions) as the new ones store them."""
+        return fill(self._renumbered, column=column)
 
 
 def _suspects(old: JourneyMap | None, new: JourneyMap, n: int, params: dict[str, Any]) -> str:

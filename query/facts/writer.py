@@ -191,8 +191,8 @@ class StateWriter:
             else:
                 await self.ch.execute(restage.copy_sql, {**restage.params, **copied})
         stored = time.monotonic()
-        if restage is not None and restage.facts_kept:
-            await self.ch.execute(COPY_FACTS_SQL, {"project_id": project_id, "build": build, "from_build": inputs_of})
+        if restage is not None and restage.facts_kept and inputs_of is not None:
+            await self.copy_facts_of(project_id, build, inputs_of)
         else:
             await self.ch.execute(
                 sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), {**params, "inputs_build": build}
@@ -209,13 +209,23 @@ class StateWriter:
             time.monotonic() - stored,
         )
 
-    async def fold_inputs_of(self, project_id: str, definitions: Definitions, build: int, inputs_build: int) -> None:
+    async def fold_inputs_of(
+        self, project_id: str, definitions: Definitions, build: int, inputs_build: int, restage: Restaging | None = None
+    ) -> None:
         """Compute every customer's facts into ``build`` from the inputs stored in ``inputs_build``, whose
-        definitions have the same :attr:`~query.facts.compute.FactsSql.inputs_key` (a preview's): the events
-        are not read at all."""
+        definitions have the same :attr:`~query.facts.compute.FactsSql.inputs_key` (a preview's), or whose rules
+        ``restage`` renumbers (the caller refreshes the customers it stages otherwise): the events are not read."""
         sql = self.statements(project_id, definitions)
         params = {**sql.params, "project_id": project_id, "build": build, "inputs_build": inputs_build}
-        await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
+        if restage is None:
+            await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
+        else:
+            statement = sql.insert_all_from_inputs(", ".join(FACT_COLUMNS), restage.renumbered("stored"))
+            await self.ch.execute(statement, {**params, **restage.params})
+
+    async def copy_facts_of(self, project_id: str, build: int, from_build: int) -> None:
+        """Copy every fact of ``from_build`` into ``build`` (:data:`~query.facts.compute.COPY_FACTS_SQL`)."""
+        await self.ch.execute(COPY_FACTS_SQL, {"project_id": project_id, "build": build, "from_build": from_build})
 
     async def refresh(
         self,
