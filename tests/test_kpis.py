@@ -1358,7 +1358,7 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
     narrowed = copy.deepcopy(MAP)
     narrowed["touchpoints"][0]["match"]["channel"] = "web"
     narrowed["touchpoints"].reverse()
-    per_event, updater.restaged_per_event = updater.restaged_per_event, 1  # these few events allow a few ids
+    limit, updater.restaged_limit = updater.restaged_limit, lambda events: events  # as many as the events
     try:
         async with _narrow_margin(query, project.id, serving):  # until the rebuild has caught up and serves
             async with _rebuild_held(query, stores, project.id, narrowed, built=True, kind="map") as held:
@@ -1374,12 +1374,44 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
         held_facts = await current_facts(stores.clickhouse, project.id, ids, build)
         assert held_facts == dict(await python_facts(stores.clickhouse, project.id, defs, build, ids))
 
-        updater.restaged_per_event = 10**9  # no id allowed: every event read
+        updater.restaged_limit = lambda events: 0  # no id allowed: every event read
         async with _rebuild_held(query, stores, project.id, MAP, kind="map") as held:
             assert held.options[0]["inputs_of"] is None
         assert (await _kpis(http, query, project.read_key, map="funnel"))["segments"][0]["stages"][0]["reached"] == 4
     finally:
-        updater.restaged_per_event = per_event
+        updater.restaged_limit = limit
+
+
+async def test_an_edit_right_after_a_rebuild_copies_the_inputs_of_the_build_just_switched_to(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """A poll that kept a rebuild's new build current (as it does once the build holds every customer, until it
+    serves) counts for that build once it serves: the next edit may copy its inputs at once, not only after
+    another poll (an edit right after the last one's rebuild, as the bench's edits come, read every event)."""
+    from query.appkeys import STATE_UPDATER
+
+    project = await _new_project(stores)
+    updater = query.app[STATE_UPDATER]
+    await _send(
+        http, collector, project.write_key, [{"type": "track", "userId": "u1", "event": "A", "timestamp": _stamp(BASE)}]
+    )
+    await _kpis(http, query, project.read_key, map="funnel")
+    switch, copyable = updater._switch, []  # noqa: SLF001
+
+    async def switch_then_look(project_id: str, defs: Any, number: int) -> bool:
+        if project_id == project.id:
+            await _caught_up(query)  # a poll that began with the new build pending (and kept it current)
+        switched = await switch(project_id, defs, number)
+        if project_id == project.id:  # at once: no poll in between
+            copyable.append(updater._current_inputs(project_id, defs))  # noqa: SLF001
+        return bool(switched)
+
+    monkeypatch.setattr(updater, "_switch", switch_then_look)
+    pro = {"name": "vip", "rules": [{"field": "traits.plan", "op": "equals", "value": "pro"}]}
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "segment", pro)
+    await wait_until(lambda: _true(bool(copyable)), timeout=30)
+    assert copyable[0] is not None and copyable[0][0] == updater._serving[project.id][0]  # noqa: SLF001
 
 
 @contextlib.asynccontextmanager
@@ -1395,7 +1427,7 @@ async def _narrow_margin(query, project_id: str, serving: int) -> AsyncIterator[
         await asyncio.sleep(0.5)
         await _caught_up(query)
         polled = updater._polled  # noqa: SLF001 - what a rebuild starting now would copy from
-        assert polled is not None and polled[1].get(project_id) == serving
+        assert polled is not None and serving in polled[1].get(project_id, set())
         yield
     finally:
         updater.margin_ms = margin_ms

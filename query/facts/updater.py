@@ -68,7 +68,7 @@ from query.facts.builds import (
 )
 from query.facts.locks import facts_lock, lock_pool
 from query.facts.model import Definitions
-from query.facts.restage import RESTAGED_PER_EVENT, Restaging
+from query.facts.restage import Restaging, restaged_ids, restaged_limit
 from query.facts.writer import StateWriter, next_generation
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,12 @@ class StageStateUpdater:
         self._switches: set[asyncio.Future[bool]] = set()  # rebuilds' switches under way (StageStateUpdater.rebuild)
         self._rebuild_after: dict[str, float] = {}  # project → monotonic time before which a failed one waits
         # The last completed poll of this lead: the server time it began (every row visible then is merged into
-        # the builds it kept current) and the build each project served when it began.
-        self._polled: tuple[int, dict[str, int]] | None = None
-        # A rule edit restages the copied inputs of at most one id per this many events (query/facts/restage.py).
-        self.restaged_per_event = RESTAGED_PER_EVENT
+        # the builds it kept current) and the builds it kept current per project: the serving one and one being
+        # built that holds every customer already (once that one serves, its inputs are as current: an edit
+        # right after a rebuild copies them too).
+        self._polled: tuple[int, dict[str, set[int]]] | None = None
+        # How many ids a rule edit may stage otherwise and still be restaged (query/facts/restage.py).
+        self.restaged_limit = restaged_limit
         self._one_rebuild = asyncio.Lock()  # a rebuild takes every core ClickHouse has: one at a time
         self._definitions_at = 0.0
         # (project, source table, id) → digest of its rows in the next poll's window, as the last poll saw them
@@ -282,9 +284,12 @@ class StageStateUpdater:
             if since_ms is not None:
                 # Read before the poll looks: all these collectors had in ClickHouse then, the poll sees.
                 acknowledged = await self._acknowledged_position()
-                serving = {project_id: kept[0] for project_id, kept in self._serving.items()}
+                kept: dict[str, set[int]] = {}
+                for builds in (self._serving, self._pending):
+                    for project_id, (number, _) in builds.items():
+                        kept.setdefault(project_id, set()).add(number)
                 await self._apply_changes(since_ms - self.margin_ms, now_ms - self.margin_ms)
-                self._polled = (now_ms, serving)
+                self._polled = (now_ms, kept)
             since_ms = now_ms
             await pg.execute(
                 "INSERT INTO stage_state_cursor (id, polled_to, acknowledged_before) VALUES (1, $1, $2) "
@@ -408,7 +413,7 @@ class StageStateUpdater:
         restage, restaged = None if copied is None else copied[2], set[str]()
         if restage is not None:
             # After the poll the copy is current as of began: the scan reads every event the copy holds.
-            found = await self._restaged(project_id, restage)
+            found = await restaged_ids(ch, project_id, restage, self.restaged_limit)
             if found is None:
                 copied = None
             else:
@@ -467,33 +472,13 @@ class StageStateUpdater:
         row visible when it begins; rows it merges later are stamped after that, less the margin). ``None`` if
         there is no such build or poll (a new lead: another replica may have written)."""
         serving, polled = self._serving.get(project_id), self._polled
-        if serving is None or polled is None or polled[1].get(project_id) != serving[0]:
+        if serving is None or polled is None or serving[0] not in polled[1].get(project_id, set()):
             return None
         statements = self.writer.statements
         if statements(project_id, serving[1]).inputs_key == statements(project_id, defs).inputs_key:
             return serving[0], polled[0], None
         restage = Restaging(serving[1], defs)
         return (serving[0], polled[0], restage) if restage.possible else None
-
-    async def _restaged(self, project_id: str, restage: Restaging) -> set[str] | None:
-        """The ids with an event the new rules stage otherwise than the serving build's, or ``None`` if there
-        are more than one per :attr:`restaged_per_event` of the project's events (reading them all costs less)."""
-        ch = self.stores.clickhouse
-        began = time.monotonic()
-        _, counted = await ch.query(
-            "SELECT count() FROM events WHERE project_id = {project_id:String}", {"project_id": project_id}
-        )
-        limit = counted[0][0] // self.restaged_per_event
-        _, rows = await ch.query(restage.scan_sql, {**restage.params, "project_id": project_id, "limit": limit + 1})
-        log.info(
-            "rule edit of project %s: %s%d ids with events staged otherwise (at most %d restaged), scanned in %.1f s",
-            project_id,
-            "over " if len(rows) > limit else "",
-            min(len(rows), limit),
-            limit,
-            time.monotonic() - began,
-        )
-        return None if len(rows) > limit else {r[0] for r in rows}
 
     async def _switch(self, project_id: str, defs: Definitions, number: int) -> bool:
         """Let build ``number`` serve ``defs`` and drop every other build, unless a newer build was begun since
