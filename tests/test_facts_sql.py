@@ -553,6 +553,16 @@ async def test_a_copy_of_the_inputs_leaves_out_those_emptied_last(stores, projec
     assert [(c, int(g), n > 0) for c, g, n in rows] == [("c1-id0", 1, True), ("c2-id0", 1, True)]
 
 
+def _before(edit: str) -> Definitions:
+    """The definitions an edit starts from: _definitions(), or for "typed" buy-web taking orders of total 0."""
+    if edit != "typed":
+        return _definitions()
+    maps = orjson.loads(orjson.dumps(MAPS))
+    buy_web = next(tp for tp in maps[0]["touchpoints"] if tp["id"] == "buy-web")
+    buy_web["match"]["where"] = [{"property": "order.total", "op": "equals", "value": 0}]
+    return Definitions.of([(validate_map(m), 1) for m in maps], [(validate_segment(s), 1) for s in SEGMENTS])
+
+
 def _edited(edit: str) -> list[dict[str, Any]]:
     """MAPS with one kind of rule edit (query/facts/restage.py)."""
     maps = orjson.loads(orjson.dumps(MAPS))
@@ -569,14 +579,17 @@ def _edited(edit: str) -> list[dict[str, Any]]:
     if edit == "narrowed":  # one rule narrowed: only some customers' events staged otherwise
         by_id["ad"]["match"]["channel"] = "web"
         return maps
+    if edit == "typed":  # 0 became false (from _before): equal in Python, not as JSON (booleans only equal booleans)
+        by_id["buy-web"]["match"]["where"] = [{"property": "order.total", "op": "equals", "value": False}]
+        return maps
     # Everything a rule edit can do at once: the first match changed by the order, a sentiment, a touchpoint
-    # removed and one added, a map added and one removed, the maps in another order.
+    # removed and one added, a map added (one removed makes every event read: the next test).
     by_id["rated"]["sentiment"] = "neutral"
     funnel["touchpoints"] = [by_id[i] for i in ("buy-other", "buy-web", "ad", "rated", "loyal")]
     funnel["touchpoints"].append({"id": "x-seen", "stage": "consider", "match": {"event": "X"}})
     extra = {"name": "extra", "stages": [{"id": "one", "name": "One"}], "touchpoints": [
         {"id": "any-a", "stage": "one", "match": {"event": "A", "channel": "store"}}]}  # fmt: skip
-    return [extra, service, funnel]
+    return [extra, service, funnel, maps[2]]
 
 
 @pytest.mark.slow
@@ -587,7 +600,7 @@ def _edited(edit: str) -> list[dict[str, Any]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(customers=st.lists(customer_st, min_size=1, max_size=6))
-@pytest.mark.parametrize("edit", ["renumbered", "reordered", "narrowed", "everything"])
+@pytest.mark.parametrize("edit", ["renumbered", "reordered", "narrowed", "typed", "everything"])
 async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fold(  # type: ignore[no-untyped-def]
     stores, project, customers, edit
 ) -> None:
@@ -599,7 +612,7 @@ async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fol
 
     pid = f"{project.id}-{next(_count)}"
     ids = await _load(stores, pid, customers)
-    old = _definitions()
+    old = _before(edit)
     new = Definitions.of([(validate_map(m), 2) for m in _edited(edit)], [(validate_segment(s), 1) for s in SEGMENTS])
     writer = StateWriter(stores.clickhouse, stores.pg)
     await writer.build_all(pid, old, 7)
@@ -617,7 +630,8 @@ async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fol
 
 
 async def test_a_rule_edit_is_restaged_only_while_the_segments_keep_their_inputs() -> None:
-    """The copy keeps each customer's first touch and traits: a segment reading another trait needs every event."""
+    """The copy keeps each customer's first touch and traits: a segment reading another trait needs every event;
+    so does a map removed."""
     from query.facts.restage import Restaging
 
     old = _definitions()
@@ -629,3 +643,5 @@ async def test_a_rule_edit_is_restaged_only_while_the_segments_keep_their_inputs
     assert Restaging(old, Definitions.of(maps, [(validate_segment(s), 2) for s in other_value])).possible
     other_trait = [{"name": "country", "rules": [{"field": "traits.country", "op": "exists"}]}, *SEGMENTS]
     assert not Restaging(old, Definitions.of(maps, [(validate_segment(s), 2) for s in other_trait])).possible
+    # A map removed may have kept a message's other copy (the inputs keep one per message among those staged).
+    assert not Restaging(old, Definitions.of(maps[:2], [(validate_segment(s), 2) for s in SEGMENTS])).possible

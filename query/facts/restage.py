@@ -8,9 +8,9 @@ same first touch and traits (:attr:`~query.facts.compute.FactsSql.segment_inputs
 inputs are the serving build's with each rule renumbered to the new position of its touchpoint, except for the
 customers with an event that the new rules give another touchpoint or another sentiment:
 
-1. :attr:`Restaging.scan_sql` — one read of the project's events, both definitions' rules evaluated on each,
-   lists the ids with such an event (at most ``limit``: past it, reading every event costs less than
-   refreshing them, :data:`RESTAGED_PER_EVENT`);
+1. :attr:`Restaging.scan_sql` — one read of the project's events, both definitions' rules evaluated on the rows
+   that may stage otherwise (:func:`_suspects`), lists the ids with such an event (at most ``limit``: past it,
+   reading every event costs less than refreshing them, :data:`RESTAGED_PER_EVENT`);
 2. :attr:`Restaging.copy_sql` — the serving build's inputs copied into the new build, renumbered
    (:func:`~query.facts.compute.copy_inputs_sql`);
 3. the facts folded from those inputs; or, when nothing but the staging changed (no stage, window, segment or
@@ -20,7 +20,7 @@ customers with an event that the new rules give another touchpoint or another se
    while a rebuild runs (query/facts/updater.py).
 
 Maps are matched by name; a map new in the edit stages anew every event it stages, a touchpoint removed unstages
-what it staged (both listed), and a map removed is simply not copied.
+what it staged (both listed); a map removed makes every event read (it may have kept a message's other copy).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from journeys.clickhouse import ClickHouse
 from query.facts.compute import STAGED_TYPE, FactsSql, copy_inputs_sql
 from query.facts.model import Definitions
@@ -38,6 +40,7 @@ from query.maps import JourneyMap, Touchpoint
 from query.sql import fill
 
 log = logging.getLogger(__name__)
+_SORTED = orjson.OPT_SORT_KEYS
 
 #: An edit's scan lists at most one id per this many events of the project, else every event is read. Refreshing
 #: an id from all its events cost ~0.23 ms (20 000 scattered ids: 4.6 s; 60 000: 13.0 s) where the copy and the
@@ -98,7 +101,10 @@ class Restaging:
     def __init__(self, old: Definitions, new: Definitions):
         self.old = FactsSql(old, names="o", rules="old_rules")
         self.new = FactsSql(new, names="n", rules="new_rules")
-        self.possible = bool(new.maps) and self.old.segment_inputs_key == self.new.segment_inputs_key
+        # A map removed may have kept a message's other copy (the inputs keep one per message among those some map
+        # stages): read every event then, as for a segment that reads other traits.
+        removed = {mv.name for mv in old.maps} - {mv.name for mv in new.maps}
+        self.possible = bool(new.maps) and not removed and self.old.segment_inputs_key == self.new.segment_inputs_key
         # Every customer whose events stage alike keeps its facts: they are copied, not folded again.
         self.facts_kept = old.staging_free_key == new.staging_free_key
         self.params = {**self.old.params, **self.new.params}
@@ -165,8 +171,9 @@ def _suspects(old: JourneyMap | None, new: JourneyMap, n: int, params: dict[str,
     old_conditions, values = touchpoint_conditions_sql(old, prefix=f"so{n}_")
     params.update(values)
 
-    def staging(touchpoint: Touchpoint) -> Any:
-        return touchpoint.model_dump(mode="json", include={"match", "sentiment"})
+    def staging(touchpoint: Touchpoint) -> bytes:
+        # As JSON text: a rule's 1 and true differ (booleans only equal booleans), though Python's == holds.
+        return orjson.dumps(touchpoint.model_dump(mode="json", include={"match", "sentiment"}), option=_SORTED)
 
     was = {tp.id: (i, staging(tp)) for i, tp in enumerate(old.touchpoints)}
     now = {tp.id: (i, staging(tp)) for i, tp in enumerate(new.touchpoints)}
