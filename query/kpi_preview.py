@@ -19,9 +19,10 @@ draft is served by that build as it is (the updater relabels it), so the preview
 when it holds the draft's inputs (``FactsSql.inputs_key``: no rule, sentiment or segment field changed, only
 stages, windows or segment values): the draft's facts are folded from the inputs that build stores, reading
 no event, as a rebuild folds them from the inputs it stores. When only rules changed (query/facts/restage.py),
-a scan lists the ids whose events the draft stages otherwise: none, and no stage or window changed either —
-the serving build's facts are the draft's (a reordering that changes no first match); a few — the build's
-facts copied (or its inputs folded, renumbered) and those customers computed again from their events.
+a scan lists the ids whose events the draft stages otherwise: none, and nothing else changed either (no
+touchpoint added, removed or renamed, no stage, window or segment: ``Definitions.staging_free_key``) — the serving
+build's facts are the draft's (a reordering that changes no first match); a few — the build's facts copied (or
+its inputs folded, renumbered) and those customers computed again from their events.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ async def preview_kpis(
     under ``locks``, query.facts.locks.consistent_facts), else folded from the inputs it stores if they are the
     draft's, else — only rules changed — from its facts or inputs with the customers the draft stages otherwise
     computed again, else computed from the events; all but the first into a preview build, then deleted, while
-    holding ``computing`` (one at a time). Events that arrive while a rule draft's scan runs count as the serving
-    build staged them (the scan reads what it finds when it starts).
+    holding ``computing`` (one at a time). Events that arrive between a rule draft's scan and the read of the
+    serving build count as that build staged them (the scan reads what it finds when it starts).
 
     The serving build holds the project's other maps as they will be once the draft is applied, and a map's
     facts depend on the others' only in one corner (of a message's copies that differ, the one kept is chosen

@@ -1279,8 +1279,7 @@ async def test_an_edit_that_keeps_the_inputs_rebuilds_from_a_copy_that_misses_no
     current (held there) — a known customer's next touchpoint, a new customer, an anonymous id stitched to a known
     customer — is in it once it serves: its facts are the oracle's for every customer, the retired id has none. The
     look-back margin is narrowed, so that the customers untouched meanwhile (u4) are in it by the copy alone."""
-    from facts_oracle import current_facts, python_facts
-    from query.facts.builds import current_definitions, serving_build
+    from query.facts.builds import serving_build
 
     project = await _new_project(stores)
 
@@ -1318,13 +1317,25 @@ async def test_an_edit_that_keeps_the_inputs_rebuilds_from_a_copy_that_misses_no
             await _caught_up(query)  # in the serving build now, not in the one held
         after = await _kpis(http, query, project.read_key, map="funnel", segment="web-first")
     assert after["segments"][0]["stages"][0]["reached"] == 1  # u2 only: its first touch was by email
-    build = (await serving_build(stores.pg, project.id)).number
-    assert build == held.builds[0]
-    defs = await current_definitions(stores.pg, project.id)
-    ids = ["u1", "u2", "anon-3", "u-new", "u4"]
-    held_facts = await current_facts(stores.clickhouse, project.id, ids, build)
-    assert held_facts == dict(await python_facts(stores.clickhouse, project.id, defs, build, ids))
+    held_facts = await _held_build_serves_the_oracles_facts(
+        stores, project.id, held, ["u1", "u2", "anon-3", "u-new", "u4"]
+    )
     assert {fact[2] for fact in held_facts} == {"u1", "u2", "u-new", "u4"}
+
+
+async def _held_build_serves_the_oracles_facts(  # type: ignore[no-untyped-def]
+    stores, project_id: str, held: _HeldRebuild, ids: list[str]
+) -> dict[Any, int]:
+    """The build held serves now, and holds for ``ids`` exactly the Python oracle's facts (returned)."""
+    from facts_oracle import current_facts, python_facts
+    from query.facts.builds import current_definitions, serving_build
+
+    build = (await serving_build(stores.pg, project_id)).number
+    assert build == held.builds[0]
+    defs = await current_definitions(stores.pg, project_id)
+    held_facts = await current_facts(stores.clickhouse, project_id, ids, build)
+    assert held_facts == dict(await python_facts(stores.clickhouse, project_id, defs, build, ids))
+    return held_facts
 
 
 async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_it_restages(  # type: ignore[no-untyped-def]
@@ -1335,9 +1346,8 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
     otherwise (u2's email ad) are read again. What arrives while it is held after the copy is in it too; once it
     serves, its facts are the oracle's for every customer. With more such ids than the project's events allow
     (query/facts/restage.py), the rebuild reads every event instead."""
-    from facts_oracle import current_facts, python_facts
     from query.appkeys import STATE_UPDATER
-    from query.facts.builds import current_definitions, serving_build
+    from query.facts.builds import serving_build
 
     project = await _new_project(stores)
     updater = query.app[STATE_UPDATER]
@@ -1367,12 +1377,7 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
                 await _caught_up(query)  # in the serving build now, not in the one held
             after = await _kpis(http, query, project.read_key, map="funnel")
         assert after["segments"][0]["stages"][0]["reached"] == 2  # u1 and u4: ads on the web only
-        build = (await serving_build(stores.pg, project.id)).number
-        assert build == held.builds[0]
-        defs = await current_definitions(stores.pg, project.id)
-        ids = ["u1", "u2", "u3", "u4", "u-new"]
-        held_facts = await current_facts(stores.clickhouse, project.id, ids, build)
-        assert held_facts == dict(await python_facts(stores.clickhouse, project.id, defs, build, ids))
+        await _held_build_serves_the_oracles_facts(stores, project.id, held, ["u1", "u2", "u3", "u4", "u-new"])
 
         updater.restaged_limit = lambda events: 0  # no id allowed: every event read
         async with _rebuild_held(query, stores, project.id, MAP, kind="map") as held:

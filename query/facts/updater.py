@@ -16,7 +16,8 @@ build holds everyone, the polls refresh it too, the ids changed since its read b
 and only then does it serve. When the new definitions store the inputs the serving build stores (a window, a
 stage, which stage a touchpoint feeds or a segment's values changed; no rule), the new build starts from a copy
 of those instead of reading every event: they hold every row visible when the last completed poll began, so the
-ids changed since then are the ones refreshed into it.
+ids changed since then are the ones refreshed into it. When only rules changed, it starts from that copy with the
+rules renumbered, and the ids a scan finds staged otherwise are refreshed into it too (query/facts/restage.py).
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched.
