@@ -184,7 +184,7 @@ async def preview_kpis(
             try:
                 if result is None and merged is not None:
                     if restage is not None and restage.facts_kept:
-                        await writer.copy_facts_of(project_id, build, serving.number)
+                        await writer.copy_facts_of(project_id, build, serving.number, [mv.name])  # all it reads
                     else:
                         await writer.fold_inputs_of(project_id, merged, build, serving.number, restage)
                     if restage is not None and restaged:

@@ -550,7 +550,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     """The facts statements (query/facts/compute.py) are the same text on a cluster, where their table names are
     the Distributed tables: ClickHouse's parser takes each one (deploy/SCALING.md, "Stage facts")."""
     from query.maps import validate_map, validate_segment
-    from query.facts.compute import COPY_FACTS_SQL, COPY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
+    from query.facts.compute import COPY_FACTS_SQL, COPY_INPUTS_SQL, COPY_MAP_FACTS_SQL, INSERT_WITHDRAWAL, FactsSql
     from query.facts.model import FACT_COLUMNS, Definitions
     from query.facts.restage import Restaging
 
@@ -566,6 +566,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     statements = (
         restage.copy_sql,
         COPY_FACTS_SQL,
+        COPY_MAP_FACTS_SQL,
         facts.insert_all(", ".join(FACT_COLUMNS)),
         facts.insert_all_from_inputs(", ".join(FACT_COLUMNS)),
         facts.insert_inputs("project"),
@@ -590,6 +591,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
             "customers": ["a"],
             "generation": 1,
             "since": "2026-01-01 00:00:00",
+            "maps": ["five-stage"],
         }
         _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}", params)
         assert rows, statement

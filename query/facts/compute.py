@@ -248,17 +248,21 @@ def copy_inputs_sql(staged: str) -> str:
 #: the others are refreshed into it afterwards (query/facts/restage.py). Rows as they are, not summed: each
 #: reader sums ``n``. Written as a fold's are (_INSERT_FACTS), the sort and the projections being most of it
 #: (1 M customers, 7.2 M rows: 9.0-9.2 s against 16 s for the fold).
-COPY_FACTS_SQL = fill(
+_COPY_FACTS = fill(
     """
 INSERT INTO stage_facts ($columns)
 SELECT $copied FROM stage_facts
-WHERE project_id = {project_id:String} AND build = {from_build:UInt64}
+WHERE project_id = {project_id:String} AND build = {from_build:UInt64}$$of_maps
 SETTINGS max_insert_threads = 2, optimize_on_insert = 0, min_insert_block_size_rows = 4194304,
          min_insert_block_size_bytes = 1073741824, parallel_distributed_insert_select = 2, $cluster""",
     columns=", ".join(FACT_COLUMNS),
     copied=", ".join("{build:UInt64}" if c == "build" else c for c in FACT_COLUMNS),
     cluster=CLUSTER_SETTINGS,
 )
+COPY_FACTS_SQL = fill(_COPY_FACTS, of_maps="")
+#: :data:`COPY_FACTS_SQL` of some maps only (``maps``): a preview reads one map's facts, and a project keeps one
+#: map per target group.
+COPY_MAP_FACTS_SQL = fill(_COPY_FACTS, of_maps=" AND map_name IN {maps:Array(String)}")
 
 # The stored inputs written by one write (``generation``) of the given customers, as customers to fold: what
 # they hold now (sign 1) and what they held before (sign -1).

@@ -20,7 +20,14 @@ from typing import Any
 from journeys import identities
 from journeys.clickhouse import ClickHouse
 from query.facts.builds import PREVIEW_BUILDS, building
-from query.facts.compute import COPY_FACTS_SQL, COPY_INPUTS_SQL, EMPTY_INPUTS_SQL, INSERT_WITHDRAWAL, FactsSql
+from query.facts.compute import (
+    COPY_FACTS_SQL,
+    COPY_INPUTS_SQL,
+    COPY_MAP_FACTS_SQL,
+    EMPTY_INPUTS_SQL,
+    INSERT_WITHDRAWAL,
+    FactsSql,
+)
 from query.facts.locks import facts_change, facts_lock
 from query.facts.model import FACT_COLUMNS, Definitions
 from query.facts.restage import Restaging
@@ -223,9 +230,14 @@ class StateWriter:
             statement = sql.insert_all_from_inputs(", ".join(FACT_COLUMNS), restage.renumbered("stored"))
             await self.ch.execute(statement, {**params, **restage.params})
 
-    async def copy_facts_of(self, project_id: str, build: int, from_build: int) -> None:
-        """Copy every fact of ``from_build`` into ``build`` (:data:`~query.facts.compute.COPY_FACTS_SQL`)."""
-        await self.ch.execute(COPY_FACTS_SQL, {"project_id": project_id, "build": build, "from_build": from_build})
+    async def copy_facts_of(self, project_id: str, build: int, from_build: int, maps: list[str] | None = None) -> None:
+        """Copy every fact of ``from_build`` (of ``maps`` only, if given) into ``build``
+        (:data:`~query.facts.compute.COPY_FACTS_SQL`)."""
+        params = {"project_id": project_id, "build": build, "from_build": from_build}
+        if maps is None:
+            await self.ch.execute(COPY_FACTS_SQL, params)
+        else:
+            await self.ch.execute(COPY_MAP_FACTS_SQL, {**params, "maps": maps})
 
     async def refresh(
         self,
