@@ -186,7 +186,7 @@ async def preview_kpis(
                     if restage is not None and restage.facts_kept:
                         await writer.copy_facts_of(project_id, build, serving.number, [mv.name])  # all it reads
                     else:
-                        await writer.fold_inputs_of(project_id, merged, build, serving.number, restage)
+                        await writer.fold_inputs_of(project_id, merged, build, serving.number, restage, mv.name)
                     if restage is not None and restaged:
                         await writer.refresh(project_id, merged, build, restaged, serving=False)
                     if (await serving_build(pg, project_id)).number != serving.number:  # its inputs may be gone

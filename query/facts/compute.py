@@ -115,7 +115,7 @@ FROM (
                                     arrayFilter(x -> x.5[map_n] > 0, staged)) AS ev
                     FROM ($customers)
                     ARRAY JOIN range(1, $maps + 1) AS map_n
-                    WHERE length(ev) > 0
+                    WHERE length(ev) > 0$of_map
                 )
             )
         )
@@ -426,9 +426,15 @@ class FactsSql:
             owners=owners,
         )
 
-    def _rows(self, customers: str) -> str:
+    def _rows(self, customers: str, map_name: str | None = None) -> str:
+        """The facts rows of ``customers`` in every map, or in the map ``map_name`` only."""
+        of_map = ""
+        if map_name is not None:
+            names = [mv.name for mv in self.definitions.maps]
+            of_map = f" AND map_n = {names.index(map_name) + 1}"
         per_customer = fill(
             _PER_CUSTOMER,
+            of_map=of_map,
             customers=customers,
             maps=str(len(self.definitions.maps)),
             stages=self._stages,
@@ -450,13 +456,13 @@ class FactsSql:
         """``INSERT`` of every customer's facts (:meth:`desired`, ``"project"``) into ``stage_facts``."""
         return fill(_INSERT_FACTS, columns=columns, rows=self.desired("project"), cluster=CLUSTER_SETTINGS)
 
-    def insert_all_from_inputs(self, columns: str, staged: str = "stored") -> str:
+    def insert_all_from_inputs(self, columns: str, staged: str = "stored", map_name: str | None = None) -> str:
         """``INSERT`` into ``stage_facts`` (``build``) of every customer's facts folded from the inputs stored in
         ``inputs_build``: the rebuild's own (:meth:`insert_inputs`, ``"project"``: the events are read once, by
         that statement), or another build's whose :attr:`inputs_key` is this one's, or, their staged events
         rewritten by ``staged`` (an expression of the column ``stored``), one whose rules were others
-        (query/facts/restage.py)."""
-        rows = self._rows(fill(_BUILT, keys=self._segments.keys, staged=staged))
+        (query/facts/restage.py). ``map_name``: that map's facts only (a preview reads one map)."""
+        rows = self._rows(fill(_BUILT, keys=self._segments.keys, staged=staged), map_name)
         return fill(_INSERT_FACTS, columns=columns, rows=rows, cluster=CLUSTER_SETTINGS)
 
     @cached_property

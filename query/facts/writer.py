@@ -217,18 +217,23 @@ class StateWriter:
         )
 
     async def fold_inputs_of(
-        self, project_id: str, definitions: Definitions, build: int, inputs_build: int, restage: Restaging | None = None
+        self,
+        project_id: str,
+        definitions: Definitions,
+        build: int,
+        inputs_build: int,
+        restage: Restaging | None = None,
+        map_name: str | None = None,
     ) -> None:
-        """Compute every customer's facts into ``build`` from the inputs stored in ``inputs_build``, whose
-        definitions have the same :attr:`~query.facts.compute.FactsSql.inputs_key` (a preview's), or whose rules
-        ``restage`` renumbers (the caller refreshes the customers it stages otherwise): the events are not read."""
+        """Compute every customer's facts (in ``map_name`` only, if given) into ``build`` from the inputs stored in
+        ``inputs_build``, whose definitions have the same :attr:`~query.facts.compute.FactsSql.inputs_key` (a
+        preview's), or whose rules ``restage`` renumbers (the caller refreshes the customers it stages otherwise):
+        the events are not read."""
         sql = self.statements(project_id, definitions)
         params = {**sql.params, "project_id": project_id, "build": build, "inputs_build": inputs_build}
-        if restage is None:
-            await self.ch.execute(sql.insert_all_from_inputs(", ".join(FACT_COLUMNS)), params)
-        else:
-            statement = sql.insert_all_from_inputs(", ".join(FACT_COLUMNS), restage.renumbered("stored"))
-            await self.ch.execute(statement, {**params, **restage.params})
+        staged = "stored" if restage is None else restage.renumbered("stored")
+        statement = sql.insert_all_from_inputs(", ".join(FACT_COLUMNS), staged, map_name)
+        await self.ch.execute(statement, params if restage is None else {**params, **restage.params})
 
     async def copy_facts_of(self, project_id: str, build: int, from_build: int, maps: list[str] | None = None) -> None:
         """Copy every fact of ``from_build`` (of ``maps`` only, if given) into ``build``
