@@ -172,14 +172,16 @@ async def preview_kpis(
             serving = await serving_build(pg, project_id)  # again: another preview may have run meanwhile
             served = await built_for(pg, project_id, serving)
             merged = None if served is None else _with_draft(served, defs)
-            restage = None
+            restage, restaged = None, set[str]()
             if served is not None and merged is not None and FactsSql(merged).inputs_key != FactsSql(served).inputs_key:
                 restage = Restaging(served, merged)
-                restaged = await restaged_ids(ch, project_id, restage) if restage.possible else None
-                if restaged is None:
+                found = await restaged_ids(ch, project_id, restage) if restage.possible else None
+                if found is None:
                     merged = None  # computed from the events
-                elif not restaged and restage.facts_kept:
+                elif not found and restage.facts_kept:
                     result = await from_serving_build(kept=serving.fingerprint)  # the same facts, every customer
+                else:
+                    restaged = found
             build = preview_build(int(time.time() * 1000))
             try:
                 if result is None and merged is not None:
@@ -187,7 +189,7 @@ async def preview_kpis(
                         await writer.copy_facts_of(project_id, build, serving.number, [mv.name])  # all it reads
                     else:
                         await writer.fold_inputs_of(project_id, merged, build, serving.number, restage, mv.name)
-                    if restage is not None and restaged:
+                    if restaged:
                         await writer.refresh(project_id, merged, build, restaged, serving=False)
                     if (await serving_build(pg, project_id)).number != serving.number:  # its inputs may be gone
                         await drop_build(ch, cluster or "", project_id, build)

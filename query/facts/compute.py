@@ -234,13 +234,15 @@ SETTINGS optimize_on_insert = 0, parallel_distributed_insert_select = 2, $cluste
     no_inputs=_NO_INPUTS,
     cluster=CLUSTER_SETTINGS,
 )
-COPY_INPUTS_SQL = fill(_COPY_INPUTS, staged="staged")
 
 
 def copy_inputs_sql(staged: str) -> str:
     """:data:`COPY_INPUTS_SQL` with each customer's staged events rewritten by ``staged`` (an expression of the
     stored ``staged``): the copy of a rebuild whose rules changed (query/facts/restage.py)."""
     return fill(_COPY_INPUTS, staged=staged)
+
+
+COPY_INPUTS_SQL = copy_inputs_sql("staged")
 
 
 #: Every fact of ``from_build`` copied into ``build``: a rule edit's new build, when every customer whose events

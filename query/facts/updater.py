@@ -411,11 +411,11 @@ class StageStateUpdater:
             copied = self._current_inputs(project_id, defs)
             if copied is not None and (await serving_build(pg, project_id)).number != copied[0]:
                 copied = None  # another replica switched builds meanwhile
-        restage, restaged = None if copied is None else copied[2], set[str]()
-        if restage is not None:
-            # After the poll the copy is current as of began: the scan reads every event the copy holds.
-            found = await restaged_ids(ch, project_id, restage, self.restaged_limit)
-            if found is None:
+        restaged: set[str] = set()
+        if copied is not None and copied[2] is not None:
+            # The copy is current as of a poll that began before now: the scan sees every event it holds.
+            found = await restaged_ids(ch, project_id, copied[2], self.restaged_limit)
+            if found is None:  # too many: every event is read
                 copied = None
             else:
                 restaged = found
@@ -426,7 +426,7 @@ class StageStateUpdater:
             number,
             inputs_of=None if copied is None else copied[0],
             generation=generation,
-            restage=None if copied is None else restage,
+            restage=None if copied is None else copied[2],
         )
         built_s = time.monotonic() - began
         # From here on every poll refreshes this build too; what changed since ClickHouse read the events or
