@@ -653,8 +653,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # ---- 4d. a map edit: preview, rebuild, and another project's freshness meanwhile (issue 17);
                 # --map-edits times, the map turned back and forth. The touchpoints reversed change every rule's
                 # position; on this generator's data no event matches two touchpoints, so no event is staged
-                # otherwise and no fact changes (bench/README.md, "Issue 17, twelfth session"): the rebuild scans the
-                # events for that and copies the serving build's inputs and facts (query/facts/restage.py).
+                # otherwise and no fact changes (bench/README.md, "Issue 17, twelfth session"): the updater scans the
+                # events for that and the serving build then serves the edit as it is (query/facts/restage.py).
                 edited = copy.deepcopy(map_doc)
                 edited["stages"][0]["target"] = {"conversion_rate": 0.42}
                 edited["touchpoints"] = list(reversed(edited["touchpoints"]))

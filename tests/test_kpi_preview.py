@@ -195,8 +195,9 @@ async def test_a_preview_reads_or_folds_what_the_serving_build_holds_when_it_can
     assert ways == ["folded", "copied", "refreshed 6"]
     # ... a new touchpoint feeding a stage: the stored inputs folded, renumbered, with the X viewers computed again
     added = copy.deepcopy(reordered)
-    added["touchpoints"].insert(0, {"id": "x-view", "stage": "consider", "match": {"event": "X"}})  # first: all
-    added["touchpoints"][2]["match"] = {"event": "A"}  # renumbered; `ad` no longer takes the X views
+    # (its id sorts first: every rule's number moves, MapVersion.rule_numbers)
+    added["touchpoints"].insert(0, {"id": "a-view", "stage": "consider", "match": {"event": "X"}})
+    added["touchpoints"][2]["match"] = {"event": "A"}  # `ad` no longer takes the X views
     await preview_then_apply({"map": added}, 6)
     assert ways[3:] == ["folded renumbered", "refreshed 6"]
     # ... and a segment reading a trait the inputs do not keep: computed from the events

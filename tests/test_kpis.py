@@ -1387,6 +1387,124 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
         updater.restaged_limit = limit
 
 
+async def test_a_rule_edit_that_stages_every_event_alike_serves_the_build_as_it_is(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """The rules put in the reverse order, where no event matches two of them: every event keeps its touchpoint
+    and sentiment, so the serving build serves the edit as it is, nothing built or copied. Its stored inputs
+    number each rule by its touchpoint, not by its place: events arriving afterwards are merged onto them with the
+    new rules (a C on the web now goes to buy-other, which comes first), and every customer's facts are the
+    oracle's."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import current_definitions, serving_build
+
+    project = await _new_project(stores)
+    updater = query.app[STATE_UPDATER]
+
+    def event(user: str, name: str, hours: int, channel: str = "email", **properties: Any) -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": name, "channel": channel, "properties": properties,
+                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
+
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [event("u1", "A", 0), event("u1", "B", 1, score=5), event("u2", "A", 0), event("u2", "C", 2),
+         event("u3", "B", 0, score=1), event("u3", "D", 3)],
+    )  # fmt: skip
+    before = await _kpis(http, query, project.read_key, map="funnel")
+    serving = (await serving_build(stores.pg, project.id)).number
+    await _caught_up(query)  # a poll kept the serving build current: what an edit now starts from
+    built: list[int] = []
+    build_all = updater.writer.build_all
+
+    async def recorded(project_id: str, defs: Any, build: int, **options: Any) -> None:
+        built.append(build)
+        await build_all(project_id, defs, build, **options)
+
+    monkeypatch.setattr(updater.writer, "build_all", recorded)
+    reordered = copy.deepcopy(MAP)
+    reordered["touchpoints"].reverse()
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", reordered)
+    defs = await current_definitions(stores.pg, project.id)
+    await wait_until(lambda: _serves(stores, project.id, defs.fingerprint), timeout=30)
+    assert (await serving_build(stores.pg, project.id)).number == serving and built == []
+    after = await _kpis(http, query, project.read_key, map="funnel")
+    assert after["segments"] == before["segments"]
+
+    await _send(http, collector, project.write_key, [event("u1", "C", 4, "web"), event("u4", "A", 5, "web")])
+    await _caught_up(query)
+    ids = ["u1", "u2", "u3", "u4"]
+    held = await current_facts_of(stores, project.id, ids, serving)
+    assert held == dict(await python_facts_of(stores, project.id, defs, serving, ids))
+    assert any(fact[9] == "buy-other" and fact[2] == "u1" for fact in held)  # the new rules staged it
+
+
+async def test_a_rule_edit_is_not_relabelled_once_an_event_it_stages_otherwise_arrives_after_its_scan(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """The scan of a reordering edit finds nothing staged otherwise; before the serving build is relabelled, a C on
+    the web arrives (buy-web under the old rules, buy-other under the new) and a poll merges it with the old rules.
+    The events stamped since the scan are scanned again first: the edit is rebuilt instead, and every customer's
+    facts are the oracle's."""
+    from query.facts import updater as updater_module
+    from query.facts.builds import current_definitions, serving_build
+
+    project = await _new_project(stores)
+
+    def event(user: str, name: str, hours: int, channel: str = "email") -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": name, "channel": channel,
+                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
+
+    await _send(http, collector, project.write_key, [event("u1", "A", 0), event("u2", "A", 0), event("u2", "C", 2)])
+    await _kpis(http, query, project.read_key, map="funnel")
+    serving = (await serving_build(stores.pg, project.id)).number
+    await _caught_up(query)  # a poll kept the serving build current: what an edit now starts from
+    scans: list[Any] = []
+    restaged_ids = updater_module.restaged_ids
+
+    async def late_event_after_the_scan(ch: Any, project_id: str, restage: Any, *args: Any) -> Any:
+        found = await restaged_ids(ch, project_id, restage, *args)
+        scans.append((args[1:] or (None,))[0])
+        if project_id == project.id and len(scans) == 1:
+            await _send(http, collector, project.write_key, [event("u3", "C", 3, "web")])
+            await _caught_up(query)  # merged into the serving build with the old rules
+        return found
+
+    monkeypatch.setattr(updater_module, "restaged_ids", late_event_after_the_scan)
+    reordered = copy.deepcopy(MAP)
+    reordered["touchpoints"].reverse()
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", reordered)
+    defs = await current_definitions(stores.pg, project.id)
+    await wait_until(lambda: _serves(stores, project.id, defs.fingerprint), timeout=30)
+    number = (await serving_build(stores.pg, project.id)).number
+    assert number != serving  # rebuilt, not relabelled
+    assert scans[0] is None and scans[1] is not None  # the events since the first scan were scanned again
+    ids = ["u1", "u2", "u3"]
+    held = await current_facts_of(stores, project.id, ids, number)
+    assert held == dict(await python_facts_of(stores, project.id, defs, number, ids))
+
+
+async def _serves(stores, project_id: str, fingerprint: str) -> bool:  # type: ignore[no-untyped-def]
+    from query.facts.builds import serving_build
+
+    return (await serving_build(stores.pg, project_id)).fingerprint == fingerprint
+
+
+async def current_facts_of(stores, project_id: str, ids: list[str], build: int) -> dict[Any, int]:  # type: ignore[no-untyped-def]
+    from facts_oracle import current_facts
+
+    return await current_facts(stores.clickhouse, project_id, ids, build)
+
+
+async def python_facts_of(stores, project_id: str, defs: Any, build: int, ids: list[str]) -> Any:  # type: ignore[no-untyped-def]
+    from facts_oracle import python_facts
+
+    return await python_facts(stores.clickhouse, project_id, defs, build, ids)
+
+
 async def test_an_edit_right_after_a_rebuild_copies_the_inputs_of_the_build_just_switched_to(  # type: ignore[no-untyped-def]
     http, collector, query, stores, monkeypatch
 ) -> None:
@@ -1506,7 +1624,7 @@ async def _true_async(value: Any, wanted: int) -> bool:
 
 async def test_a_target_edit_serves_at_once_without_recomputing_the_facts(http, collector, query, stores) -> None:  # type: ignore[no-untyped-def]
     """Targets, names and descriptions are read from the map when an answer is made: a new version changing only
-    them is served by the facts already built (same build), while a touchpoint change is recomputed."""
+    them is served by the facts already built (same build), while a touchpoint moved to another stage is recomputed."""
     import copy
 
     project = await _new_project(stores)
@@ -1544,7 +1662,7 @@ async def test_a_target_edit_serves_at_once_without_recomputing_the_facts(http, 
     assert second["segments"][0]["stages"][1:] == first["segments"][0]["stages"][1:]
     assert await builds() == before  # served as built: no new build was even started
 
-    edited["touchpoints"] = list(reversed(edited["touchpoints"]))
+    edited["touchpoints"][1]["stage"] = "buy"  # t1's B now makes it a buyer
     async with stores.pg.acquire() as conn:
         await definitions.apply(conn, project.id, "map", edited)
     await wait_until(

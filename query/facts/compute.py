@@ -10,7 +10,8 @@ threads, from one read of the events; Python only says which customers and which
    (``argMax(customer_id, version)``; a deleted mapping or none: the id is its own customer, as
    :func:`journeys.identities.current_customers`), for a refresh the ids and owners the caller resolved.
 2. **Staged events** — each event's first matching rule per map (:func:`query.facts.rule_index.rule_index_sql`, proven
-   equal to ``CompiledMap.assign``) and the sentiment that rule gives it; only events some map stages; each
+   equal to ``CompiledMap.assign``; numbered by touchpoint id, ``MapVersion.rule_numbers``) and the sentiment
+   that rule gives it; only events some map stages; each
    message once per customer: the copy received last, equal receipts the earlier time
    (:func:`query.reads.one_copy_each`); sorted in journey order (time, receipt, message id).
 3. **Facts** — per customer and map, folded with array functions: a transition wherever the stage changes
@@ -385,20 +386,20 @@ class FactsSql:
         maps = definitions.maps
         rule_columns, sentiment_columns = [], []
         for n, mv in enumerate(maps):
-            expression, values = rule_index_sql(mv.compiled.map, prefix=f"{names}m{n}_")
+            # Each rule's number is its touchpoint's place in id order (MapVersion.rule_numbers), not its place
+            # in the map: what the stored inputs hold survives a reorder.
+            expression, values = rule_index_sql(mv.compiled.map, prefix=f"{names}m{n}_", numbers=mv.rule_numbers)
             p.values.update(values)
             rule_columns.append(f"toUInt16({expression})")
-            sentiment_columns.append(_sentiment_sql(p, mv.compiled, f"{rules}[{n + 1}]"))
+            sentiment_columns.append(_sentiment_sql(p, mv, f"{rules}[{n + 1}]"))
         self._rule_columns = ", ".join(rule_columns)
         self._sentiment_columns = ", ".join(sentiment_columns)
-        # Rule index → stage index, stage index → window: small numbers, written into the statement.
+        # Rule number → stage index, stage index → window: small numbers, written into the statement.
         # Typed: a map without touchpoints is an empty list, which alone has no type.
-        stages = _literal([[mv.compiled.index[r.touchpoint.stage] for r in mv.compiled.rules] for mv in maps])
+        stages = _literal([[mv.compiled.index[r.touchpoint.stage] for r in mv.stored_rules] for mv in maps])
         self._stages = f"CAST({stages}, 'Array(Array(UInt16))')"
         self._windows = f"CAST({_literal([list(mv.windows_ms) for mv in maps])}, 'Array(Array(UInt64))')"
-        self._touchpoints = p.bind(
-            [[r.touchpoint.id for r in mv.compiled.rules] for mv in maps], "Array(Array(String))"
-        )
+        self._touchpoints = p.bind([[r.touchpoint.id for r in mv.stored_rules] for mv in maps], "Array(Array(String))")
         self._map_names = p.bind([mv.name for mv in maps], "Array(String)")
         self._segments = _SegmentKeys(p, definitions.segments)
         self.params = p.values
@@ -535,11 +536,11 @@ def _literal(value: Any) -> str:
     return str(value)
 
 
-def _sentiment_sql(p: SqlParams, compiled: Any, rule: str) -> str:
-    """The sentiment the matching rule (``rule``: its index) of a map gives each event (``_Rule.sentiment``):
-    the rule's own, or from a numeric property, else the event's."""
+def _sentiment_sql(p: SqlParams, map_version: Any, rule: str) -> str:
+    """The sentiment the matching rule (``rule``: its number, MapVersion.rule_numbers) of a map gives each event
+    (``_Rule.sentiment``): the rule's own, or from a numeric property, else the event's."""
     branches = []
-    for index, touchpoint_rule in enumerate(compiled.rules, start=1):
+    for index, touchpoint_rule in zip(map_version.rule_numbers, map_version.compiled.rules):
         sentiment = touchpoint_rule.touchpoint.sentiment
         if isinstance(sentiment, str):
             branches.append(f"{rule} = {index}, {_literal(sentiment)}")

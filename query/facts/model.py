@@ -26,8 +26,9 @@ DAY_MS = 86_400_000
 # inputs in stage_inputs; facts:4: before migration 0011 wrote a fact once per segment key; facts:5: before
 # migration 0012 held a fact's segment keys as an array). Bump it too when what a customer's stored inputs hold
 # changes (query/facts/compute.py, the inputs statement): a rebuild for definitions that store the same inputs
-# copies the serving build's, so without a new format inputs written by older code would be carried forward.
-FACTS_FORMAT = "facts:6"
+# copies the serving build's, so without a new format inputs written by older code would be carried forward
+# (facts:6: before the stored rule numbers were the touchpoints' places in id order, MapVersion.rule_numbers).
+FACTS_FORMAT = "facts:7"
 
 # A fact row's segment keys are one text, joined by this (migration 0012: ',b2b,vip'; '' in no segment).
 # Segment names are slugs (query/maps.py SLUG), so it never occurs in one.
@@ -86,6 +87,20 @@ class MapVersion:
     @property
     def version(self) -> int:
         return self.compiled.version
+
+    @cached_property
+    def stored_rules(self) -> tuple[Any, ...]:
+        """The map's rules in the order of their numbers in the stored inputs: by touchpoint id (ids are unique
+        in a map), not by the order rules are tried in. A rule edit that keeps each touchpoint's id then keeps
+        every number the inputs hold: reordered or narrowed rules need no renumbering, and an edit that stages
+        every event alike serves the build as it is (query/facts/updater.py, ``_relabel_rules``)."""
+        return tuple(sorted(self.compiled.rules, key=lambda rule: rule.touchpoint.id))
+
+    @cached_property
+    def rule_numbers(self) -> list[int]:
+        """The number the stored inputs give each rule, in map order (1-based: 0 is "no rule")."""
+        place = {rule.touchpoint.id: i for i, rule in enumerate(self.stored_rules, start=1)}
+        return [place[rule.touchpoint.id] for rule in self.compiled.rules]
 
     @cached_property
     def windows_ms(self) -> list[int]:

@@ -5,8 +5,10 @@ A rebuild for definitions whose rules changed read every event again (1 M custom
 for a new form, the rules put in another order. The inputs a build stores say, per staged event and map, which
 rule staged it and the sentiment it gave, and nothing else depends on the rules. So when the segments keep the
 same first touch and traits (:attr:`~query.facts.compute.FactsSql.segment_inputs_key`), the new build's
-inputs are the serving build's with each rule renumbered to the new position of its touchpoint, except for the
-customers with an event that the new rules give another touchpoint or another sentiment:
+inputs are the serving build's with each rule renumbered to the new number of its touchpoint (numbers follow
+touchpoint ids, :attr:`~query.facts.model.MapVersion.rule_numbers`: only a touchpoint added, removed or renamed
+moves them), except for the customers with an event that the new rules give another touchpoint or another
+sentiment:
 
 1. :attr:`Restaging.scan_sql` — one read of the project's events, both definitions' rules evaluated on the rows
    that may stage otherwise (:func:`_suspects`), lists the ids with such an event (at most ``limit``: past it,
@@ -19,6 +21,10 @@ customers with an event that the new rules give another touchpoint or another se
 4. the updater refreshes the listed ids into the new build from all their events, as it does the ids changed
    while a rebuild runs (query/facts/updater.py).
 
+When nothing but the staging changed and the scan lists nobody, there is no new build: the serving build's facts
+and inputs are the edit's, and the updater relabels it, once a second scan (:attr:`Restaging.scan_since_sql`) of
+the events stamped since the first began finds nothing staged otherwise either (``StageStateUpdater._relabel_rules``).
+
 Maps are matched by name; a map new in the edit stages anew every event it stages, a touchpoint removed unstages
 what it staged (both listed); a map removed makes every event read (it may have kept a message's other copy).
 """
@@ -27,13 +33,14 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from journeys.clickhouse import ClickHouse
-from query.facts.compute import STAGED_TYPE, FactsSql, copy_inputs_sql
+from query.facts.compute import COPY_INPUTS_SQL, STAGED_TYPE, FactsSql, copy_inputs_sql
 from query.facts.model import Definitions
 from query.facts.rule_index import touchpoint_conditions_sql
 from query.maps import JourneyMap, Touchpoint
@@ -58,19 +65,29 @@ def restaged_limit(events: int) -> int:
 
 
 async def restaged_ids(
-    ch: ClickHouse, project_id: str, restage: Restaging, limit_of: Callable[[int], int] = restaged_limit
+    ch: ClickHouse,
+    project_id: str,
+    restage: Restaging,
+    limit_of: Callable[[int], int] = restaged_limit,
+    since: datetime | None = None,
 ) -> set[str] | None:
     """The ids with an event the new rules stage otherwise than the old ones, or ``None`` if there are more than
-    ``limit_of(the project's events)`` (reading every event costs less)."""
+    ``limit_of(the project's events)`` (reading every event costs less). ``since``: among the events stamped after
+    it only (the parts written before are skipped: what arrived since a first scan)."""
     began = time.monotonic()
     _, counted = await ch.query(_EVENTS, {"project_id": project_id})
     limit = limit_of(int(counted[0][0]))
-    _, rows = await ch.query(restage.scan_sql, {**restage.params, "project_id": project_id, "limit": limit + 1})
+    params = {**restage.params, "project_id": project_id, "limit": limit + 1}
+    if since is None:
+        _, rows = await ch.query(restage.scan_sql, params)
+    else:
+        _, rows = await ch.query(restage.scan_since_sql, {**params, "since": since})
     log.info(
-        "rule edit of project %s: %s%d ids with events staged otherwise (at most %d restaged), scanned in %.1f s",
+        "rule edit of project %s: %s%d ids with events%s staged otherwise (at most %d restaged), scanned in %.1f s",
         project_id,
         "over " if len(rows) > limit else "",
         min(len(rows), limit),
+        "" if since is None else f" stamped since {since.isoformat()}",
         limit,
         time.monotonic() - began,
     )
@@ -87,7 +104,7 @@ FROM (
     SELECT distinct_id, [$old_rules] AS old_rules, [$old_sentiments] AS old_sentiments,
            [$new_rules] AS new_rules, [$new_sentiments] AS new_sentiments
     FROM events
-    WHERE project_id = {project_id:String} AND ($suspects)
+    WHERE project_id = {project_id:String} $since AND ($suspects)
 )
 WHERE $differs
 LIMIT {limit:UInt64}
@@ -105,13 +122,15 @@ class Restaging:
         # stages): read every event then, as for a segment that reads other traits.
         removed = {mv.name for mv in old.maps} - {mv.name for mv in new.maps}
         self.possible = bool(new.maps) and not removed and self.old.segment_inputs_key == self.new.segment_inputs_key
-        # Every customer whose events stage alike keeps its facts: they are copied, not folded again.
+        # Every customer whose events stage alike keeps its facts: they are copied, not folded again. And the
+        # inputs too, as they are: the same touchpoint ids (the staging-free key keeps them), so the same rule
+        # numbers (MapVersion.rule_numbers). With no id listed, the serving build serves the edit as it is.
         self.facts_kept = old.staging_free_key == new.staging_free_key
         self.params = {**self.old.params, **self.new.params}
         old_position = {mv.name: m for m, mv in enumerate(old.maps, start=1)}
         old_maps = {mv.name: mv.compiled.map for mv in old.maps}
-        old_ids = [["", *(r.touchpoint.id for r in mv.compiled.rules)] for mv in old.maps]
-        new_ids = [["", *(r.touchpoint.id for r in mv.compiled.rules)] for mv in new.maps]
+        old_ids = [["", *(r.touchpoint.id for r in mv.stored_rules)] for mv in old.maps]
+        new_ids = [["", *(r.touchpoint.id for r in mv.stored_rules)] for mv in new.maps]
         self.params["r_old_ids"] = old_ids
         self.params["r_new_ids"] = new_ids
         differs, rules, sentiments, renumbered = [], [], [], []
@@ -127,14 +146,13 @@ class Restaging:
             differs.append(
                 f"{touchpoint} != {was} OR (new_rules[{n}] > 0 AND new_sentiments[{n}] != old_sentiments[{m}])"
             )
-            # Old rule index + 1 → the new index of the same touchpoint (0: none, or a touchpoint removed).
+            # Old rule number + 1 → the new number of the same touchpoint (0: none, or a touchpoint removed).
             position = {tp: i for i, tp in enumerate(new_ids[n - 1]) if tp}
             renumbered.append([position.get(tp, 0) for tp in old_ids[m - 1]])
             rules.append(f"{{r_renumbered:Array(Array(UInt16))}}[{len(renumbered)}][x.5[{m}] + 1]")
             sentiments.append(f"x.6[{m}]")
         self.params["r_renumbered"] = renumbered
-        self.scan_sql = fill(
-            _SCAN,
+        scan = dict(
             old_rules=self.old._rule_columns or "toUInt16(0)",
             old_sentiments=self.old._sentiment_columns or "''",
             new_rules=self.new._rule_columns,
@@ -145,17 +163,24 @@ class Restaging:
                 for n, mv in enumerate(new.maps, start=1)
             ),
         )
+        self.scan_sql = fill(_SCAN, since="", **scan)
+        # inserted_at first: its minmax index skips the parts written before
+        self.scan_since_sql = fill(_SCAN, since="AND inserted_at > {since:DateTime64(3, 'UTC')}", **scan)
         # Each staged event with its rules renumbered; one that no map stages any more is left out, as a read of
         # the events leaves it out.
         self._renumbered = (
             f"arrayFilter(x -> arrayExists(r -> r > 0, x.5), arrayMap(x -> CAST(tuple(x.1, x.2, x.3, x.4, "
             f"[{', '.join(rules)}], [{', '.join(sentiments)}]), '{STAGED_TYPE[len('Array(') : -1]}'), $column))"
         )
-        self.copy_sql = copy_inputs_sql(self.renumbered("staged"))
+        # The same maps and touchpoint ids (as every edit whose facts are kept): every number stays what it was.
+        self.numbers_kept = [mv.name for mv in old.maps] == [mv.name for mv in new.maps] and all(
+            numbers == list(range(len(numbers))) for numbers in renumbered
+        )
+        self.copy_sql = COPY_INPUTS_SQL if self.numbers_kept else copy_inputs_sql(self.renumbered("staged"))
 
     def renumbered(self, column: str) -> str:
         """SQL: the staged events in ``column`` (stored for the old definitions) as the new ones store them."""
-        return fill(self._renumbered, column=column)
+        return column if self.numbers_kept else fill(self._renumbered, column=column)
 
 
 def _suspects(old: JourneyMap | None, new: JourneyMap, n: int, params: dict[str, Any]) -> str:

@@ -147,11 +147,15 @@ def touchpoint_conditions_sql(journey_map: JourneyMap, prefix: str = "m") -> tup
     return conditions, p.values
 
 
-def rule_index_sql(journey_map: JourneyMap, prefix: str = "m") -> tuple[str, dict[str, Any]]:
+def rule_index_sql(
+    journey_map: JourneyMap, prefix: str = "m", numbers: list[int] | None = None
+) -> tuple[str, dict[str, Any]]:
     """``(expression, parameters)``: the 1-based index of the first touchpoint rule an event row matches
-    (columns ``event``, ``channel``, ``type``, ``properties``), 0 when none does."""
+    (columns ``event``, ``channel``, ``type``, ``properties``), 0 when none does; or, given ``numbers`` (one per
+    rule, in map order), the number of that rule."""
     conditions, values = touchpoint_conditions_sql(journey_map, prefix)
     if not conditions:
         return "0", values
-    branches = [f"{condition}, {index}" for index, condition in enumerate(conditions, start=1)]
+    numbers = numbers or list(range(1, len(conditions) + 1))
+    branches = [f"{condition}, {number}" for condition, number in zip(conditions, numbers)]
     return f"multiIf({', '.join(branches)}, 0)", values

@@ -210,7 +210,7 @@ class StateWriter:
             project_id,
             "read from the events"
             if inputs_of is None
-            else f"copied from build {inputs_of}{'' if restage is None else ', rules renumbered'}",
+            else f"copied from build {inputs_of}{'' if restage is None or restage.numbers_kept else ', rules renumbered'}",
             stored - began,
             f"copied from build {inputs_of}" if restage is not None and restage.facts_kept else "folded from them",
             time.monotonic() - stored,
