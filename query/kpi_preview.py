@@ -207,7 +207,8 @@ async def preview_kpis(
 def _with_draft(served: Definitions, draft: Definitions) -> Definitions | None:
     """The serving build's maps with the draft's in place of its namesake, and the draft's segments (``None``:
     the draft's map is new). If these store the inputs the serving build's definitions store (the draft changes
-    stages, windows, touchpoint ids or segment values, but no rule nor what the segments read), the draft's facts
+    stages, windows, which stage a touchpoint feeds or segment values, but no rule, touchpoint id nor what the
+    segments read), the draft's facts
     are folded from the inputs that build holds, without reading the events; if only rules changed, from those
     inputs renumbered, the customers the new rules stage otherwise read again (query/facts/restage.py)."""
     name = draft.maps[0].name

@@ -1414,6 +1414,7 @@ async def test_a_rule_edit_that_stages_every_event_alike_serves_the_build_as_it_
     )  # fmt: skip
     before = await _kpis(http, query, project.read_key, map="funnel")
     serving = (await serving_build(stores.pg, project.id)).number
+    before_defs = await current_definitions(stores.pg, project.id)
     await _caught_up(query)  # a poll kept the serving build current: what an edit now starts from
     built: list[int] = []
     build_all = updater.writer.build_all
@@ -1433,6 +1434,9 @@ async def test_a_rule_edit_that_stages_every_event_alike_serves_the_build_as_it_
     after = await _kpis(http, query, project.read_key, map="funnel")
     assert after["segments"] == before["segments"]
 
+    # A replica that led before knows the build by its number and the old rules: it learns the new ones too.
+    updater._serving[project.id] = (serving, before_defs)  # noqa: SLF001
+    await _caught_up(query)
     await _send(http, collector, project.write_key, [event("u1", "C", 4, "web"), event("u4", "A", 5, "web")])
     await _caught_up(query)
     ids = ["u1", "u2", "u3", "u4"]

@@ -346,7 +346,11 @@ class StageStateUpdater:
         for project_id, defs in (await self._project_definitions()).items():
             build = await serving_build(pg, project_id)
             known = self._serving.get(project_id)
-            if build.number and (known is None or known[0] != build.number):
+            # The fingerprint too: a relabel (this replica's or another's while this one did not lead) keeps the
+            # number, and a rule edit relabelled stages new events by its own rules (_relabel_rules).
+            if build.number and (
+                known is None or (known[0], known[1].fingerprint) != (build.number, build.fingerprint)
+            ):
                 built = (
                     defs
                     if build.fingerprint == defs.fingerprint
