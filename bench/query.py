@@ -741,8 +741,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     log("a window edit:")
                     window_rebuild_s.append(round(await timed_edit(draft), 1))
                 # Rule edits that do stage some events otherwise: the email-click touchpoint leaves out ten test
-                # campaigns of 300 and takes them back (~13 k of 1 M customers at 10 M events): the rebuild copies
-                # the rest and reads only those customers' events again (query/facts/restage.py).
+                # campaigns of 300 and takes them back (~13 k of 1 M customers at 10 M events): only those customers
+                # are computed again, apart, and moved into the serving build as it serves the edit
+                # (query/facts/restage.py).
                 narrowed_rebuild_s, narrowed_preview_s = [], []
                 for edit in range(args.map_edits):
                     draft = copy.deepcopy(applied[-1])

@@ -550,7 +550,15 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     """The facts statements (query/facts/compute.py) are the same text on a cluster, where their table names are
     the Distributed tables: ClickHouse's parser takes each one (deploy/SCALING.md, "Stage facts")."""
     from query.maps import validate_map, validate_segment
-    from query.facts.compute import COPY_FACTS_SQL, COPY_INPUTS_SQL, COPY_MAP_FACTS_SQL, INSERT_WITHDRAWAL, FactsSql
+    from query.facts.compute import (
+        COPY_FACTS_SQL,
+        COPY_INPUTS_SQL,
+        COPY_MAP_FACTS_SQL,
+        INSERT_WITHDRAWAL,
+        TRANSPLANT_FACTS_SQL,
+        TRANSPLANT_INPUTS_SQL,
+        FactsSql,
+    )
     from query.facts.model import FACT_COLUMNS, Definitions
     from query.facts.restage import Restaging
 
@@ -561,7 +569,9 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     ]
     defs = Definitions.of([(validate_map(template), 1)], [(validate_segment(s), 1) for s in segments])
     facts = FactsSql(defs)
-    edited = {**template, "touchpoints": list(reversed(template["touchpoints"]))}
+    # reordered, and a touchpoint whose id sorts first: every stored rule number moves (a renumbered copy)
+    added = {"id": "a-new", "stage": template["stages"][0]["id"], "match": {"event": "X"}}
+    edited = {**template, "touchpoints": [*reversed(template["touchpoints"]), added]}
     restage = Restaging(defs, Definitions.of([(validate_map(edited), 2)], [(validate_segment(s), 1) for s in segments]))
     statements = (
         restage.copy_sql,
@@ -576,7 +586,10 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         facts.insert_difference(", ".join(FACT_COLUMNS), held=False),
         INSERT_WITHDRAWAL,
         COPY_INPUTS_SQL,
+        TRANSPLANT_INPUTS_SQL,
+        TRANSPLANT_FACTS_SQL,
     )
+    assert restage.copy_sql != COPY_INPUTS_SQL  # renumbered
     for statement in statements:
         assert "distributed_product_mode = 'global'" in statement
         params = {
@@ -596,7 +609,8 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         _, rows = await stores.clickhouse.query(f"EXPLAIN AST {statement}", params)
         assert rows, statement
     # A rule edit's scan reads only the events table (no join): the same on a cluster.
-    _, rows = await stores.clickhouse.query(
-        f"EXPLAIN AST {restage.scan_sql}", {**restage.params, "project_id": "p", "limit": 1}
-    )
-    assert rows
+    for scan in (restage.scan_sql, restage.scan_since_sql):
+        _, rows = await stores.clickhouse.query(
+            f"EXPLAIN AST {scan}", {**restage.params, "project_id": "p", "limit": 1, "since": "2026-01-01 00:00:00"}
+        )
+        assert rows

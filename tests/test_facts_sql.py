@@ -607,7 +607,8 @@ async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fol
     """A rule edit rebuilt from the old build's inputs (query/facts/restage.py): the scan lists the ids whose events
     the new rules stage otherwise, the copy renumbers everyone else's rules, the facts are folded from those (or,
     where only the staging changed, copied), those ids are refreshed; the new build then holds exactly the oracle's
-    facts under the new rules. A mere renumbering lists no id."""
+    facts under the new rules. A mere renumbering lists no id. Where only the staging changed, the old build with
+    those ids' customers computed apart and moved in holds them too, and inputs that fold to them."""
     from query.facts.restage import Restaging
 
     pid = f"{project.id}-{next(_count)}"
@@ -627,6 +628,25 @@ async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fol
     await writer.refresh(pid, new, 8, restaged, serving=False)
     held = await current_facts(stores.clickhouse, pid, ids, 8)
     assert Counter({f: n for f, n in held.items() if n}) == await python_facts(stores.clickhouse, pid, new, 8, ids)
+    if not restage.facts_kept:
+        return
+    # Only the staging changed: the old build itself serves the edit once the listed ids' customers, computed apart
+    # with the new rules, are moved into it (StageStateUpdater._relabel_rules); its inputs are then the new rules'
+    # too (numbered by touchpoint id): the facts folded from them again are the oracle's as well.
+    await writer.refresh(pid, new, 9, restaged, serving=False)
+    moved: list[bool] = []
+
+    async def then() -> None:
+        moved.append(True)
+
+    await writer.transplant(pid, 7, 9, then)
+    assert moved == [True]
+    await writer.fold_inputs_of(pid, new, 10, 7)
+    for build in (7, 10):
+        held = await current_facts(stores.clickhouse, pid, ids, build)
+        assert Counter({f: n for f, n in held.items() if n}) == await python_facts(
+            stores.clickhouse, pid, new, build, ids
+        ), build
 
 
 async def test_a_rule_edit_is_restaged_only_while_the_segments_keep_their_inputs() -> None:

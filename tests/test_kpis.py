@@ -1341,11 +1341,11 @@ async def _held_build_serves_the_oracles_facts(  # type: ignore[no-untyped-def]
 async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_it_restages(  # type: ignore[no-untyped-def]
     http, collector, query, stores
 ) -> None:
-    """A rule edit (the ad touchpoint narrowed to the web, the rules in another order): the new build starts from
-    the serving build's inputs with the rules renumbered, and only the ids with an event the new rules stage
-    otherwise (u2's email ad) are read again. What arrives while it is held after the copy is in it too; once it
-    serves, its facts are the oracle's for every customer. With more such ids than the project's events allow
-    (query/facts/restage.py), the rebuild reads every event instead."""
+    """A rule edit (the ad touchpoint narrowed to the web, the rules in another order, a touchpoint added whose id
+    sorts first): the new build starts from the serving build's inputs with the rules renumbered, and only the ids
+    with an event the new rules stage otherwise (u2's email ad) are read again. What arrives while it is held after
+    the copy is in it too; once it serves, its facts are the oracle's for every customer. With more such ids than
+    the project's events allow (query/facts/restage.py), the rebuild reads every event instead."""
     from query.appkeys import STATE_UPDATER
     from query.facts.builds import serving_build
 
@@ -1368,6 +1368,7 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
     narrowed = copy.deepcopy(MAP)
     narrowed["touchpoints"][0]["match"]["channel"] = "web"
     narrowed["touchpoints"].reverse()
+    narrowed["touchpoints"].append({"id": "a-survey", "stage": "consider", "match": {"event": "S"}})
     limit, updater.restaged_limit = updater.restaged_limit, lambda events: events  # as many as the events
     try:
         async with _narrow_margin(query, project.id, serving):  # until the rebuild has caught up and serves
@@ -1385,6 +1386,61 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
         assert (await _kpis(http, query, project.read_key, map="funnel"))["segments"][0]["stages"][0]["reached"] == 4
     finally:
         updater.restaged_limit = limit
+
+
+async def test_a_narrowed_rule_moves_the_customers_it_restages_into_the_serving_build(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """A rule narrowed (ads on the web only) changes nothing but the staging: the customers with an event it stages
+    otherwise (u2's email ad) are computed with the new rules apart, then moved into the serving build as it is
+    relabelled, between two polls; nothing else is copied. Events arriving after they were computed and before
+    they are moved in — u2's next touchpoint, an email ad for u5 (staged otherwise), u1's next one — are in it too:
+    once the edit serves, every customer's facts are the oracle's."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import current_definitions, serving_build
+
+    project = await _new_project(stores)
+    updater = query.app[STATE_UPDATER]
+
+    def event(user: str, name: str, hours: int, channel: str = "web") -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": name, "channel": channel,
+                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
+
+    await _send(
+        http,
+        collector,
+        project.write_key,
+        [event("u1", "A", 0), event("u1", "B", 1), event("u2", "A", 0, "email"), event("u2", "B", 2, "email"),
+         event("u3", "C", 0), event("u4", "A", 1), event("u4", "B", 2)],
+    )  # fmt: skip
+    await _kpis(http, query, project.read_key, map="funnel")
+    serving = (await serving_build(stores.pg, project.id)).number
+    await _caught_up(query)  # a poll kept the serving build current: what an edit now starts from
+    refresh, computed = updater.writer.refresh, list[list[str]]()
+
+    async def then_more_events(project_id: str, defs: Any, build: int, touched: set[str], **options: Any) -> int:
+        written = await refresh(project_id, defs, build, touched, **options)
+        if project_id == project.id and build != serving and not computed:
+            computed.append(sorted(touched))
+            late = [event("u2", "C", 3, "email"), event("u5", "A", 4, "email"), event("u1", "D", 5)]
+            await _send(http, collector, project.write_key, late)
+            await _caught_up(query)  # merged into the serving build with the old rules
+        return written
+
+    monkeypatch.setattr(updater.writer, "refresh", then_more_events)
+    narrowed = copy.deepcopy(MAP)
+    narrowed["touchpoints"][0]["match"]["channel"] = "web"
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", narrowed)
+    defs = await current_definitions(stores.pg, project.id)
+    await wait_until(lambda: _serves(stores, project.id, defs.fingerprint), timeout=30)
+    assert (await serving_build(stores.pg, project.id)).number == serving  # the same build, relabelled
+    assert computed == [["u2"]]
+    after = await _kpis(http, query, project.read_key, map="funnel")
+    assert after["segments"][0]["stages"][0]["reached"] == 2  # u1 and u4: ads on the web only
+    ids = ["u1", "u2", "u3", "u4", "u5"]
+    held = await current_facts_of(stores, project.id, ids, serving)
+    assert held == dict(await python_facts_of(stores, project.id, defs, serving, ids))
 
 
 async def test_a_rule_edit_that_stages_every_event_alike_serves_the_build_as_it_is(  # type: ignore[no-untyped-def]

@@ -343,21 +343,22 @@ _TOUCH_DAY = 10
 
 
 _HELD_IN = """
-SELECT $identity, -sum(n) AS held
+SELECT $identity, ${sign}sum(n) AS held
 FROM stage_facts
-WHERE project_id = {project_id:String} $in_build AND customer_id IN {customers:Array(String)}
+WHERE project_id = {project_id:String} $in_build AND customer_id IN $customers
 GROUP BY ALL
 HAVING held != 0
 """
+# A fact row's identity with its enums as text: what the facts computed from inputs give.
+_IDENTITY_TEXT = (
+    FACT_IDENTITY.replace("fact,", "toString(fact),")
+    .replace("move_kind,", "toString(move_kind),")
+    .replace(", sentiment", ", toString(sentiment)")
+)
 
 
-def _held(in_build: str) -> str:
-    identity = (
-        FACT_IDENTITY.replace("fact,", "toString(fact),")
-        .replace("move_kind,", "toString(move_kind),")
-        .replace(", sentiment", ", toString(sentiment)")
-    )
-    return fill(_HELD_IN, identity=identity, in_build=in_build)
+def _held(in_build: str, customers: str = "{customers:Array(String)}", sign: str = "-") -> str:
+    return fill(_HELD_IN, identity=_IDENTITY_TEXT, in_build=in_build, customers=customers, sign=sign)
 
 
 # What a build holds for a refresh's customers, negated: added to the desired rows, the difference.
@@ -365,6 +366,42 @@ _HELD = _held("AND build = {build:UInt64}")
 #: ``INSERT`` of what every build holds for ``customers``, negated: the rows that withdraw them (forgetting a
 #: customer), summed as a difference is.
 INSERT_WITHDRAWAL = fill(_INSERT_DIFFERENCE, columns=FACT_IDENTITY + ", n", rows=_held(""), cluster=CLUSTER_SETTINGS)
+
+# The customers with inputs in ``from_build``: those a rule edit computed again with its rules (query/facts/restage.py).
+_OF_FROM_BUILD = (
+    "(SELECT customer_id FROM stage_inputs WHERE project_id = {project_id:String} AND build = {from_build:UInt64})"
+)
+#: The newest inputs of every customer in ``from_build`` (a rule edit's customers whose events it stages otherwise,
+#: computed with its rules) written into ``build`` (the serving build, relabelled for that edit) under a new
+#: ``generation``: they win over what it held. Emptied ones too (a customer merged into another or forgotten
+#: meanwhile). On a cluster each shard moves its own customers' (a customer's rows are on one shard).
+TRANSPLANT_INPUTS_SQL = fill(
+    """
+INSERT INTO stage_inputs ($columns)
+SELECT project_id, {build:UInt64}, customer_id, {generation:UInt64}, staged, touch, traits, $no_inputs
+FROM stage_inputs FINAL
+WHERE project_id = {project_id:String} AND build = {from_build:UInt64}
+SETTINGS optimize_on_insert = 0, parallel_distributed_insert_select = 2, $cluster""",
+    columns=_INPUT_COLUMNS,
+    no_inputs=_NO_INPUTS,
+    cluster=CLUSTER_SETTINGS,
+)
+#: ``INSERT`` into ``build`` of the difference that makes its facts of those customers the ones ``from_build`` holds
+#: for them: what ``from_build`` holds (as ``build``'s rows) and what ``build`` holds, negated, summed as a
+#: difference is.
+TRANSPLANT_FACTS_SQL = fill(
+    _INSERT_DIFFERENCE,
+    columns=FACT_IDENTITY + ", n",
+    rows=_held("AND build = {from_build:UInt64}", _OF_FROM_BUILD, "").replace(
+        # not AS build: ClickHouse would read that alias in the WHERE clause (build = from_build: no row)
+        "project_id, map_name, build,",
+        "project_id, map_name, {build:UInt64} AS into_build,",
+        1,
+    )
+    + "UNION ALL\n"
+    + _held("AND build = {build:UInt64}", _OF_FROM_BUILD),
+    cluster=CLUSTER_SETTINGS,
+)
 
 
 class FactsSql:

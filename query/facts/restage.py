@@ -21,9 +21,11 @@ sentiment:
 4. the updater refreshes the listed ids into the new build from all their events, as it does the ids changed
    while a rebuild runs (query/facts/updater.py).
 
-When nothing but the staging changed and the scan lists nobody, there is no new build: the serving build's facts
-and inputs are the edit's, and the updater relabels it, once a second scan (:attr:`Restaging.scan_since_sql`) of
-the events stamped since the first began finds nothing staged otherwise either (``StageStateUpdater._relabel_rules``).
+When nothing but the staging changed, nothing is copied: the serving build's facts and inputs are the edit's for
+everyone not listed, so the updater computes the listed ids' customers with the new rules into a build of their
+own and moves them into the serving build as it relabels it for the edit (none listed: it only relabels it),
+between two polls, once a second scan (:attr:`Restaging.scan_since_sql`) of the events stamped since the first
+began has listed those arrived meanwhile (``StageStateUpdater._relabel_rules``).
 
 Maps are matched by name; a map new in the edit stages anew every event it stages, a touchpoint removed unstages
 what it staged (both listed); a map removed makes every event read (it may have kept a message's other copy).

@@ -18,8 +18,8 @@ stage, which stage a touchpoint feeds or a segment's values changed; no rule), t
 of those instead of reading every event: they hold every row visible when the last completed poll began, so the
 ids changed since then are the ones refreshed into it. When only rules changed, it starts from that copy with the
 rules renumbered, and the ids a scan finds staged otherwise are refreshed into it too (query/facts/restage.py);
-when the scan finds none and nothing but the staging changed, the serving build is relabelled instead, between two
-polls (:meth:`StageStateUpdater._relabel_rules`).
+when nothing but the staging changed, the serving build is relabelled instead, between two polls, with the
+customers of the ids the scan finds computed apart and moved into it (:meth:`StageStateUpdater._relabel_rules`).
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched.
@@ -57,15 +57,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from journeys import identities
 from journeys.metrics import Metrics
 from journeys.stores import Stores
 from query.facts.builds import (
     begin_build,
     current_definitions,
     definitions_of_build,
+    drop_build,
     drop_other_builds,
     serving_build,
 )
@@ -120,8 +123,27 @@ SELECT distinct_id FROM identities WHERE project_id = {project_id:String} AND in
 """
 
 
+# The customers with inputs in a build: those a rule edit computed with its rules (StageStateUpdater._transplant).
+CUSTOMERS_OF_BUILD_SQL = """
+SELECT DISTINCT customer_id FROM stage_inputs WHERE project_id = {project_id:String} AND build = {build:UInt64}
+"""
+
+
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+@dataclass
+class _RulesRelabel:
+    """A rule edit the serving build is to serve (StageStateUpdater._relabel_rules): the build, the edit's
+    definitions and restaging, the server time its scan began, what computed customers to move in, the answer."""
+
+    number: int
+    defs: Definitions
+    restage: Restaging
+    scanned_from_ms: int
+    restaged: tuple[int, int, set[str]] | None
+    answer: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class StageStateUpdater:
@@ -162,9 +184,8 @@ class StageStateUpdater:
         self._rebuilds: dict[str, asyncio.Task[None]] = {}
         self._switches: set[asyncio.Future[bool]] = set()  # rebuilds' switches under way (StageStateUpdater.rebuild)
         self._rebuild_after: dict[str, float] = {}  # project → monotonic time before which a failed one waits
-        # project → (serving build, new definitions, restaging, server ms the scan began, the answer): rule edits
-        # that stage every event alike, relabelled between two polls (StageStateUpdater._relabel_rules)
-        self._rules_relabels: dict[str, tuple[int, Definitions, Restaging, int, asyncio.Future[bool]]] = {}
+        # project → a rule edit the serving build is to serve, relabelled between two polls (_relabel_rules)
+        self._rules_relabels: dict[str, _RulesRelabel] = {}
         # The last completed poll of this lead: the server time it began (every row visible then is merged into
         # the builds it kept current) and the builds it kept current per project: the serving one and one being
         # built that holds every customer already (once that one serves, its inputs are as current: an edit
@@ -372,45 +393,115 @@ class StageStateUpdater:
             )
 
     async def _relabel_rules(
-        self, project_id: str, number: int, defs: Definitions, restage: Restaging, scanned_from_ms: int
+        self,
+        project_id: str,
+        number: int,
+        defs: Definitions,
+        restage: Restaging,
+        scanned_from_ms: int,
+        restaged: tuple[int, int, set[str]] | None = None,
     ) -> bool:
-        """A rule edit whose scan found no event staged otherwise, and nothing but the staging changed
-        (``restage.facts_kept``): the serving build ``number`` holds the facts and the inputs the edit gives (rule
-        numbers follow touchpoint ids, query/facts/model.py ``MapVersion.rule_numbers``), so it serves the edit
-        as it is (a rebuild copied both: 1 M customers, ~20 s). Done between two polls (:meth:`_rebuild_changed`),
-        so no poll is half-way through writing with the old rules. The polls went on merging events with the old
-        rules after the scan began: the events stamped since (less the margin, what may have become visible after
-        the scan read) are scanned again first, and if one of them stages otherwise, nothing is relabelled (the
-        rebuild goes on: the ids changed since its copy are refreshed into it anyway). Returns whether it was."""
-        asked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._rules_relabels[project_id] = (number, defs, restage, scanned_from_ms, asked)
+        """A rule edit that changes nothing but the staging (``restage.facts_kept``), once its scan found which
+        events it stages otherwise: the serving build ``number`` holds the inputs the edit gives every other
+        customer (rule numbers follow touchpoint ids, query/facts/model.py ``MapVersion.rule_numbers``) and their
+        facts, so it serves the edit (a rebuild copied both: 1 M customers, ~20 s). With ``restaged`` (build, server
+        ms, ids), the customers of those ids were computed with the edit's rules into that build, beginning at that
+        time: they are moved into the serving build as it is relabelled (refreshed again first, if they changed
+        since). Done between two polls (:meth:`_rebuild_changed`), so no poll is half-way through writing with the
+        old rules. The polls went on merging events with the old rules after the scan began: the events stamped
+        since (less the margin, what may have become visible after the scan read) are scanned again first, and
+        their ids staged otherwise computed too (too many: nothing is relabelled, and the rebuild goes on).
+        Returns whether it was relabelled."""
+        asked = _RulesRelabel(number, defs, restage, scanned_from_ms, restaged)
+        self._rules_relabels[project_id] = asked
         try:
-            return await asyncio.shield(asked)
+            return await asyncio.shield(asked.answer)
         finally:
-            if self._rules_relabels.get(project_id, (None,) * 5)[4] is asked:
+            if self._rules_relabels.get(project_id) is asked:
                 del self._rules_relabels[project_id]
 
     async def _relabel_asked(self) -> None:
         """Relabel the serving builds :meth:`_relabel_rules` asked for, between two polls."""
-        for project_id, (number, defs, restage, scanned_from_ms, asked) in list(self._rules_relabels.items()):
+        for project_id, asked in list(self._rules_relabels.items()):
             del self._rules_relabels[project_id]
-            if asked.done():
+            if asked.answer.done():
                 continue
             relabelled = False
             try:
                 serving = self._serving.get(project_id)
                 # Still the build, and the definitions, the scan compared the edit with.
                 if serving is not None and (serving[0], serving[1].fingerprint) == (
-                    number,
-                    restage.old.definitions.fingerprint,
+                    asked.number,
+                    asked.restage.old.definitions.fingerprint,
                 ):
-                    since = _at(scanned_from_ms - self.margin_ms)
-                    found = await restaged_ids(self.stores.clickhouse, project_id, restage, self.restaged_limit, since)
-                    if found == set():
-                        relabelled = await self._relabel(project_id, number, serving[1].fingerprint, defs)
+                    since = _at(asked.scanned_from_ms - self.margin_ms)
+                    ch = self.stores.clickhouse
+                    found = await restaged_ids(ch, project_id, asked.restage, self.restaged_limit, since)
+                    if found == set() and asked.restaged is None:
+                        relabelled = await self._relabel(project_id, asked.number, serving[1].fingerprint, asked.defs)
+                    elif found is not None and asked.restaged is not None:
+                        relabelled = await self._transplant(project_id, asked, serving[1].fingerprint, found)
             except Exception:  # noqa: BLE001 - the rebuild that asked goes on, as if nothing was relabelled
-                log.exception("relabelling project %s's build %d failed; it is rebuilt instead", project_id, number)
-            asked.set_result(relabelled)
+                log.exception(
+                    "relabelling project %s's build %d failed; it is rebuilt instead", project_id, asked.number
+                )
+            asked.answer.set_result(relabelled)
+
+    async def _transplant(self, project_id: str, asked: _RulesRelabel, fingerprint: str, found: set[str]) -> bool:
+        """:meth:`_relabel_rules` with customers computed with the edit's rules (``asked.restaged``), and
+        ``found``, the ids with an event stamped since the scan that the edit stages otherwise."""
+        assert asked.restaged is not None
+        from_build, refreshed_from_ms, ids = asked.restaged
+        ch, pg = self.stores.clickhouse, self.stores.pg
+        began = time.monotonic()
+        # What changed since their computation began: their customers' rows (a merge of one into another too) and
+        # the ids found now, computed again (their customers, from all their events).
+        _, rows = await ch.query(
+            CHANGED_SINCE_SQL, {"project_id": project_id, "since": _at(refreshed_from_ms - self.margin_ms)}
+        )
+        changed = {r[0] for r in rows}
+        _, rows = await ch.query(CUSTOMERS_OF_BUILD_SQL, {"project_id": project_id, "build": from_build})
+        computed = {r[0] for r in rows}
+        restaged = ids | found
+        current = await identities.current_customers(ch, project_id, sorted(changed | restaged))
+        wanted = {current[i] for i in restaged} | computed
+        again = (
+            found | {i for i in changed if current[i] in wanted} | {i for i in restaged if current[i] not in computed}
+        )
+        await self.writer.refresh(project_id, asked.defs, from_build, again, serving=False)
+        refreshed_s = time.monotonic() - began
+
+        async def relabel() -> None:
+            await pg.execute(
+                "UPDATE stage_state_builds SET fingerprint = $3, rebuilding_since = NULL "
+                "WHERE project_id = $1 AND build = $2",
+                project_id,
+                asked.number,
+                asked.defs.fingerprint,
+            )
+
+        async with facts_lock(pg, project_id):
+            # Builds switch and relabel under this lock only: still the one the edit is to relabel.
+            row = await pg.fetchrow(
+                "SELECT build, fingerprint FROM stage_state_builds WHERE project_id = $1", project_id
+            )
+            if row is None or (row["build"], row["fingerprint"]) != (asked.number, fingerprint):
+                return False
+            await self.writer.transplant(project_id, asked.number, from_build, relabel)
+            self._serving[project_id] = (asked.number, asked.defs)
+            self._changed(project_id)
+            await drop_other_builds(self.stores, project_id, asked.number)  # from_build among them
+        log.info(
+            "stage facts of project %s serve %s: the serving build, with %d customers computed with its rules "
+            "moved in (%d ids computed again between two polls in %.1f s, moved in %.1f s)",
+            project_id,
+            asked.defs.fingerprint,
+            len(computed),
+            len(again),
+            refreshed_s,
+            time.monotonic() - began - refreshed_s,
+        )
+        return True
 
     async def _relabel(self, project_id: str, number: int, fingerprint: str, defs: Definitions) -> bool:
         """New versions whose facts are those the serving build holds (a target, a name or a description
@@ -477,6 +568,18 @@ class StageStateUpdater:
             if found == set() and restage.facts_kept:
                 if await self._relabel_rules(project_id, serving_number, defs, restage, scanned_from_ms):
                     return
+            elif found and restage.facts_kept:
+                # Only those ids' customers computed with the new rules, into the build begun, then moved into the
+                # serving build as it is relabelled: the inputs and facts of everyone else are the edit's already.
+                refreshed_from_ms = await self._server_now_ms()
+                await self.writer.refresh(project_id, defs, number, found, serving=False)
+                restaged_build = (number, refreshed_from_ms, found)
+                if await self._relabel_rules(
+                    project_id, serving_number, defs, restage, scanned_from_ms, restaged_build
+                ):
+                    return
+                # Not relabelled: built as below, from an empty build.
+                await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, number)
         read_from_ms = await self._server_now_ms() if copied is None else copied[1]
         await self.writer.build_all(
             project_id,

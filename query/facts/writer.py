@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +26,8 @@ from query.facts.compute import (
     COPY_MAP_FACTS_SQL,
     EMPTY_INPUTS_SQL,
     INSERT_WITHDRAWAL,
+    TRANSPLANT_FACTS_SQL,
+    TRANSPLANT_INPUTS_SQL,
     FactsSql,
 )
 from query.facts.locks import facts_change, facts_lock
@@ -243,6 +245,30 @@ class StateWriter:
             await self.ch.execute(COPY_FACTS_SQL, params)
         else:
             await self.ch.execute(COPY_MAP_FACTS_SQL, {**params, "maps": maps})
+
+    async def transplant(
+        self, project_id: str, build: int, from_build: int, then: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Make every customer's inputs and facts in ``build`` (the serving build) those ``from_build`` holds for
+        them, for every customer it holds (a rule edit's customers whose events it stages otherwise, computed with
+        its rules: query/facts/updater.py, ``_relabel_rules``); ``then`` runs under the facts view lock, after the
+        facts and before any answer reads them (the relabel that makes the build serve that edit). The caller
+        holds the writers' lock."""
+        params = {
+            "project_id": project_id,
+            "build": build,
+            "from_build": from_build,
+            "generation": await next_generation(self.pg),
+        }
+        with self._step("transplant"):
+            await self.ch.execute(TRANSPLANT_INPUTS_SQL, params)  # no answer reads the inputs
+            async with facts_change(self.locks, project_id):
+                try:
+                    await self.ch.execute(TRANSPLANT_FACTS_SQL, params)
+                    await then()
+                finally:  # told even if the insert raised: it may have landed
+                    if self.on_serving_write is not None:
+                        self.on_serving_write(project_id)
 
     async def refresh(
         self,
