@@ -191,7 +191,9 @@ async def preview_kpis(
                         await writer.fold_inputs_of(project_id, merged, build, serving.number, restage, mv.name)
                     if restaged:
                         await writer.refresh(project_id, merged, build, restaged, serving=False)
-                    if (await serving_build(pg, project_id)).number != serving.number:  # its inputs may be gone
+                    now_serving = await serving_build(pg, project_id)
+                    # its inputs may be gone; or relabelled for another edit, which rewrites some customers'
+                    if (now_serving.number, now_serving.fingerprint) != (serving.number, serving.fingerprint):
                         await drop_build(ch, cluster or "", project_id, build)
                         merged = None
                 if result is None:

@@ -639,7 +639,10 @@ async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fol
     async def then() -> None:
         moved.append(True)
 
-    await writer.transplant(pid, 7, 9, then)
+    from query.facts.updater import CUSTOMERS_OF_BUILD_SQL
+
+    _, rows = await stores.clickhouse.query(CUSTOMERS_OF_BUILD_SQL, {"project_id": pid, "build": 9})
+    await writer.transplant(pid, 7, 9, sorted(r[0] for r in rows), then)
     assert moved == [True]
     await writer.fold_inputs_of(pid, new, 10, 7)
     for build in (7, 10):

@@ -367,11 +367,7 @@ _HELD = _held("AND build = {build:UInt64}")
 #: customer), summed as a difference is.
 INSERT_WITHDRAWAL = fill(_INSERT_DIFFERENCE, columns=FACT_IDENTITY + ", n", rows=_held(""), cluster=CLUSTER_SETTINGS)
 
-# The customers with inputs in ``from_build``: those a rule edit computed again with its rules (query/facts/restage.py).
-_OF_FROM_BUILD = (
-    "(SELECT customer_id FROM stage_inputs WHERE project_id = {project_id:String} AND build = {from_build:UInt64})"
-)
-#: The newest inputs of every customer in ``from_build`` (a rule edit's customers whose events it stages otherwise,
+#: The newest inputs of ``customers`` in ``from_build`` (a rule edit's customers whose events it stages otherwise,
 #: computed with its rules) written into ``build`` (the serving build, relabelled for that edit) under a new
 #: ``generation``: they win over what it held. Emptied ones too (a customer merged into another or forgotten
 #: meanwhile). On a cluster each shard moves its own customers' (a customer's rows are on one shard).
@@ -380,26 +376,31 @@ TRANSPLANT_INPUTS_SQL = fill(
 INSERT INTO stage_inputs ($columns)
 SELECT project_id, {build:UInt64}, customer_id, {generation:UInt64}, staged, touch, traits, $no_inputs
 FROM stage_inputs FINAL
-WHERE project_id = {project_id:String} AND build = {from_build:UInt64}
+WHERE project_id = {project_id:String} AND build = {from_build:UInt64} AND customer_id IN {customers:Array(String)}
 SETTINGS optimize_on_insert = 0, parallel_distributed_insert_select = 2, $cluster""",
     columns=_INPUT_COLUMNS,
     no_inputs=_NO_INPUTS,
     cluster=CLUSTER_SETTINGS,
 )
-#: ``INSERT`` into ``build`` of the difference that makes its facts of those customers the ones ``from_build`` holds
-#: for them: what ``from_build`` holds (as ``build``'s rows) and what ``build`` holds, negated, summed as a
-#: difference is.
-TRANSPLANT_FACTS_SQL = fill(
-    _INSERT_DIFFERENCE,
-    columns=FACT_IDENTITY + ", n",
-    rows=_held("AND build = {from_build:UInt64}", _OF_FROM_BUILD, "").replace(
+#: ``INSERT`` into ``build`` of the difference that makes its facts of ``customers`` the ones ``from_build`` holds
+#: for them: what ``from_build`` holds (as ``build``'s rows) and what ``build`` holds, negated. Summed before the
+#: insert, not by it as a refresh's difference is: most rows cancel out (the customers' facts that the edit leaves
+#: as they were), and this runs between two polls (1 M customers, 15 000 moved: 1.8 s with the insert summing
+#: them, 1.1 s summed first).
+_TRANSPLANTED = (
+    _held("AND build = {from_build:UInt64}", sign="").replace(
         # not AS build: ClickHouse would read that alias in the WHERE clause (build = from_build: no row)
         "project_id, map_name, build,",
         "project_id, map_name, {build:UInt64} AS into_build,",
         1,
     )
     + "UNION ALL\n"
-    + _held("AND build = {build:UInt64}", _OF_FROM_BUILD),
+    + _held("AND build = {build:UInt64}")
+)
+TRANSPLANT_FACTS_SQL = fill(
+    _INSERT_DIFFERENCE,
+    columns=FACT_IDENTITY + ", n",
+    rows=f"SELECT * EXCEPT held, sum(held) AS n FROM ({_TRANSPLANTED}) GROUP BY ALL HAVING n != 0",
     cluster=CLUSTER_SETTINGS,
 )
 

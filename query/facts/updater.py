@@ -123,7 +123,8 @@ SELECT distinct_id FROM identities WHERE project_id = {project_id:String} AND in
 """
 
 
-# The customers with inputs in a build: those a rule edit computed with its rules (StageStateUpdater._transplant).
+# The customers with inputs in a build: those a rule edit computed with its rules, and any a forget emptied there
+# meanwhile (StageStateUpdater._transplant).
 CUSTOMERS_OF_BUILD_SQL = """
 SELECT DISTINCT customer_id FROM stage_inputs WHERE project_id = {project_id:String} AND build = {build:UInt64}
 """
@@ -410,8 +411,8 @@ class StageStateUpdater:
         since). Done between two polls (:meth:`_rebuild_changed`), so no poll is half-way through writing with the
         old rules. The polls went on merging events with the old rules after the scan began: the events stamped
         since (less the margin, what may have become visible after the scan read) are scanned again first, and
-        their ids staged otherwise computed too (too many: nothing is relabelled, and the rebuild goes on).
-        Returns whether it was relabelled."""
+        their ids staged otherwise computed too (too many, or any when the first scan listed none: nothing is
+        relabelled, and the rebuild goes on). Returns whether it was relabelled."""
         asked = _RulesRelabel(number, defs, restage, scanned_from_ms, restaged)
         self._rules_relabels[project_id] = asked
         try:
@@ -469,6 +470,9 @@ class StageStateUpdater:
             found | {i for i in changed if current[i] in wanted} | {i for i in restaged if current[i] not in computed}
         )
         await self.writer.refresh(project_id, asked.defs, from_build, again, serving=False)
+        # What those refreshes wrote: each id's customer and the ids retired (merged into another). Not every
+        # customer in the build: a forget empties the inputs of its customers there too.
+        moved = {current[i] for i in restaged | again} | {i for i in restaged | again if current[i] != i}
         refreshed_s = time.monotonic() - began
 
         async def relabel() -> None:
@@ -487,7 +491,7 @@ class StageStateUpdater:
             )
             if row is None or (row["build"], row["fingerprint"]) != (asked.number, fingerprint):
                 return False
-            await self.writer.transplant(project_id, asked.number, from_build, relabel)
+            await self.writer.transplant(project_id, asked.number, from_build, sorted(moved), relabel)
             self._serving[project_id] = (asked.number, asked.defs)
             self._changed(project_id)
             await drop_other_builds(self.stores, project_id, asked.number)  # from_build among them
@@ -496,7 +500,7 @@ class StageStateUpdater:
             "moved in (%d ids computed again between two polls in %.1f s, moved in %.1f s)",
             project_id,
             asked.defs.fingerprint,
-            len(computed),
+            len(moved),
             len(again),
             refreshed_s,
             time.monotonic() - began - refreshed_s,

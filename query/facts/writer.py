@@ -247,24 +247,35 @@ class StateWriter:
             await self.ch.execute(COPY_MAP_FACTS_SQL, {**params, "maps": maps})
 
     async def transplant(
-        self, project_id: str, build: int, from_build: int, then: Callable[[], Awaitable[None]]
+        self,
+        project_id: str,
+        build: int,
+        from_build: int,
+        customers: list[str],
+        then: Callable[[], Awaitable[None]],
     ) -> None:
-        """Make every customer's inputs and facts in ``build`` (the serving build) those ``from_build`` holds for
-        them, for every customer it holds (a rule edit's customers whose events it stages otherwise, computed with
-        its rules: query/facts/updater.py, ``_relabel_rules``); ``then`` runs under the facts view lock, after the
-        facts and before any answer reads them (the relabel that makes the build serve that edit). The caller
-        holds the writers' lock."""
+        """Make the inputs and facts of ``customers`` in ``build`` (the serving build) those ``from_build`` holds for
+        them (a rule edit's customers whose events it stages otherwise, computed with its rules:
+        query/facts/updater.py, ``_relabel_rules``); ``then`` runs under the facts view lock, after the facts and
+        before any answer reads them (the relabel that makes the build serve that edit). The caller holds the
+        writers' lock. Only the customers the caller computed: a forget writes emptied inputs into the build
+        being computed too, of customers whose later events the serving build may hold."""
         params = {
             "project_id": project_id,
             "build": build,
             "from_build": from_build,
             "generation": await next_generation(self.pg),
         }
+        chunks = list(refresh_chunks(customers, self.ch.embedded))
         with self._step("transplant"):
-            await self.ch.execute(TRANSPLANT_INPUTS_SQL, params)  # no answer reads the inputs
+            # A preview folding the serving build's inputs (no lock) checks that it still serves the same
+            # definitions afterwards (query/kpi_preview.py): KPI answers read only the facts.
+            for chunk in chunks:
+                await self.ch.execute(TRANSPLANT_INPUTS_SQL, {**params, "customers": chunk})
             async with facts_change(self.locks, project_id):
                 try:
-                    await self.ch.execute(TRANSPLANT_FACTS_SQL, params)
+                    for chunk in chunks:
+                        await self.ch.execute(TRANSPLANT_FACTS_SQL, {**params, "customers": chunk})
                     await then()
                 finally:  # told even if the insert raised: it may have landed
                     if self.on_serving_write is not None:
