@@ -15,6 +15,7 @@ import csv
 import io
 import itertools
 import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
@@ -1441,6 +1442,65 @@ async def test_a_narrowed_rule_moves_the_customers_it_restages_into_the_serving_
     ids = ["u1", "u2", "u3", "u4", "u5"]
     held = await current_facts_of(stores, project.id, ids, serving)
     assert held == dict(await python_facts_of(stores, project.id, defs, serving, ids))
+
+
+async def test_moving_a_rule_edits_customers_in_pauses_only_that_projects_polls(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """While a narrowed rule's customers are moved into the serving build (held here), the polls leave that project
+    alone and go on for every other: another project's new customer is counted meanwhile. The paused project's own
+    new event is counted once the move is done, staged by the new rules."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import current_definitions
+
+    project, other = await _new_project(stores), await _new_project(stores)
+    updater = query.app[STATE_UPDATER]
+
+    def event(user: str, name: str, hours: int, channel: str = "web") -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": name, "channel": channel,
+                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
+
+    await _send(http, collector, project.write_key, [event("u1", "A", 0), event("u2", "A", 0, "email")])
+    await _send(http, collector, other.write_key, [event("o1", "A", 0)])
+    await _kpis(http, query, project.read_key, map="funnel")
+    await _kpis(http, query, other.read_key, map="funnel")
+    await _caught_up(query)  # a poll kept the serving build current: what an edit now starts from
+    transplant, holding, released = updater.writer.transplant, asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any) -> None:
+        holding.set()
+        await released.wait()
+        await transplant(*args)
+
+    monkeypatch.setattr(updater.writer, "transplant", held)
+    narrowed = copy.deepcopy(MAP)
+    narrowed["touchpoints"][0]["match"]["channel"] = "web"
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project.id, "map", narrowed)
+    await asyncio.wait_for(holding.wait(), 30)
+
+    async def reached(key: str) -> int:  # rebuilding or not: the serving build's count
+        async with http.get(query.make_url("/v1/kpis"), params={"map": "funnel"}, headers=basic(key)) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())["segments"][0]["stages"][0]["reached"]
+
+    try:
+        await _send(http, collector, other.write_key, [event("o2", "A", 1)])
+        await _send(http, collector, project.write_key, [event("u3", "A", 1), event("u4", "A", 1, "email")])
+        await wait_until(lambda: _true_async(reached(other.read_key), 2), timeout=15)
+        # Two polls completed since: the second began after u3 and u4 were in (polls go on; none counts them)
+        for _ in range(2):
+            mark = time.monotonic()
+            await wait_until(lambda: _true(updater.caught_up_at is not None and updater.caught_up_at > mark))
+        assert project.id in updater._paused  # noqa: SLF001
+        assert await reached(project.read_key) == 2  # u1 and u2, as the old rules staged them: nothing new yet
+    finally:
+        released.set()
+    defs = await current_definitions(stores.pg, project.id)
+    await wait_until(lambda: _serves(stores, project.id, defs.fingerprint), timeout=30)
+    await wait_until(lambda: _true_async(reached(project.read_key), 2), timeout=15)  # u1 and u3: web ads only
+    await _caught_up(query)
+    assert await reached(project.read_key) == 2 and project.id not in updater._paused  # noqa: SLF001
 
 
 async def test_a_rule_edit_that_stages_every_event_alike_serves_the_build_as_it_is(  # type: ignore[no-untyped-def]

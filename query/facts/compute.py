@@ -385,7 +385,7 @@ SETTINGS optimize_on_insert = 0, parallel_distributed_insert_select = 2, $cluste
 #: ``INSERT`` into ``build`` of the difference that makes its facts of ``customers`` the ones ``from_build`` holds
 #: for them: what ``from_build`` holds (as ``build``'s rows) and what ``build`` holds, negated. Summed before the
 #: insert, not by it as a refresh's difference is: most rows cancel out (the customers' facts that the edit leaves
-#: as they were), and this runs between two polls (1 M customers, 15 000 moved: 1.8 s with the insert summing
+#: as they were), and the project's polls wait for it (1 M customers, 15 000 moved: 1.8 s with the insert summing
 #: them, 1.1 s summed first).
 _TRANSPLANTED = (
     _held("AND build = {from_build:UInt64}", sign="").replace(

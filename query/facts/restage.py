@@ -23,8 +23,8 @@ sentiment:
 
 When nothing but the staging changed, nothing is copied: the serving build's facts and inputs are the edit's for
 everyone not listed, so the updater computes the listed ids' customers with the new rules into a build of their
-own and moves them into the serving build as it relabels it for the edit (none listed: it only relabels it),
-between two polls, once a second scan (:attr:`Restaging.scan_since_sql`) of the events stamped since the first
+own and moves them into the serving build as it relabels it for the edit, the project's polls paused (none
+listed: it only relabels it, between two polls), once a second scan (:attr:`Restaging.scan_since_sql`) of the events stamped since the first
 began has listed those arrived meanwhile (``StageStateUpdater._relabel_rules``).
 
 Maps are matched by name; a map new in the edit stages anew every event it stages, a touchpoint removed unstages
@@ -167,7 +167,7 @@ class Restaging:
         )
         self.scan_sql = fill(_SCAN, since="", **scan)
         # The events stamped since a time: the minmax index of inserted_at skips the granules written before (it
-        # runs between two polls, StageStateUpdater._relabel_rules: a few hundred ms at 10 M events)
+        # runs between two polls or with the project's polls paused, StageStateUpdater._relabel_checked)
         self.scan_since_sql = fill(_SCAN, since="AND inserted_at > {since:DateTime64(3, 'UTC')}", **scan)
         # Each staged event with its rules renumbered; one that no map stages any more is left out, as a read of
         # the events leaves it out.

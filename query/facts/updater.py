@@ -18,8 +18,9 @@ stage, which stage a touchpoint feeds or a segment's values changed; no rule), t
 of those instead of reading every event: they hold every row visible when the last completed poll began, so the
 ids changed since then are the ones refreshed into it. When only rules changed, it starts from that copy with the
 rules renumbered, and the ids a scan finds staged otherwise are refreshed into it too (query/facts/restage.py);
-when nothing but the staging changed, the serving build is relabelled instead, between two polls, with the
-customers of the ids the scan finds computed apart and moved into it (:meth:`StageStateUpdater._relabel_rules`).
+when nothing but the staging changed, the serving build is relabelled instead, with the customers of the ids
+the scan finds computed apart and moved into it while the polls leave that project alone for a second or two
+(:meth:`StageStateUpdater._relabel_rules`, :meth:`StageStateUpdater._relabel_paused`).
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched.
@@ -187,6 +188,13 @@ class StageStateUpdater:
         self._rebuild_after: dict[str, float] = {}  # project → monotonic time before which a failed one waits
         # project → a rule edit the serving build is to serve, relabelled between two polls (_relabel_rules)
         self._rules_relabels: dict[str, _RulesRelabel] = {}
+        # Projects the polls leave alone while a rule edit's customers are moved into their serving build
+        # (_paused_for), each with what it waits for; once resumed, the rows stamped since the first poll that
+        # skipped it are merged (_resume_from), or its ids refreshed in full if that poll knew nothing (_resume_full).
+        self._pause_asked: dict[str, asyncio.Future[None]] = {}
+        self._paused: set[str] = set()
+        self._resume_from: dict[str, int] = {}
+        self._resume_full: set[str] = set()
         # The last completed poll of this lead: the server time it began (every row visible then is merged into
         # the builds it kept current) and the builds it kept current per project: the serving one and one being
         # built that holds every customer already (once that one serves, its inputs are as current: an edit
@@ -317,6 +325,10 @@ class StageStateUpdater:
                     for project_id, (number, _) in builds.items():
                         kept.setdefault(project_id, set()).add(number)
                 await self._apply_changes(since_ms - self.margin_ms, now_ms - self.margin_ms)
+                if self._resume_from:  # a project paused: what it was sent meanwhile is not merged yet
+                    acknowledged = None
+                    for project_id in self._resume_from:
+                        kept.pop(project_id, None)
                 self._polled = (now_ms, kept)
             since_ms = now_ms
             await pg.execute(
@@ -365,6 +377,11 @@ class StageStateUpdater:
         """Start a rebuild for every project whose definitions changed; know which build each one serves."""
         pg = self.stores.pg
         await self._relabel_asked()
+        for project_id, asked in list(self._pause_asked.items()):  # between two polls: none is half-way
+            del self._pause_asked[project_id]
+            if not asked.done():
+                self._paused.add(project_id)
+                asked.set_result(None)
         for project_id, defs in (await self._project_definitions()).items():
             build = await serving_build(pg, project_id)
             known = self._serving.get(project_id)
@@ -394,26 +411,17 @@ class StageStateUpdater:
             )
 
     async def _relabel_rules(
-        self,
-        project_id: str,
-        number: int,
-        defs: Definitions,
-        restage: Restaging,
-        scanned_from_ms: int,
-        restaged: tuple[int, int, set[str]] | None = None,
+        self, project_id: str, number: int, defs: Definitions, restage: Restaging, scanned_from_ms: int
     ) -> bool:
-        """A rule edit that changes nothing but the staging (``restage.facts_kept``), once its scan found which
-        events it stages otherwise: the serving build ``number`` holds the inputs the edit gives every other
-        customer (rule numbers follow touchpoint ids, query/facts/model.py ``MapVersion.rule_numbers``) and their
-        facts, so it serves the edit (a rebuild copied both: 1 M customers, ~20 s). With ``restaged`` (build, server
-        ms, ids), the customers of those ids were computed with the edit's rules into that build, beginning at that
-        time: they are moved into the serving build as it is relabelled (refreshed again first, if they changed
-        since). Done between two polls (:meth:`_rebuild_changed`), so no poll is half-way through writing with the
-        old rules. The polls went on merging events with the old rules after the scan began: the events stamped
-        since (less the margin, what may have become visible after the scan read) are scanned again first, and
-        their ids staged otherwise computed too (too many, or any when the first scan listed none: nothing is
-        relabelled, and the rebuild goes on). Returns whether it was relabelled."""
-        asked = _RulesRelabel(number, defs, restage, scanned_from_ms, restaged)
+        """A rule edit that changes nothing but the staging (``restage.facts_kept``) and whose scan found no event
+        staged otherwise: the serving build ``number`` holds the inputs the edit gives (rule numbers follow touchpoint
+        ids, query/facts/model.py ``MapVersion.rule_numbers``) and their facts, so it serves the edit as it is (a
+        rebuild copied both: 1 M customers, ~20 s). Done between two polls (:meth:`_rebuild_changed`), so no poll
+        is half-way through writing with the old rules. The polls went on merging events with the old rules after
+        the scan began: the events stamped since (less the margin, what may have become visible after the scan
+        read) are scanned again first, and if one of them is staged otherwise nothing is relabelled (the rebuild
+        goes on). Returns whether it was relabelled. (Some found by the scan: :meth:`_relabel_paused`.)"""
+        asked = _RulesRelabel(number, defs, restage, scanned_from_ms, None)
         self._rules_relabels[project_id] = asked
         try:
             return await asyncio.shield(asked.answer)
@@ -425,32 +433,57 @@ class StageStateUpdater:
         """Relabel the serving builds :meth:`_relabel_rules` asked for, between two polls."""
         for project_id, asked in list(self._rules_relabels.items()):
             del self._rules_relabels[project_id]
-            if asked.answer.done():
-                continue
-            relabelled = False
-            try:
-                serving = self._serving.get(project_id)
-                # Still the build, and the definitions, the scan compared the edit with.
-                if serving is not None and (serving[0], serving[1].fingerprint) == (
-                    asked.number,
-                    asked.restage.old.definitions.fingerprint,
-                ):
-                    since = _at(asked.scanned_from_ms - self.margin_ms)
-                    ch = self.stores.clickhouse
-                    found = await restaged_ids(ch, project_id, asked.restage, self.restaged_limit, since)
-                    if found == set() and asked.restaged is None:
-                        relabelled = await self._relabel(project_id, asked.number, serving[1].fingerprint, asked.defs)
-                    elif found is not None and asked.restaged is not None:
-                        relabelled = await self._transplant(project_id, asked, serving[1].fingerprint, found)
-            except Exception:  # noqa: BLE001 - the rebuild that asked goes on, as if nothing was relabelled
-                log.exception(
-                    "relabelling project %s's build %d failed; it is rebuilt instead", project_id, asked.number
+            if not asked.answer.done():
+                asked.answer.set_result(await self._relabel_checked(project_id, asked))
+
+    async def _relabel_checked(self, project_id: str, asked: _RulesRelabel) -> bool:
+        """Relabel the serving build for ``asked`` (:meth:`_relabel_rules`) if it is still the build, with the
+        definitions, the scan compared the edit with, and the events stamped since the scan allow it; no poll
+        writes the project meanwhile (between two polls, or paused)."""
+        try:
+            serving = self._serving.get(project_id)
+            if serving is not None and (serving[0], serving[1].fingerprint) == (
+                asked.number,
+                asked.restage.old.definitions.fingerprint,
+            ):
+                since = _at(asked.scanned_from_ms - self.margin_ms)
+                found = await restaged_ids(
+                    self.stores.clickhouse, project_id, asked.restage, self.restaged_limit, since
                 )
-            asked.answer.set_result(relabelled)
+                if found == set() and asked.restaged is None:
+                    return await self._relabel(project_id, asked.number, serving[1].fingerprint, asked.defs)
+                if found is not None and asked.restaged is not None:
+                    return await self._transplant(project_id, asked, serving[1].fingerprint, found)
+        except Exception:  # noqa: BLE001 - the rebuild that asked goes on, as if nothing was relabelled
+            log.exception("relabelling project %s's build %d failed; it is rebuilt instead", project_id, asked.number)
+        return False
+
+    async def _relabel_paused(self, project_id: str, asked: _RulesRelabel) -> bool:
+        """:meth:`_relabel_checked` with the project's polls paused (:attr:`_paused`), not between two polls: the
+        move of a rule edit's customers into the serving build takes a second or two at 1 M customers, and the
+        other projects' polls go on meanwhile. The pause begins between two polls (no poll is half-way through
+        writing the project), and once it ends the polls merge what arrived meanwhile. Shielded, and waited for
+        before the lead passes, as a switch is: cancelled half-way, the serving build would hold the new rules'
+        inputs without their facts."""
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pause_asked[project_id] = granted
+        try:
+            await granted
+        finally:
+            if self._pause_asked.get(project_id) is granted:
+                del self._pause_asked[project_id]
+        work = asyncio.ensure_future(self._relabel_checked(project_id, asked))
+        self._switches.add(work)
+        work.add_done_callback(self._switches.discard)
+        work.add_done_callback(lambda _: self._paused.discard(project_id))
+        return await asyncio.shield(work)
 
     async def _transplant(self, project_id: str, asked: _RulesRelabel, fingerprint: str, found: set[str]) -> bool:
-        """:meth:`_relabel_rules` with customers computed with the edit's rules (``asked.restaged``), and
-        ``found``, the ids with an event stamped since the scan that the edit stages otherwise."""
+        """The relabel of a rule edit whose scan found ids staged otherwise (:meth:`_relabel_paused`): their
+        customers, computed with the edit's rules into a build of their own (``asked.restaged``: that build, the
+        server ms the computation began, the ids) are moved into the serving build as it is relabelled, after
+        those that changed since, and ``found`` (the ids with an event stamped since the scan that the edit stages
+        otherwise), are computed again."""
         assert asked.restaged is not None
         from_build, refreshed_from_ms, ids = asked.restaged
         ch, pg = self.stores.clickhouse, self.stores.pg
@@ -497,7 +530,7 @@ class StageStateUpdater:
             await drop_other_builds(self.stores, project_id, asked.number)  # from_build among them
         log.info(
             "stage facts of project %s serve %s: the serving build, with %d customers computed with its rules "
-            "moved in (%d ids computed again between two polls in %.1f s, moved in %.1f s)",
+            "moved in (%d ids computed again, its polls paused, in %.1f s, moved in %.1f s)",
             project_id,
             asked.defs.fingerprint,
             len(moved),
@@ -577,10 +610,10 @@ class StageStateUpdater:
                 # serving build as it is relabelled: the inputs and facts of everyone else are the edit's already.
                 refreshed_from_ms = await self._server_now_ms()
                 await self.writer.refresh(project_id, defs, number, found, serving=False)
-                restaged_build = (number, refreshed_from_ms, found)
-                if await self._relabel_rules(
-                    project_id, serving_number, defs, restage, scanned_from_ms, restaged_build
-                ):
+                asked = _RulesRelabel(
+                    serving_number, defs, restage, scanned_from_ms, (number, refreshed_from_ms, found)
+                )
+                if await self._relabel_paused(project_id, asked):
                     return
                 # Not relabelled: built as below, from an empty build.
                 await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, number)
@@ -699,16 +732,27 @@ class StageStateUpdater:
         # (StateWriter.append), unless nothing is known of what the last poll merged (a start, a failure).
         full: dict[str, set[str]] = {}
         appended: dict[str, set[str]] = {}
+        paused = set(self._paused)
+        for project_id in paused:  # left alone: what is stamped from here on is merged once it resumes
+            self._resume_from.setdefault(project_id, since_ms)
+            if self._merge_unknown:
+                self._resume_full.add(project_id)
+        resumed = {p: self._resume_from.pop(p) for p in list(self._resume_from) if p not in paused}
         for project_id, source, distinct_id, count, digest, next_count, next_digest in rows:
             key = (project_id, source, distinct_id)
+            if project_id in paused:
+                continue  # its known digests stay as they were (below)
             if known.pop(key, (0, 0)) != (count, digest):
-                (appended if source == 0 and not self._merge_unknown else full).setdefault(project_id, set()).add(
-                    distinct_id
-                )
+                merge = source == 0 and not self._merge_unknown and project_id not in self._resume_full
+                (appended if merge else full).setdefault(project_id, set()).add(distinct_id)
             if next_count:
                 following[key] = (next_count, next_digest)
+        for key in list(known):
+            if key[0] in paused:
+                following[key] = known.pop(key)
         for project_id, _, distinct_id in known:  # every row of it left the window: deleted, so recompute too
             full.setdefault(project_id, set()).add(distinct_id)
+        self._resume_full -= resumed.keys()
         self._took("compare", time.monotonic() - compared)
         for project_id in full.keys() | appended.keys():
             for target, serving in ((self._serving.get(project_id), True), (self._pending.get(project_id), False)):
@@ -727,7 +771,7 @@ class StageStateUpdater:
                     built_for,
                     number,
                     appended.get(project_id, set()),
-                    since_ms,
+                    min(since_ms, resumed.get(project_id, since_ms)),
                     serving=serves,
                     still_kept=kept,
                 )
