@@ -1339,6 +1339,22 @@ async def _held_build_serves_the_oracles_facts(  # type: ignore[no-untyped-def]
     return held_facts
 
 
+async def _served_project(http, collector, query, stores, events: list[dict[str, Any]]) -> tuple[Any, int]:  # type: ignore[no-untyped-def]
+    """A new project with ``events``, once its first build serves them: (the project, that build)."""
+    from query.facts.builds import serving_build
+
+    project = await _new_project(stores)
+    await _send(http, collector, project.write_key, events)
+    await _kpis(http, query, project.read_key, map="funnel")
+    return project, (await serving_build(stores.pg, project.id)).number
+
+
+def _touch(user: str, name: str, hours: int, channel: str = "web") -> dict[str, Any]:
+    """A known customer's track event ``hours`` after BASE, its message id made of the three."""
+    return {"type": "track", "userId": user, "event": name, "channel": channel,
+            "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
+
+
 async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_it_restages(  # type: ignore[no-untyped-def]
     http, collector, query, stores
 ) -> None:
@@ -1348,24 +1364,13 @@ async def test_a_rule_edit_rebuilds_from_the_inputs_reading_only_the_customers_i
     the copy is in it too; once it serves, its facts are the oracle's for every customer. With more such ids than
     the project's events allow (query/facts/restage.py), the rebuild reads every event instead."""
     from query.appkeys import STATE_UPDATER
-    from query.facts.builds import serving_build
 
-    project = await _new_project(stores)
-    updater = query.app[STATE_UPDATER]
-
-    def event(user: str, name: str, hours: int, channel: str = "web") -> dict[str, Any]:
-        return {"type": "track", "userId": user, "event": name, "channel": channel,
-                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
-
-    await _send(
-        http,
-        collector,
-        project.write_key,
+    updater, event = query.app[STATE_UPDATER], _touch
+    project, serving = await _served_project(
+        http, collector, query, stores,
         [event("u1", "A", 0), event("u1", "B", 1), event("u2", "A", 0, "email"), event("u2", "C", 2, "email"),
          event("u3", "C", 0), event("u3", "D", 3), event("u4", "A", 1), event("u4", "B", 2)],
     )  # fmt: skip
-    await _kpis(http, query, project.read_key, map="funnel")
-    serving = (await serving_build(stores.pg, project.id)).number
     narrowed = copy.deepcopy(MAP)
     narrowed["touchpoints"][0]["match"]["channel"] = "web"
     narrowed["touchpoints"].reverse()
@@ -1394,28 +1399,18 @@ async def test_a_narrowed_rule_moves_the_customers_it_restages_into_the_serving_
 ) -> None:
     """A rule narrowed (ads on the web only) changes nothing but the staging: the customers with an event it stages
     otherwise (u2's email ad) are computed with the new rules apart, then moved into the serving build as it is
-    relabelled, between two polls; nothing else is copied. Events arriving after they were computed and before
+    relabelled, that project's polls paused; nothing else is copied. Events arriving after they were computed and before
     they are moved in — u2's next touchpoint, an email ad for u5 (staged otherwise), u1's next one — are in it too:
     once the edit serves, every customer's facts are the oracle's."""
     from query.appkeys import STATE_UPDATER
     from query.facts.builds import current_definitions, serving_build
 
-    project = await _new_project(stores)
-    updater = query.app[STATE_UPDATER]
-
-    def event(user: str, name: str, hours: int, channel: str = "web") -> dict[str, Any]:
-        return {"type": "track", "userId": user, "event": name, "channel": channel,
-                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
-
-    await _send(
-        http,
-        collector,
-        project.write_key,
+    updater, event = query.app[STATE_UPDATER], _touch
+    project, serving = await _served_project(
+        http, collector, query, stores,
         [event("u1", "A", 0), event("u1", "B", 1), event("u2", "A", 0, "email"), event("u2", "B", 2, "email"),
          event("u3", "C", 0), event("u4", "A", 1), event("u4", "B", 2)],
     )  # fmt: skip
-    await _kpis(http, query, project.read_key, map="funnel")
-    serving = (await serving_build(stores.pg, project.id)).number
     await _caught_up(query)  # a poll kept the serving build current: what an edit now starts from
     refresh, computed = updater.writer.refresh, list[list[str]]()
 
@@ -1456,9 +1451,7 @@ async def test_moving_a_rule_edits_customers_in_pauses_only_that_projects_polls(
     project, other = await _new_project(stores), await _new_project(stores)
     updater = query.app[STATE_UPDATER]
 
-    def event(user: str, name: str, hours: int, channel: str = "web") -> dict[str, Any]:
-        return {"type": "track", "userId": user, "event": name, "channel": channel,
-                "messageId": f"{user}-{name}-{hours}", "timestamp": _stamp(BASE + timedelta(hours=hours))}  # fmt: skip
+    event = _touch
 
     await _send(http, collector, project.write_key, [event("u1", "A", 0), event("u2", "A", 0, "email")])
     await _send(http, collector, other.write_key, [event("o1", "A", 0)])
@@ -1540,12 +1533,7 @@ async def test_a_rule_edit_that_stages_every_event_alike_serves_the_build_as_it_
         await build_all(project_id, defs, build, **options)
 
     monkeypatch.setattr(updater.writer, "build_all", recorded)
-    reordered = copy.deepcopy(MAP)
-    reordered["touchpoints"].reverse()
-    async with stores.pg.acquire() as conn:
-        await definitions.apply(conn, project.id, "map", reordered)
-    defs = await current_definitions(stores.pg, project.id)
-    await wait_until(lambda: _serves(stores, project.id, defs.fingerprint), timeout=30)
+    defs = await _applied_and_served(stores, project.id, _reversed(MAP))
     assert (await serving_build(stores.pg, project.id)).number == serving and built == []
     after = await _kpis(http, query, project.read_key, map="funnel")
     assert after["segments"] == before["segments"]
@@ -1569,7 +1557,7 @@ async def test_a_rule_edit_is_not_relabelled_once_an_event_it_stages_otherwise_a
     The events stamped since the scan are scanned again first: the edit is rebuilt instead, and every customer's
     facts are the oracle's."""
     from query.facts import updater as updater_module
-    from query.facts.builds import current_definitions, serving_build
+    from query.facts.builds import serving_build
 
     project = await _new_project(stores)
 
@@ -1593,18 +1581,31 @@ async def test_a_rule_edit_is_not_relabelled_once_an_event_it_stages_otherwise_a
         return found
 
     monkeypatch.setattr(updater_module, "restaged_ids", late_event_after_the_scan)
-    reordered = copy.deepcopy(MAP)
-    reordered["touchpoints"].reverse()
-    async with stores.pg.acquire() as conn:
-        await definitions.apply(conn, project.id, "map", reordered)
-    defs = await current_definitions(stores.pg, project.id)
-    await wait_until(lambda: _serves(stores, project.id, defs.fingerprint), timeout=30)
+    defs = await _applied_and_served(stores, project.id, _reversed(MAP))
     number = (await serving_build(stores.pg, project.id)).number
     assert number != serving  # rebuilt, not relabelled
     assert scans[0] is None and scans[1] is not None  # the events since the first scan were scanned again
     ids = ["u1", "u2", "u3"]
     held = await current_facts_of(stores, project.id, ids, number)
     assert held == dict(await python_facts_of(stores, project.id, defs, number, ids))
+
+
+def _reversed(journey_map: dict[str, Any]) -> dict[str, Any]:
+    """The map with its touchpoints in the reverse order."""
+    reordered = copy.deepcopy(journey_map)
+    reordered["touchpoints"].reverse()
+    return reordered
+
+
+async def _applied_and_served(stores, project_id: str, journey_map: dict[str, Any]) -> Any:  # type: ignore[no-untyped-def]
+    """Apply ``journey_map``; once the project's serving build serves its definitions, those definitions."""
+    from query.facts.builds import current_definitions
+
+    async with stores.pg.acquire() as conn:
+        await definitions.apply(conn, project_id, "map", journey_map)
+    defs = await current_definitions(stores.pg, project_id)
+    await wait_until(lambda: _serves(stores, project_id, defs.fingerprint), timeout=30)
+    return defs
 
 
 async def _serves(stores, project_id: str, fingerprint: str) -> bool:  # type: ignore[no-untyped-def]
