@@ -1477,6 +1477,9 @@ async def test_moving_a_rule_edits_customers_in_pauses_only_that_projects_polls(
             assert r.status == 200, await r.text()
             return (await r.json())["segments"][0]["stages"][0]["reached"]
 
+    # A look-back margin shorter than the pause: the rows sent during it are stamped before the window of the
+    # poll that resumes the project, which must look back to the first poll that skipped it.
+    margin_ms, updater.margin_ms = updater.margin_ms, 300
     try:
         await _send(http, collector, other.write_key, [event("o2", "A", 1)])
         await _send(http, collector, project.write_key, [event("u3", "A", 1), event("u4", "A", 1, "email")])
@@ -1487,13 +1490,19 @@ async def test_moving_a_rule_edits_customers_in_pauses_only_that_projects_polls(
             await wait_until(lambda: _true(updater.caught_up_at is not None and updater.caught_up_at > mark))
         assert project.id in updater._paused  # noqa: SLF001
         assert await reached(project.read_key) == 2  # u1 and u2, as the old rules staged them: nothing new yet
+    except BaseException:
+        updater.margin_ms = margin_ms
+        raise
     finally:
         released.set()
     defs = await current_definitions(stores.pg, project.id)
     await wait_until(lambda: _serves(stores, project.id, defs.fingerprint), timeout=30)
-    await wait_until(lambda: _true_async(reached(project.read_key), 2), timeout=15)  # u1 and u3: web ads only
-    await _caught_up(query)
-    assert await reached(project.read_key) == 2 and project.id not in updater._paused  # noqa: SLF001
+    try:
+        await wait_until(lambda: _true_async(reached(project.read_key), 2), timeout=15)  # u1 and u3: web ads only
+        await _caught_up(query)
+        assert await reached(project.read_key) == 2 and project.id not in updater._paused  # noqa: SLF001
+    finally:
+        updater.margin_ms = margin_ms
 
 
 async def test_a_rule_edit_that_stages_every_event_alike_serves_the_build_as_it_is(  # type: ignore[no-untyped-def]

@@ -189,7 +189,7 @@ class StageStateUpdater:
         # project → a rule edit the serving build is to serve, relabelled between two polls (_relabel_rules)
         self._rules_relabels: dict[str, _RulesRelabel] = {}
         # Projects the polls leave alone while a rule edit's customers are moved into their serving build
-        # (_paused_for), each with what it waits for; once resumed, the rows stamped since the first poll that
+        # (_relabel_paused), each with what it waits for; once resumed, the rows stamped since the first poll that
         # skipped it are merged (_resume_from), or its ids refreshed in full if that poll knew nothing (_resume_full).
         self._pause_asked: dict[str, asyncio.Future[None]] = {}
         self._paused: set[str] = set()
@@ -331,11 +331,15 @@ class StageStateUpdater:
                         kept.pop(project_id, None)
                 self._polled = (now_ms, kept)
             since_ms = now_ms
+            if self._resume_from:  # a project paused: the next lead (or this one, restarted) looks back to it
+                polled_to_ms = min(now_ms, min(self._resume_from.values()) + self.margin_ms)
+            else:
+                polled_to_ms = now_ms
             await pg.execute(
                 "INSERT INTO stage_state_cursor (id, polled_to, acknowledged_before) VALUES (1, $1, $2) "
                 "ON CONFLICT (id) DO UPDATE SET polled_to = EXCLUDED.polled_to, "
                 "acknowledged_before = COALESCE(EXCLUDED.acknowledged_before, stage_state_cursor.acknowledged_before)",
-                datetime.fromtimestamp(now_ms / 1000, timezone.utc),
+                datetime.fromtimestamp(polled_to_ms / 1000, timezone.utc),
                 acknowledged,
             )
             self.caught_up_at = time.monotonic()
@@ -469,6 +473,10 @@ class StageStateUpdater:
         self._pause_asked[project_id] = granted
         try:
             await granted
+        except BaseException:  # cancelled, maybe just after the pause was granted: it ends here
+            if granted.done() and not granted.cancelled():
+                self._paused.discard(project_id)
+            raise
         finally:
             if self._pause_asked.get(project_id) is granted:
                 del self._pause_asked[project_id]
@@ -721,7 +729,12 @@ class StageStateUpdater:
             self._merge_unknown = True
             return
 
-        params = {"since": _at(since_ms), "next": _at(next_ms), "projects": sorted(defs)}
+        # A project resumed after a pause (_relabel_paused): this poll looks back to the first poll that skipped it,
+        # for every project (the others' rows merged already change nothing when merged again).
+        paused = set(self._paused)  # taken before any await: a pause ends in a callback
+        resumed = {p: self._resume_from[p] for p in self._resume_from if p not in paused}
+        looked_from_ms = min([since_ms, *resumed.values()])
+        params = {"since": _at(looked_from_ms), "next": _at(next_ms), "projects": sorted(defs)}
         began = time.monotonic()
         _, rows = await self.stores.clickhouse.query(CHANGES_SQL, params)
         compared = time.monotonic()
@@ -732,12 +745,12 @@ class StageStateUpdater:
         # (StateWriter.append), unless nothing is known of what the last poll merged (a start, a failure).
         full: dict[str, set[str]] = {}
         appended: dict[str, set[str]] = {}
-        paused = set(self._paused)
         for project_id in paused:  # left alone: what is stamped from here on is merged once it resumes
             self._resume_from.setdefault(project_id, since_ms)
             if self._merge_unknown:
                 self._resume_full.add(project_id)
-        resumed = {p: self._resume_from.pop(p) for p in list(self._resume_from) if p not in paused}
+        for project_id in resumed:
+            del self._resume_from[project_id]
         for project_id, source, distinct_id, count, digest, next_count, next_digest in rows:
             key = (project_id, source, distinct_id)
             if project_id in paused:
@@ -771,7 +784,7 @@ class StageStateUpdater:
                     built_for,
                     number,
                     appended.get(project_id, set()),
-                    min(since_ms, resumed.get(project_id, since_ms)),
+                    looked_from_ms,
                     serving=serves,
                     still_kept=kept,
                 )
