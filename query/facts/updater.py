@@ -116,6 +116,13 @@ SELECT DISTINCT customer_id FROM stage_inputs
 WHERE project_id = {project_id:String} AND build = {build:UInt64} AND generation > {generation:UInt64}
 """
 
+# A build serves other definitions as it is (StageStateUpdater._relabel, _transplant): still the serving one, still
+# for the definitions it was checked against.
+_RELABEL_SQL = (
+    "UPDATE stage_state_builds SET fingerprint = $4, rebuilding_since = NULL "
+    "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 RETURNING build"
+)
+
 # The ids with a row stamped since a time: what a rebuild's read may have missed.
 CHANGED_SINCE_SQL = """
 SELECT distinct_id FROM events WHERE project_id = {project_id:String} AND inserted_at > {since:DateTime64(3, 'UTC')}
@@ -517,13 +524,7 @@ class StageStateUpdater:
         refreshed_s = time.monotonic() - began
 
         async def relabel() -> None:
-            await pg.execute(
-                "UPDATE stage_state_builds SET fingerprint = $3, rebuilding_since = NULL "
-                "WHERE project_id = $1 AND build = $2",
-                project_id,
-                asked.number,
-                asked.defs.fingerprint,
-            )
+            await pg.fetchval(_RELABEL_SQL, project_id, asked.number, fingerprint, asked.defs.fingerprint)
 
         async with facts_lock(pg, project_id):
             # Builds switch and relabel under this lock only: still the one the edit is to relabel.
@@ -533,9 +534,7 @@ class StageStateUpdater:
             if row is None or (row["build"], row["fingerprint"]) != (asked.number, fingerprint):
                 return False
             await self.writer.transplant(project_id, asked.number, from_build, sorted(moved), relabel)
-            self._serving[project_id] = (asked.number, asked.defs)
-            self._changed(project_id)
-            await drop_other_builds(self.stores, project_id, asked.number)  # from_build among them
+            await self._serves_relabelled(project_id, asked.number, asked.defs)  # from_build dropped
         log.info(
             "stage facts of project %s serve %s: the serving build, with %d customers computed with its rules "
             "moved in (%d ids computed again, its polls paused, in %.1f s, moved in %.1f s)",
@@ -548,24 +547,23 @@ class StageStateUpdater:
         )
         return True
 
+    async def _serves_relabelled(self, project_id: str, number: int, defs: Definitions) -> None:
+        """Build ``number``, just relabelled for ``defs`` (under the writers' lock), serves them: the polls write it
+        with them, answers are told, and every other build of the project goes (a rebuild begun, or one that
+        failed half-way before)."""
+        self._serving[project_id] = (number, defs)
+        self._changed(project_id)
+        await drop_other_builds(self.stores, project_id, number)
+
     async def _relabel(self, project_id: str, number: int, fingerprint: str, defs: Definitions) -> bool:
         """New versions whose facts are those the serving build holds (a target, a name or a description
         changed; or rules that stage every event alike, :meth:`_relabel_rules`): the build now serves them as it
         is, at once, instead of being recomputed. Returns whether it does (not if another replica switched)."""
         async with facts_lock(self.stores.pg, project_id):
-            relabelled = await self.stores.pg.fetchval(
-                "UPDATE stage_state_builds SET fingerprint = $4, rebuilding_since = NULL "
-                "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 RETURNING build",
-                project_id,
-                number,
-                fingerprint,
-                defs.fingerprint,
-            )
+            relabelled = await self.stores.pg.fetchval(_RELABEL_SQL, project_id, number, fingerprint, defs.fingerprint)
             if relabelled is None:
                 return False
-            self._serving[project_id] = (number, defs)
-            self._changed(project_id)
-            await drop_other_builds(self.stores, project_id, number)  # e.g. a rebuild that failed half-way before
+            await self._serves_relabelled(project_id, number, defs)
         log.info(
             "stage facts of project %s serve %s as they are (no fact or stored input depends on what changed)",
             project_id,
