@@ -470,7 +470,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             today = datetime.now(timezone.utc).date()
-            window = {"from": (today - timedelta(days=89)).isoformat(), "to": today.isoformat()}
+            # To tomorrow: a run that crosses midnight UTC still counts its fresh events (stamped after it) in the
+            # window; with `to` today, the freshness phase waited for an event the window no longer held.
+            window = {"from": (today - timedelta(days=89)).isoformat(), "to": (today + timedelta(days=1)).isoformat()}
             connector = aiohttp.TCPConnector(limit=8)
             async with aiohttp.ClientSession(connector=connector) as http:
                 log("query service up; waiting for the stage-state rebuild (KPIs answer 503 until it is done)")
