@@ -555,6 +555,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         COPY_INPUTS_SQL,
         COPY_MAP_FACTS_SQL,
         INSERT_WITHDRAWAL,
+        RECONVERTED_FACTS_SQL,
         TRANSPLANT_FACTS_SQL,
         TRANSPLANT_INPUTS_SQL,
         FactsSql,
@@ -573,6 +574,9 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
     added = {"id": "a-new", "stage": template["stages"][0]["id"], "match": {"event": "X"}}
     edited = {**template, "touchpoints": [*reversed(template["touchpoints"]), added]}
     restage = Restaging(defs, Definitions.of([(validate_map(edited), 2)], [(validate_segment(s), 1) for s in segments]))
+    # a window edit: its corrections, of everyone or of those written since, and their copy into the serving build
+    windows = {**template, "stages": [{**stage, "conversion_window_days": 1} for stage in template["stages"]]}
+    reconverting = FactsSql(Definitions.of([(validate_map(windows), 3)], [(validate_segment(s), 1) for s in segments]))
     statements = (
         restage.copy_sql,
         COPY_FACTS_SQL,
@@ -588,6 +592,9 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         COPY_INPUTS_SQL,
         TRANSPLANT_INPUTS_SQL,
         TRANSPLANT_FACTS_SQL,
+        reconverting.insert_reconverted(", ".join(FACT_COLUMNS), facts),
+        reconverting.insert_reconverted(", ".join(FACT_COLUMNS), facts, written_since=True),
+        RECONVERTED_FACTS_SQL,
     )
     assert restage.copy_sql != COPY_INPUTS_SQL  # renumbered
     for statement in statements:
@@ -595,6 +602,7 @@ async def test_stage_facts_sql_parses_with_clickhouse(stores) -> None:  # type: 
         params = {
             **facts.params,
             **restage.params,
+            **reconverting.params,
             "project_id": "p",
             "build": 1,
             "inputs_build": 1,

@@ -652,6 +652,53 @@ async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fol
         ), build
 
 
+def _windows(aware: float, contact: float, buy: float, version: int) -> Definitions:
+    """MAPS with other conversion windows (days) for three stages, as their ``version``."""
+    maps = orjson.loads(orjson.dumps(MAPS))
+    maps[0]["stages"][0]["conversion_window_days"] = aware
+    maps[0]["stages"][2]["conversion_window_days"] = buy
+    maps[1]["stages"][0]["conversion_window_days"] = contact
+    return Definitions.of([(validate_map(m), version) for m in maps], [(validate_segment(s), 1) for s in SEGMENTS])
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")) // 3 + 1,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(customers=st.lists(customer_st, min_size=1, max_size=6))
+async def test_a_window_edit_corrected_from_the_stored_inputs_equals_the_python_fold(  # type: ignore[no-untyped-def]
+    stores, project, customers
+) -> None:
+    """A window edit (two windows narrowed, one widened, within the minutes the events are apart): the corrections
+    computed from a build's stored inputs into a build of their own, added to it, make its facts exactly the
+    oracle's under the new windows (StageStateUpdater._reconvert); so do the corrections computed again for every
+    customer written since (here all of them: generation 0), those computed first left out."""
+    pid = f"{project.id}-{next(_count)}"
+    ids = await _load(stores, pid, customers)
+    old, new = _windows(0.01, 0.02, 0.002, 1), _windows(0.004, 0.003, 0.008, 2)
+    assert old.window_free_key == new.window_free_key and old.facts_key != new.facts_key
+    writer = StateWriter(stores.clickhouse, stores.pg)
+    for build in (7, 9):
+        await writer.build_all(pid, old, build)
+    await writer.reconvert(pid, old, new, 7, 8)
+    relabelled: list[int] = []
+    for build, generation in ((7, 2**62), (9, 0)):
+
+        async def then(build: int = build) -> None:
+            relabelled.append(build)
+
+        await writer.reconverted(pid, old, new, build, 8, generation, then)
+    assert relabelled == [7, 9]
+    for build in (7, 9):
+        held = await current_facts(stores.clickhouse, pid, ids, build)
+        assert Counter({f: n for f, n in held.items() if n}) == await python_facts(
+            stores.clickhouse, pid, new, build, ids
+        ), build
+
+
 async def test_a_rule_edit_is_restaged_only_while_the_segments_keep_their_inputs() -> None:
     """The copy keeps each customer's first touch and traits: a segment reading another trait needs every event;
     so does a map removed."""

@@ -1439,6 +1439,49 @@ async def test_a_narrowed_rule_moves_the_customers_it_restages_into_the_serving_
     assert held == dict(await python_facts_of(stores, project.id, defs, serving, ids))
 
 
+async def test_a_window_edit_corrects_the_serving_build_where_an_outcome_changes(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """Shorter conversion windows (aware 2 → 1 day, consider 5 → 1) change nothing but whether some entries
+    converted: the serving build is corrected where an outcome changes and relabelled, not rebuilt. Events arriving
+    after the corrections were computed from its inputs and before they are added (held there) — u1's next
+    touchpoint (corrected already), u6's move on and a new u7 (not corrected yet) — are in it too: once the edit
+    serves, every customer's facts are the oracle's."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import serving_build
+
+    updater, event = query.app[STATE_UPDATER], _touch
+    project, serving = await _served_project(
+        http, collector, query, stores,
+        [event("u1", "A", 0), event("u1", "B", 30), event("u2", "A", 0), event("u2", "B", 10), event("u2", "C", 40),
+         event("u3", "A", 0), event("u3", "B", 60), event("u4", "A", 0), event("u6", "A", 0)],
+    )  # fmt: skip
+    await _caught_up(query)  # a poll kept the serving build current: what an edit now starts from
+    reconvert, computed = updater.writer.reconvert, list[int]()
+
+    async def then_more_events(project_id: str, *args: Any) -> None:
+        await reconvert(project_id, *args)
+        if project_id == project.id and not computed:
+            computed.append(args[-1])
+            late = [event("u1", "D", 60), event("u6", "B", 30), event("u7", "A", 0), event("u7", "B", 30)]
+            await _send(http, collector, project.write_key, late)
+            await _caught_up(query)  # merged into the serving build with the old windows
+
+    monkeypatch.setattr(updater.writer, "reconvert", then_more_events)
+    shorter = copy.deepcopy(MAP)
+    shorter["stages"][0]["conversion_window_days"] = 1
+    shorter["stages"][1]["conversion_window_days"] = 1
+    defs = await _applied_and_served(stores, project.id, shorter)
+    assert (await serving_build(stores.pg, project.id)).number == serving  # the same build, relabelled
+    assert len(computed) == 1 and computed[0] != serving  # the corrections were computed into a build of their own
+    stages = (await _kpis(http, query, project.read_key, map="funnel"))["segments"][0]["stages"]
+    assert (stages[0]["entered"], stages[0]["converted"]) == (6, 1)  # u2 alone moved on within a day
+    assert (stages[1]["entered"], stages[1]["converted"]) == (5, 0)  # u2's purchase came 30 hours later
+    ids = ["u1", "u2", "u3", "u4", "u6", "u7"]
+    held = await current_facts_of(stores, project.id, ids, serving)
+    assert held == dict(await python_facts_of(stores, project.id, defs, serving, ids))
+
+
 async def test_moving_a_rule_edits_customers_in_pauses_only_that_projects_polls(  # type: ignore[no-untyped-def]
     http, collector, query, stores, monkeypatch
 ) -> None:

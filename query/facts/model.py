@@ -151,9 +151,24 @@ class Definitions:
         copy those customers' facts instead of folding them (query/facts/restage.py)."""
         return _facts_key(self.maps, self.segments, staging=False)
 
+    @cached_property
+    def window_free_key(self) -> str:
+        """What the facts depend on besides the stages' conversion windows. Two definitions with one key give
+        every customer the same facts but for whether an entry converted (and its wait): a build of one serves the
+        other once the entries whose outcome the windows change are corrected (query/facts/compute.py,
+        ``FactsSql.insert_reconverted``)."""
+        return _facts_key(self.maps, self.segments, windows=False)
 
-def _facts_key(maps: tuple[MapVersion, ...], segments: tuple[Segment, ...], staging: bool = True) -> str:
-    dumped = [mv.compiled.map.model_dump(mode="json", exclude=_NOT_IN_FACTS) for mv in maps]
+
+def _facts_key(
+    maps: tuple[MapVersion, ...], segments: tuple[Segment, ...], staging: bool = True, windows: bool = True
+) -> str:
+    excluded = (
+        _NOT_IN_FACTS
+        if windows
+        else {**_NOT_IN_FACTS, "stages": {"__all__": _NOT_IN_FACTS["stages"]["__all__"] | {"conversion_window_days"}}}
+    )
+    dumped = [mv.compiled.map.model_dump(mode="json", exclude=excluded) for mv in maps]
     if not staging:
         for shown_map in dumped:
             shown_map["touchpoints"] = sorted((tp["id"], tp["stage"]) for tp in shown_map["touchpoints"])

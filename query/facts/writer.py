@@ -26,6 +26,7 @@ from query.facts.compute import (
     COPY_MAP_FACTS_SQL,
     EMPTY_INPUTS_SQL,
     INSERT_WITHDRAWAL,
+    RECONVERTED_FACTS_SQL,
     TRANSPLANT_FACTS_SQL,
     TRANSPLANT_INPUTS_SQL,
     FactsSql,
@@ -245,6 +246,49 @@ class StateWriter:
             await self.ch.execute(COPY_FACTS_SQL, params)
         else:
             await self.ch.execute(COPY_MAP_FACTS_SQL, {**params, "maps": maps})
+
+    async def reconvert(
+        self, project_id: str, before: Definitions, definitions: Definitions, inputs_build: int, build: int
+    ) -> None:
+        """Write into ``build`` (a build of its own) what ``definitions``, whose facts differ from ``before``'s by
+        the conversion windows alone, change in the facts of every customer with inputs in ``inputs_build`` (the
+        serving build, computed for ``before``): the entries whose outcome differs, as they were (``n = -1``) and as
+        they are (:meth:`~query.facts.compute.FactsSql.insert_reconverted`). Added to the serving build by
+        :meth:`reconverted`."""
+        sql = self.statements(project_id, definitions)
+        params = {**sql.params, "project_id": project_id, "build": build, "inputs_build": inputs_build}
+        with self._step("reconvert"):
+            statement = sql.insert_reconverted(", ".join(FACT_COLUMNS), self.statements(project_id, before))
+            await self.ch.execute(statement, params)
+
+    async def reconverted(
+        self,
+        project_id: str,
+        before: Definitions,
+        definitions: Definitions,
+        build: int,
+        from_build: int,
+        generation: int,
+        then: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Make the facts of ``build`` (the serving build, computed for ``before``) those of ``definitions``: the
+        corrections :meth:`reconvert` wrote into ``from_build`` added, but for the customers whose inputs in
+        ``build`` were written after ``generation`` (taken before :meth:`reconvert` read them), whose corrections
+        are computed again from their inputs now. ``then`` runs under the facts view lock, after the facts and
+        before any answer reads them (the relabel). The caller holds the writers' lock, so nothing writes them
+        meanwhile."""
+        sql = self.statements(project_id, definitions)
+        params = {**sql.params, "project_id": project_id, "build": build, "generation": generation}
+        again = sql.insert_reconverted(", ".join(FACT_COLUMNS), self.statements(project_id, before), written_since=True)
+        with self._step("reconvert"):
+            async with facts_change(self.locks, project_id):
+                try:
+                    await self.ch.execute(again, {**params, "inputs_build": build})
+                    await self.ch.execute(RECONVERTED_FACTS_SQL, {**params, "from_build": from_build})
+                    await then()
+                finally:  # told even if an insert raised: it may have landed
+                    if self.on_serving_write is not None:
+                        self.on_serving_write(project_id)
 
     async def transplant(
         self,
