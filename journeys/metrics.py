@@ -130,7 +130,8 @@ class Metrics:
             "Time in each step of keeping the stage facts current, by step: changes (finding the ids whose rows "
             "changed), compare (telling which of them to merge or recompute), customers (their customers), merge "
             "(storing their inputs), difference (computing the facts they change and inserting them: one statement), "
-            "transplant (a rule edit's customers computed apart, moved into the serving build between two polls).",
+            "transplant (a rule edit's customers computed apart, moved into the serving build, that project's polls "
+            "paused), reconvert (a window edit's corrections, computed, then added to the serving build).",
             ["step"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

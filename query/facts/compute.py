@@ -350,7 +350,8 @@ _INSERT_DIFFERENCE = (
 
 # An entry's rows as it was and as it is differ (converted): nothing to sum, so the insert does not (1 M customers,
 # 430 000 rows: 4.1-4.4 s against 9.8-12.8 s summing them on one thread, as a difference does). Not deduplicated:
-# a window edit and its reversal write the same rows twice.
+# a window cut, restored and cut again writes the same rows twice (on a cluster the second insert would be dropped
+# as a retry).
 _INSERT_RECONVERTED = (
     "INSERT INTO stage_facts ($columns) $rows "
     "SETTINGS optimize_on_insert = 0, max_insert_threads = 2, insert_deduplicate = 0, $cluster"

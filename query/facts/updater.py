@@ -20,7 +20,10 @@ ids changed since then are the ones refreshed into it. When only rules changed, 
 rules renumbered, and the ids a scan finds staged otherwise are refreshed into it too (query/facts/restage.py);
 when nothing but the staging changed, the serving build is relabelled instead, with the customers of the ids
 the scan finds computed apart and moved into it while the polls leave that project alone for a second or two
-(:meth:`StageStateUpdater._relabel_rules`, :meth:`StageStateUpdater._relabel_paused`).
+(:meth:`StageStateUpdater._relabel_rules`, :meth:`StageStateUpdater._relabel_paused`). When only conversion
+windows changed, the serving build is relabelled too, once the entries whose outcome they change are corrected
+(computed from its stored inputs beside the polls, then added with that project's polls paused:
+:meth:`StageStateUpdater._reconvert`).
 
 Why poll ``inserted_at`` and not hook the collector's inserter: it works the same with several collectors
 and with events imported or replayed from a spool, and the collector's hot path stays untouched.
