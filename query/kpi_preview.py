@@ -159,8 +159,9 @@ async def preview_kpis(
         async with consistent_facts(locks, project_id):  # the build read stays the serving one until answered
             serving = await serving_build(pg, project_id)
             served = await built_for(pg, project_id, serving)
-            if kept == serving.fingerprint or (
-                served is not None and served.map_facts_key(mv.name) == defs.map_facts_key(mv.name)
+            if serving.whole and (
+                kept == serving.fingerprint
+                or (served is not None and served.map_facts_key(mv.name) == defs.map_facts_key(mv.name))
             ):
                 return await stage_kpis(ch, request(serving.number))
         return None
@@ -170,7 +171,8 @@ async def preview_kpis(
         writer = StateWriter(ch)
         async with computing or nullcontext():
             serving = await serving_build(pg, project_id)  # again: another preview may have run meanwhile
-            served = await built_for(pg, project_id, serving)
+            # Nothing of a build whose change in place stopped half-way is reused: computed from the events.
+            served = await built_for(pg, project_id, serving) if serving.whole else None
             merged = None if served is None else _with_draft(served, defs)
             restage, restaged = None, set[str]()
             if served is not None and merged is not None and FactsSql(merged).inputs_key != FactsSql(served).inputs_key:
@@ -193,7 +195,11 @@ async def preview_kpis(
                         await writer.refresh(project_id, merged, build, restaged, serving=False)
                     now_serving = await serving_build(pg, project_id)
                     # its inputs may be gone; or relabelled for another edit, which rewrites some customers'
-                    if (now_serving.number, now_serving.fingerprint) != (serving.number, serving.fingerprint):
+                    if (now_serving.number, now_serving.fingerprint, now_serving.changing_to) != (
+                        serving.number,
+                        serving.fingerprint,
+                        serving.changing_to,
+                    ):
                         await drop_build(ch, cluster or "", project_id, build)
                         merged = None
                 if result is None:

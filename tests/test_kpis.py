@@ -1482,6 +1482,73 @@ async def test_a_window_edit_corrects_the_serving_build_where_an_outcome_changes
     assert held == dict(await python_facts_of(stores, project.id, defs, serving, ids))
 
 
+async def test_a_window_edit_stopped_half_way_is_never_applied_twice(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """A window edit whose corrections landed in the serving build but whose relabel failed leaves that build marked
+    (``changing_to``): the rebuild that follows (here failing once, then retried) reads the events instead of
+    correcting the same build again, which would count the corrections twice; its new build serves the oracle's
+    facts. Meanwhile a preview does not read the marked build."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import serving_build
+
+    updater, event = query.app[STATE_UPDATER], _touch
+    project, serving = await _served_project(
+        http, collector, query, stores, [event("u1", "A", 0), event("u1", "B", 30), event("u2", "A", 0)]
+    )
+    await _caught_up(query)
+    reconverted, build_all, failed = updater.writer.reconverted, updater.writer.build_all, list[str]()
+
+    async def relabel_fails(project_id: str, *args: Any) -> None:
+        async def then() -> None:
+            failed.append("relabel")
+            raise RuntimeError("the relabel failed")
+
+        await reconverted(project_id, *args[:-1], then if project_id == project.id and not failed else args[-1])
+
+    async def fails_once(project_id: str, *args: Any, **options: Any) -> None:
+        if project_id == project.id and failed == ["relabel"]:
+            failed.append("rebuild")
+            assert not (await serving_build(stores.pg, project.id)).whole  # the corrections may be in it
+            raise RuntimeError("the rebuild failed")
+        await build_all(project_id, *args, **options)
+
+    monkeypatch.setattr(updater.writer, "reconverted", relabel_fails)
+    monkeypatch.setattr(updater.writer, "build_all", fails_once)
+    shorter = copy.deepcopy(MAP)
+    shorter["stages"][0]["conversion_window_days"] = 1
+    defs = await _applied_and_served(stores, project.id, shorter)
+    now = await serving_build(stores.pg, project.id)
+    assert failed == ["relabel", "rebuild"] and now.number != serving and now.whole
+    aware = (await _kpis(http, query, project.read_key, map="funnel"))["segments"][0]["stages"][0]
+    assert (aware["entered"], aware["converted"]) == (2, 0)
+    ids = ["u1", "u2"]
+    held = await current_facts_of(stores, project.id, ids, now.number)
+    assert held == dict(await python_facts_of(stores, project.id, defs, now.number, ids))
+
+
+async def test_a_writer_that_knew_other_definitions_than_the_build_serves_writes_nothing(  # type: ignore[no-untyped-def]
+    http, collector, query, stores
+) -> None:
+    """A poll that took the lead while another replica relabelled the serving build (a window edit, a rule edit)
+    knew the old definitions: under the writers' lock it finds the build serving others and raises, writing
+    nothing (the updater retries from what PostgreSQL says), instead of leaving those customers' facts stale."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import current_definitions
+
+    updater, event = query.app[STATE_UPDATER], _touch
+    project, serving = await _served_project(http, collector, query, stores, [event("u1", "A", 0)])
+    defs = await current_definitions(stores.pg, project.id)
+    shorter = copy.deepcopy(MAP)
+    shorter["stages"][0]["conversion_window_days"] = 1
+    other = await _applied_and_served(stores, project.id, shorter)
+    before = await current_facts_of(stores, project.id, ["u1"], serving)
+    with pytest.raises(RuntimeError, match="not written"):
+        await updater.writer.refresh(project.id, defs, serving, {"u1"})
+    assert await current_facts_of(stores, project.id, ["u1"], serving) == before
+    assert await updater.writer.refresh(project.id, other, serving, {"u1"}) == 1
+
+
 async def test_moving_a_rule_edits_customers_in_pauses_only_that_projects_polls(  # type: ignore[no-untyped-def]
     http, collector, query, stores, monkeypatch
 ) -> None:

@@ -48,15 +48,24 @@ class Build:
     number: int
     fingerprint: str
     rebuilding_since: datetime | None
+    #: A change of its facts in place begun for other definitions and not ended (PostgreSQL migration 0011).
+    changing_to: str | None = None
+
+    @property
+    def whole(self) -> bool:
+        """Whether its facts are all those of :attr:`fingerprint`'s definitions: no change of them in place stopped
+        half-way. Only then may they be reused (relabelled, copied, changed in place, previewed from)."""
+        return self.changing_to is None
 
 
 async def serving_build(pg: Any, project_id: str) -> Build:
     row = await pg.fetchrow(
-        "SELECT build, fingerprint, rebuilding_since FROM stage_state_builds WHERE project_id = $1", project_id
+        "SELECT build, fingerprint, rebuilding_since, changing_to FROM stage_state_builds WHERE project_id = $1",
+        project_id,
     )
     if row is None:
         return Build(0, "", None)
-    return Build(row["build"], row["fingerprint"] if row["build"] else "", row["rebuilding_since"])
+    return Build(row["build"], row["fingerprint"] if row["build"] else "", row["rebuilding_since"], row["changing_to"])
 
 
 async def begin_build(pg: Any, project_id: str) -> int:

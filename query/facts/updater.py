@@ -123,8 +123,15 @@ WHERE project_id = {project_id:String} AND build = {build:UInt64} AND generation
 # A build serves other definitions as it is (StageStateUpdater._relabel, _transplant): still the serving one, still
 # for the definitions it was checked against.
 _RELABEL_SQL = (
-    "UPDATE stage_state_builds SET fingerprint = $4, rebuilding_since = NULL "
-    "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 RETURNING build"
+    "UPDATE stage_state_builds SET fingerprint = $4, rebuilding_since = NULL, changing_to = NULL "
+    "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 AND (changing_to IS NULL OR changing_to = $4) "
+    "RETURNING build"
+)
+# ... and before the first write of a change of its facts in place that ends in that relabel (_reconvert,
+# _transplant): if it stops half-way, the build is known not to be whole (query/facts/builds.py, Build.whole).
+_CHANGING_SQL = (
+    "UPDATE stage_state_builds SET changing_to = $4 "
+    "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 AND changing_to IS NULL RETURNING build"
 )
 
 # The ids with a row stamped since a time: what a rebuild's read may have missed.
@@ -416,7 +423,12 @@ class StageStateUpdater:
             if build.fingerprint == defs.fingerprint or (running is not None and not running.done()):
                 continue
             serving = self._serving.get(project_id)
-            if serving is not None and serving[0] == build.number and serving[1].facts_key == defs.facts_key:
+            if (
+                serving is not None
+                and serving[0] == build.number
+                and serving[1].facts_key == defs.facts_key
+                and build.whole
+            ):
                 await self._relabel(project_id, build.number, build.fingerprint, defs)
                 continue
             if time.monotonic() < self._rebuild_after.get(project_id, 0.0):
@@ -541,6 +553,8 @@ class StageStateUpdater:
             )
             if row is None or (row["build"], row["fingerprint"]) != (asked.number, fingerprint):
                 return False
+            if await pg.fetchval(_CHANGING_SQL, project_id, asked.number, fingerprint, asked.defs.fingerprint) is None:
+                return False  # a change in place stopped half-way: rebuilt from the events instead
             await self.writer.transplant(project_id, asked.number, from_build, sorted(moved), relabel)
             await self._serves_relabelled(project_id, asked.number, asked.defs)  # from_build dropped
         log.info(
@@ -587,6 +601,11 @@ class StageStateUpdater:
                     )
                     if row is None or (row["build"], row["fingerprint"]) != (serving, before.fingerprint):
                         return False
+                    if (
+                        await pg.fetchval(_CHANGING_SQL, project_id, serving, before.fingerprint, defs.fingerprint)
+                        is None
+                    ):
+                        return False  # a change in place stopped half-way: rebuilt from the events instead
                     await self.writer.reconverted(project_id, before, defs, serving, number, generation, relabel)
                     await self._serves_relabelled(project_id, serving, defs)  # build `number` dropped
             except Exception:  # noqa: BLE001 - rebuilt instead (a fresh build: the serving one may be half-corrected)
@@ -655,14 +674,17 @@ class StageStateUpdater:
             number = await begin_build(pg, project_id)
             generation = await next_generation(pg)  # its own inputs'; a later one is someone else's write
             copied = self._current_inputs(project_id, defs)
-            if copied is not None and (await serving_build(pg, project_id)).number != copied[0]:
-                copied = None  # another replica switched builds meanwhile
+            serving_now = await serving_build(pg, project_id)
+            if copied is not None and (serving_now.number != copied[0] or not serving_now.whole):
+                # another replica switched builds meanwhile; or a change of its facts in place stopped half-way
+                copied = None
             before = self._serving[project_id][1] if copied is not None else None
         if before is not None and copied is not None and before.window_free_key == defs.window_free_key:
             # Only conversion windows changed: the serving build's facts are corrected where an outcome changes.
             if await self._reconvert(project_id, copied[0], before, defs, number, generation):
                 return
             await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, number)  # rebuilt below
+            copied = await self._still_whole(project_id, copied)
         restaged: set[str] = set()
         if copied is not None and copied[2] is not None:
             serving_number, restage = copied[0], copied[2]
@@ -688,6 +710,9 @@ class StageStateUpdater:
                     return
                 # Not relabelled: built as below, from an empty build.
                 await drop_build(ch, self.stores.settings.clickhouse_cluster, project_id, number)
+                copied = await self._still_whole(project_id, copied)
+                if copied is None:
+                    restaged = set()
         read_from_ms = await self._server_now_ms() if copied is None else copied[1]
         await self.writer.build_all(
             project_id,
@@ -735,6 +760,15 @@ class StageStateUpdater:
             caught_up,
         )
 
+    async def _still_whole(
+        self, project_id: str, copied: tuple[int, int, Restaging | None] | None
+    ) -> tuple[int, int, Restaging | None] | None:
+        """``copied``, unless a change of that build's facts in place stopped half-way (it may have written some of
+        them): then nothing of it is reused, and the rebuild reads the events."""
+        if copied is None or not (await serving_build(self.stores.pg, project_id)).whole:
+            return None
+        return copied
+
     def _current_inputs(self, project_id: str, defs: Definitions) -> tuple[int, int, Restaging | None] | None:
         """(build, server ms, restaging): the serving build, if the inputs it stores are those ``defs`` store or
         differ only by the rules (then how to restage them, query/facts/restage.py), and when the last completed
@@ -756,7 +790,8 @@ class StageStateUpdater:
         pg = self.stores.pg
         async with facts_lock(pg, project_id):
             switched = await pg.fetchval(
-                "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL "
+                "UPDATE stage_state_builds SET fingerprint = $2, build = $3, built_at = now(), rebuilding_since = NULL, "
+                "changing_to = NULL "
                 "WHERE project_id = $1 AND last_build = $3 RETURNING build",
                 project_id,
                 defs.fingerprint,

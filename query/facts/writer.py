@@ -384,8 +384,24 @@ class StateWriter:
                 if still_kept is not None and not still_kept():
                     break
                 serves = serving() if callable(serving) else serving
+                if serves:
+                    await self._serves_these(project_id, definitions, build)
                 written += await locked(project_id, definitions, build, chunk, serves)
         return written
+
+    async def _serves_these(self, project_id: str, definitions: Definitions, build: int) -> None:
+        """Raise if ``build`` serves other definitions than ``definitions`` now (asked under the writers' lock, which
+        relabels take): a writer that took the lead while another relabelled it knew the old ones, and writing with
+        them would leave those customers' facts stale. The writer's caller retries from what PostgreSQL says."""
+        if self.pg is None:
+            return
+        now = await self.pg.fetchval(
+            "SELECT fingerprint FROM stage_state_builds WHERE project_id = $1 AND build = $2", project_id, build
+        )
+        if now is not None and now != definitions.fingerprint:
+            raise RuntimeError(
+                f"build {build} of project {project_id} serves {now} now, not {definitions.fingerprint}: not written"
+            )
 
     async def _refresh_locked(
         self, project_id: str, definitions: Definitions, build: int, touched: list[str], serving: bool
