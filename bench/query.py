@@ -30,7 +30,7 @@ What it does, in one process, on loopback only (127.0.0.1):
    again and again, each timed until its KPIs count it (another project's freshness during a rebuild).
    ``--map-edits N`` does it N times, the map turned back and forth (a shared machine's noise: one rebuild
    can take 24 s and the next 32 s); each figure's median is judged, every edit's printed. Then N edits of a
-   window only, each applied and timed the same way (their rebuild copies the serving build's stored inputs).
+   window only, each applied and timed the same way (the serving build corrected in place, no rebuild).
 5. Baseline: ``windowFunnel`` over the raw events computing per-stage reached counts for the same map (rule
    assignment by query/facts/rule_index.py ``rule_index_sql``, rule → stage by the map), p50 of ``--funnel-runs``,
    run through the same ClickHouse facade without HTTP. Prints KPI p50 / windowFunnel p50.
@@ -944,7 +944,7 @@ def render(r: dict[str, Any]) -> str:
             mark(ok["rebuild_after_edit"]),
         ),
         _median_row(
-            "rebuild after an edit of a window only (the serving build's inputs copied)",
+            "rebuild after an edit of a window only (the serving build corrected in place)",
             e,
             "window_rebuild",
             "≤ 20 s",

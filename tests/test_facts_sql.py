@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from facts_oracle import current_facts, keys_of, python_facts
@@ -652,6 +652,17 @@ async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fol
         ), build
 
 
+def _customer(events: list[tuple[str, str, int]]) -> dict[str, Any]:
+    """One customer of ``customer_st`` with the given (kind, channel, minute) events and nothing else."""
+    plain: dict[str, Any] = {"id": 0, "received": 0, "score": None, "where": "nested", "total": 5, "sentiment": "", "traits": {},
+             "campaign": None, "copies": 1}  # fmt: skip
+    return {"events": [{**plain, "kind": k, "channel": c, "minute": m} for k, c, m in events], "links": (0, 0)}
+
+
+# Aware 10 minutes before consider (converted within 0.01 days, not within 0.004), a purchase a minute after.
+_FLIPPING = [_customer([("A", "web", 0), ("B", "web", 10), ("C", "web", 11)]), _customer([("E", "phone", 2)])]
+
+
 def _windows(aware: float, contact: float, buy: float, version: int) -> Definitions:
     """MAPS with other conversion windows (days) for three stages, as their ``version``."""
     maps = orjson.loads(orjson.dumps(MAPS))
@@ -669,6 +680,7 @@ def _windows(aware: float, contact: float, buy: float, version: int) -> Definiti
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(customers=st.lists(customer_st, min_size=1, max_size=6))
+@example(customers=_FLIPPING)
 async def test_a_window_edit_corrected_from_the_stored_inputs_equals_the_python_fold(  # type: ignore[no-untyped-def]
     stores, project, customers
 ) -> None:
@@ -684,6 +696,11 @@ async def test_a_window_edit_corrected_from_the_stored_inputs_equals_the_python_
     for build in (7, 9):
         await writer.build_all(pid, old, build)
     await writer.reconvert(pid, old, new, 7, 8)
+    _, rows = await stores.clickhouse.query(
+        "SELECT count() FROM stage_facts WHERE project_id = {p:String} AND build = 8", {"p": pid}
+    )
+    if customers == _FLIPPING:  # an example that certainly corrects some: the aware entry (10 minutes)
+        assert rows[0][0] > 0
     relabelled: list[int] = []
     for build, generation in ((7, 2**62), (9, 0)):
 

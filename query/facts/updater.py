@@ -617,7 +617,7 @@ class StageStateUpdater:
             return False
         log.info(
             "stage facts of project %s serve %s: the serving build, its entries corrected for the new conversion "
-            "windows (computed in %.1f s, added with its polls paused in %.1f s)",
+            "windows (computed in %.1f s, its polls paused and the corrections added in %.1f s)",
             project_id,
             defs.fingerprint,
             computed_s,
