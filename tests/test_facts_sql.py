@@ -553,6 +553,15 @@ async def test_a_copy_of_the_inputs_leaves_out_those_emptied_last(stores, projec
     assert [(c, int(g), n > 0) for c, g, n in rows] == [("c1-id0", 1, True), ("c2-id0", 1, True)]
 
 
+# An edit's example is two builds and more: a third as many as the other tests, not shrunk.
+_edit_examples = settings(
+    max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")) // 3 + 1,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
 def _before(edit: str) -> Definitions:
     """The definitions an edit starts from: _definitions(), or for "typed" buy-web taking orders of total 0."""
     if edit != "typed":
@@ -593,12 +602,7 @@ def _edited(edit: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")) // 3 + 1,
-    deadline=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@_edit_examples
 @given(customers=st.lists(customer_st, min_size=1, max_size=6))
 @pytest.mark.parametrize("edit", ["renumbered", "reordered", "narrowed", "typed", "everything"])
 async def test_a_rule_edit_restaged_from_the_stored_inputs_equals_the_python_fold(  # type: ignore[no-untyped-def]
@@ -673,12 +677,7 @@ def _windows(aware: float, contact: float, buy: float, version: int) -> Definiti
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=int(os.environ.get("FACTS_EXAMPLES", "25")) // 3 + 1,
-    deadline=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@_edit_examples
 @given(customers=st.lists(customer_st, min_size=1, max_size=6))
 @example(customers=_FLIPPING)
 async def test_a_window_edit_corrected_from_the_stored_inputs_equals_the_python_fold(  # type: ignore[no-untyped-def]
