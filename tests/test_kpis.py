@@ -1527,6 +1527,35 @@ async def test_a_window_edit_stopped_half_way_is_never_applied_twice(  # type: i
     assert held == dict(await python_facts_of(stores, project.id, defs, now.number, ids))
 
 
+async def test_an_edit_waits_for_a_poll_to_keep_the_serving_build_current_instead_of_reading_every_event(  # type: ignore[no-untyped-def]
+    http, collector, query, stores, monkeypatch
+) -> None:
+    """A rebuild that begins before any poll has kept the serving build current since its project's polls were
+    paused (an edit right after a change in place) or since the lead began (emulated: the last poll forgotten as the
+    rebuild starts) waits for the next poll, and a window edit then still corrects the serving build in place."""
+    from query.appkeys import STATE_UPDATER
+    from query.facts.builds import serving_build
+
+    updater, event = query.app[STATE_UPDATER], _touch
+    project, serving = await _served_project(
+        http, collector, query, stores, [event("u1", "A", 0), event("u1", "B", 30), event("u2", "A", 0)]
+    )
+    await _caught_up(query)
+    rebuild = updater.rebuild
+
+    async def as_a_new_lead(project_id: str, defs: Any) -> None:
+        updater._polled = None  # noqa: SLF001 - what a new lead or a resumed project starts from
+        await rebuild(project_id, defs)
+
+    monkeypatch.setattr(updater, "rebuild", as_a_new_lead)
+    shorter = copy.deepcopy(MAP)
+    shorter["stages"][0]["conversion_window_days"] = 1
+    defs = await _applied_and_served(stores, project.id, shorter)
+    assert (await serving_build(stores.pg, project.id)).number == serving  # corrected in place, not rebuilt
+    held = await current_facts_of(stores, project.id, ["u1", "u2"], serving)
+    assert held == dict(await python_facts_of(stores, project.id, defs, serving, ["u1", "u2"]))
+
+
 async def test_a_writer_that_knew_other_definitions_than_the_build_serves_writes_nothing(  # type: ignore[no-untyped-def]
     http, collector, query, stores
 ) -> None:

@@ -668,6 +668,7 @@ class StageStateUpdater:
         and drop the rows of every other build. Until then KPIs read the previous build, kept current."""
         began = time.monotonic()
         ch, pg = self.stores.clickhouse, self.stores.pg
+        await self._kept_current_again(project_id, defs)
         # Under the writers' lock: a forget ends before (what the build reads or copies is without its customer)
         # or finds the build and writes a later generation into it (query/facts/writer.py, forget_facts).
         async with facts_lock(pg, project_id):
@@ -759,6 +760,20 @@ class StageStateUpdater:
             len(touched),
             caught_up,
         )
+
+    async def _kept_current_again(self, project_id: str, defs: Definitions, at_most_s: float = 5.0) -> None:
+        """Wait, a few seconds at most, for a completed poll to have kept the project's serving build current, if
+        none has since its polls were paused (a change in place just served: an edit right after another) or since
+        this lead began: without one the rebuild cannot start from the build's stored inputs and reads every event
+        (1 M customers: a window edit right after another took 56 s instead of 9)."""
+        deadline = time.monotonic() + at_most_s
+        while (
+            self._current_inputs(project_id, defs) is None
+            and project_id in self._serving
+            and (self._polled is None or project_id in self._paused or project_id in self._resume_from)
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.05)
 
     async def _still_whole(
         self, project_id: str, copied: tuple[int, int, Restaging | None] | None
