@@ -352,9 +352,13 @@ _INSERT_DIFFERENCE = (
 # 430 000 rows: 4.1-4.4 s against 9.8-12.8 s summing them on one thread, as a difference does). Not deduplicated:
 # a window cut, restored and cut again writes the same rows twice (on a cluster the second insert would be dropped
 # as a retry).
+# Every customer's corrections are read on one thread (max_threads = 1): they are computed beside the polls of every
+# project, which wait for a core otherwise (1 M customers, idle: 6.3 s against 4.0 s on two; in bench/query.py the
+# edit served in 8.7-9.4 s either way, and another project's KPI freshness p95 meanwhile was 0.57-0.63 s against
+# 0.89-1.57 s on two threads: bench/README.md, "Issue 17, fifteenth session").
 _INSERT_RECONVERTED = (
     "INSERT INTO stage_facts ($columns) $rows "
-    "SETTINGS optimize_on_insert = 0, max_insert_threads = 2, insert_deduplicate = 0, $cluster"
+    "SETTINGS optimize_on_insert = 0, max_insert_threads = 1, max_threads = $threads, insert_deduplicate = 0, $cluster"
 )
 # The customers whose inputs in ``build`` were written after ``generation``.
 _WRITTEN_SINCE = """(
@@ -588,7 +592,8 @@ class FactsSql:
             windows=self._windows,
         )
         rows = fill(_ROWS, map_names=self._map_names, per_customer=flipped)
-        return fill(_INSERT_RECONVERTED, columns=columns, rows=rows, cluster=CLUSTER_SETTINGS)
+        threads = "0" if written_since else "1"  # 0: ClickHouse's default (the cores)
+        return fill(_INSERT_RECONVERTED, columns=columns, rows=rows, threads=threads, cluster=CLUSTER_SETTINGS)
 
     @cached_property
     def inputs_key(self) -> str:
