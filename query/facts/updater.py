@@ -120,12 +120,16 @@ SELECT DISTINCT customer_id FROM stage_inputs
 WHERE project_id = {project_id:String} AND build = {build:UInt64} AND generation > {generation:UInt64}
 """
 
-# A build serves other definitions as it is (StageStateUpdater._relabel, _transplant): still the serving one, still
-# for the definitions it was checked against.
+# A build serves other definitions as it is (StageStateUpdater._relabel): still the serving one, still for the
+# definitions it was checked against, and whole (no change of its facts in place stopped half-way).
 _RELABEL_SQL = (
+    "UPDATE stage_state_builds SET fingerprint = $4, rebuilding_since = NULL "
+    "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 AND changing_to IS NULL RETURNING build"
+)
+# ... the relabel that ends a change of its facts in place for those definitions (_reconvert, _transplant).
+_RELABEL_CHANGED_SQL = (
     "UPDATE stage_state_builds SET fingerprint = $4, rebuilding_since = NULL, changing_to = NULL "
-    "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 AND (changing_to IS NULL OR changing_to = $4) "
-    "RETURNING build"
+    "WHERE project_id = $1 AND build = $2 AND fingerprint = $3 AND changing_to = $4 RETURNING build"
 )
 # ... and before the first write of a change of its facts in place that ends in that relabel (_reconvert,
 # _transplant): if it stops half-way, the build is known not to be whole (query/facts/builds.py, Build.whole).
@@ -544,7 +548,11 @@ class StageStateUpdater:
         refreshed_s = time.monotonic() - began
 
         async def relabel() -> None:
-            await pg.fetchval(_RELABEL_SQL, project_id, asked.number, fingerprint, asked.defs.fingerprint)
+            if (
+                await pg.fetchval(_RELABEL_CHANGED_SQL, project_id, asked.number, fingerprint, asked.defs.fingerprint)
+                is None
+            ):
+                raise RuntimeError(f"build {asked.number} of project {project_id} changed under the writers' lock")
 
         async with facts_lock(pg, project_id):
             # Builds switch and relabel under this lock only: still the one the edit is to relabel.
@@ -589,7 +597,10 @@ class StageStateUpdater:
         computed_s = time.monotonic() - began
 
         async def relabel() -> None:
-            if await pg.fetchval(_RELABEL_SQL, project_id, serving, before.fingerprint, defs.fingerprint) is None:
+            if (
+                await pg.fetchval(_RELABEL_CHANGED_SQL, project_id, serving, before.fingerprint, defs.fingerprint)
+                is None
+            ):
                 raise RuntimeError(f"build {serving} of project {project_id} changed under the writers' lock")
 
         async def reconverted() -> bool:
@@ -767,10 +778,15 @@ class StageStateUpdater:
         resumes them not done yet: an edit right after another). Without one the rebuild cannot start from the
         build's stored inputs and reads every event (1 M customers: a window edit right after another took 48-56 s
         instead of 9)."""
-        if self._reusable_inputs(project_id, defs) is None:
+        reusable = self._reusable_inputs(project_id, defs)
+        if reusable is None or not (await serving_build(self.stores.pg, project_id)).whole:
             return  # nothing of the serving build would be reused anyway
+
+        def polled() -> bool:
+            return self._polled is not None and reusable[0] in self._polled[1].get(project_id, set())
+
         deadline = time.monotonic() + at_most_s
-        while self._current_inputs(project_id, defs) is None and time.monotonic() < deadline:
+        while not polled() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     async def _still_whole(
@@ -778,9 +794,10 @@ class StageStateUpdater:
     ) -> tuple[int, int, Restaging | None] | None:
         """``copied``, unless a change of that build's facts in place stopped half-way (it may have written some of
         them): then nothing of it is reused, and the rebuild reads the events."""
-        if copied is None or not (await serving_build(self.stores.pg, project_id)).whole:
+        if copied is None:
             return None
-        return copied
+        now = await serving_build(self.stores.pg, project_id)
+        return copied if now.number == copied[0] and now.whole else None
 
     def _current_inputs(self, project_id: str, defs: Definitions) -> tuple[int, int, Restaging | None] | None:
         """(build, server ms, restaging): the serving build, if the inputs it stores are those ``defs`` store or
