@@ -354,8 +354,8 @@ _INSERT_DIFFERENCE = (
 # as a retry).
 # Every customer's corrections are read on one thread (max_threads = 1): they are computed beside the polls of every
 # project, which wait for a core otherwise (1 M customers, idle: 6.3 s against 4.0 s on two; in bench/query.py the
-# edit served in 8.7-9.4 s either way, and another project's KPI freshness p95 meanwhile was 0.57-0.63 s against
-# 0.89-1.57 s on two threads: bench/README.md, "Issue 17, fifteenth session").
+# edit served in 7.9-9.9 s either way, and another project's KPI freshness p95 meanwhile was 0.57-0.77 s against
+# 0.87-1.57 s on two threads: bench/README.md, "Issue 17, fifteenth session").
 _INSERT_RECONVERTED = (
     "INSERT INTO stage_facts ($columns) $rows "
     "SETTINGS optimize_on_insert = 0, max_insert_threads = 1, max_threads = $threads, insert_deduplicate = 0, $cluster"
