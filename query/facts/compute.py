@@ -360,11 +360,18 @@ _INSERT_RECONVERTED = (
     "INSERT INTO stage_facts ($columns) $rows "
     "SETTINGS optimize_on_insert = 0, max_insert_threads = 1, max_threads = $threads, insert_deduplicate = 0, $cluster"
 )
-# The customers whose inputs in ``build`` were written after ``generation``.
-_WRITTEN_SINCE = """(
-    SELECT customer_id FROM stage_inputs
-    WHERE project_id = {project_id:String} AND build = {build:UInt64} AND generation > {generation:UInt64}
-)"""
+
+
+def written_since_sql(build: str = "build") -> str:
+    """The customers whose inputs in the build bound as ``build`` were written after ``generation`` (a customer
+    written twice is listed twice): a new build's written by a forget or a poll while it was computed
+    (query/facts/updater.py), the serving build's written while a window edit's corrections were computed."""
+    return (
+        "SELECT customer_id FROM stage_inputs WHERE project_id = {project_id:String} "
+        f"AND build = {{{build}:UInt64}} AND generation > {{generation:UInt64}}"
+    )
+
+
 #: The rows of ``from_build`` (a window edit's corrections, :meth:`FactsSql.insert_reconverted`) added to ``build``
 #: (the serving build), but those of the customers whose inputs there were written after ``generation`` (their
 #: corrections were computed from older ones). Not deduplicated, as :data:`_INSERT_RECONVERTED`.
@@ -376,7 +383,7 @@ WHERE project_id = {project_id:String} AND build = {from_build:UInt64} AND custo
 SETTINGS optimize_on_insert = 0, insert_deduplicate = 0, parallel_distributed_insert_select = 2, $cluster""",
     columns=", ".join(FACT_COLUMNS),
     copied=", ".join("{build:UInt64}" if c == "build" else c for c in FACT_COLUMNS),
-    written_since=_WRITTEN_SINCE,
+    written_since=f"({written_since_sql()})",
     cluster=CLUSTER_SETTINGS,
 )
 
@@ -581,7 +588,7 @@ class FactsSql:
         a window edit (1 M customers: a few seconds against ~20 s for a rebuild from the same inputs)."""
         of_customers = ""
         if written_since:
-            of_customers = " AND customer_id IN " + _WRITTEN_SINCE.replace("{build:", "{inputs_build:")
+            of_customers = f" AND customer_id IN ({written_since_sql('inputs_build')})"
         built = fill(_BUILT, keys="(touch, traits)", staged="stored", of_customers=of_customers)
         flipped = fill(
             _FLIPPED,

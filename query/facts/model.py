@@ -163,11 +163,7 @@ class Definitions:
 def _facts_key(
     maps: tuple[MapVersion, ...], segments: tuple[Segment, ...], staging: bool = True, windows: bool = True
 ) -> str:
-    excluded = (
-        _NOT_IN_FACTS
-        if windows
-        else {**_NOT_IN_FACTS, "stages": {"__all__": _NOT_IN_FACTS["stages"]["__all__"] | {"conversion_window_days"}}}
-    )
+    excluded = _NOT_IN_FACTS if windows else _NOT_IN_WINDOW_FREE_FACTS
     dumped = [mv.compiled.map.model_dump(mode="json", exclude=excluded) for mv in maps]
     if not staging:
         for shown_map in dumped:
@@ -186,4 +182,9 @@ _NOT_IN_FACTS: Any = {
     "description": True,
     "stages": {"__all__": {"name", "description", "target"}},
     "touchpoints": {"__all__": {"description"}},
+}
+# ... and the stages' conversion windows: what Definitions.window_free_key leaves out.
+_NOT_IN_WINDOW_FREE_FACTS: Any = {
+    **_NOT_IN_FACTS,
+    "stages": {"__all__": {"name", "description", "target", "conversion_window_days"}},
 }

@@ -77,6 +77,7 @@ from query.facts.builds import (
     drop_other_builds,
     serving_build,
 )
+from query.facts.compute import written_since_sql
 from query.facts.locks import facts_lock, lock_pool
 from query.facts.model import Definitions
 from query.facts.restage import Restaging, restaged_ids, restaged_limit
@@ -115,10 +116,7 @@ WATERMARK_SQL = "SELECT min(pending_since) FROM collector_watermarks WHERE expir
 
 # The customers whose inputs in a build were written after a generation: in a new build, by a forget its fold may
 # not have seen (query/facts/writer.py, forget_facts), or by a poll that wrote the build it copied meanwhile.
-WRITTEN_SINCE_SQL = """
-SELECT DISTINCT customer_id FROM stage_inputs
-WHERE project_id = {project_id:String} AND build = {build:UInt64} AND generation > {generation:UInt64}
-"""
+WRITTEN_SINCE_SQL = f"SELECT DISTINCT customer_id FROM ({written_since_sql()})"
 
 # A build serves other definitions as it is (StageStateUpdater._relabel): still the serving one, still for the
 # definitions it was checked against, and whole (no change of its facts in place stopped half-way).
@@ -782,11 +780,8 @@ class StageStateUpdater:
         if reusable is None or not (await serving_build(self.stores.pg, project_id)).whole:
             return  # nothing of the serving build would be reused anyway
 
-        def polled() -> bool:
-            return self._polled is not None and reusable[0] in self._polled[1].get(project_id, set())
-
         deadline = time.monotonic() + at_most_s
-        while not polled() and time.monotonic() < deadline:
+        while not self._polled_keeps(project_id, reusable[0]) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     async def _still_whole(
@@ -806,9 +801,13 @@ class StageStateUpdater:
         row visible when it begins; rows it merges later are stamped after that, less the margin). ``None`` if
         there is no such build or poll (a new lead: another replica may have written)."""
         reusable, polled = self._reusable_inputs(project_id, defs), self._polled
-        if reusable is None or polled is None or reusable[0] not in polled[1].get(project_id, set()):
+        if reusable is None or polled is None or not self._polled_keeps(project_id, reusable[0]):
             return None
         return reusable[0], polled[0], reusable[1]
+
+    def _polled_keeps(self, project_id: str, build: int) -> bool:
+        """Whether the last completed poll of this lead kept ``build`` of the project current."""
+        return self._polled is not None and build in self._polled[1].get(project_id, set())
 
     def _reusable_inputs(self, project_id: str, defs: Definitions) -> tuple[int, Restaging | None] | None:
         """(build, restaging): the serving build, if the inputs it stores are those ``defs`` store or differ only
